@@ -1,0 +1,2 @@
+/* baseline: placeholder, being written. */
+#include "baseline.h"

@@ -1,0 +1,2 @@
+/* baseline: placeholder, being written. */
+#pragma once

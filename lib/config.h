@@ -1,0 +1,122 @@
+/* config: postsurge.cf, in Postfix main.cf syntax ("name = value", '#' comments, lines
+ * that start with whitespace continue the previous one). Every setting comes from one
+ * table of name, type, default and bounds in config.c; this struct is its typed result.
+ * Errors are reported as "FILE:LINE: message". Pure: parses a buffer handed in. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Times are milliseconds (values take units: ms s m h d; a bare number is seconds).
+ * Sizes are bytes (suffixes K M G). Lists are the raw string; their owners parse them. */
+struct config {
+    /* policy service */
+    char *listen;             /* "inet:127.0.0.1:10040", blank/comma separated */
+    unsigned listen_unix_mode; /* octal, 0666 */
+    char *listen_unix_owner;  /* "" leaves the socket's owner as is */
+    char *listen_unix_group;
+    int64_t max_connections;  /* 4096 */
+    int64_t idle_timeout;     /* ms, 600 s: longer than Postfix's 300 s max_idle */
+    int64_t max_line_length;  /* POLICY_DEFAULT_MAX_LINE */
+    int64_t max_attributes;   /* POLICY_DEFAULT_MAX_ATTRS */
+    int64_t max_request_size; /* POLICY_DEFAULT_MAX_REQUEST */
+    int64_t max_output_buffer; /* bytes of unsent replies per connection, 64K */
+    char *default_action;     /* "DUNNO": the answer when no rule decides */
+
+    /* logging and privileges */
+    char *log_destination;    /* "syslog" or "stderr" */
+    char *log_level;          /* error warning info debug; "info" */
+    char *syslog_facility;    /* "mail" */
+    char *syslog_name;        /* "postsurge" */
+    int64_t log_repeat_interval; /* ms between repeats of one warning, 60 s */
+    char *user;               /* "postsurge" */
+    char *group;              /* "postsurge" */
+
+    /* rate limits (issue 3) */
+    char *limits;             /* rule lines, see limits.h */
+    char *limit_exempt_networks; /* CIDRs, blank/comma separated; "" */
+    char *limit_exempt_sasl_users;
+    bool limit_dry_run;
+    char *limit_action;       /* default reply of a rule, "450 4.7.1 ..." */
+
+    /* store */
+    char *store;              /* "memory", "redis://[:PW@]HOST:PORT[/DB]", "redis+unix:///PATH[?db=N]" */
+    char *store_key_prefix;   /* "postsurge:" */
+    int64_t redis_timeout;    /* ms, 100 */
+    char *store_failure_action; /* "local", "dunno" or "defer_if_permit" */
+    int64_t redis_reconnect_max; /* ms, backoff cap, 5 s */
+
+    /* the Postfix node (issue 4) */
+    char *node_name;          /* "" means the host name */
+    char *postfix_config_directory; /* "/etc/postfix" */
+    char *maillog_file;       /* "/var/log/mail.log" */
+    char *state_directory;    /* "/var/lib/postsurge" */
+    bool monitor;             /* yes: watch Postfix */
+    int64_t monitor_interval; /* ms, 1 s */
+    int64_t stress_enter_threshold; /* percent, 90 */
+    int64_t stress_enter_delay;     /* ms, 5 s */
+    int64_t stress_exit_threshold;  /* percent, 60 */
+    int64_t stress_exit_delay;      /* ms, 120 s */
+    int64_t stress_min_interval;    /* ms, 60 s */
+    bool stress_overrides;    /* yes: apply the profile when stressed */
+    char *stress_main_cf;     /* "name=value ..." */
+    char *stress_master_cf;   /* "service/type/name=value ..." */
+    bool stress_dry_run;
+    int64_t stress_cluster_quorum;  /* percent of nodes, 0 = off */
+    int64_t command_timeout;  /* ms for postconf/postfix runs, 30 s */
+    int64_t node_status_ttl;  /* ms, 5 s */
+    int64_t event_log_max;    /* entries kept, 10000 */
+
+    /* attack detection */
+    int64_t attack_unknown_user_limit; /* "User unknown" rejects per window, 20 */
+    int64_t attack_error_limit;        /* other rejects per window, 50 */
+    int64_t attack_window;             /* ms, 10 min */
+    int64_t attack_flag_time;          /* ms, 1 h */
+    char *attack_action;               /* "421 4.7.0 ..." during stress */
+
+    /* HTTP metrics/status endpoint (issue 5) */
+    char *http_listen;        /* "inet:127.0.0.1:10041", "" = off */
+    int64_t http_max_connections; /* 64 */
+
+    /* report (issue 5) */
+    double report_anomaly_sigma;    /* 2 */
+    int64_t report_baseline_window; /* ms, 7 d */
+    char *report_quiet_windows;     /* "" */
+};
+
+/* Diagnostics: each message is "FILE:LINE: text" (LINE 0 when not tied to a line). */
+struct config_errors {
+    char **msg;
+    size_t n;
+};
+
+/* A config with every default. Returns NULL on ENOMEM. */
+struct config *config_new_defaults(void);
+/* Frees a config and its strings. NULL is a no-op. */
+void config_free(struct config *cfg);
+
+/* Parses a whole file's bytes (name is used in messages). On success returns 0 and a
+ * new config in *out (caller owns). On error returns -EINVAL (bad content, *out NULL,
+ * every problem appended to errs) or -ENOMEM. Unknown names are errors. errs may be
+ * NULL. */
+int config_parse_buffer(const char *name, const char *buf, size_t len, struct config **out,
+                        struct config_errors *errs);
+/* Reads and parses a file (a synchronous read: CLI and start-up only). -errno if it
+ * cannot be read, with a message in errs. */
+int config_load_file(const char *path, struct config **out, struct config_errors *errs);
+
+void config_errors_clear(struct config_errors *errs);
+
+/* Prints settings as "name = value" lines like postconf: all of them, or only those that
+ * differ from the defaults. Returns 0 or -errno. */
+int config_print(const struct config *cfg, FILE *out, bool non_default_only);
+
+/* Prints one setting by name; -ENOENT if unknown. */
+int config_print_one(const struct config *cfg, FILE *out, const char *name);
+
+/* Parses a time ("100ms", "5s", "2m", "1h", "7d", bare seconds) into ms; a size
+ * ("500M", "10K", bare bytes) into bytes. Return 0 or -EINVAL. Shared with limits.c. */
+int config_parse_time_ms(const char *s, int64_t *out);
+int config_parse_size(const char *s, int64_t *out);

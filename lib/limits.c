@@ -1,0 +1,2 @@
+/* limits: placeholder, being written. */
+#include "limits.h"

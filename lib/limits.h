@@ -1,0 +1,2 @@
+/* limits: placeholder, being written. */
+#pragma once

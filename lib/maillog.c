@@ -1,0 +1,2 @@
+/* maillog: placeholder, being written. */
+#include "maillog.h"

@@ -1,0 +1,2 @@
+/* maillog: placeholder, being written. */
+#pragma once

@@ -1,0 +1,2 @@
+/* net: placeholder, being written. */
+#pragma once

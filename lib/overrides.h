@@ -1,0 +1,2 @@
+/* overrides: placeholder, being written. */
+#pragma once

@@ -1,0 +1,2 @@
+/* policy: being written. */
+#include "policy.h"

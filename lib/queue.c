@@ -1,0 +1,2 @@
+/* queue: placeholder, being written. */
+#include "queue.h"

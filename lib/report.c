@@ -1,0 +1,2 @@
+/* report: placeholder, being written. */
+#include "report.h"

@@ -1,0 +1,2 @@
+/* stress: placeholder, being written. */
+#include "stress.h"

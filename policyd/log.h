@@ -1,0 +1,60 @@
+/* log: the daemon's logging. Syslog facility mail as "postsurge/<component>" by default,
+ * or stderr in the foreground. Each .c file defines LOG_COMPONENT before including this.
+ * The level is tested before the arguments are evaluated. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+enum log_level { LOG_LVL_ERROR = 0, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
+
+extern enum log_level log_threshold;
+
+/* Opens logging. ident is the program name ("postsurge"), facility a syslog facility
+ * name ("mail"), to_stderr selects stderr instead of syslog. Returns 0 or -EINVAL for an
+ * unknown facility. May be called again (SIGHUP) to change settings. */
+int log_open(const char *ident, const char *facility, bool to_stderr, enum log_level level);
+/* Parses "error|warning|info|debug"; returns 0 or -EINVAL. */
+int log_level_parse(const char *s, enum log_level *out);
+
+void log_write(enum log_level level, const char *component, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#ifndef LOG_COMPONENT
+#define LOG_COMPONENT "main"
+#endif
+
+#define log_at(lvl, ...)                                                                   \
+    do {                                                                                   \
+        if (log_threshold >= (lvl))                                                        \
+            log_write((lvl), LOG_COMPONENT, __VA_ARGS__);                                  \
+    } while (0)
+#define log_error(...) log_at(LOG_LVL_ERROR, __VA_ARGS__)
+#define log_warn(...) log_at(LOG_LVL_WARN, __VA_ARGS__)
+#define log_info(...) log_at(LOG_LVL_INFO, __VA_ARGS__)
+#define log_debug(...) log_at(LOG_LVL_DEBUG, __VA_ARGS__)
+
+/* A rate limit for one repeated warning: at most one line per interval, the next line
+ * carrying how many were suppressed. Zero-initialise. */
+struct log_ratelimit {
+    uint64_t last_ms;
+    uint64_t suppressed;
+};
+
+/* Returns true if a line may be written now (now_ms: monotonic ms) and sets
+ * *suppressed to how many were dropped since the last one. */
+bool log_ratelimit_allow(struct log_ratelimit *rl, uint64_t now_ms, uint64_t interval_ms,
+                         uint64_t *suppressed);
+
+#define log_warn_ratelimited(rl, now_ms, interval_ms, fmt, ...)                            \
+    do {                                                                                   \
+        uint64_t log_supp_;                                                                \
+        if (log_threshold >= LOG_LVL_WARN &&                                               \
+            log_ratelimit_allow((rl), (now_ms), (interval_ms), &log_supp_)) {              \
+            if (log_supp_)                                                                 \
+                log_write(LOG_LVL_WARN, LOG_COMPONENT, fmt " (%llu similar suppressed)",   \
+                          __VA_ARGS__, (unsigned long long)log_supp_);                     \
+            else                                                                           \
+                log_write(LOG_LVL_WARN, LOG_COMPONENT, fmt, __VA_ARGS__);                  \
+        }                                                                                  \
+    } while (0)

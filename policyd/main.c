@@ -1,0 +1,2 @@
+/* main: being written. */
+int main(void) { return 0; }
