@@ -1,0 +1,2 @@
+/* window: placeholder, being written. */
+#pragma once
