@@ -73,8 +73,9 @@ enum policy_status {
     POLICY_ERR_NOMEM = -7,
 };
 
+/* A zero field means its default. max_line is clamped to max_request. */
 struct policy_limits {
-    size_t max_line;    /* bytes per line, newline excluded */
+    size_t max_line;    /* bytes per line, newline excluded (a trailing '\r' counts) */
     size_t max_attrs;   /* attributes per request */
     size_t max_request; /* bytes per request, all lines and newlines */
 };
@@ -114,13 +115,24 @@ void policy_parser_free(struct policy_parser *p);
  * POLICY_DONE when a request completed (bytes after it are not consumed: feed them
  * again after handling the request), POLICY_MORE when all bytes were consumed without
  * completing one, or a negative enum policy_status on a protocol error, after which the
- * parser must be freed (or reset) and the connection closed. */
+ * parser must be freed (or reset) and the connection closed.
+ * Protocol: lines "name=value\n", split at the first '='; an empty line ends a request.
+ * One '\r' before '\n' is stripped, so a request typed through telnet works. A lone
+ * empty line is an empty request (every attribute NULL), answered like any other, as
+ * Postfix's own example policy server does. Errors are reported at the first offending
+ * byte (*used is its offset) and do not depend on how the input was split: a line is
+ * rejected as soon as it exceeds max_line, without buffering the rest.
+ * Protocol errors are sticky until policy_parser_reset(). POLICY_ERR_NOMEM is not: the
+ * state is intact and the bytes from *used on may be fed again.
+ * Cost: O(bytes); no allocation once the parser's buffer has grown to its working size
+ * (it never exceeds max_request + 1 bytes). Call from the thread that owns the parser. */
 int policy_parser_feed(struct policy_parser *p, const char *buf, size_t len, size_t *used);
 
 /* The request completed by the last POLICY_DONE (borrowed), or NULL. */
 const struct policy_request *policy_parser_request(const struct policy_parser *p);
 
-/* Forgets any partial input, ready for a new stream. */
+/* Forgets any partial input and a sticky error, ready for a new stream. Keeps the
+ * buffer. */
 void policy_parser_reset(struct policy_parser *p);
 
 /* True if bytes of an unfinished request are buffered (half a request). */
