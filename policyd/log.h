@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+struct config;
+
 enum log_level { LOG_LVL_ERROR = 0, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 
 extern enum log_level log_threshold;
@@ -14,20 +16,33 @@ extern enum log_level log_threshold;
  * name ("mail"), to_stderr selects stderr instead of syslog. Returns 0 or -EINVAL for an
  * unknown facility. May be called again (SIGHUP) to change settings. */
 int log_open(const char *ident, const char *facility, bool to_stderr, enum log_level level);
+/* Opens logging as the configuration says: syslog_name, syslog_facility, log_level and
+ * log_destination; foreground forces stderr, verbose forces debug. Returns 0 or -EINVAL
+ * (unknown facility or level: logging is left unchanged). Start-up and SIGHUP. */
+int log_configure(const struct config *cfg, bool foreground, bool verbose);
 /* Parses "error|warning|info|debug"; returns 0 or -EINVAL. */
 int log_level_parse(const char *s, enum log_level *out);
 
 void log_write(enum log_level level, const char *component, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* True if name is a syslog facility log_open() accepts ("mail", "local0", ...). */
+bool log_facility_valid(const char *name);
+
+/* Logs at error level ("fatal: ...") and exits with status 1. Start-up and bad
+ * configuration only: a running daemon logs and recovers instead. */
+void log_die(const char *component, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3), noreturn));
+#define die(...) log_die(LOG_COMPONENT, __VA_ARGS__)
+
 #ifndef LOG_COMPONENT
 #define LOG_COMPONENT "main"
 #endif
 
-#define log_at(lvl, ...)                                                                   \
-    do {                                                                                   \
-        if (log_threshold >= (lvl))                                                        \
-            log_write((lvl), LOG_COMPONENT, __VA_ARGS__);                                  \
+#define log_at(lvl, ...)                                                                           \
+    do {                                                                                           \
+        if (log_threshold >= (lvl))                                                                \
+            log_write((lvl), LOG_COMPONENT, __VA_ARGS__);                                          \
     } while (0)
 #define log_error(...) log_at(LOG_LVL_ERROR, __VA_ARGS__)
 #define log_warn(...) log_at(LOG_LVL_WARN, __VA_ARGS__)
@@ -46,15 +61,15 @@ struct log_ratelimit {
 bool log_ratelimit_allow(struct log_ratelimit *rl, uint64_t now_ms, uint64_t interval_ms,
                          uint64_t *suppressed);
 
-#define log_warn_ratelimited(rl, now_ms, interval_ms, fmt, ...)                            \
-    do {                                                                                   \
-        uint64_t log_supp_;                                                                \
-        if (log_threshold >= LOG_LVL_WARN &&                                               \
-            log_ratelimit_allow((rl), (now_ms), (interval_ms), &log_supp_)) {              \
-            if (log_supp_)                                                                 \
-                log_write(LOG_LVL_WARN, LOG_COMPONENT, fmt " (%llu similar suppressed)",   \
-                          __VA_ARGS__, (unsigned long long)log_supp_);                     \
-            else                                                                           \
-                log_write(LOG_LVL_WARN, LOG_COMPONENT, fmt, __VA_ARGS__);                  \
-        }                                                                                  \
+#define log_warn_ratelimited(rl, now_ms, interval_ms, fmt, ...)                                    \
+    do {                                                                                           \
+        uint64_t log_supp_;                                                                        \
+        if (log_threshold >= LOG_LVL_WARN &&                                                       \
+            log_ratelimit_allow((rl), (now_ms), (interval_ms), &log_supp_)) {                      \
+            if (log_supp_)                                                                         \
+                log_write(LOG_LVL_WARN, LOG_COMPONENT, fmt " (%llu similar suppressed)",           \
+                          __VA_ARGS__, (unsigned long long)log_supp_);                             \
+            else                                                                                   \
+                log_write(LOG_LVL_WARN, LOG_COMPONENT, fmt, __VA_ARGS__);                          \
+        }                                                                                          \
     } while (0)

@@ -1,2 +1,258 @@
-/* main: being written. */
-int main(void) { return 0; }
+/* main: the postsurge program. Parses `postsurge [-c FILE] [-f] [-v] COMMAND [ARGS]` and
+ * dispatches through one command table; `serve` runs the daemon's libuv loop in the
+ * foreground (for systemd), the other commands are synchronous tools. */
+#define LOG_COMPONENT "main"
+#include "cmd.h"
+#include "log.h"
+#include "server.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#ifndef POSTSURGE_VERSION
+#define POSTSURGE_VERSION "unknown"
+#endif
+
+/* Every subcommand: add one line here (and declare it in cmd.h). */
+static const struct command commands[] = {
+    {"serve", cmd_serve, "", "run the policy service in the foreground"},
+    {"check-config", cmd_check_config, "", "validate the configuration file"},
+    {"config", cmd_config, "[-n] [NAME...]", "print settings like postconf (-n: non-defaults)"},
+    {"version", cmd_version, "", "print the version"},
+    {"help", cmd_help, "", "this text"},
+};
+
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: postsurge [-c FILE] [-f] [-v] COMMAND [ARGS]\n"
+                 "  -c FILE  configuration file (default " POSTSURGE_DEFAULT_CONFIG ")\n"
+                 "  -f       foreground: log to stderr\n"
+                 "  -v       verbose: log at debug level\n"
+                 "commands:\n");
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        char head[64];
+        snprintf(head, sizeof(head), "%s %s", commands[i].name, commands[i].args);
+        fprintf(out, "  %-28s %s\n", head, commands[i].summary);
+    }
+}
+
+/* Reads a whole file (CLI only: synchronous). Returns 0 or -errno. */
+static int read_file(const char *path, char **buf, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *p = NULL;
+    size_t n = 0, cap = 0;
+
+    if (!f)
+        return -errno;
+    for (;;) {
+        if (cap - n < 4096) {
+            char *q = realloc(p, cap ? cap * 2 : 8192);
+            if (!q) {
+                free(p);
+                fclose(f);
+                return -ENOMEM;
+            }
+            p = q;
+            cap = cap ? cap * 2 : 8192;
+        }
+        size_t r = fread(p + n, 1, cap - n, f);
+        n += r;
+        if (r == 0)
+            break;
+    }
+    int err = ferror(f) ? -EIO : 0;
+    fclose(f);
+    if (err) {
+        free(p);
+        return err;
+    }
+    *buf = p;
+    *len = n;
+    return 0;
+}
+
+int cli_load_config(const struct cli *cli, struct config **out)
+{
+    struct config_errors errs = {0};
+    struct config *cfg = NULL;
+    char *buf = NULL;
+    size_t len = 0;
+    int rc;
+
+    *out = NULL;
+    rc = read_file(cli->config_path, &buf, &len);
+    if (rc < 0) {
+        fprintf(stderr, "%s:0: cannot read: %s\n", cli->config_path, strerror(-rc));
+        return rc;
+    }
+    rc = config_parse_buffer(cli->config_path, buf, len, &cfg, &errs);
+    if (rc == 0) {
+        int n = server_check_config(cfg, cli->config_path, buf, len, &errs);
+        if (n != 0) {
+            config_free(cfg);
+            cfg = NULL;
+            rc = n < 0 ? n : -EINVAL;
+        }
+    }
+    for (size_t i = 0; i < errs.n; i++)
+        fprintf(stderr, "%s\n", errs.msg[i]);
+    if (rc < 0 && errs.n == 0)
+        fprintf(stderr, "%s:0: %s\n", cli->config_path, strerror(-rc));
+    config_errors_clear(&errs);
+    free(buf);
+    *out = cfg;
+    return rc;
+}
+
+int cmd_check_config(const struct cli *cli, int argc, char **argv)
+{
+    struct config *cfg;
+
+    if (argc > 1) {
+        fprintf(stderr, "usage: postsurge [-c FILE] check-config\n");
+        return 2;
+    }
+    if (cli_load_config(cli, &cfg) < 0)
+        return 1;
+    config_free(cfg);
+    printf("ok\n");
+    return 0;
+}
+
+int cmd_config(const struct cli *cli, int argc, char **argv)
+{
+    struct config *cfg;
+    bool non_default = false;
+    int opt, status = 0;
+
+    optind = 0; /* glibc: restart option parsing for the subcommand's argv */
+    while ((opt = getopt(argc, argv, "+n")) != -1) {
+        if (opt == 'n') {
+            non_default = true;
+        } else {
+            fprintf(stderr, "usage: postsurge [-c FILE] config [-n] [NAME...]\n");
+            return 2;
+        }
+    }
+    if (cli_load_config(cli, &cfg) < 0)
+        return 1;
+    if (optind == argc) {
+        if (config_print(cfg, stdout, non_default) < 0)
+            status = 1;
+    }
+    for (int i = optind; i < argc; i++) {
+        if (config_print_one(cfg, stdout, argv[i]) < 0) {
+            fprintf(stderr, "postsurge: warning: %s: unknown parameter\n", argv[i]);
+            status = 1;
+        }
+    }
+    config_free(cfg);
+    if (fflush(stdout) != 0)
+        status = 1;
+    return status;
+}
+
+int cmd_version(const struct cli *cli, int argc, char **argv)
+{
+    printf("postsurge %s (libuv %s)\n", POSTSURGE_VERSION, uv_version_string());
+    return 0;
+}
+
+int cmd_help(const struct cli *cli, int argc, char **argv)
+{
+    usage(stdout);
+    return 0;
+}
+
+static void walk_cb(uv_handle_t *h, void *arg)
+{
+    log_error("handle still open at exit: %s%s", uv_handle_type_name(h->type),
+              uv_is_closing(h) ? " (closing)" : "");
+}
+
+int cmd_serve(const struct cli *cli, int argc, char **argv)
+{
+    struct config *cfg;
+    uv_loop_t loop;
+    int rc;
+
+    if (argc > 1) {
+        fprintf(stderr, "usage: postsurge [-c FILE] [-f] [-v] serve\n");
+        return 2;
+    }
+    if (cli_load_config(cli, &cfg) < 0)
+        return 1;
+    if (log_configure(cfg, cli->foreground, cli->verbose) < 0) {
+        fprintf(stderr, "%s: bad log settings\n", cli->config_path);
+        config_free(cfg);
+        return 1;
+    }
+    rc = uv_loop_init(&loop);
+    if (rc < 0)
+        die("uv_loop_init: %s", uv_strerror(rc));
+    struct server *srv = server_new(&loop, cfg, cli->config_path);
+    if (!srv)
+        die("out of memory");
+    srv->foreground = cli->foreground;
+    srv->verbose = cli->verbose;
+    int start_rc = server_start(srv);
+    if (start_rc < 0)
+        server_stop(srv);
+    else
+        log_info("postsurge %s started (pid %ld)", POSTSURGE_VERSION, (long)getpid());
+    uv_run(&loop, UV_RUN_DEFAULT);
+    server_free(srv);
+    rc = uv_loop_close(&loop);
+    if (rc < 0) {
+        uv_walk(&loop, walk_cb, NULL);
+        log_error("event loop not empty at exit: %s", uv_strerror(rc));
+        return 1;
+    }
+    return start_rc < 0 ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct cli cli = {POSTSURGE_DEFAULT_CONFIG, false, false};
+    int opt;
+
+    while ((opt = getopt(argc, argv, "+c:fvh")) != -1) {
+        switch (opt) {
+        case 'c':
+            cli.config_path = optarg;
+            break;
+        case 'f':
+            cli.foreground = true;
+            break;
+        case 'v':
+            cli.verbose = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind == argc) {
+        usage(stderr);
+        return 2;
+    }
+    /* Until serve opens logging, messages go to stderr; -v already counts. */
+    log_open("postsurge", "mail", true, cli.verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO);
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (strcmp(argv[optind], commands[i].name) == 0)
+            return commands[i].run(&cli, argc - optind, argv + optind);
+    fprintf(stderr, "postsurge: unknown command \"%s\"\n", argv[optind]);
+    usage(stderr);
+    return 2;
+}

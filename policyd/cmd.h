@@ -1,0 +1,37 @@
+/* cmd: the subcommands of the postsurge program. main.c parses the global options into a
+ * struct cli and dispatches through its command table; each command lives in its own
+ * file (cmd_status.c, ...), declared here and added to the table with one line. */
+#pragma once
+
+#include "config.h"
+
+#include <stdbool.h>
+
+#define POSTSURGE_DEFAULT_CONFIG "/etc/postsurge/postsurge.cf"
+
+/* Global options, before the command name. */
+struct cli {
+    const char *config_path; /* -c FILE, or POSTSURGE_DEFAULT_CONFIG */
+    bool foreground;         /* -f: log to stderr */
+    bool verbose;            /* -v: debug logging */
+};
+
+/* A command gets argv starting with its own name (argv[0]) and returns the exit status.
+ * Commands may block (they are not the daemon's loop), except inside `serve`. */
+struct command {
+    const char *name;
+    int (*run)(const struct cli *cli, int argc, char **argv);
+    const char *args;    /* usage after the name, "[-n] [NAME...]" */
+    const char *summary; /* one line for `postsurge help` */
+};
+
+/* Loads cli->config_path, prints every problem as "FILE:LINE: message" on stderr,
+ * including the server's own checks. Returns 0 with a new config in *out (caller frees),
+ * or -errno / -EINVAL. */
+int cli_load_config(const struct cli *cli, struct config **out);
+
+int cmd_serve(const struct cli *cli, int argc, char **argv);
+int cmd_check_config(const struct cli *cli, int argc, char **argv);
+int cmd_config(const struct cli *cli, int argc, char **argv);
+int cmd_version(const struct cli *cli, int argc, char **argv);
+int cmd_help(const struct cli *cli, int argc, char **argv);

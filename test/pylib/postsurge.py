@@ -1,0 +1,279 @@
+"""Run a real postsurge daemon for tests, and talk the policy protocol to it.
+
+    with Postsurge(extra={"default_action": "REJECT no"}) as ps:
+        c = ps.client()
+        assert c.ask(request(recipient="a@b")) == "REJECT no"
+
+The daemon gets a generated config in a temp dir (a free loopback port, optionally a unix
+socket), logs to a file (`ps.log_path`, read with `ps.log()`), and is always stopped by
+PID (SIGTERM, then SIGKILL after a timeout), also when the test fails. Stdlib only.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from ports import free_port, tcp_listening, wait_for
+
+POSTSURGE = os.environ.get("POSTSURGE", "postsurge")
+
+# The attributes Postfix 3.7 sends, in its order (empty ones as "name=").
+POSTFIX_ATTRS = (
+    "request protocol_state protocol_name client_address client_name client_port "
+    "reverse_client_name server_address server_port helo_name sender recipient "
+    "recipient_count queue_id instance size etrn_domain stress sasl_method sasl_username "
+    "sasl_sender ccert_subject ccert_issuer ccert_fingerprint ccert_pubkey_fingerprint "
+    "encryption_protocol encryption_cipher encryption_keysize policy_context").split()
+
+
+def request(**attrs):
+    """A request dict like Postfix sends at RCPT; keyword arguments override attributes."""
+    r = {a: "" for a in POSTFIX_ATTRS}
+    r.update(request="smtpd_access_policy", protocol_state="RCPT", protocol_name="ESMTP",
+             client_address="192.0.2.1", client_name="client.example",
+             reverse_client_name="client.example", client_port="40000",
+             server_address="127.0.0.1", server_port="25", helo_name="client.example",
+             sender="sender@example.org", recipient="rcpt@example.com",
+             recipient_count="0", instance="1a2b.5f4e3d2c.1.0", size="1000")
+    r.update({k: str(v) for k, v in attrs.items()})
+    return r
+
+
+def encode(req):
+    """Bytes of one request (dict, or list of (name, value) pairs) with its empty line."""
+    items = req.items() if isinstance(req, dict) else req
+    return b"".join(("%s=%s\n" % (k, v)).encode() for k, v in items) + b"\n"
+
+
+class PolicyClient:
+    """One persistent policy connection (as one smtpd process keeps)."""
+
+    def __init__(self, address, timeout=10.0):
+        """address: (host, port) for TCP, or a path string for a unix socket."""
+        if isinstance(address, str):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+            self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(address)
+        self.buf = b""
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def send(self, req):
+        self.sock.sendall(encode(req))
+
+    def read_reply(self):
+        """The next reply's action text; raises EOFError if the server closed."""
+        while b"\n\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("server closed the connection (buffered %r)" % self.buf[:200])
+            self.buf += chunk
+        block, self.buf = self.buf.split(b"\n\n", 1)
+        lines = block.decode().split("\n")
+        assert len(lines) == 1 and lines[0].startswith("action="), "bad reply %r" % block
+        return lines[0][len("action="):]
+
+    def ask(self, req=None):
+        """Sends one request (default: a typical RCPT request) and returns its action."""
+        self.send(req if req is not None else request())
+        return self.read_reply()
+
+    def pipeline(self, reqs):
+        """Sends every request in one write, then reads as many replies, in order."""
+        self.send_raw(b"".join(encode(r) for r in reqs))
+        return [self.read_reply() for _ in reqs]
+
+    def closed_by_peer(self, timeout=10.0):
+        """True if the server closes the connection within timeout (data read is dropped)."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Postsurge:
+    """A postsurge daemon in a temp dir.
+
+    extra: config lines, a dict {name: value} or a str appended to the file.
+    inet: listen on a free loopback port (self.port); unix: also on DIR/policy.sock
+    (self.unix_path). listen: replace the generated listen value entirely.
+    args: global options before the command (e.g. ["-v"]); env: extra environment.
+    """
+
+    def __init__(self, extra=None, inet=True, unix=False, listen=None, args=None, env=None,
+                 command="serve", start=True, tmpdir=None, keep=False):
+        self.dir = tmpdir or tempfile.mkdtemp(prefix="postsurge-test-")
+        self.keep = keep
+        self.port = free_port() if inet else None
+        self.unix_path = os.path.join(self.dir, "policy.sock") if unix else None
+        self.config_path = os.path.join(self.dir, "postsurge.cf")
+        self.log_path = os.path.join(self.dir, "postsurge.log")
+        self.args = list(args or [])
+        self.env = dict(os.environ, **(env or {}))
+        self.command = command
+        self.proc = None
+        self.returncode = None
+        endpoints = []
+        if inet:
+            endpoints.append("inet:127.0.0.1:%d" % self.port)
+        if unix:
+            endpoints.append("unix:%s" % self.unix_path)
+        self.listen = listen if listen is not None else " ".join(endpoints)
+        self.write_config(extra)
+        if start:
+            self.start()
+
+    # -- configuration --
+    def config_text(self, extra=None):
+        lines = ["# generated by test/pylib/postsurge.py",
+                 "listen = %s" % self.listen,
+                 "log_destination = stderr",
+                 "state_directory = %s" % self.dir]
+        if isinstance(extra, dict):
+            lines += ["%s = %s" % (k, v) for k, v in extra.items()]
+        elif extra:
+            lines.append(extra.rstrip("\n"))
+        return "\n".join(lines) + "\n"
+
+    def write_config(self, extra=None, text=None):
+        """Rewrites the config file (text: exact contents). Atomic, like an admin's editor."""
+        tmp = self.config_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text if text is not None else self.config_text(extra))
+        os.replace(tmp, self.config_path)
+
+    # -- process --
+    def cli(self, *cmd, check=False, timeout=30):
+        """Runs `postsurge -c CONFIG CMD...` and returns the CompletedProcess (text)."""
+        return subprocess.run([POSTSURGE, "-c", self.config_path, *cmd], capture_output=True,
+                              text=True, timeout=timeout, check=check, env=self.env)
+
+    def start(self, wait=True, timeout=15.0):
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [POSTSURGE, "-f", "-c", self.config_path, *self.args, self.command],
+            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT, env=self.env)
+        if wait and not self.wait_listening(timeout):
+            log = self.log()
+            self.stop()
+            raise RuntimeError("postsurge did not start listening:\n" + log)
+        return self
+
+    def listening(self):
+        if self.port is not None and not tcp_listening(self.port):
+            return False
+        if self.unix_path and not self._unix_listening(self.unix_path):
+            return False
+        return True
+
+    @staticmethod
+    def _unix_listening(path):
+        """True if path is a socket some process listens on (per /proc/net/unix)."""
+        try:
+            with open("/proc/net/unix") as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    # Flags 00010000 = __SO_ACCEPTCON: a listening socket.
+                    if len(parts) >= 8 and parts[-1] == path and parts[3] == "00010000":
+                        return True
+        except OSError:
+            pass
+        return False
+
+    def wait_listening(self, timeout=15.0):
+        return wait_for(lambda: self.proc.poll() is not None or self.listening(),
+                        timeout) and self.proc.poll() is None
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def signal(self, sig):
+        os.kill(self.proc.pid, sig)
+
+    def reload(self):
+        """SIGHUP; returns the log offset before it, for wait_log()."""
+        mark = len(self.log())
+        self.signal(signal.SIGHUP)
+        return mark
+
+    def stop(self, timeout=15.0):
+        """SIGTERM, then SIGKILL after timeout. Returns the exit status."""
+        if self.proc is None:
+            return self.returncode
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.returncode = self.proc.returncode
+        self.logf.close()
+        return self.returncode
+
+    def wait_exit(self, timeout=15.0):
+        """Waits for the process to exit by itself; SIGKILL after timeout. Returns status."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        return self.stop()
+
+    # -- log --
+    def log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def wait_log(self, text, since=0, timeout=10.0):
+        """Waits until text appears in the log after offset since; returns True/False."""
+        return wait_for(lambda: text in self.log()[since:], timeout)
+
+    # -- clients --
+    def address(self, unix=False):
+        return self.unix_path if unix else ("127.0.0.1", self.port)
+
+    def client(self, unix=False, timeout=10.0):
+        return PolicyClient(self.address(unix), timeout)
+
+    def cleanup(self):
+        self.stop()
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
