@@ -252,6 +252,9 @@ static void conn_decide(struct conn *c, const struct policy_request *req)
     c->deciding = true;
     c->decider = d;
     int rc = d->start(d, &c->dec);
+    if (rc == 0 && c->deciding)
+        log_debug("%s: request %llu waits for a decision", c->peer,
+                  (unsigned long long)c->requests);
     if (rc < 0 && c->deciding) {
         srv->stats.decide_failures++;
         log_warn_ratelimited(&srv->rl_decide, server_now_ms(srv), 1000,

@@ -292,12 +292,72 @@ const char *server_err_class_name(enum server_err_class c)
 
 /* ---- the default decider ---- */
 
-static int default_decide(struct decider *d, struct decision *dec)
+/* The answer of the default decider. A test aid: with POSTSURGE_TEST_DECIDE_ECHO set,
+ * "INFO <recipient>" instead, so tests can tell replies apart and check their order. */
+static void default_answer(struct decision *dec)
 {
     const char *a = dec->srv->cfg->default_action;
+    char echo[256];
 
+    if (dec->srv->test_echo) {
+        const char *r = dec->req->attr[POLICY_RECIPIENT];
+        snprintf(echo, sizeof(echo), "INFO %s", r && *r ? r : "-");
+        a = echo;
+    }
     dec->done(dec, a, strlen(a));
+}
+
+static int default_decide(struct decider *d, struct decision *dec)
+{
+    default_answer(dec);
     return 0;
+}
+
+/* A test aid: with POSTSURGE_TEST_DECIDE_DELAY_MS set, every decision answers the default
+ * action after that delay, from a timer. It exercises the asynchronous path (pipelining
+ * behind a pending decision, cancel on close, drain with a decision in flight) before
+ * the Redis engine exists. */
+struct delayed {
+    uv_timer_t timer;
+    struct decision *dec;
+};
+
+static void delayed_on_close(uv_handle_t *h)
+{
+    free(container_of((uv_timer_t *)h, struct delayed, timer));
+}
+
+static void delayed_on_timer(uv_timer_t *t)
+{
+    struct delayed *dl = container_of(t, struct delayed, timer);
+    struct decision *dec = dl->dec;
+
+    uv_close((uv_handle_t *)t, delayed_on_close);
+    dec->engine_data = NULL;
+    default_answer(dec);
+}
+
+static int delayed_decide(struct decider *d, struct decision *dec)
+{
+    struct delayed *dl = calloc(1, sizeof(*dl));
+
+    if (!dl)
+        return -ENOMEM;
+    dl->dec = dec;
+    uv_timer_init(dec->srv->loop, &dl->timer);
+    uv_timer_start(&dl->timer, delayed_on_timer, (uint64_t)(uintptr_t)d->data, 0);
+    dec->engine_data = dl;
+    return 0;
+}
+
+static void delayed_cancel(struct decider *d, struct decision *dec)
+{
+    struct delayed *dl = dec->engine_data;
+
+    if (dl) {
+        dec->engine_data = NULL;
+        uv_close((uv_handle_t *)&dl->timer, delayed_on_close);
+    }
 }
 
 void server_set_decider(struct server *srv, struct decider *d)
@@ -816,6 +876,13 @@ struct server *server_new(uv_loop_t *loop, struct config *cfg, const char *confi
     srv->cfg = cfg;
     srv->default_decider.start = default_decide;
     srv->decider = &srv->default_decider;
+    srv->test_echo = getenv("POSTSURGE_TEST_DECIDE_ECHO") != NULL;
+    const char *delay = getenv("POSTSURGE_TEST_DECIDE_DELAY_MS");
+    if (delay && atoi(delay) > 0) {
+        srv->default_decider.start = delayed_decide;
+        srv->default_decider.cancel = delayed_cancel;
+        srv->default_decider.data = (void *)(uintptr_t)atoi(delay);
+    }
     uv_signal_init(loop, &srv->sig_term);
     uv_signal_init(loop, &srv->sig_int);
     uv_signal_init(loop, &srv->sig_hup);

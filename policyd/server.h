@@ -115,6 +115,7 @@ struct server {
     uv_timer_t drain_timer;
     bool draining;
     bool handles_closed;
+    bool test_echo; /* POSTSURGE_TEST_DECIDE_ECHO: see server.c */
     uint64_t next_conn_id;
 
     /* Asynchronous reload (SIGHUP): open, read in chunks, close, parse. */
