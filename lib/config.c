@@ -1,2 +1,1611 @@
-/* config: being written. */
+/* config: reads postsurge.cf (Postfix main.cf syntax) into struct config. One table below
+ * names every setting with its type, default, bounds and meaning; parsing, defaults,
+ * printing (postconf style), comparison and the README reference are all driven by it.
+ * Every problem is collected as "FILE:LINE: message" rather than stopping at the first.
+ * Pure: bytes in, struct out; the only I/O is config_load_file's read and the printers. */
 #include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Limits on input: a physical line, a logical value, a file, and how many messages one
+ * parse collects (a binary file fed by mistake must not produce a million lines). */
+#define CF_MAX_LINE 65536
+#define CF_MAX_VALUE (1024 * 1024)
+#define CF_MAX_FILE (16 * 1024 * 1024)
+#define CF_MAX_MESSAGES 100
+#define CF_SUMMARY_LINE UINT32_MAX /* report()'s line for the "more messages" note */
+
+/* ---- allocation (hookable so tests can fail the Nth allocation) ---- */
+
+static void *(*cf_malloc_fn)(size_t) = malloc;
+static void *(*cf_realloc_fn)(void *, size_t) = realloc;
+static void (*cf_free_fn)(void *) = free;
+
+void config_set_alloc_funcs(void *(*malloc_fn)(size_t), void *(*realloc_fn)(void *, size_t),
+                            void (*free_fn)(void *))
+{
+    cf_malloc_fn = malloc_fn ? malloc_fn : malloc;
+    cf_realloc_fn = realloc_fn ? realloc_fn : realloc;
+    cf_free_fn = free_fn ? free_fn : free;
+}
+
+static void *cf_malloc(size_t n)
+{
+    return cf_malloc_fn(n ? n : 1);
+}
+
+static void *cf_realloc(void *p, size_t n)
+{
+    return cf_realloc_fn(p, n ? n : 1);
+}
+
+static void cf_free(void *p)
+{
+    if (p)
+        cf_free_fn(p);
+}
+
+static void *cf_calloc(size_t n, size_t size)
+{
+    if (size && n > SIZE_MAX / size)
+        return NULL;
+    void *p = cf_malloc(n * size);
+    if (p)
+        memset(p, 0, n * size);
+    return p;
+}
+
+static char *cf_strndup(const char *s, size_t n)
+{
+    char *p = cf_malloc(n + 1);
+    if (!p)
+        return NULL;
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+static char *cf_strdup(const char *s)
+{
+    return cf_strndup(s, strlen(s));
+}
+
+/* ---- the table ---- */
+
+enum cf_type { CF_STRING, CF_BOOL, CF_INT, CF_TIME, CF_SIZE, CF_MODE, CF_DOUBLE, CF_ENUM };
+
+/* CF_LINES: continuation lines stay separate lines ('\n'), for rule blocks and lists. */
+#define CF_LINES 1u
+
+/* A value checker for strings: returns NULL when fine, else why not (static text). */
+typedef const char *cf_check_fn(const char *value);
+
+struct cf_entry {
+    const char *name;
+    enum cf_type type;
+    const char *def;
+    size_t off;
+    int64_t min, max;  /* CF_INT, CF_TIME (ms), CF_SIZE, CF_MODE */
+    double dmin, dmax; /* CF_DOUBLE */
+    const char *words; /* CF_ENUM: allowed words separated by '|' */
+    cf_check_fn *check;
+    unsigned flags;
+    const char *group;
+    const char *doc;
+};
+
+static cf_check_fn check_listen, check_listen_optional, check_action, check_word,
+    check_word_nonempty, check_abs_path, check_abs_path_optional, check_store, check_main_cf_list,
+    check_master_cf_list;
+
+#define OFF(field) offsetof(struct config, field)
+#define SEC 1000LL
+#define MIN (60 * SEC)
+#define HOUR (60 * MIN)
+#define DAY (24 * HOUR)
+
+#define G_POLICY "Policy service"
+#define G_LOG "Logging and privileges"
+#define G_LIMITS "Rate limits"
+#define G_STORE "Store"
+#define G_NODE "Postfix node and stress"
+#define G_ATTACK "Attack detection"
+#define G_HTTP "Metrics endpoint"
+#define G_REPORT "Report"
+
+/* clang-format off */
+static const struct cf_entry cf_table[] = {
+    {"listen", CF_STRING, "inet:127.0.0.1:10040", OFF(listen), .check = check_listen,
+     .flags = CF_LINES, .group = G_POLICY,
+     .doc = "Where Postfix connects: `inet:HOST:PORT` (IPv6 as `[ADDR]`) and `unix:PATH`, "
+            "separated by blanks, commas or lines."},
+    {"listen_unix_mode", CF_MODE, "0666", OFF(listen_unix_mode), 0, 07777, .group = G_POLICY,
+     .doc = "Octal mode of unix sockets; restrict access with the directory (e.g. "
+            "Postfix's `private/`)."},
+    {"listen_unix_owner", CF_STRING, "", OFF(listen_unix_owner), .check = check_word,
+     .group = G_POLICY, .doc = "Owner of unix sockets; empty leaves it as created."},
+    {"listen_unix_group", CF_STRING, "", OFF(listen_unix_group), .check = check_word,
+     .group = G_POLICY, .doc = "Group of unix sockets; empty leaves it as created."},
+    {"max_connections", CF_INT, "4096", OFF(max_connections), 1, 1000000, .group = G_POLICY,
+     .doc = "Open policy connections at most (one per smtpd process); over it, new ones "
+            "are closed and counted."},
+    {"idle_timeout", CF_TIME, "600s", OFF(idle_timeout), 1 * SEC, DAY, .group = G_POLICY,
+     .doc = "Close a silent connection after this long; longer than Postfix's 300s "
+            "`smtpd_policy_service_max_idle`."},
+    {"max_line_length", CF_SIZE, "16K", OFF(max_line_length), 256, 1024 * 1024,
+     .group = G_POLICY, .doc = "Longest request line; longer is a protocol error."},
+    {"max_attributes", CF_INT, "256", OFF(max_attributes), 16, 100000, .group = G_POLICY,
+     .doc = "Most attributes in one request."},
+    {"max_request_size", CF_SIZE, "128K", OFF(max_request_size), 1024, 64 * 1024 * 1024,
+     .group = G_POLICY, .doc = "Largest request in bytes."},
+    {"max_output_buffer", CF_SIZE, "64K", OFF(max_output_buffer), 1024,
+     1024LL * 1024 * 1024, .group = G_POLICY,
+     .doc = "Unsent replies kept per connection; a client that does not read is closed."},
+    {"default_action", CF_STRING, "DUNNO", OFF(default_action), .check = check_action,
+     .group = G_POLICY, .doc = "The reply when no rule decides (an access(5) action)."},
+
+    {"log_destination", CF_ENUM, "syslog", OFF(log_destination), .words = "syslog|stderr",
+     .group = G_LOG, .doc = "Where logs go; `-f` (foreground) also logs to stderr."},
+    {"log_level", CF_ENUM, "info", OFF(log_level), .words = "error|warning|info|debug",
+     .group = G_LOG, .doc = "Least important level logged."},
+    {"syslog_facility", CF_ENUM, "mail", OFF(syslog_facility),
+     .words = "mail|daemon|user|local0|local1|local2|local3|local4|local5|local6|local7",
+     .group = G_LOG, .doc = "Syslog facility; `mail` puts postsurge beside Postfix's lines."},
+    {"syslog_name", CF_STRING, "postsurge", OFF(syslog_name), .check = check_word_nonempty,
+     .group = G_LOG, .doc = "Syslog tag, logged as `NAME/COMPONENT[PID]`."},
+    {"log_repeat_interval", CF_TIME, "60s", OFF(log_repeat_interval), 0, DAY,
+     .group = G_LOG,
+     .doc = "A repeated warning (Redis down, postconf failing) is logged once per interval, "
+            "with a count of what was suppressed; 0 logs every one."},
+    {"user", CF_STRING, "postsurge", OFF(user), .check = check_word_nonempty,
+     .group = G_LOG, .doc = "Unprivileged user that `serve` runs as once its sockets are bound."},
+    {"group", CF_STRING, "postsurge", OFF(group), .check = check_word_nonempty,
+     .group = G_LOG, .doc = "Group that `serve` runs as."},
+
+    {"limits", CF_STRING, "", OFF(limits), .flags = CF_LINES, .group = G_LIMITS,
+     .doc = "Rate-limit rules, one per line: `NAME KEY MEASURE COUNT/WINDOW [stress "
+            "COUNT/WINDOW] [dryrun] [action TEXT]` (see Rate limits)."},
+    {"limit_exempt_networks", CF_STRING, "", OFF(limit_exempt_networks), .flags = CF_LINES,
+     .group = G_LIMITS, .doc = "Clients in these networks (CIDR) are never limited."},
+    {"limit_exempt_sasl_users", CF_STRING, "", OFF(limit_exempt_sasl_users),
+     .flags = CF_LINES, .group = G_LIMITS, .doc = "SASL users that are never limited."},
+    {"limit_dry_run", CF_BOOL, "no", OFF(limit_dry_run), .group = G_LIMITS,
+     .doc = "Log and count what the rules would do, but answer `DUNNO`."},
+    {"limit_action", CF_STRING, "450 4.7.1 Rate limit exceeded, try again later",
+     OFF(limit_action), .check = check_action, .group = G_LIMITS,
+     .doc = "Reply of a rule without its own `action`; a 4xx so senders retry."},
+
+    {"store", CF_STRING, "memory", OFF(store), .check = check_store, .group = G_STORE,
+     .doc = "`memory` (this host only), `redis://[:PASSWORD@]HOST:PORT[/DB]` or "
+            "`redis+unix:///PATH[?db=N]` (shared by a cluster)."},
+    {"store_key_prefix", CF_STRING, "postsurge:", OFF(store_key_prefix), .check = check_word,
+     .group = G_STORE, .doc = "Prefix of every Redis key, to share a Redis safely."},
+    {"redis_timeout", CF_TIME, "100ms", OFF(redis_timeout), 1, 60 * SEC, .group = G_STORE,
+     .doc = "A Redis answer later than this counts as a failure; the decision falls back "
+            "to `store_failure_action`."},
+    {"store_failure_action", CF_ENUM, "local", OFF(store_failure_action),
+     .words = "local|dunno|defer_if_permit", .group = G_STORE,
+     .doc = "With Redis unreachable: count in local memory (`local`), answer `DUNNO`, or "
+            "`DEFER_IF_PERMIT`."},
+    {"redis_reconnect_max", CF_TIME, "5s", OFF(redis_reconnect_max), 100, 10 * MIN,
+     .group = G_STORE, .doc = "Longest wait between Redis reconnection attempts (backoff cap)."},
+
+    {"node_name", CF_STRING, "", OFF(node_name), .check = check_word, .group = G_NODE,
+     .doc = "This node's name in status and reports; empty means the host name."},
+    {"postfix_config_directory", CF_STRING, "/etc/postfix", OFF(postfix_config_directory),
+     .check = check_abs_path, .group = G_NODE,
+     .doc = "The Postfix instance to watch and change (`postconf -c DIR`)."},
+    {"maillog_file", CF_STRING, "/var/log/mail.log", OFF(maillog_file),
+     .check = check_abs_path_optional, .group = G_NODE,
+     .doc = "Postfix's log, followed across rotation; empty: do not read it."},
+    {"state_directory", CF_STRING, "/var/lib/postsurge", OFF(state_directory),
+     .check = check_abs_path, .group = G_NODE,
+     .doc = "postsurge's own state: override journal, memory store snapshot, report position."},
+    {"monitor", CF_BOOL, "yes", OFF(monitor), .group = G_NODE,
+     .doc = "Watch Postfix for saturation (processes, backlog, log)."},
+    {"monitor_interval", CF_TIME, "1s", OFF(monitor_interval), 100, MIN, .group = G_NODE,
+     .doc = "Time between two samples."},
+    {"stress_enter_threshold", CF_INT, "90", OFF(stress_enter_threshold), 1, 1000,
+     .group = G_NODE,
+     .doc = "Saturation (% of smtpd processes busy; over 100 when clients wait) that "
+            "enters stress once held for `stress_enter_delay`."},
+    {"stress_enter_delay", CF_TIME, "5s", OFF(stress_enter_delay), 0, HOUR, .group = G_NODE,
+     .doc = "How long saturation must stay high; a process-limit warning or waiting "
+            "clients enter at once."},
+    {"stress_exit_threshold", CF_INT, "60", OFF(stress_exit_threshold), 0, 999,
+     .group = G_NODE,
+     .doc = "Saturation below which stress is left once held for `stress_exit_delay`; "
+            "must be below `stress_enter_threshold`."},
+    {"stress_exit_delay", CF_TIME, "2m", OFF(stress_exit_delay), 0, DAY, .group = G_NODE,
+     .doc = "How long saturation must stay low before leaving stress."},
+    {"stress_min_interval", CF_TIME, "1m", OFF(stress_min_interval), 0, DAY,
+     .group = G_NODE, .doc = "At most one apply or restore of the overrides per interval."},
+    {"stress_overrides", CF_BOOL, "yes", OFF(stress_overrides), .group = G_NODE,
+     .doc = "Apply the override profile below while in stress (journaled, restored exactly)."},
+    {"stress_main_cf", CF_STRING,
+     "smtpd_client_connection_count_limit=10\n"
+     "smtpd_client_connection_rate_limit=30\n"
+     "smtpd_soft_error_limit=3\n"
+     "smtpd_error_sleep_time=0",
+     OFF(stress_main_cf), .check = check_main_cf_list, .flags = CF_LINES, .group = G_NODE,
+     .doc = "main.cf settings applied in stress, `name=value` each: limits that are not "
+            "stress-adaptive by themselves."},
+    {"stress_master_cf", CF_STRING, "smtp/inet/stress=yes", OFF(stress_master_cf),
+     .check = check_master_cf_list, .flags = CF_LINES, .group = G_NODE,
+     .doc = "master.cf `-o` parameters applied in stress (`postconf -P`), "
+            "`service/type/name=value` each; behind postscreen use `smtpd/pass/stress=yes`."},
+    {"stress_dry_run", CF_BOOL, "no", OFF(stress_dry_run), .group = G_NODE,
+     .doc = "Log the exact commands the overrides would run; change nothing."},
+    {"stress_cluster_quorum", CF_INT, "0", OFF(stress_cluster_quorum), 0, 100,
+     .group = G_NODE,
+     .doc = "Every node enters stress when this % of nodes is stressed; 0 = off."},
+    {"command_timeout", CF_TIME, "30s", OFF(command_timeout), 1 * SEC, 10 * MIN,
+     .group = G_NODE, .doc = "Longest run of a `postconf` or `postfix` command."},
+    {"node_status_ttl", CF_TIME, "5s", OFF(node_status_ttl), 1 * SEC, HOUR, .group = G_NODE,
+     .doc = "Lifetime of a node's published status; a dead node disappears after it."},
+    {"event_log_max", CF_INT, "10000", OFF(event_log_max), 10, 10000000, .group = G_NODE,
+     .doc = "Events kept (stress entered/left, overrides, failures)."},
+
+    {"attack_unknown_user_limit", CF_INT, "20", OFF(attack_unknown_user_limit), 0, 1000000,
+     .group = G_ATTACK,
+     .doc = "`User unknown` rejects of one client per `attack_window` that flag it "
+            "(dictionary harvest); 0 = off."},
+    {"attack_error_limit", CF_INT, "50", OFF(attack_error_limit), 0, 1000000,
+     .group = G_ATTACK, .doc = "Other rejects of one client per window that flag it; 0 = off."},
+    {"attack_window", CF_TIME, "10m", OFF(attack_window), 1 * SEC, DAY, .group = G_ATTACK,
+     .doc = "Window over which rejects are counted."},
+    {"attack_flag_time", CF_TIME, "1h", OFF(attack_flag_time), 1 * SEC, 7 * DAY,
+     .group = G_ATTACK, .doc = "How long a client stays flagged."},
+    {"attack_action", CF_STRING, "421 4.7.0 Too many errors from your address, try again later",
+     OFF(attack_action), .check = check_action, .group = G_ATTACK,
+     .doc = "Reply to a flagged client during stress; 421/521 also hang up."},
+
+    {"http_listen", CF_STRING, "inet:127.0.0.1:10041", OFF(http_listen),
+     .check = check_listen_optional, .flags = CF_LINES, .group = G_HTTP,
+     .doc = "`/metrics`, `/status` and `/healthz` endpoint; empty = off."},
+    {"http_max_connections", CF_INT, "64", OFF(http_max_connections), 1, 10000,
+     .group = G_HTTP, .doc = "Open HTTP connections at most."},
+
+    {"report_anomaly_sigma", CF_DOUBLE, "2", OFF(report_anomaly_sigma), .dmin = 0.1,
+     .dmax = 100, .group = G_REPORT,
+     .doc = "A figure further than this many standard deviations from its baseline is an "
+            "anomaly."},
+    {"report_baseline_window", CF_TIME, "7d", OFF(report_baseline_window), HOUR, 366 * DAY,
+     .group = G_REPORT, .doc = "Span of the rolling baselines."},
+    {"report_quiet_windows", CF_STRING, "", OFF(report_quiet_windows), .flags = CF_LINES,
+     .group = G_REPORT, .doc = "Known noisy windows in which anomalies are not reported."},
+};
+/* clang-format on */
+
+#define CF_COUNT (sizeof(cf_table) / sizeof(cf_table[0]))
+
+static const struct cf_entry *cf_find(const char *name, size_t len)
+{
+    for (size_t i = 0; i < CF_COUNT; i++)
+        if (strlen(cf_table[i].name) == len && memcmp(cf_table[i].name, name, len) == 0)
+            return &cf_table[i];
+    return NULL;
+}
+
+static size_t cf_index(const struct cf_entry *e)
+{
+    return (size_t)(e - cf_table);
+}
+
+/* ---- string checkers ---- */
+
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+static bool is_sep(char c)
+{
+    return is_space(c) || c == ',';
+}
+
+/* Calls fn on each item of a list split on whitespace, commas and newlines; stops at
+ * the first complaint. */
+static const char *each_item(const char *v, const char *(*fn)(const char *, size_t))
+{
+    const char *p = v;
+    while (*p) {
+        while (*p && is_sep(*p))
+            p++;
+        const char *start = p;
+        while (*p && !is_sep(*p))
+            p++;
+        if (p > start) {
+            const char *why = fn(start, (size_t)(p - start));
+            if (why)
+                return why;
+        }
+    }
+    return NULL;
+}
+
+static bool parse_uint_n(const char *s, size_t n, int64_t max, int64_t *out)
+{
+    int64_t v = 0;
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (s[i] - '0');
+        if (v > max)
+            return false;
+    }
+    *out = v;
+    return true;
+}
+
+static const char *listen_item(const char *s, size_t n)
+{
+    if (n > 5 && memcmp(s, "unix:", 5) == 0)
+        return n - 5 < 108 ? NULL : "unix socket path longer than 107 bytes";
+    if (n > 5 && memcmp(s, "inet:", 5) == 0) {
+        const char *hp = s + 5, *end = s + n;
+        const char *colon = NULL;
+        for (const char *q = hp; q < end; q++)
+            if (*q == ':')
+                colon = q;
+        if (!colon || colon == hp)
+            return "expected inet:HOST:PORT";
+        if (*hp == '[' && colon[-1] != ']')
+            return "an IPv6 address must be written [ADDR]:PORT";
+        int64_t port;
+        if (!parse_uint_n(colon + 1, (size_t)(end - colon - 1), 65535, &port) || port == 0)
+            return "port must be a number from 1 to 65535";
+        return NULL;
+    }
+    return "expected inet:HOST:PORT or unix:PATH";
+}
+
+static const char *check_listen_optional(const char *v)
+{
+    return each_item(v, listen_item);
+}
+
+static const char *check_listen(const char *v)
+{
+    const char *p = v;
+    while (*p && is_sep(*p))
+        p++;
+    if (!*p)
+        return "at least one inet:HOST:PORT or unix:PATH is needed";
+    return check_listen_optional(v);
+}
+
+static const char *check_action(const char *v)
+{
+    static const char *const words[] = {
+        "OK",      "DUNNO",   "REJECT", "DEFER", "DEFER_IF_PERMIT", "DEFER_IF_REJECT", "HOLD",
+        "DISCARD", "PREPEND", "WARN",   "INFO",  "FILTER",          "REDIRECT",        "BCC",
+        "DELAY",
+    };
+    size_t n = 0;
+    while (v[n] && !is_space(v[n]))
+        n++;
+    if (n == 0)
+        return "an access(5) action is needed, such as DUNNO or 450 4.7.1 TEXT";
+    if (strlen(v) > 8192)
+        return "longer than the 8192 characters Postfix accepts";
+    if (n == 3 && (v[0] == '4' || v[0] == '5') && isdigit((unsigned char)v[1]) &&
+        isdigit((unsigned char)v[2]))
+        return NULL;
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (strlen(words[i]) == n && strncasecmp(words[i], v, n) == 0)
+            return NULL;
+    return "not an access(5) action (DUNNO, OK, 4NN TEXT, 5NN TEXT, REJECT, DEFER, "
+           "DEFER_IF_PERMIT, HOLD, ...)";
+}
+
+static const char *check_word(const char *v)
+{
+    for (const char *p = v; *p; p++)
+        if (is_space(*p))
+            return "must be one word, without blanks";
+    return NULL;
+}
+
+static const char *check_word_nonempty(const char *v)
+{
+    if (!*v)
+        return "must not be empty";
+    return check_word(v);
+}
+
+static const char *check_abs_path_optional(const char *v)
+{
+    if (*v && *v != '/')
+        return "must be an absolute path";
+    return check_word(v);
+}
+
+static const char *check_abs_path(const char *v)
+{
+    if (!*v)
+        return "must not be empty";
+    return check_abs_path_optional(v);
+}
+
+static const char *check_store(const char *v)
+{
+    struct config_store_url u;
+    if (config_parse_store_url(v, &u) < 0)
+        return u.error;
+    return NULL;
+}
+
+static const char *main_cf_item(const char *s, size_t n)
+{
+    const char *eq = memchr(s, '=', n);
+    if (!eq)
+        return "each item must be name=value (no blanks around '=')";
+    if (eq == s)
+        return "an item has an empty parameter name";
+    for (const char *q = s; q < eq; q++)
+        if (!isalnum((unsigned char)*q) && *q != '_')
+            return "a parameter name may hold only letters, digits and '_'";
+    return NULL;
+}
+
+static const char *check_main_cf_list(const char *v)
+{
+    return each_item(v, main_cf_item);
+}
+
+static const char *master_cf_item(const char *s, size_t n)
+{
+    const char *eq = memchr(s, '=', n);
+    if (!eq)
+        return "each item must be service/type/name=value (no blanks around '=')";
+    int slashes = 0;
+    const char *last = NULL;
+    for (const char *q = s; q < eq; q++)
+        if (*q == '/') {
+            slashes++;
+            last = q;
+        }
+    if (slashes != 2 || s[0] == '/' || last + 1 == eq)
+        return "each item must be service/type/name=value";
+    return main_cf_item(last + 1, (size_t)(s + n - last - 1));
+}
+
+static const char *check_master_cf_list(const char *v)
+{
+    return each_item(v, master_cf_item);
+}
+
+/* ---- typed values ---- */
+
+/* Parses an unsigned decimal into *num, returning the rest. NULL on overflow or when no
+ * digit is there. */
+static const char *parse_digits(const char *s, int64_t *num)
+{
+    int64_t v = 0;
+    const char *p = s;
+    while (*p >= '0' && *p <= '9') {
+        if (v > (INT64_MAX - 9) / 10)
+            return NULL;
+        v = v * 10 + (*p - '0');
+        p++;
+    }
+    if (p == s)
+        return NULL;
+    *num = v;
+    return p;
+}
+
+int config_parse_time_ms(const char *s, int64_t *out)
+{
+    static const struct {
+        const char *unit;
+        int64_t ms;
+    } units[] = {{"ms", 1}, {"s", SEC}, {"m", MIN}, {"h", HOUR}, {"d", DAY}, {"w", 7 * DAY}};
+    int64_t n;
+    const char *rest = parse_digits(s, &n);
+    if (!rest)
+        return -EINVAL;
+    int64_t mul = SEC; /* bare numbers are seconds, as in Postfix */
+    if (*rest) {
+        mul = 0;
+        for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+            if (strcmp(rest, units[i].unit) == 0)
+                mul = units[i].ms;
+        if (!mul)
+            return -EINVAL;
+    }
+    if (n > INT64_MAX / mul)
+        return -EINVAL;
+    *out = n * mul;
+    return 0;
+}
+
+int config_parse_size(const char *s, int64_t *out)
+{
+    int64_t n;
+    const char *rest = parse_digits(s, &n);
+    if (!rest)
+        return -EINVAL;
+    int64_t mul = 1;
+    if (*rest) {
+        if (rest[1])
+            return -EINVAL;
+        switch (*rest) {
+        case 'k':
+        case 'K':
+            mul = 1024;
+            break;
+        case 'm':
+        case 'M':
+            mul = 1024 * 1024;
+            break;
+        case 'g':
+        case 'G':
+            mul = 1024 * 1024 * 1024;
+            break;
+        default:
+            return -EINVAL;
+        }
+    }
+    if (n > INT64_MAX / mul)
+        return -EINVAL;
+    *out = n * mul;
+    return 0;
+}
+
+static int parse_int(const char *s, int64_t *out)
+{
+    bool neg = *s == '-';
+    int64_t n;
+    const char *rest = parse_digits(neg ? s + 1 : s, &n);
+    if (!rest || *rest)
+        return -EINVAL;
+    *out = neg ? -n : n;
+    return 0;
+}
+
+static int parse_bool(const char *s, bool *out)
+{
+    if (!strcasecmp(s, "yes") || !strcasecmp(s, "true") || !strcmp(s, "1"))
+        *out = true;
+    else if (!strcasecmp(s, "no") || !strcasecmp(s, "false") || !strcmp(s, "0"))
+        *out = false;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+static int parse_mode(const char *s, int64_t *out)
+{
+    int64_t v = 0;
+    if (!*s)
+        return -EINVAL;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '7' || v > 07777)
+            return -EINVAL;
+        v = v * 8 + (*p - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+static bool enum_has(const char *words, const char *s)
+{
+    size_t n = strlen(s);
+    const char *p = words;
+    while (*p) {
+        const char *bar = strchr(p, '|');
+        size_t wn = bar ? (size_t)(bar - p) : strlen(p);
+        if (wn == n && memcmp(p, s, n) == 0)
+            return true;
+        if (!bar)
+            break;
+        p = bar + 1;
+    }
+    return false;
+}
+
+static void fmt_time(int64_t ms, char *buf, size_t len)
+{
+    static const struct {
+        const char *unit;
+        int64_t ms;
+    } units[] = {{"d", DAY}, {"h", HOUR}, {"m", MIN}, {"s", SEC}};
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+        if (ms != 0 && ms % units[i].ms == 0) {
+            snprintf(buf, len, "%lld%s", (long long)(ms / units[i].ms), units[i].unit);
+            return;
+        }
+    if (ms == 0)
+        snprintf(buf, len, "0s");
+    else
+        snprintf(buf, len, "%lldms", (long long)ms);
+}
+
+static void fmt_size(int64_t n, char *buf, size_t len)
+{
+    static const struct {
+        const char *unit;
+        int64_t mul;
+    } units[] = {{"G", 1024 * 1024 * 1024}, {"M", 1024 * 1024}, {"K", 1024}};
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+        if (n != 0 && n % units[i].mul == 0) {
+            snprintf(buf, len, "%lld%s", (long long)(n / units[i].mul), units[i].unit);
+            return;
+        }
+    snprintf(buf, len, "%lld", (long long)n);
+}
+
+static void fmt_double(double d, char *buf, size_t len)
+{
+    /* The shortest form that reads back exactly, so print-then-parse is lossless. */
+    for (int prec = 6; prec <= 17; prec++) {
+        snprintf(buf, len, "%.*g", prec, d);
+        if (strtod(buf, NULL) == d)
+            return;
+    }
+}
+
+/* Describes the accepted form and range of an entry, for messages and the reference. */
+static void fmt_range(const struct cf_entry *e, char *buf, size_t len)
+{
+    char a[32], b[32];
+    switch (e->type) {
+    case CF_BOOL:
+        snprintf(buf, len, "yes or no");
+        break;
+    case CF_INT:
+        snprintf(buf, len, "an integer from %lld to %lld", (long long)e->min, (long long)e->max);
+        break;
+    case CF_TIME:
+        fmt_time(e->min, a, sizeof(a));
+        fmt_time(e->max, b, sizeof(b));
+        snprintf(buf, len, "a time from %s to %s (units ms s m h d w; a bare number is seconds)", a,
+                 b);
+        break;
+    case CF_SIZE:
+        fmt_size(e->min, a, sizeof(a));
+        fmt_size(e->max, b, sizeof(b));
+        snprintf(buf, len, "a size from %s to %s (suffixes K M G; a bare number is bytes)", a, b);
+        break;
+    case CF_MODE:
+        snprintf(buf, len, "an octal mode from 0000 to 07777");
+        break;
+    case CF_DOUBLE:
+        fmt_double(e->dmin, a, sizeof(a));
+        fmt_double(e->dmax, b, sizeof(b));
+        snprintf(buf, len, "a number from %s to %s", a, b);
+        break;
+    case CF_ENUM:
+        snprintf(buf, len, "one of %s", e->words);
+        break;
+    case CF_STRING:
+        snprintf(buf, len, "text");
+        break;
+    }
+}
+
+/* Stores value text into cfg's field for e. Returns 0, -EINVAL with *why set, or
+ * -ENOMEM. value has already been joined and trimmed. */
+static int cf_apply(struct config *cfg, const struct cf_entry *e, const char *value,
+                    const char **why)
+{
+    char *field = (char *)cfg + e->off;
+    int64_t n = 0;
+    int rc = 0;
+    *why = NULL;
+    switch (e->type) {
+    case CF_STRING:
+    case CF_ENUM: {
+        if (e->type == CF_ENUM && !enum_has(e->words, value)) {
+            *why = "unknown value";
+            return -EINVAL;
+        }
+        if (e->check && (*why = e->check(value)) != NULL)
+            return -EINVAL;
+        char *dup = cf_strdup(value);
+        if (!dup)
+            return -ENOMEM;
+        char **slot = (char **)(void *)field;
+        cf_free(*slot);
+        *slot = dup;
+        return 0;
+    }
+    case CF_BOOL: {
+        bool b;
+        if (parse_bool(value, &b) < 0) {
+            *why = "not a boolean";
+            return -EINVAL;
+        }
+        *(bool *)(void *)field = b;
+        return 0;
+    }
+    case CF_DOUBLE: {
+        char *end;
+        double d;
+        if (!*value || is_space(*value)) {
+            *why = "not a number";
+            return -EINVAL;
+        }
+        errno = 0;
+        d = strtod(value, &end);
+        if (*end || !isfinite(d) || errno == ERANGE) {
+            *why = "not a number";
+            return -EINVAL;
+        }
+        if (d < e->dmin || d > e->dmax) {
+            *why = "out of range";
+            return -EINVAL;
+        }
+        *(double *)(void *)field = d;
+        return 0;
+    }
+    case CF_INT:
+        rc = parse_int(value, &n);
+        *why = "not an integer";
+        break;
+    case CF_TIME:
+        rc = config_parse_time_ms(value, &n);
+        *why = "not a time";
+        break;
+    case CF_SIZE:
+        rc = config_parse_size(value, &n);
+        *why = "not a size";
+        break;
+    case CF_MODE:
+        rc = parse_mode(value, &n);
+        *why = "not an octal mode";
+        break;
+    }
+    if (rc < 0)
+        return -EINVAL;
+    if (n < e->min || n > e->max) {
+        *why = "out of range";
+        return -EINVAL;
+    }
+    *why = NULL;
+    if (e->type == CF_MODE)
+        *(unsigned *)(void *)field = (unsigned)n;
+    else
+        *(int64_t *)(void *)field = n;
+    return 0;
+}
+
+/* Formats a setting's value. Strings are borrowed from cfg (*tmp unused); numbers are
+ * written to tmp. */
+static const char *cf_format(const struct config *cfg, const struct cf_entry *e, char *tmp,
+                             size_t len)
+{
+    const char *field = (const char *)cfg + e->off;
+    switch (e->type) {
+    case CF_STRING:
+    case CF_ENUM: {
+        const char *s = *(char *const *)(const void *)field;
+        return s ? s : "";
+    }
+    case CF_BOOL:
+        return *(const bool *)(const void *)field ? "yes" : "no";
+    case CF_INT:
+        snprintf(tmp, len, "%lld", (long long)*(const int64_t *)(const void *)field);
+        return tmp;
+    case CF_TIME:
+        fmt_time(*(const int64_t *)(const void *)field, tmp, len);
+        return tmp;
+    case CF_SIZE:
+        fmt_size(*(const int64_t *)(const void *)field, tmp, len);
+        return tmp;
+    case CF_MODE:
+        snprintf(tmp, len, "%04o", *(const unsigned *)(const void *)field);
+        return tmp;
+    case CF_DOUBLE:
+        fmt_double(*(const double *)(const void *)field, tmp, len);
+        return tmp;
+    }
+    return "";
+}
+
+static bool cf_entry_equal(const struct config *a, const struct config *b, const struct cf_entry *e)
+{
+    const char *fa = (const char *)a + e->off, *fb = (const char *)b + e->off;
+    switch (e->type) {
+    case CF_STRING:
+    case CF_ENUM: {
+        const char *sa = *(char *const *)(const void *)fa, *sb = *(char *const *)(const void *)fb;
+        return strcmp(sa ? sa : "", sb ? sb : "") == 0;
+    }
+    case CF_BOOL:
+        return *(const bool *)(const void *)fa == *(const bool *)(const void *)fb;
+    case CF_MODE:
+        return *(const unsigned *)(const void *)fa == *(const unsigned *)(const void *)fb;
+    case CF_DOUBLE:
+        return *(const double *)(const void *)fa == *(const double *)(const void *)fb;
+    case CF_INT:
+    case CF_TIME:
+    case CF_SIZE:
+        return *(const int64_t *)(const void *)fa == *(const int64_t *)(const void *)fb;
+    }
+    return false;
+}
+
+/* ---- config objects ---- */
+
+void config_free(struct config *cfg)
+{
+    if (!cfg)
+        return;
+    for (size_t i = 0; i < CF_COUNT; i++)
+        if (cf_table[i].type == CF_STRING || cf_table[i].type == CF_ENUM)
+            cf_free(*(char **)(void *)((char *)cfg + cf_table[i].off));
+    if (cfg->value_lines)
+        for (size_t i = 0; i < CF_COUNT; i++)
+            cf_free(cfg->value_lines[i]);
+    cf_free(cfg->value_lines);
+    cf_free(cfg->setting_line);
+    cf_free(cfg->source_name);
+    cf_free(cfg);
+}
+
+static struct config *config_alloc(const char *source)
+{
+    struct config *cfg = cf_calloc(1, sizeof(*cfg));
+    if (!cfg)
+        return NULL;
+    cfg->source_name = cf_strdup(source);
+    cfg->setting_line = cf_calloc(CF_COUNT, sizeof(*cfg->setting_line));
+    cfg->value_lines = cf_calloc(CF_COUNT, sizeof(*cfg->value_lines));
+    if (!cfg->source_name || !cfg->setting_line || !cfg->value_lines)
+        goto fail;
+    for (size_t i = 0; i < CF_COUNT; i++) {
+        const char *why;
+        /* A default that does not parse is a bug in the table; the unit tests catch it. */
+        if (cf_apply(cfg, &cf_table[i], cf_table[i].def, &why) < 0)
+            goto fail;
+    }
+    return cfg;
+fail:
+    config_free(cfg);
+    return NULL;
+}
+
+struct config *config_new_defaults(void)
+{
+    return config_alloc("");
+}
+
+bool config_equal(const struct config *a, const struct config *b)
+{
+    for (size_t i = 0; i < CF_COUNT; i++)
+        if (!cf_entry_equal(a, b, &cf_table[i]))
+            return false;
+    return true;
+}
+
+int config_setting_line(const struct config *cfg, const char *name)
+{
+    const struct cf_entry *e = cf_find(name, strlen(name));
+    if (!e)
+        return -ENOENT;
+    return cfg->setting_line ? (int)cfg->setting_line[cf_index(e)] : 0;
+}
+
+int config_value_line(const struct config *cfg, const char *name, size_t k)
+{
+    const struct cf_entry *e = cf_find(name, strlen(name));
+    if (!e)
+        return -ENOENT;
+    const unsigned *lines = cfg->value_lines ? cfg->value_lines[cf_index(e)] : NULL;
+    if (!lines)
+        return 0;
+    /* lines[0] holds the count, lines[1..] the file line of each value line. */
+    return k < lines[0] ? (int)lines[k + 1] : 0;
+}
+
+const char *config_source_name(const struct config *cfg)
+{
+    return cfg->source_name ? cfg->source_name : "";
+}
+
+/* ---- diagnostics ---- */
+
+void config_errors_clear(struct config_errors *errs)
+{
+    if (!errs)
+        return;
+    for (size_t i = 0; i < errs->n; i++)
+        cf_free(errs->msg[i]);
+    cf_free(errs->msg);
+    errs->msg = NULL;
+    errs->n = 0;
+    errs->n_warnings = 0;
+}
+
+struct cf_parse {
+    const char *name;
+    struct config_errors *errs;
+    struct config *cfg;
+    unsigned *first_line; /* per setting, the line of its first definition */
+    size_t n_errors;      /* counted even when errs is NULL */
+    size_t n_dropped;     /* messages past CF_MAX_MESSAGES */
+    bool nomem;
+};
+
+static int errs_push(struct config_errors *errs, char *msg)
+{
+    char **nm = cf_realloc(errs->msg, (errs->n + 1) * sizeof(*nm));
+    if (!nm) {
+        cf_free(msg);
+        return -ENOMEM;
+    }
+    errs->msg = nm;
+    errs->msg[errs->n++] = msg;
+    return 0;
+}
+
+__attribute__((format(printf, 4, 5))) static void report(struct cf_parse *ps, bool warning,
+                                                         unsigned line, const char *fmt, ...)
+{
+    char text[512], msg[1024];
+    va_list ap;
+    if (!warning)
+        ps->n_errors++;
+    if (!ps->errs)
+        return;
+    if (ps->errs->n >= CF_MAX_MESSAGES && line != CF_SUMMARY_LINE) {
+        ps->n_dropped++;
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    snprintf(msg, sizeof(msg), "%s:%u: %s%s", ps->name, line == CF_SUMMARY_LINE ? 0 : line,
+             warning ? "warning: " : "", text);
+    char *dup = cf_strdup(msg);
+    if (!dup || errs_push(ps->errs, dup) < 0) {
+        ps->nomem = true;
+        return;
+    }
+    if (warning)
+        ps->errs->n_warnings++;
+}
+
+/* Quotes a value for a message: its first line, shortened. */
+static void quote_value(const char *v, char *buf, size_t len)
+{
+    size_t n = strcspn(v, "\n");
+    bool more = v[n] != '\0';
+    if (n > 60) {
+        n = 57;
+        more = true;
+    }
+    snprintf(buf, len, "\"%.*s%s\"", (int)n, v, more ? "..." : "");
+}
+
+/* A growable byte buffer for the value being assembled. */
+struct cf_buf {
+    char *p;
+    size_t len, cap;
+};
+
+static int buf_add(struct cf_buf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *np = cf_realloc(b->p, cap);
+        if (!np)
+            return -ENOMEM;
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+/* The logical line being assembled: a setting and its continuation lines. */
+struct cf_logical {
+    bool active;
+    bool broken; /* an error was reported on one of its lines: skip silently */
+    unsigned line;
+    const struct cf_entry *entry; /* NULL when the name was bad */
+    struct cf_buf value;
+    unsigned *lines; /* [0] = count, then the file line of each value line */
+    size_t lines_cap;
+};
+
+static int logical_add_line(struct cf_logical *lg, unsigned line)
+{
+    size_t count = lg->lines ? lg->lines[0] : 0;
+    if (count + 2 > lg->lines_cap) {
+        size_t cap = lg->lines_cap ? lg->lines_cap * 2 : 16;
+        unsigned *nl = cf_realloc(lg->lines, cap * sizeof(*nl));
+        if (!nl)
+            return -ENOMEM;
+        if (!lg->lines)
+            nl[0] = 0;
+        lg->lines = nl;
+        lg->lines_cap = cap;
+    }
+    lg->lines[++lg->lines[0]] = line;
+    return 0;
+}
+
+/* Adds one trimmed piece of value text (from the setting's line or a continuation). */
+static int logical_add(struct cf_parse *ps, struct cf_logical *lg, const char *s, size_t n,
+                       unsigned line)
+{
+    if (n == 0 || lg->broken)
+        return 0;
+    if (lg->value.len + n + 1 > CF_MAX_VALUE) {
+        report(ps, false, lg->line, "value of %s longer than %d bytes",
+               lg->entry ? lg->entry->name : "setting", CF_MAX_VALUE);
+        lg->broken = true;
+        return 0;
+    }
+    char sep = lg->entry && (lg->entry->flags & CF_LINES) ? '\n' : ' ';
+    if (lg->value.len > 0 && buf_add(&lg->value, &sep, 1) < 0)
+        return -ENOMEM;
+    if (buf_add(&lg->value, s, n) < 0 || logical_add_line(lg, line) < 0)
+        return -ENOMEM;
+    return 0;
+}
+
+/* Stores a finished logical line into the config. */
+static int logical_finish(struct cf_parse *ps, struct cf_logical *lg)
+{
+    int rc = 0;
+    if (!lg->active || lg->broken || !lg->entry)
+        goto out;
+    const struct cf_entry *e = lg->entry;
+    size_t idx = cf_index(e);
+    const char *value = lg->value.p ? lg->value.p : "";
+    const char *why;
+    unsigned first = ps->first_line[idx];
+    if (first)
+        report(ps, true, lg->line, "%s redefined (first at line %u)", e->name, first);
+    else
+        ps->first_line[idx] = lg->line;
+    rc = cf_apply(ps->cfg, e, value, &why);
+    if (rc == -EINVAL) {
+        char q[80], range[160];
+        quote_value(value, q, sizeof(q));
+        fmt_range(e, range, sizeof(range));
+        if (e->type == CF_STRING)
+            report(ps, false, lg->line, "bad value %s for %s: %s", q, e->name, why);
+        else
+            report(ps, false, lg->line, "bad value %s for %s: %s; expected %s", q, e->name, why,
+                   range);
+        rc = 0;
+    } else if (rc == 0) {
+        ps->cfg->setting_line[idx] = lg->line;
+        cf_free(ps->cfg->value_lines[idx]);
+        ps->cfg->value_lines[idx] = lg->lines;
+        lg->lines = NULL;
+        lg->lines_cap = 0;
+    }
+out:
+    lg->active = false;
+    lg->broken = false;
+    lg->entry = NULL;
+    lg->value.len = 0;
+    if (lg->value.p)
+        lg->value.p[0] = '\0';
+    if (lg->lines)
+        lg->lines[0] = 0;
+    return rc;
+}
+
+/* Edit distance, bounded: is a within two edits of b? For "did you mean". */
+static bool near_name(const char *a, size_t an, const char *b)
+{
+    size_t bn = strlen(b);
+    if (an > 64 || bn > 64 || (an > bn ? an - bn : bn - an) > 2)
+        return false;
+    unsigned prev[65], cur[65];
+    for (size_t j = 0; j <= bn; j++)
+        prev[j] = (unsigned)j;
+    for (size_t i = 1; i <= an; i++) {
+        cur[0] = (unsigned)i;
+        for (size_t j = 1; j <= bn; j++) {
+            unsigned sub = prev[j - 1] + (tolower((unsigned char)a[i - 1]) != b[j - 1]);
+            unsigned del = prev[j] + 1, ins = cur[j - 1] + 1;
+            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+        memcpy(prev, cur, sizeof(prev));
+    }
+    return prev[bn] <= 2;
+}
+
+/* Quotes a setting name for a message: shortened, bytes outside printable ASCII as \xNN
+ * so a binary file cannot put raw bytes on the administrator's terminal. */
+static void quote_name(const char *s, size_t n, char *buf, size_t len)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < n && i < 64 && j + 5 < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\')
+            j += (size_t)snprintf(buf + j, len - j, "\\x%02x", c);
+        else
+            buf[j++] = (char)c;
+    }
+    buf[j] = '\0';
+}
+
+/* Starts a logical line from a setting line (already known not to start with blank). */
+static void logical_start(struct cf_parse *ps, struct cf_logical *lg, const char *s, size_t n,
+                          unsigned line)
+{
+    lg->active = true;
+    lg->line = line;
+    size_t i = 0;
+    while (i < n && !is_space(s[i]) && s[i] != '=')
+        i++;
+    size_t name_len = i;
+    while (i < n && is_space(s[i]))
+        i++;
+    if (name_len == 0) {
+        report(ps, false, line, "missing parameter name before '='");
+        lg->broken = true;
+        return;
+    }
+    if (i >= n || s[i] != '=') {
+        char q[300];
+        quote_name(s, name_len, q, sizeof(q));
+        report(ps, false, line, "missing '=' after \"%s\"", q);
+        lg->broken = true;
+        return;
+    }
+    lg->entry = cf_find(s, name_len);
+    if (!lg->entry) {
+        const char *hint = NULL;
+        char q[300];
+        quote_name(s, name_len, q, sizeof(q));
+        for (size_t k = 0; k < CF_COUNT && !hint; k++)
+            if (near_name(s, name_len, cf_table[k].name))
+                hint = cf_table[k].name;
+        if (hint)
+            report(ps, false, line, "unknown setting \"%s\" (did you mean %s?)", q, hint);
+        else
+            report(ps, false, line, "unknown setting \"%s\"", q);
+        lg->broken = true;
+        return;
+    }
+    i++;
+    while (i < n && is_space(s[i]))
+        i++;
+    size_t end = n;
+    while (end > i && is_space(s[end - 1]))
+        end--;
+    if (logical_add(ps, lg, s + i, end - i, line) < 0)
+        ps->nomem = true;
+}
+
+/* Checks settings against each other once all are read. */
+static void cross_check(struct cf_parse *ps)
+{
+    struct config *cfg = ps->cfg;
+    if (cfg->stress_exit_threshold >= cfg->stress_enter_threshold) {
+        int l1 = config_setting_line(cfg, "stress_exit_threshold");
+        int l2 = config_setting_line(cfg, "stress_enter_threshold");
+        report(ps, false, (unsigned)(l1 > l2 ? l1 : l2),
+               "stress_exit_threshold (%lld) must be below stress_enter_threshold (%lld)",
+               (long long)cfg->stress_exit_threshold, (long long)cfg->stress_enter_threshold);
+    }
+}
+
+int config_parse_buffer(const char *name, const char *buf, size_t len, struct config **out,
+                        struct config_errors *errs)
+{
+    struct cf_parse ps = {.name = name ? name : "", .errs = errs};
+    struct cf_logical lg = {0};
+    int rc;
+    *out = NULL;
+    ps.cfg = config_alloc(ps.name);
+    ps.first_line = cf_calloc(CF_COUNT, sizeof(*ps.first_line));
+    if (!ps.cfg || !ps.first_line) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+
+    unsigned line = 0;
+    size_t pos = 0;
+    while (pos < len && !ps.nomem) {
+        const char *s = buf + pos;
+        const char *nl = memchr(s, '\n', len - pos);
+        size_t n = nl ? (size_t)(nl - s) : len - pos;
+        pos += n + (nl ? 1 : 0);
+        line++;
+        if (n > 0 && s[n - 1] == '\r')
+            n--; /* CRLF files from other editors read like LF files */
+
+        bool cont = n > 0 && (s[0] == ' ' || s[0] == '\t');
+        const char *bad = NULL;
+        char badc = 0;
+        if (n > CF_MAX_LINE)
+            bad = "line longer than 65536 bytes";
+        else
+            for (size_t i = 0; i < n; i++)
+                if ((unsigned char)s[i] < 0x20 && s[i] != '\t') {
+                    badc = s[i];
+                    bad = s[i] == '\0' ? "NUL byte in line" : "control character in line";
+                    break;
+                }
+        if (bad) {
+            if (badc && badc != '\0')
+                report(&ps, false, line, "%s (0x%02x)", bad, (unsigned)(unsigned char)badc);
+            else
+                report(&ps, false, line, "%s", bad);
+            /* The setting this line belongs to (or starts) is spoiled: no further
+             * messages about it, and its continuation lines are not orphans. */
+            if (!cont && logical_finish(&ps, &lg) < 0)
+                ps.nomem = true;
+            lg.active = true;
+            lg.broken = true;
+            lg.line = line;
+            continue;
+        }
+
+        size_t i = 0;
+        while (i < n && is_space(s[i]))
+            i++;
+        if (i == n || s[i] == '#')
+            continue; /* blank and comment lines, also inside a value, as in Postfix */
+        if (cont) {
+            if (!lg.active) {
+                report(&ps, false, line, "continuation line without a setting before it");
+                lg.active = true;
+                lg.broken = true;
+                lg.line = line;
+                continue;
+            }
+            size_t end = n;
+            while (end > i && is_space(s[end - 1]))
+                end--;
+            if (logical_add(&ps, &lg, s + i, end - i, line) < 0)
+                ps.nomem = true;
+            continue;
+        }
+        if (logical_finish(&ps, &lg) < 0) {
+            ps.nomem = true;
+            break;
+        }
+        logical_start(&ps, &lg, s, n, line);
+    }
+    if (!ps.nomem && logical_finish(&ps, &lg) < 0)
+        ps.nomem = true;
+    cf_free(lg.value.p);
+    cf_free(lg.lines);
+    if (!ps.nomem)
+        cross_check(&ps);
+    if (!ps.nomem && ps.n_dropped)
+        report(&ps, false, CF_SUMMARY_LINE, "%zu more messages not shown", ps.n_dropped);
+    if (ps.nomem) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    if (ps.n_errors) {
+        rc = -EINVAL;
+        goto fail;
+    }
+    cf_free(ps.first_line);
+    *out = ps.cfg;
+    return 0;
+fail:
+    cf_free(ps.first_line);
+    config_free(ps.cfg);
+    return rc;
+}
+
+int config_load_file(const char *path, struct config **out, struct config_errors *errs)
+{
+    struct cf_parse ps = {.name = path, .errs = errs};
+    struct cf_buf b = {0};
+    char chunk[8192];
+    int rc;
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        rc = -errno;
+        report(&ps, false, 0, "cannot open: %s", strerror(-rc));
+        return ps.nomem ? -ENOMEM : rc;
+    }
+    for (;;) {
+        size_t n = fread(chunk, 1, sizeof(chunk), f);
+        if (n == 0)
+            break;
+        if (b.len + n > CF_MAX_FILE) {
+            report(&ps, false, 0, "file larger than %d bytes", CF_MAX_FILE);
+            rc = ps.nomem ? -ENOMEM : -EFBIG;
+            goto out;
+        }
+        if (buf_add(&b, chunk, n) < 0) {
+            rc = -ENOMEM;
+            goto out;
+        }
+    }
+    if (ferror(f)) {
+        rc = -EIO;
+        report(&ps, false, 0, "read error");
+        goto out;
+    }
+    rc = config_parse_buffer(path, b.p ? b.p : "", b.len, out, errs);
+out:
+    fclose(f);
+    cf_free(b.p);
+    return rc;
+}
+
+/* ---- printing ---- */
+
+static int print_entry(const struct config *cfg, const struct cf_entry *e, FILE *out)
+{
+    char tmp[64];
+    const char *v = cf_format(cfg, e, tmp, sizeof(tmp));
+    /* postconf style: "name = value", an empty value as "name =", and further lines of a
+     * multi-line value indented by four spaces so they read back as continuations. */
+    if (!*v) {
+        fprintf(out, "%s =\n", e->name);
+    } else {
+        fprintf(out, "%s = ", e->name);
+        for (const char *p = v;;) {
+            size_t n = strcspn(p, "\n");
+            fwrite(p, 1, n, out);
+            fputc('\n', out);
+            if (!p[n])
+                break;
+            p += n + 1;
+            fputs("    ", out);
+        }
+    }
+    return ferror(out) ? -EIO : 0;
+}
+
+int config_print(const struct config *cfg, FILE *out, bool non_default_only)
+{
+    struct config *def = NULL;
+    int rc = 0;
+    if (non_default_only) {
+        def = config_new_defaults();
+        if (!def)
+            return -ENOMEM;
+    }
+    for (size_t i = 0; i < CF_COUNT && rc == 0; i++) {
+        const struct cf_entry *e = &cf_table[i];
+        /* Like postconf -n: what the file sets, and anything else that is not default. */
+        bool set = cfg->setting_line && cfg->setting_line[i];
+        if (def && !set && cf_entry_equal(cfg, def, e))
+            continue;
+        rc = print_entry(cfg, e, out);
+    }
+    config_free(def);
+    return rc;
+}
+
+int config_print_one(const struct config *cfg, FILE *out, const char *name)
+{
+    const struct cf_entry *e = cf_find(name, strlen(name));
+    if (!e)
+        return -ENOENT;
+    return print_entry(cfg, e, out);
+}
+
+/* ---- the reference ---- */
+
+static void md_text(FILE *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '|')
+            fputs("\\|", out);
+        else if (*s == '\n')
+            fputs(" ", out);
+        else
+            fputc(*s, out);
+    }
+}
+
+int config_write_reference(FILE *out)
+{
+    const char *group = NULL;
+    struct config *def = config_new_defaults();
+    if (!def)
+        return -ENOMEM;
+    for (size_t i = 0; i < CF_COUNT; i++) {
+        const struct cf_entry *e = &cf_table[i];
+        char range[160], tmp[64];
+        const char *v = cf_format(def, e, tmp, sizeof(tmp));
+        if (!group || strcmp(group, e->group) != 0) {
+            group = e->group;
+            fprintf(out, "%s**%s**\n\n", i ? "\n" : "", group);
+            fputs("| setting | default | meaning |\n| --- | --- | --- |\n", out);
+        }
+        fprintf(out, "| `%s` | ", e->name);
+        if (*v) {
+            fputc('`', out);
+            md_text(out, v);
+            fputc('`', out);
+        } else {
+            fputs("(empty)", out);
+        }
+        fputs(" | ", out);
+        md_text(out, e->doc);
+        if (e->type != CF_STRING) {
+            char a[32], b[32];
+            fputs(" Allowed: ", out);
+            if (e->type == CF_TIME) {
+                fmt_time(e->min, a, sizeof(a));
+                fmt_time(e->max, b, sizeof(b));
+                fprintf(out, "%s to %s.", a, b);
+            } else if (e->type == CF_SIZE) {
+                fmt_size(e->min, a, sizeof(a));
+                fmt_size(e->max, b, sizeof(b));
+                fprintf(out, "%s to %s.", a, b);
+            } else if (e->type == CF_ENUM) {
+                fputc('`', out);
+                md_text(out, e->words);
+                fputs("`.", out);
+            } else {
+                fmt_range(e, range, sizeof(range));
+                md_text(out, range);
+                fputc('.', out);
+            }
+        }
+        fputs(" |\n", out);
+    }
+    config_free(def);
+    return ferror(out) ? -EIO : 0;
+}
+
+/* ---- store URLs ---- */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Copies s[0..n) into dst (size cap), decoding %XX. False if too long or malformed. */
+static bool url_copy(char *dst, size_t cap, const char *s, size_t n, bool decode)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '\0' || is_space(c))
+            return false;
+        if (decode && c == '%') {
+            if (n - i < 3)
+                return false;
+            int hi = hexval(s[i + 1]), lo = hexval(s[i + 2]);
+            if (hi < 0 || lo < 0)
+                return false;
+            c = (char)(hi * 16 + lo);
+            i += 2;
+        }
+        if (c == '\0' || j + 1 >= cap)
+            return false;
+        dst[j++] = c;
+    }
+    dst[j] = '\0';
+    return true;
+}
+
+static int url_fail(struct config_store_url *out, const char *why)
+{
+    out->error = why;
+    return -EINVAL;
+}
+
+int config_parse_store_url(const char *s, struct config_store_url *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (strcmp(s, "memory") == 0) {
+        out->kind = CONFIG_STORE_MEMORY;
+        return 0;
+    }
+    if (strncmp(s, "redis://", 8) == 0) {
+        const char *p = s + 8;
+        size_t n = strcspn(p, "/?#");
+        const char *auth_end = NULL;
+        for (size_t i = 0; i < n; i++)
+            if (p[i] == '@')
+                auth_end = p + i; /* the last '@': a raw '@' in a password still works */
+        out->kind = CONFIG_STORE_REDIS_TCP;
+        out->port = 6379;
+        if (auth_end) {
+            if (*p != ':')
+                return url_fail(out, "only a password is supported: redis://:PASSWORD@HOST");
+            if (!url_copy(out->password, sizeof(out->password), p + 1, (size_t)(auth_end - p - 1),
+                          true))
+                return url_fail(out, "bad password (use %XX for special characters)");
+            n -= (size_t)(auth_end + 1 - p);
+            p = auth_end + 1;
+        }
+        const char *hend = p + n, *port = NULL;
+        const char *host = p;
+        size_t hn;
+        if (*p == '[') {
+            const char *rb = memchr(p, ']', n);
+            if (!rb)
+                return url_fail(out, "missing ']' after an IPv6 address");
+            host = p + 1;
+            hn = (size_t)(rb - host);
+            if (rb + 1 < hend) {
+                if (rb[1] != ':')
+                    return url_fail(out, "expected :PORT after ]");
+                port = rb + 2;
+            }
+        } else {
+            const char *colon = memchr(p, ':', n);
+            hn = colon ? (size_t)(colon - p) : n;
+            if (colon)
+                port = colon + 1;
+        }
+        if (hn == 0)
+            return url_fail(out, "missing host: redis://HOST:PORT");
+        if (!url_copy(out->host, sizeof(out->host), host, hn, false) || strpbrk(out->host, "[]@/"))
+            return url_fail(out, "bad host name");
+        if (port) {
+            int64_t v;
+            if (!parse_uint_n(port, (size_t)(hend - port), 65535, &v) || v == 0)
+                return url_fail(out, "port must be a number from 1 to 65535");
+            out->port = (int)v;
+        }
+        p = hend;
+        if (*p == '/' && p[1]) {
+            int64_t v;
+            if (!parse_uint_n(p + 1, strlen(p + 1), INT32_MAX, &v))
+                return url_fail(out, "database must be a number: redis://HOST:PORT/DB");
+            out->db = (int)v;
+        } else if (*p == '/') {
+            /* "redis://host:6379/" is the default database. */
+        } else if (*p) {
+            return url_fail(out, "unexpected text after HOST:PORT");
+        }
+        return 0;
+    }
+    if (strncmp(s, "redis+unix://", 13) == 0) {
+        const char *p = s + 13;
+        out->kind = CONFIG_STORE_REDIS_UNIX;
+        if (*p != '/')
+            return url_fail(out, "expected redis+unix:///ABSOLUTE/PATH");
+        size_t n = strcspn(p, "?");
+        if (!url_copy(out->path, sizeof(out->path), p, n, false))
+            return url_fail(out, "socket path too long or malformed");
+        p += n;
+        if (*p == '?')
+            p++;
+        while (*p) {
+            size_t pn = strcspn(p, "&");
+            if (pn > 3 && strncmp(p, "db=", 3) == 0) {
+                int64_t v;
+                if (!parse_uint_n(p + 3, pn - 3, INT32_MAX, &v))
+                    return url_fail(out, "db must be a number: ?db=N");
+                out->db = (int)v;
+            } else if (pn > 9 && strncmp(p, "password=", 9) == 0) {
+                if (!url_copy(out->password, sizeof(out->password), p + 9, pn - 9, true))
+                    return url_fail(out, "bad password (use %XX for special characters)");
+            } else {
+                return url_fail(out, "unknown parameter: expected ?db=N or &password=PW");
+            }
+            p += pn;
+            if (*p == '&')
+                p++;
+        }
+        return 0;
+    }
+    return url_fail(out, "expected memory, redis://HOST:PORT[/DB] or redis+unix:///PATH");
+}

@@ -84,12 +84,19 @@ struct config {
     double report_anomaly_sigma;    /* 2 */
     int64_t report_baseline_window; /* ms, 7 d */
     char *report_quiet_windows;     /* "" */
+
+    /* Bookkeeping owned by config.c: where the values came from. Read them through
+     * config_source_name() and config_setting_line(). */
+    char *source_name;      /* the name given to config_parse_buffer, "" for defaults */
+    unsigned *setting_line; /* per setting, the line of its last definition, 0 = default */
+    unsigned **value_lines; /* per multi-line setting, the file line of each value line */
 };
 
 /* Diagnostics: each message is "FILE:LINE: text" (LINE 0 when not tied to a line). */
 struct config_errors {
     char **msg;
     size_t n;
+    size_t n_warnings; /* how many of msg are warnings ("FILE:LINE: warning: ...") */
 };
 
 /* A config with every default. Returns NULL on ENOMEM. */
@@ -100,7 +107,10 @@ void config_free(struct config *cfg);
 /* Parses a whole file's bytes (name is used in messages). On success returns 0 and a
  * new config in *out (caller owns). On error returns -EINVAL (bad content, *out NULL,
  * every problem appended to errs) or -ENOMEM. Unknown names are errors. errs may be
- * NULL. */
+ * NULL. A success may still append warnings to errs (a setting given twice: the later
+ * wins, as in Postfix); print them, but they are no reason to fail. Lines end in LF or
+ * CRLF; a continuation line of a multi-line setting (limits, lists) keeps its own line,
+ * joined with '\n', other settings join continuation lines with one space. */
 int config_parse_buffer(const char *name, const char *buf, size_t len, struct config **out,
                         struct config_errors *errs);
 /* Reads and parses a file (a synchronous read: CLI and start-up only). -errno if it
@@ -110,7 +120,8 @@ int config_load_file(const char *path, struct config **out, struct config_errors
 void config_errors_clear(struct config_errors *errs);
 
 /* Prints settings as "name = value" lines like postconf: all of them, or only those that
- * differ from the defaults. Returns 0 or -errno. */
+ * differ from the defaults (and, like postconf -n, those the file sets explicitly).
+ * Further lines of a multi-line value are indented four spaces. Returns 0 or -errno. */
 int config_print(const struct config *cfg, FILE *out, bool non_default_only);
 
 /* Prints one setting by name; -ENOENT if unknown. */
@@ -120,3 +131,47 @@ int config_print_one(const struct config *cfg, FILE *out, const char *name);
  * ("500M", "10K", bare bytes) into bytes. Return 0 or -EINVAL. Shared with limits.c. */
 int config_parse_time_ms(const char *s, int64_t *out);
 int config_parse_size(const char *s, int64_t *out);
+
+/* Where a setting was defined: the line of its (last) definition, 0 when it has its
+ * default, -ENOENT for an unknown name. */
+int config_setting_line(const struct config *cfg, const char *name);
+/* The file line of line k (0-based, split on '\n') of a multi-line setting's value, so
+ * the rule parser can say FILE:LINE for rule k even with comment lines inside the block.
+ * Returns 0 for a default value or k past the end, -ENOENT for an unknown name. */
+int config_value_line(const struct config *cfg, const char *name, size_t k);
+/* The file name the config was parsed from ("" for defaults). Borrowed from cfg. */
+const char *config_source_name(const struct config *cfg);
+
+/* True when every setting of a and b has the same value (bookkeeping is ignored). */
+bool config_equal(const struct config *a, const struct config *b);
+
+enum config_store_kind {
+    CONFIG_STORE_MEMORY,
+    CONFIG_STORE_REDIS_TCP,  /* redis://[:PASSWORD@]HOST[:PORT][/DB] */
+    CONFIG_STORE_REDIS_UNIX, /* redis+unix:///PATH[?db=N[&password=PW]] */
+};
+
+/* A parsed store URL. Fixed buffers: nothing to free. */
+struct config_store_url {
+    enum config_store_kind kind;
+    char host[256];     /* TCP: name or address, IPv6 without brackets */
+    int port;           /* TCP: 6379 when not given */
+    char path[108];     /* unix: socket path (fits sun_path) */
+    char password[256]; /* "" = no AUTH; %XX escapes decoded */
+    int db;             /* 0 when not given */
+    const char *error;  /* on -EINVAL: why, a static string */
+};
+
+/* Parses "memory", "redis://[:PASSWORD@]HOST[:PORT][/DB]" (IPv6 as [ADDR]) or
+ * "redis+unix:///PATH[?db=N][&password=PW]". Returns 0, or -EINVAL with out->error set.
+ * Pure, no allocation; callable from anywhere. */
+int config_parse_store_url(const char *s, struct config_store_url *out);
+
+/* Writes the settings reference as a Markdown table (name, default, meaning), generated
+ * from the table in config.c; README.md's "config" section is this output. */
+int config_write_reference(FILE *out);
+
+/* Testing hook, jansson style: route config.c's allocations through these functions
+ * (NULL restores malloc/realloc/free). Not thread-safe; call before any config use. */
+void config_set_alloc_funcs(void *(*malloc_fn)(size_t), void *(*realloc_fn)(void *, size_t),
+                            void (*free_fn)(void *));
