@@ -1,21 +1,479 @@
-/* Unit tests of lib/maillog.c: placeholder until the module lands. */
+/* Unit tests of lib/maillog.c: real Postfix line formats (postfix-facts.md) parsed into
+ * records field by field, unknown and damaged lines, and the line splitter over chunked
+ * input with over-long lines. test/data/maillog/sample.log doubles as a fuzz seed. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <cmocka.h>
 
 #include "maillog.h"
 
-static void test_maillog_placeholder(void **state)
+static enum maillog_kind parse(const char *line, struct maillog_record *rec)
+{
+    return maillog_parse_line(line, strlen(line), rec);
+}
+
+static void test_maillog_header_fields(void **state)
 {
     (void)state;
+    struct maillog_record r;
+    assert_int_equal(parse("Nov 23 03:33:29 mx postfix-test/smtpd[6826]: connect from "
+                           "localhost[127.0.0.1]",
+                           &r),
+                     MAILLOG_CONNECT);
+    assert_string_equal(r.timestamp, "Nov 23 03:33:29");
+    assert_string_equal(r.host, "mx");
+    assert_string_equal(r.syslog_name, "postfix-test");
+    assert_string_equal(r.daemon, "smtpd");
+    assert_int_equal(r.pid, 6826);
+    assert_string_equal(r.client_name, "localhost");
+    assert_string_equal(r.client_addr, "127.0.0.1");
+    assert_int_equal(r.client_port, 0);
+
+    /* Single-digit day padded with a space, a syslog_name with a slash, ISO time. */
+    assert_int_equal(parse("Nov  3 03:33:29 mx postfix/submission/smtpd[1]: connect from "
+                           "a.example[2001:db8::1]",
+                           &r),
+                     MAILLOG_CONNECT);
+    assert_string_equal(r.syslog_name, "postfix/submission");
+    assert_string_equal(r.daemon, "smtpd");
+    assert_string_equal(r.client_addr, "2001:db8::1");
+    assert_int_equal(parse("2024-11-23T03:33:29.123456+00:00 mx postfix/smtpd[77]: connect "
+                           "from unknown[192.0.2.1]\r",
+                           &r),
+                     MAILLOG_CONNECT);
+    assert_string_equal(r.timestamp, "2024-11-23T03:33:29.123456+00:00");
+    assert_string_equal(r.client_name, "unknown");
+    assert_string_equal(r.client_addr, "192.0.2.1");
+}
+
+static void test_maillog_process_limit(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *line, *service, *endpoint;
+        unsigned long limit;
+    } cases[] = {
+        {"Nov 23 03:33:30 mx postfix-test/master[8516]: warning: service \"smtpd\" "
+         "(private/smtpd) has reached its process limit \"4\": new clients may experience "
+         "noticeable delays",
+         "smtpd", "private/smtpd", 4},
+        {"Oct  3 20:39:27 spike postfix/master[28905]: warning: service \"smtp\" (25) has "
+         "reached its process limit \"30\": new clients may experience noticeable delays",
+         "smtp", "25", 30},
+        {"Oct  3 20:39:27 spike postfix/master[28905]: warning: service \"127.0.0.1:2525\" "
+         "(127.0.0.1:2525) has reached its process limit \"2\": new clients may experience "
+         "noticeable delays",
+         "127.0.0.1:2525", "127.0.0.1:2525", 2},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct maillog_record r;
+        assert_int_equal(parse(cases[i].line, &r), MAILLOG_PROCESS_LIMIT);
+        assert_string_equal(r.service, cases[i].service);
+        assert_string_equal(r.endpoint, cases[i].endpoint);
+        assert_int_equal(r.limit, cases[i].limit);
+        assert_string_equal(r.daemon, "master");
+    }
+    /* The two follow-up warnings are not process-limit events. */
+    struct maillog_record r;
+    assert_int_equal(parse("Nov 23 03:33:30 mx postfix-test/master[8516]: warning: to avoid "
+                           "this condition, increase the process count in master.cf or "
+                           "reduce the service time per client",
+                           &r),
+                     MAILLOG_OTHER);
+    /* The same text from another daemon is not master's warning. */
+    assert_int_equal(parse("Nov 23 03:33:30 mx postfix/smtpd[1]: warning: service \"smtpd\" "
+                           "(x) has reached its process limit \"4\": no",
+                           &r),
+                     MAILLOG_OTHER);
+}
+
+static void test_maillog_postscreen(void **state)
+{
+    (void)state;
+    struct maillog_record r;
+    assert_int_equal(parse("Nov 23 03:33:31 mx postfix-test/postscreen[7001]: entering "
+                           "STRESS mode with 90 connections",
+                           &r),
+                     MAILLOG_POSTSCREEN_ENTER);
+    assert_int_equal(r.count, 90);
+    assert_int_equal(parse("Nov 23 03:33:35 mx postfix-test/postscreen[7001]: leaving STRESS "
+                           "mode with 70 connections",
+                           &r),
+                     MAILLOG_POSTSCREEN_LEAVE);
+    assert_int_equal(r.count, 70);
+    assert_int_equal(parse("Nov 23 03:33:31 mx postfix-test/postscreen[7001]: NOQUEUE: "
+                           "reject: CONNECT from [127.0.0.1]:41234: all server ports busy",
+                           &r),
+                     MAILLOG_PORTS_BUSY);
+    assert_string_equal(r.client_addr, "127.0.0.1");
+    assert_string_equal(r.client_name, "");
+    assert_int_equal(r.client_port, 41234);
+    assert_string_equal(r.queue_id, "");
+    assert_int_equal(parse("Nov 23 03:33:31 mx postfix/postscreen[7001]: entering STRESS mode "
+                           "with many connections",
+                           &r),
+                     MAILLOG_OTHER);
+}
+
+static void test_maillog_limit_exceeded(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *what;
+        enum maillog_limit kind;
+    } cases[] = {
+        {"Connection rate", MAILLOG_LIMIT_CONNECTION_RATE},
+        {"Connection concurrency", MAILLOG_LIMIT_CONNECTION_COUNT},
+        {"Message delivery request rate", MAILLOG_LIMIT_MESSAGE_RATE},
+        {"Recipient address rate", MAILLOG_LIMIT_RECIPIENT_RATE},
+        {"New TLS session rate", MAILLOG_LIMIT_NEWTLS_RATE},
+        {"AUTH command rate", MAILLOG_LIMIT_AUTH_RATE},
+        {"Frobnication", MAILLOG_LIMIT_OTHER},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char line[512];
+        snprintf(line, sizeof(line),
+                 "Nov 23 03:33:36 mx postfix-test/smtpd[6826]: warning: %s limit exceeded: 5 "
+                 "from host.example[192.0.2.7] for service smtp",
+                 cases[i].what);
+        struct maillog_record r;
+        assert_int_equal(parse(line, &r), MAILLOG_LIMIT_EXCEEDED);
+        assert_int_equal(r.limit_kind, cases[i].kind);
+        assert_int_equal(r.count, 5);
+        assert_string_equal(r.client_name, "host.example");
+        assert_string_equal(r.client_addr, "192.0.2.7");
+        assert_string_equal(r.service, "smtp");
+    }
+}
+
+static void test_maillog_anvil(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *msg;
+        enum maillog_anvil_stat stat;
+        unsigned long count, interval;
+        const char *key;
+    } cases[] = {
+        {"statistics: max connection rate 40/60s for (smtp:192.0.2.7) at Nov 23 03:33:59",
+         MAILLOG_ANVIL_CONNECTION_RATE, 40, 60, "smtp:192.0.2.7"},
+        {"statistics: max connection count 4 for (smtp:192.0.2.7) at Nov 23 03:33:59",
+         MAILLOG_ANVIL_CONNECTION_COUNT, 4, 0, "smtp:192.0.2.7"},
+        {"statistics: max message rate 4/60s for (smtp:192.0.2.8) at Nov 23 03:33:59",
+         MAILLOG_ANVIL_MESSAGE_RATE, 4, 60, "smtp:192.0.2.8"},
+        {"statistics: max recipient rate 12/60s for (submission:2001:db8::1) at Nov 23 "
+         "03:33:59",
+         MAILLOG_ANVIL_RECIPIENT_RATE, 12, 60, "submission:2001:db8::1"},
+        {"statistics: max cache size 1 at Nov 23 03:33:35", MAILLOG_ANVIL_CACHE_SIZE, 1, 0, ""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char line[512];
+        snprintf(line, sizeof(line), "Nov 23 03:33:59 mx postfix-test/anvil[7400]: %s",
+                 cases[i].msg);
+        struct maillog_record r;
+        assert_int_equal(parse(line, &r), MAILLOG_ANVIL_STATS);
+        assert_int_equal(r.anvil_stat, cases[i].stat);
+        assert_int_equal(r.count, cases[i].count);
+        assert_int_equal(r.interval_s, cases[i].interval);
+        assert_string_equal(r.key, cases[i].key);
+    }
+}
+
+static void test_maillog_lost_connection(void **state)
+{
+    (void)state;
+    struct maillog_record r;
+    assert_int_equal(parse("Nov 23 03:33:29 mx postfix-test/smtpd[6826]: lost connection "
+                           "after CONNECT from localhost[127.0.0.1]",
+                           &r),
+                     MAILLOG_LOST_CONNECTION);
+    assert_string_equal(r.stage, "CONNECT");
+    assert_string_equal(r.client_addr, "127.0.0.1");
+    assert_int_equal(parse("Nov 23 03:33:29 mx postfix/smtpd[1]: lost connection after DATA "
+                           "(0 bytes) from unknown[192.0.2.5]:4711",
+                           &r),
+                     MAILLOG_LOST_CONNECTION);
+    assert_string_equal(r.stage, "DATA");
+    assert_string_equal(r.client_addr, "192.0.2.5");
+    assert_int_equal(r.client_port, 4711);
+}
+
+static void test_maillog_reject(void **state)
+{
+    (void)state;
+    struct maillog_record r;
+    assert_int_equal(
+        parse("Nov 23 03:33:37 mx postfix-test/smtpd[6826]: NOQUEUE: reject: RCPT from "
+              "unknown[192.0.2.9]: 550 5.1.1 <nobody@Example.TEST>: Recipient address "
+              "rejected: User unknown in local recipient table; from=<s@spam.test> "
+              "to=<nobody@Example.TEST> proto=ESMTP helo=<bot>",
+              &r),
+        MAILLOG_REJECT);
+    assert_string_equal(r.stage, "RCPT");
+    assert_string_equal(r.client_name, "unknown");
+    assert_string_equal(r.client_addr, "192.0.2.9");
+    assert_int_equal(r.code, 550);
+    assert_string_equal(r.dsn, "5.1.1");
+    assert_int_equal(r.reject_class, MAILLOG_REJECT_UNKNOWN_USER);
+    assert_string_equal(r.recipient, "nobody@Example.TEST");
+    assert_string_equal(r.domain, "example.test");
+    assert_string_equal(r.queue_id, "");
+    assert_string_equal(r.text, "<nobody@Example.TEST>: Recipient address rejected: User "
+                                "unknown in local recipient table");
+
+    /* Relay denied: another class; no tail: the recipient comes from the reply. */
+    assert_int_equal(parse("Nov 23 03:33:37 mx postfix/smtpd[1]: 4F2A1B: reject: RCPT from "
+                           "h.example[192.0.2.10]: 554 5.7.1 <x@relay.test>: Relay access "
+                           "denied",
+                           &r),
+                     MAILLOG_REJECT);
+    assert_int_equal(r.reject_class, MAILLOG_REJECT_OTHER);
+    assert_string_equal(r.queue_id, "4F2A1B");
+    assert_string_equal(r.recipient, "x@relay.test");
+    assert_int_equal(r.code, 554);
+
+    /* postscreen reject, "[addr]:port" client, comma-separated tail. */
+    assert_int_equal(parse("Nov 23 03:33:37 mx postfix/postscreen[9]: NOQUEUE: reject: RCPT "
+                           "from [192.0.2.11]:5555: 550 5.7.1 Service unavailable; client "
+                           "[192.0.2.11] blocked using zen.example; from=<a@b.test>, "
+                           "to=<c@d.test>, proto=ESMTP, helo=<x>",
+                           &r),
+                     MAILLOG_REJECT);
+    assert_string_equal(r.client_addr, "192.0.2.11");
+    assert_int_equal(r.client_port, 5555);
+    assert_string_equal(r.recipient, "c@d.test");
+    assert_string_equal(r.domain, "d.test");
+    /* A malformed code is not a reject. */
+    assert_int_equal(parse("Nov 23 03:33:37 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from "
+                           "h[192.0.2.1]: 99 5.1.1 nope",
+                           &r),
+                     MAILLOG_OTHER);
+}
+
+static void test_maillog_delivery(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *line;
+        const char *qid, *rcpt, *domain, *relay, *dsn, *word, *text;
+        int64_t delay;
+        enum maillog_status st;
+    } cases[] = {
+        {"Nov 23 03:33:38 mx postfix-test/smtp[11214]: 851735104A2: to=<d1@defer.test>, "
+         "relay=none, delay=0.14, delays=0.04/0.1/0/0, dsn=4.4.1, status=deferred (connect to "
+         "127.0.0.1[127.0.0.1]:9: Connection refused)",
+         "851735104A2", "d1@defer.test", "defer.test", "none", "4.4.1", "deferred",
+         "connect to 127.0.0.1[127.0.0.1]:9: Connection refused", 140, MAILLOG_STATUS_DEFERRED},
+        {"Nov 23 03:33:39 mx postfix-test/smtp[11215]: 9A1B2C3D4E: to=<u@Sink.Test>, "
+         "relay=127.0.0.1[127.0.0.1]:2526, delay=1.2, delays=0.1/0/0.5/0.6, dsn=2.0.0, "
+         "status=sent (250 2.0.0 Ok: queued as 4F2)",
+         "9A1B2C3D4E", "u@Sink.Test", "sink.test", "127.0.0.1[127.0.0.1]:2526", "2.0.0", "sent",
+         "250 2.0.0 Ok: queued as 4F2", 1200, MAILLOG_STATUS_SENT},
+        {"Nov 23 03:33:40 mx postfix/local[5]: 4Bx2Kd1vYzz9sZ: to=<root@mx.test>, "
+         "orig_to=<\"a, b\"@mx.test>, relay=local, delay=3, delays=0/0/0/3, dsn=5.2.2, "
+         "status=bounced (cannot update mailbox (quota) for user root)",
+         "4Bx2Kd1vYzz9sZ", "root@mx.test", "mx.test", "local", "5.2.2", "bounced",
+         "cannot update mailbox (quota) for user root", 3000, MAILLOG_STATUS_BOUNCED},
+        {"Nov 23 03:33:41 mx postfix/error[6]: 1234567AB: to=<nobody>, relay=none, delay=0, "
+         "delays=0/0/0/0, dsn=4.0.0, status=undeliverable (x)",
+         "1234567AB", "nobody", "", "none", "4.0.0", "undeliverable", "x", 0, MAILLOG_STATUS_OTHER},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct maillog_record r;
+        assert_int_equal(parse(cases[i].line, &r), MAILLOG_DELIVERY);
+        assert_string_equal(r.queue_id, cases[i].qid);
+        assert_string_equal(r.recipient, cases[i].rcpt);
+        assert_string_equal(r.domain, cases[i].domain);
+        assert_string_equal(r.relay, cases[i].relay);
+        assert_string_equal(r.dsn, cases[i].dsn);
+        assert_string_equal(r.status_word, cases[i].word);
+        assert_string_equal(r.text, cases[i].text);
+        assert_int_equal(r.delay_ms, cases[i].delay);
+        assert_int_equal(r.status, cases[i].st);
+        assert_false(r.truncated);
+    }
+}
+
+static void test_maillog_unknown_and_damaged_lines(void **state)
+{
+    (void)state;
+    static const char *const lines[] = {
+        "",
+        "garbage",
+        "Nov 23 03:34:01 mx kernel: [12345.678] eth0: link up",
+        "Nov 23 03:34:00 mx postfix-test/smtpd[6826]: disconnect from localhost[127.0.0.1] "
+        "ehlo=1 quit=1 commands=2",
+        "Nov 23 03:34:00 mx postfix/smtpd[x]: connect from a[1.2.3.4]",
+        "Nov 23 03:34:00 mx postfix/smtpd[1]: connect from a[1.2.3.4",
+        "Nov 23 03:34:00 mx postfix/smtpd[1]: connect from a[]",
+        "Nov 23 03:34:00 mx postfix/smtpd[1]: connect from a[1.2.3.4]:99999",
+        "Nov 23 03:34:00 mx postfix/smtp[1]: ABCDEF: to=<a@b>, relay=none, delay=x, status=sent",
+        "Nov 23 03:34:00 mx postfix/smtp[1]: ABCDEF: to=<a@b>, relay=none",
+        "Nov 23 03:34:00 mx postfix/smtp[1]: ABC: to=<a@b>, status=sent",
+        "Nov 23 03:34:00 mx /smtpd[1]: connect from a[1.2.3.4]",
+        "Nov 23",
+    };
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+        struct maillog_record r;
+        if (parse(lines[i], &r) != MAILLOG_OTHER)
+            fail_msg("line %zu parsed as %s: %s", i, maillog_kind_name(r.kind), lines[i]);
+        assert_int_equal(r.delay_ms, -1);
+        assert_string_equal(r.client_addr, "");
+    }
+    /* A NUL inside the line, and bytes past len, are never read as content. */
+    static const char nul[] = "Nov 23 03:33:29 mx postfix/smtpd[1]: connect from a[1.2.3.4]\0x";
+    struct maillog_record r;
+    assert_int_equal(maillog_parse_line(nul, sizeof(nul) - 1, &r), MAILLOG_OTHER);
+    assert_int_equal(maillog_parse_line(nul, sizeof(nul) - 3, &r), MAILLOG_CONNECT);
+    assert_int_equal(maillog_parse_line(nul, sizeof(nul) - 6, &r), MAILLOG_OTHER); /* "1.2.3" */
+    assert_int_equal(maillog_parse_line(NULL, 0, &r), MAILLOG_OTHER);
+}
+
+static void test_maillog_long_fields_are_cut(void **state)
+{
+    (void)state;
+    char line[4096];
+    char host[1000];
+    memset(host, 'h', sizeof(host) - 1);
+    host[sizeof(host) - 1] = '\0';
+    snprintf(line, sizeof(line), "Nov 23 03:33:29 mx postfix/smtpd[1]: connect from %s[192.0.2.1]",
+             host);
+    struct maillog_record r;
+    assert_int_equal(parse(line, &r), MAILLOG_CONNECT);
+    assert_true(r.truncated);
+    assert_int_equal(strlen(r.client_name), sizeof(r.client_name) - 1);
+    assert_string_equal(r.client_addr, "192.0.2.1");
+}
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    char *buf = malloc(1 << 16);
+    assert_non_null(buf);
+    *len = fread(buf, 1, 1 << 16, f);
+    fclose(f);
+    return buf;
+}
+
+static void test_maillog_sample_file_in_chunks(void **state)
+{
+    (void)state;
+    size_t len;
+    char *data = read_file(TEST_DATA "/maillog/sample.log", &len);
+    static const enum maillog_kind want[] = {
+        MAILLOG_CONNECT,        MAILLOG_LOST_CONNECTION,
+        MAILLOG_PROCESS_LIMIT,  MAILLOG_OTHER,
+        MAILLOG_OTHER,          MAILLOG_POSTSCREEN_ENTER,
+        MAILLOG_PORTS_BUSY,     MAILLOG_POSTSCREEN_LEAVE,
+        MAILLOG_LIMIT_EXCEEDED, MAILLOG_LIMIT_EXCEEDED,
+        MAILLOG_REJECT,         MAILLOG_DELIVERY,
+        MAILLOG_DELIVERY,       MAILLOG_ANVIL_STATS,
+        MAILLOG_ANVIL_STATS,    MAILLOG_ANVIL_STATS,
+        MAILLOG_OTHER,          MAILLOG_OTHER,
+    };
+    const size_t nwant = sizeof(want) / sizeof(want[0]);
+    /* Every chunk size must give the same lines. */
+    static const size_t chunks[] = {1, 2, 7, 64, 333, 100000};
+    for (size_t ci = 0; ci < sizeof(chunks) / sizeof(chunks[0]); ci++) {
+        struct maillog_splitter *sp = maillog_splitter_new(0);
+        assert_non_null(sp);
+        size_t got = 0;
+        for (size_t off = 0; off < len; off += chunks[ci]) {
+            size_t n = len - off < chunks[ci] ? len - off : chunks[ci];
+            assert_int_equal(maillog_splitter_feed(sp, data + off, n), 0);
+            const char *line;
+            size_t ll;
+            bool cut;
+            while (maillog_splitter_next(sp, &line, &ll, &cut) == 1) {
+                struct maillog_record r;
+                assert_true(got < nwant);
+                assert_false(cut);
+                if (maillog_parse_line(line, ll, &r) != want[got])
+                    fail_msg("chunk %zu line %zu: %s, want %s", chunks[ci], got,
+                             maillog_kind_name(r.kind), maillog_kind_name(want[got]));
+                got++;
+            }
+        }
+        assert_int_equal(got, nwant);
+        assert_int_equal(maillog_splitter_pending(sp), 0);
+        maillog_splitter_free(sp);
+    }
+    free(data);
+}
+
+static void test_maillog_splitter_bounds_long_lines(void **state)
+{
+    (void)state;
+    struct maillog_splitter *sp = maillog_splitter_new(16);
+    const char *line;
+    size_t len;
+    bool cut;
+    assert_int_equal(maillog_splitter_feed(sp, "short\r\n0123456789", 17), 0);
+    assert_int_equal(maillog_splitter_next(sp, &line, &len, &cut), 1);
+    assert_int_equal(len, 5);
+    assert_memory_equal(line, "short", 5);
+    assert_false(cut);
+    assert_int_equal(maillog_splitter_next(sp, &line, &len, &cut), 0);
+    assert_int_equal(maillog_splitter_pending(sp), 10);
+    /* The line grows past 16 bytes without a newline: its head comes out cut. */
+    assert_int_equal(maillog_splitter_feed(sp, "abcdefghij", 10), 0);
+    assert_int_equal(maillog_splitter_next(sp, &line, &len, &cut), 1);
+    assert_int_equal(len, 16);
+    assert_memory_equal(line, "0123456789abcdef", 16);
+    assert_true(cut);
+    assert_int_equal(maillog_splitter_pending(sp), 0);
+    /* Its tail is dropped up to the newline, however long, and memory stays bounded. */
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(maillog_splitter_feed(sp, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", 30), 0);
+        assert_int_equal(maillog_splitter_next(sp, &line, &len, &cut), 0);
+        assert_int_equal(maillog_splitter_pending(sp), 0);
+    }
+    assert_int_equal(maillog_splitter_feed(sp, "xx\nnext\n", 8), 0);
+    assert_int_equal(maillog_splitter_next(sp, &line, &len, &cut), 1);
+    assert_int_equal(len, 4);
+    assert_memory_equal(line, "next", 4);
+    assert_false(cut);
+    /* A complete over-long line in one chunk is cut too. */
+    assert_int_equal(maillog_splitter_feed(sp, "0123456789abcdefXYZ\nok\n", 23), 0);
+    assert_int_equal(maillog_splitter_next(sp, &line, &len, &cut), 1);
+    assert_int_equal(len, 16);
+    assert_true(cut);
+    assert_int_equal(maillog_splitter_next(sp, &line, &len, &cut), 1);
+    assert_memory_equal(line, "ok", 2);
+    /* Reset drops a partial line (log rotated). */
+    assert_int_equal(maillog_splitter_feed(sp, "partial", 7), 0);
+    maillog_splitter_reset(sp);
+    assert_int_equal(maillog_splitter_pending(sp), 0);
+    assert_int_equal(maillog_splitter_feed(sp, "new\n", 4), 0);
+    assert_int_equal(maillog_splitter_next(sp, &line, &len, NULL), 1);
+    assert_memory_equal(line, "new", 3);
+    assert_int_equal(maillog_splitter_feed(sp, NULL, 3), -EINVAL);
+    maillog_splitter_free(sp);
+    maillog_splitter_free(NULL);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_maillog_placeholder),
+        cmocka_unit_test(test_maillog_header_fields),
+        cmocka_unit_test(test_maillog_process_limit),
+        cmocka_unit_test(test_maillog_postscreen),
+        cmocka_unit_test(test_maillog_limit_exceeded),
+        cmocka_unit_test(test_maillog_anvil),
+        cmocka_unit_test(test_maillog_lost_connection),
+        cmocka_unit_test(test_maillog_reject),
+        cmocka_unit_test(test_maillog_delivery),
+        cmocka_unit_test(test_maillog_unknown_and_damaged_lines),
+        cmocka_unit_test(test_maillog_long_fields_are_cut),
+        cmocka_unit_test(test_maillog_sample_file_in_chunks),
+        cmocka_unit_test(test_maillog_splitter_bounds_long_lines),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
