@@ -7,16 +7,12 @@ Needs root, postfix, swaks. Env: POSTSURGE (the binary), PYTHONPATH=test/pylib.
 """
 import os
 import re
-import signal
-import subprocess
 import sys
-import tempfile
 import unittest
 
 from ports import free_port, tcp_listening, wait_for
 from postfix_instance import PostfixInstance
-
-POSTSURGE = os.environ.get("POSTSURGE", "postsurge")
+from postsurge import Postsurge
 SOURCE_ROOT = os.environ.get("SOURCE_ROOT",
                              os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -27,86 +23,38 @@ DECISION_RE = re.compile(r": (?P<state>[A-Z-]+) client=(?P<client>\S*) "
                          r"recipient=<(?P<rcpt>[^>]*)>: action=(?P<action>.*)$")
 
 
-class Postsurge:
-    """postsurge serve in the foreground (-f -v) with a temp config; stderr to a file.
-    Always stopped by PID."""
+def start_postsurge(listen, pf):
+    """postsurge serve (-f -v: debug log of every decision) listening on listen only, via
+    the shared harness test/pylib/postsurge.py; stopped by PID in cleanup()."""
+    ps = Postsurge(listen=listen, inet=False, args=["-v"], extra={
+        "store": "memory",
+        "log_level": "debug",
+        "monitor": "no",
+        "http_listen": "inet:127.0.0.1:%d" % free_port(),
+        "postfix_config_directory": pf.dir,
+        "maillog_file": pf.maillog_path,
+    })
+    # The harness only knows the endpoints it generated: wait for ours here.
+    if listen.startswith("unix:"):
+        up = lambda: Postsurge._unix_listening(listen[5:])
+    else:
+        up = lambda: tcp_listening(int(listen.rsplit(":", 1)[1]))
+    if not wait_for(lambda: up() or not ps.running(), 15) or not ps.running():
+        log = ps.log()
+        ps.cleanup()
+        raise RuntimeError("postsurge did not listen on %s:\n%s" % (listen, log))
+    return ps
 
-    def __init__(self, listen, postfix=None):
-        self.dir = tempfile.mkdtemp(prefix="postsurge-e2e-")
-        self.conf = os.path.join(self.dir, "postsurge.cf")
-        self.log_path = os.path.join(self.dir, "postsurge.log")
-        self.listen = listen
-        lines = [
-            "listen = %s" % " ".join(listen),
-            "store = memory",
-            "log_destination = stderr",
-            "log_level = debug",
-            "monitor = no",
-            "http_listen = inet:127.0.0.1:%d" % free_port(),
-            "state_directory = %s" % self.dir,
-            "user = root",
-            "group = root",
-        ]
-        if postfix is not None:
-            lines += ["postfix_config_directory = %s" % postfix.dir,
-                      "maillog_file = %s" % postfix.maillog_path]
-        with open(self.conf, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        self.proc = None
 
-    def start(self, timeout=20):
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([POSTSURGE, "-f", "-v", "-c", self.conf, "serve"],
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-
-        def ready():
-            if self.proc.poll() is not None:
-                return True
-            for l in self.listen:
-                if l.startswith("inet:") and not tcp_listening(int(l.rsplit(":", 1)[1])):
-                    return False
-                if l.startswith("unix:") and not os.path.exists(l[5:]):
-                    return False
-            return True
-        wait_for(ready, timeout)
-        if self.proc.poll() is not None or not ready():
-            self.stop()
-            raise RuntimeError("postsurge did not start:\n" + self.log())
-        return self
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def log(self):
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
-
-    def decisions(self, state="RCPT"):
-        """(client, sender, recipient, action) of every logged decision for state."""
-        out = []
-        for line in self.log().splitlines():
-            m = DECISION_RE.search(line)
-            if m and m.group("state") == state:
-                out.append((m.group("client"), m.group("sender"), m.group("rcpt"),
-                            m.group("action")))
-        return out
-
-    def cleanup(self):
-        self.stop()
-        if getattr(self, "_log", None):
-            self._log.close()
-        subprocess.run(["rm", "-rf", self.dir])
+def decisions(ps, state="RCPT"):
+    """(client, sender, recipient, action) of every decision ps logged for state."""
+    out = []
+    for line in ps.log().splitlines():
+        m = DECISION_RE.search(line)
+        if m and m.group("state") == state:
+            out.append((m.group("client"), m.group("sender"), m.group("rcpt"),
+                        m.group("action")))
+    return out
 
 
 def policy_restrictions(endpoint, default_action):
@@ -174,22 +122,22 @@ class PolicyE2E(unittest.TestCase):
             return
         # smtpd answers RCPT only after the policy reply, so every decision is logged by
         # now; wait a little anyway for the pipe to the log file.
-        wait_for(lambda: len(self.ps.decisions()) >= len(sent), 10)
-        seen = self.ps.decisions()
+        wait_for(lambda: len(decisions(self.ps)) >= len(sent), 10)
+        seen = decisions(self.ps)
         self.assertEqual(sorted(d[2] for d in seen), sorted(sent))
         self.assertTrue(all(d[0] == "127.0.0.1" for d in seen), seen)
         self.assertTrue(all(d[3] == "DUNNO" for d in seen), seen)
         self.assertIn(("127.0.0.1", "carol@example.org", "alice@" + pf.sink_domain,
                        "DUNNO"), seen)
         # No other protocol states: the policy is only in the recipient restrictions.
-        self.assertEqual(self.ps.decisions("DATA") + self.ps.decisions("END-OF-MESSAGE"), [])
+        self.assertEqual(decisions(self.ps, "DATA") + decisions(self.ps, "END-OF-MESSAGE"), [])
 
     def test_policy_e2e_inet(self):
         port = free_port()
         self.pf = PostfixInstance(main_extra=[
             policy_restrictions("inet:127.0.0.1:%d" % port, "451 4.3.5 policy unavailable")])
         self.pf.start()
-        self.ps = Postsurge(["inet:127.0.0.1:%d" % port], self.pf).start()
+        self.ps = start_postsurge("inet:127.0.0.1:%d" % port, self.pf)
         self.send_and_check(expect_policy=True)
         self.assertNotIn("problem talking to server", self.pf.maillog())
 
@@ -200,7 +148,7 @@ class PolicyE2E(unittest.TestCase):
             policy_restrictions("unix:private/postsurge", "451 4.3.5 policy unavailable")])
         self.pf.start()
         sock = os.path.join(self.pf.queue_dir, "private", "postsurge")
-        self.ps = Postsurge(["unix:" + sock], self.pf).start()
+        self.ps = start_postsurge("unix:" + sock, self.pf)
         self.send_and_check(expect_policy=True)
         self.assertNotIn("problem talking to server", self.pf.maillog())
 
@@ -218,10 +166,10 @@ class PolicyE2E(unittest.TestCase):
             line = policy_restrictions("inet:127.0.0.1:%d" % port, "DUNNO")
         self.pf = PostfixInstance(main_extra=[line])
         self.pf.start()
-        self.ps = Postsurge(["inet:127.0.0.1:%d" % port], self.pf).start()
+        self.ps = start_postsurge("inet:127.0.0.1:%d" % port, self.pf)
         r = self.pf.send_swaks(to="up@" + self.pf.sink_domain)
         self.assertEqual(r.returncode, 0, r.stdout)
-        self.assertTrue(wait_for(lambda: len(self.ps.decisions()) >= 1, 10))
+        self.assertTrue(wait_for(lambda: len(decisions(self.ps)) >= 1, 10))
 
         # Stop it: the smtpd that kept its policy connection must reconnect, fail, and
         # fall back to DUNNO; a new smtpd must too.
@@ -237,7 +185,7 @@ class PolicyE2E(unittest.TestCase):
         self.assertTrue(self.pf.wait_queue_empty(120), self.pf.queue_json())
         self.assertEqual(len(self.pf.sink.messages()), 2 + 4)
         self.assertIn("problem talking to server 127.0.0.1:%d" % port, self.pf.maillog())
-        self.assertEqual(len(self.ps.decisions()), 1)
+        self.assertEqual(len(decisions(self.ps)), 1)
 
 
 if __name__ == "__main__":
