@@ -61,9 +61,9 @@ static void conn_protocol_error(struct conn *c, enum server_err_class cls, const
     struct server *srv = c->srv;
 
     srv->stats.protocol_errors[cls]++;
-    log_warn_ratelimited(&srv->rl_proto, server_now_ms(srv), 1000,
-                         "%s: protocol error: %s (%s) after %llu bytes, closing", c->peer,
-                         server_err_class_name(cls), what, (unsigned long long)c->bytes_in);
+    log_warn_burst_limited(&srv->rl_proto, server_now_ms(srv), 1000, 20,
+                           "%s: protocol error: %s (%s) after %llu bytes, closing", c->peer,
+                           server_err_class_name(cls), what, (unsigned long long)c->bytes_in);
     conn_close(c);
 }
 

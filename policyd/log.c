@@ -204,3 +204,20 @@ bool log_ratelimit_allow(struct log_ratelimit *rl, uint64_t now_ms, uint64_t int
     rl->last_ms = now_ms ? now_ms : 1;
     return true;
 }
+
+bool log_ratelimit_allow_burst(struct log_ratelimit *rl, uint64_t now_ms, uint64_t interval_ms,
+                               uint64_t burst, uint64_t *suppressed)
+{
+    if (rl->last_ms == 0 || now_ms - rl->last_ms >= interval_ms) {
+        rl->last_ms = now_ms ? now_ms : 1;
+        rl->burst_used = 0;
+    }
+    if (rl->burst_used >= burst) {
+        rl->suppressed++;
+        return false;
+    }
+    rl->burst_used++;
+    *suppressed = rl->suppressed;
+    rl->suppressed = 0;
+    return true;
+}

@@ -54,12 +54,32 @@ void log_die(const char *component, const char *fmt, ...)
 struct log_ratelimit {
     uint64_t last_ms;
     uint64_t suppressed;
+    uint64_t burst_used; /* lines in the current interval (log_ratelimit_allow_burst) */
 };
 
 /* Returns true if a line may be written now (now_ms: monotonic ms) and sets
  * *suppressed to how many were dropped since the last one. */
 bool log_ratelimit_allow(struct log_ratelimit *rl, uint64_t now_ms, uint64_t interval_ms,
                          uint64_t *suppressed);
+
+/* Like log_ratelimit_allow(), but lets up to burst lines through per interval: for
+ * events that are each worth a line (a protocol error names its peer) but may come in a
+ * flood. */
+bool log_ratelimit_allow_burst(struct log_ratelimit *rl, uint64_t now_ms, uint64_t interval_ms,
+                               uint64_t burst, uint64_t *suppressed);
+
+#define log_warn_burst_limited(rl, now_ms, interval_ms, burst, fmt, ...)                           \
+    do {                                                                                           \
+        uint64_t log_supp_;                                                                        \
+        if (log_threshold >= LOG_LVL_WARN &&                                                       \
+            log_ratelimit_allow_burst((rl), (now_ms), (interval_ms), (burst), &log_supp_)) {       \
+            if (log_supp_)                                                                         \
+                log_write(LOG_LVL_WARN, LOG_COMPONENT, fmt " (%llu similar suppressed)",           \
+                          __VA_ARGS__, (unsigned long long)log_supp_);                             \
+            else                                                                                   \
+                log_write(LOG_LVL_WARN, LOG_COMPONENT, fmt, __VA_ARGS__);                          \
+        }                                                                                          \
+    } while (0)
 
 #define log_warn_ratelimited(rl, now_ms, interval_ms, fmt, ...)                                    \
     do {                                                                                           \

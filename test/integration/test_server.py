@@ -1,0 +1,450 @@
+"""The postsurge daemon as a policy server: listeners, persistent and pipelined
+connections, every bad-input class, caps, idle timeout, SIGHUP and SIGTERM, socket files,
+and the check-config/config commands. Each test starts its own daemon on a free loopback
+port (or a unix socket in a temp dir) and always stops it."""
+import os
+import selectors
+import signal
+import socket
+import stat
+import sys
+import tempfile
+import time
+import unittest
+
+from postsurge import Postsurge, PolicyClient, encode, request
+from ports import wait_for
+
+# Async decisions for the tests that need a request in flight: answers after a delay,
+# "INFO <recipient>" so order is visible (see policyd/server.c, test aids).
+ASYNC_ENV = {"POSTSURGE_TEST_DECIDE_DELAY_MS": "200", "POSTSURGE_TEST_DECIDE_ECHO": "1"}
+ECHO_ENV = {"POSTSURGE_TEST_DECIDE_ECHO": "1"}
+
+
+class ServerTest(unittest.TestCase):
+    def daemon(self, **kw):
+        ps = Postsurge(**kw)
+        self.addCleanup(self.dump_log_on_failure, ps)
+        self.addCleanup(ps.cleanup)
+        return ps
+
+    def dump_log_on_failure(self, ps):
+        # addCleanup runs after the test; print the log when it failed so CI shows why.
+        outcome = getattr(self, "_outcome", None)
+        result = getattr(outcome, "result", None)
+        if result is not None and (result.failures or result.errors):
+            sys.stderr.write("--- postsurge log (%s) ---\n%s\n" % (self.id(), ps.log()[-6000:]))
+
+    def assert_serving(self, ps, unix=False, expect="DUNNO"):
+        """A fresh client gets an answer: the daemon still serves others."""
+        with ps.client(unix=unix) as c:
+            self.assertEqual(c.ask(), expect)
+
+
+class TestListeners(ServerTest):
+    def test_server_answers_dunno_on_loopback_port(self):
+        ps = self.daemon()
+        with ps.client() as c:
+            self.assertEqual(c.ask(), "DUNNO")
+            # A persistent connection carries many requests, like one smtpd process.
+            for _ in range(10):
+                self.assertEqual(c.ask(), "DUNNO")
+
+    def test_server_answers_on_unix_socket_with_mode(self):
+        ps = self.daemon(inet=False, unix=True, extra={"listen_unix_mode": "0660"})
+        self.assertEqual(stat.S_IMODE(os.stat(ps.unix_path).st_mode), 0o660)
+        self.assertTrue(stat.S_ISSOCK(os.stat(ps.unix_path).st_mode))
+        with ps.client(unix=True) as c:
+            self.assertEqual(c.ask(), "DUNNO")
+        self.assertEqual(ps.stop(), 0)
+        self.assertFalse(os.path.exists(ps.unix_path), "socket file left behind at exit")
+
+    def test_server_listens_on_inet_and_unix_together(self):
+        ps = self.daemon(unix=True)
+        with ps.client() as a, ps.client(unix=True) as b:
+            self.assertEqual(a.ask(), "DUNNO")
+            self.assertEqual(b.ask(), "DUNNO")
+
+    def test_server_listens_on_ipv6_loopback(self):
+        try:
+            with socket.socket(socket.AF_INET6) as s:
+                s.bind(("::1", 0))
+                port = s.getsockname()[1]
+        except OSError:
+            self.skipTest("no IPv6 loopback here")
+        ps = self.daemon(inet=False, listen="inet:[::1]:%d" % port, start=False)
+        ps.start(wait=False)
+        with_conn = wait_for(lambda: self._try_v6(port), 10)
+        self.assertTrue(with_conn, ps.log())
+
+    @staticmethod
+    def _try_v6(port):
+        try:
+            with PolicyClient(("::1", port), timeout=5) as c:
+                return c.ask() == "DUNNO"
+        except OSError:
+            return False
+
+    def test_stale_unix_socket_is_replaced(self):
+        d = tempfile.mkdtemp(prefix="postsurge-test-")
+        path = os.path.join(d, "policy.sock")
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(path)
+        s.close()  # the file stays: a crashed server's leftover
+        self.assertTrue(os.path.exists(path))
+        ps = self.daemon(inet=False, unix=True, tmpdir=d)
+        self.assertIn("removed a stale socket", ps.log())
+        self.assert_serving(ps, unix=True)
+
+    def test_live_unix_socket_is_refused(self):
+        d = tempfile.mkdtemp(prefix="postsurge-test-")
+        path = os.path.join(d, "policy.sock")
+        live = socket.socket(socket.AF_UNIX)
+        self.addCleanup(live.close)
+        live.bind(path)
+        live.listen(5)
+        ps = self.daemon(inet=False, unix=True, tmpdir=d, start=False)
+        ps.start(wait=False)
+        self.assertEqual(ps.wait_exit(), 1)
+        self.assertIn("another server is listening", ps.log())
+        # The other server's socket is untouched and still accepts.
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(path)
+
+    def test_non_socket_file_is_never_removed(self):
+        d = tempfile.mkdtemp(prefix="postsurge-test-")
+        path = os.path.join(d, "policy.sock")
+        with open(path, "w") as f:
+            f.write("precious\n")
+        ps = self.daemon(inet=False, unix=True, tmpdir=d, start=False)
+        ps.start(wait=False)
+        self.assertEqual(ps.wait_exit(), 1)
+        self.assertIn("is not a socket", ps.log())
+        with open(path) as f:
+            self.assertEqual(f.read(), "precious\n")
+
+    def test_port_in_use_fails_start(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen(1)
+            port = s.getsockname()[1]
+            ps = self.daemon(inet=False, listen="inet:127.0.0.1:%d" % port, start=False)
+            ps.start(wait=False)
+            self.assertEqual(ps.wait_exit(), 1)
+            self.assertIn("address already in use", ps.log())
+
+
+class TestTraffic(ServerTest):
+    def test_many_connections_many_requests(self):
+        """50 persistent connections x 200 requests each, interleaved, every reply checked."""
+        ps = self.daemon(env=ECHO_ENV)
+        n_conns, n_reqs = 50, 200
+        conns = [ps.client() for _ in range(n_conns)]
+        try:
+            for r in range(n_reqs):
+                for i, c in enumerate(conns):
+                    c.send(request(recipient="c%d-r%d@example.com" % (i, r),
+                                   client_address="10.0.%d.%d" % (i, r % 250)))
+                for i, c in enumerate(conns):
+                    self.assertEqual(c.read_reply(), "INFO c%d-r%d@example.com" % (i, r))
+        finally:
+            for c in conns:
+                c.close()
+        self.assert_serving(ps, expect="INFO rcpt@example.com")
+
+    def test_pipelined_requests_answered_in_order(self):
+        ps = self.daemon(env=ECHO_ENV)
+        with ps.client() as c:
+            reqs = [request(recipient="p%d@example.com" % i) for i in range(20)]
+            self.assertEqual(c.pipeline(reqs), ["INFO p%d@example.com" % i for i in range(20)])
+
+    def test_pipelined_requests_with_async_decisions_stay_in_order(self):
+        ps = self.daemon(env=ASYNC_ENV)
+        with ps.client() as c:
+            reqs = [request(recipient="a%d@example.com" % i) for i in range(20)]
+            self.assertEqual(c.pipeline(reqs), ["INFO a%d@example.com" % i for i in range(20)])
+
+    def test_requests_split_at_every_byte_and_minimal_requests(self):
+        ps = self.daemon(env=ECHO_ENV)
+        with ps.client() as c:
+            data = encode(request(recipient="split@example.com"))
+            for i in range(1, len(data), 37):
+                c.send_raw(data[:i])
+                time.sleep(0.001)
+                c.send_raw(data[i:])
+                self.assertEqual(c.read_reply(), "INFO split@example.com")
+            # Unknown attributes and a bare minimum are fine.
+            self.assertEqual(c.ask([("request", "smtpd_access_policy"), ("x_new", "1")]),
+                             "INFO -")
+
+    def test_default_action_from_config(self):
+        ps = self.daemon(extra={"default_action": "450 4.7.1 try later"})
+        with ps.client() as c:
+            self.assertEqual(c.ask(), "450 4.7.1 try later")
+        self.assertIn("action=450 4.7.1 try later", ps.log())
+
+    def test_client_half_close_gets_its_replies(self):
+        """A client that sends and shuts down its side still gets every answer."""
+        ps = self.daemon(env=ASYNC_ENV)
+        with ps.client() as c:
+            c.send_raw(b"".join(encode(request(recipient="h%d@x" % i)) for i in range(3)))
+            c.sock.shutdown(socket.SHUT_WR)
+            self.assertEqual([c.read_reply() for _ in range(3)], ["INFO h0@x", "INFO h1@x",
+                                                                  "INFO h2@x"])
+            self.assertTrue(c.closed_by_peer())
+
+
+class TestBadInput(ServerTest):
+    """Each bad-input class closes that connection only; others are served during and after."""
+
+    CASES = [
+        ("garbage", b"\x16\x03\x01\x02\xfc\x03\x03 \xff\xfe garbage\n\n", "no_equals"),
+        ("tls hello with nul", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n", "nul_byte"),
+        ("oversized line", b"request=" + b"x" * 20000 + b"\n", "line_too_long"),
+        ("nul byte", b"request=smtpd_access_policy\nsender=a\x00b\n\n", "nul_byte"),
+        ("line without =", b"request=smtpd_access_policy\nhello world\n\n", "no_equals"),
+        ("empty name", b"request=smtpd_access_policy\n=value\n\n", "empty_name"),
+        ("too many attributes", b"".join(b"a%d=1\n" % i for i in range(400)) + b"\n",
+         "too_many_attributes"),
+        ("request too large", b"".join(b"a%d=%s\n" % (i, b"y" * 1000) for i in range(200))
+         + b"\n", "request_too_large"),
+    ]
+
+    def test_bad_input_closes_only_that_connection(self):
+        ps = self.daemon(extra={"max_line_length": "16384"})
+        with ps.client() as bystander:
+            self.assertEqual(bystander.ask(), "DUNNO")
+            for name, data, cls in self.CASES:
+                with self.subTest(name):
+                    mark = len(ps.log())
+                    with ps.client() as bad:
+                        self.assertEqual(bad.ask(), "DUNNO")  # a good request first
+                        try:
+                            bad.send_raw(data)
+                        except (BrokenPipeError, ConnectionResetError):
+                            pass  # closed while we were still sending: fine
+                        self.assertTrue(bad.closed_by_peer(), name)
+                    self.assertTrue(ps.wait_log("protocol error: %s" % cls, mark), name)
+                    self.assertEqual(bystander.ask(), "DUNNO")
+                    self.assert_serving(ps)
+            # One log line per error, with peer, class and byte count.
+            for line in ps.log().splitlines():
+                if "protocol error" in line:
+                    self.assertRegex(line, r"127\.0\.0\.1:\d+: protocol error: \w+ .* after \d+ "
+                                           r"bytes")
+
+    def test_half_request_then_close(self):
+        ps = self.daemon()
+        with ps.client() as bystander:
+            with ps.client() as half:
+                half.send_raw(encode(request())[:150])
+            self.assertTrue(ps.wait_log("protocol error: truncated"))
+            self.assertEqual(bystander.ask(), "DUNNO")
+        self.assert_serving(ps)
+
+    def test_slow_byte_by_byte_client_is_answered_and_blocks_nobody(self):
+        ps = self.daemon(env=ECHO_ENV)
+        data = encode(request(recipient="slow@example.com"))
+        with ps.client() as slow, ps.client() as other:
+            for i, b in enumerate(data):
+                slow.send_raw(bytes([b]))
+                if i % 50 == 0:
+                    self.assertEqual(other.ask(request(recipient="o@x")), "INFO o@x")
+                time.sleep(0.002)
+            self.assertEqual(slow.read_reply(), "INFO slow@example.com")
+            self.assertEqual(other.ask(request(recipient="o@x")), "INFO o@x")
+
+    def test_client_that_never_reads_is_closed_at_output_cap(self):
+        ps = self.daemon(unix=True, extra={"max_output_buffer": "4096"})
+        with ps.client(unix=True) as greedy:
+            greedy.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            greedy.sock.setblocking(False)
+            chunk = b"request=x\n\n" * 1000
+            sent, closed = 0, False
+            deadline = time.monotonic() + 30
+            # Bounded in bytes and time: keep writing, never read, until the server gives up.
+            while sent < 200 * len(chunk) and time.monotonic() < deadline:
+                try:
+                    sent += greedy.sock.send(chunk)
+                except BlockingIOError:
+                    if "max_output_buffer" in ps.log():
+                        break
+                    time.sleep(0.01)
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+            self.assertTrue(ps.wait_log("max_output_buffer"), "no output cap hit after %d bytes"
+                            % sent)
+            greedy.sock.setblocking(True)
+            self.assertTrue(closed or greedy.closed_by_peer())
+        self.assert_serving(ps)
+
+
+class TestLimits(ServerTest):
+    def test_connection_cap_closes_new_connections(self):
+        ps = self.daemon(extra={"max_connections": "5"})
+        held = [ps.client() for _ in range(5)]
+        try:
+            for c in held:
+                self.assertEqual(c.ask(), "DUNNO")
+            with ps.client() as over:
+                self.assertTrue(over.closed_by_peer())
+            self.assertTrue(ps.wait_log("max_connections = 5"))
+            for c in held:
+                self.assertEqual(c.ask(), "DUNNO")
+            held.pop().close()
+            # Once the server saw the close, there is room again.
+            self.assertTrue(wait_for(lambda: self._ask_ok(ps), 10))
+        finally:
+            for c in held:
+                c.close()
+
+    @staticmethod
+    def _ask_ok(ps):
+        try:
+            with ps.client(timeout=5) as c:
+                return c.ask() == "DUNNO"
+        except (OSError, EOFError):
+            return False
+
+    def test_idle_connection_is_closed(self):
+        ps = self.daemon(extra={"idle_timeout": "1s"})
+        with ps.client() as c:
+            self.assertEqual(c.ask(), "DUNNO")
+            self.assertTrue(c.closed_by_peer(timeout=30))
+        self.assertIn("idle", ps.log())
+        self.assert_serving(ps)
+
+    def test_async_decision_cancelled_when_client_leaves(self):
+        ps = self.daemon(env=ASYNC_ENV, args=["-v"])
+        with ps.client() as c:
+            c.send(request(recipient="gone@x"))
+            self.assertTrue(ps.wait_log("request 1 waits"))
+        # The pending decision is cancelled with the connection; nothing crashes later.
+        time.sleep(0.5)
+        self.assertTrue(ps.running())
+        with ps.client() as c:
+            self.assertEqual(c.ask(request(recipient="next@x")), "INFO next@x")
+
+
+class TestSignals(ServerTest):
+    def test_sighup_good_file_changes_default_action(self):
+        ps = self.daemon(unix=True)
+        with ps.client() as c:
+            self.assertEqual(c.ask(), "DUNNO")
+            ps.write_config({"default_action": "DEFER_IF_PERMIT busy", "listen": "inet:127.0.0.1:1"})
+            mark = ps.reload()
+            self.assertTrue(ps.wait_log("configuration reloaded", mark), ps.log())
+            # Same connection, new answer.
+            self.assertEqual(c.ask(), "DEFER_IF_PERMIT busy")
+        self.assertIn("listen changed", ps.log()[mark:])
+        self.assert_serving_action(ps, "DEFER_IF_PERMIT busy")
+
+    def assert_serving_action(self, ps, action):
+        with ps.client() as c:
+            self.assertEqual(c.ask(), action)
+
+    def test_sighup_broken_file_keeps_old_config(self):
+        ps = self.daemon(extra={"default_action": "OK"})
+        ps.write_config(text=ps.config_text({"default_action": "REJECT new"}) +
+                        "no_such_setting = 1\n")
+        bad_line = len(ps.config_text({"default_action": "REJECT new"}).splitlines()) + 1
+        mark = ps.reload()
+        self.assertTrue(ps.wait_log("keeping the current configuration", mark), ps.log())
+        self.assertIn("%s:%d:" % (ps.config_path, bad_line), ps.log()[mark:])
+        self.assert_serving_action(ps, "OK")
+        # A missing file is no better.
+        os.unlink(ps.config_path)
+        mark = ps.reload()
+        self.assertTrue(ps.wait_log("keeping the current configuration", mark))
+        self.assert_serving_action(ps, "OK")
+        # And fixing the file works again.
+        ps.write_config({"default_action": "REJECT fixed"})
+        mark = ps.reload()
+        self.assertTrue(ps.wait_log("configuration reloaded", mark))
+        self.assert_serving_action(ps, "REJECT fixed")
+
+    def test_sigterm_answers_request_in_flight_and_exits_0(self):
+        ps = self.daemon(env=ASYNC_ENV, args=["-v"], unix=True)
+        with ps.client() as busy, ps.client() as idle:
+            self.assertEqual(idle.ask(request(recipient="i@x")), "INFO i@x")
+            busy.send(request(recipient="inflight@x"))
+            self.assertTrue(ps.wait_log("waits for a decision"))
+            ps.signal(signal.SIGTERM)
+            self.assertEqual(busy.read_reply(), "INFO inflight@x")
+            self.assertTrue(busy.closed_by_peer())
+            self.assertTrue(idle.closed_by_peer())
+            self.assertEqual(ps.wait_exit(), 0)
+        self.assertIn("stopped", ps.log())
+        self.assertNotIn("not empty", ps.log())
+        self.assertFalse(os.path.exists(ps.unix_path))
+
+    def test_sigint_with_idle_connections_exits_0(self):
+        ps = self.daemon()
+        conns = [ps.client() for _ in range(5)]
+        for c in conns:
+            self.assertEqual(c.ask(), "DUNNO")
+        ps.signal(signal.SIGINT)
+        self.assertEqual(ps.wait_exit(), 0)
+        for c in conns:
+            self.assertTrue(c.closed_by_peer())
+            c.close()
+
+
+class TestCommands(ServerTest):
+    def test_check_config_exit_codes(self):
+        ps = self.daemon(start=False)
+        r = ps.cli("check-config")
+        self.assertEqual((r.returncode, r.stdout.strip()), (0, "ok"), r.stderr)
+        ps.write_config(text="listen = inet:127.0.0.1:10040\n# comment\nbogus_name = 1\n"
+                             "max_connections = lots\n")
+        r = ps.cli("check-config")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("%s:3:" % ps.config_path, r.stderr)
+        self.assertIn("%s:4:" % ps.config_path, r.stderr)
+        ps.write_config(text="listen = smtp:nowhere\n")
+        r = ps.cli("check-config")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("%s:1:" % ps.config_path, r.stderr)
+        r = ps.cli("-x", "check-config")  # an unknown global option: usage error
+        self.assertNotEqual(r.returncode, 0)
+        os.unlink(ps.config_path)
+        r = ps.cli("check-config")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(ps.config_path, r.stderr)
+
+    def test_config_prints_like_postconf(self):
+        ps = self.daemon(start=False, extra={"default_action": "DEFER_IF_PERMIT x"})
+        r = ps.cli("config", "-n")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertIn("default_action = DEFER_IF_PERMIT x", lines)
+        self.assertIn("listen = inet:127.0.0.1:%d" % ps.port, lines)
+        self.assertFalse(any(l.startswith("max_connections ") for l in lines), lines)
+        full = ps.cli("config").stdout.splitlines()
+        self.assertGreater(len(full), len(lines))
+        self.assertTrue(any(l.startswith("max_connections = ") for l in full))
+        r = ps.cli("config", "default_action", "idle_timeout")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.splitlines()[0], "default_action = DEFER_IF_PERMIT x")
+        self.assertTrue(r.stdout.splitlines()[1].startswith("idle_timeout = "))
+        r = ps.cli("config", "no_such_name")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no_such_name", r.stderr)
+
+    def test_version_help_and_unknown_command(self):
+        ps = self.daemon(start=False)
+        r = ps.cli("version")
+        self.assertEqual(r.returncode, 0)
+        self.assertRegex(r.stdout, r"^postsurge \d+\.\d+")
+        r = ps.cli("help")
+        self.assertEqual(r.returncode, 0)
+        for cmd in ("serve", "check-config", "config", "version"):
+            self.assertIn(cmd, r.stdout)
+        r = ps.cli("frobnicate")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("unknown command", r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
