@@ -26,7 +26,15 @@ class ServerTest(unittest.TestCase):
         ps = Postsurge(**kw)
         self.addCleanup(self.dump_log_on_failure, ps)
         self.addCleanup(ps.cleanup)
+        self.addCleanup(self.check_clean_exit, ps)
         return ps
+
+    def check_clean_exit(self, ps):
+        """Runs first at cleanup: stop the daemon, then no sanitizer report in its log."""
+        ps.stop()
+        log = ps.log()
+        self.assertNotIn("Sanitizer", log, log[-4000:])
+        self.assertNotIn("handle still open", log)
 
     def dump_log_on_failure(self, ps):
         # addCleanup runs after the test; print the log when it failed so CI shows why.
