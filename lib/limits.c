@@ -126,6 +126,17 @@ static int64_t attr_num(const struct policy_request *req, enum policy_attr a)
     return n;
 }
 
+/* strndup through malloc, so a test that fails the Nth malloc reaches every path. */
+static char *dup_n(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d != NULL) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
 /* ---- errors ---- */
 
 static void errf(struct config_errors *errs, const char *file, unsigned line, const char *fmt, ...)
@@ -506,7 +517,7 @@ static int parse_rule(const char *line, size_t len, struct limits_rule *r, const
                 errf(errs, file, lineno, "limits: rule %s: action needs text", r->name);
                 return -EINVAL;
             }
-            r->action = strndup(p, alen);
+            r->action = dup_n(p, alen);
             if (r->action == NULL)
                 return -ENOMEM;
             if (!valid_action(r->action)) {
@@ -557,7 +568,7 @@ static int parse_exempt_users(struct limits_engine *e, const char *list)
         if (nv == NULL)
             return -ENOMEM;
         e->exempt_users = nv;
-        char *u = strndup(p, len);
+        char *u = dup_n(p, len);
         if (u == NULL)
             return -ENOMEM;
         for (char *c = u; *c; c++)
@@ -577,7 +588,8 @@ struct limits_engine *limits_engine_new(const struct config *cfg, struct config_
     if (e == NULL)
         return NULL;
     e->refs = 1;
-    e->default_action = strdup(cfg->default_action ? cfg->default_action : "DUNNO");
+    const char *da = cfg->default_action ? cfg->default_action : "DUNNO";
+    e->default_action = dup_n(da, strlen(da));
     if (e->default_action == NULL)
         goto nomem;
 
@@ -1150,7 +1162,7 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
 }
 
 int limits_finish(struct limits_engine *e, struct limits_session *s, const struct limits_plan *plan,
-                  const struct limits_op_result *results, struct limits_decision *out)
+                  const struct window_result *results, struct limits_decision *out)
 {
     if (e == NULL || s == NULL || plan == NULL || out == NULL)
         return -EINVAL;

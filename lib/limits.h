@@ -30,6 +30,7 @@
 
 #include "config.h"
 #include "policy.h"
+#include "window.h"
 
 #define LIMITS_MAX_RULES 32
 #define LIMITS_MAX_NAME 32     /* characters of a rule name */
@@ -41,8 +42,8 @@
  * at most LIMITS_MAX_VALUE characters, or '#' and 16 hex digits of a hash when longer. */
 #define LIMITS_MAX_VALUE 96
 #define LIMITS_KEY_MAX (LIMITS_MAX_NAME + 1 + 8 + 1 + LIMITS_MAX_VALUE + 1)
-/* The limit of a count-only op (window.h's WINDOW_MAX_VALUE): never reached. */
-#define LIMITS_COUNT_ONLY (INT64_C(1) << 50)
+/* The limit of a count-only op: never reached. */
+#define LIMITS_COUNT_ONLY WINDOW_MAX_VALUE
 /* Distinct recipients remembered per transaction (Postfix's smtpd_recipient_limit
  * default is 1000); past it a repeated RCPT is counted again (never under-counted). */
 #define LIMITS_MAX_RCPT_CACHE 1024
@@ -127,12 +128,6 @@ struct limits_op {
     uint64_t unit;
 };
 
-/* What the store reports per op, in op order. */
-struct limits_op_result {
-    bool allowed;  /* admitted and counted */
-    int64_t count; /* usage after the op (includes amount if admitted) */
-};
-
 struct limits_decision {
     /* The reply: the deciding rule's action, or default_action when nothing denies, in
      * dryrun and for exempt clients. Borrowed from the engine; NULL only when
@@ -179,13 +174,14 @@ struct limits_plan {
 int limits_plan(struct limits_engine *e, struct limits_session *s, const struct policy_request *req,
                 bool stressed, struct limits_plan *plan);
 
-/* Turns the store's results (results[i] for plan->ops[i]) into the answer and remembers
+/* Turns the store's results (results[i] for plan->ops[i]: window.h's allowed + count,
+ * as store_window_take reports them) into the answer and remembers
  * it in the session, so repeats get it without counting again. results NULL means the
  * store failed: out->store_failed, out->action NULL, nothing remembered. e must be the
  * engine that planned (-ESTALE otherwise). Returns 0, -EINVAL or -ESTALE. Borrowed
  * strings in out live as long as e and plan. */
 int limits_finish(struct limits_engine *e, struct limits_session *s, const struct limits_plan *plan,
-                  const struct limits_op_result *results, struct limits_decision *out);
+                  const struct window_result *results, struct limits_decision *out);
 
 /* Writes the counter key value of rule r for req ("192.0.2.0/24", "alice|example.com")
  * without the rule name and tag: the part after "NAME:TAG:". Returns its length, 0 when

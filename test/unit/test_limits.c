@@ -1,21 +1,926 @@
-/* Unit tests of lib/limits.c: placeholder until the module lands. */
+/* Unit tests of lib/limits.c: rule parsing (with FILE:LINE errors from
+ * test/data/limits/bad_rules.tsv), key derivation, deduplication of what Postfix asks
+ * again, stress limits, exemptions, dryrun, and exact enforcement end to end in pure
+ * logic: requests go through the real policy parser, counter ops through lib/window.c
+ * in a tiny in-test store. Linked with --wrap=malloc,realloc,calloc so that the Nth
+ * allocation can be made to fail. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <cmocka.h>
 
+#include "config.h"
 #include "limits.h"
+#include "policy.h"
+#include "window.h"
 
-static void test_limits_placeholder(void **state)
+#define DATA_DIR TEST_DATA "/limits/"
+
+/* --- allocation control ------------------------------------------------------------ */
+
+void *__real_malloc(size_t n);
+void *__real_realloc(void *ptr, size_t n);
+void *__real_calloc(size_t n, size_t m);
+void *__wrap_malloc(size_t n);
+void *__wrap_realloc(void *ptr, size_t n);
+void *__wrap_calloc(size_t n, size_t m);
+
+static long alloc_count;  /* allocations since alloc_reset() */
+static long alloc_fail_n; /* fail the allocation with this number; 0: none */
+
+static void alloc_reset(long fail_n)
+{
+    alloc_count = 0;
+    alloc_fail_n = fail_n;
+}
+
+static bool alloc_should_fail(void)
+{
+    alloc_count++;
+    return alloc_fail_n > 0 && alloc_count == alloc_fail_n;
+}
+
+void *__wrap_malloc(size_t n)
+{
+    return alloc_should_fail() ? NULL : __real_malloc(n);
+}
+
+void *__wrap_realloc(void *ptr, size_t n)
+{
+    return alloc_should_fail() ? NULL : __real_realloc(ptr, n);
+}
+
+void *__wrap_calloc(size_t n, size_t m)
+{
+    return alloc_should_fail() ? NULL : __real_calloc(n, m);
+}
+
+/* --- helpers ------------------------------------------------------------------------ */
+
+static struct config *load_config(const char *text, struct config_errors *errs)
+{
+    struct config *cfg = NULL;
+    int rc = config_parse_buffer("test.cf", text, strlen(text), &cfg, errs);
+    if (rc != 0) {
+        for (size_t i = 0; errs && i < errs->n; i++)
+            print_error("config: %s\n", errs->msg[i]);
+        fail_msg("config_parse_buffer: %d", rc);
+    }
+    return cfg;
+}
+
+static struct limits_engine *engine_from(const char *text)
+{
+    struct config_errors errs = {0};
+    struct config *cfg = load_config(text, &errs);
+    struct limits_engine *e = limits_engine_new(cfg, &errs);
+    if (e == NULL) {
+        for (size_t i = 0; i < errs.n; i++)
+            print_error("limits: %s\n", errs.msg[i]);
+        fail_msg("limits_engine_new failed");
+    }
+    config_errors_clear(&errs);
+    config_free(cfg);
+    return e;
+}
+
+/* One request through the real parser: "name=value" lines separated by '\n' (the
+ * terminating empty line is added). Valid until the next call. */
+static struct policy_parser *req_parser;
+
+static const struct policy_request *mkreq(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+
+static const struct policy_request *mkreq(const char *fmt, ...)
+{
+    char buf[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
+    va_end(ap);
+    assert_true(n > 0 && (size_t)n < sizeof(buf) - 2);
+    buf[n++] = '\n';
+    buf[n++] = '\n';
+    if (req_parser == NULL)
+        req_parser = policy_parser_new(NULL);
+    assert_non_null(req_parser);
+    policy_parser_reset(req_parser);
+    size_t used = 0;
+    assert_int_equal(policy_parser_feed(req_parser, buf, (size_t)n, &used), POLICY_DONE);
+    assert_int_equal(used, (size_t)n);
+    return policy_parser_request(req_parser);
+}
+
+/* A tiny store: key -> struct window, using lib/window.c, so the tests see the same
+ * arithmetic as the daemon's memory store. It counts what it is asked. */
+struct tstore {
+    struct {
+        char key[LIMITS_KEY_MAX];
+        struct window w;
+    } e[64];
+    size_t n;
+    int64_t now;
+    unsigned calls;  /* round trips */
+    unsigned ops;    /* ops executed */
+    int64_t amounts; /* sum of amounts asked */
+    struct limits_op last[LIMITS_MAX_OPS];
+    size_t n_last;
+};
+
+static struct window *tstore_get(struct tstore *t, const char *key)
+{
+    for (size_t i = 0; i < t->n; i++)
+        if (strcmp(t->e[i].key, key) == 0)
+            return &t->e[i].w;
+    assert_true(t->n < 64);
+    snprintf(t->e[t->n].key, sizeof(t->e[t->n].key), "%s", key);
+    window_init(&t->e[t->n].w);
+    return &t->e[t->n++].w;
+}
+
+/* plan -> store -> finish, as the daemon does. Returns the plan status. */
+static int decide(struct tstore *t, struct limits_engine *e, struct limits_session *s,
+                  const struct policy_request *req, bool stressed, struct limits_decision *d)
+{
+    static struct limits_plan plan;
+    int rc = limits_plan(e, s, req, stressed, &plan);
+    assert_true(rc == LIMITS_PLAN_DECIDED || rc == LIMITS_PLAN_OPS);
+    if (rc == LIMITS_PLAN_DECIDED) {
+        *d = plan.decision;
+        return rc;
+    }
+    struct window_result res[LIMITS_MAX_OPS];
+    t->calls++;
+    assert_true(plan.n_ops >= 1 && plan.n_ops <= LIMITS_MAX_OPS);
+    for (size_t i = 0; i < plan.n_ops; i++) {
+        const struct limits_op *op = &plan.ops[i];
+        assert_true(op->amount >= 1);
+        assert_null(strpbrk(op->key, " \t\r\n"));
+        assert_int_equal(window_take(tstore_get(t, op->key), t->now, op->window_ms, op->limit,
+                                     op->amount, &res[i]),
+                         0);
+        t->ops++;
+        t->amounts += op->amount;
+        t->last[i] = *op;
+    }
+    t->n_last = plan.n_ops;
+    assert_int_equal(limits_finish(e, s, &plan, res, d), 0);
+    return rc;
+}
+
+#define RCPT_FMT                                                                                   \
+    "request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=%s\nclient_port=%s\n"        \
+    "sender=%s\nrecipient=%s\ninstance=%s\nsasl_username=%s\nsize=%s"
+
+static const struct policy_request *rcpt(const char *addr, const char *port, const char *inst,
+                                         const char *to)
+{
+    return mkreq(RCPT_FMT, addr, port, "s@example.org", to, inst, "", "");
+}
+
+/* --- rule parsing ------------------------------------------------------------------- */
+
+static const char *example_cf =
+    "limits =\n"
+    "    per_ip      client_address       recipients  200/1m   stress 40/1m\n"
+    "    per_net     client_address/24/64 connections 300/1m\n"
+    "    # a comment inside the block\n"
+    "    per_user    sasl_username        recipients  2000/1d  action 450 4.7.1 Daily quota "
+    "reached\n"
+    "    per_sender  sender               messages    500/1h dryrun\n"
+    "    big_sender  sasl_username        bytes       500M/1d stress 100M/1h\n"
+    "    combo       sasl_username+recipient_domain recipients 50/10m\n";
+
+static void test_limits_parses_example_rules(void **state)
 {
     (void)state;
+    struct limits_engine *e = engine_from(example_cf);
+    assert_int_equal(limits_engine_rule_count(e), 6);
+    const struct limits_rule *r = limits_engine_rule(e, 0);
+    assert_string_equal(r->name, "per_ip");
+    assert_int_equal(r->measure, LIMITS_RECIPIENTS);
+    assert_int_equal(r->limit, 200);
+    assert_int_equal(r->window_ms, 60000);
+    assert_true(r->has_stress);
+    assert_int_equal(r->stress_limit, 40);
+    assert_int_equal(r->stress_window_ms, 60000);
+    assert_string_equal(r->tag, r->stress_tag);
+    assert_string_equal(r->action, "450 4.7.1 Rate limit exceeded, try again later (per_ip)");
+    assert_false(r->dryrun);
+    assert_int_equal(r->line, 2);
+
+    r = limits_engine_rule(e, 1);
+    assert_int_equal(r->measure, LIMITS_CONNECTIONS);
+    assert_int_equal(r->v4len, 24);
+    assert_int_equal(r->v6len, 64);
+    assert_string_equal(r->key_spec, "client_address/24/64");
+    assert_false(r->has_stress);
+    assert_int_equal(r->line, 3);
+
+    r = limits_engine_rule(e, 2);
+    assert_string_equal(r->action, "450 4.7.1 Daily quota reached");
+    assert_int_equal(r->window_ms, 86400000);
+    assert_int_equal(r->line, 5); /* the comment line is counted */
+
+    r = limits_engine_rule(e, 3);
+    assert_true(r->dryrun);
+    assert_int_equal(r->measure, LIMITS_MESSAGES);
+
+    r = limits_engine_rule(e, 4);
+    assert_int_equal(r->limit, 500LL * 1024 * 1024);
+    assert_int_equal(r->stress_limit, 100LL * 1024 * 1024);
+    assert_int_equal(r->stress_window_ms, 3600000);
+    assert_string_not_equal(r->tag, r->stress_tag);
+
+    r = limits_engine_rule(e, 5);
+    assert_int_equal(r->n_parts, 2);
+    assert_string_equal(r->key_spec, "sasl_username+recipient_domain");
+    assert_null(limits_engine_rule(e, 6));
+    limits_engine_free(e);
+}
+
+static void test_limits_reports_bad_rules_with_file_line(void **state)
+{
+    (void)state;
+    FILE *f = fopen(DATA_DIR "bad_rules.tsv", "r");
+    assert_non_null(f);
+    char line[1024];
+    int cases = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        if (line[0] == '#' || line[0] == '\n')
+            continue;
+        line[strcspn(line, "\n")] = '\0';
+        char *tab = strchr(line, '\t');
+        assert_non_null(tab);
+        *tab = '\0';
+        char text[1200], want[1100];
+        snprintf(text, sizeof(text),
+                 "# test\nlimits =\n    ok_rule client_address recipients 10/1m\n"
+                 "    # comment\n    %s\n    last_rule sender messages 5/1h\n",
+                 line);
+        snprintf(want, sizeof(want), "test.cf:5: %s", tab + 1);
+        struct config_errors errs = {0};
+        struct config *cfg = load_config(text, &errs);
+        struct limits_engine *e = limits_engine_new(cfg, &errs);
+        if (e != NULL)
+            fail_msg("accepted: %s", line);
+        if (errs.n != 1 || strcmp(errs.msg[0], want) != 0)
+            fail_msg("rule: %s\n  want: %s\n  got:  %s (%zu messages)", line, want,
+                     errs.n ? errs.msg[0] : "(none)", errs.n);
+        config_errors_clear(&errs);
+        config_free(cfg);
+        cases++;
+    }
+    fclose(f);
+    assert_true(cases >= 30);
+}
+
+static void test_limits_reports_other_setting_errors(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *cf;
+        const char *want;
+    } cases[] = {
+        {"limits = a client_address recipients 1/1s\nlimit_exempt_networks = 192.0.2.1/24\n",
+         "test.cf:2: limit_exempt_networks: bad network \"192.0.2.1/24\": host bits set"},
+        {"limit_exempt_networks = 10.0.0.0/8,\n  bogus\n",
+         "test.cf:1: limit_exempt_networks: bad network \"bogus\": bad address"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct config_errors errs = {0};
+        struct config *cfg = load_config(cases[i].cf, &errs);
+        assert_null(limits_engine_new(cfg, &errs));
+        assert_int_equal(errs.n, 1);
+        assert_string_equal(errs.msg[0], cases[i].want);
+        config_errors_clear(&errs);
+        config_free(cfg);
+    }
+    /* Too many rules. */
+    char cf[8192] = "limits =\n";
+    for (int i = 0; i <= LIMITS_MAX_RULES; i++) {
+        size_t n = strlen(cf);
+        snprintf(cf + n, sizeof(cf) - n, "  r%d client_address recipients 1/1m\n", i);
+    }
+    struct config_errors errs = {0};
+    struct config *cfg = load_config(cf, &errs);
+    assert_null(limits_engine_new(cfg, &errs));
+    assert_int_equal(errs.n, 1);
+    assert_string_equal(errs.msg[0], "test.cf:34: limits: too many rules (at most 32)");
+    config_errors_clear(&errs);
+    config_free(cfg);
+}
+
+/* A rule that keeps name, key, measure and window keeps its counter keys across a
+ * reload; a changed key, measure or window gets new ones. */
+static void test_limits_keys_stable_across_reload(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *rule;
+        bool same;
+    } cases[] = {
+        {"r client_address/24/64 recipients 10/1m", true},
+        {"r client_address/24/64 recipients 999/1m action 451 4.7.1 slow down", true},
+        {"r client_address/24/64 recipients 10/60s dryrun", true},
+        {"r client_address/24/64 recipients 10/1m stress 5/1m", true},
+        {"r client_address/24 recipients 10/1m", false},
+        {"r client_address/24/64 recipients 10/2m", false},
+        {"r client_address/24/64 messages 10/1m", false},
+        {"r client_address/24/64+sender recipients 10/1m", false},
+    };
+    struct limits_engine *base = engine_from("limits = other sender messages 1/1h\n"
+                                             "  r client_address/24/64 recipients 10/1m\n");
+    const char *tag = limits_engine_rule(base, 1)->tag;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char cf[256];
+        snprintf(cf, sizeof(cf), "limits = %s\n", cases[i].rule);
+        struct limits_engine *e = engine_from(cf);
+        bool same = strcmp(limits_engine_rule(e, 0)->tag, tag) == 0;
+        if (same != cases[i].same)
+            fail_msg("%s: tag %s vs %s", cases[i].rule, limits_engine_rule(e, 0)->tag, tag);
+        limits_engine_free(e);
+    }
+    /* And the full key string is the same for the same request. */
+    struct limits_engine *e2 = engine_from("limits = r client_address/24/64 recipients 5/1m\n");
+    struct limits_session *s1 = limits_session_new(), *s2 = limits_session_new();
+    static struct limits_plan p1, p2;
+    const struct policy_request *req = rcpt("192.0.2.9", "1000", "i1", "a@b.example");
+    assert_int_equal(limits_plan(base, s1, req, false, &p1), LIMITS_PLAN_OPS);
+    assert_int_equal(limits_plan(e2, s2, req, false, &p2), LIMITS_PLAN_OPS);
+    assert_int_equal(p1.n_ops, 2); /* other's message, r's recipient */
+    assert_string_equal(p1.ops[1].key, p2.ops[0].key);
+    char want[64];
+    snprintf(want, sizeof(want), "r:%s:192.0.2.0/24", tag);
+    assert_string_equal(p1.ops[1].key, want);
+    limits_session_free(s1);
+    limits_session_free(s2);
+    limits_engine_free(e2);
+    limits_engine_free(base);
+}
+
+/* --- keys --------------------------------------------------------------------------- */
+
+struct key_case {
+    const char *key;
+    const char *client, *sasl, *sender, *rcpt;
+    const char *want; /* NULL: the rule does not match */
+};
+
+static const struct key_case key_cases[] = {
+    {"client_address", "192.0.2.7", "", "", "", "192.0.2.7"},
+    {"client_address/24/64", "192.0.2.7", "", "", "", "192.0.2.0/24"},
+    {"client_address/24/64", "2001:db8:1:2:3::7", "", "", "", "2001:db8:1:2::/64"},
+    {"client_address/24", "2001:db8:1:2:3::7", "", "", "", "2001:db8:1:2:3::7"},
+    {"client_address/24/64", "::ffff:192.0.2.7", "", "", "", "192.0.2.0/24"},
+    {"client_address", "::FFFF:192.0.2.7", "", "", "", "192.0.2.7"},
+    {"client_address", "2001:DB8::0:7", "", "", "", "2001:db8::7"},
+    {"client_address/0/0", "198.51.100.1", "", "", "", "0.0.0.0/0"},
+    {"client_address", "unknown", "", "", "", NULL},
+    {"client_address", "", "", "", "", NULL},
+    {"sasl_username", "192.0.2.7", "Alice", "", "", "alice"},
+    {"sasl_username", "192.0.2.7", "", "", "", NULL},
+    {"sender", "192.0.2.7", "", "Bob@Example.COM", "", "bob@example.com"},
+    {"sender", "192.0.2.7", "", "", "", NULL}, /* null sender */
+    {"sender_domain", "192.0.2.7", "", "Bob@Example.COM", "", "example.com"},
+    {"sender_domain", "192.0.2.7", "", "bob@example.com.", "", "example.com"},
+    {"sender_domain", "192.0.2.7", "", "bob", "", NULL},
+    {"sender_domain", "192.0.2.7", "", "\"a@b\"@Example.NET", "", "example.net"},
+    {"recipient", "192.0.2.7", "", "", "Carol+Tag@Example.org", "carol+tag@example.org"},
+    {"recipient_domain", "192.0.2.7", "", "", "carol@Sub.Example.org", "sub.example.org"},
+    {"recipient_domain", "192.0.2.7", "", "", "postmaster", NULL},
+    {"sasl_username+recipient_domain", "192.0.2.7", "Alice", "", "x@Dom.example",
+     "alice|dom.example"},
+    {"sasl_username+recipient_domain", "192.0.2.7", "", "", "x@dom.example", NULL},
+    {"client_address/24/64+sender", "192.0.2.77", "", "A@B.C", "", "192.0.2.0/24|a@b.c"},
+    {"recipient", "192.0.2.7", "", "", "a b|c%d#e@x", "a%20b%7Cc%25d%23e@x"},
+    {"sasl_username", "192.0.2.7", "J\xc3\xb6rg", "", "", "j%C3%B6rg"},
+};
+
+static void test_limits_derives_keys(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(key_cases) / sizeof(key_cases[0]); i++) {
+        const struct key_case *c = &key_cases[i];
+        char cf[256];
+        snprintf(cf, sizeof(cf), "limits = r %s recipients 10/1m\n", c->key);
+        struct limits_engine *e = engine_from(cf);
+        const struct policy_request *req =
+            mkreq(RCPT_FMT, c->client, "1", c->sender, c->rcpt, "i", c->sasl, "");
+        char out[LIMITS_MAX_VALUE + 1];
+        int n = limits_key_value(limits_engine_rule(e, 0), req, out, sizeof(out));
+        if (c->want == NULL) {
+            if (n != 0)
+                fail_msg("case %zu (%s): matched as \"%s\"", i, c->key, out);
+        } else {
+            if (n <= 0 || strcmp(out, c->want) != 0)
+                fail_msg("case %zu (%s): want \"%s\" got \"%s\" (%d)", i, c->key, c->want,
+                         n > 0 ? out : "", n);
+        }
+        limits_engine_free(e);
+    }
+}
+
+static void test_limits_hashes_long_key_values(void **state)
+{
+    (void)state;
+    struct limits_engine *e = engine_from("limits = r recipient recipients 10/1m\n");
+    char local[201];
+    memset(local, 'a', 200);
+    local[200] = '\0';
+    char out[LIMITS_MAX_VALUE + 1], out2[LIMITS_MAX_VALUE + 1];
+    const struct policy_request *req = mkreq(RCPT_FMT, "192.0.2.1", "1", "", local, "i", "", "");
+    int n = limits_key_value(limits_engine_rule(e, 0), req, out, sizeof(out));
+    assert_int_equal(n, 17);
+    assert_int_equal(out[0], '#');
+    /* Hashing is case-insensitive like the short form. */
+    local[0] = 'A';
+    req = mkreq(RCPT_FMT, "192.0.2.1", "1", "", local, "i", "", "");
+    assert_int_equal(limits_key_value(limits_engine_rule(e, 0), req, out2, sizeof(out2)), 17);
+    assert_string_equal(out, out2);
+    local[1] = 'b';
+    req = mkreq(RCPT_FMT, "192.0.2.1", "1", "", local, "i", "", "");
+    limits_key_value(limits_engine_rule(e, 0), req, out2, sizeof(out2));
+    assert_string_not_equal(out, out2);
+    /* Exactly LIMITS_MAX_VALUE characters still fit unhashed. */
+    local[0] = 'a';
+    local[1] = 'a';
+    local[LIMITS_MAX_VALUE] = '\0';
+    req = mkreq(RCPT_FMT, "192.0.2.1", "1", "", local, "i", "", "");
+    assert_int_equal(limits_key_value(limits_engine_rule(e, 0), req, out, sizeof(out)),
+                     LIMITS_MAX_VALUE);
+    limits_engine_free(e);
+}
+
+/* --- deduplication ------------------------------------------------------------------ */
+
+/* Postfix with the policy in four restriction lists sends four identical RCPT
+ * requests: one count, four identical answers. */
+static void test_limits_counts_identical_rcpt_once(void **state)
+{
+    (void)state;
+    struct limits_engine *e = engine_from("limits = per_ip client_address recipients 100/1m\n");
+    struct limits_session *s = limits_session_new();
+    struct tstore t = {.now = 1000000};
+    struct limits_decision d;
+    for (int i = 0; i < 4; i++) {
+        int rc = decide(&t, e, s, rcpt("192.0.2.1", "4000", "i1", "a@x.example"), false, &d);
+        assert_int_equal(rc, i == 0 ? LIMITS_PLAN_OPS : LIMITS_PLAN_DECIDED);
+        assert_false(d.deny);
+        assert_string_equal(d.action, "DUNNO");
+        assert_int_equal(d.cached, i > 0);
+    }
+    assert_int_equal(t.amounts, 1);
+    /* Case differences are the same recipient. */
+    decide(&t, e, s, rcpt("192.0.2.1", "4000", "i1", "A@X.example"), false, &d);
+    assert_int_equal(t.amounts, 1);
+    decide(&t, e, s, rcpt("192.0.2.1", "4000", "i1", "b@x.example"), false, &d);
+    assert_int_equal(t.amounts, 2);
+    limits_session_free(s);
+    limits_engine_free(e);
+}
+
+/* RCPT, DATA and END-OF-MESSAGE of one transaction count one message and its real size;
+ * a new instance counts again; bytes reserved from MAIL SIZE are topped up, not
+ * doubled. */
+static void test_limits_counts_transaction_once(void **state)
+{
+    (void)state;
+    struct limits_engine *e = engine_from("limits = msgs sender messages 100/1h\n"
+                                          "  vol sender bytes 10M/1h\n"
+                                          "  rc sender recipients 100/1h\n");
+    struct limits_session *s = limits_session_new();
+    struct tstore t = {.now = 5000000};
+    struct limits_decision d;
+    const char *to[] = {"a@x.example", "b@x.example", "c@y.example"};
+    for (int k = 0; k < 3; k++)
+        for (int rep = 0; rep < 2; rep++)
+            decide(&t, e, s,
+                   mkreq(RCPT_FMT, "192.0.2.1", "4000", "s@org.example", to[k], "i1", "", "1000"),
+                   false, &d);
+    /* messages 1 + bytes 1000 + recipients 3 */
+    assert_int_equal(t.amounts, 1 + 1000 + 3);
+    assert_int_equal(t.calls, 3);
+    const char *data =
+        "request=smtpd_access_policy\nprotocol_state=DATA\nclient_address=192.0.2.1\n"
+        "client_port=4000\nsender=s@org.example\nrecipient=\ninstance=i1\n"
+        "recipient_count=3\nsize=1000";
+    assert_int_equal(decide(&t, e, s, mkreq("%s", data), false, &d), LIMITS_PLAN_DECIDED);
+    const char *eom = "request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\n"
+                      "client_address=192.0.2.1\nclient_port=4000\nsender=s@org.example\n"
+                      "recipient=\ninstance=i1\nrecipient_count=3\nsize=1500";
+    assert_int_equal(decide(&t, e, s, mkreq("%s", eom), false, &d), LIMITS_PLAN_OPS);
+    assert_int_equal(t.n_last, 1);
+    assert_int_equal(t.last[0].amount, 500);
+    assert_int_equal(t.amounts, 1 + 1500 + 3);
+    assert_int_equal(decide(&t, e, s, mkreq("%s", eom), false, &d), LIMITS_PLAN_DECIDED);
+
+    /* The next transaction on the same SMTP session counts again. */
+    decide(&t, e, s, mkreq(RCPT_FMT, "192.0.2.1", "4000", "s@org.example", to[0], "i2", "", "200"),
+           false, &d);
+    assert_int_equal(t.amounts, 1 + 1500 + 3 + 1 + 200 + 1);
+    limits_session_free(s);
+    limits_engine_free(e);
+}
+
+/* Without RCPT requests (policy only in smtpd_data_restrictions or end-of-data), the
+ * recipients of a transaction are counted once from recipient_count. */
+static void test_limits_counts_recipient_count_without_rcpt(void **state)
+{
+    (void)state;
+    struct limits_engine *e = engine_from("limits = rc client_address recipients 10/1h\n");
+    struct limits_session *s = limits_session_new();
+    struct tstore t = {.now = 5000000};
+    struct limits_decision d;
+#define RC_FMT                                                                                     \
+    "protocol_state=%s\nclient_address=192.0.2.1\nclient_port=1\ninstance=%s\n"                    \
+    "recipient_count=%d"
+    decide(&t, e, s, mkreq(RC_FMT, "DATA", "i1", 4), false, &d);
+    decide(&t, e, s, mkreq(RC_FMT, "END-OF-MESSAGE", "i1", 4), false, &d);
+    assert_int_equal(t.amounts, 4);
+    assert_false(d.deny);
+    decide(&t, e, s, mkreq(RC_FMT, "END-OF-MESSAGE", "i2", 7), false, &d);
+    assert_int_equal(t.amounts, 11);
+    assert_true(d.deny); /* 4 + 7 > 10: the whole message is refused */
+    limits_session_free(s);
+    limits_engine_free(e);
+}
+
+/* A connection is counted at the first request of an SMTP session (client address +
+ * port); a new session counts again, and a refused session stays refused. */
+static void test_limits_new_connection_resets(void **state)
+{
+    (void)state;
+    struct limits_engine *e =
+        engine_from("limits = conn client_address connections 2/1m action 421 4.7.0 Too many\n");
+    struct limits_session *s = limits_session_new();
+    struct tstore t = {.now = 7000000};
+    struct limits_decision d;
+    const char *ports[] = {"1001", "1002", "1003"};
+    for (int c = 0; c < 3; c++) {
+        for (int k = 0; k < 3; k++) {
+            char inst[8], to[16];
+            snprintf(inst, sizeof(inst), "i%d", k);
+            snprintf(to, sizeof(to), "u%d@x.example", k);
+            decide(&t, e, s, rcpt("192.0.2.1", ports[c], inst, to), false, &d);
+            assert_int_equal(d.deny, c == 2);
+            if (c == 2) {
+                assert_string_equal(d.action, "421 4.7.0 Too many");
+                assert_int_equal(d.cached, k > 0);
+            }
+        }
+    }
+    assert_int_equal(t.calls, 3);
+    /* A reset session (e.g. after a protocol error) counts the next request again. */
+    limits_session_reset(s);
+    t.now += 120000;
+    decide(&t, e, s, rcpt("192.0.2.1", "1003", "i9", "z@x.example"), false, &d);
+    assert_false(d.deny);
+    assert_int_equal(t.calls, 4);
+    limits_session_free(s);
+    limits_engine_free(e);
+}
+
+/* --- stress, exemptions, dryrun ----------------------------------------------------- */
+
+static void test_limits_selects_stress_limit(void **state)
+{
+    (void)state;
+    struct limits_engine *e = engine_from("limits = a client_address recipients 10/1m stress 2/1m\n"
+                                          "  b client_address recipients 100/1h stress 5/1m\n"
+                                          "  c client_address recipients 7/1m\n");
+    struct limits_session *s = limits_session_new();
+    static struct limits_plan p;
+    static const struct {
+        bool node;
+        const char *attr;
+        bool stressed;
+    } cases[] = {{false, "", false}, {true, "", true}, {false, "yes", true}, {true, "yes", true}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char to[32];
+        snprintf(to, sizeof(to), "r%zu@x.example", i);
+        const struct policy_request *req =
+            mkreq("protocol_state=RCPT\nclient_address=192.0.2.1\nclient_port=1\ninstance=i\n"
+                  "recipient=%s\nstress=%s",
+                  to, cases[i].attr);
+        assert_int_equal(limits_plan(e, s, req, cases[i].node, &p), LIMITS_PLAN_OPS);
+        assert_int_equal(p.n_ops, 4);
+        bool st = cases[i].stressed;
+        assert_int_equal(p.ops[0].limit, st ? 2 : 10);
+        assert_int_equal(p.ops[1].limit, 100);
+        assert_int_equal(p.ops[1].window_ms, 3600000);
+        /* b's stress counter: its own key and window, count-only unless stressed. */
+        assert_int_equal(p.ops[2].limit, st ? 5 : LIMITS_COUNT_ONLY);
+        assert_int_equal(p.ops[2].window_ms, 60000);
+        assert_string_not_equal(p.ops[1].key, p.ops[2].key);
+        assert_int_equal(p.ops[3].limit, 7);
+        assert_int_equal(p.decision.stressed, st);
+    }
+    limits_session_free(s);
+    limits_engine_free(e);
+}
+
+/* Under stress the tighter limit refuses; the separate stress counter was kept warm. */
+static void test_limits_stress_counter_is_warm(void **state)
+{
+    (void)state;
+    struct limits_engine *e =
+        engine_from("limits = b client_address recipients 100/1h stress 3/1m\n");
+    struct limits_session *s = limits_session_new();
+    struct tstore t = {.now = 9000000};
+    struct limits_decision d;
+    for (int k = 0; k < 3; k++) {
+        char to[32];
+        snprintf(to, sizeof(to), "n%d@x.example", k);
+        decide(&t, e, s, rcpt("192.0.2.1", "1", "i", to), false, &d);
+        assert_false(d.deny);
+    }
+    decide(&t, e, s, rcpt("192.0.2.1", "1", "i", "x@x.example"), true, &d);
+    assert_true(d.deny);
+    assert_int_equal(d.limit, 3);
+    assert_int_equal(d.count, 3);
+    limits_session_free(s);
+    limits_engine_free(e);
+}
+
+static void test_limits_exempts_networks_and_users(void **state)
+{
+    (void)state;
+    struct limits_engine *e = engine_from("limits = a client_address recipients 1/1m\n"
+                                          "limit_exempt_networks = 192.0.2.0/24, 2001:db8::/32\n"
+                                          "limit_exempt_sasl_users = Relay@Example.com backup\n");
+    struct limits_session *s = limits_session_new();
+    static struct limits_plan p;
+    static const struct {
+        const char *client, *sasl;
+        bool exempt;
+    } cases[] = {
+        {"192.0.2.9", "", true},
+        {"::ffff:192.0.2.9", "", true},
+        {"2001:db8:ff::1", "", true},
+        {"198.51.100.1", "", false},
+        {"198.51.100.1", "relay@example.COM", true},
+        {"198.51.100.1", "BACKUP", true},
+        {"198.51.100.1", "backup2", false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const struct policy_request *req =
+            mkreq(RCPT_FMT, cases[i].client, "1", "", "a@b.example", "i", cases[i].sasl, "");
+        int rc = limits_plan(e, s, req, false, &p);
+        if (cases[i].exempt) {
+            assert_int_equal(rc, LIMITS_PLAN_DECIDED);
+            assert_true(p.decision.exempt);
+            assert_string_equal(p.decision.action, "DUNNO");
+        } else {
+            assert_int_equal(rc, LIMITS_PLAN_OPS);
+        }
+    }
+    limits_session_free(s);
+    limits_engine_free(e);
+}
+
+static void test_limits_dryrun_answers_dunno(void **state)
+{
+    (void)state;
+    static const char *cfs[] = {
+        "limits = a client_address recipients 2/1m dryrun\n",
+        "limits = a client_address recipients 2/1m action REJECT no\nlimit_dry_run = yes\n",
+    };
+    for (size_t c = 0; c < 2; c++) {
+        struct limits_engine *e = engine_from(cfs[c]);
+        struct limits_session *s = limits_session_new();
+        struct tstore t = {.now = 1000};
+        struct limits_decision d;
+        for (int k = 0; k < 4; k++) {
+            char to[32];
+            snprintf(to, sizeof(to), "d%d@x.example", k);
+            for (int rep = 0; rep < 2; rep++) {
+                decide(&t, e, s, rcpt("192.0.2.1", "1", "i", to), false, &d);
+                assert_string_equal(d.action, "DUNNO");
+                assert_int_equal(d.deny, k >= 2);
+                assert_int_equal(d.dryrun, k >= 2);
+                if (k >= 2) {
+                    assert_string_equal(d.rule_name, "a");
+                    assert_string_equal(
+                        d.rule_action, c == 0 ? "450 4.7.1 Rate limit exceeded, try again later (a)"
+                                              : "REJECT no");
+                    assert_int_equal(d.cached, rep == 1);
+                }
+            }
+        }
+        /* Denied units are not counted (the window only admits up to its limit). */
+        assert_int_equal(t.calls, 4);
+        limits_session_free(s);
+        limits_engine_free(e);
+    }
+}
+
+/* A real rule that denies wins over a dryrun rule; among real rules, config order. */
+static void test_limits_first_denying_rule_decides(void **state)
+{
+    (void)state;
+    struct limits_engine *e =
+        engine_from("limits = dry client_address recipients 1/1m dryrun\n"
+                    "  big client_address recipients 3/1m action 451 big\n"
+                    "  small client_address recipients 2/1m action 452 small\n");
+    struct limits_session *s = limits_session_new();
+    struct tstore t = {.now = 1000};
+    struct limits_decision d;
+    const char *want[] = {"DUNNO", "DUNNO", "452 small", "451 big"};
+    for (int k = 0; k < 4; k++) {
+        char to[32];
+        snprintf(to, sizeof(to), "f%d@x.example", k);
+        decide(&t, e, s, rcpt("192.0.2.1", "1", "i", to), false, &d);
+        assert_string_equal(d.action, want[k]);
+    }
+    limits_session_free(s);
+    limits_engine_free(e);
+}
+
+/* --- end to end in pure logic ------------------------------------------------------- */
+
+/* One client sends 3 messages of 4 recipients, each RCPT asked 4 times (four restriction
+ * lists), against 10 recipients per minute: exactly the last 2 recipients get the 4xx,
+ * on every repeat; a second client is unaffected; after the window the client may send
+ * again. */
+static void test_limits_refuses_exactly_the_excess(void **state)
+{
+    (void)state;
+    struct limits_engine *e = engine_from("limits = per_ip client_address recipients 10/1m\n");
+    struct limits_session *s = limits_session_new();
+    struct limits_session *s2 = limits_session_new();
+    struct tstore t = {.now = 1700000000000LL};
+    struct limits_decision d;
+    int denied = 0, allowed = 0;
+    for (int m = 0; m < 3; m++) {
+        char inst[16];
+        snprintf(inst, sizeof(inst), "inst%d", m);
+        for (int k = 0; k < 4; k++) {
+            char to[32];
+            snprintf(to, sizeof(to), "m%dr%d@x.example", m, k);
+            int n = m * 4 + k + 1;
+            for (int rep = 0; rep < 4; rep++) {
+                decide(&t, e, s, rcpt("203.0.113.5", "50000", inst, to), false, &d);
+                assert_int_equal(d.deny, n > 10);
+                if (d.deny) {
+                    assert_string_equal(d.action,
+                                        "450 4.7.1 Rate limit exceeded, try again later (per_ip)");
+                    denied++;
+                } else {
+                    allowed++;
+                }
+            }
+            t.now += 100;
+        }
+    }
+    assert_int_equal(denied, 2 * 4);
+    assert_int_equal(allowed, 10 * 4);
+    assert_int_equal(t.calls, 12);
+
+    /* Another client on another smtpd is unaffected. */
+    decide(&t, e, s2, rcpt("203.0.113.6", "50001", "other", "o@x.example"), false, &d);
+    assert_false(d.deny);
+
+    /* After the window (plus one slot) the first client is admitted again. */
+    t.now += 60000 + 6000;
+    decide(&t, e, s, rcpt("203.0.113.5", "50002", "inst9", "late@x.example"), false, &d);
+    assert_false(d.deny);
+    limits_session_free(s);
+    limits_session_free(s2);
+    limits_engine_free(e);
+}
+
+/* --- failures and engine swaps ------------------------------------------------------ */
+
+static void test_limits_store_failure_remembers_nothing(void **state)
+{
+    (void)state;
+    struct limits_engine *e = engine_from("limits = a client_address recipients 5/1m\n");
+    struct limits_session *s = limits_session_new();
+    static struct limits_plan p;
+    struct limits_decision d;
+    const struct policy_request *req = rcpt("192.0.2.1", "1", "i", "a@x.example");
+    assert_int_equal(limits_plan(e, s, req, false, &p), LIMITS_PLAN_OPS);
+    assert_int_equal(limits_finish(e, s, &p, NULL, &d), 0);
+    assert_true(d.store_failed);
+    assert_null(d.action);
+    /* The repeat is planned again, not answered from the session. */
+    assert_int_equal(limits_plan(e, s, req, false, &p), LIMITS_PLAN_OPS);
+
+    /* Finishing with another engine is refused. */
+    struct limits_engine *e2 = engine_from("limits = a client_address recipients 5/1m\n");
+    struct window_result res = {.allowed = true, .count = 1};
+    assert_int_equal(limits_finish(e2, s, &p, &res, &d), -ESTALE);
+    assert_int_equal(limits_plan(NULL, s, req, false, &p), -EINVAL);
+    limits_engine_free(e2);
+    limits_session_free(s);
+    limits_engine_free(e);
+}
+
+/* SIGHUP mid-transaction: the new engine with the same rule does not count the repeats
+ * again, because sessions remember units by counter key. */
+static void test_limits_reload_keeps_session_dedup(void **state)
+{
+    (void)state;
+    struct limits_engine *e = engine_from("limits = a client_address recipients 5/1m\n");
+    struct limits_session *s = limits_session_new();
+    struct tstore t = {.now = 1000};
+    struct limits_decision d;
+    decide(&t, e, s, rcpt("192.0.2.1", "1", "i", "a@x.example"), false, &d);
+    struct limits_engine *e2 = engine_from("limits = z sender messages 9/1h\n"
+                                           "  a client_address recipients 50/1m\n");
+    limits_engine_ref(e); /* a plan in flight would hold one */
+    limits_engine_free(e);
+    limits_engine_free(e);
+    decide(&t, e2, s, rcpt("192.0.2.1", "1", "i", "a@x.example"), false, &d);
+    assert_int_equal(t.amounts, 2); /* only z's message: a's recipient was counted */
+    limits_session_free(s);
+    limits_engine_free(e2);
+}
+
+/* Every allocation failure in engine construction and in the session's tables ends in
+ * NULL or a remembered-nothing decision, never a crash or a leak (run under valgrind
+ * or ASan to see leaks). */
+static void test_limits_survives_allocation_failures(void **state)
+{
+    (void)state;
+    struct config_errors errs = {0};
+    struct config *cfg = load_config(example_cf, &errs);
+    char *ex = cfg->limit_exempt_networks;
+    cfg->limit_exempt_networks = strdup("192.0.2.0/24 10.0.0.0/8");
+    free(ex);
+    ex = cfg->limit_exempt_sasl_users;
+    cfg->limit_exempt_sasl_users = strdup("a b c");
+    free(ex);
+    bool ok = false;
+    for (long n = 1; n < 200 && !ok; n++) {
+        alloc_reset(n);
+        struct limits_engine *e = limits_engine_new(cfg, &errs);
+        alloc_reset(0);
+        assert_int_equal(errs.n, 0); /* ENOMEM adds no config message */
+        if (e != NULL) {
+            ok = alloc_count < n; /* nothing failed: every path before was walked */
+            limits_engine_free(e);
+        }
+    }
+    assert_true(ok);
+
+    struct limits_engine *e = engine_from("limits = a client_address recipients 100/1m\n");
+    for (long n = 1; n < 20; n++) {
+        struct tstore t = {.now = 1000};
+        struct limits_decision d;
+        alloc_reset(n);
+        struct limits_session *s = limits_session_new();
+        if (s != NULL) {
+            for (int k = 0; k < 20; k++) {
+                char to[32];
+                snprintf(to, sizeof(to), "z%d@x.example", k);
+                decide(&t, e, s, rcpt("192.0.2.1", "1", "i", to), false, &d);
+                assert_false(d.deny);
+            }
+        }
+        alloc_reset(0);
+        limits_session_free(s);
+    }
+    limits_engine_free(e);
+    config_free(cfg);
+}
+
+static int teardown_parser(void **state)
+{
+    (void)state;
+    policy_parser_free(req_parser);
+    req_parser = NULL;
+    return 0;
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_limits_placeholder),
+        cmocka_unit_test(test_limits_parses_example_rules),
+        cmocka_unit_test(test_limits_reports_bad_rules_with_file_line),
+        cmocka_unit_test(test_limits_reports_other_setting_errors),
+        cmocka_unit_test(test_limits_keys_stable_across_reload),
+        cmocka_unit_test(test_limits_derives_keys),
+        cmocka_unit_test(test_limits_hashes_long_key_values),
+        cmocka_unit_test(test_limits_counts_identical_rcpt_once),
+        cmocka_unit_test(test_limits_counts_transaction_once),
+        cmocka_unit_test(test_limits_counts_recipient_count_without_rcpt),
+        cmocka_unit_test(test_limits_new_connection_resets),
+        cmocka_unit_test(test_limits_selects_stress_limit),
+        cmocka_unit_test(test_limits_stress_counter_is_warm),
+        cmocka_unit_test(test_limits_exempts_networks_and_users),
+        cmocka_unit_test(test_limits_dryrun_answers_dunno),
+        cmocka_unit_test(test_limits_first_denying_rule_decides),
+        cmocka_unit_test(test_limits_refuses_exactly_the_excess),
+        cmocka_unit_test(test_limits_store_failure_remembers_nothing),
+        cmocka_unit_test(test_limits_reload_keeps_session_dedup),
+        cmocka_unit_test(test_limits_survives_allocation_failures),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, NULL, teardown_parser);
 }
