@@ -162,7 +162,7 @@ static void conn_reply(struct conn *c, const char *action, size_t len)
 
     if (n < 0) {
         /* A decider bug must not turn into a protocol violation: fail open. */
-        log_warn_ratelimited(&srv->rl_decide, server_now_ms(srv), 1000,
+        log_warn_ratelimited(&srv->rl_decide, server_now_ms(srv), server_repeat_ms(srv),
                              "%s: refusing to send invalid action \"%.*s\"; sending %s", c->peer,
                              (int)(len > 200 ? 200 : len), action, srv->cfg->default_action);
         action = srv->cfg->default_action;
@@ -179,10 +179,10 @@ static void conn_reply(struct conn *c, const char *action, size_t len)
     size_t queued = c->out_len + c->wlen + uv_stream_get_write_queue_size(&c->h.stream);
     if (queued + (size_t)n > (size_t)srv->cfg->max_output_buffer) {
         srv->stats.protocol_errors[SERVER_ERR_OUTPUT_OVERFLOW]++;
-        log_warn_ratelimited(&srv->rl_overflow, server_now_ms(srv), 1000,
-                             "%s: %zu bytes of replies not read by the client (limit "
-                             "max_output_buffer = %lld), closing",
-                             c->peer, queued + (size_t)n, (long long)srv->cfg->max_output_buffer);
+        log_warn_burst_limited(&srv->rl_overflow, server_now_ms(srv), 1000, 20,
+                               "%s: %zu bytes of replies not read by the client (limit "
+                               "max_output_buffer = %lld), closing",
+                               c->peer, queued + (size_t)n, (long long)srv->cfg->max_output_buffer);
         conn_close(c);
         return;
     }
@@ -257,7 +257,7 @@ static void conn_decide(struct conn *c, const struct policy_request *req)
                   (unsigned long long)c->requests);
     if (rc < 0 && c->deciding) {
         srv->stats.decide_failures++;
-        log_warn_ratelimited(&srv->rl_decide, server_now_ms(srv), 1000,
+        log_warn_ratelimited(&srv->rl_decide, server_now_ms(srv), server_repeat_ms(srv),
                              "%s: decision failed (%s); answering %s", c->peer, strerror(-rc),
                              srv->cfg->default_action);
         conn_on_decided(&c->dec, srv->cfg->default_action, strlen(srv->cfg->default_action));

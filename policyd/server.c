@@ -53,6 +53,11 @@ uint64_t server_now_ms(const struct server *srv)
     return uv_now(srv->loop);
 }
 
+uint64_t server_repeat_ms(const struct server *srv)
+{
+    return srv->cfg->log_repeat_interval > 0 ? (uint64_t)srv->cfg->log_repeat_interval : 0;
+}
+
 /* ---- configuration checks ---- */
 
 /* Parses "inet:HOST:PORT", "inet:[V6]:PORT" or "unix:PATH". Host names other than
@@ -425,15 +430,15 @@ static void listener_on_connection(uv_stream_t *s, int status)
     struct server *srv = l->srv;
 
     if (status < 0) {
-        log_warn_ratelimited(&srv->rl_cap, server_now_ms(srv), 1000, "%s: accept: %s", l->spec,
-                             uv_strerror(status));
+        log_warn_ratelimited(&srv->rl_cap, server_now_ms(srv), server_repeat_ms(srv),
+                             "%s: accept: %s", l->spec, uv_strerror(status));
         return;
     }
     if (srv->draining)
         return;
     if (srv->stats.conn_open >= (uint64_t)srv->cfg->max_connections) {
         srv->stats.conn_refused_over_cap++;
-        log_warn_ratelimited(&srv->rl_cap, server_now_ms(srv), 10000,
+        log_warn_ratelimited(&srv->rl_cap, server_now_ms(srv), server_repeat_ms(srv),
                              "%s: %llu connections open (max_connections = %lld): refusing a "
                              "new client",
                              l->spec, (unsigned long long)srv->stats.conn_open,
@@ -443,8 +448,8 @@ static void listener_on_connection(uv_stream_t *s, int status)
     }
     int rc = conn_accept(srv, s);
     if (rc < 0) {
-        log_warn_ratelimited(&srv->rl_cap, server_now_ms(srv), 1000, "%s: accept: %s", l->spec,
-                             uv_strerror(rc));
+        log_warn_ratelimited(&srv->rl_cap, server_now_ms(srv), server_repeat_ms(srv),
+                             "%s: accept: %s", l->spec, uv_strerror(rc));
         listener_refuse(l);
     }
 }

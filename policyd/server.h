@@ -174,3 +174,5 @@ void server_conn_closed(struct server *srv);
 
 /* Monotonic milliseconds of the loop, for log rate limits. */
 uint64_t server_now_ms(const struct server *srv);
+/* The configured interval between repeats of one warning (log_repeat_interval), in ms. */
+uint64_t server_repeat_ms(const struct server *srv);
