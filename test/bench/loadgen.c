@@ -63,6 +63,7 @@ struct opts {
     double timeout_s;
     int peer_pid;
     unsigned nets;
+    unsigned hosts;
     unsigned senders;
     uint64_t seed;
     const char *label;
@@ -117,6 +118,7 @@ static void usage(FILE *f)
             "  -t SECS  reply timeout per request (default 5)\n"
             "  -p PID   report the CPU time of PID and its descendants per request\n"
             "  -N NETS  distinct client /24 networks (default 4096)\n"
+            "  -H N     distinct hosts per /24, 1-254 (default 254)\n"
             "  -S N     distinct senders and SASL users (default 10000)\n"
             "  -s SEED  random seed (default 1)\n"
             "  -l NAME  label for the machine-readable line\n"
@@ -214,7 +216,7 @@ static void build_request(struct conn *c)
      * permutes them, the top bytes become the /24. */
     uint32_t h = (uint32_t)net * 2654435761u;
     unsigned a = 11 + (h >> 24) % 212, b = (h >> 16) & 255, cc = (h >> 8) & 255;
-    unsigned host = 1 + rnd_below(254);
+    unsigned host = 1 + rnd_below(g.o.hosts);
     unsigned user = rnd_below(g.o.senders);
     unsigned sdom = user % 997;
     bool sasl = rnd_below(4) == 0;
@@ -527,12 +529,13 @@ static int parse_opts(int argc, char **argv)
                         .warmup_s = 0.5,
                         .timeout_s = 5,
                         .nets = 4096,
+                        .hosts = 254,
                         .senders = 10000,
                         .seed = 1,
                         .label = "loadgen"};
     bool have_d = false;
     int ch;
-    while ((ch = getopt(argc, argv, "c:n:d:w:t:p:N:S:s:l:h")) != -1) {
+    while ((ch = getopt(argc, argv, "c:n:d:w:t:p:N:H:S:s:l:h")) != -1) {
         switch (ch) {
         case 'c':
             g.o.conns = atoi(optarg);
@@ -555,6 +558,9 @@ static int parse_opts(int argc, char **argv)
             break;
         case 'N':
             g.o.nets = (unsigned)strtoul(optarg, NULL, 10);
+            break;
+        case 'H':
+            g.o.hosts = (unsigned)strtoul(optarg, NULL, 10);
             break;
         case 'S':
             g.o.senders = (unsigned)strtoul(optarg, NULL, 10);
@@ -581,7 +587,7 @@ static int parse_opts(int argc, char **argv)
     if (g.o.conns < 1 || g.o.conns > MAX_CONNS || g.o.duration_s <= 0 ||
         g.o.duration_s > MAX_DURATION_S || g.o.warmup_s < 0 || g.o.warmup_s > 600 ||
         g.o.timeout_s <= 0 || g.o.requests > MAX_REQUESTS || g.o.nets < 1 ||
-        g.o.nets > (1u << 24) || g.o.senders < 1)
+        g.o.nets > (1u << 24) || g.o.hosts < 1 || g.o.hosts > 254 || g.o.senders < 1)
         return -1;
     g.rng = g.o.seed ? g.o.seed * 0x9E3779B97F4A7C15ULL : 0x9E3779B97F4A7C15ULL;
     return 0;
