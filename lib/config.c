@@ -1116,11 +1116,16 @@ static bool near_name(const char *a, size_t an, const char *b)
         prev[j] = (unsigned)j;
     for (size_t i = 1; i <= an; i++) {
         cur[0] = (unsigned)i;
+        unsigned row_min = cur[0];
         for (size_t j = 1; j <= bn; j++) {
             unsigned sub = prev[j - 1] + (tolower((unsigned char)a[i - 1]) != b[j - 1]);
             unsigned del = prev[j] + 1, ins = cur[j - 1] + 1;
             cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+            if (cur[j] < row_min)
+                row_min = cur[j];
         }
+        if (row_min > 2)
+            return false; /* distances never shrink down the table */
         memcpy(prev, cur, sizeof(prev));
     }
     return prev[bn] <= 2;
@@ -1170,7 +1175,9 @@ static void logical_start(struct cf_parse *ps, struct cf_logical *lg, const char
         const char *hint = NULL;
         char q[300];
         quote_name(s, name_len, q, sizeof(q));
-        for (size_t k = 0; k < CF_COUNT && !hint; k++)
+        /* The hint costs an edit distance per setting: only for messages shown. */
+        bool shown = ps->errs && ps->errs->n < CF_MAX_MESSAGES;
+        for (size_t k = 0; shown && k < CF_COUNT && !hint; k++)
             if (near_name(s, name_len, cf_table[k].name))
                 hint = cf_table[k].name;
         if (hint)
