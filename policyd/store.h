@@ -1,0 +1,126 @@
+/* store: where the counters of rate limits (and later the node status and events of a
+ * cluster) live. One interface, two implementations: "memory" (this process) and
+ * "redis" (shared by every node, one round trip per decision, degrading to local memory
+ * counters when Redis is slow or gone). All operations are asynchronous on the daemon's
+ * libuv loop and never block it. Called from the loop thread only. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "config.h"
+#include "window.h"
+
+struct store;
+/* A pending operation; the caller may cancel it until its callback has run. */
+struct store_req;
+
+/* Most counter operations one request may carry; more is -E2BIG. */
+#define STORE_MAX_OPS 64
+/* Longest key (without the prefix); longer keys are -ENAMETOOLONG. */
+#define STORE_MAX_KEY 512
+/* Default bound of the memory store's keys (about 200 bytes each). */
+#define STORE_MEMORY_MAX_ENTRIES 500000
+
+/* One counter operation: window_take() on the counter `key` (borrowed for the duration
+ * of the call; the store copies it and prepends store_key_prefix). */
+struct store_op {
+    const char *key;
+    int64_t window_ms;
+    int64_t limit;
+    int64_t amount;
+};
+
+/* Called exactly once per accepted store_window_take(), never from inside it, unless the
+ * request was cancelled. status 0: results[0..n-1] are the store's answers. status < 0:
+ * the shared store failed (-ETIMEDOUT slow, -ENOTCONN down or reconnecting, -EPROTO an
+ * error reply, -ECONNRESET connection lost); results then come from this node's memory
+ * counters if store_failure_action is "local", else results is NULL and the caller
+ * answers per store_failure_action (dunno, defer_if_permit). status -ECANCELED with
+ * results NULL: the store is closing. results are borrowed for the callback only. */
+typedef void (*store_take_cb)(void *arg, int status, const struct window_result *results, size_t n);
+
+/* Counters and state for /metrics and the status page. */
+struct store_stats {
+    uint64_t takes;         /* store_window_take calls accepted */
+    uint64_t ops;           /* counter operations in them */
+    uint64_t local_answers; /* requests answered from local counters (Redis failed) */
+    uint64_t failures;      /* requests with status < 0 */
+    uint64_t timeouts;      /* requests that hit redis_timeout */
+    uint64_t noscript;      /* NOSCRIPT replies answered by an EVAL */
+    uint64_t reconnects;    /* connection attempts after the first */
+    uint64_t evictions;     /* memory keys dropped unexpired because of the bound */
+    uint64_t expired;       /* memory keys dropped as expired */
+    size_t entries;         /* memory keys now (local counters for Redis) */
+    bool connected;         /* redis: the last command got a reply; memory: true */
+};
+
+/* Creates the store cfg->store names ("memory", "redis://...", "redis+unix://...") on
+ * loop, using store_key_prefix, redis_timeout, redis_reconnect_max and
+ * store_failure_action from cfg (read now; cfg is not kept). Redis connects in the
+ * background: nothing blocks, and requests before the connection is up wait for it (up
+ * to redis_timeout). Returns 0 and *out (caller owns; release with store_close), or
+ * -EINVAL with a message in err (bad URL or failure action), or -ENOMEM. */
+int store_new(uv_loop_t *loop, const struct config *cfg, struct store **out, char *err,
+              size_t errlen);
+
+/* Bounds the number of keys of the memory counters (also the local fallback of Redis);
+ * over it, expired keys go first, then the least recently used. */
+void store_set_max_entries(struct store *s, size_t max_entries);
+
+/* "memory" or "redis". */
+const char *store_kind(const struct store *s);
+
+/* Runs n (1..STORE_MAX_OPS) counter operations at now_ms (wall clock ms, the same for all
+ * nodes sharing a Redis) and calls cb(arg, ...) once with n results in the order of ops.
+ * The ops of one call are sent together: one round trip to Redis. If req is not NULL,
+ * *req gets a handle for store_req_cancel, valid until cb runs. Returns 0, or -EINVAL
+ * (bad op values), -E2BIG (n), -ENAMETOOLONG (key), -ENOMEM, -ESHUTDOWN (closing): then
+ * cb is never called. */
+int store_window_take(struct store *s, const struct store_op *ops, size_t n, int64_t now_ms,
+                      store_take_cb cb, void *arg, struct store_req **req);
+
+/* Cancels a pending request (its connection closed): cb will not run, and arg may be
+ * freed right after. Operations already sent to Redis still count there. */
+void store_req_cancel(struct store_req *req);
+
+/* Fills *st. */
+void store_get_stats(const struct store *s, struct store_stats *st);
+
+/* Closes the store: pending requests are answered with -ECANCELED, the Redis connection
+ * and all timers are closed, and once every handle is closed the store is freed and
+ * on_closed(arg) runs (may be NULL). The loop must keep running until then. s may be
+ * NULL (on_closed is then not called). */
+void store_close(struct store *s, void (*on_closed)(void *arg), void *arg);
+
+/* --- Reserved for the cluster (overload issue); not implemented yet, they return
+ * -ENOSYS and never call their callback. Designed for a sharding proxy: each is a
+ * single-key command (a hash of node -> status with per-field expiry times checked by
+ * the reader, a capped list of events via a single-key script). --- */
+
+/* One node's status as JSON text with its time of writing. Borrowed in callbacks. */
+struct store_node_status {
+    const char *node;
+    const char *json;
+    int64_t updated_ms;
+};
+typedef void (*store_nodes_cb)(void *arg, int status, const struct store_node_status *nodes,
+                               size_t n);
+typedef void (*store_events_cb)(void *arg, int status, const char *const *events, size_t n);
+typedef void (*store_done_cb)(void *arg, int status);
+
+/* Publishes this node's status (JSON text, copied), valid ttl_ms from now_ms. */
+int store_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
+                   int64_t ttl_ms, store_done_cb cb, void *arg, struct store_req **req);
+/* Reads the status of every node whose entry has not expired at now_ms. */
+int store_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg,
+                       struct store_req **req);
+/* Appends one event (JSON text, copied) to the list capped at max_entries. */
+int store_event_append(struct store *s, const char *json, int64_t max_entries, store_done_cb cb,
+                       void *arg, struct store_req **req);
+/* Reads the newest max events, newest first. */
+int store_event_read(struct store *s, size_t max, store_events_cb cb, void *arg,
+                     struct store_req **req);

@@ -1,0 +1,111 @@
+/* store_internal: what store_memory.c (the common core: requests, delivery, memory
+ * counters) shares with store_redis.c. Not for callers of the store; they use store.h. */
+#pragma once
+
+#include "store.h"
+
+/* A key's counter in the memory table: chained in a hash bucket and in the LRU list. */
+struct mem_entry {
+    struct mem_entry *hnext;
+    struct mem_entry *lru_prev, *lru_next;
+    uint64_t hash;
+    struct window w;
+    size_t keylen;
+    char key[];
+};
+
+struct mem_table {
+    struct mem_entry **buckets;
+    size_t nbuckets;
+    size_t n;
+    size_t max;
+    size_t sweep_cursor;
+    struct mem_entry *lru_head, *lru_tail; /* head: least recently used */
+    uint64_t evictions, expired;
+    int64_t now_max; /* the latest now_ms seen: the sweep's notion of time */
+};
+
+struct store_req_op {
+    const char *key; /* prefix + key, inside the request's allocation */
+    size_t keylen;
+    int64_t window_ms, limit, amount;
+    bool answered;
+};
+
+enum store_req_where { REQ_NOWHERE, REQ_INFLIGHT, REQ_DONE };
+
+struct store_req {
+    struct store *s;
+    struct store_req *prev, *next;
+    enum store_req_where where;
+    uint64_t id;       /* redis: names its replies (late ones find no request) */
+    uint64_t deadline; /* redis: uv_now() ms when it times out */
+    store_take_cb cb;
+    void *arg;
+    int64_t now_ms;
+    int status;
+    bool have_results;
+    size_t n, npending;
+    struct window_result *results;
+    struct store_req_op ops[];
+};
+
+struct store_req_list {
+    struct store_req *head, *tail;
+};
+
+struct store_vtable {
+    const char *name;
+    /* Sends or answers a request; may call store_req_done() or store_req_fail(). */
+    void (*submit)(struct store *s, struct store_req *req);
+    /* Forgets an in-flight request being cancelled (the caller frees it). */
+    void (*unlink)(struct store *s, struct store_req *req);
+    /* Closes the implementation's handles; each close callback calls store_handle_closed. */
+    void (*close)(struct store *s);
+    void (*free)(struct store *s);
+};
+
+struct store {
+    const struct store_vtable *vt;
+    uv_loop_t *loop;
+    char *prefix;
+    size_t prefixlen;
+    bool local_fallback;
+    int64_t log_interval_ms;
+    struct mem_table mem;
+    uv_idle_t idle;   /* delivers requests answered inside store_window_take */
+    uv_timer_t sweep; /* drops expired memory counters */
+    struct store_req_list done;
+    struct store_stats stats;
+    bool in_submit;
+    bool closing;
+    int open_handles;
+    void (*on_closed)(void *arg);
+    void *closed_arg;
+    void *impl;
+};
+
+/* Memory table. mem_table_take returns 0 or -ENOMEM / -EINVAL from window_take. */
+int mem_table_init(struct mem_table *t, size_t max);
+void mem_table_free(struct mem_table *t);
+int mem_table_take(struct mem_table *t, const char *key, size_t keylen, int64_t now_ms,
+                   int64_t window_ms, int64_t limit, int64_t amount, struct window_result *out);
+/* Examines up to budget entries for expiry at t->now_max. */
+void mem_table_sweep(struct mem_table *t, size_t budget);
+
+/* Request lists (doubly linked). */
+void store_req_list_push(struct store_req_list *l, struct store_req *r);
+void store_req_list_remove(struct store_req_list *l, struct store_req *r);
+
+/* Finishes a request with status 0 (all ops answered) or < 0: ops not answered are then
+ * answered from local counters (store_failure_action local) or results dropped. Delivers
+ * now, or on the next loop turn when called from inside store_window_take. The caller
+ * must have unlinked req from its own lists; req is freed after delivery. */
+void store_req_finish(struct store_req *req, int status);
+
+/* Called from each implementation's close callback; frees the store after the last. */
+void store_handle_closed(struct store *s);
+
+/* The Redis implementation: parses url and sets s->vt and s->impl. 0 or -errno. */
+int store_redis_init(struct store *s, const struct config *cfg, const struct config_store_url *u,
+                     char *err, size_t errlen);

@@ -1,0 +1,629 @@
+/* store_redis: counters shared by every node through Redis (or a sharding proxy in front
+ * of several). Each request's ops go out pipelined as single-key EVALSHA calls of the
+ * window script (EVAL after NOSCRIPT), answered in one round trip. hiredis 0.14.1 has no
+ * async timeouts, so a timer bounds every request by redis_timeout; requests Redis cannot
+ * answer in time are answered from local memory counters, and the connection is rebuilt
+ * with exponential backoff. Never blocks the loop (names are resolved with libuv). */
+#define LOG_COMPONENT "store"
+#include "store_internal.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <arpa/inet.h>
+#include <netdb.h>
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "log.h"
+#include "sha1.h"
+
+#define REDIS_BACKOFF_MIN_MS 50
+/* A connection with commands outstanding and no reply for this long is stalled (a stopped
+ * or overloaded Redis): it is dropped so commands stop piling up in its buffers. */
+#define REDIS_STALL_MIN_MS 1000
+/* privdata of a command: request id << 8 | op index. Id 0 is the handshake. */
+#define REDIS_PD(id, idx) ((void *)(uintptr_t)(((uintptr_t)(id) << 8) | (uintptr_t)(idx)))
+
+struct redis {
+    struct store *s;
+    struct config_store_url url;
+    char where[300]; /* host:port or path, for log lines */
+    char sha[41];
+    redisAsyncContext *ac;
+    bool resolving;
+    bool up;       /* a reply came on the current connection */
+    bool degraded; /* requests were answered locally since Redis was last fine */
+    uint64_t degraded_count;
+    uv_timer_t timeout_timer;
+    uv_timer_t reconnect_timer;
+    uv_getaddrinfo_t gai;
+    struct store_req_list inflight;
+    uint64_t next_id;
+    uint64_t outstanding;   /* commands sent on the current connection without reply */
+    uint64_t last_progress; /* uv_now() of the last reply, or of the first command sent */
+    int64_t timeout_ms;
+    int64_t backoff_ms;
+    int64_t backoff_max_ms;
+    bool first_connect;
+    struct log_ratelimit rl;
+};
+
+static void redis_connect(struct redis *r);
+
+/* --- hiredis on libuv ---
+ * Our own copy of hiredis's adapters/libuv.h: the 0.14.1 one ignores a poll error
+ * (status < 0, e.g. a refused connect or a reset), so hiredis would never notice the
+ * failure and the request would wait for its timeout. As in hiredis 1.0, an error is
+ * reported as the events we wait for, so hiredis reads or writes and sees the error. */
+struct redis_uv_events {
+    redisAsyncContext *ac;
+    uv_poll_t handle;
+    int events;
+};
+
+static void redis_uv_on_poll(uv_poll_t *h, int status, int events)
+{
+    struct redis_uv_events *p = h->data;
+    int ev = status < 0 ? p->events : events;
+    if (p->ac && (ev & UV_READABLE))
+        redisAsyncHandleRead(p->ac);
+    if (p->ac && (ev & UV_WRITABLE))
+        redisAsyncHandleWrite(p->ac);
+}
+
+static void redis_uv_update(struct redis_uv_events *p, int events)
+{
+    p->events = events;
+    if (events)
+        uv_poll_start(&p->handle, events, redis_uv_on_poll);
+    else
+        uv_poll_stop(&p->handle);
+}
+
+static void redis_uv_add_read(void *privdata)
+{
+    struct redis_uv_events *p = privdata;
+    redis_uv_update(p, p->events | UV_READABLE);
+}
+
+static void redis_uv_del_read(void *privdata)
+{
+    struct redis_uv_events *p = privdata;
+    redis_uv_update(p, p->events & ~UV_READABLE);
+}
+
+static void redis_uv_add_write(void *privdata)
+{
+    struct redis_uv_events *p = privdata;
+    redis_uv_update(p, p->events | UV_WRITABLE);
+}
+
+static void redis_uv_del_write(void *privdata)
+{
+    struct redis_uv_events *p = privdata;
+    redis_uv_update(p, p->events & ~UV_WRITABLE);
+}
+
+static void redis_uv_on_close(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void redis_uv_cleanup(void *privdata)
+{
+    struct redis_uv_events *p = privdata;
+    p->ac = NULL; /* the context is being freed */
+    uv_close((uv_handle_t *)&p->handle, redis_uv_on_close);
+}
+
+static int redis_uv_attach(redisAsyncContext *ac, uv_loop_t *loop)
+{
+    if (ac->ev.data)
+        return -EEXIST;
+    struct redis_uv_events *p = calloc(1, sizeof(*p));
+    if (!p)
+        return -ENOMEM;
+    int rc = uv_poll_init(loop, &p->handle, ac->c.fd);
+    if (rc < 0) {
+        free(p);
+        return rc;
+    }
+    p->ac = ac;
+    p->handle.data = p;
+    ac->ev.addRead = redis_uv_add_read;
+    ac->ev.delRead = redis_uv_del_read;
+    ac->ev.addWrite = redis_uv_add_write;
+    ac->ev.delWrite = redis_uv_del_write;
+    ac->ev.cleanup = redis_uv_cleanup;
+    ac->ev.data = p;
+    return 0;
+}
+
+static void redis_on_reconnect_timer(uv_timer_t *h)
+{
+    redis_connect(h->data);
+}
+
+static uint64_t redis_now(struct redis *r)
+{
+    return uv_now(r->s->loop);
+}
+
+/* Logs a failure (rate-limited, with a count) and notes that Redis is degraded. */
+static void redis_note_failure(struct redis *r, const char *what)
+{
+    r->degraded = true;
+    log_warn_ratelimited(&r->rl, redis_now(r), (uint64_t)r->s->log_interval_ms,
+                         "redis %s: %s; answering %s", r->where, what,
+                         r->s->local_fallback ? "from local counters" : "per store_failure_action");
+}
+
+static void redis_note_success(struct redis *r)
+{
+    if (!r->up) {
+        r->up = true;
+        r->backoff_ms = REDIS_BACKOFF_MIN_MS;
+    }
+    if (r->degraded) {
+        log_info("redis %s is back; %" PRIu64 " requests were answered without it", r->where,
+                 r->degraded_count);
+        r->degraded = false;
+        r->degraded_count = 0;
+        r->rl.last_ms = 0;
+        r->rl.suppressed = 0;
+    }
+    r->s->stats.connected = true;
+}
+
+/* Answers a request Redis did not answer, counting it for the "back" line. */
+static void redis_finish_failed(struct redis *r, struct store_req *req, int status)
+{
+    if (status != -ECANCELED)
+        r->degraded_count++;
+    store_req_finish(req, status);
+}
+
+/* Fails every in-flight request (local answers when configured). */
+static void redis_fail_inflight(struct redis *r, int status)
+{
+    while (r->inflight.head) {
+        struct store_req *req = r->inflight.head;
+        store_req_list_remove(&r->inflight, req);
+        if (status == -ETIMEDOUT)
+            r->s->stats.timeouts++;
+        redis_finish_failed(r, req, status);
+    }
+}
+
+static void redis_schedule_reconnect(struct redis *r)
+{
+    if (r->s->closing || uv_is_active((uv_handle_t *)&r->reconnect_timer))
+        return;
+    uv_timer_start(&r->reconnect_timer, redis_on_reconnect_timer, (uint64_t)r->backoff_ms, 0);
+    r->backoff_ms *= 2;
+    if (r->backoff_ms > r->backoff_max_ms)
+        r->backoff_ms = r->backoff_max_ms;
+}
+
+/* Drops the connection on our side: requests are answered now, late replies and the
+ * disconnect callback find ac->data NULL and do nothing. */
+static void redis_drop(struct redis *r, int status, const char *why)
+{
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    r->up = false;
+    r->outstanding = 0;
+    r->s->stats.connected = false;
+    if (ac) {
+        ac->data = NULL;
+        redisAsyncFree(ac);
+    }
+    if (why)
+        redis_note_failure(r, why);
+    redis_fail_inflight(r, status);
+    redis_schedule_reconnect(r);
+}
+
+static struct store_req *redis_find(struct redis *r, uint64_t id)
+{
+    /* Replies come in order, so the request is almost always the oldest. */
+    for (struct store_req *req = r->inflight.head; req; req = req->next)
+        if (req->id == id)
+            return req;
+    return NULL;
+}
+
+static void redis_on_timeout(uv_timer_t *h);
+
+static void redis_arm_timer(struct redis *r)
+{
+    struct store_req *head = r->inflight.head;
+    if (!head) {
+        uv_timer_stop(&r->timeout_timer);
+        return;
+    }
+    uint64_t now = redis_now(r);
+    uint64_t due = head->deadline > now ? head->deadline - now : 0;
+    uv_timer_start(&r->timeout_timer, redis_on_timeout, due, 0);
+}
+
+static void redis_on_timeout(uv_timer_t *h)
+{
+    struct redis *r = h->data;
+    uint64_t now = redis_now(r);
+    bool any = false;
+    /* Every request has the same timeout, so the list is in deadline order. */
+    while (r->inflight.head && r->inflight.head->deadline <= now) {
+        struct store_req *req = r->inflight.head;
+        store_req_list_remove(&r->inflight, req);
+        r->s->stats.timeouts++;
+        redis_finish_failed(r, req, -ETIMEDOUT);
+        any = true;
+    }
+    if (any)
+        redis_note_failure(r, "no reply within redis_timeout");
+    uint64_t stall = (uint64_t)r->timeout_ms * 4;
+    if (stall < REDIS_STALL_MIN_MS)
+        stall = REDIS_STALL_MIN_MS;
+    if (r->ac && r->outstanding > 0 && now - r->last_progress >= stall) {
+        redis_drop(r, -ETIMEDOUT, NULL);
+        return;
+    }
+    redis_arm_timer(r);
+}
+
+static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+/* Sends op idx of req: EVALSHA, or EVAL after NOSCRIPT. 0 or -1 (context unusable). */
+static int redis_send_op(struct redis *r, redisAsyncContext *ac, struct store_req *req, size_t idx,
+                         bool eval)
+{
+    const struct store_req_op *op = &req->ops[idx];
+    char now[24], win[24], limit[24], amount[24];
+    const char *argv[8];
+    size_t len[8];
+    argv[0] = eval ? "EVAL" : "EVALSHA";
+    argv[1] = eval ? window_lua_script : r->sha;
+    argv[2] = "1";
+    argv[3] = op->key;
+    len[3] = op->keylen;
+    snprintf(now, sizeof(now), "%" PRId64, req->now_ms);
+    snprintf(win, sizeof(win), "%" PRId64, op->window_ms);
+    snprintf(limit, sizeof(limit), "%" PRId64, op->limit);
+    snprintf(amount, sizeof(amount), "%" PRId64, op->amount);
+    argv[4] = now;
+    argv[5] = win;
+    argv[6] = limit;
+    argv[7] = amount;
+    for (int i = 0; i < 8; i++)
+        if (i != 3)
+            len[i] = strlen(argv[i]);
+    if (redisAsyncCommandArgv(ac, redis_on_reply, REDIS_PD(req->id, idx), 8, argv, len) != REDIS_OK)
+        return -1;
+    if (r->outstanding++ == 0)
+        r->last_progress = redis_now(r);
+    return 0;
+}
+
+static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct redis *r = ac->data;
+    if (!r)
+        return; /* dropped by us: its requests were answered already */
+    redisReply *rep = reply;
+    if (r->outstanding > 0)
+        r->outstanding--;
+    if (rep) {
+        r->last_progress = redis_now(r);
+        if (rep->type != REDIS_REPLY_ERROR)
+            redis_note_success(r);
+    }
+    uint64_t id = (uint64_t)((uintptr_t)privdata >> 8);
+    size_t idx = (size_t)((uintptr_t)privdata & 0xff);
+    struct store_req *req = redis_find(r, id);
+    if (!req || idx >= req->n || req->ops[idx].answered)
+        return; /* late (timed out), cancelled, or already failed */
+
+    int status;
+    if (!rep) {
+        status = -ECONNRESET; /* the connection went away with the command pending */
+    } else if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
+        /* A restarted or flushed Redis (or a proxy's other shard): send the script
+         * itself; it is cached again for the next EVALSHA. */
+        r->s->stats.noscript++;
+        if (redis_send_op(r, ac, req, idx, true) == 0)
+            return;
+        status = -ECONNRESET;
+    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+               rep->element[0]->type == REDIS_REPLY_INTEGER &&
+               rep->element[1]->type == REDIS_REPLY_INTEGER) {
+        req->results[idx].allowed = rep->element[0]->integer != 0;
+        req->results[idx].count = rep->element[1]->integer;
+        req->ops[idx].answered = true;
+        if (--req->npending > 0)
+            return;
+        store_req_list_remove(&r->inflight, req);
+        store_req_finish(req, 0);
+        redis_arm_timer(r);
+        return;
+    } else {
+        status = -EPROTO;
+        char what[200];
+        snprintf(what, sizeof(what), "unexpected reply to the window script: %.150s",
+                 rep->type == REDIS_REPLY_ERROR ? rep->str : "(not two integers)");
+        redis_note_failure(r, what);
+    }
+    if (status == -ECONNRESET)
+        redis_note_failure(r, "connection lost");
+    store_req_list_remove(&r->inflight, req);
+    redis_finish_failed(r, req, status);
+    redis_arm_timer(r);
+}
+
+static void redis_submit(struct store *s, struct store_req *req)
+{
+    struct redis *r = s->impl;
+    redisAsyncContext *ac = r->ac;
+    if (!ac) {
+        redis_note_failure(r, r->resolving ? "resolving its name" : "not connected");
+        redis_finish_failed(r, req, -ENOTCONN);
+        return;
+    }
+    req->id = ++r->next_id;
+    for (size_t i = 0; i < req->n; i++) {
+        if (redis_send_op(r, ac, req, i, false) < 0) {
+            /* The context is going away; replies to ops sent find no request. */
+            redis_note_failure(r, "connection closing");
+            redis_finish_failed(r, req, -ENOTCONN);
+            return;
+        }
+    }
+    req->deadline = redis_now(r) + (uint64_t)r->timeout_ms;
+    req->where = REQ_INFLIGHT;
+    store_req_list_push(&r->inflight, req);
+    if (!uv_is_active((uv_handle_t *)&r->timeout_timer))
+        redis_arm_timer(r);
+}
+
+static void redis_unlink(struct store *s, struct store_req *req)
+{
+    struct redis *r = s->impl;
+    store_req_list_remove(&r->inflight, req);
+    redis_arm_timer(r);
+}
+
+static void redis_on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct redis *r = ac->data;
+    redisReply *rep = reply;
+    if (!r || !rep)
+        return;
+    if (r->outstanding > 0)
+        r->outstanding--;
+    r->last_progress = redis_now(r);
+    if (rep->type == REDIS_REPLY_ERROR) {
+        char what[200];
+        snprintf(what, sizeof(what), "%s refused: %.150s", (const char *)privdata, rep->str);
+        /* A wrong password or database: retried with backoff, logged at each interval. */
+        redis_drop(r, -EPROTO, what);
+    }
+}
+
+static void redis_on_connect(const redisAsyncContext *ac, int status)
+{
+    struct redis *r = ac->data;
+    if (!r || status == REDIS_OK)
+        return;
+    /* hiredis frees the context after this returns; its pending commands get NULL
+     * replies, which redis_on_reply no longer maps to anything. */
+    ((redisAsyncContext *)ac)->data = NULL;
+    r->ac = NULL;
+    char what[200];
+    snprintf(what, sizeof(what), "cannot connect: %.150s", ac->errstr);
+    redis_note_failure(r, what);
+    r->up = false;
+    r->outstanding = 0;
+    r->s->stats.connected = false;
+    redis_fail_inflight(r, -ECONNREFUSED);
+    redis_schedule_reconnect(r);
+}
+
+static void redis_on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct redis *r = ac->data;
+    if (!r)
+        return;
+    ((redisAsyncContext *)ac)->data = NULL;
+    r->ac = NULL;
+    r->up = false;
+    r->outstanding = 0;
+    r->s->stats.connected = false;
+    if (!r->s->closing) {
+        char what[200];
+        snprintf(what, sizeof(what), "connection lost: %.150s",
+                 status == REDIS_OK ? "closed" : ac->errstr);
+        redis_note_failure(r, what);
+    }
+    redis_fail_inflight(r, -ECONNRESET);
+    redis_schedule_reconnect(r);
+}
+
+static void redis_connect_to(struct redis *r, const char *ip)
+{
+    redisAsyncContext *ac;
+    if (r->url.kind == CONFIG_STORE_REDIS_UNIX)
+        ac = redisAsyncConnectUnix(r->url.path);
+    else
+        ac = redisAsyncConnect(ip, r->url.port);
+    if (!ac || ac->err) {
+        char what[200];
+        snprintf(what, sizeof(what), "cannot connect: %.150s", ac ? ac->errstr : "out of memory");
+        if (ac)
+            redisAsyncFree(ac);
+        redis_note_failure(r, what);
+        redis_schedule_reconnect(r);
+        return;
+    }
+    if (redis_uv_attach(ac, r->s->loop) < 0) {
+        redisAsyncFree(ac);
+        redis_note_failure(r, "cannot attach to the event loop");
+        redis_schedule_reconnect(r);
+        return;
+    }
+    ac->data = r;
+    redisAsyncSetConnectCallback(ac, redis_on_connect);
+    redisAsyncSetDisconnectCallback(ac, redis_on_disconnect);
+    r->ac = ac;
+    r->up = false;
+    r->outstanding = 0;
+    /* Queued now, sent once connected, answered before any window script. */
+    if (r->url.password[0]) {
+        const char *argv[2] = {"AUTH", r->url.password};
+        redisAsyncCommandArgv(ac, redis_on_handshake, (void *)"AUTH", 2, argv, NULL);
+        r->outstanding++;
+    }
+    if (r->url.db != 0) {
+        char db[16];
+        snprintf(db, sizeof(db), "%d", r->url.db);
+        const char *argv[2] = {"SELECT", db};
+        redisAsyncCommandArgv(ac, redis_on_handshake, (void *)"SELECT", 2, argv, NULL);
+        r->outstanding++;
+    }
+    if (r->outstanding)
+        r->last_progress = redis_now(r);
+}
+
+static void redis_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct redis *r = req->data;
+    r->resolving = false;
+    if (r->s->closing) {
+        uv_freeaddrinfo(res);
+        store_handle_closed(r->s);
+        return;
+    }
+    char ip[INET6_ADDRSTRLEN] = "";
+    if (status == 0 && res) {
+        if (res->ai_family == AF_INET6)
+            uv_ip6_name((const struct sockaddr_in6 *)res->ai_addr, ip, sizeof(ip));
+        else
+            uv_ip4_name((const struct sockaddr_in *)res->ai_addr, ip, sizeof(ip));
+    }
+    uv_freeaddrinfo(res);
+    if (!ip[0]) {
+        char what[200];
+        snprintf(what, sizeof(what), "cannot resolve %.100s: %.80s", r->url.host,
+                 status ? uv_strerror(status) : "no address");
+        redis_note_failure(r, what);
+        redis_schedule_reconnect(r);
+        return;
+    }
+    redis_connect_to(r, ip);
+}
+
+static void redis_connect(struct redis *r)
+{
+    if (r->s->closing || r->ac || r->resolving)
+        return;
+    if (!r->first_connect)
+        r->s->stats.reconnects++;
+    r->first_connect = false;
+    if (r->url.kind == CONFIG_STORE_REDIS_UNIX) {
+        redis_connect_to(r, NULL);
+        return;
+    }
+    unsigned char buf[sizeof(struct in6_addr)];
+    if (inet_pton(AF_INET, r->url.host, buf) == 1 || inet_pton(AF_INET6, r->url.host, buf) == 1) {
+        redis_connect_to(r, r->url.host);
+        return;
+    }
+    /* hiredis would resolve the name with a blocking getaddrinfo(). */
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    r->gai.data = r;
+    if (uv_getaddrinfo(r->s->loop, &r->gai, redis_on_resolved, r->url.host, NULL, &hints) == 0) {
+        r->resolving = true;
+        return;
+    }
+    redis_note_failure(r, "cannot start resolving its name");
+    redis_schedule_reconnect(r);
+}
+
+static void redis_on_timer_close(uv_handle_t *h)
+{
+    struct redis *r = h->data;
+    store_handle_closed(r->s);
+}
+
+static void redis_close(struct store *s)
+{
+    struct redis *r = s->impl;
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    if (ac) {
+        ac->data = NULL;
+        redisAsyncFree(ac);
+    }
+    redis_fail_inflight(r, -ECANCELED);
+    s->open_handles += 2;
+    uv_close((uv_handle_t *)&r->timeout_timer, redis_on_timer_close);
+    uv_close((uv_handle_t *)&r->reconnect_timer, redis_on_timer_close);
+    if (r->resolving) {
+        /* Its callback runs (with UV_ECANCELED or a result) and releases the store. */
+        s->open_handles++;
+        uv_cancel((uv_req_t *)&r->gai);
+    }
+}
+
+static void redis_free(struct store *s)
+{
+    free(s->impl);
+    s->impl = NULL;
+}
+
+static const struct store_vtable redis_vtable = {
+    .name = "redis",
+    .submit = redis_submit,
+    .unlink = redis_unlink,
+    .close = redis_close,
+    .free = redis_free,
+};
+
+int store_redis_init(struct store *s, const struct config *cfg, const struct config_store_url *u,
+                     char *err, size_t errlen)
+{
+    struct redis *r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    r->s = s;
+    r->url = *u;
+    if (u->kind == CONFIG_STORE_REDIS_UNIX)
+        snprintf(r->where, sizeof(r->where), "unix:%s", u->path);
+    else if (strchr(u->host, ':'))
+        snprintf(r->where, sizeof(r->where), "[%s]:%d", u->host, u->port);
+    else
+        snprintf(r->where, sizeof(r->where), "%s:%d", u->host, u->port);
+    sha1_hex(window_lua_script, strlen(window_lua_script), r->sha);
+    r->timeout_ms = cfg->redis_timeout > 0 ? cfg->redis_timeout : 100;
+    r->backoff_max_ms = cfg->redis_reconnect_max > 0 ? cfg->redis_reconnect_max : 5000;
+    r->backoff_ms = REDIS_BACKOFF_MIN_MS;
+    if (r->backoff_ms > r->backoff_max_ms)
+        r->backoff_ms = r->backoff_max_ms;
+    r->first_connect = true;
+    uv_timer_init(s->loop, &r->timeout_timer);
+    r->timeout_timer.data = r;
+    uv_timer_init(s->loop, &r->reconnect_timer);
+    r->reconnect_timer.data = r;
+    s->impl = r;
+    s->vt = &redis_vtable;
+    (void)err, (void)errlen;
+    redis_connect(r);
+    return 0;
+}

@@ -1,0 +1,63 @@
+"""Runs the store contract suite (store_contract, C) against every store: memory, one
+real redis-server, and nutcracker (twemproxy) in front of two redis-servers. The same
+takes must give the same answers everywhere."""
+import os
+import subprocess
+import sys
+import unittest
+
+from redis_server import Nutcracker, RedisServer
+
+CONTRACT = os.path.join(os.environ.get("BUILD_ROOT", "build"), "test", "integration",
+                        "store_contract")
+
+
+def run_contract(redis_url=None):
+    env = dict(os.environ)
+    env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    p = subprocess.run([CONTRACT], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=300)
+    out = p.stdout.decode(errors="replace")
+    sys.stderr.write(out)
+    return p.returncode, out
+
+
+class StoreContract(unittest.TestCase):
+    def test_store_contract_memory(self):
+        rc, out = run_contract()
+        self.assertEqual(rc, 0, out)
+        self.assertIn("against memory", out)
+        self.assertIn("PASSED", out)
+
+    def test_store_contract_redis(self):
+        with RedisServer() as r:
+            rc, out = run_contract(r.url)
+            self.assertEqual(rc, 0, out)
+            self.assertIn("against redis://", out)
+            # Every key the contract wrote has a TTL: nothing lives forever in Redis.
+            keys = r.command("KEYS", "contract:*")
+            self.assertTrue(keys)
+            for k in keys:
+                self.assertGreater(r.command("PTTL", k), 0, k)
+
+    def test_store_contract_redis_with_password_and_db(self):
+        with RedisServer(password="s3cret") as r:
+            url = "redis://:s3cret@127.0.0.1:%d/3" % r.port
+            rc, out = run_contract(url)
+            self.assertEqual(rc, 0, out)
+            self.assertTrue(r.command("KEYS", "contract:*", db=3))
+            self.assertFalse(r.command("KEYS", "contract:*", db=0))
+
+    def test_store_contract_nutcracker(self):
+        with RedisServer() as r1, RedisServer() as r2, Nutcracker([r1, r2]) as nc:
+            rc, out = run_contract(nc.url)
+            self.assertEqual(rc, 0, out)
+            # The keys were spread over both shards by the proxy.
+            self.assertTrue(r1.command("KEYS", "contract:*"))
+            self.assertTrue(r2.command("KEYS", "contract:*"))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,214 @@
+"""Real redis-server and nutcracker (twemproxy) instances for integration tests: each on a
+free loopback port in its own temp dir, without persistence, stopped by PID (also when a
+test fails: use them as context managers). stdlib only."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from ports import free_port, tcp_listening, wait_for
+
+
+def resp_command(port, *args, host="127.0.0.1", timeout=5.0):
+    """Sends one command over a fresh connection and returns the decoded reply (str,
+    int, list, None); an error reply raises RedisError."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        s.sendall(out)
+        return _read_reply(s.makefile("rb"))
+
+
+class RedisError(Exception):
+    pass
+
+
+def _read_reply(f):
+    line = f.readline()
+    if not line:
+        raise ConnectionError("connection closed")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RedisError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        return data[:-2].decode(errors="replace")
+    if kind == b"*":
+        n = int(rest)
+        if n < 0:
+            return None
+        return [_read_reply(f) for _ in range(n)]
+    raise RedisError("bad reply %r" % line)
+
+
+class _Process:
+    """A child process stopped by PID; SIGCONT first in case a test stopped it."""
+
+    proc = None
+
+    def _stop_proc(self):
+        p = self.proc
+        self.proc = None
+        if p is None:
+            return
+        if p.poll() is None:
+            try:
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+
+    def pause(self):
+        """SIGSTOP: the server keeps its sockets but answers nothing."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self):
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def kill(self):
+        """SIGKILL, as a crash: connections are reset, nothing is saved."""
+        p = self.proc
+        self.proc = None
+        if p is not None and p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class RedisServer(_Process):
+    """redis-server on 127.0.0.1:port (a free one unless given), no RDB or AOF."""
+
+    def __init__(self, port=None, password=None):
+        self.port = port or free_port()
+        self.password = password
+        self.dir = tempfile.mkdtemp(prefix="redis-test-")
+        self.start()
+
+    @property
+    def url(self):
+        if self.password:
+            return "redis://:%s@127.0.0.1:%d" % (self.password, self.port)
+        return "redis://127.0.0.1:%d" % self.port
+
+    def start(self):
+        """Starts (or restarts, on the same port) and waits until it answers PING."""
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", self.dir,
+                "--logfile", os.path.join(self.dir, "redis.log"),
+                "--daemonize", "no", "--protected-mode", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_for(lambda: tcp_listening(self.port) or self.proc.poll() is not None,
+                        timeout=20) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError("redis-server did not start on port %d" % self.port)
+        wait_for(self._pings, timeout=20)
+
+    def _pings(self):
+        try:
+            return self.command("PING") == "PONG"
+        except (OSError, RedisError):
+            return False
+
+    def command(self, *args, db=0):
+        """One command on a fresh connection (after AUTH and SELECT when needed)."""
+        cmds = []
+        if self.password:
+            cmds.append(("AUTH", self.password))
+        if db:
+            cmds.append(("SELECT", db))
+        cmds.append(args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            f = s.makefile("rb")
+            out = b""
+            for cmd in cmds:
+                out += b"*%d\r\n" % len(cmd)
+                for a in cmd:
+                    a = str(a).encode()
+                    out += b"$%d\r\n%s\r\n" % (len(a), a)
+            s.sendall(out)
+            for _ in cmds:
+                reply = _read_reply(f)
+            return reply
+
+    def stop(self):
+        self._stop_proc()
+
+    def remove(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+class Nutcracker(_Process):
+    """nutcracker (twemproxy) on a free port in front of the given RedisServers, with
+    the hashing a cluster of postsurge nodes would use."""
+
+    def __init__(self, backends):
+        self.backends = backends
+        self.port = free_port()
+        self.stats_port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="nutcracker-test-")
+        self.conf = os.path.join(self.dir, "nutcracker.yml")
+        servers = "".join("   - 127.0.0.1:%d:1 redis%d\n" % (b.port, i)
+                          for i, b in enumerate(backends))
+        with open(self.conf, "w") as f:
+            f.write("postsurge:\n"
+                    "  listen: 127.0.0.1:%d\n"
+                    "  hash: fnv1a_64\n"
+                    "  distribution: ketama\n"
+                    "  redis: true\n"
+                    "  auto_eject_hosts: false\n"
+                    "  timeout: 2000\n"
+                    "  server_retry_timeout: 200\n"
+                    "  servers:\n%s" % (self.port, servers))
+        self.proc = subprocess.Popen(
+            ["nutcracker", "-c", self.conf, "-o", os.path.join(self.dir, "nutcracker.log"),
+             "-p", os.path.join(self.dir, "nutcracker.pid"), "-s", str(self.stats_port),
+             "-a", "127.0.0.1"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_for(lambda: tcp_listening(self.port) or self.proc.poll() is not None,
+                        timeout=20) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError("nutcracker did not start; see %s" % self.dir)
+
+    @property
+    def url(self):
+        return "redis://127.0.0.1:%d" % self.port
+
+    def stop(self):
+        self._stop_proc()
+
+    def __exit__(self, *exc):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_seconds(seconds):
+    """A plain pause, for tests that let a backoff timer run."""
+    time.sleep(seconds)
