@@ -387,7 +387,6 @@ static const char *check_action(const char *v)
     static const char *const words[] = {
         "OK",      "DUNNO",   "REJECT", "DEFER", "DEFER_IF_PERMIT", "DEFER_IF_REJECT", "HOLD",
         "DISCARD", "PREPEND", "WARN",   "INFO",  "FILTER",          "REDIRECT",        "BCC",
-        "DELAY",
     };
     size_t n = 0;
     while (v[n] && !is_space(v[n]))
@@ -1248,7 +1247,7 @@ int config_parse_buffer(const char *name, const char *buf, size_t len, struct co
                     break;
                 }
         if (bad) {
-            if (badc && badc != '\0')
+            if (badc)
                 report(&ps, false, line, "%s (0x%02x)", bad, (unsigned)(unsigned char)badc);
             else
                 report(&ps, false, line, "%s", bad);
