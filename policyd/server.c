@@ -656,6 +656,9 @@ static void reload_apply(struct server *srv)
         config_errors_clear(&errs);
         return;
     }
+    /* A good file may still carry warnings (a setting given twice). */
+    for (size_t i = 0; i < errs.n; i++)
+        log_warn("%s", errs.msg[i]);
     config_errors_clear(&errs);
 
     struct config *old = srv->cfg;
