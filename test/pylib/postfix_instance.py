@@ -137,7 +137,7 @@ def _kill_wait(pids, timeout=5.0):
 class SmtpSink:
     """smtp-sink(1) on 127.0.0.1:port that dumps every transaction to a file in dump_dir.
 
-    delays: {command: seconds} answered late with `-W command:delay` (e.g. {"rcpt": 2} or
+    delays: {command: whole seconds} answered late with `-W command:delay` (e.g. {"rcpt": 2} or
     {"data": 5}) so delivery agents stay busy. extra_args: more smtp-sink options.
     start() raises RuntimeError if it does not listen in time; stop() kills by PID.
     """
@@ -169,7 +169,9 @@ class SmtpSink:
         if not wait_for(lambda: tcp_listening(self.port) or self.proc.poll() is not None,
                         timeout) or self.proc.poll() is not None:
             self.stop()
-            raise RuntimeError("smtp-sink did not listen on port %d" % self.port)
+            with open(self.dump_dir + ".log", errors="replace") as f:
+                raise RuntimeError("smtp-sink did not listen on port %d: %s"
+                                   % (self.port, f.read()[-2000:]))
         return self
 
     def stop(self):
