@@ -1,2 +1,1717 @@
-/* report: placeholder, being written. */
+/* report: holds copies of everything the report command gathered, derives findings with
+ * one line of advice each, and writes the three formats. Kept as plain arrays: a report
+ * has tens of rows, and the writers walk them in a fixed, deterministic order. */
 #include "report.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_EVENTS_PER_NODE 50
+
+struct r_service {
+    char *name;
+    int64_t busy, limit, waiting;
+};
+
+struct r_event {
+    int64_t time;
+    char *kind, *detail;
+};
+
+struct r_node {
+    char *name;
+    int daemon_up, master_up, qmgr_up, stressed, saturation;
+    uint32_t stress_episodes, overrides;
+    struct r_service *services;
+    size_t n_services;
+    struct r_event *events;
+    size_t n_events;
+};
+
+struct r_domain {
+    char *name;
+    uint64_t recipients, messages, reasons_total;
+    uint64_t queue_recipients[QUEUE_COUNT];
+    int64_t oldest_arrival;
+    uint32_t age_buckets[QUEUE_AGE_BUCKETS];
+    struct queue_reason *reasons; /* top reasons, sorted */
+    size_t n_reasons;
+};
+
+struct r_traffic {
+    char *domain;
+    uint64_t delivered, deferred, bounced;
+};
+
+struct r_client {
+    char *client;
+    uint64_t connections, rejects;
+};
+
+struct r_warning {
+    char *kind, *detail;
+    uint64_t count;
+};
+
+struct r_anomaly {
+    char *metric, *cause;
+    double value, mean, sd;
+    uint64_t samples;
+};
+
+struct r_finding {
+    enum report_status severity;
+    char *code, *subject, *message, *advice;
+};
+
+struct report {
+    int64_t now;
+    char *host;
+    enum report_status status;
+    bool evaluated;
+    struct report_thresholds t;
+
+    struct r_node *nodes;
+    size_t n_nodes, cap_nodes;
+
+    bool have_queue;
+    struct queue_totals totals[QUEUE_COUNT];
+    uint64_t records, malformed, overlong;
+    uint64_t class_count[QUEUE_REASON_COUNT];
+    struct queue_reason *dsns;
+    size_t n_dsns;
+    struct r_domain *domains;
+    size_t n_domains;
+
+    struct r_traffic *traffic;
+    size_t n_traffic, cap_traffic;
+    struct r_client *clients;
+    size_t n_clients, cap_clients;
+    struct r_warning *warnings;
+    size_t n_warnings, cap_warnings;
+    struct r_anomaly *anomalies;
+    size_t n_anomalies, cap_anomalies;
+    struct r_finding *findings;
+    size_t n_findings, cap_findings;
+};
+
+/* ---- status ------------------------------------------------------------------------- */
+
+static const char *const status_names[] = {"OK", "WARNING", "CRITICAL", "UNKNOWN"};
+
+const char *report_status_str(enum report_status s)
+{
+    return (unsigned)s <= REPORT_UNKNOWN ? status_names[s] : "UNKNOWN";
+}
+
+int report_exit_code(enum report_status s)
+{
+    return (unsigned)s <= REPORT_UNKNOWN ? (int)s : 3;
+}
+
+static int status_rank(enum report_status s)
+{
+    switch (s) {
+    case REPORT_OK:
+        return 0;
+    case REPORT_WARNING:
+        return 1;
+    case REPORT_UNKNOWN:
+        return 2;
+    case REPORT_CRITICAL:
+        return 3;
+    }
+    return 2;
+}
+
+enum report_status report_status_worse(enum report_status a, enum report_status b)
+{
+    return status_rank(a) >= status_rank(b) ? a : b;
+}
+
+void report_thresholds_default(struct report_thresholds *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->hold_warning = 1;
+    t->hold_critical = 0;
+    t->deferred_warning = 100;
+    t->deferred_critical = 1000;
+    t->backlog_warning = 2000;
+    t->backlog_critical = 10000;
+    t->age_warning = 86400;
+    t->age_critical = 4 * 86400;
+    t->domain_deferred_warning = 20;
+    t->failure_rate_warning = 0.2;
+    t->failure_rate_critical = 0.5;
+    t->failure_min_messages = 20;
+    t->client_reject_warning = 50;
+    t->saturation_warning = 80;
+    t->saturation_critical = 95;
+    t->imbalance_warning = 50;
+    t->top_domains = 10;
+    t->top_clients = 10;
+    t->top_reasons = 3;
+}
+
+/* ---- building ----------------------------------------------------------------------- */
+
+static int grow(void *arrp, size_t *cap, size_t n, size_t elem)
+{
+    if (n < *cap)
+        return 0;
+    size_t nc = *cap ? *cap * 2 : 8;
+    void *na = realloc(*(void **)arrp, nc * elem);
+    if (!na)
+        return -ENOMEM;
+    *(void **)arrp = na;
+    *cap = nc;
+    return 0;
+}
+
+/* strdup that maps NULL to NULL, reports failure through *ok, and replaces control
+ * characters with '?': names come from logs and queue files, and a newline in one must
+ * not forge a line in the text report or the exposition format. */
+static char *dup_opt(const char *s, bool *ok)
+{
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d) {
+        *ok = false;
+        return NULL;
+    }
+    for (char *p = d; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+    }
+    return d;
+}
+
+static char *dup_clean(const char *s)
+{
+    bool ok = true;
+    return dup_opt(s, &ok);
+}
+
+struct report *report_new(int64_t now, const char *host)
+{
+    struct report *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->now = now;
+    r->host = strdup(host && host[0] ? host : "localhost");
+    if (!r->host) {
+        free(r);
+        return NULL;
+    }
+    report_thresholds_default(&r->t);
+    return r;
+}
+
+static void node_clear(struct r_node *n)
+{
+    free(n->name);
+    for (size_t i = 0; i < n->n_services; i++)
+        free(n->services[i].name);
+    free(n->services);
+    for (size_t i = 0; i < n->n_events; i++) {
+        free(n->events[i].kind);
+        free(n->events[i].detail);
+    }
+    free(n->events);
+}
+
+static void domains_clear(struct report *r)
+{
+    for (size_t i = 0; i < r->n_domains; i++) {
+        free(r->domains[i].name);
+        free(r->domains[i].reasons);
+    }
+    free(r->domains);
+    r->domains = NULL;
+    r->n_domains = 0;
+    free(r->dsns);
+    r->dsns = NULL;
+    r->n_dsns = 0;
+}
+
+void report_free(struct report *r)
+{
+    if (!r)
+        return;
+    free(r->host);
+    for (size_t i = 0; i < r->n_nodes; i++)
+        node_clear(&r->nodes[i]);
+    free(r->nodes);
+    domains_clear(r);
+    for (size_t i = 0; i < r->n_traffic; i++)
+        free(r->traffic[i].domain);
+    free(r->traffic);
+    for (size_t i = 0; i < r->n_clients; i++)
+        free(r->clients[i].client);
+    free(r->clients);
+    for (size_t i = 0; i < r->n_warnings; i++) {
+        free(r->warnings[i].kind);
+        free(r->warnings[i].detail);
+    }
+    free(r->warnings);
+    for (size_t i = 0; i < r->n_anomalies; i++) {
+        free(r->anomalies[i].metric);
+        free(r->anomalies[i].cause);
+    }
+    free(r->anomalies);
+    for (size_t i = 0; i < r->n_findings; i++) {
+        free(r->findings[i].code);
+        free(r->findings[i].subject);
+        free(r->findings[i].message);
+        free(r->findings[i].advice);
+    }
+    free(r->findings);
+    free(r);
+}
+
+int report_add_node(struct report *r, const struct report_node_info *in)
+{
+    if (!in || !in->name || !in->name[0])
+        return -EINVAL;
+    if (grow(&r->nodes, &r->cap_nodes, r->n_nodes, sizeof(*r->nodes)) < 0)
+        return -ENOMEM;
+    struct r_node n = {0};
+    bool ok = true;
+    n.name = dup_opt(in->name, &ok);
+    n.daemon_up = in->daemon_up;
+    n.master_up = in->master_up;
+    n.qmgr_up = in->qmgr_up;
+    n.stressed = in->stressed;
+    n.saturation = in->saturation;
+    n.stress_episodes = in->stress_episodes;
+    n.overrides = in->overrides;
+    if (in->n_services) {
+        n.services = calloc(in->n_services, sizeof(*n.services));
+        ok = ok && n.services;
+        for (size_t i = 0; ok && i < in->n_services; i++) {
+            const struct report_service *s = &in->services[i];
+            n.services[i] = (struct r_service){dup_opt(s->name ? s->name : "?", &ok), s->busy,
+                                               s->limit, s->waiting};
+            n.n_services++;
+        }
+    }
+    size_t skip = in->n_events > MAX_EVENTS_PER_NODE ? in->n_events - MAX_EVENTS_PER_NODE : 0;
+    if (ok && in->n_events > skip) {
+        n.events = calloc(in->n_events - skip, sizeof(*n.events));
+        ok = n.events != NULL;
+        for (size_t i = skip; ok && i < in->n_events; i++) {
+            const struct report_event *e = &in->events[i];
+            n.events[n.n_events++] = (struct r_event){
+                e->time, dup_opt(e->kind ? e->kind : "?", &ok), dup_opt(e->detail, &ok)};
+        }
+    }
+    if (!ok) {
+        node_clear(&n);
+        return -ENOMEM;
+    }
+    r->nodes[r->n_nodes++] = n;
+    return 0;
+}
+
+int report_set_queue(struct report *r, const struct queue_stats *qs, size_t top_domains,
+                     size_t top_reasons)
+{
+    if (!qs)
+        return -EINVAL;
+    if (!top_domains)
+        top_domains = 10;
+    if (!top_reasons)
+        top_reasons = 3;
+    domains_clear(r);
+    for (int q = 0; q < QUEUE_COUNT; q++)
+        r->totals[q] = *queue_stats_totals(qs, (enum queue_name)q);
+    queue_stats_counts(qs, &r->records, &r->malformed, &r->overlong);
+    for (int c = 0; c < QUEUE_REASON_COUNT; c++)
+        r->class_count[c] = queue_stats_class_count(qs, (enum queue_reason_class)c);
+
+    const struct queue_reason *dsns;
+    size_t nd = queue_stats_dsns(qs, &dsns);
+    if (nd) {
+        r->dsns = malloc(nd * sizeof(*r->dsns));
+        if (!r->dsns)
+            return -ENOMEM;
+        memcpy(r->dsns, dsns, nd * sizeof(*r->dsns));
+        r->n_dsns = nd;
+    }
+
+    const struct queue_domain **doms;
+    size_t n;
+    if (queue_stats_domains(qs, &doms, &n) < 0)
+        return -ENOMEM;
+    if (n > top_domains)
+        n = top_domains;
+    int rc = 0;
+    r->domains = calloc(n ? n : 1, sizeof(*r->domains));
+    const struct queue_reason **top = malloc(top_reasons * sizeof(*top));
+    if (!r->domains || !top) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct queue_domain *d = doms[i];
+        struct r_domain *o = &r->domains[i];
+        o->name = dup_clean(d->name);
+        size_t k = queue_domain_top_reasons(d, top, top_reasons);
+        o->reasons = malloc((k ? k : 1) * sizeof(*o->reasons));
+        r->n_domains++;
+        if (!o->name || !o->reasons) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        o->recipients = d->recipients;
+        o->messages = d->messages;
+        o->reasons_total = d->reasons_total;
+        memcpy(o->queue_recipients, d->queue_recipients, sizeof(o->queue_recipients));
+        o->oldest_arrival = d->oldest_arrival;
+        memcpy(o->age_buckets, d->age_buckets, sizeof(o->age_buckets));
+        for (size_t j = 0; j < k; j++)
+            o->reasons[j] = *top[j];
+        o->n_reasons = k;
+    }
+    r->have_queue = true;
+out:
+    free(top);
+    free(doms);
+    if (rc < 0)
+        domains_clear(r);
+    return rc;
+}
+
+int report_add_traffic(struct report *r, const char *domain, uint64_t delivered, uint64_t deferred,
+                       uint64_t bounced)
+{
+    if (!domain || !domain[0])
+        return -EINVAL;
+    for (size_t i = 0; i < r->n_traffic; i++) {
+        if (strcmp(r->traffic[i].domain, domain) == 0) {
+            r->traffic[i].delivered += delivered;
+            r->traffic[i].deferred += deferred;
+            r->traffic[i].bounced += bounced;
+            return 0;
+        }
+    }
+    if (grow(&r->traffic, &r->cap_traffic, r->n_traffic, sizeof(*r->traffic)) < 0)
+        return -ENOMEM;
+    char *d = dup_clean(domain);
+    if (!d)
+        return -ENOMEM;
+    r->traffic[r->n_traffic++] = (struct r_traffic){d, delivered, deferred, bounced};
+    return 0;
+}
+
+int report_add_client(struct report *r, const char *client, uint64_t connections, uint64_t rejects)
+{
+    if (!client || !client[0])
+        return -EINVAL;
+    for (size_t i = 0; i < r->n_clients; i++) {
+        if (strcmp(r->clients[i].client, client) == 0) {
+            r->clients[i].connections += connections;
+            r->clients[i].rejects += rejects;
+            return 0;
+        }
+    }
+    if (grow(&r->clients, &r->cap_clients, r->n_clients, sizeof(*r->clients)) < 0)
+        return -ENOMEM;
+    char *c = dup_clean(client);
+    if (!c)
+        return -ENOMEM;
+    r->clients[r->n_clients++] = (struct r_client){c, connections, rejects};
+    return 0;
+}
+
+static bool str_eq_opt(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+int report_add_warning(struct report *r, const char *kind, const char *detail, uint64_t count)
+{
+    if (!kind || !kind[0])
+        return -EINVAL;
+    for (size_t i = 0; i < r->n_warnings; i++) {
+        if (strcmp(r->warnings[i].kind, kind) == 0 && str_eq_opt(r->warnings[i].detail, detail)) {
+            r->warnings[i].count += count;
+            return 0;
+        }
+    }
+    if (grow(&r->warnings, &r->cap_warnings, r->n_warnings, sizeof(*r->warnings)) < 0)
+        return -ENOMEM;
+    bool ok = true;
+    struct r_warning w = {dup_opt(kind, &ok), dup_opt(detail, &ok), count};
+    if (!ok) {
+        free(w.kind);
+        free(w.detail);
+        return -ENOMEM;
+    }
+    r->warnings[r->n_warnings++] = w;
+    return 0;
+}
+
+int report_add_anomaly(struct report *r, const char *metric, double value, double mean, double sd,
+                       uint64_t samples, const char *cause)
+{
+    if (!metric || !metric[0])
+        return -EINVAL;
+    if (grow(&r->anomalies, &r->cap_anomalies, r->n_anomalies, sizeof(*r->anomalies)) < 0)
+        return -ENOMEM;
+    bool ok = true;
+    struct r_anomaly a = {dup_opt(metric, &ok), dup_opt(cause, &ok), value, mean, sd, samples};
+    if (!ok) {
+        free(a.metric);
+        free(a.cause);
+        return -ENOMEM;
+    }
+    r->anomalies[r->n_anomalies++] = a;
+    return 0;
+}
+
+int report_add_finding(struct report *r, enum report_status severity, const char *code,
+                       const char *subject, const char *message, const char *advice)
+{
+    if (!code || !code[0] || !message)
+        return -EINVAL;
+    if (grow(&r->findings, &r->cap_findings, r->n_findings, sizeof(*r->findings)) < 0)
+        return -ENOMEM;
+    bool ok = true;
+    struct r_finding f = {severity, dup_opt(code, &ok), dup_opt(subject, &ok),
+                          dup_opt(message, &ok), dup_opt(advice, &ok)};
+    if (!ok) {
+        free(f.code);
+        free(f.subject);
+        free(f.message);
+        free(f.advice);
+        return -ENOMEM;
+    }
+    r->findings[r->n_findings++] = f;
+    r->status = report_status_worse(r->status, severity);
+    return 0;
+}
+
+/* printf into a fresh string, for finding texts. NULL on ENOMEM. */
+__attribute__((format(printf, 1, 2))) static char *fmt(const char *f, ...)
+{
+    va_list ap;
+    va_start(ap, f);
+    int n = vsnprintf(NULL, 0, f, ap);
+    va_end(ap);
+    if (n < 0)
+        return NULL;
+    char *s = malloc((size_t)n + 1);
+    if (!s)
+        return NULL;
+    va_start(ap, f);
+    vsnprintf(s, (size_t)n + 1, f, ap);
+    va_end(ap);
+    return s;
+}
+
+/* Adds a finding whose message and advice are fresh strings (taken, freed here). */
+static int finding_take(struct report *r, enum report_status sev, const char *code,
+                        const char *subject, char *message, char *advice)
+{
+    int rc = message ? report_add_finding(r, sev, code, subject, message, advice) : -ENOMEM;
+    free(message);
+    free(advice);
+    return rc;
+}
+
+/* ---- baseline ----------------------------------------------------------------------- */
+
+struct figure {
+    const char *metric;
+    double value;
+    const char *cause_up;   /* likely cause when the figure is high */
+    const char *cause_down; /* ... when it is low */
+};
+
+static uint64_t traffic_sum(const struct report *r, int what)
+{
+    uint64_t s = 0;
+    for (size_t i = 0; i < r->n_traffic; i++)
+        s += what == 0   ? r->traffic[i].delivered
+             : what == 1 ? r->traffic[i].deferred
+                         : r->traffic[i].bounced;
+    return s;
+}
+
+static uint64_t clients_sum(const struct report *r, bool rejects)
+{
+    uint64_t s = 0;
+    for (size_t i = 0; i < r->n_clients; i++)
+        s += rejects ? r->clients[i].rejects : r->clients[i].connections;
+    return s;
+}
+
+static uint64_t warnings_sum(const struct report *r, const char *kind)
+{
+    uint64_t s = 0;
+    for (size_t i = 0; i < r->n_warnings; i++) {
+        if (strcmp(r->warnings[i].kind, kind) == 0)
+            s += r->warnings[i].count;
+    }
+    return s;
+}
+
+int report_apply_baseline(struct report *r, struct baseline *b, bool quiet)
+{
+    struct figure figs[16];
+    size_t nf = 0;
+    if (r->have_queue) {
+        figs[nf++] =
+            (struct figure){"queue.incoming.messages", (double)r->totals[QUEUE_INCOMING].messages,
+                            "mail arrives faster than cleanup/qmgr take it in", NULL};
+        figs[nf++] =
+            (struct figure){"queue.active.messages", (double)r->totals[QUEUE_ACTIVE].messages,
+                            "deliveries are slow: see the domains table", NULL};
+        figs[nf++] =
+            (struct figure){"queue.deferred.messages", (double)r->totals[QUEUE_DEFERRED].messages,
+                            "a destination defers our mail: see the domains table", NULL};
+        figs[nf++] = (struct figure){"queue.hold.messages", (double)r->totals[QUEUE_HOLD].messages,
+                                     "a HOLD rule or an operator put mail on hold", NULL};
+    }
+    if (r->n_traffic) {
+        figs[nf++] = (struct figure){"traffic.delivered", (double)traffic_sum(r, 0),
+                                     "a mail burst (campaign, forwarding loop, compromised "
+                                     "account)",
+                                     "less mail than usual: inbound trouble or an idle sender"};
+        figs[nf++] = (struct figure){"traffic.deferred", (double)traffic_sum(r, 1),
+                                     "destinations defer more than usual", NULL};
+        figs[nf++] = (struct figure){"traffic.bounced", (double)traffic_sum(r, 2),
+                                     "more bounces: bad recipient lists or a blocklisting", NULL};
+    }
+    if (r->n_clients) {
+        figs[nf++] = (struct figure){"smtpd.connections", (double)clients_sum(r, false),
+                                     "more SMTP clients than usual (botnet or campaign)",
+                                     "fewer SMTP clients than usual: check MX/DNS and port 25"};
+        figs[nf++] = (struct figure){"smtpd.rejects", (double)clients_sum(r, true),
+                                     "more rejects: a dictionary attack or a misconfigured "
+                                     "sender",
+                                     NULL};
+    }
+    figs[nf++] = (struct figure){"warnings.process_limit", (double)warnings_sum(r, "process_limit"),
+                                 "smtpd ran out of processes: load or slow clients", NULL};
+
+    /* The host's own saturation; other nodes keep their baselines in their own reports. */
+    for (size_t i = 0; i < r->n_nodes; i++) {
+        if (strcmp(r->nodes[i].name, r->host) == 0 && r->nodes[i].saturation >= 0)
+            figs[nf++] = (struct figure){"node.saturation", (double)r->nodes[i].saturation,
+                                         "smtpd is busier than usual", NULL};
+    }
+
+    int added = 0;
+    for (size_t i = 0; i < nf; i++) {
+        char *key = fmt("%s/%s", r->host, figs[i].metric);
+        if (!key)
+            return -ENOMEM;
+        struct baseline_verdict v;
+        baseline_test(b, key, r->now, figs[i].value, &v);
+        const char *cause = v.direction > 0 ? figs[i].cause_up : figs[i].cause_down;
+        /* A figure falling to zero deviations without a "down" cause (e.g. fewer deferred)
+         * is good news, not an anomaly. */
+        if (v.anomaly && !quiet && cause) {
+            int rc = report_add_anomaly(r, figs[i].metric, figs[i].value, v.mean, v.sd, v.n, cause);
+            if (rc < 0) {
+                free(key);
+                return rc;
+            }
+            added++;
+        }
+        int rc = baseline_add(b, key, r->now, figs[i].value);
+        free(key);
+        if (rc == -ENOMEM)
+            return rc;
+    }
+    return added;
+}
+
+/* ---- findings ----------------------------------------------------------------------- */
+
+static void fmt_age(char *buf, size_t len, int64_t s)
+{
+    if (s < 0)
+        s = 0;
+    if (s < 120)
+        snprintf(buf, len, "%" PRId64 "s", s);
+    else if (s < 7200)
+        snprintf(buf, len, "%" PRId64 "m", s / 60);
+    else if (s < 2 * 86400)
+        snprintf(buf, len, "%" PRId64 "h", s / 3600);
+    else
+        snprintf(buf, len, "%" PRId64 "d", s / 86400);
+}
+
+static const char *plural(uint64_t n, const char *one, const char *many)
+{
+    return n == 1 ? one : many;
+}
+
+/* One line of advice for a domain whose mail is deferred, by its main reason. */
+static char *domain_advice(const char *dom, enum queue_reason_class cls)
+{
+    switch (cls) {
+    case QUEUE_REASON_THROTTLE:
+        return fmt("%s throttles us (421/4.2.x, greylisting): slow down with a dedicated "
+                   "transport (transport_maps \"%s slow:\", slow_destination_concurrency_limit "
+                   "= 2, slow_destination_rate_delay = 1s)",
+                   dom, dom);
+    case QUEUE_REASON_CONN_REFUSED:
+        return fmt("the MX hosts of %s refuse connections: check `dig MX %s` and that they "
+                   "listen on port 25; Postfix retries by itself",
+                   dom, dom);
+    case QUEUE_REASON_CONN_TIMEOUT:
+        return fmt("connections to %s time out: check outbound port 25 filtering and the MX "
+                   "hosts (`dig MX %s`)",
+                   dom, dom);
+    case QUEUE_REASON_DNS:
+        return fmt("DNS lookups for %s fail: check `dig MX %s` and the local resolver", dom, dom);
+    case QUEUE_REASON_TLS:
+        return fmt("TLS with %s fails: test `posttls-finger %s` and review "
+                   "smtp_tls_security_level and smtp_tls_policy_maps",
+                   dom, dom);
+    case QUEUE_REASON_MAILBOX:
+        return fmt("mailboxes at %s are full or unknown: clean the sender's recipient list", dom);
+    case QUEUE_REASON_POLICY:
+        return fmt("%s rejects us by policy: check our IP on blocklists and SPF/DKIM/DMARC, "
+                   "then ask for delisting",
+                   dom);
+    default:
+        return fmt("inspect a message with `postcat -q QUEUE_ID` and grep the maillog for %s", dom);
+    }
+}
+
+static const struct queue_reason *main_reason(const struct r_domain *d)
+{
+    return d->n_reasons ? &d->reasons[0] : NULL;
+}
+
+static int eval_nodes(struct report *r, const struct report_thresholds *t)
+{
+    int rc = 0;
+    int sat_min = 101, sat_max = -1;
+    const char *n_min = NULL, *n_max = NULL;
+    size_t n_sat = 0;
+    for (size_t i = 0; i < r->n_nodes && rc == 0; i++) {
+        const struct r_node *n = &r->nodes[i];
+        if (n->master_up == 0)
+            rc = finding_take(r, REPORT_CRITICAL, "master_down", n->name,
+                              fmt("Postfix master is not running on %s", n->name),
+                              fmt("start Postfix (`postfix start`) and look for fatal errors "
+                                  "in the maillog"));
+        else if (n->qmgr_up == 0)
+            rc = finding_take(
+                r, REPORT_CRITICAL, "qmgr_down", n->name,
+                fmt("qmgr is not running on %s: queued mail is not delivered", n->name),
+                fmt("look for qmgr fatal errors in the maillog, then `postfix "
+                    "reload` to restart it"));
+        if (rc == 0 && n->daemon_up == 0)
+            rc = finding_take(r, REPORT_WARNING, "daemon_down", n->name,
+                              fmt("the postsurge daemon is not running on %s", n->name),
+                              fmt("start it (`systemctl start postsurge`); meanwhile smtpd "
+                                  "uses the policy service's default_action"));
+        /* The fullest service names the limit to raise. */
+        const struct r_service *full = NULL;
+        for (size_t k = 0; k < n->n_services; k++) {
+            const struct r_service *s = &n->services[k];
+            if (s->limit > 0 && s->busy >= s->limit && (!full || s->waiting > full->waiting))
+                full = s;
+        }
+        if (rc == 0 && n->saturation >= 0) {
+            n_sat++;
+            if (n->saturation < sat_min) {
+                sat_min = n->saturation;
+                n_min = n->name;
+            }
+            if (n->saturation > sat_max) {
+                sat_max = n->saturation;
+                n_max = n->name;
+            }
+            enum report_status sev =
+                t->saturation_critical && n->saturation >= t->saturation_critical ? REPORT_CRITICAL
+                : t->saturation_warning && n->saturation >= t->saturation_warning ? REPORT_WARNING
+                                                                                  : REPORT_OK;
+            if (sev != REPORT_OK)
+                rc = finding_take(
+                    r, sev, "saturation", n->name,
+                    fmt("%s is at %d%% of its smtpd processes", n->name, n->saturation),
+                    full ? fmt("raise the process limit of %s in master.cf (now %" PRId64
+                               ", %" PRId64 " clients waiting) or put postscreen in front",
+                               full->name, full->limit, full->waiting < 0 ? 0 : full->waiting)
+                         : fmt("raise the smtpd process limit in master.cf or reduce the time "
+                               "per client (STRESS_README)"));
+        }
+        if (rc == 0 && n->stressed == 1)
+            rc = finding_take(r, REPORT_WARNING, "stressed", n->name,
+                              fmt("%s is in stress mode (%u %s since the last report)", n->name,
+                                  n->stress_episodes,
+                                  plural(n->stress_episodes, "episode", "episodes")),
+                              fmt("find the load's source in the clients and warnings below; "
+                                  "`postsurge stress exit` ends it by hand"));
+    }
+    if (rc == 0 && n_sat >= 2 && t->imbalance_warning && sat_max - sat_min >= t->imbalance_warning)
+        rc = finding_take(
+            r, REPORT_WARNING, "imbalance", n_max,
+            fmt("load imbalance: %s at %d%%, %s at %d%%", n_max, sat_max, n_min, sat_min),
+            fmt("check MX weights (equal preference for equal nodes) and the "
+                "load balancer"));
+    return rc;
+}
+
+static int eval_queue(struct report *r, const struct report_thresholds *t)
+{
+    if (!r->have_queue)
+        return finding_take(r, REPORT_UNKNOWN, "queue_unavailable", NULL,
+                            fmt("the queue could not be read"),
+                            fmt("run `postqueue -j` by hand as root and check its errors"));
+    int rc = 0;
+    uint64_t hold = r->totals[QUEUE_HOLD].messages;
+    enum report_status sev = t->hold_critical && hold >= t->hold_critical ? REPORT_CRITICAL
+                             : t->hold_warning && hold >= t->hold_warning ? REPORT_WARNING
+                                                                          : REPORT_OK;
+    if (sev != REPORT_OK)
+        rc = finding_take(r, sev, "hold", "hold",
+                          fmt("%" PRIu64 " %s on hold", hold, plural(hold, "message", "messages")),
+                          fmt("review with `postcat -q QUEUE_ID` (IDs from `postqueue -j`); "
+                              "release with `postsuper -H QUEUE_ID`, delete with `postsuper "
+                              "-d QUEUE_ID`"));
+
+    uint64_t def = r->totals[QUEUE_DEFERRED].messages;
+    sev = t->deferred_critical && def >= t->deferred_critical ? REPORT_CRITICAL
+          : t->deferred_warning && def >= t->deferred_warning ? REPORT_WARNING
+                                                              : REPORT_OK;
+    /* The domain with the most deferred recipients explains the deferred queue. */
+    const struct r_domain *worst = NULL;
+    for (size_t i = 0; i < r->n_domains; i++) {
+        const struct r_domain *d = &r->domains[i];
+        if (d->queue_recipients[QUEUE_DEFERRED] &&
+            (!worst ||
+             d->queue_recipients[QUEUE_DEFERRED] > worst->queue_recipients[QUEUE_DEFERRED]))
+            worst = d;
+    }
+    if (rc == 0 && sev != REPORT_OK) {
+        const struct queue_reason *mr = worst ? main_reason(worst) : NULL;
+        rc = finding_take(r, sev, "deferred", "deferred",
+                          worst && mr
+                              ? fmt("%" PRIu64 " messages deferred, most for %s (%s %s)", def,
+                                    worst->name, queue_reason_class_str(mr->cls), mr->dsn)
+                              : fmt("%" PRIu64 " messages deferred", def),
+                          worst ? domain_advice(worst->name, mr ? mr->cls : QUEUE_REASON_OTHER)
+                                : fmt("see `qshape deferred` and the maillog"));
+    }
+
+    uint64_t backlog = r->totals[QUEUE_INCOMING].messages + r->totals[QUEUE_ACTIVE].messages;
+    sev = t->backlog_critical && backlog >= t->backlog_critical ? REPORT_CRITICAL
+          : t->backlog_warning && backlog >= t->backlog_warning ? REPORT_WARNING
+                                                                : REPORT_OK;
+    if (rc == 0 && sev != REPORT_OK)
+        rc = finding_take(r, sev, "backlog", "active",
+                          fmt("%" PRIu64 " messages in the incoming and active queues", backlog),
+                          fmt("deliveries lag behind arrivals: check `qshape active` for the "
+                              "destination and qmgr warnings in the maillog"));
+
+    int64_t oldest = 0;
+    enum queue_name oq = QUEUE_DEFERRED;
+    for (int q = QUEUE_INCOMING; q <= QUEUE_DEFERRED; q++) {
+        int64_t a = r->totals[q].oldest_arrival;
+        if (a && (!oldest || a < oldest)) {
+            oldest = a;
+            oq = (enum queue_name)q;
+        }
+    }
+    int64_t age = oldest ? r->now - oldest : 0;
+    sev = t->age_critical && oldest && age >= t->age_critical ? REPORT_CRITICAL
+          : t->age_warning && oldest && age >= t->age_warning ? REPORT_WARNING
+                                                              : REPORT_OK;
+    if (rc == 0 && sev != REPORT_OK) {
+        char a[32];
+        fmt_age(a, sizeof(a), age);
+        rc =
+            finding_take(r, sev, "queue_age", queue_name_str(oq),
+                         fmt("the oldest message in the %s queue is %s old", queue_name_str(oq), a),
+                         fmt("it bounces at maximal_queue_lifetime: fix its domain's problem "
+                             "below, then `postqueue -i QUEUE_ID` retries it at once"));
+    }
+
+    for (size_t i = 0; rc == 0 && i < r->n_domains; i++) {
+        const struct r_domain *d = &r->domains[i];
+        uint64_t n = d->queue_recipients[QUEUE_DEFERRED];
+        const struct queue_reason *mr = main_reason(d);
+        if (!t->domain_deferred_warning || n < t->domain_deferred_warning || !mr)
+            continue;
+        const char *code = mr->cls == QUEUE_REASON_THROTTLE ? "domain_throttle" : "domain_deferred";
+        rc = finding_take(r, REPORT_WARNING, code, d->name,
+                          fmt("%s: %" PRIu64 " recipients deferred, mostly %s %s", d->name, n,
+                              queue_reason_class_str(mr->cls), mr->dsn),
+                          domain_advice(d->name, mr->cls));
+    }
+    return rc;
+}
+
+static int eval_traffic(struct report *r, const struct report_thresholds *t)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < r->n_traffic; i++) {
+        const struct r_traffic *x = &r->traffic[i];
+        uint64_t all = x->delivered + x->deferred + x->bounced;
+        if (!all || all < t->failure_min_messages)
+            continue;
+        double rate = (double)(x->deferred + x->bounced) / (double)all;
+        enum report_status sev =
+            t->failure_rate_critical > 0 && rate >= t->failure_rate_critical ? REPORT_CRITICAL
+            : t->failure_rate_warning > 0 && rate >= t->failure_rate_warning ? REPORT_WARNING
+                                                                             : REPORT_OK;
+        if (sev == REPORT_OK)
+            continue;
+        /* The queue's reasons for that domain, when it has queued mail, say why. */
+        enum queue_reason_class cls = QUEUE_REASON_OTHER;
+        for (size_t k = 0; k < r->n_domains; k++) {
+            if (strcmp(r->domains[k].name, x->domain) == 0 && main_reason(&r->domains[k]))
+                cls = main_reason(&r->domains[k])->cls;
+        }
+        rc = finding_take(r, sev, "failure_rate", x->domain,
+                          fmt("%s: %.0f%% of %" PRIu64 " deliveries failed (%" PRIu64
+                              " deferred, %" PRIu64 " bounced)",
+                              x->domain, rate * 100.0, all, x->deferred, x->bounced),
+                          domain_advice(x->domain, cls));
+    }
+    for (size_t i = 0; rc == 0 && i < r->n_clients; i++) {
+        const struct r_client *c = &r->clients[i];
+        if (!t->client_reject_warning || c->rejects < t->client_reject_warning)
+            continue;
+        rc = finding_take(r, REPORT_WARNING, "client_rejects", c->client,
+                          fmt("client %s: %" PRIu64 " rejects in %" PRIu64 " connections",
+                              c->client, c->rejects, c->connections),
+                          fmt("likely a dictionary attack: block it (postscreen_access_list) "
+                              "or rate-limit it with a postsurge limit"));
+    }
+    for (size_t i = 0; rc == 0 && i < r->n_warnings; i++) {
+        const struct r_warning *w = &r->warnings[i];
+        if (strcmp(w->kind, "process_limit") != 0 || !w->count)
+            continue;
+        const char *svc = w->detail ? w->detail : "smtpd";
+        rc = finding_take(r, REPORT_WARNING, "process_limit", svc,
+                          fmt("service %s reached its process limit (%" PRIu64 " %s)", svc,
+                              w->count, plural(w->count, "warning", "warnings")),
+                          fmt("raise the process limit of %s in master.cf or reduce the "
+                              "service time per client (STRESS_README)",
+                              svc));
+    }
+    for (size_t i = 0; rc == 0 && i < r->n_anomalies; i++) {
+        const struct r_anomaly *a = &r->anomalies[i];
+        rc = finding_take(
+            r, REPORT_WARNING, "anomaly", a->metric,
+            fmt("%s is %.6g, usually %.6g +/- %.3g", a->metric, a->value, a->mean, a->sd),
+            fmt("likely cause: %s", a->cause ? a->cause : "unknown"));
+    }
+    return rc;
+}
+
+static int traffic_cmp(const void *a, const void *b)
+{
+    const struct r_traffic *x = a, *y = b;
+    uint64_t tx = x->delivered + x->deferred + x->bounced;
+    uint64_t ty = y->delivered + y->deferred + y->bounced;
+    if (tx != ty)
+        return tx > ty ? -1 : 1;
+    return strcmp(x->domain, y->domain);
+}
+
+static int client_cmp(const void *a, const void *b)
+{
+    const struct r_client *x = a, *y = b;
+    if (x->rejects != y->rejects)
+        return x->rejects > y->rejects ? -1 : 1;
+    if (x->connections != y->connections)
+        return x->connections > y->connections ? -1 : 1;
+    return strcmp(x->client, y->client);
+}
+
+int report_evaluate(struct report *r, const struct report_thresholds *t)
+{
+    if (t)
+        r->t = *t;
+    t = &r->t;
+    /* Writers show the busiest rows first and cut at top_domains / top_clients. */
+    qsort(r->traffic, r->n_traffic, sizeof(*r->traffic), traffic_cmp);
+    qsort(r->clients, r->n_clients, sizeof(*r->clients), client_cmp);
+    int rc = eval_nodes(r, t);
+    if (rc == 0)
+        rc = eval_queue(r, t);
+    if (rc == 0)
+        rc = eval_traffic(r, t);
+    /* Worst first; a stable pass per severity keeps the order of equal findings. */
+    if (r->n_findings > 1) {
+        size_t n = r->n_findings;
+        struct r_finding *tmp = malloc(n * sizeof(*tmp));
+        if (!tmp)
+            return -ENOMEM;
+        size_t k = 0;
+        static const enum report_status order[] = {REPORT_CRITICAL, REPORT_UNKNOWN, REPORT_WARNING,
+                                                   REPORT_OK};
+        for (int o = 0; o < 4; o++) {
+            for (size_t i = 0; i < n; i++) {
+                if (r->findings[i].severity == order[o])
+                    tmp[k++] = r->findings[i];
+            }
+        }
+        memcpy(r->findings, tmp, n * sizeof(*tmp));
+        free(tmp);
+    }
+    r->evaluated = true;
+    return rc;
+}
+
+enum report_status report_status(const struct report *r)
+{
+    return r->status;
+}
+
+size_t report_finding_count(const struct report *r)
+{
+    return r->n_findings;
+}
+
+/* ---- text --------------------------------------------------------------------------- */
+
+static double failure_rate(uint64_t delivered, uint64_t deferred, uint64_t bounced)
+{
+    uint64_t all = delivered + deferred + bounced;
+    return all ? (double)(deferred + bounced) / (double)all : 0.0;
+}
+
+/* The summary after "STATUS - ". */
+static void write_summary(const struct report *r, FILE *out)
+{
+    if (r->n_findings == 0) {
+        fprintf(out, "%s: %zu %s", r->host, r->n_nodes, plural(r->n_nodes, "node", "nodes"));
+        if (r->have_queue)
+            fprintf(out, ", queues active %" PRIu64 " deferred %" PRIu64 " hold %" PRIu64,
+                    r->totals[QUEUE_ACTIVE].messages, r->totals[QUEUE_DEFERRED].messages,
+                    r->totals[QUEUE_HOLD].messages);
+        if (r->n_traffic) {
+            uint64_t d = traffic_sum(r, 0), f = traffic_sum(r, 1), b = traffic_sum(r, 2);
+            fprintf(out, ", %" PRIu64 " delivered, %.1f%% failed", d,
+                    failure_rate(d, f, b) * 100.0);
+        }
+        return;
+    }
+    size_t shown = r->n_findings < 3 ? r->n_findings : 3;
+    for (size_t i = 0; i < shown; i++)
+        fprintf(out, "%s%s", i ? "; " : "", r->findings[i].message);
+    if (r->n_findings > shown)
+        fprintf(out, "; %zu more", r->n_findings - shown);
+}
+
+/* Nagios performance data: label=value[UOM];warn;crit */
+static void write_perfdata(const struct report *r, FILE *out)
+{
+    if (!r->have_queue)
+        return;
+    static const struct {
+        const char *label;
+        enum queue_name q;
+    } pd[] = {{"incoming", QUEUE_INCOMING},
+              {"active", QUEUE_ACTIVE},
+              {"deferred", QUEUE_DEFERRED},
+              {"hold", QUEUE_HOLD}};
+    fputs(" |", out);
+    for (size_t i = 0; i < 4; i++) {
+        fprintf(out, " %s=%" PRIu64, pd[i].label, r->totals[pd[i].q].messages);
+        if (pd[i].q == QUEUE_DEFERRED)
+            fprintf(out, ";%" PRIu64 ";%" PRIu64, r->t.deferred_warning, r->t.deferred_critical);
+        else if (pd[i].q == QUEUE_HOLD)
+            fprintf(out, ";%" PRIu64 ";%" PRIu64, r->t.hold_warning, r->t.hold_critical);
+    }
+}
+
+/* How many of n rows to show under a cap (0: all). */
+static size_t rows(size_t n, size_t cap)
+{
+    return cap && cap < n ? cap : n;
+}
+
+/* A count, or "?" when unknown (negative). */
+static void fmt_count(char *buf, size_t len, int64_t v)
+{
+    if (v < 0)
+        snprintf(buf, len, "?");
+    else
+        snprintf(buf, len, "%" PRId64, v);
+}
+
+static const char *tri(int v, const char *yes, const char *no)
+{
+    return v > 0 ? yes : v == 0 ? no : "?";
+}
+
+int report_write_text(const struct report *r, FILE *out)
+{
+    char a[32];
+    fprintf(out, "%s - ", report_status_str(r->status));
+    write_summary(r, out);
+    write_perfdata(r, out);
+    fputc('\n', out);
+    if (r->n_findings == 0)
+        return ferror(out) ? -EIO : 0;
+
+    fputs("\nFindings:\n", out);
+    for (size_t i = 0; i < r->n_findings; i++) {
+        const struct r_finding *f = &r->findings[i];
+        fprintf(out, "  %-8s %s\n", report_status_str(f->severity), f->message);
+        if (f->advice)
+            fprintf(out, "           -> %s\n", f->advice);
+    }
+    if (r->n_nodes) {
+        fputs("\nNodes:\n  NODE                 DAEMON MASTER QMGR STRESS   SAT EPISODES "
+              "OVERRIDES\n",
+              out);
+        for (size_t i = 0; i < r->n_nodes; i++) {
+            const struct r_node *n = &r->nodes[i];
+            char sat[16];
+            if (n->saturation >= 0)
+                snprintf(sat, sizeof(sat), "%d%%", n->saturation);
+            else
+                strcpy(sat, "?");
+            fprintf(out, "  %-20s %-6s %-6s %-4s %-6s %5s %8u %9u\n", n->name,
+                    tri(n->daemon_up, "up", "down"), tri(n->master_up, "up", "down"),
+                    tri(n->qmgr_up, "up", "down"), tri(n->stressed, "yes", "no"), sat,
+                    n->stress_episodes, n->overrides);
+            for (size_t k = 0; k < n->n_services; k++) {
+                const struct r_service *s = &n->services[k];
+                char busy[24], limit[24], waiting[24];
+                fmt_count(busy, sizeof(busy), s->busy);
+                fmt_count(limit, sizeof(limit), s->limit);
+                fmt_count(waiting, sizeof(waiting), s->waiting);
+                fprintf(out, "    service %s: %s/%s busy, %s waiting\n", s->name, busy, limit,
+                        waiting);
+            }
+            for (size_t k = 0; k < n->n_events; k++) {
+                fmt_age(a, sizeof(a), r->now - n->events[k].time);
+                fprintf(out, "    event %s ago: %s%s%s\n", a, n->events[k].kind,
+                        n->events[k].detail ? " " : "",
+                        n->events[k].detail ? n->events[k].detail : "");
+            }
+        }
+    }
+    if (r->have_queue) {
+        fputs("\nQueues:\n  QUEUE      MESSAGES RECIPIENTS        BYTES  OLDEST\n", out);
+        for (int q = 0; q < QUEUE_COUNT; q++) {
+            const struct queue_totals *t = &r->totals[q];
+            if (t->oldest_arrival)
+                fmt_age(a, sizeof(a), r->now - t->oldest_arrival);
+            else
+                strcpy(a, "-");
+            fprintf(out, "  %-10s %8" PRIu64 " %10" PRIu64 " %12" PRIu64 "  %s\n",
+                    queue_name_str((enum queue_name)q), t->messages, t->recipients, t->bytes, a);
+        }
+        if (r->malformed || r->overlong)
+            fprintf(out, "  (%" PRIu64 " malformed and %" PRIu64 " over-long lines skipped)\n",
+                    r->malformed, r->overlong);
+    }
+    if (r->n_domains) {
+        fputs("\nDomains (by recipients):\n  DOMAIN                     RCPTS ACTIVE DEFERRED "
+              "  HOLD OLDEST  REASONS\n",
+              out);
+        for (size_t i = 0; i < r->n_domains; i++) {
+            const struct r_domain *d = &r->domains[i];
+            fmt_age(a, sizeof(a), r->now - d->oldest_arrival);
+            fprintf(out, "  %-26s %5" PRIu64 " %6" PRIu64 " %8" PRIu64 " %6" PRIu64 " %-7s",
+                    d->name, d->recipients, d->queue_recipients[QUEUE_ACTIVE],
+                    d->queue_recipients[QUEUE_DEFERRED], d->queue_recipients[QUEUE_HOLD], a);
+            for (size_t k = 0; k < d->n_reasons; k++)
+                fprintf(out, "%s%s %s x%" PRIu64, k ? ", " : " ",
+                        queue_reason_class_str(d->reasons[k].cls),
+                        d->reasons[k].dsn[0] ? d->reasons[k].dsn : "-", d->reasons[k].count);
+            fputc('\n', out);
+        }
+    }
+    if (r->n_traffic) {
+        fputs("\nTraffic (since the last report):\n  DOMAIN                     DELIVERED "
+              "DEFERRED BOUNCED FAILED\n",
+              out);
+        for (size_t i = 0; i < rows(r->n_traffic, r->t.top_domains); i++) {
+            const struct r_traffic *x = &r->traffic[i];
+            fprintf(out, "  %-26s %9" PRIu64 " %8" PRIu64 " %7" PRIu64 " %5.1f%%\n", x->domain,
+                    x->delivered, x->deferred, x->bounced,
+                    failure_rate(x->delivered, x->deferred, x->bounced) * 100.0);
+        }
+    }
+    if (r->n_clients) {
+        fputs("\nClients:\n  CLIENT                                   CONNECTIONS REJECTS\n", out);
+        for (size_t i = 0; i < rows(r->n_clients, r->t.top_clients); i++)
+            fprintf(out, "  %-40s %11" PRIu64 " %7" PRIu64 "\n", r->clients[i].client,
+                    r->clients[i].connections, r->clients[i].rejects);
+    }
+    if (r->n_warnings) {
+        fputs("\nPostfix warnings:\n", out);
+        for (size_t i = 0; i < r->n_warnings; i++)
+            fprintf(out, "  %s%s%s: %" PRIu64 "\n", r->warnings[i].kind,
+                    r->warnings[i].detail ? " " : "",
+                    r->warnings[i].detail ? r->warnings[i].detail : "", r->warnings[i].count);
+    }
+    if (r->n_anomalies) {
+        fputs("\nAnomalies:\n", out);
+        for (size_t i = 0; i < r->n_anomalies; i++) {
+            const struct r_anomaly *x = &r->anomalies[i];
+            fprintf(out, "  %s = %.6g (baseline %.6g +/- %.3g over %" PRIu64 " samples)\n",
+                    x->metric, x->value, x->mean, x->sd, x->samples);
+        }
+    }
+    return ferror(out) ? -EIO : 0;
+}
+
+/* ---- JSON --------------------------------------------------------------------------- */
+
+/* Adds key = v to obj, consuming v; records a failure in *ok (v NULL means ENOMEM). */
+static void put(json_t *obj, const char *key, json_t *v, bool *ok)
+{
+    if (!v || json_object_set_new(obj, key, v) < 0)
+        *ok = false;
+}
+
+static void push(json_t *arr, json_t *v, bool *ok)
+{
+    if (!v || json_array_append_new(arr, v) < 0)
+        *ok = false;
+}
+
+static json_t *jint(uint64_t v)
+{
+    return json_integer((json_int_t)v);
+}
+
+static json_t *jtri(int v)
+{
+    return v < 0 ? json_null() : json_boolean(v);
+}
+
+static json_t *jstr_opt(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
+static json_t *json_queues(const struct report *r, bool *ok)
+{
+    json_t *qs = json_object();
+    for (int q = 0; qs && q < QUEUE_COUNT; q++) {
+        const struct queue_totals *t = &r->totals[q];
+        json_t *o = json_object();
+        put(qs, queue_name_str((enum queue_name)q), o, ok);
+        if (!o)
+            break;
+        put(o, "messages", jint(t->messages), ok);
+        put(o, "recipients", jint(t->recipients), ok);
+        put(o, "bytes", jint(t->bytes), ok);
+        put(o, "oldest_age",
+            t->oldest_arrival ? json_integer(r->now - t->oldest_arrival) : json_null(), ok);
+    }
+    return qs;
+}
+
+static json_t *json_reason(const struct queue_reason *x, bool *ok)
+{
+    json_t *o = json_object();
+    if (o) {
+        put(o, "class", json_string(queue_reason_class_str(x->cls)), ok);
+        put(o, "dsn", json_string(x->dsn), ok);
+        put(o, "count", jint(x->count), ok);
+        put(o, "sample", json_string(x->sample), ok);
+    }
+    return o;
+}
+
+static json_t *json_domains(const struct report *r, bool *ok)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < r->n_domains; i++) {
+        const struct r_domain *d = &r->domains[i];
+        json_t *o = json_object(), *qs = json_object(), *ab = json_array(), *rs = json_array();
+        push(arr, o, ok);
+        if (!o) {
+            json_decref(qs);
+            json_decref(ab);
+            json_decref(rs);
+            break;
+        }
+        put(o, "domain", json_string(d->name), ok);
+        put(o, "recipients", jint(d->recipients), ok);
+        put(o, "messages", jint(d->messages), ok);
+        put(o, "queues", qs, ok);
+        for (int q = 0; qs && q < QUEUE_COUNT; q++)
+            put(qs, queue_name_str((enum queue_name)q), jint(d->queue_recipients[q]), ok);
+        put(o, "oldest_age", json_integer(r->now - d->oldest_arrival), ok);
+        put(o, "age_buckets", ab, ok);
+        for (int k = 0; ab && k < QUEUE_AGE_BUCKETS; k++)
+            push(ab, jint(d->age_buckets[k]), ok);
+        put(o, "reasons", rs, ok);
+        for (size_t k = 0; rs && k < d->n_reasons; k++)
+            push(rs, json_reason(&d->reasons[k], ok), ok);
+    }
+    return arr;
+}
+
+static json_t *json_nodes(const struct report *r, bool *ok)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < r->n_nodes; i++) {
+        const struct r_node *n = &r->nodes[i];
+        json_t *o = json_object(), *sv = json_array(), *ev = json_array();
+        push(arr, o, ok);
+        if (!o) {
+            json_decref(sv);
+            json_decref(ev);
+            break;
+        }
+        put(o, "name", json_string(n->name), ok);
+        put(o, "daemon_up", jtri(n->daemon_up), ok);
+        put(o, "master_up", jtri(n->master_up), ok);
+        put(o, "qmgr_up", jtri(n->qmgr_up), ok);
+        put(o, "stressed", jtri(n->stressed), ok);
+        put(o, "saturation", n->saturation >= 0 ? json_integer(n->saturation) : json_null(), ok);
+        put(o, "stress_episodes", jint(n->stress_episodes), ok);
+        put(o, "overrides", jint(n->overrides), ok);
+        put(o, "services", sv, ok);
+        for (size_t k = 0; sv && k < n->n_services; k++) {
+            const struct r_service *s = &n->services[k];
+            json_t *so = json_object();
+            push(sv, so, ok);
+            if (!so)
+                break;
+            put(so, "name", json_string(s->name), ok);
+            put(so, "busy", s->busy >= 0 ? json_integer(s->busy) : json_null(), ok);
+            put(so, "limit", s->limit >= 0 ? json_integer(s->limit) : json_null(), ok);
+            put(so, "waiting", s->waiting >= 0 ? json_integer(s->waiting) : json_null(), ok);
+        }
+        put(o, "events", ev, ok);
+        for (size_t k = 0; ev && k < n->n_events; k++) {
+            json_t *eo = json_object();
+            push(ev, eo, ok);
+            if (!eo)
+                break;
+            put(eo, "time", json_integer(n->events[k].time), ok);
+            put(eo, "kind", json_string(n->events[k].kind), ok);
+            put(eo, "detail", jstr_opt(n->events[k].detail), ok);
+        }
+    }
+    return arr;
+}
+
+static json_t *json_traffic(const struct report *r, bool *ok)
+{
+    json_t *o = json_object(), *tot = json_object(), *doms = json_array(), *cls = json_array(),
+           *ws = json_array();
+    if (!o || !tot || !doms || !cls || !ws) {
+        json_decref(o);
+        json_decref(tot);
+        json_decref(doms);
+        json_decref(cls);
+        json_decref(ws);
+        *ok = false;
+        return NULL;
+    }
+    uint64_t d = traffic_sum(r, 0), f = traffic_sum(r, 1), b = traffic_sum(r, 2);
+    put(o, "totals", tot, ok);
+    put(tot, "delivered", jint(d), ok);
+    put(tot, "deferred", jint(f), ok);
+    put(tot, "bounced", jint(b), ok);
+    put(tot, "failure_rate", json_real(failure_rate(d, f, b)), ok);
+    put(tot, "connections", jint(clients_sum(r, false)), ok);
+    put(tot, "rejects", jint(clients_sum(r, true)), ok);
+    put(o, "domains", doms, ok);
+    for (size_t i = 0; i < rows(r->n_traffic, r->t.top_domains); i++) {
+        const struct r_traffic *x = &r->traffic[i];
+        json_t *e = json_object();
+        push(doms, e, ok);
+        if (!e)
+            break;
+        put(e, "domain", json_string(x->domain), ok);
+        put(e, "delivered", jint(x->delivered), ok);
+        put(e, "deferred", jint(x->deferred), ok);
+        put(e, "bounced", jint(x->bounced), ok);
+        put(e, "failure_rate", json_real(failure_rate(x->delivered, x->deferred, x->bounced)), ok);
+    }
+    put(o, "clients", cls, ok);
+    for (size_t i = 0; i < rows(r->n_clients, r->t.top_clients); i++) {
+        json_t *e = json_object();
+        push(cls, e, ok);
+        if (!e)
+            break;
+        put(e, "client", json_string(r->clients[i].client), ok);
+        put(e, "connections", jint(r->clients[i].connections), ok);
+        put(e, "rejects", jint(r->clients[i].rejects), ok);
+    }
+    put(o, "warnings", ws, ok);
+    for (size_t i = 0; i < r->n_warnings; i++) {
+        json_t *e = json_object();
+        push(ws, e, ok);
+        if (!e)
+            break;
+        put(e, "kind", json_string(r->warnings[i].kind), ok);
+        put(e, "detail", jstr_opt(r->warnings[i].detail), ok);
+        put(e, "count", jint(r->warnings[i].count), ok);
+    }
+    return o;
+}
+
+int report_to_json(const struct report *r, json_t **out)
+{
+    bool ok = true;
+    json_t *root = json_object();
+    if (!root)
+        return -ENOMEM;
+    char *summary = NULL;
+    size_t slen = 0;
+    FILE *mem = open_memstream(&summary, &slen);
+    if (mem) {
+        write_summary(r, mem);
+        fclose(mem);
+    }
+    put(root, "schema_version", json_integer(1), &ok);
+    put(root, "generated_at", json_integer(r->now), &ok);
+    put(root, "host", json_string(r->host), &ok);
+    put(root, "status", json_string(report_status_str(r->status)), &ok);
+    put(root, "exit_code", json_integer(report_exit_code(r->status)), &ok);
+    put(root, "summary", summary ? json_string(summary) : NULL, &ok);
+    free(summary);
+
+    if (r->have_queue) {
+        put(root, "queues", json_queues(r, &ok), &ok);
+        json_t *qp = json_object();
+        put(root, "queue_parse", qp, &ok);
+        if (qp) {
+            put(qp, "records", jint(r->records), &ok);
+            put(qp, "malformed", jint(r->malformed), &ok);
+            put(qp, "overlong", jint(r->overlong), &ok);
+        }
+        json_t *dr = json_object(), *bc = json_object(), *bd = json_array();
+        put(root, "deferral_reasons", dr, &ok);
+        if (dr) {
+            put(dr, "by_class", bc, &ok);
+            put(dr, "by_dsn", bd, &ok);
+        } else {
+            json_decref(bc);
+            json_decref(bd);
+        }
+        for (int c = 0; bc && c < QUEUE_REASON_COUNT; c++)
+            put(bc, queue_reason_class_str((enum queue_reason_class)c), jint(r->class_count[c]),
+                &ok);
+        for (size_t i = 0; bd && i < r->n_dsns; i++)
+            push(bd, json_reason(&r->dsns[i], &ok), &ok);
+    } else {
+        put(root, "queues", json_null(), &ok);
+        put(root, "queue_parse", json_null(), &ok);
+        put(root, "deferral_reasons", json_null(), &ok);
+    }
+    put(root, "domains", json_domains(r, &ok), &ok);
+    put(root, "nodes", json_nodes(r, &ok), &ok);
+    put(root, "traffic", json_traffic(r, &ok), &ok);
+
+    json_t *an = json_array();
+    put(root, "anomalies", an, &ok);
+    for (size_t i = 0; an && i < r->n_anomalies; i++) {
+        const struct r_anomaly *x = &r->anomalies[i];
+        json_t *e = json_object();
+        push(an, e, &ok);
+        if (!e)
+            break;
+        put(e, "metric", json_string(x->metric), &ok);
+        put(e, "value", json_real(x->value), &ok);
+        put(e, "mean", json_real(x->mean), &ok);
+        put(e, "sd", json_real(x->sd), &ok);
+        put(e, "samples", jint(x->samples), &ok);
+        put(e, "cause", jstr_opt(x->cause), &ok);
+    }
+    json_t *fs = json_array();
+    put(root, "findings", fs, &ok);
+    for (size_t i = 0; fs && i < r->n_findings; i++) {
+        const struct r_finding *f = &r->findings[i];
+        json_t *e = json_object();
+        push(fs, e, &ok);
+        if (!e)
+            break;
+        put(e, "severity", json_string(report_status_str(f->severity)), &ok);
+        put(e, "code", json_string(f->code), &ok);
+        put(e, "subject", jstr_opt(f->subject), &ok);
+        put(e, "message", json_string(f->message), &ok);
+        put(e, "advice", jstr_opt(f->advice), &ok);
+    }
+    if (!ok || !mem) {
+        json_decref(root);
+        return -ENOMEM;
+    }
+    *out = root;
+    return 0;
+}
+
+int report_write_json(const struct report *r, FILE *out)
+{
+    json_t *j;
+    int rc = report_to_json(r, &j);
+    if (rc < 0)
+        return rc;
+    rc = json_dumpf(j, out, JSON_INDENT(2) | JSON_REAL_PRECISION(6)) < 0 ? -EIO : 0;
+    json_decref(j);
+    if (rc == 0 && (fputc('\n', out) == EOF || ferror(out)))
+        rc = -EIO;
+    return rc;
+}
+
+/* ---- Prometheus --------------------------------------------------------------------- */
+
+/* Writes a label value with \\, \" and \n escaped, as the text format requires. */
+static void prom_label_value(FILE *out, const char *s)
+{
+    fputc('"', out);
+    for (; *s; s++) {
+        if (*s == '\\')
+            fputs("\\\\", out);
+        else if (*s == '"')
+            fputs("\\\"", out);
+        else if (*s == '\n')
+            fputs("\\n", out);
+        else
+            fputc(*s, out);
+    }
+    fputc('"', out);
+}
+
+static void prom_head(FILE *out, const char *name, const char *help)
+{
+    fprintf(out, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
+}
+
+/* One sample: name{k1="v1",k2="v2"} value; labels is a NULL-terminated key/value list. */
+static void prom_sample(FILE *out, const char *name, const char *const *labels, double v)
+{
+    fputs(name, out);
+    if (labels && labels[0]) {
+        fputc('{', out);
+        for (size_t i = 0; labels[i]; i += 2) {
+            fprintf(out, "%s%s=", i ? "," : "", labels[i]);
+            prom_label_value(out, labels[i + 1]);
+        }
+        fputc('}', out);
+    }
+    /* Integers print exactly; ratios with enough digits. */
+    if (v == floor(v) && fabs(v) < 1e15)
+        fprintf(out, " %.0f\n", v);
+    else
+        fprintf(out, " %.6g\n", v);
+}
+
+int report_write_prometheus(const struct report *r, FILE *out)
+{
+    prom_head(out, "postsurge_report_status",
+              "Report status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.");
+    prom_sample(out, "postsurge_report_status", NULL, (double)r->status);
+    prom_head(out, "postsurge_report_generated_timestamp_seconds",
+              "Unix time the report was made.");
+    prom_sample(out, "postsurge_report_generated_timestamp_seconds", NULL, (double)r->now);
+    prom_head(out, "postsurge_report_findings", "Findings of the report by severity.");
+    for (int s = 0; s <= REPORT_UNKNOWN; s++) {
+        uint64_t n = 0;
+        for (size_t i = 0; i < r->n_findings; i++)
+            n += r->findings[i].severity == (enum report_status)s;
+        const char *l[] = {"severity", report_status_str((enum report_status)s), NULL};
+        prom_sample(out, "postsurge_report_findings", l, (double)n);
+    }
+
+    if (r->have_queue) {
+        static const struct {
+            const char *name, *help;
+            int field;
+        } qm[] = {
+            {"postsurge_report_queue_messages", "Messages in the Postfix queue.", 0},
+            {"postsurge_report_queue_recipients", "Recipients in the Postfix queue.", 1},
+            {"postsurge_report_queue_size_bytes", "Message bytes in the Postfix queue.", 2},
+        };
+        for (size_t m = 0; m < 3; m++) {
+            prom_head(out, qm[m].name, qm[m].help);
+            for (int q = 0; q < QUEUE_COUNT; q++) {
+                const struct queue_totals *t = &r->totals[q];
+                uint64_t v = qm[m].field == 0   ? t->messages
+                             : qm[m].field == 1 ? t->recipients
+                                                : t->bytes;
+                const char *l[] = {"queue", queue_name_str((enum queue_name)q), NULL};
+                prom_sample(out, qm[m].name, l, (double)v);
+            }
+        }
+        prom_head(out, "postsurge_report_queue_oldest_age_seconds",
+                  "Age of the oldest message per non-empty queue.");
+        for (int q = 0; q < QUEUE_COUNT; q++) {
+            if (!r->totals[q].oldest_arrival)
+                continue;
+            const char *l[] = {"queue", queue_name_str((enum queue_name)q), NULL};
+            prom_sample(out, "postsurge_report_queue_oldest_age_seconds", l,
+                        (double)(r->now - r->totals[q].oldest_arrival));
+        }
+        prom_head(out, "postsurge_report_queue_malformed_lines",
+                  "postqueue -j lines skipped as malformed or over-long.");
+        prom_sample(out, "postsurge_report_queue_malformed_lines", NULL,
+                    (double)(r->malformed + r->overlong));
+        prom_head(out, "postsurge_report_deferred_recipients",
+                  "Queued recipients with a delay reason, by reason class.");
+        for (int c = 0; c < QUEUE_REASON_COUNT; c++) {
+            const char *l[] = {"class", queue_reason_class_str((enum queue_reason_class)c), NULL};
+            prom_sample(out, "postsurge_report_deferred_recipients", l, (double)r->class_count[c]);
+        }
+    }
+    if (r->n_domains) {
+        prom_head(out, "postsurge_report_domain_recipients",
+                  "Queued recipients of the top recipient domains, by queue.");
+        for (size_t i = 0; i < r->n_domains; i++) {
+            for (int q = 0; q < QUEUE_COUNT; q++) {
+                const char *l[] = {"domain", r->domains[i].name, "queue",
+                                   queue_name_str((enum queue_name)q), NULL};
+                prom_sample(out, "postsurge_report_domain_recipients", l,
+                            (double)r->domains[i].queue_recipients[q]);
+            }
+        }
+        prom_head(out, "postsurge_report_domain_oldest_age_seconds",
+                  "Age of the oldest queued message of the domain.");
+        for (size_t i = 0; i < r->n_domains; i++) {
+            const char *l[] = {"domain", r->domains[i].name, NULL};
+            prom_sample(out, "postsurge_report_domain_oldest_age_seconds", l,
+                        (double)(r->now - r->domains[i].oldest_arrival));
+        }
+        prom_head(out, "postsurge_report_domain_reason_recipients",
+                  "Queued recipients of the domain by top deferral reason (class and DSN).");
+        for (size_t i = 0; i < r->n_domains; i++) {
+            for (size_t k = 0; k < r->domains[i].n_reasons; k++) {
+                const struct queue_reason *x = &r->domains[i].reasons[k];
+                const char *l[] = {"domain", r->domains[i].name,
+                                   "class",  queue_reason_class_str(x->cls),
+                                   "dsn",    x->dsn,
+                                   NULL};
+                prom_sample(out, "postsurge_report_domain_reason_recipients", l, (double)x->count);
+            }
+        }
+    }
+    if (r->n_nodes) {
+        prom_head(out, "postsurge_report_node_up",
+                  "1 if the component runs on the node (daemon, master, qmgr); absent if "
+                  "unknown.");
+        for (size_t i = 0; i < r->n_nodes; i++) {
+            const struct r_node *n = &r->nodes[i];
+            const struct {
+                const char *c;
+                int v;
+            } comp[] = {{"daemon", n->daemon_up}, {"master", n->master_up}, {"qmgr", n->qmgr_up}};
+            for (size_t k = 0; k < 3; k++) {
+                if (comp[k].v < 0)
+                    continue;
+                const char *l[] = {"node", n->name, "component", comp[k].c, NULL};
+                prom_sample(out, "postsurge_report_node_up", l, comp[k].v ? 1 : 0);
+            }
+        }
+        prom_head(out, "postsurge_report_node_stressed", "1 if the node is in stress mode.");
+        for (size_t i = 0; i < r->n_nodes; i++) {
+            if (r->nodes[i].stressed < 0)
+                continue;
+            const char *l[] = {"node", r->nodes[i].name, NULL};
+            prom_sample(out, "postsurge_report_node_stressed", l, r->nodes[i].stressed ? 1 : 0);
+        }
+        prom_head(out, "postsurge_report_node_saturation_ratio",
+                  "Busy share of the node's smtpd processes (0 to 1).");
+        for (size_t i = 0; i < r->n_nodes; i++) {
+            if (r->nodes[i].saturation < 0)
+                continue;
+            const char *l[] = {"node", r->nodes[i].name, NULL};
+            prom_sample(out, "postsurge_report_node_saturation_ratio", l,
+                        r->nodes[i].saturation / 100.0);
+        }
+        prom_head(out, "postsurge_report_node_stress_episodes",
+                  "Stress episodes of the node since the last report.");
+        for (size_t i = 0; i < r->n_nodes; i++) {
+            const char *l[] = {"node", r->nodes[i].name, NULL};
+            prom_sample(out, "postsurge_report_node_stress_episodes", l,
+                        (double)r->nodes[i].stress_episodes);
+        }
+        prom_head(out, "postsurge_report_node_overrides",
+                  "Override profiles applied on the node since the last report.");
+        for (size_t i = 0; i < r->n_nodes; i++) {
+            const char *l[] = {"node", r->nodes[i].name, NULL};
+            prom_sample(out, "postsurge_report_node_overrides", l, (double)r->nodes[i].overrides);
+        }
+        static const struct {
+            const char *name, *help;
+            int field;
+        } sm[] = {
+            {"postsurge_report_service_busy", "Busy processes of a master.cf service.", 0},
+            {"postsurge_report_service_limit", "Process limit of a master.cf service.", 1},
+            {"postsurge_report_service_waiting", "Clients waiting for a service process.", 2},
+        };
+        for (size_t m = 0; m < 3; m++) {
+            prom_head(out, sm[m].name, sm[m].help);
+            for (size_t i = 0; i < r->n_nodes; i++) {
+                for (size_t k = 0; k < r->nodes[i].n_services; k++) {
+                    const struct r_service *s = &r->nodes[i].services[k];
+                    int64_t v = sm[m].field == 0   ? s->busy
+                                : sm[m].field == 1 ? s->limit
+                                                   : s->waiting;
+                    if (v < 0)
+                        continue;
+                    const char *l[] = {"node", r->nodes[i].name, "service", s->name, NULL};
+                    prom_sample(out, sm[m].name, l, (double)v);
+                }
+            }
+        }
+    }
+    if (r->n_traffic) {
+        prom_head(out, "postsurge_report_traffic_messages",
+                  "Deliveries since the last report by receiving domain and result.");
+        for (size_t i = 0; i < rows(r->n_traffic, r->t.top_domains); i++) {
+            const struct r_traffic *x = &r->traffic[i];
+            const uint64_t v[3] = {x->delivered, x->deferred, x->bounced};
+            static const char *const res[3] = {"delivered", "deferred", "bounced"};
+            for (int k = 0; k < 3; k++) {
+                const char *l[] = {"domain", x->domain, "result", res[k], NULL};
+                prom_sample(out, "postsurge_report_traffic_messages", l, (double)v[k]);
+            }
+        }
+        prom_head(out, "postsurge_report_traffic_failure_ratio",
+                  "Deferred plus bounced share of deliveries since the last report.");
+        for (size_t i = 0; i < rows(r->n_traffic, r->t.top_domains); i++) {
+            const struct r_traffic *x = &r->traffic[i];
+            const char *l[] = {"domain", x->domain, NULL};
+            prom_sample(out, "postsurge_report_traffic_failure_ratio", l,
+                        failure_rate(x->delivered, x->deferred, x->bounced));
+        }
+    }
+    if (r->n_clients) {
+        prom_head(out, "postsurge_report_client_connections",
+                  "SMTP connections of the top clients since the last report.");
+        for (size_t i = 0; i < rows(r->n_clients, r->t.top_clients); i++) {
+            const char *l[] = {"client", r->clients[i].client, NULL};
+            prom_sample(out, "postsurge_report_client_connections", l,
+                        (double)r->clients[i].connections);
+        }
+        prom_head(out, "postsurge_report_client_rejects",
+                  "Rejected SMTP commands of the top clients since the last report.");
+        for (size_t i = 0; i < rows(r->n_clients, r->t.top_clients); i++) {
+            const char *l[] = {"client", r->clients[i].client, NULL};
+            prom_sample(out, "postsurge_report_client_rejects", l, (double)r->clients[i].rejects);
+        }
+    }
+    if (r->n_warnings) {
+        prom_head(out, "postsurge_report_log_warnings",
+                  "Postfix warnings in the maillog since the last report.");
+        for (size_t i = 0; i < r->n_warnings; i++) {
+            const char *l[] = {"kind", r->warnings[i].kind, "detail",
+                               r->warnings[i].detail ? r->warnings[i].detail : "", NULL};
+            prom_sample(out, "postsurge_report_log_warnings", l, (double)r->warnings[i].count);
+        }
+    }
+    prom_head(out, "postsurge_report_anomalies", "Figures beyond their rolling baseline.");
+    prom_sample(out, "postsurge_report_anomalies", NULL, (double)r->n_anomalies);
+    return ferror(out) ? -EIO : 0;
+}

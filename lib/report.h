@@ -1,2 +1,152 @@
-/* report: placeholder, being written. */
+/* report: the health report model of `postsurge report` and its writers. The CLI (or the
+ * HTTP endpoint) fills a report with what it gathered (node status and events from the
+ * store, queue statistics from lib/queue, traffic counts from the maillog parser), lets
+ * report_apply_baseline() compare the figures with their rolling baselines and
+ * report_evaluate() turn thresholds into findings, each with one line of advice; then
+ * writes text, JSON (schema: test/data/report/schema.json) or Prometheus text. Pure: the
+ * report time is passed in, output goes to a caller's FILE (open_memstream for a buffer). */
 #pragma once
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "baseline.h"
+#include "queue.h"
+
+/* Monitoring-plugin states; the value is the exit status. */
+enum report_status {
+    REPORT_OK = 0,
+    REPORT_WARNING = 1,
+    REPORT_CRITICAL = 2,
+    REPORT_UNKNOWN = 3,
+};
+
+/* "OK", "WARNING", "CRITICAL", "UNKNOWN". Static. */
+const char *report_status_str(enum report_status s);
+/* The process exit status for s: 0, 1, 2, 3 (anything else maps to 3). */
+int report_exit_code(enum report_status s);
+/* The worse of two states: CRITICAL > UNKNOWN > WARNING > OK (a report that could not
+ * see part of the system is worse than one that saw a definite warning). */
+enum report_status report_status_worse(enum report_status a, enum report_status b);
+
+/* Thresholds. A zero threshold is off. report_thresholds_default() gives the values shown;
+ * the CLI maps the report_* settings named in brackets onto them. */
+struct report_thresholds {
+    uint64_t hold_warning;            /* 1 held message [report_hold_warning] */
+    uint64_t hold_critical;           /* 0, off [report_hold_critical] */
+    uint64_t deferred_warning;        /* 100 messages [report_deferred_warning] */
+    uint64_t deferred_critical;       /* 1000 [report_deferred_critical] */
+    uint64_t backlog_warning;         /* 2000 incoming + active [report_backlog_warning] */
+    uint64_t backlog_critical;        /* 10000 [report_backlog_critical] */
+    int64_t age_warning;              /* 1 d, seconds: oldest incoming/active/deferred
+                                         message [report_queue_age_warning] */
+    int64_t age_critical;             /* 4 d [report_queue_age_critical]; Postfix bounces at
+                                         maximal_queue_lifetime (5 d) */
+    uint64_t domain_deferred_warning; /* 20 recipients of one domain deferred
+                                         [report_domain_deferred_warning] */
+    double failure_rate_warning;      /* 0.2 of a domain's deliveries deferred or bounced
+                                         [report_failure_rate_warning] */
+    double failure_rate_critical;     /* 0.5 [report_failure_rate_critical] */
+    uint64_t failure_min_messages;    /* 20: smaller samples are not judged
+                                         [report_failure_min_messages] */
+    uint64_t client_reject_warning;   /* 50 rejects of one client [report_client_reject_warning] */
+    int saturation_warning;           /* 80 % [report_saturation_warning] */
+    int saturation_critical;          /* 95 % [report_saturation_critical] */
+    int imbalance_warning;            /* 50 percentage points between the busiest and the
+                                         idlest node [report_imbalance_warning] */
+    size_t top_domains;               /* 10 rows [report_top_domains] */
+    size_t top_clients;               /* 10 rows [report_top_clients] */
+    size_t top_reasons;               /* 3 reasons per domain [report_top_reasons] */
+};
+void report_thresholds_default(struct report_thresholds *t);
+
+/* One master.cf service of a node. -1 means unknown. */
+struct report_service {
+    const char *name; /* "smtpd", "127.0.0.1:25/inet", ... */
+    int64_t busy, limit, waiting;
+};
+
+/* One event from the store's event log since the last report. */
+struct report_event {
+    int64_t time;       /* Unix seconds */
+    const char *kind;   /* "stress_enter", "override_apply", ... */
+    const char *detail; /* may be NULL */
+};
+
+/* What the CLI knows about one node. Tri-states: 1 yes, 0 no, -1 unknown. */
+struct report_node_info {
+    const char *name;
+    int daemon_up, master_up, qmgr_up;
+    int stressed;
+    int saturation; /* percent of the busiest public smtpd service, -1 unknown */
+    uint32_t stress_episodes, overrides; /* since the last report */
+    const struct report_service *services;
+    size_t n_services;
+    const struct report_event *events;
+    size_t n_events;
+};
+
+struct report;
+
+/* A new, empty report at now (Unix seconds) for host (the node running the report).
+ * Returns NULL on ENOMEM. Free with report_free(). */
+struct report *report_new(int64_t now, const char *host);
+/* NULL is a no-op. */
+void report_free(struct report *r);
+
+/* All add/set functions copy what they are given (the caller keeps ownership of its
+ * arguments) and return 0, -EINVAL (NULL/empty name) or -ENOMEM. */
+
+/* Adds a node (deep copy; at most 50 events per node are kept, the newest). */
+int report_add_node(struct report *r, const struct report_node_info *n);
+/* Copies the queue figures: totals, parse counts, reasons by class and DSN, and the top
+ * top_domains domains (0: 10) with their top reasons. Without this call the report's
+ * queue figures are absent (JSON null) and report_evaluate() adds an UNKNOWN finding. */
+int report_set_queue(struct report *r, const struct queue_stats *qs, size_t top_domains,
+                     size_t top_reasons);
+/* Traffic from the maillog since the last report, per receiving domain (repeated calls for
+ * one domain add up). */
+int report_add_traffic(struct report *r, const char *domain, uint64_t delivered, uint64_t deferred,
+                       uint64_t bounced);
+/* SMTP clients seen since the last report (address or name[address]); calls add up. */
+int report_add_client(struct report *r, const char *client, uint64_t connections, uint64_t rejects);
+/* Postfix warnings counted in the maillog: kind "process_limit" (detail: the service),
+ * "connection_rate_limit", "anvil" ...; detail may be NULL. Calls add up. */
+int report_add_warning(struct report *r, const char *kind, const char *detail, uint64_t count);
+/* An anomaly found by the caller; cause is one line (may be NULL). */
+int report_add_anomaly(struct report *r, const char *metric, double value, double mean, double sd,
+                       uint64_t samples, const char *cause);
+/* A finding from the caller (e.g. UNKNOWN "postqueue failed: ..."); advice may be NULL. */
+int report_add_finding(struct report *r, enum report_status severity, const char *code,
+                       const char *subject, const char *message, const char *advice);
+
+/* Compares the report's figures (queue sizes, traffic totals, rejects, warnings, node
+ * saturation) with baseline b under keys "NODE/METRIC" (node: the report host), adds an
+ * anomaly for each deviation unless quiet is true, then records every figure as a new
+ * sample at the report time. The caller computes quiet from report_quiet_windows and its
+ * backlog override. Call after the figures are in and before report_evaluate().
+ * Returns the number of anomalies added, or -ENOMEM. */
+int report_apply_baseline(struct report *r, struct baseline *b, bool quiet);
+
+/* Turns figures into findings against t (NULL: defaults) and sets the status. Call once,
+ * after everything is added. Returns 0 or -ENOMEM. */
+int report_evaluate(struct report *r, const struct report_thresholds *t);
+/* The status: the worst finding severity (OK without findings). */
+enum report_status report_status(const struct report *r);
+/* Findings so far (after report_evaluate: sorted worst first). */
+size_t report_finding_count(const struct report *r);
+
+/* Text for humans and cron mail: one line "STATUS - summary | perfdata" when all is OK,
+ * otherwise that line followed by the findings with advice and the tables. 0 or -EIO. */
+int report_write_text(const struct report *r, FILE *out);
+/* The JSON document (schema_version 1) as a new reference in *out. 0 or -ENOMEM. */
+int report_to_json(const struct report *r, json_t **out);
+/* report_to_json() written with two-space indentation and a final newline. 0, -ENOMEM,
+ * -EIO. */
+int report_write_json(const struct report *r, FILE *out);
+/* Prometheus text exposition (postsurge_report_* gauges, HELP and TYPE lines, escaped
+ * labels), for the node_exporter textfile collector. 0 or -EIO. */
+int report_write_prometheus(const struct report *r, FILE *out);

@@ -1,21 +1,363 @@
-/* Unit tests of lib/report.c: placeholder until the module lands. */
+/* Unit tests of lib/report.c: each writer (text, JSON, Prometheus) against expected files
+ * in test/data/report/ for an all-OK report and for one with problems everywhere (built
+ * from real postqueue records, two nodes, traffic, clients, warnings and a baseline), the
+ * findings and their advice, status precedence and exit codes. With UPDATE_EXPECTED=1 in
+ * the environment the expected files are rewritten instead of compared. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "report.h"
 
-static void test_report_placeholder(void **state)
+#define ARRIVAL 1795407720 /* the real records' arrival time */
+#define NOW (ARRIVAL + 7200)
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    size_t cap = 0, n = 0;
+    for (;;) {
+        if (n + 4096 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            char *nb = realloc(buf, cap);
+            assert_non_null(nb);
+            buf = nb;
+        }
+        size_t k = fread(buf + n, 1, cap - n - 1, f);
+        if (k == 0)
+            break;
+        n += k;
+    }
+    fclose(f);
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+/* Compares what a writer produced with test/data/report/NAME (or rewrites it). */
+static void expect_file(const char *name, const char *got, size_t len)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/report/%s", TEST_DATA, name);
+    if (getenv("UPDATE_EXPECTED")) {
+        FILE *f = fopen(path, "wb");
+        assert_non_null(f);
+        fwrite(got, 1, len, f);
+        fclose(f);
+        return;
+    }
+    size_t elen;
+    char *want = slurp(path, &elen);
+    if (!want)
+        fail_msg("cannot read %s", path);
+    if (elen != len || memcmp(want, got, len) != 0) {
+        fprintf(stderr, "--- %s expected\n%s--- got\n%s", name, want, got);
+        fail_msg("%s differs", name);
+    }
+    free(want);
+}
+
+typedef int (*writer_fn)(const struct report *, FILE *);
+
+static void check_writer(const struct report *r, writer_fn w, const char *name)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    assert_non_null(mem);
+    assert_int_equal(w(r, mem), 0);
+    fclose(mem);
+    expect_file(name, buf, len);
+    free(buf);
+}
+
+static struct queue_stats *load_queue(const char *name)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/queue/%s", TEST_DATA, name);
+    size_t len;
+    char *buf = slurp(path, &len);
+    assert_non_null(buf);
+    struct queue_limits lim = {.now = NOW};
+    struct queue_stats *qs = queue_stats_new(&lim);
+    assert_non_null(qs);
+    assert_int_equal(queue_stats_feed(qs, buf, len), 0);
+    assert_int_equal(queue_stats_finish(qs), 0);
+    free(buf);
+    return qs;
+}
+
+static struct report *ok_report(void)
+{
+    struct report *r = report_new(NOW, "mx1.example.org");
+    assert_non_null(r);
+    struct report_service svc[] = {{"smtpd", 3, 100, 0}};
+    struct report_node_info n = {.name = "mx1.example.org",
+                                 .daemon_up = 1,
+                                 .master_up = 1,
+                                 .qmgr_up = 1,
+                                 .stressed = 0,
+                                 .saturation = 3,
+                                 .services = svc,
+                                 .n_services = 1};
+    assert_int_equal(report_add_node(r, &n), 0);
+    struct queue_stats *qs = queue_stats_new(&(struct queue_limits){.now = NOW});
+    assert_int_equal(report_set_queue(r, qs, 10, 3), 0);
+    queue_stats_free(qs);
+    assert_int_equal(report_add_traffic(r, "example.com", 40, 0, 0), 0);
+    assert_int_equal(report_add_traffic(r, "example.net", 10, 0, 0), 0);
+    assert_int_equal(report_add_client(r, "mail.example.net[198.51.100.1]", 12, 0), 0);
+    assert_int_equal(report_evaluate(r, NULL), 0);
+    return r;
+}
+
+static struct report *problem_report(void)
+{
+    struct report *r = report_new(NOW, "mx1.example.org");
+    assert_non_null(r);
+    struct report_service s1[] = {{"smtpd", 35, 100, 0}};
+    struct report_event e1[] = {{NOW - 600, "override_restore", "profile stress"}};
+    struct report_node_info n1 = {.name = "mx1.example.org",
+                                  .daemon_up = 1,
+                                  .master_up = 1,
+                                  .qmgr_up = 1,
+                                  .stressed = 0,
+                                  .saturation = 35,
+                                  .stress_episodes = 1,
+                                  .overrides = 1,
+                                  .services = s1,
+                                  .n_services = 1,
+                                  .events = e1,
+                                  .n_events = 1};
+    struct report_service s2[] = {{"smtpd", 100, 100, 12}, {"submission/inet", 2, -1, -1}};
+    struct report_event e2[] = {{NOW - 900, "stress_enter", "saturation 97%"},
+                                {NOW - 300, "override_apply", NULL}};
+    struct report_node_info n2 = {.name = "mx2.example.org",
+                                  .daemon_up = 0,
+                                  .master_up = 1,
+                                  .qmgr_up = -1,
+                                  .stressed = 1,
+                                  .saturation = 97,
+                                  .stress_episodes = 2,
+                                  .overrides = 1,
+                                  .services = s2,
+                                  .n_services = 2,
+                                  .events = e2,
+                                  .n_events = 2};
+    assert_int_equal(report_add_node(r, &n1), 0);
+    assert_int_equal(report_add_node(r, &n2), 0);
+
+    struct queue_stats *qs = load_queue("real-postqueue.jsonl");
+    assert_int_equal(report_set_queue(r, qs, 10, 3), 0);
+    queue_stats_free(qs);
+
+    assert_int_equal(report_add_traffic(r, "example.com", 100, 2, 1), 0);
+    assert_int_equal(report_add_traffic(r, "throttle.test", 5, 20, 0), 0);
+    assert_int_equal(report_add_traffic(r, "throttle.test", 0, 10, 0), 0); /* adds up */
+    assert_int_equal(report_add_traffic(r, "gmail.com", 1000, 0, 0), 0);
+    assert_int_equal(report_add_client(r, "unknown[192.0.2.7]", 300, 250), 0);
+    assert_int_equal(report_add_client(r, "mail.example.net[198.51.100.1]", 40, 0), 0);
+    assert_int_equal(report_add_warning(r, "process_limit", "smtpd", 1), 0);
+    assert_int_equal(report_add_warning(r, "process_limit", "smtpd", 1), 0);
+    assert_int_equal(report_add_warning(r, "connection_rate_limit", "smtp", 5), 0);
+    /* A label value that needs every escape of the exposition format. */
+    assert_int_equal(report_add_warning(r, "other", "say \"hi\" \\ there\nnow", 1), 0);
+
+    /* A baseline where the deferred queue is usually empty and delivery ~1100. */
+    struct baseline *b = baseline_new(NULL);
+    assert_non_null(b);
+    for (int i = 1; i <= 24; i++) {
+        char key[128];
+        snprintf(key, sizeof(key), "mx1.example.org/%s", "queue.deferred.messages");
+        baseline_add(b, key, NOW - i * 1800, 0);
+        snprintf(key, sizeof(key), "mx1.example.org/%s", "traffic.delivered");
+        baseline_add(b, key, NOW - i * 1800, 1100 + (i % 3) * 10);
+    }
+    assert_int_equal(report_apply_baseline(r, b, false), 1);
+    /* The figures became samples. */
+    struct baseline_stat st;
+    assert_int_equal(baseline_get(b, "mx1.example.org/queue.hold.messages", NOW, &st), 0);
+    assert_int_equal(st.n, 1);
+    baseline_free(b);
+
+    struct report_thresholds t;
+    report_thresholds_default(&t);
+    t.domain_deferred_warning = 2;
+    assert_int_equal(report_evaluate(r, &t), 0);
+    return r;
+}
+
+static void test_report_writers_all_ok(void **state)
 {
     (void)state;
+    struct report *r = ok_report();
+    assert_int_equal(report_status(r), REPORT_OK);
+    assert_int_equal(report_finding_count(r), 0);
+    check_writer(r, report_write_text, "ok.txt");
+    check_writer(r, report_write_json, "ok.json");
+    check_writer(r, report_write_prometheus, "ok.prom");
+    report_free(r);
+}
+
+static void test_report_writers_with_problems(void **state)
+{
+    (void)state;
+    struct report *r = problem_report();
+    assert_int_equal(report_status(r), REPORT_CRITICAL);
+    assert_int_equal(report_exit_code(report_status(r)), 2);
+    check_writer(r, report_write_text, "problems.txt");
+    check_writer(r, report_write_json, "problems.json");
+    check_writer(r, report_write_prometheus, "problems.prom");
+    report_free(r);
+}
+
+/* Each expected finding: code, severity, subject and a piece of its advice. */
+static void test_report_findings_and_advice(void **state)
+{
+    (void)state;
+    struct report *r = problem_report();
+    json_t *j;
+    assert_int_equal(report_to_json(r, &j), 0);
+    static const struct {
+        const char *code, *severity, *subject, *advice_part;
+    } want[] = {
+        {"saturation", "CRITICAL", "mx2.example.org", "raise the process limit of smtpd"},
+        {"failure_rate", "CRITICAL", "throttle.test", "slow_destination_concurrency_limit"},
+        {"daemon_down", "WARNING", "mx2.example.org", "default_action"},
+        {"stressed", "WARNING", "mx2.example.org", "postsurge stress exit"},
+        {"imbalance", "WARNING", "mx2.example.org", "MX weights"},
+        {"hold", "WARNING", "hold", "postsuper -H"},
+        {"domain_deferred", "WARNING", "defer.test", "refuse connections"},
+        {"domain_deferred", "WARNING", "greylist.test", "postcat -q"},
+        {"domain_throttle", "WARNING", "throttle.test", "throttles us"},
+        {"client_rejects", "WARNING", "unknown[192.0.2.7]", "dictionary attack"},
+        {"process_limit", "WARNING", "smtpd", "master.cf"},
+        {"anomaly", "WARNING", "queue.deferred.messages", "destination defers"},
+    };
+    json_t *fs = json_object_get(j, "findings");
+    assert_int_equal(json_array_size(fs), sizeof(want) / sizeof(want[0]));
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        json_t *f = json_array_get(fs, i);
+        assert_string_equal(json_string_value(json_object_get(f, "code")), want[i].code);
+        assert_string_equal(json_string_value(json_object_get(f, "severity")), want[i].severity);
+        assert_string_equal(json_string_value(json_object_get(f, "subject")), want[i].subject);
+        const char *advice = json_string_value(json_object_get(f, "advice"));
+        if (!advice || !strstr(advice, want[i].advice_part))
+            fail_msg("finding %s: advice \"%s\" lacks \"%s\"", want[i].code, advice,
+                     want[i].advice_part);
+    }
+    /* The stable schema keys the issue names. */
+    static const char *const queues[] = {"incoming", "active", "deferred", "hold"};
+    for (size_t i = 0; i < 4; i++) {
+        json_t *q = json_object_get(json_object_get(j, "queues"), queues[i]);
+        assert_true(json_is_integer(json_object_get(q, "messages")));
+        assert_true(json_is_integer(json_object_get(q, "recipients")));
+    }
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_object_get(json_object_get(j, "queues"), "deferred"), "recipients")),
+                     8);
+    assert_string_equal(json_string_value(json_object_get(j, "status")), "CRITICAL");
+    json_decref(j);
+    report_free(r);
+}
+
+static void test_report_status_and_exit_codes(void **state)
+{
+    (void)state;
+    static const struct {
+        enum report_status a, b, worse;
+    } cases[] = {
+        {REPORT_OK, REPORT_OK, REPORT_OK},
+        {REPORT_OK, REPORT_WARNING, REPORT_WARNING},
+        {REPORT_WARNING, REPORT_UNKNOWN, REPORT_UNKNOWN},
+        {REPORT_UNKNOWN, REPORT_CRITICAL, REPORT_CRITICAL},
+        {REPORT_CRITICAL, REPORT_WARNING, REPORT_CRITICAL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(report_status_worse(cases[i].a, cases[i].b), cases[i].worse);
+        assert_int_equal(report_status_worse(cases[i].b, cases[i].a), cases[i].worse);
+    }
+    assert_int_equal(report_exit_code(REPORT_OK), 0);
+    assert_int_equal(report_exit_code(REPORT_WARNING), 1);
+    assert_int_equal(report_exit_code(REPORT_CRITICAL), 2);
+    assert_int_equal(report_exit_code(REPORT_UNKNOWN), 3);
+    assert_int_equal(report_exit_code((enum report_status)9), 3);
+    assert_string_equal(report_status_str(REPORT_UNKNOWN), "UNKNOWN");
+
+    /* No queue figures: UNKNOWN, and the JSON says null. */
+    struct report *r = report_new(NOW, "mx1");
+    assert_int_equal(report_evaluate(r, NULL), 0);
+    assert_int_equal(report_status(r), REPORT_UNKNOWN);
+    json_t *j;
+    assert_int_equal(report_to_json(r, &j), 0);
+    assert_true(json_is_null(json_object_get(j, "queues")));
+    json_decref(j);
+    report_free(r);
+
+    /* Held mail: the configured level decides. */
+    static const struct {
+        uint64_t warn, crit;
+        enum report_status want;
+    } hold[] = {
+        {1, 0, REPORT_WARNING}, {1, 1, REPORT_CRITICAL}, {0, 0, REPORT_OK}, {5, 0, REPORT_OK}};
+    for (size_t i = 0; i < sizeof(hold) / sizeof(hold[0]); i++) {
+        r = report_new(NOW, "mx1");
+        struct queue_stats *qs = queue_stats_new(&(struct queue_limits){.now = NOW});
+        static const char line[] = "{\"queue_name\":\"hold\",\"arrival_time\":1795407720,"
+                                   "\"recipients\":[{\"address\":\"a@b.test\"}]}";
+        assert_int_equal(queue_stats_add_line(qs, line, strlen(line)), 0);
+        assert_int_equal(report_set_queue(r, qs, 0, 0), 0);
+        queue_stats_free(qs);
+        struct report_thresholds t;
+        report_thresholds_default(&t);
+        t.hold_warning = hold[i].warn;
+        t.hold_critical = hold[i].crit;
+        assert_int_equal(report_evaluate(r, &t), 0);
+        assert_int_equal(report_status(r), hold[i].want);
+        report_free(r);
+    }
+    report_free(NULL);
+}
+
+static void test_report_rejects_bad_arguments(void **state)
+{
+    (void)state;
+    struct report *r = report_new(NOW, NULL);
+    assert_non_null(r);
+    assert_int_equal(report_add_traffic(r, "", 1, 0, 0), -EINVAL);
+    assert_int_equal(report_add_client(r, NULL, 1, 0), -EINVAL);
+    assert_int_equal(report_add_warning(r, "", NULL, 1), -EINVAL);
+    assert_int_equal(report_add_anomaly(r, "", 1, 0, 0, 0, NULL), -EINVAL);
+    assert_int_equal(report_add_finding(r, REPORT_WARNING, "", "s", "m", NULL), -EINVAL);
+    struct report_node_info n = {.name = ""};
+    assert_int_equal(report_add_node(r, &n), -EINVAL);
+    assert_int_equal(report_set_queue(r, NULL, 0, 0), -EINVAL);
+    /* A caller's finding sets the status by itself. */
+    assert_int_equal(report_add_finding(r, REPORT_UNKNOWN, "postqueue_failed", NULL,
+                                        "postqueue -j exited 1", NULL),
+                     0);
+    assert_int_equal(report_status(r), REPORT_UNKNOWN);
+    report_free(r);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_report_placeholder),
+        cmocka_unit_test(test_report_writers_all_ok),
+        cmocka_unit_test(test_report_writers_with_problems),
+        cmocka_unit_test(test_report_findings_and_advice),
+        cmocka_unit_test(test_report_status_and_exit_codes),
+        cmocka_unit_test(test_report_rejects_bad_arguments),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
