@@ -127,6 +127,7 @@ class Postsurge:
         self.dir = tmpdir or tempfile.mkdtemp(prefix="postsurge-test-")
         self.keep = keep
         self.port = free_port() if inet else None
+        self.host = "127.0.0.1"
         self.unix_path = os.path.join(self.dir, "policy.sock") if unix else None
         self.config_path = os.path.join(self.dir, "postsurge.cf")
         self.log_path = os.path.join(self.dir, "postsurge.log")
@@ -141,6 +142,14 @@ class Postsurge:
         if unix:
             endpoints.append("unix:%s" % self.unix_path)
         self.listen = listen if listen is not None else " ".join(endpoints)
+        # An explicit listen value: wait for (and talk to) the endpoints it names.
+        for ep in self.listen.replace(",", " ").split():
+            if ep.startswith("inet:") and self.port is None:
+                host, port = ep[5:].rsplit(":", 1)
+                self.host = host.strip("[]")
+                self.port = int(port)
+            elif ep.startswith("unix:") and self.unix_path is None:
+                self.unix_path = ep[5:]
         self.write_config(extra)
         if start:
             self.start()
@@ -182,8 +191,11 @@ class Postsurge:
         return self
 
     def listening(self):
-        if self.port is not None and not tcp_listening(self.port):
-            return False
+        if self.port is not None:
+            # tcp_listening() matches any IPv6 address; give it a valid IPv4 one then.
+            host = "0.0.0.0" if ":" in self.host else self.host
+            if not tcp_listening(self.port, host=host):
+                return False
         if self.unix_path and not self._unix_listening(self.unix_path):
             return False
         return True
@@ -262,7 +274,7 @@ class Postsurge:
 
     # -- clients --
     def address(self, unix=False):
-        return self.unix_path if unix else ("127.0.0.1", self.port)
+        return self.unix_path if unix else (self.host, self.port)
 
     def client(self, unix=False, timeout=10.0):
         return PolicyClient(self.address(unix), timeout)
