@@ -307,8 +307,8 @@ static void test_maillog_unknown_and_damaged_lines(void **state)
         "",
         "garbage",
         "Nov 23 03:34:01 mx kernel: [12345.678] eth0: link up",
-        "Nov 23 03:34:00 mx postfix-test/smtpd[6826]: disconnect from localhost[127.0.0.1] "
-        "ehlo=1 quit=1 commands=2",
+        ("Nov 23 03:34:00 mx postfix-test/smtpd[6826]: disconnect from localhost[127.0.0.1] "
+         "ehlo=1 quit=1 commands=2"),
         "Nov 23 03:34:00 mx postfix/smtpd[x]: connect from a[1.2.3.4]",
         "Nov 23 03:34:00 mx postfix/smtpd[1]: connect from a[1.2.3.4",
         "Nov 23 03:34:00 mx postfix/smtpd[1]: connect from a[]",
