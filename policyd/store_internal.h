@@ -45,6 +45,7 @@ struct store_req {
     int64_t now_ms;
     int status;
     bool have_results;
+    bool sent; /* redis: its commands are queued on a connection */
     size_t n, npending;
     struct window_result *results;
     struct store_req_op ops[];

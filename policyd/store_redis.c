@@ -365,23 +365,32 @@ static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     redis_arm_timer(r);
 }
 
+/* Queues a request's commands on ac. 0, or -1 if the context is going away (replies to
+ * the ops already queued will find no request). */
+static int redis_send_req(struct redis *r, redisAsyncContext *ac, struct store_req *req)
+{
+    for (size_t i = 0; i < req->n; i++)
+        if (redis_send_op(r, ac, req, i, false) < 0)
+            return -1;
+    req->sent = true;
+    return 0;
+}
+
 static void redis_submit(struct store *s, struct store_req *req)
 {
     struct redis *r = s->impl;
     redisAsyncContext *ac = r->ac;
-    if (!ac) {
-        redis_note_failure(r, r->resolving ? "resolving its name" : "not connected");
+    req->id = ++r->next_id;
+    if (!ac && !r->resolving) {
+        redis_note_failure(r, "not connected");
         redis_finish_failed(r, req, -ENOTCONN);
         return;
     }
-    req->id = ++r->next_id;
-    for (size_t i = 0; i < req->n; i++) {
-        if (redis_send_op(r, ac, req, i, false) < 0) {
-            /* The context is going away; replies to ops sent find no request. */
-            redis_note_failure(r, "connection closing");
-            redis_finish_failed(r, req, -ENOTCONN);
-            return;
-        }
+    /* While the name resolves, the request waits (up to its deadline) to be sent. */
+    if (ac && redis_send_req(r, ac, req) < 0) {
+        redis_note_failure(r, "connection closing");
+        redis_finish_failed(r, req, -ENOTCONN);
+        return;
     }
     req->deadline = redis_now(r) + (uint64_t)r->timeout_ms;
     req->where = REQ_INFLIGHT;
@@ -466,12 +475,14 @@ static void redis_connect_to(struct redis *r, const char *ip)
         if (ac)
             redisAsyncFree(ac);
         redis_note_failure(r, what);
+        redis_fail_inflight(r, -ECONNREFUSED);
         redis_schedule_reconnect(r);
         return;
     }
     if (redis_uv_attach(ac, r->s->loop) < 0) {
         redisAsyncFree(ac);
         redis_note_failure(r, "cannot attach to the event loop");
+        redis_fail_inflight(r, -ENOTCONN);
         redis_schedule_reconnect(r);
         return;
     }
@@ -496,6 +507,16 @@ static void redis_connect_to(struct redis *r, const char *ip)
     }
     if (r->outstanding)
         r->last_progress = redis_now(r);
+    /* Requests that waited for the name to resolve. */
+    struct store_req *req = r->inflight.head;
+    while (req) {
+        struct store_req *next = req->next;
+        if (!req->sent && redis_send_req(r, ac, req) < 0) {
+            store_req_list_remove(&r->inflight, req);
+            redis_finish_failed(r, req, -ENOTCONN);
+        }
+        req = next;
+    }
 }
 
 static void redis_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -520,6 +541,7 @@ static void redis_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo
         snprintf(what, sizeof(what), "cannot resolve %.100s: %.80s", r->url.host,
                  status ? uv_strerror(status) : "no address");
         redis_note_failure(r, what);
+        redis_fail_inflight(r, -ENOTCONN);
         redis_schedule_reconnect(r);
         return;
     }
