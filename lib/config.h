@@ -84,6 +84,28 @@ struct config {
     double report_anomaly_sigma;    /* 2 */
     int64_t report_baseline_window; /* ms, 7 d */
     char *report_quiet_windows;     /* "" */
+    int64_t report_anomaly_min_samples;     /* 12 */
+    int64_t report_quiet_backlog_limit;     /* 2000 incoming + active, 0 = off */
+    int64_t report_hold_warning;            /* 1; thresholds: 0 = off */
+    int64_t report_hold_critical;           /* 0 */
+    int64_t report_deferred_warning;        /* 100 */
+    int64_t report_deferred_critical;       /* 1000 */
+    int64_t report_backlog_warning;         /* 2000 */
+    int64_t report_backlog_critical;        /* 10000 */
+    int64_t report_queue_age_warning;       /* ms, 1 d */
+    int64_t report_queue_age_critical;      /* ms, 4 d */
+    int64_t report_domain_deferred_warning; /* 20 */
+    double report_failure_rate_warning;     /* 0.2 */
+    double report_failure_rate_critical;    /* 0.5 */
+    int64_t report_failure_min_messages;    /* 20 */
+    int64_t report_client_reject_warning;   /* 50 */
+    int64_t report_saturation_warning;      /* 80 */
+    int64_t report_saturation_critical;     /* 95 */
+    int64_t report_imbalance_warning;       /* 50 */
+    int64_t report_top_domains;             /* 10 */
+    int64_t report_top_clients;             /* 10 */
+    int64_t report_top_reasons;             /* 3 */
+    char *postqueue_command;                /* "postqueue" */
 
     /* Bookkeeping owned by config.c: where the values came from. Read them through
      * config_source_name() and config_setting_line(). */
