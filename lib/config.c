@@ -4,6 +4,7 @@
  * Every problem is collected as "FILE:LINE: message" rather than stopping at the first.
  * Pure: bytes in, struct out; the only I/O is config_load_file's read and the printers. */
 #include "config.h"
+#include "overrides.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -100,8 +101,8 @@ struct cf_entry {
 };
 
 static cf_check_fn check_listen, check_listen_optional, check_action, check_word,
-    check_word_nonempty, check_abs_path, check_abs_path_optional, check_store, check_main_cf_list,
-    check_master_cf_list;
+    check_word_nonempty, check_abs_path, check_abs_path_optional, check_store, check_profile_main,
+    check_profile_master;
 
 #define OFF(field) offsetof(struct config, field)
 #define SEC 1000LL
@@ -227,18 +228,16 @@ static const struct cf_entry cf_table[] = {
      .group = G_NODE, .doc = "At most one apply or restore of the overrides per interval."},
     {"stress_overrides", CF_BOOL, "yes", OFF(stress_overrides), .group = G_NODE,
      .doc = "Apply the override profile below while in stress (journaled, restored exactly)."},
-    {"stress_main_cf", CF_STRING,
-     "smtpd_client_connection_count_limit=10\n"
-     "smtpd_client_connection_rate_limit=30\n"
-     "smtpd_soft_error_limit=3\n"
-     "smtpd_error_sleep_time=0",
-     OFF(stress_main_cf), .check = check_main_cf_list, .flags = CF_LINES, .group = G_NODE,
-     .doc = "main.cf settings applied in stress, `name=value` each: limits that are not "
-            "stress-adaptive by themselves."},
-    {"stress_master_cf", CF_STRING, "smtp/inet/stress=yes", OFF(stress_master_cf),
-     .check = check_master_cf_list, .flags = CF_LINES, .group = G_NODE,
+    {"stress_main_cf", CF_STRING, OVERRIDES_DEFAULT_MAIN_CF, OFF(stress_main_cf),
+     .check = check_profile_main, .flags = CF_LINES, .group = G_NODE,
+     .doc = "main.cf settings applied in stress, `name=value` each (a value with spaces in "
+            "Postfix's brace form `{ name = value }`): limits that are not stress-adaptive "
+            "by themselves."},
+    {"stress_master_cf", CF_STRING, OVERRIDES_DEFAULT_MASTER_CF, OFF(stress_master_cf),
+     .check = check_profile_master, .flags = CF_LINES, .group = G_NODE,
      .doc = "master.cf `-o` parameters applied in stress (`postconf -P`), "
-            "`service/type/name=value` each; behind postscreen use `smtpd/pass/stress=yes`."},
+            "`service/type/name=value` each; service `*` means every public smtpd service "
+            "of that type (`*/inet`, and `*/pass` behind postscreen)."},
     {"stress_dry_run", CF_BOOL, "no", OFF(stress_dry_run), .group = G_NODE,
      .doc = "Log the exact commands the overrides would run; change nothing."},
     {"stress_cluster_quorum", CF_INT, "0", OFF(stress_cluster_quorum), 0, 100,
@@ -246,6 +245,12 @@ static const struct cf_entry cf_table[] = {
      .doc = "Every node enters stress when this % of nodes is stressed; 0 = off."},
     {"command_timeout", CF_TIME, "30s", OFF(command_timeout), 1 * SEC, 10 * MIN,
      .group = G_NODE, .doc = "Longest run of a `postconf` or `postfix` command."},
+    {"postconf_command", CF_STRING, "postconf", OFF(postconf_command),
+     .check = check_word_nonempty, .group = G_NODE,
+     .doc = "The `postconf` program (an absolute path, or a name looked up in PATH)."},
+    {"postfix_command", CF_STRING, "postfix", OFF(postfix_command),
+     .check = check_word_nonempty, .group = G_NODE,
+     .doc = "The `postfix` program (for `postfix -c DIR reload`)."},
     {"node_status_ttl", CF_TIME, "5s", OFF(node_status_ttl), 1 * SEC, HOUR, .group = G_NODE,
      .doc = "Lifetime of a node's published status; a dead node disappears after it."},
     {"event_log_max", CF_INT, "10000", OFF(event_log_max), 10, 10000000, .group = G_NODE,
@@ -278,6 +283,7 @@ static const struct cf_entry cf_table[] = {
     {"report_baseline_window", CF_TIME, "7d", OFF(report_baseline_window), HOUR, 366 * DAY,
      .group = G_REPORT, .doc = "Span of the rolling baselines."},
     {"report_quiet_windows", CF_STRING, "", OFF(report_quiet_windows), .flags = CF_LINES,
+     .group = G_REPORT, .doc = "Known noisy windows in which anomalies are not reported."},
     {"report_anomaly_min_samples", CF_INT, "12", OFF(report_anomaly_min_samples), 1, 100000,
      .group = G_REPORT, .doc = "A figure with fewer baseline samples is never an anomaly."},
     {"report_quiet_backlog_limit", CF_INT, "2000", OFF(report_quiet_backlog_limit), 0,
@@ -334,7 +340,6 @@ static const struct cf_entry cf_table[] = {
      .check = check_word_nonempty, .group = G_REPORT,
      .doc = "The `postqueue` program the report runs as `PROGRAM -c DIR -j` (a path, or a "
             "name looked up in PATH)."},
-     .group = G_REPORT, .doc = "Known noisy windows in which anomalies are not reported."},
 };
 /* clang-format on */
 
@@ -498,44 +503,28 @@ static const char *check_store(const char *v)
     return NULL;
 }
 
-static const char *main_cf_item(const char *s, size_t n)
+/* The override profiles are checked by their own parser (lib/overrides), so the syntax
+ * accepted here is exactly what the controller will apply. The message buffer is static:
+ * the caller copies it into its diagnostic before the next check runs. */
+static const char *check_profile(const char *main_spec, const char *master_spec)
 {
-    const char *eq = memchr(s, '=', n);
-    if (!eq)
-        return "each item must be name=value (no blanks around '=')";
-    if (eq == s)
-        return "an item has an empty parameter name";
-    for (const char *q = s; q < eq; q++)
-        if (!isalnum((unsigned char)*q) && *q != '_')
-            return "a parameter name may hold only letters, digits and '_'";
-    return NULL;
+    static char err[256];
+    struct overrides_profile *p = NULL;
+    int rc = overrides_profile_parse(main_spec, master_spec, &p, err, sizeof(err));
+    overrides_profile_free(p);
+    if (rc == -ENOMEM)
+        return "out of memory";
+    return rc < 0 ? err : NULL;
 }
 
-static const char *check_main_cf_list(const char *v)
+static const char *check_profile_main(const char *v)
 {
-    return each_item(v, main_cf_item);
+    return check_profile(v, NULL);
 }
 
-static const char *master_cf_item(const char *s, size_t n)
+static const char *check_profile_master(const char *v)
 {
-    const char *eq = memchr(s, '=', n);
-    if (!eq)
-        return "each item must be service/type/name=value (no blanks around '=')";
-    int slashes = 0;
-    const char *last = NULL;
-    for (const char *q = s; q < eq; q++)
-        if (*q == '/') {
-            slashes++;
-            last = q;
-        }
-    if (slashes != 2 || s[0] == '/' || last + 1 == eq)
-        return "each item must be service/type/name=value";
-    return main_cf_item(last + 1, (size_t)(s + n - last - 1));
-}
-
-static const char *check_master_cf_list(const char *v)
-{
-    return each_item(v, master_cf_item);
+    return check_profile(NULL, v);
 }
 
 /* ---- typed values ---- */

@@ -66,6 +66,8 @@ struct config {
     bool stress_dry_run;
     int64_t stress_cluster_quorum;  /* percent of nodes, 0 = off */
     int64_t command_timeout;  /* ms for postconf/postfix runs, 30 s */
+    char *postconf_command;   /* "postconf" (PATH) or an absolute path */
+    char *postfix_command;    /* "postfix" */
     int64_t node_status_ttl;  /* ms, 5 s */
     int64_t event_log_max;    /* entries kept, 10000 */
 
