@@ -21,6 +21,8 @@ static void conn_on_close(uv_handle_t *h)
 
     if (--c->open_handles > 0)
         return;
+    if (c->dec.conn_state_free)
+        c->dec.conn_state_free(c->dec.conn_state);
     policy_parser_free(c->parser);
     free(c->out);
     free(c->wbuf);
@@ -206,7 +208,8 @@ static void conn_reply(struct conn *c, const char *action, size_t len)
 static void conn_log_decision(struct conn *c, const char *action, size_t len)
 {
     const struct policy_request *r = c->dec.req;
-    bool dunno = len == 5 && strncasecmp(action, "DUNNO", 5) == 0;
+    /* A decider that logged the decision (naming its rule) leaves this line to debug. */
+    bool dunno = c->dec.logged || (len == 5 && strncasecmp(action, "DUNNO", 5) == 0);
 
 #define A(x) (r->attr[x] ? r->attr[x] : "")
     if (!dunno)
@@ -249,6 +252,7 @@ static void conn_decide(struct conn *c, const struct policy_request *req)
     c->dec.peer = c->peer;
     c->dec.done = conn_on_decided;
     c->dec.engine_data = NULL;
+    c->dec.logged = false;
     c->deciding = true;
     c->decider = d;
     int rc = d->start(d, &c->dec);

@@ -3,6 +3,7 @@
  * foreground (for systemd), the other commands are synchronous tools. */
 #define LOG_COMPONENT "main"
 #include "cmd.h"
+#include "engine.h"
 #include "log.h"
 #include "server.h"
 
@@ -96,6 +97,11 @@ int cli_load_config(const struct cli *cli, struct config **out)
     rc = config_parse_buffer(cli->config_path, buf, len, &cfg, &errs);
     if (rc == 0) {
         int n = server_check_config(cfg, cli->config_path, buf, len, &errs);
+        if (n >= 0) {
+            /* Rate-limit rules too, so check-config and start-up refuse what SIGHUP would. */
+            int m = engine_check_config(cfg, &errs);
+            n = m < 0 ? m : n + m;
+        }
         if (n != 0) {
             config_free(cfg);
             cfg = NULL;
@@ -203,12 +209,18 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
         die("out of memory");
     srv->foreground = cli->foreground;
     srv->verbose = cli->verbose;
+    struct engine *engine = NULL;
+    char err[256];
+    rc = engine_new(srv, &engine, err, sizeof(err));
+    if (rc < 0)
+        die("rate limits: %s", err[0] ? err : strerror(-rc));
     int start_rc = server_start(srv);
     if (start_rc < 0)
         server_stop(srv);
     else
         log_info("postsurge %s started (pid %ld)", POSTSURGE_VERSION, (long)getpid());
     uv_run(&loop, UV_RUN_DEFAULT);
+    engine_free(engine);
     server_free(srv);
     rc = uv_loop_close(&loop);
     if (rc < 0) {

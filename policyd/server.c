@@ -647,6 +647,16 @@ static void reload_apply(struct server *srv)
             rc = rc < 0 ? rc : -EINVAL;
         }
     }
+    /* Components refuse what they cannot use (bad rate-limit rules) before the swap. */
+    for (size_t i = 0; rc == 0 && i < srv->n_hooks; i++) {
+        if (srv->hooks[i].on_check)
+            rc = srv->hooks[i].on_check(srv, cfg, &errs, srv->hooks[i].arg);
+        if (rc != 0) {
+            config_free(cfg);
+            cfg = NULL;
+            rc = rc < 0 ? rc : -EINVAL;
+        }
+    }
     if (rc < 0) {
         srv->stats.reload_failures++;
         for (size_t i = 0; i < errs.n; i++)

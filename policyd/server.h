@@ -31,6 +31,14 @@ struct decision {
     const char *peer; /* "127.0.0.1:53412" or "unix", for log lines */
     void (*done)(struct decision *dec, const char *action, size_t action_len);
     void *engine_data;
+    /* Per-connection state of the decider (e.g. rate-limit dedup), kept across the
+     * connection's requests; the connection calls conn_state_free(conn_state) once
+     * when it is freed. Both NULL until the decider sets them. */
+    void *conn_state;
+    void (*conn_state_free)(void *conn_state);
+    /* Set by a decider that logged this decision itself at info level: the connection
+     * then logs its own line at debug only (one info line per decision). */
+    bool logged;
 };
 
 /* The decision engine. start() returns 0 and calls dec->done() later or before it
@@ -89,6 +97,11 @@ struct server_stats {
  * the hooks return: copy what you keep). on_stop runs once when the server starts to
  * shut down: close your handles so the loop can end. Either may be NULL. */
 struct server_hook {
+    /* on_check runs on SIGHUP before a parsed configuration is swapped in: return 0 if
+     * new_cfg is fine for this component, else append "FILE:LINE: message" to errs and
+     * return a negative errno: the reload is refused and the old configuration stays. */
+    int (*on_check)(struct server *srv, const struct config *new_cfg, struct config_errors *errs,
+                    void *arg);
     void (*on_reload)(struct server *srv, const struct config *old_cfg, void *arg);
     void (*on_stop)(struct server *srv, void *arg);
     void *arg;

@@ -1,0 +1,543 @@
+/* engine: the rate-limit decider. request → limits_plan → store_window_take (one round
+ * trip, async) → limits_finish → reply. Every accepted request is answered: the store
+ * calls back within redis_timeout, with local counters or an error that we answer per
+ * store_failure_action. SIGHUP swaps the rules (refused as a whole if they do not parse)
+ * and, when its settings changed, the store; requests in flight finish with the rules
+ * that planned them and move to the new store if the old one was closed under them. */
+#define LOG_COMPONENT "limits"
+#include "engine.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "limits.h"
+#include "log.h"
+
+/* Plans kept for reuse: one per connection with a request in flight is enough. */
+#define ENGINE_POOL_MAX 256
+
+enum failure_action { FA_LOCAL, FA_DUNNO, FA_DEFER };
+
+/* One request between limits_plan and the reply. About 14 KB, pooled. */
+struct pending {
+    struct pending *next; /* free list */
+    struct engine *e;
+    struct decision *dec;
+    struct limits_session *session; /* the connection's (borrowed) */
+    struct limits_engine *le;       /* a reference: the rules that planned */
+    struct store *store;            /* where ops went */
+    struct store_req *sreq;         /* until the store's callback */
+    int64_t now_ms;
+    struct store_op ops[LIMITS_MAX_OPS];
+    struct limits_plan plan;
+};
+
+struct engine {
+    struct server *srv;
+    struct decider decider;
+    struct limits_engine *limits;
+    /* Built by on_check from the configuration about to be swapped in. */
+    struct limits_engine *prepared;
+    const struct config *prepared_for;
+    struct store *store;
+    int stores_open; /* stores not yet closed (an old one may still be closing) */
+    enum failure_action failure_action;
+    bool stopping;
+    struct pending *pool;
+    size_t pool_n;
+    struct engine_stats stats;
+    struct log_ratelimit rl_fail, rl_err;
+};
+
+static bool node_stressed;
+
+void engine_set_node_stressed(bool stressed)
+{
+    if (stressed != node_stressed)
+        log_info("node stress %s: rules use their %s limits", stressed ? "on" : "off",
+                 stressed ? "stress" : "normal");
+    node_stressed = stressed;
+}
+
+bool engine_node_stressed(void)
+{
+    return node_stressed;
+}
+
+/* Wall clock ms: nodes sharing a Redis must agree on it (window.h). */
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static enum failure_action failure_action_of(const struct config *cfg)
+{
+    const char *fa = cfg->store_failure_action ? cfg->store_failure_action : "local";
+    if (strcmp(fa, "dunno") == 0)
+        return FA_DUNNO;
+    if (strcmp(fa, "defer_if_permit") == 0)
+        return FA_DEFER;
+    return FA_LOCAL;
+}
+
+/* ---- pool ---- */
+
+static struct pending *pending_get(struct engine *e)
+{
+    struct pending *p = e->pool;
+    if (p) {
+        e->pool = p->next;
+        e->pool_n--;
+    } else {
+        p = malloc(sizeof(*p));
+        if (!p)
+            return NULL;
+    }
+    p->next = NULL;
+    p->e = e;
+    p->dec = NULL;
+    p->le = NULL;
+    p->store = NULL;
+    p->sreq = NULL;
+    return p;
+}
+
+static void pending_put(struct engine *e, struct pending *p)
+{
+    limits_engine_free(p->le);
+    p->le = NULL;
+    if (e->pool_n >= ENGINE_POOL_MAX) {
+        free(p);
+        return;
+    }
+    p->next = e->pool;
+    e->pool = p;
+    e->pool_n++;
+}
+
+/* ---- answers and their log lines ---- */
+
+static void format_window(int64_t ms, char *out, size_t outsz)
+{
+    static const struct {
+        int64_t ms;
+        char unit;
+    } units[] = {{86400000, 'd'}, {3600000, 'h'}, {60000, 'm'}, {1000, 's'}};
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+        if (ms >= units[i].ms && ms % units[i].ms == 0) {
+            snprintf(out, outsz, "%" PRId64 "%c", ms / units[i].ms, units[i].unit);
+            return;
+        }
+    snprintf(out, outsz, "%" PRId64 "ms", ms);
+}
+
+/* One info line per new limit decision (the connection then logs at debug only). */
+static void log_deny(struct decision *dec, const struct limits_decision *d)
+{
+    const struct policy_request *r = dec->req;
+    char win[32] = "";
+
+    if (d->cached) {
+        log_debug("%s: %s: repeat of a request refused by rule %s: action=%s", dec->peer,
+                  r->attr[POLICY_PROTOCOL_STATE] ? r->attr[POLICY_PROTOCOL_STATE] : "",
+                  d->rule_name ? d->rule_name : "?", d->action ? d->action : "");
+        return;
+    }
+    if (log_threshold < LOG_LVL_INFO)
+        return;
+    format_window(d->window_ms, win, sizeof(win));
+#define A(x) (r->attr[x] ? r->attr[x] : "")
+    if (d->dryrun)
+        log_info("%s: %s client=%s sasl_username=%s sender=<%s> recipient=<%s>: dryrun rule=%s "
+                 "key=%s count=%" PRId64 "/%" PRId64 " per %s%s: would answer \"%s\"; action=%s",
+                 dec->peer, A(POLICY_PROTOCOL_STATE), A(POLICY_CLIENT_ADDRESS),
+                 A(POLICY_SASL_USERNAME), A(POLICY_SENDER), A(POLICY_RECIPIENT), d->rule_name,
+                 d->key ? d->key : "-", d->count, d->limit, win, d->stressed ? " (stress)" : "",
+                 d->rule_action ? d->rule_action : "", d->action);
+    else
+        log_info("%s: %s client=%s sasl_username=%s sender=<%s> recipient=<%s>: rule=%s "
+                 "key=%s count=%" PRId64 "/%" PRId64 " per %s%s: action=%s",
+                 dec->peer, A(POLICY_PROTOCOL_STATE), A(POLICY_CLIENT_ADDRESS),
+                 A(POLICY_SASL_USERNAME), A(POLICY_SENDER), A(POLICY_RECIPIENT), d->rule_name,
+                 d->key ? d->key : "-", d->count, d->limit, win, d->stressed ? " (stress)" : "",
+                 d->action);
+#undef A
+    dec->logged = true;
+}
+
+/* The reply for a decision; borrowed from the rules or static. */
+static const char *decision_action(struct engine *e, struct decision *dec,
+                                   const struct limits_decision *d, int store_status)
+{
+    if (d->store_failed) {
+        const char *a;
+        e->stats.failure_answers++;
+        if (e->failure_action == FA_DEFER)
+            a = ENGINE_DEFER_ACTION;
+        else if (e->failure_action == FA_DUNNO)
+            a = "DUNNO";
+        else
+            a = dec->srv->cfg->default_action; /* local, but no local answer (closing) */
+        log_warn_ratelimited(&e->rl_fail, server_now_ms(dec->srv), server_repeat_ms(dec->srv),
+                             "store failed (%s): answering %s", strerror(-store_status), a);
+        return a;
+    }
+    if (d->exempt)
+        e->stats.exempt++;
+    if (d->deny) {
+        if (d->dryrun)
+            e->stats.dryrun_denies++;
+        else
+            e->stats.denies++;
+        log_deny(dec, d);
+    }
+    return d->action ? d->action : dec->srv->cfg->default_action;
+}
+
+/* Answers and releases p. The action may be borrowed from p->le: reply first. */
+static void pending_answer(struct pending *p, const struct limits_decision *d, int store_status)
+{
+    struct engine *e = p->e;
+    struct decision *dec = p->dec;
+    const char *a = decision_action(e, dec, d, store_status);
+
+    dec->engine_data = NULL;
+    dec->done(dec, a, strlen(a));
+    pending_put(e, p);
+}
+
+static void on_taken(void *arg, int status, const struct window_result *results, size_t n);
+
+static int pending_submit(struct pending *p)
+{
+    struct engine *e = p->e;
+    if (!e->store)
+        return -ESHUTDOWN;
+    p->store = e->store;
+    return store_window_take(e->store, p->ops, p->plan.n_ops, p->now_ms, on_taken, p, &p->sreq);
+}
+
+/* Answers as if the store failed with status (no results). */
+static void pending_fail(struct pending *p, int status)
+{
+    struct limits_decision d;
+    struct engine *e = p->e;
+
+    e->stats.store_failures++;
+    if (limits_finish(p->le, p->session, &p->plan, NULL, &d) < 0) {
+        memset(&d, 0, sizeof(d));
+        d.store_failed = true;
+    }
+    pending_answer(p, &d, status);
+}
+
+static void on_taken(void *arg, int status, const struct window_result *results, size_t n)
+{
+    struct pending *p = arg;
+    struct engine *e = p->e;
+    struct limits_decision d;
+
+    p->sreq = NULL;
+    /* A store closed by a reload: its replacement answers. */
+    if (status == -ECANCELED && !results && !e->stopping && e->store && e->store != p->store) {
+        int rc = pending_submit(p);
+        if (rc == 0)
+            return;
+        status = rc;
+    }
+    if (!results || n != p->plan.n_ops) {
+        pending_fail(p, status < 0 ? status : -EPROTO);
+        return;
+    }
+    if (status < 0)
+        e->stats.store_failures++; /* answered from local counters */
+    int rc = limits_finish(p->le, p->session, &p->plan, results, &d);
+    if (rc < 0) {
+        /* A bug: fail open rather than leave the client without an answer. */
+        log_warn_ratelimited(&e->rl_err, server_now_ms(e->srv), server_repeat_ms(e->srv),
+                             "limits_finish: %s; answering default_action", strerror(-rc));
+        memset(&d, 0, sizeof(d));
+        d.action = e->srv->cfg->default_action;
+    }
+    pending_answer(p, &d, status);
+}
+
+/* ---- the decider ---- */
+
+static void session_free(void *s)
+{
+    limits_session_free(s);
+}
+
+static int engine_start(struct decider *dr, struct decision *dec)
+{
+    struct engine *e = dr->data;
+    struct limits_engine *le = e->limits;
+
+    e->stats.decisions++;
+    if (!le || limits_engine_rule_count(le) == 0) {
+        const char *a = dec->srv->cfg->default_action;
+        dec->done(dec, a, strlen(a));
+        return 0;
+    }
+    if (!dec->conn_state) {
+        dec->conn_state = limits_session_new();
+        if (!dec->conn_state)
+            return -ENOMEM;
+        dec->conn_state_free = session_free;
+    }
+    struct pending *p = pending_get(e);
+    if (!p)
+        return -ENOMEM;
+    p->dec = dec;
+    p->session = dec->conn_state;
+    int rc = limits_plan(le, p->session, dec->req, node_stressed, &p->plan);
+    if (rc < 0) {
+        pending_put(e, p);
+        return rc;
+    }
+    if (rc == LIMITS_PLAN_DECIDED) {
+        pending_answer(p, &p->plan.decision, 0);
+        return 0;
+    }
+    p->le = limits_engine_ref(le);
+    for (size_t i = 0; i < p->plan.n_ops; i++) {
+        const struct limits_op *op = &p->plan.ops[i];
+        p->ops[i] = (struct store_op){op->key, op->window_ms, op->limit, op->amount};
+    }
+    p->now_ms = wall_ms();
+    e->stats.counted++;
+    dec->engine_data = p;
+    rc = pending_submit(p);
+    if (rc < 0) {
+        /* Refused at once (closing, out of memory): answered per store_failure_action. */
+        pending_fail(p, rc);
+    }
+    return 0;
+}
+
+static void engine_cancel(struct decider *dr, struct decision *dec)
+{
+    struct engine *e = dr->data;
+    struct pending *p = dec->engine_data;
+
+    if (!p)
+        return;
+    dec->engine_data = NULL;
+    store_req_cancel(p->sreq);
+    p->sreq = NULL;
+    pending_put(e, p);
+}
+
+/* ---- stores ---- */
+
+static void on_store_closed(void *arg)
+{
+    struct engine *e = arg;
+    e->stores_open--;
+}
+
+static int open_store(struct engine *e, const struct config *cfg, struct store **out, char *err,
+                      size_t errlen)
+{
+    int rc = store_new(e->srv->loop, cfg, out, err, errlen);
+    if (rc == 0) {
+        e->stores_open++;
+        log_info("store: %s%s%s", store_kind(*out),
+                 strcmp(store_kind(*out), "memory") ? " at " : "",
+                 strcmp(store_kind(*out), "memory") ? cfg->store : "");
+    }
+    return rc;
+}
+
+static bool str_differs(const char *a, const char *b)
+{
+    return strcmp(a ? a : "", b ? b : "") != 0;
+}
+
+/* True if the store must be rebuilt for cfg (a memory store keeps its counters through
+ * changes of the Redis-only settings). */
+static bool store_changed(const struct config *a, const struct config *b)
+{
+    if (str_differs(a->store, b->store) || str_differs(a->store_key_prefix, b->store_key_prefix))
+        return true;
+    struct config_store_url u;
+    if (config_parse_store_url(b->store ? b->store : "memory", &u) == 0 &&
+        u.kind == CONFIG_STORE_MEMORY)
+        return false;
+    return a->redis_timeout != b->redis_timeout ||
+           a->redis_reconnect_max != b->redis_reconnect_max ||
+           str_differs(a->store_failure_action, b->store_failure_action);
+}
+
+/* ---- hooks ---- */
+
+static int engine_on_check(struct server *srv, const struct config *cfg, struct config_errors *errs,
+                           void *arg)
+{
+    struct engine *e = arg;
+    size_t before = errs ? errs->n : 0;
+    struct limits_engine *le = limits_engine_new(cfg, errs);
+
+    (void)srv;
+    if (!le)
+        return errs && errs->n > before ? -EINVAL : -ENOMEM;
+    limits_engine_free(e->prepared);
+    e->prepared = le;
+    e->prepared_for = cfg;
+    return 0;
+}
+
+static void engine_on_reload(struct server *srv, const struct config *old_cfg, void *arg)
+{
+    struct engine *e = arg;
+    struct limits_engine *le = NULL;
+
+    if (e->prepared && e->prepared_for == srv->cfg) {
+        le = e->prepared;
+        e->prepared = NULL;
+    } else {
+        le = limits_engine_new(srv->cfg, NULL);
+    }
+    limits_engine_free(e->prepared);
+    e->prepared = NULL;
+    e->prepared_for = NULL;
+    if (!le) {
+        log_error("reload: cannot build the new rate limits (out of memory); keeping the old");
+    } else {
+        limits_engine_free(e->limits);
+        e->limits = le;
+        e->stats.reloads++;
+        log_info("reload: %zu rate-limit rules%s", limits_engine_rule_count(le),
+                 srv->cfg->limit_dry_run ? " (limit_dry_run)" : "");
+    }
+    e->failure_action = failure_action_of(srv->cfg);
+    if (e->stopping || !store_changed(old_cfg, srv->cfg))
+        return;
+    struct store *ns = NULL;
+    char err[256] = "";
+    int rc = open_store(e, srv->cfg, &ns, err, sizeof(err));
+    if (rc < 0) {
+        log_error("reload: cannot open the new store (%s); keeping the old one",
+                  err[0] ? err : strerror(-rc));
+        return;
+    }
+    struct store *old = e->store;
+    /* Set first: requests the old store cancels on close move to the new one. */
+    e->store = ns;
+    store_close(old, on_store_closed, e);
+}
+
+static void engine_on_stop(struct server *srv, void *arg)
+{
+    struct engine *e = arg;
+    struct store *s = e->store;
+
+    e->stopping = true;
+    e->store = NULL;
+    server_set_decider(srv, NULL);
+    store_close(s, on_store_closed, e);
+}
+
+/* ---- public ---- */
+
+int engine_check_config(const struct config *cfg, struct config_errors *errs)
+{
+    size_t before = errs ? errs->n : 0;
+    struct limits_engine *le = limits_engine_new(cfg, errs);
+
+    if (le) {
+        limits_engine_free(le);
+        return 0;
+    }
+    if (errs && errs->n > before)
+        return (int)(errs->n - before);
+    return errs ? -ENOMEM : 1;
+}
+
+int engine_new(struct server *srv, struct engine **out, char *err, size_t errlen)
+{
+    struct config_errors errs = {0};
+    struct engine *e = calloc(1, sizeof(*e));
+    int rc;
+
+    *out = NULL;
+    if (err && errlen)
+        err[0] = '\0';
+    if (!e)
+        return -ENOMEM;
+    e->srv = srv;
+    e->limits = limits_engine_new(srv->cfg, &errs);
+    if (!e->limits) {
+        for (size_t i = 0; i < errs.n; i++)
+            log_error("%s", errs.msg[i]);
+        rc = errs.n ? -EINVAL : -ENOMEM;
+        if (err && errlen)
+            snprintf(err, errlen, "%s", errs.n ? "bad rate-limit rules" : "out of memory");
+        config_errors_clear(&errs);
+        free(e);
+        return rc;
+    }
+    config_errors_clear(&errs);
+    e->failure_action = failure_action_of(srv->cfg);
+    rc = open_store(e, srv->cfg, &e->store, err, errlen);
+    if (rc < 0) {
+        limits_engine_free(e->limits);
+        free(e);
+        return rc;
+    }
+    struct server_hook hook = {.on_check = engine_on_check,
+                               .on_reload = engine_on_reload,
+                               .on_stop = engine_on_stop,
+                               .arg = e};
+    rc = server_add_hook(srv, &hook);
+    if (rc < 0) {
+        if (err && errlen)
+            snprintf(err, errlen, "too many server hooks");
+        /* The store's handles close on the loop; the caller runs it after stop. */
+        store_close(e->store, NULL, NULL);
+        limits_engine_free(e->limits);
+        free(e);
+        return rc;
+    }
+    e->decider.start = engine_start;
+    e->decider.cancel = engine_cancel;
+    e->decider.data = e;
+    server_set_decider(srv, &e->decider);
+    log_info("%zu rate-limit rules%s", limits_engine_rule_count(e->limits),
+             srv->cfg->limit_dry_run ? " (limit_dry_run)" : "");
+    *out = e;
+    return 0;
+}
+
+void engine_free(struct engine *e)
+{
+    if (!e)
+        return;
+    if (e->stores_open > 0)
+        log_error("engine freed with %d stores still open", e->stores_open);
+    while (e->pool) {
+        struct pending *p = e->pool;
+        e->pool = p->next;
+        free(p);
+    }
+    limits_engine_free(e->prepared);
+    limits_engine_free(e->limits);
+    free(e);
+}
+
+void engine_get_stats(const struct engine *e, struct engine_stats *st)
+{
+    *st = e->stats;
+}
+
+struct store *engine_store(const struct engine *e)
+{
+    return e->store;
+}

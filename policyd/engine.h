@@ -1,0 +1,58 @@
+/* engine: the rate-limit decider of the daemon. For each policy request it asks
+ * lib/limits for a plan, runs the plan's counter operations in the store (memory or
+ * Redis, one round trip) and answers the rule's action or default_action. It owns the
+ * limits engine (swapped on SIGHUP, counters of unchanged rules kept) and the store
+ * (replaced on SIGHUP when its settings change). Loop thread only. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "server.h"
+#include "store.h"
+
+struct engine;
+
+/* Answer when the store failed and store_failure_action = defer_if_permit. */
+#define ENGINE_DEFER_ACTION "DEFER_IF_PERMIT 4.3.0 Rate limit service temporarily unavailable"
+
+/* Counters for metrics and status pages; monotonic. */
+struct engine_stats {
+    uint64_t decisions;       /* requests that reached the engine */
+    uint64_t counted;         /* requests whose counters went to the store */
+    uint64_t denies;          /* enforced limit replies (repeats from the session too) */
+    uint64_t dryrun_denies;   /* denies of dryrun rules, answered default_action */
+    uint64_t exempt;          /* exempt clients and SASL users */
+    uint64_t store_failures;  /* store answers with status < 0 */
+    uint64_t failure_answers; /* answered per store_failure_action (dunno, defer_if_permit) */
+    uint64_t reloads;         /* rule sets swapped in by SIGHUP */
+};
+
+/* Builds the rules from srv->cfg, opens the store cfg->store names, installs itself as
+ * srv's decider and registers on_check/on_reload/on_stop hooks (on_stop closes the
+ * store). Returns 0 and *out (caller frees with engine_free after uv_run returned), or
+ * -EINVAL with every rule problem logged as "FILE:LINE: message", or -ENOMEM, or a store
+ * error (message in err). Call before server_start(). */
+int engine_new(struct server *srv, struct engine **out, char *err, size_t errlen);
+
+/* Frees the engine once its store is closed (after server_stop and uv_run). NULL is a
+ * no-op. */
+void engine_free(struct engine *e);
+
+/* The node (or cluster) stress input: while true, rules use their stress limits. Set by
+ * the overload controller; requests carrying stress=yes are stressed regardless. */
+void engine_set_node_stressed(bool stressed);
+bool engine_node_stressed(void);
+
+/* Checks the rate-limit settings of cfg as the daemon would use them (rules, exemptions,
+ * limit_action); appends each problem to errs as "FILE:LINE: message". Returns the
+ * number of problems (0: fine) or -ENOMEM. For `postsurge check-config` and start-up. */
+int engine_check_config(const struct config *cfg, struct config_errors *errs);
+
+/* Fills *st. */
+void engine_get_stats(const struct engine *e, struct engine_stats *st);
+
+/* The store in use (borrowed; replaced on reload, NULL once stopped), for metrics. */
+struct store *engine_store(const struct engine *e);
