@@ -96,10 +96,11 @@ void store_get_stats(const struct store *s, struct store_stats *st);
  * NULL (on_closed is then not called). */
 void store_close(struct store *s, void (*on_closed)(void *arg), void *arg);
 
-/* --- Reserved for the cluster (overload issue); not implemented yet, they return
- * -ENOSYS and never call their callback. Designed for a sharding proxy: each is a
- * single-key command (a hash of node -> status with per-field expiry times checked by
- * the reader, a capped list of events via a single-key script). --- */
+/* --- Cluster operations (node status, events). Memory: kept in this process, the
+ * callback runs before the call returns. Redis: single-key commands a sharding proxy
+ * forwards (see store_redis.c), the callback runs later, with status < 0 when Redis
+ * failed. *req is always set to NULL: these cannot be cancelled; the callback runs at
+ * the latest while store_close() closes the connection. --- */
 
 /* One node's status as JSON text with its time of writing. Borrowed in callbacks. */
 struct store_node_status {

@@ -84,6 +84,7 @@ struct store {
     void (*on_closed)(void *arg);
     void *closed_arg;
     void *impl;
+    struct store_cluster_mem *cluster; /* memory store: node statuses and events (lazy) */
 };
 
 /* Memory table. mem_table_take returns 0 or -ENOMEM / -EINVAL from window_take. */
@@ -110,3 +111,14 @@ void store_handle_closed(struct store *s);
 /* The Redis implementation: parses url and sets s->vt and s->impl. 0 or -errno. */
 int store_redis_init(struct store *s, const struct config *cfg, const struct config_store_url *u,
                      char *err, size_t errlen);
+
+/* The Redis side of the cluster operations of store.h (node status, events), plain
+ * single-key commands: SET/GET "node:NAME" with PX, a sorted set "nodes" scored by expiry
+ * time, a capped list "events" (LPUSH + LTRIM, LRANGE). Same contracts as store.h; the
+ * callback runs later (or with an error if the connection drops). */
+int store_redis_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
+                         int64_t ttl_ms, store_done_cb cb, void *arg);
+int store_redis_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg);
+int store_redis_event_append(struct store *s, const char *json, int64_t max_entries,
+                             store_done_cb cb, void *arg);
+int store_redis_event_read(struct store *s, size_t max, store_events_cb cb, void *arg);

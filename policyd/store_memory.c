@@ -17,6 +17,8 @@
 #define MEM_EVICT_SCAN 8
 #define MEM_SWEEP_INTERVAL_MS 1000
 
+static void cluster_mem_free(struct store_cluster_mem *c);
+
 /* --- memory table --- */
 
 static uint64_t mem_hash(const char *key, size_t len)
@@ -324,6 +326,7 @@ static void store_free(struct store *s)
     if (s->vt->free)
         s->vt->free(s);
     mem_table_free(&s->mem);
+    cluster_mem_free(s->cluster);
     free(s->prefix);
     free(s);
 }
@@ -513,40 +516,190 @@ void store_close(struct store *s, void (*on_closed)(void *arg), void *arg)
     store_handle_closed(s);
 }
 
-/* --- cluster operations: reserved, see store.h --- */
+/* --- cluster operations: node status and events (see store.h) ---
+ * The memory store keeps them in this process: a small array of nodes (normally just
+ * this one) and a ring of events capped at max_entries. Callbacks run before the call
+ * returns; the Redis store answers later (store_redis.c). */
+
+#define MEM_CLUSTER_MAX_NODES 1024
+
+struct mem_node {
+    char *name;
+    char *json;
+    int64_t updated_ms, expires_ms;
+};
+
+struct store_cluster_mem {
+    struct mem_node nodes[MEM_CLUSTER_MAX_NODES];
+    size_t n_nodes;
+    char **ring; /* events, oldest at head */
+    size_t cap, head, count;
+};
+
+static void cluster_mem_free(struct store_cluster_mem *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n_nodes; i++) {
+        free(c->nodes[i].name);
+        free(c->nodes[i].json);
+    }
+    for (size_t i = 0; i < c->count; i++)
+        free(c->ring[(c->head + i) % c->cap]);
+    free(c->ring);
+    free(c);
+}
+
+static struct store_cluster_mem *cluster_mem(struct store *s)
+{
+    if (!s->cluster)
+        s->cluster = calloc(1, sizeof(*s->cluster));
+    return s->cluster;
+}
+
+static bool store_is_redis(const struct store *s)
+{
+    return s->vt != &memory_vtable;
+}
 
 int store_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
                    int64_t ttl_ms, store_done_cb cb, void *arg, struct store_req **req)
 {
-    (void)s, (void)node, (void)json, (void)now_ms, (void)ttl_ms, (void)cb, (void)arg;
     if (req)
         *req = NULL;
-    return -ENOSYS;
+    if (s->closing)
+        return -ESHUTDOWN;
+    if (!node || !*node || !json || strlen(node) > STORE_MAX_KEY)
+        return -EINVAL;
+    if (store_is_redis(s))
+        return store_redis_node_put(s, node, json, now_ms, ttl_ms, cb, arg);
+    struct store_cluster_mem *c = cluster_mem(s);
+    if (!c)
+        return -ENOMEM;
+    struct mem_node *e = NULL;
+    for (size_t i = 0; i < c->n_nodes && !e; i++)
+        if (strcmp(c->nodes[i].name, node) == 0)
+            e = &c->nodes[i];
+    char *j = strdup(json);
+    if (!j)
+        return -ENOMEM;
+    if (!e) {
+        char *nm = strdup(node);
+        if (!nm || c->n_nodes == MEM_CLUSTER_MAX_NODES) {
+            free(nm);
+            free(j);
+            return nm ? -ENOSPC : -ENOMEM;
+        }
+        e = &c->nodes[c->n_nodes++];
+        e->name = nm;
+        e->json = NULL;
+    }
+    free(e->json);
+    e->json = j;
+    e->updated_ms = now_ms;
+    e->expires_ms = now_ms + ttl_ms;
+    if (cb)
+        cb(arg, 0);
+    return 0;
 }
 
 int store_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg,
                        struct store_req **req)
 {
-    (void)s, (void)now_ms, (void)cb, (void)arg;
     if (req)
         *req = NULL;
-    return -ENOSYS;
+    if (s->closing)
+        return -ESHUTDOWN;
+    if (store_is_redis(s))
+        return store_redis_node_get_all(s, now_ms, cb, arg);
+    struct store_cluster_mem *c = cluster_mem(s);
+    if (!c)
+        return -ENOMEM;
+    struct store_node_status v[MEM_CLUSTER_MAX_NODES];
+    size_t k = 0;
+    for (size_t i = 0; i < c->n_nodes; i++) {
+        if (c->nodes[i].expires_ms < now_ms)
+            continue;
+        v[k].node = c->nodes[i].name;
+        v[k].json = c->nodes[i].json;
+        v[k].updated_ms = c->nodes[i].updated_ms;
+        k++;
+    }
+    cb(arg, 0, v, k);
+    return 0;
 }
 
 int store_event_append(struct store *s, const char *json, int64_t max_entries, store_done_cb cb,
                        void *arg, struct store_req **req)
 {
-    (void)s, (void)json, (void)max_entries, (void)cb, (void)arg;
     if (req)
         *req = NULL;
-    return -ENOSYS;
+    if (s->closing)
+        return -ESHUTDOWN;
+    if (!json || max_entries < 1)
+        return -EINVAL;
+    if (store_is_redis(s))
+        return store_redis_event_append(s, json, max_entries, cb, arg);
+    struct store_cluster_mem *c = cluster_mem(s);
+    if (!c)
+        return -ENOMEM;
+    char *j = strdup(json);
+    if (!j)
+        return -ENOMEM;
+    size_t max = (size_t)max_entries;
+    if (c->cap != max) {
+        /* First use or a new cap: keep the newest entries that fit. */
+        char **ring = calloc(max, sizeof(char *));
+        if (!ring) {
+            free(j);
+            return -ENOMEM;
+        }
+        size_t keep = c->count < max ? c->count : max, k = 0;
+        for (size_t i = 0; i < c->count; i++) {
+            char *ev = c->ring[(c->head + i) % c->cap];
+            if (i < c->count - keep)
+                free(ev);
+            else
+                ring[k++] = ev;
+        }
+        free(c->ring);
+        c->ring = ring;
+        c->cap = max;
+        c->head = 0;
+        c->count = keep;
+    }
+    if (c->count == c->cap) {
+        free(c->ring[c->head]);
+        c->ring[c->head] = NULL;
+        c->head = (c->head + 1) % c->cap;
+        c->count--;
+    }
+    c->ring[(c->head + c->count) % c->cap] = j;
+    c->count++;
+    if (cb)
+        cb(arg, 0);
+    return 0;
 }
 
 int store_event_read(struct store *s, size_t max, store_events_cb cb, void *arg,
                      struct store_req **req)
 {
-    (void)s, (void)max, (void)cb, (void)arg;
     if (req)
         *req = NULL;
-    return -ENOSYS;
+    if (s->closing)
+        return -ESHUTDOWN;
+    if (store_is_redis(s))
+        return store_redis_event_read(s, max, cb, arg);
+    struct store_cluster_mem *c = cluster_mem(s);
+    if (!c)
+        return -ENOMEM;
+    size_t n = c->count < max ? c->count : max;
+    const char **v = calloc(n ? n : 1, sizeof(char *));
+    if (!v)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) /* newest first */
+        v[i] = c->ring[(c->head + c->count - 1 - i) % c->cap];
+    cb(arg, 0, v, n);
+    free(v);
+    return 0;
 }
