@@ -91,6 +91,7 @@ static void tail_finish_close(struct tail *t)
 static void tail_round_end(struct tail *t)
 {
     t->busy = false;
+    t->st.rounds++;
     if (t->closing) {
         tail_finish_close(t);
         return;
@@ -259,21 +260,18 @@ static void tail_stat_done(uv_fs_t *req)
         return;
     }
     if (rc < 0) {
-        /* Gone (renamed by logrotate and not yet recreated, or never there). Lines
-         * written to the old file before the rename are still ours: drain it. */
+        /* Gone (renamed by logrotate and not yet recreated, or never there). A writer
+         * may go on writing to the renamed file until it reopens the name: keep the old
+         * descriptor and read it until a new file appears under the name. */
         if (!t->missing)
             log_warn("%s: %s (will retry every poll)", t->path, uv_strerror((int)rc));
         t->missing = true;
         /* Whatever file appears under the name later is new: read it from its start. */
         t->ever_opened = true;
-        if (t->fd >= 0) {
-            t->draining = true;
-            t->reopen = false;
-            t->st.file_open = false;
+        if (t->fd >= 0)
             tail_read_next(t);
-        } else {
+        else
             tail_round_end(t);
-        }
         return;
     }
     if (t->missing) {

@@ -28,6 +28,7 @@ struct tail_stats {
     uint64_t rotations;       /* file replaced under its name */
     uint64_t truncations;     /* file shrank below our offset */
     uint64_t read_errors;
+    uint64_t rounds; /* poll rounds completed */
     bool file_open;
 };
 

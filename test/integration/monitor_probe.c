@@ -46,6 +46,22 @@ static void on_signal(uv_signal_t *h, int signum)
     stop_all();
 }
 
+static uv_timer_t ready_timer;
+
+/* Tells the test when the first poll round is over: from then on, appended lines are
+ * new to the tailer (it starts at the end of the file). */
+static void on_ready_timer(uv_timer_t *t)
+{
+    struct tail_stats st;
+    if (!tl)
+        return;
+    tail_get_stats(tl, &st);
+    if (st.rounds == 0)
+        return;
+    emit(json_pack("{s:b}", "started", 1));
+    uv_timer_stop(t);
+}
+
 static void on_tail_closed(void *arg)
 {
     (void)arg;
@@ -73,6 +89,7 @@ static void stop_all(void)
                        "file_open", st.file_open));
         tail_close(tl, on_tail_closed, NULL);
         tl = NULL;
+        uv_close((uv_handle_t *)&ready_timer, NULL);
     }
     if (mon) {
         monitor_close(mon, on_monitor_closed, NULL);
@@ -203,7 +220,8 @@ int main(int argc, char **argv)
         tl = tail_new(&loop, argv[2], &o, on_line, NULL);
         if (!tl || tail_start(tl) != 0)
             return 1;
-        emit(json_pack("{s:b}", "started", 1));
+        uv_timer_init(&loop, &ready_timer);
+        uv_timer_start(&ready_timer, on_ready_timer, 5, 5);
     } else if (strcmp(mode, "spawn") == 0) {
         struct spawn_opts o = {0};
         int i = 2;
