@@ -34,4 +34,7 @@ int cmd_serve(const struct cli *cli, int argc, char **argv);
 int cmd_check_config(const struct cli *cli, int argc, char **argv);
 int cmd_config(const struct cli *cli, int argc, char **argv);
 int cmd_version(const struct cli *cli, int argc, char **argv);
+/* cmd_report.c: `report [--json] [--prometheus FILE] [--quiet] [--no-traffic]`; returns the
+ * monitoring-plugin status 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. */
+int cmd_report(const struct cli *cli, int argc, char **argv);
 int cmd_help(const struct cli *cli, int argc, char **argv);

@@ -26,6 +26,8 @@ static const struct command commands[] = {
     {"config", cmd_config, "[-n] [NAME...]", "print settings like postconf (-n: non-defaults)"},
     {"version", cmd_version, "", "print the version"},
     {"help", cmd_help, "", "this text"},
+    {"report", cmd_report, "[--json] [--prometheus FILE] [--quiet] [--no-traffic]",
+     "health report for cron and monitoring (exit 0-3)"},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -1,0 +1,991 @@
+/* cmd_report: `postsurge report`, the health report for cron and monitoring systems.
+ * Gathers what it can see (the daemon's /status with the cluster's nodes and events, the
+ * local Postfix processes, `postqueue -j` streamed through lib/queue, the mail log since
+ * the last run through report_traffic), compares the figures with their baselines, turns
+ * thresholds into findings (lib/report) and prints text, JSON or a Prometheus file. Its
+ * own state (log position, baselines, last run) is report-state.json in state_directory.
+ * Synchronous: a CLI command, not the daemon's loop. */
+#define LOG_COMPONENT "report"
+
+#include "cmd.h"
+#include "log.h"
+#include "report_traffic.h"
+#include "spawn.h"
+
+#include "baseline.h"
+#include "queue.h"
+#include "report.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define STATE_FILE "report-state.json"
+#define LOCK_FILE "report.lock"
+#define STATE_MAX_BYTES (16 << 20)
+#define STATUS_TIMEOUT_MS 3000
+#define STATUS_MAX_BYTES (8 << 20)
+#define POSTCONF_TIMEOUT_MS 30000
+/* Clients handed to the report, by connections and by rejects each. */
+#define REPORT_CLIENTS 1000
+
+struct report_opts {
+    bool json, quiet, no_traffic;
+    const char *prometheus;
+};
+
+/* ---- running a command synchronously on a private loop (spawn.c) ---- */
+
+struct run {
+    struct queue_stats *qs; /* non-NULL: stream stdout into it */
+    int feed_rc;
+    bool done;
+    int exit_status, term_signal;
+    bool timed_out;
+    char out[1024]; /* buffered stdout, first line(s) */
+    char err[512];  /* stderr, first line */
+};
+
+static void run_on_chunk(struct spawn *sp, const char *data, size_t len, void *arg)
+{
+    struct run *r = arg;
+    if (r->feed_rc == 0)
+        r->feed_rc = queue_stats_feed(r->qs, data, len);
+}
+
+static void first_line(char *dst, size_t size, const char *src, size_t len)
+{
+    size_t n = 0;
+    while (n < len && src[n] != '\n' && n + 1 < size)
+        n++;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+static void run_on_done(struct spawn *sp, const struct spawn_result *res, void *arg)
+{
+    struct run *r = arg;
+    r->done = true;
+    r->exit_status = res->exit_status;
+    r->term_signal = res->term_signal;
+    r->timed_out = res->timed_out;
+    first_line(r->out, sizeof(r->out), res->out, res->out_len);
+    /* postqueue prints "postqueue: warning: ..." lines first; keep the first one. */
+    first_line(r->err, sizeof(r->err), res->err, res->err_len);
+}
+
+/* Runs argv to its end. Returns 0 (see r for the outcome) or a negative errno when it
+ * could not be started. */
+static int run_command(const char *const *argv, uint64_t timeout_ms, struct run *r)
+{
+    uv_loop_t loop;
+    int rc = uv_loop_init(&loop);
+    if (rc < 0)
+        return rc;
+    struct spawn_opts o = {.timeout_ms = timeout_ms, .on_stdout = r->qs ? run_on_chunk : NULL};
+    rc = spawn_start(&loop, argv, &o, run_on_done, r, NULL);
+    if (rc == 0)
+        uv_run(&loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&loop) < 0)
+        log_warn("event loop not empty after %s", argv[0]);
+    return rc;
+}
+
+static void run_describe(const struct run *r, char *buf, size_t size)
+{
+    if (r->timed_out)
+        snprintf(buf, size, "timed out");
+    else if (r->term_signal)
+        snprintf(buf, size, "killed by signal %d", r->term_signal);
+    else
+        snprintf(buf, size, "exit status %d%s%s", r->exit_status, r->err[0] ? ": " : "", r->err);
+}
+
+/* ---- local Postfix processes ---- */
+
+static bool proc_comm_is(long pid, const char *want)
+{
+    char path[64], comm[64] = "";
+    snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    if (!fgets(comm, sizeof(comm), f))
+        comm[0] = '\0';
+    fclose(f);
+    comm[strcspn(comm, "\n")] = '\0';
+    return strcmp(comm, want) == 0;
+}
+
+/* Parent PID from /proc/PID/stat, or -1. */
+static long proc_ppid(long pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* comm may hold spaces and parentheses */
+    char state;
+    long ppid;
+    if (!p || sscanf(p + 1, " %c %ld", &state, &ppid) != 2 || state == 'Z')
+        return -1;
+    return ppid;
+}
+
+/* master from queue_directory/pid/master.pid, qmgr among its children. */
+static void postfix_processes(const char *queue_dir, int *master_up, int *qmgr_up)
+{
+    char path[PATH_MAX];
+    long pid = 0;
+    *master_up = *qmgr_up = -1;
+    if (!queue_dir || !queue_dir[0])
+        return;
+    snprintf(path, sizeof(path), "%s/pid/master.pid", queue_dir);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        if (fscanf(f, "%ld", &pid) != 1)
+            pid = 0;
+        fclose(f);
+    }
+    *master_up = pid > 0 && proc_comm_is(pid, "master") && proc_ppid(pid) >= 0;
+    *qmgr_up = 0;
+    if (!*master_up)
+        return;
+    DIR *d = opendir("/proc");
+    struct dirent *de;
+    while (d && (de = readdir(d)) != NULL && !*qmgr_up) {
+        char *end;
+        long c = strtol(de->d_name, &end, 10);
+        if (*end || c <= 0)
+            continue;
+        if (proc_ppid(c) == pid && proc_comm_is(c, "qmgr"))
+            *qmgr_up = 1;
+    }
+    if (d)
+        closedir(d);
+}
+
+/* ---- the daemon: /status over http_listen, or its process ---- */
+
+/* A `postsurge ... serve` process using config_path. */
+static bool daemon_process_running(const char *config_path)
+{
+    char want[PATH_MAX];
+    if (!realpath(config_path, want))
+        snprintf(want, sizeof(want), "%s", config_path);
+    DIR *d = opendir("/proc");
+    struct dirent *de;
+    bool found = false;
+    while (d && !found && (de = readdir(d)) != NULL) {
+        char *end, path[64], buf[4096];
+        long pid = strtol(de->d_name, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid() || !proc_comm_is(pid, "postsurge"))
+            continue;
+        snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n <= 0)
+            continue;
+        buf[n] = '\0';
+        const char *cfg = POSTSURGE_DEFAULT_CONFIG;
+        bool serve = false;
+        for (char *a = buf; a < buf + n; a += strlen(a) + 1) {
+            if (strcmp(a, "-c") == 0 && a + strlen(a) + 1 < buf + n)
+                cfg = a + strlen(a) + 1;
+            else if (strncmp(a, "-c", 2) == 0 && a[2])
+                cfg = a + 2;
+            if (strcmp(a, "serve") == 0)
+                serve = true;
+        }
+        char got[PATH_MAX];
+        /* A relative -c is relative to that process's directory. */
+        char full[2 * PATH_MAX + 2];
+        if (cfg[0] != '/') {
+            char cwdlink[64], cwd[PATH_MAX];
+            snprintf(cwdlink, sizeof(cwdlink), "/proc/%ld/cwd", pid);
+            ssize_t k = readlink(cwdlink, cwd, sizeof(cwd) - 1);
+            cwd[k > 0 ? k : 0] = '\0';
+            snprintf(full, sizeof(full), "%s/%s", cwd, cfg);
+            cfg = full;
+        }
+        if (!realpath(cfg, got) && snprintf(got, sizeof(got), "%s", cfg) >= (int)sizeof(got))
+            continue;
+        found = serve && strcmp(got, want) == 0;
+    }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+/* First inet:HOST:PORT of a listen value into host/port; false if there is none. */
+static bool first_inet(const char *listen, char *host, size_t hostlen, char *port, size_t plen)
+{
+    const char *p = listen;
+    while (p && *p) {
+        p += strspn(p, " \t\n,");
+        size_t n = strcspn(p, " \t\n,");
+        if (n > 5 && strncmp(p, "inet:", 5) == 0) {
+            const char *hp = p + 5, *colon = NULL;
+            for (const char *q = hp; q < p + n; q++)
+                if (*q == ':')
+                    colon = q;
+            if (!colon)
+                return false;
+            const char *h = hp, *he = colon;
+            if (*h == '[' && he > h && he[-1] == ']')
+                h++, he--;
+            snprintf(host, hostlen, "%.*s", (int)(he - h), h);
+            snprintf(port, plen, "%.*s", (int)(p + n - colon - 1), colon + 1);
+            return true;
+        }
+        p += n;
+    }
+    return false;
+}
+
+/* GET path on host:port with an overall deadline. Returns 0 with the body (new, NUL
+ * terminated) and HTTP status, -ECONNREFUSED, -ETIMEDOUT, or another -errno. */
+static int http_get(const char *host, const char *port, const char *path, int *status, char **body)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST}, *ai;
+    int rc = getaddrinfo(host, port, &hints, &ai);
+    if (rc != 0)
+        return -EINVAL;
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (fd < 0) {
+        rc = -errno;
+        goto out;
+    }
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
+        rc = -errno;
+        goto out;
+    }
+    char req[512];
+    int reqlen = snprintf(req, sizeof(req),
+                          "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n"
+                          "User-Agent: postsurge-report\r\n\r\n",
+                          path, host);
+    size_t sent = 0;
+    for (;;) {
+        struct timespec t1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        long left = STATUS_TIMEOUT_MS -
+                    ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+        if (left <= 0) {
+            rc = -ETIMEDOUT;
+            goto out;
+        }
+        struct pollfd pfd = {fd, sent < (size_t)reqlen ? POLLOUT : POLLIN, 0};
+        int pr = poll(&pfd, 1, (int)left);
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr <= 0) {
+            rc = pr < 0 ? -errno : -ETIMEDOUT;
+            goto out;
+        }
+        if (sent < (size_t)reqlen) {
+            int soerr = 0;
+            socklen_t sl = sizeof(soerr);
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+            if (soerr) {
+                rc = -soerr;
+                goto out;
+            }
+            ssize_t w = send(fd, req + sent, (size_t)reqlen - sent, MSG_NOSIGNAL);
+            if (w < 0 && errno != EAGAIN && errno != EINTR) {
+                rc = -errno;
+                goto out;
+            }
+            if (w > 0)
+                sent += (size_t)w;
+            continue;
+        }
+        if (cap - len < 65536) {
+            if (cap >= STATUS_MAX_BYTES) {
+                rc = -E2BIG;
+                goto out;
+            }
+            char *nb = realloc(buf, cap ? cap * 2 : 131072);
+            if (!nb) {
+                rc = -ENOMEM;
+                goto out;
+            }
+            buf = nb;
+            cap = cap ? cap * 2 : 131072;
+        }
+        ssize_t n = recv(fd, buf + len, cap - len - 1, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
+        if (n < 0) {
+            rc = -errno;
+            goto out;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    if (!buf) {
+        rc = -EPROTO;
+        goto out;
+    }
+    buf[len] = '\0';
+    int maj, min;
+    char *sep = strstr(buf, "\r\n\r\n");
+    if (sscanf(buf, "HTTP/%d.%d %d", &maj, &min, status) != 3 || !sep) {
+        rc = -EPROTO;
+        goto out;
+    }
+    memmove(buf, sep + 4, len - (size_t)(sep + 4 - buf) + 1);
+    *body = buf;
+    buf = NULL;
+    rc = 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    free(buf);
+    freeaddrinfo(ai);
+    return rc;
+}
+
+/* ---- nodes from the daemon's /status ---- */
+
+/* The first member of o named in names (NULL-terminated). Borrowed. */
+static json_t *member(const json_t *o, const char *const *names)
+{
+    for (; o && *names; names++) {
+        json_t *v = json_object_get(o, *names);
+        if (v && !json_is_null(v))
+            return v;
+    }
+    return NULL;
+}
+
+static int tri_of(const json_t *v)
+{
+    if (json_is_boolean(v))
+        return json_is_true(v);
+    if (json_is_integer(v))
+        return json_integer_value(v) != 0;
+    if (json_is_string(v)) {
+        const char *s = json_string_value(v);
+        if (!strcmp(s, "stressed") || !strcmp(s, "yes") || !strcmp(s, "up") ||
+            !strcmp(s, "running") || !strcmp(s, "true"))
+            return 1;
+        if (!strcmp(s, "normal") || !strcmp(s, "no") || !strcmp(s, "down") ||
+            !strcmp(s, "stopped") || !strcmp(s, "false"))
+            return 0;
+    }
+    return -1;
+}
+
+static int64_t int_of(const json_t *v, int64_t dflt)
+{
+    if (json_is_integer(v))
+        return json_integer_value(v);
+    if (json_is_real(v))
+        return (int64_t)(json_real_value(v) + 0.5);
+    return dflt;
+}
+
+/* Event time in Unix seconds: stores write milliseconds. */
+static int64_t event_time(const json_t *e)
+{
+    static const char *const names[] = {"time", "time_ms", "ts", "at", NULL};
+    int64_t t = int_of(member(e, names), 0);
+    return t > 100000000000LL ? t / 1000 : t;
+}
+
+struct node_build {
+    struct report_node_info info;
+    struct report_service svc[64];
+    struct report_event ev[50];
+};
+
+static bool kind_has(const char *kind, const char *a, const char *b)
+{
+    return kind && strstr(kind, a) && (!b || strstr(kind, b));
+}
+
+/* Fills nb from one node object of /status (borrowed strings stay valid while st lives).
+ * events (may be NULL) is the cluster-wide list: those of this node since last count. */
+static void node_from_json(const json_t *o, const json_t *events, const char *self, int64_t since,
+                           struct node_build *nb)
+{
+    static const char *const k_name[] = {"node", "name", "node_name", NULL};
+    static const char *const k_stress[] = {"stressed", "stress", "state", NULL};
+    static const char *const k_sat[] = {"saturation", "saturation_pct", NULL};
+    static const char *const k_master[] = {"master_up", "master_running", "master", NULL};
+    static const char *const k_qmgr[] = {"qmgr_up", "qmgr_running", "qmgr", NULL};
+    static const char *const k_svc_name[] = {"name", "service", NULL};
+    static const char *const k_kind[] = {"kind", "type", "event", NULL};
+    static const char *const k_text[] = {"detail", "text", "message", NULL};
+    static const char *const k_enode[] = {"node", NULL};
+    const json_t *pf = json_object_get(o, "postfix");
+
+    memset(nb, 0, sizeof(*nb));
+    const json_t *nm = member(o, k_name);
+    nb->info.name = json_is_string(nm) ? json_string_value(nm) : self;
+    nb->info.daemon_up = 1; /* it published a status */
+    nb->info.stressed = tri_of(member(o, k_stress));
+    const json_t *sat = member(o, k_sat);
+    const json_t *ratio = json_object_get(o, "saturation_ratio");
+    nb->info.saturation = sat                     ? (int)int_of(sat, -1)
+                          : json_is_number(ratio) ? (int)(json_number_value(ratio) * 100 + 0.5)
+                                                  : -1;
+    const json_t *m = member(o, k_master), *q = member(o, k_qmgr);
+    nb->info.master_up = tri_of(m ? m : member(pf, k_master + 1));
+    nb->info.qmgr_up = tri_of(q ? q : member(pf, k_qmgr + 1));
+
+    const json_t *svcs = json_object_get(o, "services");
+    size_t i;
+    json_t *s;
+    int busiest = -1;
+    json_array_foreach(svcs, i, s)
+    {
+        if (nb->info.n_services == 64)
+            break;
+        const json_t *sn = member(s, k_svc_name);
+        struct report_service *rs = &nb->svc[nb->info.n_services];
+        rs->name = json_is_string(sn) ? json_string_value(sn) : "?";
+        rs->busy = int_of(json_object_get(s, "busy"), -1);
+        rs->limit = int_of(json_object_get(s, "limit"), -1);
+        rs->waiting = int_of(json_object_get(s, "waiting"), -1);
+        if (rs->busy >= 0 && rs->limit > 0) {
+            int pct = (int)(rs->busy * 100 / rs->limit);
+            if (pct > busiest)
+                busiest = pct;
+        }
+        nb->info.n_services++;
+    }
+    nb->info.services = nb->svc;
+    if (nb->info.saturation < 0)
+        nb->info.saturation = busiest;
+
+    const json_t *evs = json_object_get(o, "events") ? json_object_get(o, "events") : events;
+    json_array_foreach(evs, i, s)
+    {
+        int64_t t = event_time(s);
+        const json_t *en = member(s, k_enode);
+        if (t <= since || (json_is_string(en) && strcmp(json_string_value(en), nb->info.name)))
+            continue;
+        const json_t *k = member(s, k_kind), *tx = member(s, k_text);
+        const char *kind = json_is_string(k) ? json_string_value(k) : "event";
+        if (kind_has(kind, "stress", "enter"))
+            nb->info.stress_episodes++;
+        if (kind_has(kind, "override", "appl"))
+            nb->info.overrides++;
+        if (nb->info.n_events < 50)
+            nb->ev[nb->info.n_events++] =
+                (struct report_event){t, kind, json_is_string(tx) ? json_string_value(tx) : NULL};
+    }
+    nb->info.events = nb->ev;
+}
+
+/* Adds the nodes /status describes: an array "nodes" (or "cluster") of node objects, or
+ * the object itself as this node. The local view of master/qmgr wins for this node. */
+static int add_status_nodes(struct report *r, const json_t *st, const char *self, int64_t since,
+                            int master_up, int qmgr_up, bool *self_added)
+{
+    static const char *const k_nodes[] = {"nodes", "cluster", NULL};
+    const json_t *nodes = member(st, k_nodes);
+    const json_t *events = json_object_get(st, "events");
+    struct node_build *nb = malloc(sizeof(*nb));
+    int rc = 0;
+    if (!nb)
+        return -ENOMEM;
+    if (json_is_array(nodes) && json_array_size(nodes) > 0) {
+        size_t i;
+        json_t *o;
+        json_array_foreach(nodes, i, o)
+        {
+            node_from_json(o, events, self, since, nb);
+            if (strcmp(nb->info.name, self) == 0) {
+                if (*self_added)
+                    continue;
+                *self_added = true;
+                if (master_up >= 0)
+                    nb->info.master_up = master_up, nb->info.qmgr_up = qmgr_up;
+            }
+            if ((rc = report_add_node(r, &nb->info)) < 0)
+                break;
+        }
+    }
+    if (rc == 0 && !*self_added && json_is_object(st)) {
+        node_from_json(st, events, self, since, nb);
+        nb->info.name = self;
+        if (master_up >= 0)
+            nb->info.master_up = master_up, nb->info.qmgr_up = qmgr_up;
+        *self_added = true;
+        rc = report_add_node(r, &nb->info);
+    }
+    free(nb);
+    return rc;
+}
+
+/* ---- state ---- */
+
+struct report_state {
+    int64_t last_report; /* Unix seconds, 0: never */
+    struct traffic_pos pos;
+    json_t *baseline; /* owned, may be NULL */
+};
+
+static int load_state(const char *path, struct report_state *s)
+{
+    json_error_t je;
+    memset(s, 0, sizeof(*s));
+    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (!j)
+        return access(path, F_OK) == 0 ? -EINVAL : -ENOENT;
+    s->last_report = int_of(json_object_get(j, "last_report"), 0);
+    const json_t *m = json_object_get(j, "maillog");
+    if (json_is_object(m) && json_is_integer(json_object_get(m, "inode"))) {
+        s->pos.valid = true;
+        s->pos.dev = (uint64_t)int_of(json_object_get(m, "dev"), 0);
+        s->pos.ino = (uint64_t)int_of(json_object_get(m, "inode"), 0);
+        s->pos.offset = int_of(json_object_get(m, "offset"), 0);
+    }
+    s->baseline = json_incref(json_object_get(j, "baseline"));
+    json_decref(j);
+    return 0;
+}
+
+/* Writes path atomically: a temporary file in the same directory, then rename. */
+static int write_atomic(const char *path, mode_t mode, int (*writer)(FILE *f, void *arg), void *arg)
+{
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path) >= (int)sizeof(tmp))
+        return -ENAMETOOLONG;
+    int fd = mkstemp(tmp);
+    if (fd < 0)
+        return -errno;
+    FILE *f = fdopen(fd, "w");
+    if (!f) {
+        int e = -errno;
+        close(fd);
+        unlink(tmp);
+        return e;
+    }
+    int rc = fchmod(fd, mode) < 0 ? -errno : writer(f, arg);
+    if (fflush(f) != 0 && rc == 0)
+        rc = -errno;
+    if (rc == 0 && fsync(fd) < 0)
+        rc = -errno;
+    if (fclose(f) != 0 && rc == 0)
+        rc = -EIO;
+    if (rc == 0 && rename(tmp, path) < 0)
+        rc = -errno;
+    if (rc < 0)
+        unlink(tmp);
+    return rc;
+}
+
+static int write_json_doc(FILE *f, void *arg)
+{
+    return json_dumpf(arg, f, JSON_COMPACT) == 0 && fputc('\n', f) != EOF ? 0 : -EIO;
+}
+
+static int write_prom(FILE *f, void *arg)
+{
+    return report_write_prometheus(arg, f);
+}
+
+static int save_state(const char *path, const struct report_state *s, struct baseline *b,
+                      int64_t now)
+{
+    json_t *bj = NULL;
+    if (b && baseline_to_json(b, now, &bj) < 0)
+        return -ENOMEM;
+    json_t *j = json_pack("{s:i,s:I}", "version", 1, "last_report", (json_int_t)now);
+    if (j && s->pos.valid)
+        json_object_set_new(j, "maillog",
+                            json_pack("{s:I,s:I,s:I}", "dev", (json_int_t)s->pos.dev, "inode",
+                                      (json_int_t)s->pos.ino, "offset", (json_int_t)s->pos.offset));
+    if (j && bj)
+        json_object_set_new(j, "baseline", bj);
+    else
+        json_decref(bj);
+    if (!j)
+        return -ENOMEM;
+    int rc = write_atomic(path, 0600, write_json_doc, j);
+    json_decref(j);
+    return rc;
+}
+
+/* ---- the command ---- */
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: postsurge [-c FILE] report [--json] [--prometheus FILE] [--quiet] "
+                 "[--no-traffic]\n");
+}
+
+static void thresholds_from_config(const struct config *cfg, struct report_thresholds *t)
+{
+    report_thresholds_default(t);
+    t->hold_warning = (uint64_t)cfg->report_hold_warning;
+    t->hold_critical = (uint64_t)cfg->report_hold_critical;
+    t->deferred_warning = (uint64_t)cfg->report_deferred_warning;
+    t->deferred_critical = (uint64_t)cfg->report_deferred_critical;
+    t->backlog_warning = (uint64_t)cfg->report_backlog_warning;
+    t->backlog_critical = (uint64_t)cfg->report_backlog_critical;
+    t->age_warning = cfg->report_queue_age_warning / 1000;
+    t->age_critical = cfg->report_queue_age_critical / 1000;
+    t->domain_deferred_warning = (uint64_t)cfg->report_domain_deferred_warning;
+    t->failure_rate_warning = cfg->report_failure_rate_warning;
+    t->failure_rate_critical = cfg->report_failure_rate_critical;
+    t->failure_min_messages = (uint64_t)cfg->report_failure_min_messages;
+    t->client_reject_warning = (uint64_t)cfg->report_client_reject_warning;
+    t->saturation_warning = (int)cfg->report_saturation_warning;
+    t->saturation_critical = (int)cfg->report_saturation_critical;
+    t->imbalance_warning = (int)cfg->report_imbalance_warning;
+    t->top_domains = (size_t)cfg->report_top_domains;
+    t->top_clients = (size_t)cfg->report_top_clients;
+    t->top_reasons = (size_t)cfg->report_top_reasons;
+}
+
+/* `postconf -c DIR -h queue_directory`; "" when it fails (why in err). */
+static void queue_directory(const struct config *cfg, char *out, size_t size, char *err,
+                            size_t errlen)
+{
+    const char *argv[] = {"postconf",        "-c", cfg->postfix_config_directory, "-h",
+                          "queue_directory", NULL};
+    struct run r = {0};
+    out[0] = '\0';
+    int rc = run_command(argv, POSTCONF_TIMEOUT_MS, &r);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot run postconf: %s", uv_strerror(rc));
+    } else if (r.exit_status != 0 || !r.out[0]) {
+        char why[600];
+        run_describe(&r, why, sizeof(why));
+        snprintf(err, errlen, "postconf -h queue_directory failed: %s", why);
+    } else {
+        snprintf(out, size, "%s", r.out);
+    }
+}
+
+/* Streams postqueue -j into qs. Returns 0, or -1 with why in err. */
+static int read_queue(const struct config *cfg, struct queue_stats *qs, char *err, size_t errlen)
+{
+    const char *argv[] = {cfg->postqueue_command, "-c", cfg->postfix_config_directory, "-j", NULL};
+    struct run r = {.qs = qs};
+    int rc = run_command(argv, (uint64_t)cfg->command_timeout, &r);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot run %s: %s", cfg->postqueue_command, uv_strerror(rc));
+        return -1;
+    }
+    if (r.feed_rc < 0 || queue_stats_finish(qs) < 0) {
+        snprintf(err, errlen, "out of memory reading the queue");
+        return -1;
+    }
+    if (r.exit_status != 0 || r.timed_out || r.term_signal) {
+        char why[600];
+        run_describe(&r, why, sizeof(why));
+        snprintf(err, errlen, "%s -j failed: %s", cfg->postqueue_command, why);
+        return -1;
+    }
+    return 0;
+}
+
+static bool quiet_now(const struct config *cfg, const struct report *r, int64_t now,
+                      uint64_t backlog, bool have_queue)
+{
+    struct baseline_quiet q;
+    char err[128];
+    if (!cfg->report_quiet_windows[0])
+        return false;
+    if (baseline_quiet_parse(cfg->report_quiet_windows, &q, err, sizeof(err)) < 0) {
+        fprintf(stderr, "postsurge: warning: report_quiet_windows: %s\n", err);
+        return false;
+    }
+    time_t t = (time_t)now;
+    struct tm tm;
+    localtime_r(&t, &tm);
+    if (!baseline_quiet_match(&q, tm.tm_hour, tm.tm_min))
+        return false;
+    /* A backlog over the limit is news even at a noisy hour. */
+    return !(have_queue && cfg->report_quiet_backlog_limit > 0 &&
+             backlog > (uint64_t)cfg->report_quiet_backlog_limit);
+}
+
+static int parse_opts(int argc, char **argv, struct report_opts *o)
+{
+    static const struct option longopts[] = {
+        {"json", no_argument, NULL, 'j'},  {"prometheus", required_argument, NULL, 'p'},
+        {"quiet", no_argument, NULL, 'q'}, {"no-traffic", no_argument, NULL, 'n'},
+        {"help", no_argument, NULL, 'h'},  {NULL, 0, NULL, 0},
+    };
+    int opt;
+    memset(o, 0, sizeof(*o));
+    optind = 0;
+    while ((opt = getopt_long(argc, argv, "+jp:qnh", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'j':
+            o->json = true;
+            break;
+        case 'p':
+            o->prometheus = optarg;
+            break;
+        case 'q':
+            o->quiet = true;
+            break;
+        case 'n':
+            o->no_traffic = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 1;
+        default:
+            usage(stderr);
+            return -1;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+/* Holds an exclusive lock on state_directory/report.lock so two reports (cron and an
+ * operator) do not both count the same log lines. Returns the fd or -errno. */
+static int lock_state(const char *dir)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/" LOCK_FILE, dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    for (int i = 0; i < 300; i++) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+            return fd;
+        if (errno != EWOULDBLOCK) {
+            int e = -errno;
+            close(fd);
+            return e;
+        }
+        usleep(100000);
+    }
+    close(fd);
+    return -EWOULDBLOCK;
+}
+
+int cmd_report(const struct cli *cli, int argc, char **argv)
+{
+    struct report_opts o;
+    struct config *cfg = NULL;
+    struct report *r = NULL;
+    struct queue_stats *qs = NULL;
+    struct traffic *tr = NULL;
+    struct baseline *bl = NULL;
+    struct report_state st = {0};
+    char host[256], state_path[PATH_MAX], qdir[PATH_MAX], err[1024];
+    int lockfd = -1, exit_code = 3, rc;
+    json_t *status = NULL;
+
+    rc = parse_opts(argc, argv, &o);
+    if (rc != 0)
+        return rc > 0 ? 0 : 3;
+    if (cli_load_config(cli, &cfg) < 0) {
+        printf("UNKNOWN - cannot load %s\n", cli->config_path);
+        return 3;
+    }
+    int64_t now = (int64_t)time(NULL);
+    if (cfg->node_name[0])
+        snprintf(host, sizeof(host), "%s", cfg->node_name);
+    else if (gethostname(host, sizeof(host)) < 0)
+        snprintf(host, sizeof(host), "localhost");
+    host[sizeof(host) - 1] = '\0';
+
+    /* State: position, baselines, last run. Without it the report still runs (it just
+     * cannot say what is new), so problems are warnings on stderr. */
+    bool state_ok = true;
+    if (mkdir(cfg->state_directory, 0750) < 0 && errno != EEXIST)
+        state_ok = false;
+    if (state_ok) {
+        lockfd = lock_state(cfg->state_directory);
+        if (lockfd < 0) {
+            fprintf(stderr, "postsurge: warning: %s/" LOCK_FILE ": %s\n", cfg->state_directory,
+                    strerror(-lockfd));
+            state_ok = false;
+        }
+    }
+    if (!state_ok)
+        fprintf(stderr,
+                "postsurge: warning: state_directory %s unusable: the mail log is "
+                "not read and baselines are not kept\n",
+                cfg->state_directory);
+    snprintf(state_path, sizeof(state_path), "%s/" STATE_FILE, cfg->state_directory);
+    if (state_ok && (rc = load_state(state_path, &st)) == -EINVAL)
+        fprintf(stderr, "postsurge: warning: %s is damaged; starting afresh\n", state_path);
+
+    r = report_new(now, host);
+    if (!r)
+        goto oom;
+
+    /* Local Postfix: its queue directory names master.pid. */
+    char pcerr[700] = "";
+    queue_directory(cfg, qdir, sizeof(qdir), pcerr, sizeof(pcerr));
+    int master_up, qmgr_up;
+    postfix_processes(qdir, &master_up, &qmgr_up);
+
+    /* The daemon: /status on http_listen, else (endpoint off or failing) its process. */
+    char hhost[256], hport[32];
+    int daemon_up = -1;
+    if (first_inet(cfg->http_listen, hhost, sizeof(hhost), hport, sizeof(hport))) {
+        char *body = NULL;
+        int code = 0;
+        rc = http_get(hhost, hport, "/status", &code, &body);
+        if (rc == 0) {
+            daemon_up = 1;
+            if (code == 200)
+                status = json_loads(body, 0, NULL);
+            free(body);
+        }
+    }
+    if (daemon_up != 1)
+        daemon_up = daemon_process_running(cli->config_path);
+    bool self_added = false;
+    if (status &&
+        add_status_nodes(r, status, host, st.last_report, master_up, qmgr_up, &self_added) < 0)
+        goto oom;
+    if (!self_added) {
+        struct report_node_info ni = {.name = host,
+                                      .daemon_up = daemon_up,
+                                      .master_up = master_up,
+                                      .qmgr_up = qmgr_up,
+                                      .stressed = -1,
+                                      .saturation = -1};
+        if (report_add_node(r, &ni) < 0)
+            goto oom;
+    }
+    if (pcerr[0] &&
+        report_add_finding(r, REPORT_UNKNOWN, "postfix_unavailable", host, pcerr,
+                           "check postfix_config_directory and that postconf is in PATH") < 0)
+        goto oom;
+
+    /* Queue. */
+    struct queue_limits ql = {.now = now};
+    qs = queue_stats_new(&ql);
+    if (!qs)
+        goto oom;
+    bool have_queue = read_queue(cfg, qs, err, sizeof(err)) == 0;
+    if (have_queue) {
+        if (report_set_queue(r, qs, (size_t)cfg->report_top_domains,
+                             (size_t)cfg->report_top_reasons) < 0)
+            goto oom;
+    } else if (report_add_finding(r, REPORT_UNKNOWN, "queue_unavailable", host, err,
+                                  "run postqueue -j by hand as this user; a non-root user "
+                                  "needs the config directory in alternate_config_directories") <
+               0) {
+        goto oom;
+    }
+
+    /* Traffic since the last report. */
+    if (!o.no_traffic && state_ok && cfg->maillog_file[0]) {
+        tr = traffic_new();
+        if (!tr)
+            goto oom;
+        rc = traffic_read_log(tr, cfg->maillog_file, &st.pos);
+        if (rc == -ENOMEM)
+            goto oom;
+        if (rc < 0) {
+            snprintf(err, sizeof(err), "cannot read %s: %s", cfg->maillog_file, strerror(-rc));
+            if (report_add_finding(r, REPORT_UNKNOWN, "maillog_unavailable", cfg->maillog_file, err,
+                                   "set maillog_file to Postfix's log (postconf "
+                                   "maillog_file, or syslog's mail.log), or empty it") < 0)
+                goto oom;
+        }
+        if (traffic_to_report(tr, r, REPORT_CLIENTS) < 0)
+            goto oom;
+    }
+
+    /* Baselines. */
+    struct baseline_params bp;
+    baseline_params_default(&bp);
+    bp.window = cfg->report_baseline_window / 1000;
+    bp.sigma = cfg->report_anomaly_sigma;
+    bp.min_samples = (uint32_t)cfg->report_anomaly_min_samples;
+    if (st.baseline && baseline_from_json(st.baseline, &bp, &bl) < 0) {
+        fprintf(stderr, "postsurge: warning: %s: bad baseline state; starting afresh\n",
+                state_path);
+        bl = NULL;
+    }
+    if (!bl && !(bl = baseline_new(&bp)))
+        goto oom;
+    uint64_t backlog = 0;
+    if (have_queue)
+        backlog = queue_stats_totals(qs, QUEUE_INCOMING)->messages +
+                  queue_stats_totals(qs, QUEUE_ACTIVE)->messages;
+    if (report_apply_baseline(r, bl, quiet_now(cfg, r, now, backlog, have_queue)) < 0)
+        goto oom;
+
+    struct report_thresholds th;
+    thresholds_from_config(cfg, &th);
+    if (report_evaluate(r, &th) < 0)
+        goto oom;
+    exit_code = report_exit_code(report_status(r));
+
+    if (o.prometheus) {
+        rc = write_atomic(o.prometheus, 0644, write_prom, r);
+        if (rc < 0) {
+            fprintf(stderr, "postsurge: %s: %s\n", o.prometheus, strerror(-rc));
+            exit_code = 3;
+        }
+    }
+    if (o.json)
+        rc = report_write_json(r, stdout);
+    else if (!(o.quiet && report_status(r) == REPORT_OK))
+        rc = report_write_text(r, stdout);
+    else
+        rc = 0;
+    if (rc < 0 || fflush(stdout) != 0)
+        exit_code = 3;
+
+    if (state_ok) {
+        rc = save_state(state_path, &st, bl, now);
+        if (rc < 0)
+            fprintf(stderr, "postsurge: warning: cannot save %s: %s\n", state_path, strerror(-rc));
+    }
+    goto out;
+oom:
+    printf("UNKNOWN - out of memory\n");
+    exit_code = 3;
+out:
+    json_decref(status);
+    json_decref(st.baseline);
+    baseline_free(bl);
+    traffic_free(tr);
+    queue_stats_free(qs);
+    report_free(r);
+    config_free(cfg);
+    if (lockfd >= 0)
+        close(lockfd);
+    return exit_code;
+}
