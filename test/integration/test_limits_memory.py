@@ -1,0 +1,164 @@
+"""Rate limits in the real daemon with the memory store (issue 3): exact counts over the
+policy protocol, dedup of repeated requests, dryrun (one log line per would-be refusal),
+exemptions, SIGHUP keeping the counters of unchanged rules, a bad reload refused as a
+whole, check-config reporting rule errors as FILE:LINE, store_failure_action answers.
+Env: POSTSURGE (the binary), PYTHONPATH=test/pylib."""
+import re
+import unittest
+
+from ports import free_port
+from postsurge import Postsurge, request
+
+DEFER = "450 4.7.1 Rate limit exceeded, try again later"
+
+
+def rules(*lines, **extra):
+    """Config lines: `limits` with one rule per line, plus other settings."""
+    text = "monitor = no\nhttp_listen =\nlimits =\n" + "".join("    %s\n" % l for l in lines)
+    for k, v in extra.items():
+        text += "%s = %s\n" % (k, v)
+    return text
+
+
+def ask_many(client, n, tag, **attrs):
+    """n RCPT requests with distinct recipients in one transaction; the replies."""
+    return [client.ask(request(recipient="r%d-%s@example.com" % (i, tag), **attrs))
+            for i in range(n)]
+
+
+class LimitsMemory(unittest.TestCase):
+    def start(self, text, **kw):
+        ps = Postsurge(extra=text, **kw)
+        self.addCleanup(ps.cleanup)
+        return ps
+
+    def test_limits_memory_exact_count(self):
+        ps = self.start(rules("per_ip client_address recipients 100/1m"))
+        with ps.client() as a, ps.client() as b:
+            # Two policy connections (two smtpd processes), the same client address.
+            out = []
+            for i in range(60):
+                out.append(a.ask(request(recipient="a%d@example.com" % i, client_port="1001")))
+                out.append(b.ask(request(recipient="b%d@example.com" % i, client_port="1002")))
+        self.assertEqual(out.count("DUNNO"), 100)
+        self.assertEqual(out.count(DEFER + " (per_ip)"), 20)
+        # Exactly the excess, and each refusal has its own info line naming rule and key.
+        lines = [l for l in ps.log().splitlines() if "rule=per_ip " in l]
+        self.assertEqual(len(lines), 20, ps.log())
+        self.assertIn("key=per_ip:", lines[0])
+        self.assertIn("count=100/100 per 1m", lines[0])
+
+    def test_limits_memory_repeats_not_counted(self):
+        ps = self.start(rules("per_ip client_address recipients 3/1m"))
+        with ps.client() as c:
+            out = []
+            for i in range(5):
+                # The same RCPT asked from two restriction lists counts once.
+                req = request(recipient="x%d@example.com" % i)
+                out += [c.ask(req), c.ask(req)]
+            # DATA of the same transaction: the recipient count is not added again.
+            data = c.ask(request(protocol_state="DATA", recipient="", recipient_count="5"))
+        self.assertEqual(out, ["DUNNO"] * 6 + [DEFER + " (per_ip)"] * 4)
+        self.assertEqual(data, "DUNNO")
+
+    def test_limits_memory_dryrun(self):
+        ps = self.start(rules("per_ip client_address recipients 5/1m dryrun",
+                              "per_snd sender recipients 6/1m"))
+        with ps.client() as c:
+            out = ask_many(c, 8, "dry")
+        # The dryrun rule answers DUNNO; the enforced rule still refuses its excess.
+        self.assertEqual(out, ["DUNNO"] * 6 + [DEFER + " (per_snd)"] * 2)
+        dry = [l for l in ps.log().splitlines() if "dryrun rule=per_ip" in l]
+        self.assertEqual(len(dry), 1, ps.log())  # the 6th; the 7th/8th are per_snd's
+        self.assertIn('would answer "%s (per_ip)"' % DEFER, dry[0])
+
+        ps2 = self.start(rules("per_ip client_address recipients 5/1m", limit_dry_run="yes"))
+        with ps2.client() as c:
+            self.assertEqual(ask_many(c, 9, "dry2"), ["DUNNO"] * 9)
+        self.assertEqual(ps2.log().count("dryrun rule=per_ip"), 4)
+
+    def test_limits_memory_exemptions(self):
+        ps = self.start(rules("per_ip client_address recipients 2/1m",
+                              limit_exempt_networks="198.51.100.0/24, 2001:db8::/32",
+                              limit_exempt_sasl_users="robot"))
+        with ps.client() as c:
+            self.assertEqual(ask_many(c, 5, "n", client_address="198.51.100.7"), ["DUNNO"] * 5)
+            self.assertEqual(ask_many(c, 5, "v6", client_address="2001:db8::1"), ["DUNNO"] * 5)
+            self.assertEqual(ask_many(c, 5, "u", sasl_username="Robot"), ["DUNNO"] * 5)
+            # Exempt requests were not counted: the rule still admits 2 from the address.
+            out = ask_many(c, 3, "u2", client_address="192.0.2.1", client_port="2")
+        self.assertEqual(out, ["DUNNO", "DUNNO", DEFER + " (per_ip)"])
+
+    def test_limits_memory_custom_action_and_stress(self):
+        ps = self.start(rules("per_ip client_address recipients 10/1m stress 2/1m "
+                              "action 421 4.7.0 go away"))
+        with ps.client() as c:
+            out = ask_many(c, 3, "s", stress="yes")
+            # Not stressed: the normal limit of the same counter (3 counted so far).
+            out += ask_many(c, 8, "n", client_port="777")
+        self.assertEqual(out, ["DUNNO", "DUNNO", "421 4.7.0 go away"] +
+                         ["DUNNO"] * 8)
+
+    def test_limits_memory_reload_keeps_unchanged_counters(self):
+        ps = self.start(rules("keep client_address recipients 10/1m",
+                              "change sender recipients 10/1m"))
+        with ps.client() as c:
+            self.assertEqual(ask_many(c, 6, "one"), ["DUNNO"] * 6)
+            # keep: only its limit changes (same key, measure, window: same counter).
+            # change: its window changes, so its counter starts afresh.
+            ps.write_config(rules("new recipient_domain recipients 1000/1m",
+                                  "keep client_address recipients 8/1m",
+                                  "change sender recipients 7/2m"))
+            mark = ps.reload()
+            self.assertTrue(ps.wait_log("reload: 3 rate-limit rules", since=mark), ps.log())
+            out = ask_many(c, 4, "two", client_port="4000")
+        # keep has 6 counted: 2 more admitted, then refused; change has 0: admits all 4.
+        self.assertEqual(out, ["DUNNO", "DUNNO", DEFER + " (keep)", DEFER + " (keep)"])
+
+    def test_limits_memory_bad_reload_refused(self):
+        ps = self.start(rules("per_ip client_address recipients 3/1m"))
+        with ps.client() as c:
+            self.assertEqual(ask_many(c, 2, "a"), ["DUNNO"] * 2)
+            ps.write_config(rules("per_ip client_address recipients 3/1m",
+                                  "broken client_address parsecs 3/1m"))
+            mark = ps.reload()
+            self.assertTrue(ps.wait_log("keeping the current configuration", since=mark),
+                            ps.log())
+            self.assertRegex(ps.log()[mark:], r"postsurge\.cf:\d+: .*parsecs")
+            self.assertEqual(ask_many(c, 2, "b", client_port="9"),
+                             ["DUNNO", DEFER + " (per_ip)"])
+
+    def test_limits_memory_check_config_reports_rules(self):
+        ps = Postsurge(extra=rules("ok client_address recipients 3/1m",
+                                   "ok client_address recipients 3/1m",
+                                   "bad nothing recipients 3/1m"), start=False)
+        self.addCleanup(ps.cleanup)
+        r = ps.cli("check-config")
+        self.assertEqual(r.returncode, 1, r)
+        # Lines 1-6: the harness's settings, `monitor`, `http_listen`; 7: `limits =`.
+        self.assertRegex(r.stderr, r"postsurge\.cf:9: .*duplicate rule name \"ok\"")
+        self.assertRegex(r.stderr, r"postsurge\.cf:10: .*\"nothing\"")
+        ps.write_config(rules("ok client_address recipients 3/1m"))
+        r = ps.cli("check-config")
+        self.assertEqual((r.returncode, r.stdout.strip()), (0, "ok"), r)
+
+    def test_limits_memory_store_failure_actions(self):
+        # Nothing listens on this port: every take fails at once (connection refused).
+        url = "redis://127.0.0.1:%d" % free_port()
+        for fa, want in (("dunno", "DUNNO"),
+                         ("defer_if_permit",
+                          "DEFER_IF_PERMIT 4.3.0 Rate limit service temporarily unavailable"),
+                         ("local", None)):
+            ps = self.start(rules("per_ip client_address recipients 2/1m", store=url,
+                                  store_failure_action=fa, redis_timeout="200ms"))
+            with ps.client() as c:
+                out = ask_many(c, 3, fa)
+            if want:
+                self.assertEqual(out, [want] * 3, fa)
+            else:  # local counters enforce the limit on this node
+                self.assertEqual(out, ["DUNNO", "DUNNO", DEFER + " (per_ip)"])
+            self.assertRegex(ps.log(), re.compile(r"redis 127\.0\.0\.1:\d+: "))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
