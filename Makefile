@@ -6,7 +6,7 @@ CONF     ?= postfix-snippets/postsurge.cf
 BENCH_ARGS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps test-deps setup run test unit asan valgrind fuzz bench soak format format-check install clean
+.PHONY: all deps test-deps setup run test unit asan valgrind fuzz bench soak format format-check install man clean
 
 all: setup
 	ninja -C $(BUILD)
@@ -59,8 +59,35 @@ format:
 format-check:
 	clang-format --dry-run --Werror lib/*.[ch] policyd/*.[ch] test/unit/*.c test/fuzz/*.c test/bench/*.c
 
-install: all
-	meson install -C $(BUILD) $(if $(DESTDIR),--destdir $(DESTDIR))
+# `make install [PREFIX=/usr] [DESTDIR=/tmp/stage]`: files go to $(DESTDIR)$(PREFIX)/...
+# meson fixes the prefix at setup, so an existing build directory is reconfigured when
+# PREFIX differs. Without DESTDIR, as root, it also creates the `postsurge` user, its
+# state directory and /etc/postsurge/postsurge.cf (from the example) when missing.
+install: setup
+	@cur=$$(meson introspect --buildoptions $(BUILD) | python3 -c \
+	    'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"] == "prefix"][0])'); \
+	if [ "$$cur" != "$(PREFIX)" ]; then \
+	    echo "postsurge: prefix $$cur -> $(PREFIX)"; meson configure $(BUILD) -Dprefix=$(PREFIX); fi
+	ninja -C $(BUILD)
+	meson install -C $(BUILD) --no-rebuild $(if $(DESTDIR),--destdir $(abspath $(DESTDIR)))
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
+	    getent passwd postsurge >/dev/null || useradd --system --user-group --no-create-home \
+	        --home-dir /var/lib/postsurge --shell /usr/sbin/nologin \
+	        --comment "postsurge policy service" postsurge; \
+	    install -d -m 0750 -o postsurge -g postsurge /var/lib/postsurge; \
+	    install -d -m 0755 /etc/postsurge; \
+	    test -e /etc/postsurge/postsurge.cf || \
+	        install -m 0640 -g postsurge postfix-snippets/postsurge.cf /etc/postsurge/postsurge.cf; \
+	fi
+
+# Rewrites the generated SETTINGS list of postsurge.cf(5) from lib/config.c's table.
+man: all
+	$(BUILD)/policyd/postsurge config --reference=man > $(BUILD)/settings.man
+	awk -v gen=$(BUILD)/settings.man \
+	    '/^\.\\" end generated/ { skip = 0 } !skip { print } \
+	     /^\.\\" begin generated/ { while ((getline l < gen) > 0) print l; skip = 1 }' \
+	    policyd/postsurge.cf.5 > $(BUILD)/postsurge.cf.5.new
+	mv $(BUILD)/postsurge.cf.5.new policyd/postsurge.cf.5
 
 clean:
 	rm -rf $(BUILD) build-asan build-fuzz

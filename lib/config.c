@@ -1516,6 +1516,93 @@ int config_write_reference(FILE *out)
     return ferror(out) ? -EIO : 0;
 }
 
+/* Writes s as troff text: `code` spans in bold, backslashes and leading dots escaped,
+ * '-' as a minus inside code (options, ranges) so it renders and searches as typed. */
+static void man_text(FILE *out, const char *s, bool *code)
+{
+    bool bol = true;
+    for (; *s; s++) {
+        if (bol && (*s == '.' || *s == '\''))
+            fputs("\\&", out);
+        bol = false;
+        if (*s == '`') {
+            *code = !*code;
+            fputs(*code ? "\\fB" : "\\fR", out);
+        } else if (*s == '\\') {
+            fputs("\\e", out);
+        } else if (*s == '-' && *code) {
+            fputs("\\-", out);
+        } else if (*s == '\n') {
+            fputc(' ', out);
+        } else {
+            fputc(*s, out);
+        }
+    }
+}
+
+int config_write_man(FILE *out)
+{
+    const char *group = NULL;
+    struct config *def = config_new_defaults();
+    if (!def)
+        return -ENOMEM;
+    for (size_t i = 0; i < CF_COUNT; i++) {
+        const struct cf_entry *e = &cf_table[i];
+        char range[160], tmp[64], a[32], b[32];
+        const char *v = cf_format(def, e, tmp, sizeof(tmp));
+        bool code = false;
+        if (!group || strcmp(group, e->group) != 0) {
+            group = e->group;
+            fprintf(out, ".SS %s\n", group);
+        }
+        fputs(".TP\n\\fB", out);
+        man_text(out, e->name, &code);
+        fputs("\\fR (default: ", out);
+        if (*v) {
+            code = true;
+            fputs("\\fB", out);
+            man_text(out, v, &code);
+            code = false;
+            fputs("\\fR)\n", out);
+        } else {
+            fputs("empty)\n", out);
+        }
+        man_text(out, e->doc, &code);
+        if (code)
+            fputs("\\fR", out);
+        code = false;
+        if (e->type != CF_STRING) {
+            fputs(" Allowed: ", out);
+            if (e->type == CF_TIME) {
+                fmt_time(e->min, a, sizeof(a));
+                fmt_time(e->max, b, sizeof(b));
+                fprintf(out, "%s to %s.", a, b);
+            } else if (e->type == CF_SIZE) {
+                fmt_size(e->min, a, sizeof(a));
+                fmt_size(e->max, b, sizeof(b));
+                fprintf(out, "%s to %s.", a, b);
+            } else if (e->type == CF_ENUM) {
+                /* Enum words are plain identifiers: only the separator needs rewriting. */
+                fputs("\\fB", out);
+                for (const char *w = e->words; *w; w++) {
+                    if (*w == '|')
+                        fputs("\\fR, \\fB", out);
+                    else
+                        fputc(*w, out);
+                }
+                fputs("\\fR.", out);
+            } else {
+                fmt_range(e, range, sizeof(range));
+                man_text(out, range, &code);
+                fputc('.', out);
+            }
+        }
+        fputc('\n', out);
+    }
+    config_free(def);
+    return ferror(out) ? -EIO : 0;
+}
+
 /* ---- store URLs ---- */
 
 static int hexval(char c)

@@ -194,6 +194,10 @@ int config_parse_store_url(const char *s, struct config_store_url *out);
 /* Writes the settings reference as a Markdown table (name, default, meaning), generated
  * from the table in config.c; README.md's "config" section is this output. */
 int config_write_reference(FILE *out);
+/* Writes the same reference as man(7) text (.SS per group, .TP per setting); the
+ * SETTINGS section of postsurge.cf(5) is this output (`postsurge config --reference=man`).
+ * Returns 0 or -errno. */
+int config_write_man(FILE *out);
 
 /* Testing hook, jansson style: route config.c's allocations through these functions
  * (NULL restores malloc/realloc/free). Not thread-safe; call before any config use. */

@@ -5,6 +5,7 @@
 #include "cmd.h"
 #include "engine.h"
 #include "log.h"
+#include "sdnotify.h"
 #include "server.h"
 
 #include <errno.h>
@@ -141,14 +142,27 @@ int cmd_config(const struct cli *cli, int argc, char **argv)
     bool non_default = false;
     int opt, status = 0;
 
+    /* --reference=man|markdown: the settings table for postsurge.cf(5) and the README. */
+    static const struct option longopts[] = {{"reference", required_argument, NULL, 'R'},
+                                             {NULL, 0, NULL, 0}};
+    const char *reference = NULL;
+
     optind = 0; /* glibc: restart option parsing for the subcommand's argv */
-    while ((opt = getopt(argc, argv, "+n")) != -1) {
+    while ((opt = getopt_long(argc, argv, "+n", longopts, NULL)) != -1) {
         if (opt == 'n') {
             non_default = true;
+        } else if (opt == 'R' && (!strcmp(optarg, "man") || !strcmp(optarg, "markdown"))) {
+            reference = optarg;
         } else {
-            fprintf(stderr, "usage: postsurge [-c FILE] config [-n] [NAME...]\n");
+            fprintf(stderr, "usage: postsurge [-c FILE] config [-n] [NAME...]\n"
+                            "       postsurge config --reference=man|markdown\n");
             return 2;
         }
+    }
+    if (reference) {
+        int rc =
+            !strcmp(reference, "man") ? config_write_man(stdout) : config_write_reference(stdout);
+        return rc < 0 || fflush(stdout) != 0 ? 1 : 0;
     }
     if (cli_load_config(cli, &cfg) < 0)
         return 1;
@@ -203,6 +217,7 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
         config_free(cfg);
         return 1;
     }
+    sdnotify_init(); /* before any thread: it edits the environment */
     rc = uv_loop_init(&loop);
     if (rc < 0)
         die("uv_loop_init: %s", uv_strerror(rc));
@@ -221,6 +236,9 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
         server_stop(srv);
     else
         log_info("postsurge %s started (pid %ld)", POSTSURGE_VERSION, (long)getpid());
+    /* READY=1 for systemd: keep this last before uv_run, once every listener is up. */
+    if (start_rc >= 0)
+        sdnotify_serve(srv);
     uv_run(&loop, UV_RUN_DEFAULT);
     engine_free(engine);
     server_free(srv);

@@ -6,6 +6,7 @@
 #include "server.h"
 
 #include "conn.h"
+#include "sdnotify.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -621,6 +622,7 @@ static void reload_done(struct server *srv)
     srv->reload_buf = NULL;
     srv->reload_len = srv->reload_cap = 0;
     srv->reload_busy = false;
+    sdnotify_reload_done(srv);
     if (srv->reload_again && !srv->draining) {
         srv->reload_again = false;
         server_reload(srv);
@@ -796,11 +798,13 @@ void server_reload(struct server *srv)
     }
     log_info("reload: reading %s", srv->config_path);
     srv->reload_busy = true;
+    sdnotify_reloading(srv);
     int rc = uv_fs_open(srv->loop, &srv->reload_req, srv->config_path, O_RDONLY | O_CLOEXEC, 0,
                         reload_on_open);
     if (rc < 0) {
         log_error("reload: cannot open %s: %s", srv->config_path, uv_strerror(rc));
         srv->reload_busy = false;
+        sdnotify_reload_done(srv);
     }
 }
 
@@ -867,6 +871,7 @@ void server_stop(struct server *srv)
         return;
     }
     srv->draining = true;
+    sdnotify_stopping(srv);
     listeners_close(srv);
     uv_timer_start(&srv->drain_timer, on_drain_timeout, SERVER_DRAIN_GRACE_MS, 0);
     /* conn_drain() may close and unlink the conn: take the next one first. */
