@@ -1,0 +1,308 @@
+"""End to end (issue 5): `postsurge report` against a real Postfix 3.7 instance with
+delivered mail (smtp-sink), deferred mail (a domain routed to a closed port) and held mail
+(postsuper -h). The report's queue counts must equal what `postqueue -j` shows, held mail
+must raise the exit status to the configured level, --json must validate against
+test/data/report/schema.json, --prometheus must write a file (atomically, mode 0644) that
+`promtool check metrics` accepts, traffic must count only log lines new since the last run
+(also across a rotation), a stopped daemon must be reported, and --quiet must print nothing
+when all is well. Also prints (does not assert) the time of a report on a generated
+100,000-message queue. Needs root, postfix, swaks, promtool.
+Env: POSTSURGE (the binary), PYTHONPATH=test/pylib, TEST_DATA or SOURCE_ROOT.
+"""
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+from ports import free_port, wait_for
+from postfix_instance import PostfixInstance
+from postsurge import Postsurge
+
+POSTSURGE = os.environ.get("POSTSURGE", "postsurge")
+SOURCE_ROOT = os.environ.get("SOURCE_ROOT",
+                             os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+REPORT_DATA = os.path.join(os.environ.get("TEST_DATA", os.path.join(SOURCE_ROOT, "test", "data")),
+                           "report")
+sys.path.insert(0, REPORT_DATA)
+from check_outputs import validate  # noqa: E402  (the report tests' stdlib validator)
+
+QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
+
+
+def postqueue_counts(records):
+    """{queue: (messages, recipients)} from parsed postqueue -j records."""
+    out = {q: [0, 0] for q in QUEUES}
+    for m in records:
+        out[m["queue_name"]][0] += 1
+        out[m["queue_name"]][1] += len(m["recipients"])
+    return {q: tuple(v) for q, v in out.items()}
+
+
+class ReportE2E(unittest.TestCase):
+    pf = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pf = PostfixInstance()
+        cls.pf.start()
+        try:
+            cls._fill_queue()
+        except BaseException:
+            cls.pf.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.pf:
+            cls.pf.stop()
+
+    @classmethod
+    def _fill_queue(cls):
+        pf = cls.pf
+        for i in range(2):
+            r = pf.send_swaks(to="ok%d@%s" % (i, pf.sink_domain))
+            assert r.returncode == 0, r.stdout
+        r = pf.send_swaks(to=["d1@" + pf.defer_domain, "d2@" + pf.defer_domain])
+        assert r.returncode == 0, r.stdout
+        for i in range(2):
+            r = pf.send_swaks(to="h%d@%s" % (i, pf.defer_domain))
+            assert r.returncode == 0, r.stdout
+        assert len(pf.wait_maillog(r"status=sent", 60, count=2)) >= 2, pf.maillog()
+        assert len(pf.wait_maillog(r"status=deferred", 60, count=4)) >= 4, pf.maillog()
+        assert wait_for(lambda: sum(m["queue_name"] == "deferred" for m in pf.queue_json()) == 3,
+                        60, 0.2), pf.queue_json()
+        # Hold the message to h0@: postsuper -h QUEUE_ID.
+        qid = next(m["queue_id"] for m in pf.queue_json()
+                   if m["recipients"][0]["address"].startswith("h0@"))
+        pf.postsuper("-h", qid)
+        assert wait_for(lambda: any(m["queue_name"] == "hold" for m in pf.queue_json()), 30, 0.2)
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="postsurge-report-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def config(self, name="postsurge.cf", **extra):
+        """Writes a config for the test instance (daemon down: http_listen on a port nobody
+        listens on) and returns its path. Its state_directory is fresh per config name."""
+        settings = {
+            "postfix_config_directory": self.pf.dir,
+            "maillog_file": self.pf.maillog_path,
+            "state_directory": os.path.join(self.tmp, name + ".state"),
+            "http_listen": "inet:127.0.0.1:%d" % free_port(),
+            "log_destination": "stderr",
+            "node_name": "mx-test",
+        }
+        settings.update({k: str(v) for k, v in extra.items()})
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            f.write("".join("%s = %s\n" % kv for kv in settings.items()))
+        return path
+
+    def report(self, cfg, *args, timeout=120):
+        return subprocess.run([POSTSURGE, "-c", cfg, "report", *args], capture_output=True,
+                              text=True, timeout=timeout)
+
+    def report_json(self, cfg, *args):
+        r = self.report(cfg, "--json", *args)
+        self.assertIn(r.returncode, (0, 1, 2, 3), r.stderr)
+        doc = json.loads(r.stdout)
+        self.assertEqual(doc["exit_code"], r.returncode)
+        return doc, r
+
+    @staticmethod
+    def finding(doc, code):
+        return next((f for f in doc["findings"] if f["code"] == code), None)
+
+    # --- tests -----------------------------------------------------------------------
+
+    def test_queue_counts_equal_postqueue(self):
+        doc, _ = self.report_json(self.config())
+        want = postqueue_counts(self.pf.queue_json())
+        got = {q: (doc["queues"][q]["messages"], doc["queues"][q]["recipients"]) for q in QUEUES}
+        self.assertEqual(got, want)
+        self.assertEqual(want["hold"], (1, 1))
+        self.assertEqual(want["deferred"], (2, 3))
+        dom = next(d for d in doc["domains"] if d["domain"] == self.pf.defer_domain)
+        self.assertEqual(dom["recipients"], 4)
+        self.assertGreaterEqual(doc["deferral_reasons"]["by_class"]["connection_refused"], 3)
+        self.assertEqual(doc["queue_parse"]["malformed"], 0)
+
+    def test_hold_sets_configured_level(self):
+        doc, r = self.report_json(self.config(report_hold_critical=1))
+        self.assertEqual(r.returncode, 2)
+        self.assertEqual(doc["status"], "CRITICAL")
+        self.assertEqual(self.finding(doc, "hold")["severity"], "CRITICAL")
+
+        doc, r = self.report_json(self.config("warn.cf"))  # default: report_hold_warning = 1
+        self.assertEqual(self.finding(doc, "hold")["severity"], "WARNING")
+        self.assertEqual(r.returncode, 1)
+
+        doc, r = self.report_json(self.config("off.cf", report_hold_warning=0))
+        self.assertIsNone(self.finding(doc, "hold"))
+
+    def test_json_validates_against_schema(self):
+        with open(os.path.join(REPORT_DATA, "schema.json")) as f:
+            schema = json.load(f)
+        doc, _ = self.report_json(self.config())
+        self.assertEqual(validate(doc, schema, schema), [])
+        try:
+            import jsonschema  # optional: the full draft-07 implementation
+        except ImportError:
+            return
+        errs = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+        self.assertEqual(errs, [])
+
+    def test_prometheus_file_passes_promtool(self):
+        promtool = shutil.which("promtool")
+        if not promtool:
+            self.skipTest("promtool not installed (package prometheus)")
+        outdir = os.path.join(self.tmp, "textfile")
+        os.mkdir(outdir)
+        prom = os.path.join(outdir, "postsurge.prom")
+        r = self.report(self.config(), "--prometheus", prom, "--quiet")
+        self.assertIn(r.returncode, (1, 2), r.stdout + r.stderr)
+        self.assertEqual(os.listdir(outdir), ["postsurge.prom"])  # no temporary left over
+        self.assertEqual(stat.S_IMODE(os.stat(prom).st_mode), 0o644)
+        with open(prom, "rb") as f:
+            text = f.read()
+            f.seek(0)
+            c = subprocess.run([promtool, "check", "metrics"], stdin=f, capture_output=True,
+                               timeout=60)
+        self.assertEqual(c.returncode, 0, (c.stdout + c.stderr).decode())
+        self.assertIn(b'postsurge_report_queue_messages{queue="hold"} 1', text)
+
+    def test_traffic_counts_only_new_lines(self):
+        pf = self.pf
+        cfg = self.config()
+        log = pf.maillog()
+        sent = sum("status=sent" in l and pf.sink_domain in l for l in log.splitlines())
+        deferred = sum("status=deferred" in l for l in log.splitlines())
+        doc, _ = self.report_json(cfg)
+        t = {d["domain"]: d for d in doc["traffic"]["domains"]}
+        self.assertEqual(t[pf.sink_domain]["delivered"], sent)
+        self.assertEqual(t[pf.defer_domain]["deferred"], deferred)
+        self.assertGreaterEqual(doc["traffic"]["totals"]["connections"], 5)
+
+        n0 = len(pf.wait_maillog(r"status=sent", 1))
+        self.assertEqual(pf.send_swaks(to="again@" + pf.sink_domain).returncode, 0)
+        self.assertGreater(len(pf.wait_maillog(r"status=sent", 60, count=n0 + 1)), n0)
+        doc, _ = self.report_json(cfg)
+        self.assertEqual(doc["traffic"]["totals"]["delivered"], 1)
+        self.assertEqual(doc["traffic"]["totals"]["deferred"], 0)
+        self.assertEqual(doc["traffic"]["totals"]["connections"], 1)
+
+        doc, _ = self.report_json(cfg, "--no-traffic")
+        self.assertEqual(doc["traffic"]["totals"]["delivered"], 0)
+
+    def test_traffic_follows_rotation(self):
+        log = os.path.join(self.tmp, "mail.log")
+        line = ("Nov 23 03:33:29 mx postfix/smtp[11214]: 851735104A%d: to=<u%d@rot.test>, "
+                "relay=x[192.0.2.1]:25, delay=0.1, delays=0/0/0/0.1, dsn=2.0.0, "
+                "status=sent (250 ok)\n")
+        with open(log, "w") as f:
+            f.write(line % (1, 1) + line % (2, 2))
+        cfg = self.config(maillog_file=log)
+        doc, _ = self.report_json(cfg)
+        self.assertEqual(doc["traffic"]["totals"]["delivered"], 2)
+        # One more line and a partial one: the partial line waits for its newline.
+        l4 = line % (4, 4)
+        with open(log, "a") as f:
+            f.write(line % (3, 3) + l4[:30])
+        doc, _ = self.report_json(cfg)
+        self.assertEqual(doc["traffic"]["totals"]["delivered"], 1)
+        # The line is completed, then the file rotated: the rest of the old file (found as
+        # NAME.1 by its inode) and all of the new one count.
+        with open(log, "a") as f:
+            f.write(l4[30:])
+        os.rename(log, log + ".1")
+        with open(log, "w") as f:
+            f.write(line % (5, 5) + line % (6, 6) + line % (7, 7))
+        doc, _ = self.report_json(cfg)
+        self.assertEqual(doc["traffic"]["totals"]["delivered"], 4)
+        # Truncation in place (copytruncate): read from the start again.
+        with open(log, "w") as f:
+            f.write(line % (8, 8))
+        doc, _ = self.report_json(cfg)
+        self.assertEqual(doc["traffic"]["totals"]["delivered"], 1)
+        doc, _ = self.report_json(cfg)
+        self.assertEqual(doc["traffic"]["totals"]["delivered"], 0)
+
+    def test_daemon_down_then_up(self):
+        doc, _ = self.report_json(self.config())
+        self.assertEqual(doc["nodes"][0]["name"], "mx-test")
+        self.assertIs(doc["nodes"][0]["daemon_up"], False)
+        self.assertIs(doc["nodes"][0]["master_up"], True)
+        self.assertIs(doc["nodes"][0]["qmgr_up"], True)
+        self.assertEqual(self.finding(doc, "daemon_down")["subject"], "mx-test")
+
+        # A running daemon with this config: no daemon_down. An empty fake queue and an
+        # empty log make everything else OK, so --quiet must print nothing.
+        empty = os.path.join(self.tmp, "empty-postqueue")
+        with open(empty, "w") as f:
+            f.write("#!/bin/sh\nexit 0\n")
+        os.chmod(empty, 0o755)
+        emptylog = os.path.join(self.tmp, "empty.log")
+        open(emptylog, "w").close()
+        ps = Postsurge(extra={
+            "store": "memory", "monitor": "no", "node_name": "mx-test",
+            "http_listen": "inet:127.0.0.1:%d" % free_port(),
+            "postfix_config_directory": self.pf.dir, "maillog_file": emptylog,
+            "postqueue_command": empty})
+        self.addCleanup(ps.cleanup)
+        r = ps.cli("report", "--json", timeout=60)
+        doc = json.loads(r.stdout)
+        self.assertIsNone(self.finding(doc, "daemon_down"), doc["findings"])
+        self.assertIs(doc["nodes"][0]["daemon_up"], True)
+        self.assertEqual(doc["status"], "OK", doc["findings"])
+        self.assertEqual(r.returncode, 0)
+        r = ps.cli("report", "--quiet", timeout=60)
+        self.assertEqual((r.returncode, r.stdout), (0, ""))
+        r = ps.cli("report", timeout=60)
+        self.assertTrue(r.stdout.startswith("OK - "), r.stdout)
+        self.assertEqual(len(r.stdout.splitlines()), 1, r.stdout)
+
+    def test_postqueue_failure_is_unknown(self):
+        doc, r = self.report_json(self.config(postqueue_command="/nonexistent/postqueue",
+                                              report_hold_warning=0))
+        self.assertIsNone(doc["queues"])
+        self.assertEqual(self.finding(doc, "queue_unavailable")["severity"], "UNKNOWN")
+        self.assertEqual(r.returncode, 3)
+
+    def test_100k_queue_timing(self):
+        """Prints the time of a report on 100,000 generated messages (not asserted)."""
+        data = os.path.join(self.tmp, "queue-100k.jsonl")
+        now = int(time.time())
+        with open(data, "w") as f:
+            for i in range(100000):
+                q = ("deferred", "active", "incoming", "hold")[i % 4]
+                rcpt = {"address": "user%d@d%d.example" % (i, i % 500)}
+                if q == "deferred":
+                    rcpt["delay_reason"] = ("host mx.d%d.example[192.0.2.%d] said: 450 4.2.0 "
+                                            "greylisted, try again later" % (i % 500, i % 250))
+                f.write(json.dumps({"queue_name": q, "queue_id": "%011X" % i,
+                                    "arrival_time": now - i, "message_size": 2000 + i % 3000,
+                                    "forced_expire": False, "sender": "s%d@example.org" % i,
+                                    "recipients": [rcpt]}) + "\n")
+        fake = os.path.join(self.tmp, "fake-postqueue")
+        with open(fake, "w") as f:
+            f.write("#!/bin/sh\nexec cat %s\n" % data)
+        os.chmod(fake, 0o755)
+        cfg = self.config(postqueue_command=fake, maillog_file="")
+        t0 = time.monotonic()
+        doc, _ = self.report_json(cfg)
+        elapsed = time.monotonic() - t0
+        print("\nreport on a 100,000-message queue (%.1f MB of postqueue -j): %.2f s"
+              % (os.path.getsize(data) / 1e6, elapsed), file=sys.stderr)
+        self.assertEqual(sum(doc["queues"][q]["messages"] for q in QUEUES), 100000)
+        self.assertEqual(doc["queues"]["hold"]["messages"], 25000)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
