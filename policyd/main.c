@@ -4,6 +4,7 @@
 #define LOG_COMPONENT "main"
 #include "cmd.h"
 #include "engine.h"
+#include "http.h"
 #include "log.h"
 #include "sdnotify.h"
 #include "server.h"
@@ -232,6 +233,8 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
     if (rc < 0)
         die("rate limits: %s", err[0] ? err : strerror(-rc));
     int start_rc = server_start(srv);
+    if (start_rc >= 0)
+        start_rc = http_start(srv);
     if (start_rc < 0)
         server_stop(srv);
     else
@@ -241,6 +244,7 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
         sdnotify_serve(srv);
     uv_run(&loop, UV_RUN_DEFAULT);
     engine_free(engine);
+    http_free(srv);
     server_free(srv);
     rc = uv_loop_close(&loop);
     if (rc < 0) {

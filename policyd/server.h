@@ -123,6 +123,7 @@ struct server {
     struct server_stats stats;
     struct server_hook hooks[SERVER_MAX_HOOKS];
     size_t n_hooks;
+    struct http_server *http; /* metrics registry, status builders, endpoint: http.h */
 
     uv_signal_t sig_term, sig_int, sig_hup, sig_pipe;
     uv_timer_t drain_timer;

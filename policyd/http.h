@@ -1,0 +1,62 @@
+/* http: the metrics and status endpoint (http_listen = inet:HOST:PORT). Serves GET/HEAD
+ * /metrics (Prometheus text 0.0.4 from the metrics registry), /status (the node status
+ * JSON) and /healthz on the daemon's loop: one request per connection, strict limits
+ * (8 KiB head, http_max_connections, a read timeout), Connection: close. It also owns
+ * the registry and the status builders other modules add to, whether or not the
+ * listener is on. Loop thread only. */
+#pragma once
+
+#include "metrics.h"
+#include "server.h"
+
+#include <jansson.h>
+#include <stdint.h>
+
+struct http_server;
+
+/* Limits of the endpoint (not settings: a scrape needs none of them larger). */
+#define HTTP_MAX_HEAD 8192          /* request line and header fields */
+#define HTTP_READ_TIMEOUT_MS 5000   /* from accept to the end of the request head */
+#define HTTP_WRITE_TIMEOUT_MS 10000 /* for the response to drain */
+#define HTTP_LINGER_MS 2000         /* reading (and dropping) input after the response */
+#define HTTP_LINGER_MAX_BYTES 65536
+
+/* The metrics registry of srv (created on first use, with srv->http; owned by it).
+ * Modules register their families here at start-up or reload, e.g.
+ *   struct metric *f = metrics_counter_new(http_metrics(srv), "postsurge_x_total", "...",
+ *                                          NULL);
+ * Returns NULL on ENOMEM (metrics_* calls accept NULL and do nothing). */
+struct metrics *http_metrics(struct server *srv);
+
+/* A status builder adds its part to the /status JSON object (borrowed; add keys with
+ * json_object_set_new, e.g. "services", "stress", "overrides"). Returns 0 or a negative
+ * errno (logged; the other parts are still served). */
+typedef int (*http_status_fn)(struct server *srv, json_t *status, void *arg);
+/* Registers a builder, run in registration order after the built-in keys (node,
+ * version, pid, uptime_seconds, started_at, draining, config, counters, http). Returns 0
+ * or -ENOMEM. */
+int http_add_status(struct server *srv, http_status_fn fn, void *arg);
+
+/* The node status JSON as /status serves it (new reference), or NULL on ENOMEM. Also for
+ * CLI-side use within the daemon. */
+json_t *http_status_json(struct server *srv);
+
+/* Call once after server_start() succeeded. Registers the server's own metrics (requests,
+ * replies by action, protocol errors, connections, reloads, request latency) and, when
+ * cfg->http_listen is not empty, opens the listener; installs a server hook that closes
+ * it when the server stops. Returns 0 or a negative errno (logged: bad http_listen,
+ * bind failure); the caller then stops the server like for a failed server_start(). */
+int http_start(struct server *srv);
+
+/* Closes the listener and every HTTP connection (the on_stop hook does it; callable
+ * directly too). Idempotent. */
+void http_stop(struct server *srv);
+
+/* Frees srv->http and the registry after the loop has finished (after uv_run(), before
+ * server_free()). Safe if http was never used. */
+void http_free(struct server *srv);
+
+/* For conn.c: one policy request took ns nanoseconds from the complete request to the
+ * reply being queued (uv_hrtime() difference). Feeds postsurge_request_duration_seconds.
+ * No allocation; a no-op before http_start(). */
+void http_observe_request(struct server *srv, uint64_t ns);
