@@ -4,6 +4,7 @@
  * close callbacks, so a late decider or write callback never sees a freed conn. */
 #define LOG_COMPONENT "server"
 #include "conn.h"
+#include "http.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -233,6 +234,7 @@ static void conn_on_decided(struct decision *dec, const char *action, size_t len
     conn_log_decision(c, action, len);
     c->deciding = false;
     conn_reply(c, action, len);
+    http_observe_request(c->srv, uv_hrtime() - c->decide_start_ns);
     c->dec.req = NULL;
     c->dec.engine_data = NULL;
     if (c->in_process || c->closing)
@@ -247,6 +249,7 @@ static void conn_decide(struct conn *c, const struct policy_request *req)
 
     srv->stats.requests++;
     c->requests++;
+    c->decide_start_ns = uv_hrtime();
     c->dec.req = req;
     c->dec.srv = srv;
     c->dec.peer = c->peer;

@@ -37,6 +37,7 @@ struct conn {
     size_t wlen, wcap;
 
     uint64_t bytes_in, requests;
+    uint64_t decide_start_ns; /* uv_hrtime() when the request went to the decider */
     size_t rpos, rend;
     int open_handles; /* stream + timer; freed when both close callbacks ran */
     bool reading;     /* uv_read_start active */

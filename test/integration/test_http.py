@@ -113,7 +113,11 @@ class TestEndpoints(HttpTest):
         self.assertEqual(self.value(text, 'postsurge_replies_total{action="dunno"}'), 7)
         self.assertEqual(self.value(text, "postsurge_connections_accepted_total"), 2)
         self.assertEqual(self.value(text, 'postsurge_build_info{version="0.1.0"}'), 1)
-        self.assertIn('postsurge_request_duration_seconds_bucket{le="+Inf"}', text)
+        # Every answered request is in the latency histogram (observed in conn.c).
+        self.assertEqual(self.value(text, "postsurge_request_duration_seconds_count"), 7)
+        self.assertEqual(
+            self.value(text, 'postsurge_request_duration_seconds_bucket{le="+Inf"}'), 7)
+        self.assertGreater(self.value(text, "postsurge_request_duration_seconds_sum"), 0)
         self.assertIn('postsurge_request_duration_seconds_bucket{le="5e-05"}', text)
         if not PROMTOOL:
             self.skipTest("promtool not installed (package prometheus)")
@@ -333,6 +337,8 @@ class TestUnderLoad(HttpTest):
         self.assertGreater(last, 0)  # scrapes saw the load in progress
         text = self.metrics(ps)
         self.assertEqual(self.value(text, "postsurge_requests_total"), sum(counts))
+        self.assertEqual(self.value(text, "postsurge_request_duration_seconds_count"),
+                         sum(counts))
         if PROMTOOL:
             p = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(),
                                capture_output=True, timeout=60)
