@@ -452,8 +452,12 @@ static void node_from_json(const json_t *o, const json_t *events, const char *se
     const json_t *nm = member(o, k_name);
     nb->info.name = json_is_string(nm) ? json_string_value(nm) : self;
     nb->info.daemon_up = 1; /* it published a status */
-    nb->info.stressed = tri_of(member(o, k_stress));
-    const json_t *sat = member(o, k_sat);
+    /* The stress part may be a sub-object {"state": "stressed", "saturation": N, ...}. */
+    const json_t *so = json_object_get(o, "stress");
+    if (!json_is_object(so))
+        so = NULL;
+    nb->info.stressed = tri_of(so ? member(so, k_stress) : member(o, k_stress));
+    const json_t *sat = member(o, k_sat) ? member(o, k_sat) : member(so, k_sat);
     const json_t *ratio = json_object_get(o, "saturation_ratio");
     nb->info.saturation = sat                     ? (int)int_of(sat, -1)
                           : json_is_number(ratio) ? (int)(json_number_value(ratio) * 100 + 0.5)
@@ -674,8 +678,8 @@ static void thresholds_from_config(const struct config *cfg, struct report_thres
 static void queue_directory(const struct config *cfg, char *out, size_t size, char *err,
                             size_t errlen)
 {
-    const char *argv[] = {"postconf",        "-c", cfg->postfix_config_directory, "-h",
-                          "queue_directory", NULL};
+    const char *argv[] = {cfg->postconf_command, "-c", cfg->postfix_config_directory, "-h",
+                          "queue_directory",     NULL};
     struct run r = {0};
     out[0] = '\0';
     int rc = run_command(argv, POSTCONF_TIMEOUT_MS, &r);
