@@ -9,6 +9,7 @@ when all is well. Also prints (does not assert) the time of a report on a genera
 100,000-message queue. Needs root, postfix, swaks, promtool.
 Env: POSTSURGE (the binary), PYTHONPATH=test/pylib, TEST_DATA or SOURCE_ROOT.
 """
+import http.server
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -267,6 +269,68 @@ class ReportE2E(unittest.TestCase):
         r = ps.cli("report", timeout=60)
         self.assertTrue(r.stdout.startswith("OK - "), r.stdout)
         self.assertEqual(len(r.stdout.splitlines()), 1, r.stdout)
+
+    def test_cluster_nodes_and_events_from_status(self):
+        """A /status with two nodes and an event log (served by a stand-in HTTP server):
+        both nodes are reported with stress and saturation, the imbalance is found, and
+        episodes and overrides count only events newer than the last report."""
+        now_ms = int(time.time() * 1000)
+        status = {
+            "node": "mx-test",
+            "nodes": [
+                {"node": "mx-test", "stress": {"state": "normal"}, "saturation": 20,
+                 "services": [{"name": "smtpd", "busy": 20, "limit": 100, "waiting": 0}]},
+                {"node": "mx-peer", "stress": {"state": "stressed"}, "saturation": 97,
+                 "master_running": True, "qmgr_running": True,
+                 "services": [{"name": "smtpd", "busy": 97, "limit": 100, "waiting": 4}]},
+            ],
+            "events": [
+                {"time": now_ms - 60000, "node": "mx-peer", "kind": "stress_enter",
+                 "text": "saturation 97%"},
+                {"time": now_ms - 59000, "node": "mx-peer", "kind": "override_apply",
+                 "text": "profile stress"},
+                {"time": now_ms - 30000, "node": "mx-test", "kind": "stress_enter", "text": "x"},
+            ],
+        }
+        body = json.dumps(status).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200 if self.path == "/status" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        th = threading.Thread(target=srv.serve_forever, daemon=True)
+        th.start()
+        self.addCleanup(th.join, 10)
+        self.addCleanup(srv.server_close)
+        self.addCleanup(srv.shutdown)
+        cfg = self.config(http_listen="inet:127.0.0.1:%d" % srv.server_address[1],
+                          report_hold_warning=0)
+        doc, _ = self.report_json(cfg)
+        nodes = {n["name"]: n for n in doc["nodes"]}
+        self.assertEqual(sorted(nodes), ["mx-peer", "mx-test"])
+        peer, me = nodes["mx-peer"], nodes["mx-test"]
+        self.assertEqual((peer["stressed"], peer["saturation"]), (True, 97))
+        self.assertEqual((peer["stress_episodes"], peer["overrides"]), (1, 1))
+        self.assertEqual(peer["services"][0]["waiting"], 4)
+        self.assertEqual((me["stressed"], me["saturation"], me["stress_episodes"]), (False, 20, 1))
+        self.assertIs(me["daemon_up"], True)
+        self.assertIs(me["master_up"], True)  # this host's own view of Postfix
+        self.assertEqual(self.finding(doc, "imbalance")["subject"], "mx-peer")
+        self.assertEqual(self.finding(doc, "saturation")["severity"], "CRITICAL")
+        self.assertEqual(self.finding(doc, "stressed")["subject"], "mx-peer")
+        # The same events are old news for the next report.
+        doc, _ = self.report_json(cfg)
+        nodes = {n["name"]: n for n in doc["nodes"]}
+        self.assertEqual(nodes["mx-peer"]["stress_episodes"], 0)
+        self.assertEqual(nodes["mx-peer"]["events"], [])
 
     def test_postqueue_failure_is_unknown(self):
         doc, r = self.report_json(self.config(postqueue_command="/nonexistent/postqueue",
