@@ -38,3 +38,9 @@ int cmd_version(const struct cli *cli, int argc, char **argv);
  * monitoring-plugin status 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. */
 int cmd_report(const struct cli *cli, int argc, char **argv);
 int cmd_help(const struct cli *cli, int argc, char **argv);
+/* cmd_stress.c: the overload controller's commands; they talk to the running daemon over
+ * state_directory/control.sock (`restore` works without a daemon too). */
+int cmd_status(const struct cli *cli, int argc, char **argv);
+int cmd_events(const struct cli *cli, int argc, char **argv);
+int cmd_stress(const struct cli *cli, int argc, char **argv);
+int cmd_restore(const struct cli *cli, int argc, char **argv);

@@ -3,6 +3,7 @@
  * foreground (for systemd), the other commands are synchronous tools. */
 #define LOG_COMPONENT "main"
 #include "cmd.h"
+#include "controller.h"
 #include "engine.h"
 #include "http.h"
 #include "log.h"
@@ -26,10 +27,14 @@ static const struct command commands[] = {
     {"serve", cmd_serve, "", "run the policy service in the foreground"},
     {"check-config", cmd_check_config, "", "validate the configuration file"},
     {"config", cmd_config, "[-n] [NAME...]", "print settings like postconf (-n: non-defaults)"},
-    {"version", cmd_version, "", "print the version"},
-    {"help", cmd_help, "", "this text"},
     {"report", cmd_report, "[--json] [--prometheus FILE] [--quiet] [--no-traffic]",
      "health report for cron and monitoring (exit 0-3)"},
+    {"status", cmd_status, "[--json]", "stress state of this node and the cluster"},
+    {"events", cmd_events, "[--since TIME] [--json]", "the event log (stress, overrides)"},
+    {"stress", cmd_stress, "enter|exit|auto", "force stress on or off in the daemon"},
+    {"restore", cmd_restore, "", "undo the stress overrides from the journal"},
+    {"version", cmd_version, "", "print the version"},
+    {"help", cmd_help, "", "this text"},
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -232,7 +237,14 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
     rc = engine_new(srv, &engine, err, sizeof(err));
     if (rc < 0)
         die("rate limits: %s", err[0] ? err : strerror(-rc));
+    struct controller *controller = NULL;
+    rc = controller_new(srv, &controller, err, sizeof(err));
+    if (rc < 0)
+        die("controller: %s", err[0] ? err : strerror(-rc));
     int start_rc = server_start(srv);
+    /* After the engine installed its decider: the controller's goes in front of it. */
+    if (start_rc >= 0)
+        start_rc = controller_start(controller);
     if (start_rc >= 0)
         start_rc = http_start(srv);
     if (start_rc < 0)
@@ -244,6 +256,7 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
         sdnotify_serve(srv);
     uv_run(&loop, UV_RUN_DEFAULT);
     engine_free(engine);
+    controller_free(controller);
     http_free(srv);
     server_free(srv);
     rc = uv_loop_close(&loop);

@@ -1,0 +1,405 @@
+/* cmd_stress: the CLI side of the overload controller: `postsurge status [--json]`,
+ * `events [--since TIME] [--json]`, `stress enter|exit|auto` and `restore`. They talk to
+ * the running daemon over its control socket (state_directory/control.sock, one line
+ * out, one JSON object back); `restore` without a daemon restores the journal itself.
+ * Synchronous: these are commands, not the daemon's loop. */
+#define LOG_COMPONENT "cli"
+#include "cmd.h"
+#include "controller.h"
+#include "log.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CTL_REPLY_MAX (16u << 20)
+
+/* Sends line to the daemon and parses its answer. Returns 0 with *out (new), -ENOENT /
+ * -ECONNREFUSED when no daemon listens, or another negative errno (message printed). */
+static int ctl_request(const struct config *cfg, const char *line, int timeout_ms, json_t **out)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    int n = snprintf(a.sun_path, sizeof(a.sun_path), "%s/%s", cfg->state_directory,
+                     CONTROLLER_SOCKET_NAME);
+    *out = NULL;
+    if (n < 0 || (size_t)n >= sizeof(a.sun_path))
+        return -ENAMETOOLONG;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    size_t ll = strlen(line);
+    char req[1100];
+    snprintf(req, sizeof(req), "%s\n", line);
+    if (write(fd, req, ll + 1) != (ssize_t)(ll + 1)) {
+        int e = -errno;
+        close(fd);
+        return e ? e : -EIO;
+    }
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int rc = 0;
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int pr = poll(&p, 1, timeout_ms);
+        if (pr == 0) {
+            rc = -ETIMEDOUT;
+            break;
+        }
+        if (pr < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = -errno;
+            break;
+        }
+        if (cap - len < 65536) {
+            char *q = realloc(buf, cap ? cap * 2 : 131072);
+            if (!q) {
+                rc = -ENOMEM;
+                break;
+            }
+            buf = q;
+            cap = cap ? cap * 2 : 131072;
+        }
+        ssize_t r = read(fd, buf + len, cap - len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = -errno;
+            break;
+        }
+        if (r == 0)
+            break;
+        len += (size_t)r;
+        if (len > CTL_REPLY_MAX) {
+            rc = -E2BIG;
+            break;
+        }
+    }
+    close(fd);
+    if (rc == 0) {
+        json_error_t je;
+        *out = json_loadb(buf ? buf : "", len, 0, &je);
+        if (!json_is_object(*out)) {
+            json_decref(*out);
+            *out = NULL;
+            rc = -EPROTO;
+        }
+    }
+    free(buf);
+    if (rc < 0 && rc != -ENOENT && rc != -ECONNREFUSED)
+        fprintf(stderr, "postsurge: control socket: %s\n", strerror(-rc));
+    return rc;
+}
+
+static void no_daemon(const struct config *cfg, int rc)
+{
+    fprintf(stderr, "postsurge: no daemon answers on %s/%s (%s); is `postsurge serve` running?\n",
+            cfg->state_directory, CONTROLLER_SOCKET_NAME, strerror(-rc));
+}
+
+static void fmt_time(int64_t ms, char *buf, size_t size)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static const char *jstr(json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+static void print_node(json_t *nd, const char *self, int64_t now)
+{
+    const char *name = jstr(nd, "name");
+    bool stress = json_is_true(json_object_get(nd, "stress"));
+    int64_t since = json_integer_value(json_object_get(nd, "since"));
+    printf("node %s%s: stress %s", name, strcmp(name, self) == 0 ? " (this node)" : "",
+           stress ? "YES" : "no");
+    if (since > 0)
+        printf(" since %" PRId64 "s", (now - since) / 1000);
+    printf(", saturation %" PRId64 "%%",
+           (int64_t)json_integer_value(json_object_get(nd, "saturation")));
+    if (*jstr(nd, "busiest"))
+        printf(" (%s)", jstr(nd, "busiest"));
+    printf(", overrides %s", jstr(nd, "overrides_state"));
+    if (json_is_true(json_object_get(nd, "dry_run")))
+        printf(" [dry run]");
+    if (json_is_true(json_object_get(nd, "imbalance")))
+        printf(" [IMBALANCE]");
+    printf("\n");
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(nd, "services"), i, v)
+    {
+        printf("  service %-28s busy %" PRId64 "/%" PRId64 " alive %" PRId64 " waiting %" PRId64
+               " saturation %" PRId64 "%%\n",
+               jstr(v, "name"), (int64_t)json_integer_value(json_object_get(v, "busy")),
+               (int64_t)json_integer_value(json_object_get(v, "limit")),
+               (int64_t)json_integer_value(json_object_get(v, "alive")),
+               (int64_t)json_integer_value(json_object_get(v, "waiting")),
+               (int64_t)json_integer_value(json_object_get(v, "saturation")));
+    }
+    json_t *ov = json_object_get(nd, "overrides");
+    if (json_array_size(ov)) {
+        printf("  overrides in force:");
+        json_array_foreach(ov, i, v) printf(" %s", json_string_value(v));
+        printf("\n");
+    }
+    if (*jstr(nd, "error"))
+        printf("  error: %s\n", jstr(nd, "error"));
+    if (*jstr(nd, "profile_error"))
+        printf("  profile: %s\n", jstr(nd, "profile_error"));
+}
+
+int cmd_status(const struct cli *cli, int argc, char **argv)
+{
+    bool as_json = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            as_json = true;
+        } else {
+            fprintf(stderr, "usage: postsurge [-c FILE] status [--json]\n");
+            return 2;
+        }
+    }
+    struct config *cfg;
+    if (cli_load_config(cli, &cfg) < 0)
+        return 1;
+    json_t *o;
+    int rc = ctl_request(cfg, "status", 30000, &o);
+    if (rc == -ENOENT || rc == -ECONNREFUSED)
+        no_daemon(cfg, rc);
+    if (rc < 0) {
+        config_free(cfg);
+        return 1;
+    }
+    if (as_json) {
+        json_object_del(o, "ok");
+        char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
+        if (s)
+            printf("%s\n", s);
+        free(s);
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        size_t i;
+        json_t *nd;
+        json_array_foreach(json_object_get(o, "nodes"), i, nd) print_node(nd, jstr(o, "node"), now);
+        printf("cluster: %zu node(s), %" PRId64 " stressed, store %s\n",
+               json_array_size(json_object_get(o, "nodes")),
+               (int64_t)json_integer_value(json_object_get(o, "stressed_nodes")), jstr(o, "store"));
+        if (json_is_true(json_object_get(o, "imbalance")))
+            printf("imbalance: %s\n", jstr(o, "advice"));
+    }
+    json_decref(o);
+    config_free(cfg);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
+/* TIME: a duration ago ("10m", "2h", "30s"), epoch seconds (>= 10^9), or UTC
+ * "YYYY-MM-DDTHH:MM:SS[Z]". Returns 0 and *ms (epoch ms). */
+static int parse_since(const char *s, int64_t now, int64_t *ms)
+{
+    struct tm tm = {0};
+    char z[3] = "";
+    int k = sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%2s", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                   &tm.tm_hour, &tm.tm_min, &tm.tm_sec, z);
+    if ((k == 6 || (k == 7 && strcmp(z, "Z") == 0)) && strchr(s, 'T')) {
+        tm.tm_year -= 1900;
+        tm.tm_mon -= 1;
+        *ms = (int64_t)timegm(&tm) * 1000;
+        return 0;
+    }
+    char *e;
+    long long v = strtoll(s, &e, 10);
+    if (*s && !*e && v >= 1000000000LL) {
+        *ms = (int64_t)v * 1000;
+        return 0;
+    }
+    int64_t d;
+    if (config_parse_time_ms(s, &d) == 0) {
+        *ms = now - d;
+        return 0;
+    }
+    return -EINVAL;
+}
+
+int cmd_events(const struct cli *cli, int argc, char **argv)
+{
+    static const struct option opts[] = {{"since", required_argument, NULL, 's'},
+                                         {"json", no_argument, NULL, 'j'},
+                                         {"max", required_argument, NULL, 'm'},
+                                         {NULL, 0, NULL, 0}};
+    bool as_json = false;
+    const char *since_s = NULL;
+    unsigned long max = 1000;
+    int opt;
+    optind = 0;
+    while ((opt = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+        if (opt == 's')
+            since_s = optarg;
+        else if (opt == 'j')
+            as_json = true;
+        else if (opt == 'm')
+            max = strtoul(optarg, NULL, 10);
+        else
+            goto usage;
+    }
+    if (optind != argc)
+        goto usage;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, since = 0;
+    if (since_s && parse_since(since_s, now, &since) < 0) {
+        fprintf(stderr,
+                "postsurge: --since %s: expected a duration (10m), epoch seconds or "
+                "YYYY-MM-DDTHH:MM:SSZ\n",
+                since_s);
+        return 2;
+    }
+    struct config *cfg;
+    if (cli_load_config(cli, &cfg) < 0)
+        return 1;
+    char line[128];
+    snprintf(line, sizeof(line), "events %" PRId64 " %lu", since, max ? max : 1000);
+    json_t *o;
+    int rc = ctl_request(cfg, line, 30000, &o);
+    if (rc == -ENOENT || rc == -ECONNREFUSED)
+        no_daemon(cfg, rc);
+    config_free(cfg);
+    if (rc < 0)
+        return 1;
+    if (!json_is_true(json_object_get(o, "ok"))) {
+        fprintf(stderr, "postsurge: events: %s\n", jstr(o, "error"));
+        json_decref(o);
+        return 1;
+    }
+    json_t *ev = json_object_get(o, "events");
+    if (as_json) {
+        json_t *w = json_pack("{s:O}", "events", ev);
+        char *s = json_dumps(w, JSON_INDENT(2));
+        if (s)
+            printf("%s\n", s);
+        free(s);
+        json_decref(w);
+    } else {
+        /* Oldest first, like a log. */
+        for (size_t i = json_array_size(ev); i-- > 0;) {
+            json_t *e = json_array_get(ev, i);
+            char t[32];
+            fmt_time(json_integer_value(json_object_get(e, "time")), t, sizeof(t));
+            printf("%s %s %s: %s\n", t, jstr(e, "node"), jstr(e, "kind"), jstr(e, "text"));
+        }
+    }
+    json_decref(o);
+    return fflush(stdout) == 0 ? 0 : 1;
+usage:
+    fprintf(stderr, "usage: postsurge [-c FILE] events [--since TIME] [--json] [--max N]\n");
+    return 2;
+}
+
+int cmd_stress(const struct cli *cli, int argc, char **argv)
+{
+    if (argc != 2 || (strcmp(argv[1], "enter") != 0 && strcmp(argv[1], "exit") != 0 &&
+                      strcmp(argv[1], "auto") != 0)) {
+        fprintf(stderr, "usage: postsurge [-c FILE] stress enter|exit|auto\n");
+        return 2;
+    }
+    struct config *cfg;
+    if (cli_load_config(cli, &cfg) < 0)
+        return 1;
+    char line[64];
+    snprintf(line, sizeof(line), "stress %s", argv[1]);
+    json_t *o;
+    int rc = ctl_request(cfg, line, 30000, &o);
+    if (rc == -ENOENT || rc == -ECONNREFUSED)
+        no_daemon(cfg, rc);
+    config_free(cfg);
+    if (rc < 0)
+        return 1;
+    int status = 0;
+    if (json_is_true(json_object_get(o, "ok"))) {
+        printf("stress %s: node is %s (%s)\n", argv[1], jstr(o, "state"),
+               strcmp(jstr(o, "event"), "none") == 0 ? "no transition" : "transition started");
+    } else {
+        fprintf(stderr, "postsurge: stress %s: %s\n", argv[1], jstr(o, "error"));
+        status = 1;
+    }
+    json_decref(o);
+    return status;
+}
+
+int cmd_restore(const struct cli *cli, int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 1) {
+        fprintf(stderr, "usage: postsurge [-c FILE] restore\n");
+        return 2;
+    }
+    struct config *cfg;
+    if (cli_load_config(cli, &cfg) < 0)
+        return 1;
+    json_t *o;
+    int rc = ctl_request(cfg, "restore", 30000, &o);
+    if (rc == -ENOENT || rc == -ECONNREFUSED) {
+        /* No daemon: restore here, with the same code the daemon runs. */
+        bool nothing;
+        rc = controller_restore_offline(cfg, &nothing);
+        if (rc == 0)
+            printf(nothing ? "nothing to restore\n" : "restored\n");
+        config_free(cfg);
+        return rc == 0 ? 0 : 1;
+    }
+    if (rc < 0) {
+        config_free(cfg);
+        return 1;
+    }
+    json_decref(o);
+    /* The daemon restores asynchronously: wait until no journal is left. */
+    int64_t waited = 0, limit = cfg->command_timeout * 8 + 10000;
+    int status = 1;
+    while (waited < limit) {
+        if (ctl_request(cfg, "status", 30000, &o) < 0)
+            break;
+        json_t *self = json_array_get(json_object_get(o, "nodes"), 0);
+        bool journal = json_is_true(json_object_get(self, "journal"));
+        const char *st = jstr(self, "overrides_state");
+        bool busy = strcmp(st, "applying") == 0 || strcmp(st, "restoring") == 0;
+        if (!journal && !busy) {
+            printf("restored\n");
+            status = 0;
+            json_decref(o);
+            break;
+        }
+        if (!busy && *jstr(self, "error") && strcmp(st, "pending-restore") == 0 && waited > 2000) {
+            fprintf(stderr, "postsurge: restore: %s\n", jstr(self, "error"));
+            json_decref(o);
+            break;
+        }
+        json_decref(o);
+        usleep(200000);
+        waited += 200;
+    }
+    if (status != 0 && waited >= limit)
+        fprintf(stderr, "postsurge: restore did not finish in time\n");
+    config_free(cfg);
+    return status;
+}

@@ -1,0 +1,169 @@
+"""End to end: a real Postfix whose smtpd has a small process limit, flooded by smtp-source
+with a slow RCPT step (`sleep 1` in smtpd_recipient_restrictions keeps each smtpd busy).
+postsurge must enter stress within seconds, journal, apply the override profile with
+postconf and reload Postfix; every message of the flood must reach smtp-sink; after the
+flood it must leave stress and put main.cf and master.cf back byte for byte. The same
+after a kill -9 of postsurge in stress followed by a restart. Each scenario runs on a
+direct loopback smtpd and behind postscreen. Needs root, postfix and smtp-source.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import unittest
+
+from ports import wait_for
+from postfix_instance import PostfixInstance
+from postsurge import Postsurge
+
+MESSAGES = 16
+SESSIONS = 8
+PROCESS_LIMIT = 2
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class StressE2E(unittest.TestCase):
+    def start_postfix(self, postscreen):
+        pf = PostfixInstance(
+            process_limit=PROCESS_LIMIT, postscreen=postscreen,
+            main_extra=["smtpd_recipient_restrictions = sleep 1, permit_mynetworks, "
+                        "reject_unauth_destination"])
+        pf.start()
+        self.addCleanup(pf.stop)
+        return pf
+
+    def start_postsurge(self, pf):
+        ps = Postsurge(extra={
+            "postfix_config_directory": pf.dir,
+            "maillog_file": pf.maillog_path,
+            "http_listen": "",
+            "monitor_interval": "250ms",
+            "stress_enter_delay": "1s",
+            "stress_exit_threshold": "50",
+            "stress_exit_delay": "3s",
+            "stress_min_interval": "2s",
+            "command_timeout": "60s",
+            "node_name": "e2e",
+        })
+        self.addCleanup(ps.cleanup)
+        return ps
+
+    def flood(self, pf):
+        """smtp-source in a thread; returns (thread, result holder)."""
+        res = {}
+
+        def run():
+            res["r"] = pf.smtp_source(sessions=SESSIONS, messages=MESSAGES, recipients=1,
+                                      timeout=300)
+        t = threading.Thread(target=run)
+        t.start()
+        return t, res
+
+    def events(self, ps):
+        r = ps.cli("events", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return list(reversed(json.loads(r.stdout)["events"]))  # oldest first
+
+    def episode_log(self, ps, title):
+        """Prints the stress episode as postsurge logged it (for the closing note)."""
+        keep = re.compile(r"event |running: |journal written|restore: ")
+        lines = [l for l in ps.log().splitlines() if keep.search(l)]
+        print("\n--- %s ---\n%s" % (title, "\n".join(lines)), flush=True)
+
+    def check_delivered(self, pf, res):
+        r = res["r"]
+        self.assertEqual(r.returncode, 0, "smtp-source: %s %s" % (r.stdout, r.stderr))
+        self.assertTrue(pf.wait_queue_empty(120), pf.queue_json())
+        want = sorted("<%dload@%s>" % (i, pf.sink_domain) for i in range(1, MESSAGES + 1))
+        self.assertTrue(wait_for(lambda: sorted(pf.sink.recipients()) == want, 60),
+                        sorted(pf.sink.recipients()))
+
+    def run_episode(self, postscreen):
+        pf = self.start_postfix(postscreen)
+        main0 = read_bytes(os.path.join(pf.dir, "main.cf"))
+        master0 = read_bytes(os.path.join(pf.dir, "master.cf"))
+        ps = self.start_postsurge(pf)
+        t0 = time.time()
+        th, res = self.flood(pf)
+        try:
+            self.assertTrue(ps.wait_log("event stress-enter", timeout=60), ps.log())
+            t_enter = time.time() - t0
+            self.assertTrue(ps.wait_log("event overrides-applied", timeout=120), ps.log())
+            # In force: the profile is in main.cf and on the smtpd service in master.cf.
+            self.assertEqual(pf.postconf("-h", "smtpd_client_connection_count_limit").strip(),
+                             "10")
+            self.assertIn("/stress = yes", pf.postconf("-P"))
+            st = json.loads(ps.cli("status", "--json").stdout)
+            me = st["nodes"][0]
+            self.assertTrue(me["stress"])
+            self.assertIn("smtpd_client_connection_count_limit=10", me["overrides"])
+        finally:
+            th.join(300)
+        self.check_delivered(pf, res)
+        self.assertTrue(ps.wait_log("event overrides-restored", timeout=120), ps.log())
+        self.assertEqual(read_bytes(os.path.join(pf.dir, "main.cf")), main0)
+        self.assertEqual(read_bytes(os.path.join(pf.dir, "master.cf")), master0)
+        self.assertFalse(os.path.exists(os.path.join(ps.dir, "journal.json")))
+        kinds = [e["kind"] for e in self.events(ps)]
+        for k in ("stress-enter", "overrides-applied", "stress-exit", "overrides-restored"):
+            self.assertIn(k, kinds)
+        self.assertLess(kinds.index("stress-enter"), kinds.index("overrides-applied"))
+        self.assertLess(kinds.index("stress-exit"), kinds.index("overrides-restored"))
+        # The journal went to disk before the first command that changed Postfix.
+        log = ps.log()
+        self.assertLess(log.index("journal written"), log.index("running: postconf -c"))
+        st = json.loads(ps.cli("status", "--json").stdout)
+        self.assertFalse(st["nodes"][0]["stress"])
+        self.assertEqual(st["nodes"][0]["overrides"], [])
+        print("\nentered stress %.1f s after the flood started" % t_enter)
+        self.episode_log(ps, "postscreen" if postscreen else "direct smtpd")
+
+    def run_kill9(self, postscreen):
+        pf = self.start_postfix(postscreen)
+        main0 = read_bytes(os.path.join(pf.dir, "main.cf"))
+        master0 = read_bytes(os.path.join(pf.dir, "master.cf"))
+        ps = self.start_postsurge(pf)
+        th, res = self.flood(pf)
+        try:
+            self.assertTrue(ps.wait_log("event overrides-applied", timeout=120), ps.log())
+            self.assertNotEqual(read_bytes(os.path.join(pf.dir, "main.cf")), main0)
+            ps.signal(signal.SIGKILL)
+            ps.proc.wait(10)
+            ps.logf.close()
+            self.assertTrue(os.path.exists(os.path.join(ps.dir, "journal.json")))
+        finally:
+            th.join(300)
+        self.check_delivered(pf, res)
+        # Still changed: nobody restored while postsurge was dead.
+        self.assertNotEqual(read_bytes(os.path.join(pf.dir, "main.cf")), main0)
+        mark = len(ps.log())
+        ps.start()
+        self.assertTrue(ps.wait_log("event journal-found", since=mark, timeout=60), ps.log())
+        self.assertTrue(ps.wait_log("event overrides-restored", since=mark, timeout=120),
+                        ps.log())
+        self.assertEqual(read_bytes(os.path.join(pf.dir, "main.cf")), main0)
+        self.assertEqual(read_bytes(os.path.join(pf.dir, "master.cf")), master0)
+        self.assertFalse(os.path.exists(os.path.join(ps.dir, "journal.json")))
+
+    def test_stress_episode_direct(self):
+        self.run_episode(postscreen=False)
+
+    def test_stress_episode_postscreen(self):
+        self.run_episode(postscreen=True)
+
+    def test_stress_kill9_restart_direct(self):
+        self.run_kill9(postscreen=False)
+
+    def test_stress_kill9_restart_postscreen(self):
+        self.run_kill9(postscreen=True)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
