@@ -963,12 +963,12 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
             exit_code = 3;
         }
     }
-    if (o.json)
-        rc = report_write_json(r, stdout);
-    else if (!(o.quiet && report_status(r) == REPORT_OK))
-        rc = report_write_text(r, stdout);
-    else
+    if (o.quiet && report_status(r) == REPORT_OK)
         rc = 0;
+    else if (o.json)
+        rc = report_write_json(r, stdout);
+    else
+        rc = report_write_text(r, stdout);
     if (rc < 0 || fflush(stdout) != 0)
         exit_code = 3;
 
