@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <limits.h>
 #include <netdb.h>
@@ -43,6 +44,8 @@
 #define POSTCONF_TIMEOUT_MS 30000
 /* Clients handed to the report, by connections and by rejects each. */
 #define REPORT_CLIENTS 1000
+/* Room for store_key_prefix + "report:baseline:" + the node name. */
+#define STORE_KEY_MAX 1024
 
 struct report_opts {
     bool json, quiet, no_traffic;
@@ -642,6 +645,84 @@ static int save_state(const char *path, const struct report_state *s, struct bas
     return rc;
 }
 
+/* ---- baselines in Redis (store = redis...): shared, and kept when a host is rebuilt ---- */
+
+#define REDIS_CLI_TIMEOUT_MS 2000
+
+/* A synchronous connection to the store's Redis, or NULL (memory store, or trouble: then
+ * why is in err). Only GET and SET are sent, which a sharding proxy forwards. */
+static redisContext *redis_open(const struct config *cfg, char *err, size_t errlen)
+{
+    struct config_store_url u;
+    struct timeval tv = {REDIS_CLI_TIMEOUT_MS / 1000, (REDIS_CLI_TIMEOUT_MS % 1000) * 1000};
+    redisContext *c = NULL;
+    redisReply *rep;
+
+    err[0] = '\0';
+    if (config_parse_store_url(cfg->store, &u) < 0 || u.kind == CONFIG_STORE_MEMORY)
+        return NULL;
+    c = u.kind == CONFIG_STORE_REDIS_TCP ? redisConnectWithTimeout(u.host, u.port, tv)
+                                         : redisConnectUnixWithTimeout(u.path, tv);
+    if (!c || c->err) {
+        snprintf(err, errlen, "cannot connect to Redis: %s", c ? c->errstr : "out of memory");
+        goto fail;
+    }
+    redisSetTimeout(c, tv);
+    if (u.password[0]) {
+        rep = redisCommand(c, "AUTH %s", u.password);
+        bool ok = rep && rep->type != REDIS_REPLY_ERROR;
+        freeReplyObject(rep);
+        if (!ok) {
+            snprintf(err, errlen, "Redis AUTH failed");
+            goto fail;
+        }
+    }
+    if (u.db) {
+        rep = redisCommand(c, "SELECT %d", u.db);
+        bool ok = rep && rep->type != REDIS_REPLY_ERROR;
+        freeReplyObject(rep);
+        if (!ok) {
+            snprintf(err, errlen, "Redis SELECT %d failed", u.db);
+            goto fail;
+        }
+    }
+    return c;
+fail:
+    if (c)
+        redisFree(c);
+    return NULL;
+}
+
+/* The saved baseline state (new reference), or NULL when absent or unreadable. */
+static json_t *redis_load_baseline(redisContext *c, const char *key)
+{
+    redisReply *rep = redisCommand(c, "GET %s", key);
+    json_t *j = NULL;
+    if (rep && rep->type == REDIS_REPLY_STRING)
+        j = json_loadb(rep->str, rep->len, 0, NULL);
+    freeReplyObject(rep);
+    return j;
+}
+
+/* Saves the baseline state with a TTL of the window plus a day. Returns 0 or -EIO. */
+static int redis_save_baseline(redisContext *c, const char *key, struct baseline *b, int64_t now,
+                               int64_t window_s)
+{
+    json_t *j = NULL;
+    if (baseline_to_json(b, now, &j) < 0)
+        return -ENOMEM;
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (!text)
+        return -ENOMEM;
+    redisReply *rep =
+        redisCommand(c, "SET %s %s EX %lld", key, text, (long long)(window_s + 86400));
+    free(text);
+    int rc = rep && rep->type == REDIS_REPLY_STATUS ? 0 : -EIO;
+    freeReplyObject(rep);
+    return rc;
+}
+
 /* ---- the command ---- */
 
 static void usage(FILE *out)
@@ -812,6 +893,7 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     char host[256], state_path[PATH_MAX], qdir[PATH_MAX], err[1024];
     int lockfd = -1, exit_code = 3, rc;
     json_t *status = NULL;
+    redisContext *redis = NULL;
 
     rc = parse_opts(argc, argv, &o);
     if (rc != 0)
@@ -936,6 +1018,18 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     bp.window = cfg->report_baseline_window / 1000;
     bp.sigma = cfg->report_anomaly_sigma;
     bp.min_samples = (uint32_t)cfg->report_anomaly_min_samples;
+    /* With a Redis store the baselines live there too, per node; Redis wins over the
+     * state file (another host may have run this node's reports before). */
+    char rkey[STORE_KEY_MAX], rerr[300];
+    redis = redis_open(cfg, rerr, sizeof(rerr));
+    if (rerr[0])
+        fprintf(stderr, "postsurge: warning: %s: baselines only in %s\n", rerr, state_path);
+    snprintf(rkey, sizeof(rkey), "%sreport:baseline:%s", cfg->store_key_prefix, host);
+    json_t *rb = redis ? redis_load_baseline(redis, rkey) : NULL;
+    if (rb) {
+        json_decref(st.baseline);
+        st.baseline = rb;
+    }
     if (st.baseline && baseline_from_json(st.baseline, &bp, &bl) < 0) {
         fprintf(stderr, "postsurge: warning: %s: bad baseline state; starting afresh\n",
                 state_path);
@@ -972,6 +1066,9 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     if (rc < 0 || fflush(stdout) != 0)
         exit_code = 3;
 
+    if (redis && redis_save_baseline(redis, rkey, bl, now, bp.window) < 0)
+        fprintf(stderr, "postsurge: warning: cannot save the baselines in Redis: %s\n",
+                redis->err ? redis->errstr : "bad reply");
     if (state_ok) {
         rc = save_state(state_path, &st, bl, now);
         if (rc < 0)
@@ -982,6 +1079,8 @@ oom:
     printf("UNKNOWN - out of memory\n");
     exit_code = 3;
 out:
+    if (redis)
+        redisFree(redis);
     json_decref(status);
     json_decref(st.baseline);
     baseline_free(bl);

@@ -24,6 +24,7 @@ import unittest
 from ports import free_port, wait_for
 from postfix_instance import PostfixInstance
 from postsurge import Postsurge
+from redis_server import RedisServer
 
 POSTSURGE = os.environ.get("POSTSURGE", "postsurge")
 SOURCE_ROOT = os.environ.get("SOURCE_ROOT",
@@ -331,6 +332,19 @@ class ReportE2E(unittest.TestCase):
         nodes = {n["name"]: n for n in doc["nodes"]}
         self.assertEqual(nodes["mx-peer"]["stress_episodes"], 0)
         self.assertEqual(nodes["mx-peer"]["events"], [])
+
+    def test_baselines_kept_in_redis(self):
+        """store = redis: the baselines are saved per node in Redis and read back from
+        there, even when the state file is gone (a rebuilt host)."""
+        with RedisServer() as rs:
+            cfg = self.config(store=rs.url, store_key_prefix="ps:")
+            self.report_json(cfg)
+            shutil.rmtree(os.path.join(self.tmp, "postsurge.cf.state"))
+            self.report_json(cfg)
+            saved = json.loads(rs.command("GET", "ps:report:baseline:mx-test"))
+            buckets = saved["metrics"]["mx-test/queue.hold.messages"]
+            self.assertEqual(sum(b[1] for b in buckets), 2)
+            self.assertGreater(int(rs.command("TTL", "ps:report:baseline:mx-test")), 86400)
 
     def test_postqueue_failure_is_unknown(self):
         doc, r = self.report_json(self.config(postqueue_command="/nonexistent/postqueue",
