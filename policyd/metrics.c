@@ -102,7 +102,9 @@ static void family_free(struct metric *f)
 {
     if (!f)
         return;
-    metrics_family_clear(f);
+    /* Not metrics_family_clear(): it re-creates the one series of an unlabelled family. */
+    for (size_t i = 0; i < f->n_series; i++)
+        series_free(f->series[i], f->n_labels);
     free(f->series);
     for (size_t i = 0; i < f->n_labels && f->label_names; i++)
         free(f->label_names[i]);
