@@ -517,7 +517,7 @@ static void node_from_json(const json_t *o, const json_t *events, const char *se
 /* Adds the nodes /status describes: an array "nodes" (or "cluster") of node objects, or
  * the object itself as this node. The local view of master/qmgr wins for this node. */
 static int add_status_nodes(struct report *r, const json_t *st, const char *self, int64_t since,
-                            int master_up, int qmgr_up, bool *self_added)
+                            int daemon_up, int master_up, int qmgr_up, bool *self_added)
 {
     static const char *const k_nodes[] = {"nodes", "cluster", NULL};
     const json_t *nodes = member(st, k_nodes);
@@ -536,6 +536,8 @@ static int add_status_nodes(struct report *r, const json_t *st, const char *self
                 if (*self_added)
                     continue;
                 *self_added = true;
+                /* This host's own probes beat a status that may be seconds old. */
+                nb->info.daemon_up = daemon_up;
                 if (master_up >= 0)
                     nb->info.master_up = master_up, nb->info.qmgr_up = qmgr_up;
             }
@@ -543,9 +545,10 @@ static int add_status_nodes(struct report *r, const json_t *st, const char *self
                 break;
         }
     }
-    if (rc == 0 && !*self_added && json_is_object(st)) {
+    if (rc == 0 && !*self_added && !json_is_array(nodes) && json_is_object(st)) {
         node_from_json(st, events, self, since, nb);
         nb->info.name = self;
+        nb->info.daemon_up = daemon_up;
         if (master_up >= 0)
             nb->info.master_up = master_up, nb->info.qmgr_up = qmgr_up;
         *self_added = true;
@@ -720,6 +723,62 @@ static int redis_save_baseline(redisContext *c, const char *key, struct baseline
     free(text);
     int rc = rep && rep->type == REDIS_REPLY_STATUS ? 0 : -EIO;
     freeReplyObject(rep);
+    return rc;
+}
+
+/* Reads the live nodes ("nodes" sorted set, "node:NAME" = "UPDATED_MS JSON") and the
+ * newest events ("events" list) as store_redis.c writes them, and adds to *status (created
+ * when NULL) what it lacks: "nodes" and "events". Read errors leave it as it is. Returns
+ * 0 or -ENOMEM. */
+static int redis_cluster(redisContext *c, const char *prefix, int64_t now_ms, json_t **status)
+{
+    static const char *const k_nodes[] = {"nodes", "cluster", NULL};
+    json_t *nodes = json_array(), *events = json_array();
+    int rc = -ENOMEM;
+    if (!nodes || !events)
+        goto out;
+    redisReply *rep =
+        redisCommand(c, "ZRANGEBYSCORE %snodes %lld +inf LIMIT 0 1024", prefix, (long long)now_ms);
+    for (size_t i = 0; rep && rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
+        const redisReply *m = rep->element[i];
+        if (m->type != REDIS_REPLY_STRING)
+            continue;
+        redisReply *v = redisCommand(c, "GET %snode:%b", prefix, m->str, m->len);
+        const char *sp = v && v->type == REDIS_REPLY_STRING ? memchr(v->str, ' ', v->len) : NULL;
+        json_t *o = sp ? json_loadb(sp + 1, v->len - (size_t)(sp + 1 - v->str), 0, NULL) : NULL;
+        freeReplyObject(v);
+        if (!json_is_object(o)) {
+            json_decref(o);
+            continue;
+        }
+        if (!json_object_get(o, "node"))
+            json_object_set_new(o, "node", json_stringn(m->str, m->len));
+        json_array_append_new(nodes, o);
+    }
+    freeReplyObject(rep);
+    rep = redisCommand(c, "LRANGE %sevents 0 999", prefix);
+    for (size_t i = 0; rep && rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
+        const redisReply *e = rep->element[i];
+        json_t *o = e->type == REDIS_REPLY_STRING ? json_loadb(e->str, e->len, 0, NULL) : NULL;
+        if (json_is_object(o))
+            json_array_append(events, o);
+        json_decref(o);
+    }
+    freeReplyObject(rep);
+    rc = 0;
+    if (!*status && json_array_size(nodes) == 0 && json_array_size(events) == 0)
+        goto out;
+    if (!*status && !(*status = json_object())) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if (!member(*status, k_nodes) && json_array_size(nodes))
+        json_object_set(*status, "nodes", nodes);
+    if (!json_object_get(*status, "events") && json_array_size(events))
+        json_object_set(*status, "events", events);
+out:
+    json_decref(nodes);
+    json_decref(events);
     return rc;
 }
 
@@ -958,8 +1017,17 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     if (daemon_up != 1)
         daemon_up = daemon_process_running(cli->config_path);
     bool self_added = false;
-    if (status &&
-        add_status_nodes(r, status, host, st.last_report, master_up, qmgr_up, &self_added) < 0)
+    /* With a Redis store the cluster's nodes and events are there too: they fill what
+     * /status lacks, and stand in for it when the daemon is down. */
+    char rkey[STORE_KEY_MAX], rerr[300];
+    redis = redis_open(cfg, rerr, sizeof(rerr));
+    if (rerr[0])
+        fprintf(stderr, "postsurge: warning: %s: no cluster view; baselines only in %s\n", rerr,
+                state_path);
+    if (redis && redis_cluster(redis, cfg->store_key_prefix, now * 1000, &status) < 0)
+        goto oom;
+    if (status && add_status_nodes(r, status, host, st.last_report, daemon_up, master_up, qmgr_up,
+                                   &self_added) < 0)
         goto oom;
     if (!self_added) {
         struct report_node_info ni = {.name = host,
@@ -1020,10 +1088,6 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     bp.min_samples = (uint32_t)cfg->report_anomaly_min_samples;
     /* With a Redis store the baselines live there too, per node; Redis wins over the
      * state file (another host may have run this node's reports before). */
-    char rkey[STORE_KEY_MAX], rerr[300];
-    redis = redis_open(cfg, rerr, sizeof(rerr));
-    if (rerr[0])
-        fprintf(stderr, "postsurge: warning: %s: baselines only in %s\n", rerr, state_path);
     snprintf(rkey, sizeof(rkey), "%sreport:baseline:%s", cfg->store_key_prefix, host);
     json_t *rb = redis ? redis_load_baseline(redis, rkey) : NULL;
     if (rb) {

@@ -346,6 +346,31 @@ class ReportE2E(unittest.TestCase):
             self.assertEqual(sum(b[1] for b in buckets), 2)
             self.assertGreater(int(rs.command("TTL", "ps:report:baseline:mx-test")), 86400)
 
+    def test_cluster_from_redis_when_daemon_down(self):
+        """Daemon down, store = redis: the peers' status and the event log come from the
+        store's keys (as store_redis.c writes them); this node is reported down."""
+        now_ms = int(time.time() * 1000)
+        peer = {"node": "mx-peer", "stress": {"state": "stressed"}, "saturation": 90,
+                "services": [{"name": "smtpd", "busy": 90, "limit": 100, "waiting": 2}]}
+        with RedisServer() as rs:
+            rs.command("SET", "ps:node:mx-peer", "%d %s" % (now_ms, json.dumps(peer)),
+                       "PX", "60000")
+            rs.command("ZADD", "ps:nodes", str(now_ms + 60000), "mx-peer")
+            # An expired node is not reported.
+            rs.command("ZADD", "ps:nodes", str(now_ms - 1000), "mx-gone")
+            rs.command("LPUSH", "ps:events", json.dumps(
+                {"time": now_ms - 5000, "node": "mx-peer", "kind": "stress_enter",
+                 "text": "saturation 90%"}))
+            cfg = self.config(store=rs.url, store_key_prefix="ps:")
+            doc, _ = self.report_json(cfg)
+        nodes = {n["name"]: n for n in doc["nodes"]}
+        self.assertEqual(sorted(nodes), ["mx-peer", "mx-test"])
+        self.assertEqual((nodes["mx-peer"]["stressed"], nodes["mx-peer"]["saturation"]),
+                         (True, 90))
+        self.assertEqual(nodes["mx-peer"]["stress_episodes"], 1)
+        self.assertIs(nodes["mx-test"]["daemon_up"], False)
+        self.assertEqual(self.finding(doc, "daemon_down")["subject"], "mx-test")
+
     def test_postqueue_failure_is_unknown(self):
         doc, r = self.report_json(self.config(postqueue_command="/nonexistent/postqueue",
                                               report_hold_warning=0))
