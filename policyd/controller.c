@@ -116,6 +116,8 @@ struct controller {
     bool recovering;                   /* a journal from before start: decide on a sample */
     bool apply_failed;                 /* this episode's apply failed: do not retry */
     bool dry_applied;                  /* stress_dry_run: "applied" in the log only */
+    /* an apply of ours just failed half-way: the files hold exactly what it left */
+    bool expected_is_current;
     uint64_t restore_retry_at;
     struct job *job;
     char last_error[512];
@@ -717,6 +719,7 @@ fail_unchanged:
     return;
 fail_changed:
     c->apply_failed = true;
+    c->expected_is_current = true;
     log_error("overrides apply failed: %s; restoring from the journal", c->last_error);
     job_end(jb);
 }
@@ -749,6 +752,18 @@ static void job_step_restore(struct job *jb)
         if (jb->failed)
             goto fail;
         job_take_out(jb, &jb->P_text, &jb->P_len);
+        if (c->expected_is_current && !c->journal->have_expected) {
+            /* Our own apply failed moments ago: nobody else edited in between, so the
+             * files as they are now are what postsurge left, and the original bytes
+             * can go back exactly. */
+            rc = overrides_journal_set_expected(c->journal, jb->main_buf, jb->main_len,
+                                                jb->master_buf, jb->master_len);
+            if (rc < 0) {
+                ctl_set_error(c, "restore: %s", strerror(-rc));
+                goto fail;
+            }
+        }
+        c->expected_is_current = false;
         rc = overrides_restore_plan(c->journal, jb->main_buf, jb->main_len, jb->master_buf,
                                     jb->master_len, jb->n_text, jb->n_len, jb->P_text, jb->P_len,
                                     &jb->restore);
@@ -1047,7 +1062,8 @@ static json_t *ctl_status_json(struct controller *c)
         "s:I},s:I}",
         "name", c->node ? node_name(c->node) : "", "stress", stressed, "state",
         stress_state_name(c->sm ? stress_state_get(c->sm) : STRESS_NORMAL), "since",
-        (json_int_t)since, "local_stress", c->have_result && c->last.local_stress, "forced",
+        (json_int_t)since, "local_stress",
+        c->have_result && (c->last.local_stress || c->last.forced), "forced",
         c->have_result && c->last.forced, "saturation",
         c->have_result ? (int)c->last.saturation : 0, "busiest",
         c->have_result ? c->last.busiest : "", "services", svcs, "overrides",
@@ -1077,8 +1093,8 @@ static void ctl_on_sample(struct monitor *m, const struct monitor_sample *s, voi
     monitor_sample_to_stress(s, ss, MONITOR_MAX_SERVICES, &st);
     st.now_ms = (int64_t)uv_now(c->loop);
     if (c->node && c->params.cluster_quorum > 0)
-        st.cluster_stressed_pct =
-            node_cluster_stressed_pct(c->node, c->have_result && c->last.local_stress);
+        st.cluster_stressed_pct = node_cluster_stressed_pct(
+            c->node, c->have_result && (c->last.local_stress || c->last.forced));
     struct stress_result r;
     if (stress_update(c->sm, &st, &r) < 0)
         return;

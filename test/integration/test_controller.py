@@ -1,0 +1,366 @@
+"""Integration tests of the overload controller in `postsurge serve` without a running
+Postfix: a Postfix config directory (main.cf, master.cf) that the real postconf reads and
+edits, a fake `postfix` (postfix_command) that records reloads, stress forced with
+`postsurge stress enter|exit`. Covers the journal written before the first change, an
+unwritable journal (nothing applied, error in status), failing and hanging commands
+(logged, timed out, Postfix config left as it was), dry run, `status --json` and
+`events`, the offline `restore`, attack flags from the mail log, and two daemons on one
+Redis (cluster status, imbalance, stress_cluster_quorum).
+"""
+import json
+import os
+import shutil
+import signal
+import stat
+import tempfile
+import time
+import unittest
+
+from ports import wait_for
+from postsurge import Postsurge, request
+from redis_server import RedisServer
+
+POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
+
+MAIN_CF = """# a hand-written main.cf: comments and layout must survive
+compatibility_level = 3.6
+queue_directory = {d}/queue
+smtpd_soft_error_limit   =   7
+smtpd_recipient_restrictions =
+    permit_mynetworks,
+    reject_unauth_destination
+"""
+MASTER_CF = """# master.cf
+smtp      inet  n       -       n       -       4       smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+"""
+
+
+def read_bytes(p):
+    with open(p, "rb") as f:
+        return f.read()
+
+
+def write_script(path, body):
+    with open(path, "w") as f:
+        f.write("#!/bin/sh\n" + body)
+    os.chmod(path, 0o755)
+
+
+class ControllerTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="postsurge-ctl-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.pfdir = os.path.join(self.tmp, "postfix")
+        os.mkdir(self.pfdir)
+        os.mkdir(os.path.join(self.pfdir, "queue"))
+        self.main = os.path.join(self.pfdir, "main.cf")
+        self.master = os.path.join(self.pfdir, "master.cf")
+        with open(self.main, "w") as f:
+            f.write(MAIN_CF.format(d=self.pfdir))
+        with open(self.master, "w") as f:
+            f.write(MASTER_CF)
+        os.chmod(self.main, 0o644)
+        # postconf stalls ~2 s on a main.cf younger than a few seconds: date them back.
+        past = time.time() - 60
+        os.utime(self.main, (past, past))
+        os.utime(self.master, (past, past))
+        self.main0, self.master0 = read_bytes(self.main), read_bytes(self.master)
+        self.reloads = os.path.join(self.tmp, "reloads")
+        self.fake_postfix = os.path.join(self.tmp, "postfix.sh")
+        write_script(self.fake_postfix, 'echo "$@" >> %s\n' % self.reloads)
+        self.maillog = os.path.join(self.tmp, "maillog")
+        open(self.maillog, "w").close()
+
+    def daemon(self, **extra):
+        cfg = {
+            "postfix_config_directory": self.pfdir,
+            "postfix_command": self.fake_postfix,
+            "postconf_command": POSTCONF,
+            "maillog_file": self.maillog,
+            "http_listen": "",
+            "monitor_interval": "200ms",
+            "stress_min_interval": "0",
+            "stress_exit_delay": "1s",
+            "command_timeout": "20s",
+            "node_name": "n1",
+        }
+        cfg.update({k: str(v) for k, v in extra.items()})
+        ps = Postsurge(extra=cfg)
+        self.addCleanup(ps.cleanup)
+        return ps
+
+    def status(self, ps):
+        r = ps.cli("status", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)
+
+    def me(self, ps):
+        return self.status(ps)["nodes"][0]
+
+    def events(self, ps, *args):
+        r = ps.cli("events", "--json", *args)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return list(reversed(json.loads(r.stdout)["events"]))
+
+    def wait_state(self, ps, state, timeout=60):
+        ok = wait_for(lambda: self.me(ps)["overrides_state"] == state, timeout, 0.1)
+        self.assertTrue(ok, "%s\n%s" % (self.me(ps), ps.log()))
+
+    def wait_init(self, ps):
+        self.assertTrue(ps.wait_log("override profile:", timeout=30), ps.log())
+
+    def test_controller_forced_episode_journal_first_exact_restore(self):
+        ps = self.daemon()
+        self.wait_init(ps)
+        r = ps.cli("stress", "enter")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.wait_state(ps, "applied")
+        me = self.me(ps)
+        self.assertTrue(me["stress"])
+        self.assertIn("smtpd_soft_error_limit=3", me["overrides"])
+        self.assertIn("smtp/inet/stress=yes", me["overrides"])
+        self.assertIn("smtpd_soft_error_limit = 3", read_bytes(self.main).decode())
+        self.assertTrue(os.path.exists(os.path.join(ps.dir, "journal.json")))
+        log = ps.log()
+        self.assertLess(log.index("journal written"), log.index("running: %s -c" % POSTCONF))
+        with open(self.reloads) as f:
+            self.assertEqual(f.read(), "-c %s reload\n" % self.pfdir)
+        r = ps.cli("stress", "exit")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.wait_state(ps, "none")
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
+        self.assertEqual(stat.S_IMODE(os.stat(self.main).st_mode), 0o644)
+        self.assertFalse(os.path.exists(os.path.join(ps.dir, "journal.json")))
+        kinds = [e["kind"] for e in self.events(ps)]
+        self.assertEqual([k for k in kinds if k.startswith(("stress-", "overrides-"))],
+                         ["stress-enter", "overrides-applied", "stress-exit",
+                          "overrides-restored"])
+        # --since in the future: nothing; text output works too.
+        self.assertEqual(self.events(ps, "--since", "4000000000"), [])
+        r = ps.cli("events")
+        self.assertIn("n1 overrides-restored:", r.stdout)
+        r = ps.cli("status")
+        self.assertIn("node n1 (this node): stress no", r.stdout)
+
+    def test_controller_status_json_shape(self):
+        ps = self.daemon()
+        self.wait_init(ps)
+        st = self.status(ps)
+        self.assertEqual(st["node"], "n1")
+        self.assertIsInstance(st["nodes"], list)
+        n = st["nodes"][0]
+        self.assertEqual(n["name"], "n1")
+        self.assertIs(n["stress"], False)
+        self.assertIsInstance(n["saturation"], int)
+        self.assertIsInstance(n["services"], list)
+        self.assertIsInstance(n["overrides"], list)
+        self.assertIs(st["imbalance"], False)
+        # Without a running master, the monitor still lists master.cf's smtpd service.
+        wait_for(lambda: self.me(ps)["services"], 10)
+        self.assertEqual([s["name"] for s in self.me(ps)["services"]], ["smtp/inet"])
+        self.assertEqual(self.me(ps)["services"][0]["limit"], 4)
+
+    def test_controller_unwritable_journal_applies_nothing(self):
+        ps = self.daemon()
+        self.wait_init(ps)
+        # The journal's temporary file cannot be created: a directory is in its place.
+        os.mkdir(os.path.join(ps.dir, "journal.json.postsurge-tmp"))
+        ps.cli("stress", "enter")
+        self.assertTrue(wait_for(lambda: "journal" in self.me(ps)["error"], 30), ps.log())
+        me = self.me(ps)
+        self.assertTrue(me["stress"])
+        self.assertEqual(me["overrides"], [])
+        self.assertEqual(me["overrides_state"], "none")
+        self.assertNotIn(" -e ", ps.log())
+        self.assertFalse(os.path.exists(self.reloads))
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
+        self.assertIn("journal-error", [e["kind"] for e in self.events(ps)])
+
+    def test_controller_failing_postconf_rolls_back(self):
+        wrapper = os.path.join(self.tmp, "postconf.sh")
+        # postconf that fails every edit (-P) after the main.cf edit went through.
+        write_script(wrapper, 'for a in "$@"; do [ "$a" = -P ] && [ $# -gt 3 ] && '
+                              '{ echo "postconf: fatal: simulated failure" >&2; exit 1; }; done\n'
+                              'exec %s "$@"\n' % POSTCONF)
+        ps = self.daemon(postconf_command=wrapper)
+        self.wait_init(ps)
+        ps.cli("stress", "enter")
+        self.assertTrue(ps.wait_log("event overrides-restored", timeout=60), ps.log())
+        self.assertIn("simulated failure", ps.log())
+        self.assertIn("simulated failure", self.me(ps)["error"] + ps.log())
+        kinds = [e["kind"] for e in self.events(ps)]
+        self.assertIn("command-failed", kinds)
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
+        self.assertEqual(self.me(ps)["overrides"], [])
+        self.assertGreaterEqual(self.me(ps)["commands"]["failed"], 1)
+
+    def test_controller_hanging_reload_times_out_journal_consistent(self):
+        hang = os.path.join(self.tmp, "postfix-hang.sh")
+        write_script(hang, "exec sleep 60\n")
+        ps = self.daemon(postfix_command=hang, command_timeout="5s")
+        self.wait_init(ps)
+        ps.cli("stress", "enter")
+        self.assertTrue(ps.wait_log("timed out", timeout=60), ps.log())
+        # The apply is rolled back: the files get their bytes back, then the reload of the
+        # restore hangs too, so the journal stays for a retry.
+        self.assertTrue(ps.wait_log("event restore-failed", timeout=60), ps.log())
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
+        self.assertTrue(os.path.exists(os.path.join(ps.dir, "journal.json")))
+        me = self.me(ps)
+        self.assertIn("timed out", me["error"])
+        self.assertTrue(me["journal"])
+
+    def test_controller_dry_run_logs_commands_changes_nothing(self):
+        ps = self.daemon(stress_dry_run="yes")
+        self.wait_init(ps)
+        ps.cli("stress", "enter")
+        self.assertTrue(ps.wait_log("dry run: would run: postconf -c %s -e" % self.pfdir, 30),
+                        ps.log())
+        self.assertIn("dry run: would run: postconf -c %s -P smtp/inet/stress=yes" % self.pfdir,
+                      ps.log())
+        self.assertIn("dry run: would run: postfix -c %s reload" % self.pfdir, ps.log())
+        self.wait_state(ps, "dry-run")
+        ps.cli("stress", "exit")
+        self.assertTrue(ps.wait_log("dry run: would restore", 30), ps.log())
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertFalse(os.path.exists(os.path.join(ps.dir, "journal.json")))
+        self.assertFalse(os.path.exists(self.reloads))
+
+    def test_controller_offline_restore_and_crash_restore(self):
+        ps = self.daemon()
+        self.wait_init(ps)
+        ps.cli("stress", "enter")
+        self.wait_state(ps, "applied")
+        ps.signal(signal.SIGKILL)
+        ps.proc.wait(10)
+        ps.logf.close()
+        self.assertNotEqual(read_bytes(self.main), self.main0)
+        r = ps.cli("status")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("no daemon", r.stderr)
+        r = ps.cli("restore")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("restored", r.stdout)
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
+        r = ps.cli("restore")
+        self.assertEqual(r.stdout.strip(), "nothing to restore")
+
+    def test_controller_restore_conflict_admin_wins(self):
+        ps = self.daemon()
+        self.wait_init(ps)
+        ps.cli("stress", "enter")
+        self.wait_state(ps, "applied")
+        # An administrator edits a setting the profile touched.
+        import subprocess
+        subprocess.run([POSTCONF, "-c", self.pfdir, "-e", "smtpd_soft_error_limit=5"],
+                       check=True)
+        r = ps.cli("restore")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ev = [e for e in self.events(ps) if e["kind"] == "restore-conflict"]
+        self.assertEqual(len(ev), 1, self.events(ps))
+        self.assertEqual(ev[0]["setting"], "smtpd_soft_error_limit")
+        self.assertEqual(ev[0]["current"], "5")
+        out = subprocess.run([POSTCONF, "-c", self.pfdir, "-n"], capture_output=True,
+                             text=True).stdout
+        self.assertIn("smtpd_soft_error_limit = 5", out)
+        self.assertNotIn("smtpd_client_connection_count_limit", out)
+        self.assertEqual(read_bytes(self.master), self.master0)
+
+    def test_controller_attack_flag_and_hangup_in_stress(self):
+        ps = self.daemon(attack_unknown_user_limit=3, limit_exempt_networks="192.0.2.10")
+        self.wait_init(ps)
+        line = ("Nov 23 03:33:29 mx postfix/smtpd[6826]: NOQUEUE: reject: RCPT from "
+                "unknown[{a}]: 550 5.1.1 <u{i}@example.com>: Recipient address rejected: "
+                "User unknown in local recipient table; from=<s@example.org> "
+                "to=<u{i}@example.com> proto=ESMTP helo=<x>\n")
+        with open(self.maillog, "a") as f:
+            for i in range(4):
+                f.write(line.format(a="192.0.2.9", i=i))
+                f.write(line.format(a="192.0.2.10", i=i))
+        self.assertTrue(ps.wait_log("event attack-flagged", timeout=30), ps.log())
+        flagged = [e for e in self.events(ps) if e["kind"] == "attack-flagged"]
+        self.assertEqual([e["client"] for e in flagged], ["192.0.2.9"])
+        with ps.client() as c:
+            self.assertEqual(c.ask(request(client_address="192.0.2.9")), "DUNNO")
+        ps.cli("stress", "enter")
+        with ps.client() as c:
+            self.assertTrue(c.ask(request(client_address="192.0.2.9")).startswith("421 4.7.0"))
+            self.assertEqual(c.ask(request(client_address="192.0.2.10")), "DUNNO")
+            self.assertEqual(c.ask(request(client_address="192.0.2.11")), "DUNNO")
+
+
+class ClusterTest(unittest.TestCase):
+    def setUp(self):
+        self.redis = RedisServer()
+        self.addCleanup(self.redis.remove)
+
+    def node(self, name, quorum):
+        tmp = tempfile.mkdtemp(prefix="postsurge-node-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        pfdir = os.path.join(tmp, "postfix")
+        os.mkdir(pfdir)
+        with open(os.path.join(pfdir, "main.cf"), "w") as f:
+            f.write(MAIN_CF.format(d=pfdir))
+        with open(os.path.join(pfdir, "master.cf"), "w") as f:
+            f.write(MASTER_CF)
+        past = time.time() - 60
+        for n in ("main.cf", "master.cf"):
+            os.utime(os.path.join(pfdir, n), (past, past))
+        fake = os.path.join(tmp, "postfix.sh")
+        write_script(fake, "exit 0\n")
+        ps = Postsurge(extra={
+            "store": self.redis.url, "node_name": name, "postfix_config_directory": pfdir,
+            "postfix_command": fake, "postconf_command": POSTCONF, "maillog_file": "",
+            "http_listen": "", "monitor_interval": "200ms", "stress_min_interval": "0",
+            "stress_exit_delay": "1s", "stress_cluster_quorum": str(quorum),
+            "node_status_ttl": "2s"})
+        self.addCleanup(ps.cleanup)
+        self.assertTrue(ps.wait_log("override profile:", timeout=30), ps.log())
+        return ps
+
+    def status(self, ps):
+        r = ps.cli("status", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)
+
+    def test_cluster_status_and_imbalance(self):
+        a, b = self.node("a", 0), self.node("b", 0)
+        self.assertTrue(wait_for(lambda: len(self.status(a)["nodes"]) == 2, 20), self.status(a))
+        self.assertEqual([n["name"] for n in self.status(b)["nodes"]], ["b", "a"])
+        a.cli("stress", "enter")
+        self.assertTrue(wait_for(lambda: self.status(b)["imbalance"], 20), self.status(b))
+        st = self.status(b)
+        self.assertEqual({n["name"]: n["imbalance"] for n in st["nodes"]}, {"a": True, "b": False})
+        self.assertIn("load-balancer", st["advice"])
+        self.assertIn("imbalance:", b.cli("status").stdout)
+        # A stopped node disappears after its TTL.
+        b.stop()
+        self.assertTrue(wait_for(lambda: len(self.status(a)["nodes"]) == 1, 20), self.status(a))
+
+    def test_cluster_quorum_enters_every_node(self):
+        a, b = self.node("a", 50), self.node("b", 50)
+        self.assertTrue(wait_for(lambda: len(self.status(b)["nodes"]) == 2, 20))
+        a.cli("stress", "enter")
+        self.assertTrue(wait_for(lambda: self.status(b)["nodes"][0]["stress"], 20),
+                        self.status(b))
+        self.assertTrue(b.wait_log("event stress-enter", timeout=5), b.log())
+        self.assertIn("quorum", b.log())
+        a.cli("stress", "exit")
+        self.assertTrue(wait_for(lambda: not self.status(b)["nodes"][0]["stress"], 30),
+                        b.log())
+        # Events of both nodes are in the one Redis list.
+        r = a.cli("events", "--json")
+        nodes = {e["node"] for e in json.loads(r.stdout)["events"]}
+        self.assertEqual(nodes, {"a", "b"})
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
