@@ -8,7 +8,9 @@
 #define LOG_COMPONENT "controller"
 #include "controller.h"
 
+#include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "monitor.h"
 #include "node.h"
 #include "overrides.h"
@@ -1608,8 +1610,116 @@ int controller_new(struct server *srv, struct controller **out, char *err, size_
     return 0;
 }
 
+/* /status: this node's stress part and the cluster view. */
+static int ctl_http_status(struct server *srv, json_t *status, void *arg)
+{
+    struct controller *c = arg;
+    (void)srv;
+    json_t *cl = ctl_cluster_json(c);
+    json_t *self = json_array_get(json_object_get(cl, "nodes"), 0);
+    static const char *const keys[] = {"stress",    "state",           "since",   "local_stress",
+                                       "forced",    "saturation",      "busiest", "services",
+                                       "overrides", "overrides_state", "journal", "dry_run",
+                                       "error",     "commands"};
+    for (size_t i = 0; self && i < sizeof(keys) / sizeof(keys[0]); i++)
+        json_object_set(status, keys[i], json_object_get(self, keys[i]));
+    json_object_set(status, "nodes", json_object_get(cl, "nodes"));
+    json_object_set(status, "imbalance", json_object_get(cl, "imbalance"));
+    json_decref(cl);
+    return 0;
+}
+
+struct collect_ctx {
+    struct metrics_out *o;
+    int rc;
+};
+
+static void collect_kind(const char *kind, uint64_t count, void *arg)
+{
+    struct collect_ctx *x = arg;
+    const char *ln[] = {"kind"};
+    const char *lv[] = {kind};
+    if (x->rc == 0)
+        x->rc = metrics_out_sample(x->o, "postsurge_events_total", ln, lv, 1, (double)count);
+}
+
+/* Metrics computed at scrape time from the controller's state. */
+static int ctl_collect(struct metrics_out *o, void *arg)
+{
+    struct controller *c = arg;
+    const struct monitor_sample *s = c->have_sample ? c->sample : NULL;
+    static const struct {
+        const char *name, *help;
+    } svc[] = {
+        {"postsurge_service_busy", "smtpd processes of the service holding a client"},
+        {"postsurge_service_limit", "process limit of the service (0 = unlimited)"},
+        {"postsurge_service_waiting", "clients waiting for an smtpd process"},
+        {"postsurge_service_saturation_percent", "busy (and waiting) over the process limit"},
+    };
+    const char *ln[] = {"service"};
+    int rc = 0;
+    for (size_t k = 0; rc == 0 && k < 4; k++) {
+        rc = metrics_out_family(o, METRIC_GAUGE, svc[k].name, svc[k].help);
+        for (size_t i = 0; rc == 0 && s && i < s->n_services; i++) {
+            const struct monitor_service *v = &s->services[i];
+            struct stress_service_sample ss = {
+                .busy = v->busy, .limit = v->limit, .waiting = v->waiting};
+            double val = k == 0   ? v->busy
+                         : k == 1 ? v->limit
+                         : k == 2 ? v->waiting
+                                  : stress_service_saturation(&ss);
+            const char *lv[] = {v->name};
+            rc = metrics_out_sample(o, svc[k].name, ln, lv, 1, val);
+        }
+    }
+    bool stressed = c->sm && stress_state_get(c->sm) == STRESS_STRESSED;
+    const struct {
+        enum metric_type t;
+        const char *name, *help;
+        double v;
+    } one[] = {
+        {METRIC_GAUGE, "postsurge_stress", "1 while this node is in stress", stressed},
+        {METRIC_GAUGE, "postsurge_saturation_percent", "node saturation (busiest service)",
+         c->have_result ? c->last.saturation : 0},
+        {METRIC_GAUGE, "postsurge_overrides_in_force", "override settings in force",
+         c->journal ? (double)c->journal->n : 0},
+        {METRIC_COUNTER, "postsurge_override_applies_total", "override profiles applied",
+         (double)c->applies},
+        {METRIC_COUNTER, "postsurge_override_restores_total", "override profiles restored",
+         (double)c->restores},
+        {METRIC_COUNTER, "postsurge_restore_conflicts_total",
+         "settings an administrator changed during stress (left as they are)",
+         (double)c->conflicts},
+        {METRIC_COUNTER, "postsurge_commands_total", "postconf/postfix runs",
+         (double)c->commands_run},
+        {METRIC_COUNTER, "postsurge_command_failures_total",
+         "postconf/postfix runs that failed or timed out", (double)c->command_failures},
+        {METRIC_GAUGE, "postsurge_flagged_clients", "clients flagged by the attack detector",
+         c->node ? (double)node_flagged_count(c->node) : 0},
+        {METRIC_COUNTER, "postsurge_attack_answers_total", "requests answered attack_action",
+         (double)c->attack_answers},
+        {METRIC_GAUGE, "postsurge_cluster_nodes", "live nodes in the store",
+         c->node ? (double)json_array_size(node_cluster(c->node)) : 0},
+    };
+    for (size_t i = 0; rc == 0 && i < sizeof(one) / sizeof(one[0]); i++) {
+        rc = metrics_out_family(o, one[i].t, one[i].name, one[i].help);
+        if (rc == 0)
+            rc = metrics_out_sample(o, one[i].name, NULL, NULL, 0, one[i].v);
+    }
+    if (rc == 0)
+        rc = metrics_out_family(o, METRIC_COUNTER, "postsurge_events_total",
+                                "events appended by this node, by kind");
+    struct collect_ctx x = {o, rc};
+    if (rc == 0 && c->node)
+        node_event_counts(c->node, collect_kind, &x);
+    return x.rc;
+}
+
 int controller_start(struct controller *c)
 {
+    if (http_add_status(c->srv, ctl_http_status, c) < 0 ||
+        metrics_add_collector(http_metrics(c->srv), ctl_collect, c) < 0)
+        log_warn("cannot register the stress status and metrics (out of memory)");
     ctl_open_socket(c);
     c->inner = c->srv->decider;
     c->decider = (struct decider){.start = ctl_decide, .cancel = ctl_decide_cancel, .data = c};

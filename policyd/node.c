@@ -52,6 +52,11 @@ struct node {
     void (*closed)(void *arg);
     void *closed_arg;
     struct log_ratelimit rl_put, rl_get, rl_event, rl_take;
+    struct {
+        char kind[32];
+        uint64_t count;
+    } kinds[32];
+    size_t n_kinds;
 };
 
 /* The node the decider's lookups go to (one per process). */
@@ -387,6 +392,15 @@ void node_event(struct node *n, const char *kind, bool warn, json_t *extra, cons
         log_warn("event %s: %s", kind, text);
     else
         log_info("event %s: %s", kind, text);
+    size_t k = 0;
+    while (k < n->n_kinds && strcmp(n->kinds[k].kind, kind) != 0)
+        k++;
+    if (k == n->n_kinds && k < sizeof(n->kinds) / sizeof(n->kinds[0])) {
+        snprintf(n->kinds[k].kind, sizeof(n->kinds[k].kind), "%s", kind);
+        n->n_kinds++;
+    }
+    if (k < n->n_kinds)
+        n->kinds[k].count++;
     if (n->closing) {
         json_decref(extra);
         return;
@@ -572,4 +586,11 @@ bool node_client_flagged(const char *addr)
 size_t node_flagged_count(const struct node *n)
 {
     return n->n_merged;
+}
+
+void node_event_counts(const struct node *n,
+                       void (*fn)(const char *kind, uint64_t count, void *arg), void *arg)
+{
+    for (size_t i = 0; i < n->n_kinds; i++)
+        fn(n->kinds[i].kind, n->kinds[i].count, arg);
 }

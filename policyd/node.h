@@ -68,3 +68,7 @@ void node_on_log(struct node *n, const struct maillog_record *rec);
 bool node_client_flagged(const char *addr);
 /* Number of clients flagged cluster-wide (for metrics). */
 size_t node_flagged_count(const struct node *n);
+
+/* Events appended by this node so far, per kind: calls fn for each kind (for metrics). */
+void node_event_counts(const struct node *n,
+                       void (*fn)(const char *kind, uint64_t count, void *arg), void *arg);

@@ -16,7 +16,9 @@ import tempfile
 import time
 import unittest
 
-from ports import wait_for
+import urllib.request
+
+from ports import free_port, tcp_listening, wait_for
 from postsurge import Postsurge, request
 from redis_server import RedisServer
 
@@ -147,8 +149,22 @@ class ControllerTest(unittest.TestCase):
         self.assertIn("node n1 (this node): stress no", r.stdout)
 
     def test_controller_status_json_shape(self):
-        ps = self.daemon()
+        port = free_port()
+        ps = self.daemon(http_listen="inet:127.0.0.1:%d" % port)
         self.wait_init(ps)
+        # The same state on /status and /metrics (http.c).
+        self.assertTrue(wait_for(lambda: tcp_listening(port), 10))
+        with urllib.request.urlopen("http://127.0.0.1:%d/status" % port, timeout=10) as r:
+            hs = json.loads(r.read())
+        self.assertIs(hs["stress"], False)
+        self.assertEqual(hs["nodes"][0]["name"], "n1")
+        def metrics():
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port,
+                                        timeout=10) as r:
+                return r.read().decode()
+        self.assertTrue(wait_for(lambda: 'postsurge_service_limit{service="smtp/inet"} 4'
+                                 in metrics(), 10), metrics())
+        self.assertIn("\npostsurge_stress 0\n", metrics())
         st = self.status(ps)
         self.assertEqual(st["node"], "n1")
         self.assertIsInstance(st["nodes"], list)
