@@ -348,6 +348,9 @@ double metrics_value(const struct metrics_series *s)
 
 int metrics_add_collector(struct metrics *m, metrics_collect_fn fn, void *arg)
 {
+    /* m is NULL when http_metrics() ran out of memory: report that, do not crash. */
+    if (!m)
+        return -ENOMEM;
     if (grow((void **)&m->col, &m->cap_col, m->n_col, sizeof(*m->col)) < 0)
         return -ENOMEM;
     m->col[m->n_col].fn = fn;
@@ -358,7 +361,7 @@ int metrics_add_collector(struct metrics *m, metrics_collect_fn fn, void *arg)
 
 int metrics_remove_collector(struct metrics *m, metrics_collect_fn fn, void *arg)
 {
-    for (size_t i = 0; i < m->n_col; i++) {
+    for (size_t i = 0; m && i < m->n_col; i++) {
         if (m->col[i].fn == fn && m->col[i].arg == arg) {
             memmove(&m->col[i], &m->col[i + 1], (m->n_col - i - 1) * sizeof(*m->col));
             m->n_col--;

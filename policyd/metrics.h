@@ -66,7 +66,7 @@ double metrics_value(const struct metrics_series *s);
 /* A collector writes families computed at scrape time with metrics_out_family() and
  * metrics_out_sample(). It returns 0 or a negative errno (the scrape then fails with
  * 500). Collectors run in registration order, after the registry's own families.
- * Returns 0 or -ENOMEM. */
+ * Returns 0 or -ENOMEM (also for a NULL m). */
 typedef int (*metrics_collect_fn)(struct metrics_out *out, void *arg);
 int metrics_add_collector(struct metrics *m, metrics_collect_fn fn, void *arg);
 /* Removes the collector registered with exactly fn and arg; -ENOENT if none. */
