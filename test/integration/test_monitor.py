@@ -24,11 +24,12 @@ PROBE = os.path.join(BUILD_ROOT, "test", "integration", "monitor_probe")
 class Probe:
     """monitor_probe as a child process; its JSON lines are collected by a thread."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, env=None):
         self.lines = []
         self.cond = threading.Condition()
         self.proc = subprocess.Popen([PROBE] + list(args), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, **(env or {})))
         self.err = []
         self.threads = [threading.Thread(target=self._read, daemon=True),
                         threading.Thread(target=self._read_err, daemon=True)]
@@ -278,6 +279,7 @@ class MonitorTest:
     """Mixin: the monitor tests, run directly on a loopback smtpd and behind postscreen."""
     postscreen = False
     limit = 3
+    env = {}
 
     def setUp(self):
         if os.geteuid() != 0:
@@ -287,7 +289,7 @@ class MonitorTest:
         self.pf.start()
         self.addCleanup(self.pf.stop)
         self.p = Probe("monitor", self.pf.dir, "--maillog", self.pf.maillog_path,
-                       "--interval", "200")
+                       "--interval", "200", env=self.env)
         self.addCleanup(self.p.stop)
         self.socks = []
         self.addCleanup(self.close_socks)
@@ -363,6 +365,13 @@ class MonitorTest:
 
 class TestMonitorDirect(MonitorTest, unittest.TestCase):
     postscreen = False
+
+
+class TestMonitorDirectProcFallback(MonitorTest, unittest.TestCase):
+    """The /proc/PID/net/tcp path used when sock_diag is unusable or master runs in
+    another network namespace."""
+    postscreen = False
+    env = {"POSTSURGE_MONITOR_PROC_ONLY": "1"}
 
 
 class TestMonitorPostscreen(MonitorTest, unittest.TestCase):
