@@ -299,8 +299,12 @@ static void conn_process(struct conn *c)
     conn_flush(c);
     if (c->closing)
         return;
-    if (c->deciding || c->rpos < c->rend) {
-        /* Hold the rest in the kernel until the pending decision is answered. */
+    if (c->rpos < c->rend) {
+        /* Hold the rest in the kernel until the pending decision is answered. While a
+         * decision is pending with nothing buffered, reading goes on: smtpd sends the
+         * next request only after our reply, so stopping and restarting would cost two
+         * epoll_ctl calls per request for nothing (conn_on_read stops it if a
+         * pipelining client sends more). */
         if (c->reading) {
             uv_read_stop(&c->h.stream);
             c->reading = false;
@@ -344,9 +348,11 @@ static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct conn *c = h->data;
 
-    /* Reading runs only when every buffered byte was fed, so the whole buffer is free. */
-    c->rpos = c->rend = 0;
-    *buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
+    /* Reading runs only when every buffered byte was fed (or, while a decision is
+     * pending, until the first bytes arrive), so the buffer is free from rend on. */
+    if (c->rpos == c->rend)
+        c->rpos = c->rend = 0;
+    *buf = uv_buf_init(c->rbuf + c->rend, (unsigned)(sizeof(c->rbuf) - c->rend));
 }
 
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -369,9 +375,14 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     c->bytes_in += (uint64_t)nread;
-    c->rpos = 0;
-    c->rend = (size_t)nread;
+    c->rend += (size_t)nread;
     conn_idle_restart(c);
+    if (c->deciding) {
+        /* More input behind the pending decision: keep it until the answer. */
+        uv_read_stop(s);
+        c->reading = false;
+        return;
+    }
     conn_process(c);
 }
 

@@ -270,33 +270,53 @@ static void on_taken(void *arg, int status, const struct window_result *results,
 
 /* ---- the decider ---- */
 
-static void session_free(void *s)
+/* Per policy connection: the dedup session, made at the first request that counts. */
+struct engine_conn {
+    struct limits_session *session;
+    bool delegated; /* the pending decision is with the server's default decider */
+};
+
+static void engine_conn_free(void *arg)
 {
-    limits_session_free(s);
+    struct engine_conn *ec = arg;
+    if (ec) {
+        limits_session_free(ec->session);
+        free(ec);
+    }
 }
 
 static int engine_start(struct decider *dr, struct decision *dec)
 {
     struct engine *e = dr->data;
     struct limits_engine *le = e->limits;
+    struct engine_conn *ec = dec->conn_state;
 
     e->stats.decisions++;
-    if (!le || limits_engine_rule_count(le) == 0) {
-        const char *a = dec->srv->cfg->default_action;
-        dec->done(dec, a, strlen(a));
-        return 0;
-    }
-    if (!dec->conn_state) {
-        dec->conn_state = limits_session_new();
-        if (!dec->conn_state)
+    if (!ec) {
+        ec = calloc(1, sizeof(*ec));
+        if (!ec)
             return -ENOMEM;
-        dec->conn_state_free = session_free;
+        dec->conn_state = ec;
+        dec->conn_state_free = engine_conn_free;
+    }
+    ec->delegated = false;
+    if (!le || limits_engine_rule_count(le) == 0) {
+        /* No rules: the server's default decider answers (default_action, and the test
+         * aids of server.c). */
+        struct decider *d = &dec->srv->default_decider;
+        ec->delegated = true;
+        return d->start(d, dec);
+    }
+    if (!ec->session) {
+        ec->session = limits_session_new();
+        if (!ec->session)
+            return -ENOMEM;
     }
     struct pending *p = pending_get(e);
     if (!p)
         return -ENOMEM;
     p->dec = dec;
-    p->session = dec->conn_state;
+    p->session = ec->session;
     int rc = limits_plan(le, p->session, dec->req, node_stressed, &p->plan);
     if (rc < 0) {
         pending_put(e, p);
@@ -326,7 +346,14 @@ static void engine_cancel(struct decider *dr, struct decision *dec)
 {
     struct engine *e = dr->data;
     struct pending *p = dec->engine_data;
+    struct engine_conn *ec = dec->conn_state;
 
+    if (ec && ec->delegated) {
+        struct decider *d = &dec->srv->default_decider;
+        if (d->cancel)
+            d->cancel(d, dec);
+        return;
+    }
     if (!p)
         return;
     dec->engine_data = NULL;

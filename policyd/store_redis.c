@@ -63,6 +63,13 @@ static void redis_connect(struct redis *r);
 struct redis_uv_events {
     redisAsyncContext *ac;
     uv_poll_t handle;
+    /* Commands queued during one loop turn go out in one write from the prepare phase
+     * (which runs before the loop blocks, whatever phase queued them), without arming
+     * and disarming write interest: that cost two epoll_ctl calls per batch. Write
+     * interest is armed only when the socket does not take everything. */
+    uv_prepare_t flush;
+    bool in_flush;
+    int open; /* handles not yet closed */
     int events;
 };
 
@@ -78,6 +85,8 @@ static void redis_uv_on_poll(uv_poll_t *h, int status, int events)
 
 static void redis_uv_update(struct redis_uv_events *p, int events)
 {
+    if (events == p->events)
+        return; /* uv_poll_start would re-register the fd with the kernel */
     p->events = events;
     if (events)
         uv_poll_start(&p->handle, events, redis_uv_on_poll);
@@ -97,21 +106,41 @@ static void redis_uv_del_read(void *privdata)
     redis_uv_update(p, p->events & ~UV_READABLE);
 }
 
+static void redis_uv_on_flush(uv_prepare_t *h)
+{
+    struct redis_uv_events *p = h->data;
+    uv_prepare_stop(h);
+    if (!p->ac)
+        return;
+    p->in_flush = true;
+    redisAsyncHandleWrite(p->ac); /* may free the context (cleanup clears p->ac) */
+    p->in_flush = false;
+}
+
 static void redis_uv_add_write(void *privdata)
 {
     struct redis_uv_events *p = privdata;
-    redis_uv_update(p, p->events | UV_WRITABLE);
+    /* Connecting, or the socket did not take the last flush: wait until writable. */
+    if (p->in_flush || !p->ac || !(p->ac->c.flags & REDIS_CONNECTED)) {
+        redis_uv_update(p, p->events | UV_WRITABLE);
+        return;
+    }
+    if (!(p->events & UV_WRITABLE))
+        uv_prepare_start(&p->flush, redis_uv_on_flush);
 }
 
 static void redis_uv_del_write(void *privdata)
 {
     struct redis_uv_events *p = privdata;
+    uv_prepare_stop(&p->flush);
     redis_uv_update(p, p->events & ~UV_WRITABLE);
 }
 
 static void redis_uv_on_close(uv_handle_t *h)
 {
-    free(h->data);
+    struct redis_uv_events *p = h->data;
+    if (--p->open == 0)
+        free(p);
 }
 
 static void redis_uv_cleanup(void *privdata)
@@ -119,6 +148,7 @@ static void redis_uv_cleanup(void *privdata)
     struct redis_uv_events *p = privdata;
     p->ac = NULL; /* the context is being freed */
     uv_close((uv_handle_t *)&p->handle, redis_uv_on_close);
+    uv_close((uv_handle_t *)&p->flush, redis_uv_on_close);
 }
 
 static int redis_uv_attach(redisAsyncContext *ac, uv_loop_t *loop)
@@ -133,6 +163,9 @@ static int redis_uv_attach(redisAsyncContext *ac, uv_loop_t *loop)
         free(p);
         return rc;
     }
+    uv_prepare_init(loop, &p->flush);
+    p->flush.data = p;
+    p->open = 2;
     p->ac = ac;
     p->handle.data = p;
     ac->ev.addRead = redis_uv_add_read;
