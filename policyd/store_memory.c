@@ -610,6 +610,8 @@ int store_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void 
         *req = NULL;
     if (s->closing)
         return -ESHUTDOWN;
+    if (!cb)
+        return -EINVAL;
     if (store_is_redis(s))
         return store_redis_node_get_all(s, now_ms, cb, arg);
     struct store_cluster_mem *c = cluster_mem(s);
@@ -688,6 +690,8 @@ int store_event_read(struct store *s, size_t max, store_events_cb cb, void *arg,
         *req = NULL;
     if (s->closing)
         return -ESHUTDOWN;
+    if (!cb)
+        return -EINVAL;
     if (store_is_redis(s))
         return store_redis_event_read(s, max, cb, arg);
     struct store_cluster_mem *c = cluster_mem(s);
