@@ -220,9 +220,9 @@ class Postsurge:
 
     # -- configuration --
     def config_text(self, extra=None):
-        # Tests run side by side: no fixed HTTP port and no watching of the host's own
-        # Postfix unless a test asks for them (its settings replace these defaults).
-        defaults = {"http_listen": "", "monitor": "no"}
+        # Tests run side by side: no fixed HTTP port unless a test asks for one (its
+        # settings replace these defaults).
+        defaults = {"http_listen": ""}
         given = set()
         if isinstance(extra, dict):
             given = set(extra)
