@@ -266,6 +266,8 @@ class Postsurge:
         return r
 
     def start(self, wait=True, timeout=15.0):
+        if getattr(self, "logf", None) and not self.logf.closed:
+            self.logf.close()  # a restart after the daemon died (kill -9) without stop()
         self.logf = open(self.log_path, "ab")
         self._log_mark = self.logf.tell()
         self._checked = False
