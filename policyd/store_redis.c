@@ -26,6 +26,8 @@
 /* A connection with commands outstanding and no reply for this long is stalled (a stopped
  * or overloaded Redis): it is dropped so commands stop piling up in its buffers. */
 #define REDIS_STALL_MIN_MS 1000
+/* Keys up to this length (prefix included) go out preformatted from a stack buffer. */
+#define REDIS_FAST_KEY 1024
 /* privdata of a command: request id << 8 | op index. Id 0 is the handshake. */
 #define REDIS_PD(id, idx) ((void *)(uintptr_t)(((uintptr_t)(id) << 8) | (uintptr_t)(idx)))
 
@@ -34,6 +36,10 @@ struct redis {
     struct config_store_url url;
     char where[300]; /* host:port or path, for log lines */
     char sha[41];
+    /* "*8", "EVALSHA", the script's SHA-1 and the key count, in RESP: the fixed start of
+     * every counter command. */
+    char evalsha_head[80];
+    size_t evalsha_head_len;
     redisAsyncContext *ac;
     bool resolving;
     bool up;       /* a reply came on the current connection */
@@ -312,31 +318,104 @@ static void redis_on_timeout(uv_timer_t *h)
 
 static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
-/* Sends op idx of req: EVALSHA, or EVAL after NOSCRIPT. 0 or -1 (context unusable). */
+/* Writes u in decimal ending just before end; returns where the digits start. */
+static char *redis_digits(char *end, uint64_t u)
+{
+    static const char pairs[] = "00010203040506070809101112131415161718192021222324"
+                                "25262728293031323334353637383940414243444546474849"
+                                "50515253545556575859606162636465666768697071727374"
+                                "75767778798081828384858687888990919293949596979899";
+    char *p = end;
+    while (u >= 100) {
+        unsigned k = (unsigned)(u % 100) * 2;
+        u /= 100;
+        *--p = pairs[k + 1];
+        *--p = pairs[k];
+    }
+    if (u >= 10) {
+        *--p = pairs[u * 2 + 1];
+        *--p = pairs[u * 2];
+    } else {
+        *--p = (char)('0' + u);
+    }
+    return p;
+}
+
+/* Appends the RESP header of a bulk string of n bytes ("$n\r\n"); returns the new end. */
+static char *redis_put_len(char *p, size_t n)
+{
+    char buf[24];
+    char *d = redis_digits(buf + sizeof(buf), n);
+    *p++ = '$';
+    size_t k = (size_t)(buf + sizeof(buf) - d);
+    memcpy(p, d, k);
+    p += k;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* Appends a RESP bulk string holding v in decimal; returns the new end. */
+static char *redis_put_int(char *p, int64_t v)
+{
+    char buf[24];
+    char *d = redis_digits(buf + sizeof(buf), v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v);
+    if (v < 0)
+        *--d = '-';
+    size_t k = (size_t)(buf + sizeof(buf) - d);
+    p = redis_put_len(p, k);
+    memcpy(p, d, k);
+    p += k;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
+
+/* Sends op idx of req: EVALSHA, or EVAL after NOSCRIPT. 0 or -1 (context unusable). The
+ * EVALSHA goes out preformatted: hiredis formats an argv with sdscatfmt into fresh sds
+ * strings, and the four numbers took a snprintf each. */
 static int redis_send_op(struct redis *r, redisAsyncContext *ac, struct store_req *req, size_t idx,
                          bool eval)
 {
     const struct store_req_op *op = &req->ops[idx];
-    char now[24], win[24], limit[24], amount[24];
-    const char *argv[8];
-    size_t len[8];
-    argv[0] = eval ? "EVAL" : "EVALSHA";
-    argv[1] = eval ? window_lua_script : r->sha;
-    argv[2] = "1";
-    argv[3] = op->key;
-    len[3] = op->keylen;
-    snprintf(now, sizeof(now), "%" PRId64, req->now_ms);
-    snprintf(win, sizeof(win), "%" PRId64, op->window_ms);
-    snprintf(limit, sizeof(limit), "%" PRId64, op->limit);
-    snprintf(amount, sizeof(amount), "%" PRId64, op->amount);
-    argv[4] = now;
-    argv[5] = win;
-    argv[6] = limit;
-    argv[7] = amount;
-    for (int i = 0; i < 8; i++)
-        if (i != 3)
-            len[i] = strlen(argv[i]);
-    if (redisAsyncCommandArgv(ac, redis_on_reply, REDIS_PD(req->id, idx), 8, argv, len) != REDIS_OK)
+    /* "$NNNN\r\n" KEY "\r\n", then four integers of at most 20 digits and a sign. */
+    char cmd[sizeof(r->evalsha_head) + REDIS_FAST_KEY + 16 + 4 * 30];
+    int rc;
+    if (!eval && op->keylen <= REDIS_FAST_KEY) {
+        char *p = cmd;
+        memcpy(p, r->evalsha_head, r->evalsha_head_len);
+        p += r->evalsha_head_len;
+        p = redis_put_len(p, op->keylen);
+        memcpy(p, op->key, op->keylen);
+        p += op->keylen;
+        *p++ = '\r';
+        *p++ = '\n';
+        p = redis_put_int(p, req->now_ms);
+        p = redis_put_int(p, op->window_ms);
+        p = redis_put_int(p, op->limit);
+        p = redis_put_int(p, op->amount);
+        rc = redisAsyncFormattedCommand(ac, redis_on_reply, REDIS_PD(req->id, idx), cmd,
+                                        (size_t)(p - cmd));
+    } else {
+        char now[24], win[24], limit[24], amount[24];
+        snprintf(now, sizeof(now), "%" PRId64, req->now_ms);
+        snprintf(win, sizeof(win), "%" PRId64, op->window_ms);
+        snprintf(limit, sizeof(limit), "%" PRId64, op->limit);
+        snprintf(amount, sizeof(amount), "%" PRId64, op->amount);
+        const char *argv[8] = {eval ? "EVAL" : "EVALSHA",
+                               eval ? window_lua_script : r->sha,
+                               "1",
+                               op->key,
+                               now,
+                               win,
+                               limit,
+                               amount};
+        size_t len[8];
+        for (int i = 0; i < 8; i++)
+            len[i] = i == 3 ? op->keylen : strlen(argv[i]);
+        rc = redisAsyncCommandArgv(ac, redis_on_reply, REDIS_PD(req->id, idx), 8, argv, len);
+    }
+    if (rc != REDIS_OK)
         return -1;
     if (r->outstanding++ == 0)
         r->last_progress = redis_now(r);
@@ -666,6 +745,9 @@ int store_redis_init(struct store *s, const struct config *cfg, const struct con
     else
         snprintf(r->where, sizeof(r->where), "%s:%d", u->host, u->port);
     sha1_hex(window_lua_script, strlen(window_lua_script), r->sha);
+    r->evalsha_head_len =
+        (size_t)snprintf(r->evalsha_head, sizeof(r->evalsha_head),
+                         "*8\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n", r->sha);
     r->timeout_ms = cfg->redis_timeout > 0 ? cfg->redis_timeout : 100;
     r->backoff_max_ms = cfg->redis_reconnect_max > 0 ? cfg->redis_reconnect_max : 5000;
     r->backoff_ms = REDIS_BACKOFF_MIN_MS;
@@ -840,8 +922,8 @@ static void redis_on_cop_reply(redisAsyncContext *ac, void *reply, void *privdat
         /* ZRANGEBYSCORE: the live node names. */
         op->names_done = true;
         if (rep->type == REDIS_REPLY_ARRAY) {
-            size_t n = rep->elements < REDIS_CLUSTER_MAX_NODES ? rep->elements
-                                                                 : REDIS_CLUSTER_MAX_NODES;
+            size_t n =
+                rep->elements < REDIS_CLUSTER_MAX_NODES ? rep->elements : REDIS_CLUSTER_MAX_NODES;
             op->names = calloc(n ? n : 1, sizeof(char *));
             if (!op->names) {
                 op->status = -ENOMEM;
