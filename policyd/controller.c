@@ -1497,6 +1497,14 @@ static void ctl_on_stop(struct server *srv, void *arg)
         node_close(c->node, ctl_on_node_closed, c);
 }
 
+/* Field by field: memcmp would read the struct's padding, which nothing initialises. */
+static bool stress_params_equal(const struct stress_params *a, const struct stress_params *b)
+{
+    return a->enter_threshold == b->enter_threshold && a->enter_delay_ms == b->enter_delay_ms &&
+           a->exit_threshold == b->exit_threshold && a->exit_delay_ms == b->exit_delay_ms &&
+           a->min_interval_ms == b->min_interval_ms && a->cluster_quorum == b->cluster_quorum;
+}
+
 static void ctl_on_reload(struct server *srv, const struct config *old, void *arg)
 {
     struct controller *c = arg;
@@ -1514,7 +1522,7 @@ static void ctl_on_reload(struct server *srv, const struct config *old, void *ar
     }
     struct stress_params p;
     stress_params_from_config(cfg, &p);
-    if (memcmp(&p, &c->params, sizeof(p)) != 0)
+    if (!stress_params_equal(&p, &c->params))
         log_warn("reload: stress_* thresholds and delays take effect at the next restart");
     if (strcmp(cfg->stress_main_cf, c->profile_main) != 0 ||
         strcmp(cfg->stress_master_cf, c->profile_master) != 0 ||

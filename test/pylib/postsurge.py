@@ -38,6 +38,8 @@ SLOW = float(os.environ.get("POSTSURGE_SLOW", "4" if WRAPPER else "1"))
 _SANITIZER_RE = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|"
                            r"SUMMARY: UndefinedBehaviorSanitizer|: runtime error: ")
 _VALGRIND_ERRORS_RE = re.compile(r"ERROR SUMMARY: ([0-9]+) errors")
+_VALGRIND_RECORD_RE = re.compile(r"==[0-9]+== (Invalid |Conditional jump|Use of uninit|"
+                                 r"Syscall param|Mismatched|.* are (definitely|indirectly) lost)")
 
 
 class SanitizerReport(AssertionError):
@@ -80,7 +82,8 @@ def memcheck_report(text, logdir=None, pid=None):
             except OSError:
                 continue
             counts = [int(n) for n in _VALGRIND_ERRORS_RE.findall(vg)]
-            if any(counts):
+            # Under --quiet there is no summary line: any error record counts.
+            if any(counts) or (not counts and _VALGRIND_RECORD_RE.search(vg)):
                 return "%s:\n%s" % (path, vg[-12000:])
     return None
 
