@@ -2,16 +2,20 @@
 clients that send one byte per second keep its resident memory bounded (and it returns
 near the baseline once they leave) while other clients are served; connections beyond
 max_connections are closed at once; garbage from many connections at a high rate does not
-grow memory. Redis paused and killed mid-load: test_limits_redis.py; the daemon killed
-behind a real Postfix: test/e2e/test_faults_e2e.py.
+grow memory; Redis paused (SIGSTOP) for 5 s and then killed under concurrent load from
+test/bench/loadgen: every request answered (loadgen's per-reply timeout of 5 s bounds a
+hang; the slowest reply is printed, not asserted). Sequential variants with exact counts:
+test_limits_redis.py; the daemon killed behind a real Postfix: test_faults_e2e.py.
 Memory bounds are not asserted under ASan (its quarantine and shadow memory are most of
 the RSS); the 10,000-connection test is skipped under POSTSURGE_WRAPPER (valgrind).
 Env: POSTSURGE, PYTHONPATH=test/pylib."""
 import json
 import os
 import random
+import re
 import resource
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -20,6 +24,9 @@ import urllib.request
 
 from ports import free_port, wait_for
 from postsurge import POSTSURGE, WRAPPER, Postsurge, encode, request, skip_if_wrapped
+from redis_server import RedisServer
+
+LOADGEN = os.path.join(os.environ.get("BUILD_ROOT", "build"), "test", "bench", "loadgen")
 
 MB = 1024  # VmRSS is in kB
 RSS_BOUND_KB = 200 * MB
@@ -276,6 +283,40 @@ class Faults(unittest.TestCase):
             print("RSS bounds not asserted: ASan or memcheck", file=sys.stderr)
             return
         self.assertLess(rss2, rss1 + max(rss1 // 10, 4 * MB))
+
+    def test_faults_redis_stopped_then_killed_under_load(self):
+        skip_if_wrapped(self, "answers within loadgen's 5 s reply timeout need full speed")
+        if not os.access(LOADGEN, os.X_OK):
+            self.skipTest("no loadgen at %s" % LOADGEN)
+        redis = RedisServer()
+        self.addCleanup(redis.remove)
+        ps = self.daemon(store=redis.url, redis_timeout="100ms", redis_reconnect_max="500ms",
+                         limits="\n    per_ip client_address recipients 1000/1m\n"
+                                "    per_net client_address/24 recipients 5000/1m")
+        # 16 connections for 14 s: Redis stopped from 2 s to 7 s, killed at 9 s.
+        lg = subprocess.Popen([LOADGEN, "-c", "16", "-d", "14", "-w", "0", "-t", "5",
+                               "-N", "64", "-l", "faults", "%s:%d" % (ps.host, ps.port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.addCleanup(lambda: lg.poll() is None and lg.kill())
+        time.sleep(2)
+        redis.pause()
+        try:
+            time.sleep(5)
+        finally:
+            redis.resume()
+        time.sleep(2)
+        redis.kill()
+        out = lg.communicate(timeout=120)[0]
+        print("\n" + out.strip(), file=sys.stderr)
+        m = re.search(r"^LOADGEN .* requests=(\d+) .* max_us=(\d+) errors=(\d+) "
+                      r"conn_errors=(\d+)", out, re.M)
+        self.assertIsNotNone(m, out)
+        requests, _, errors, conn_errors = (int(g) for g in m.groups())
+        self.assertEqual((errors, conn_errors), (0, 0), out)
+        self.assertEqual(lg.returncode, 0, out)
+        self.assertGreater(requests, 100)
+        self.assertTrue(ps.running())
+        self.assertIn("answering from local counters", ps.log())
 
 
 if __name__ == "__main__":
