@@ -6,6 +6,9 @@ grow memory; Redis paused (SIGSTOP) for 5 s and then killed under concurrent loa
 test/bench/loadgen: every request answered (loadgen's per-reply timeout of 5 s bounds a
 hang; the slowest reply is printed, not asserted). Sequential variants with exact counts:
 test_limits_redis.py; the daemon killed behind a real Postfix: test_faults_e2e.py.
+state_directory full (a 64 KB tmpfs filled up): `stress enter` applies no override without
+its journal, the error is logged and in `status` (the unwritable and failing/hanging
+postconf cases are in test_controller.py, whose fixture this reuses).
 Memory bounds are not asserted under ASan (its quarantine and shadow memory are most of
 the RSS); the 10,000-connection test is skipped under POSTSURGE_WRAPPER (valgrind).
 Env: POSTSURGE, PYTHONPATH=test/pylib."""
@@ -25,6 +28,7 @@ import urllib.request
 from ports import free_port, wait_for
 from postsurge import POSTSURGE, WRAPPER, Postsurge, encode, request, skip_if_wrapped
 from redis_server import RedisServer
+import test_controller
 
 LOADGEN = os.path.join(os.environ.get("BUILD_ROOT", "build"), "test", "bench", "loadgen")
 
@@ -317,6 +321,49 @@ class Faults(unittest.TestCase):
         self.assertGreater(requests, 100)
         self.assertTrue(ps.running())
         self.assertIn("answering from local counters", ps.log())
+
+
+class StateDirectoryFull(test_controller.ControllerTest):
+    """The controller fixture (a Postfix config dir, a fake `postfix` that records reloads)
+    with state_directory on a tmpfs that is full when stress begins."""
+
+    def test_faults_state_directory_full_applies_nothing(self):
+        mnt = os.path.join(self.tmp, "state")
+        os.mkdir(mnt)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", mnt],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            self.skipTest("cannot mount a tmpfs: %s" % r.stderr.strip())
+        self.addCleanup(subprocess.run, ["umount", "-l", mnt])
+        ps = self.daemon(state_directory=mnt)
+        self.wait_init(ps)
+        fd = os.open(os.path.join(mnt, "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 4096) > 0:
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        mark = len(ps.log())
+        ps.cli("stress", "enter")
+        self.assertTrue(wait_for(lambda: "journal" in self.me(ps)["error"], 30), ps.log())
+        me = self.me(ps)
+        self.assertEqual(me["overrides"], [])
+        self.assertEqual(me["overrides_state"], "none")
+        self.assertIn("No space left on device", ps.log()[mark:])
+        self.assertNotIn(" -e ", ps.log()[mark:])
+        self.assertFalse(os.path.exists(self.reloads))
+        self.assertEqual(test_controller.read_bytes(self.main), self.main0)
+        self.assertEqual(test_controller.read_bytes(self.master), self.master0)
+        self.assertFalse(os.path.exists(os.path.join(mnt, "journal.json")))
+
+
+def load_tests(loader, tests, pattern):
+    """This file's tests only (not the inherited controller tests)."""
+    suite = unittest.TestSuite(loader.loadTestsFromTestCase(Faults))
+    suite.addTest(StateDirectoryFull("test_faults_state_directory_full_applies_nothing"))
+    return suite
 
 
 if __name__ == "__main__":
