@@ -88,6 +88,7 @@ install: setup
 	    getent passwd postsurge >/dev/null || useradd --system --user-group --no-create-home \
 	        --home-dir /var/lib/postsurge --shell /usr/sbin/nologin \
 	        --comment "postsurge policy service" postsurge; \
+	    if getent group adm >/dev/null; then usermod -aG adm postsurge; fi; \
 	    install -d -m 0750 -o postsurge -g postsurge /var/lib/postsurge; \
 	    install -d -m 0755 /etc/postsurge; \
 	    test -e /etc/postsurge/postsurge.cf || \

@@ -14,6 +14,7 @@
 #include "monitor.h"
 #include "node.h"
 #include "overrides.h"
+#include "privsep.h"
 #include "spawn.h"
 #include "stress.h"
 
@@ -72,6 +73,9 @@ struct job {
     enum work_kind wk;
     int work_rc;
     char work_err[512];
+    /* privileged helper: the last reply (NULL with reply_status < 0 when none came) */
+    json_t *reply;
+    int reply_status;
     /* last command */
     struct spawn *sp;
     char *out;
@@ -99,6 +103,9 @@ struct controller {
     struct stress_params params;
 
     struct monitor *mon;
+    struct privsep *ps; /* the privileged helper (serve started as root), or NULL */
+    bool unavailable;   /* overrides cannot run (started as non-root, helper gone) */
+    char unavailable_why[256];
     struct stress_machine *sm;
     struct node *node;
     struct stress_result last;
@@ -143,6 +150,8 @@ struct controller {
 
 static void ctl_reconcile(struct controller *c);
 static void job_step(struct job *jb);
+static void job_end(struct job *jb);
+static json_t *settings_json(const struct overrides_journal *j);
 static void ctl_event(struct controller *c, const char *kind, bool warn, json_t *extra,
                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
@@ -495,6 +504,71 @@ static void job_take_out(struct job *jb, char **text, size_t *len)
     jb->out_len = 0;
 }
 
+/* ---- the privileged helper (serve started as root) ---- */
+
+static void job_on_reply(void *arg, int status, json_t *reply)
+{
+    struct job *jb = arg;
+    json_decref(jb->reply);
+    jb->reply = reply ? json_incref(reply) : NULL;
+    jb->reply_status = status;
+    job_step(jb);
+}
+
+/* Sends op to the helper; job_step() runs with jb->reply (or reply_status < 0). */
+static void job_helper(struct job *jb, enum privmsg_op op, const char *payload, size_t len)
+{
+    json_decref(jb->reply);
+    jb->reply = NULL;
+    jb->reply_status = 0;
+    int rc = privsep_call(jb->c->ps, op, payload, len, job_on_reply, jb);
+    if (rc < 0) {
+        jb->reply_status = rc;
+        job_step(jb);
+    }
+}
+
+/* The reply's error text, or why there was none. */
+static const char *reply_error(const struct job *jb)
+{
+    if (jb->reply_status < 0)
+        return jb->reply_status == -ECANCELED ? "cancelled (stopping)"
+                                              : "the privileged helper does not answer";
+    const char *e = json_string_value(json_object_get(jb->reply, "error"));
+    return e && *e ? e : "unknown error";
+}
+
+static bool reply_ok(const struct job *jb)
+{
+    return jb->reply_status == 0 && json_is_true(json_object_get(jb->reply, "ok"));
+}
+
+/* Commands the helper ran for a request count as ours (status, metrics). */
+static void reply_count(struct controller *c, const struct job *jb)
+{
+    c->commands_run += (uint64_t)json_integer_value(json_object_get(jb->reply, "commands"));
+    c->command_failures += (uint64_t)json_integer_value(json_object_get(jb->reply, "failures"));
+}
+
+/* The journal's settings as the helper reported them (the helper keeps the journal). */
+static struct overrides_journal *reply_journal(struct controller *c, const struct job *jb)
+{
+    struct overrides_journal *j = NULL;
+    if (privmsg_settings_decode(json_object_get(jb->reply, "settings"), c->config_dir, &j) < 0)
+        log_error("privileged helper: unreadable settings in its reply");
+    return j;
+}
+
+/* The journal a crash left: the helper reads it (root's file, 0600); else the thread
+ * pool. */
+static void job_read_journal(struct job *jb)
+{
+    if (jb->c->ps)
+        job_helper(jb, PRIVMSG_JOURNAL, "{}", 2);
+    else
+        job_read_journal(jb);
+}
+
 /* ---- jobs ---- */
 
 static void job_free(struct job *jb)
@@ -508,6 +582,7 @@ static void job_free(struct job *jb)
     free(jb->jtext);
     overrides_plan_free(jb->plan);
     overrides_restore_free(jb->restore);
+    json_decref(jb->reply);
     free(jb->out);
     free(jb);
 }
@@ -853,6 +928,139 @@ fail:
     job_end(jb);
 }
 
+/* Apply through the helper: it re-validates the profile, journals (as root), runs the
+ * commands, reads back and verifies; we keep the settings it reports. */
+static void job_step_apply_helper(struct job *jb)
+{
+    struct controller *c = jb->c;
+    switch (jb->step++) {
+    case 0: {
+        char *req = NULL;
+        size_t len = 0;
+        if (privmsg_apply_encode(c->profile_main, c->profile_master, node_wall_ms(), &req, &len) <
+            0) {
+            ctl_set_error(c, "apply: out of memory");
+            c->apply_failed = true;
+            job_end(jb);
+            return;
+        }
+        job_helper(jb, PRIVMSG_APPLY, req, len);
+        free(req);
+        return;
+    }
+    default:
+        break;
+    }
+    reply_count(c, jb);
+    const char *fail = json_string_value(json_object_get(jb->reply, "fail"));
+    fail = fail ? fail : "";
+    if (jb->reply && json_is_true(json_object_get(jb->reply, "journaled"))) {
+        overrides_journal_free(c->journal);
+        c->journal = reply_journal(c, jb);
+    }
+    if (reply_ok(jb) && json_is_true(json_object_get(jb->reply, "nothing"))) {
+        log_info("apply: every setting of the profile is already in force; nothing to do");
+        c->dry_applied = false;
+    } else if (reply_ok(jb)) {
+        c->applies++;
+        c->last_error[0] = '\0';
+        json_int_t ms = json_integer_value(json_object_get(jb->reply, "elapsed_ms"));
+        size_t n = c->journal ? c->journal->n : 0;
+        ctl_event(c, "overrides-applied", false,
+                  json_pack("{s:o,s:I}", "settings",
+                            c->journal ? settings_json(c->journal) : json_array(), "elapsed_ms",
+                            ms),
+                  "%zu settings applied and verified, postfix reloaded, in %" PRId64 " ms", n,
+                  (int64_t)ms);
+        if (c->mon)
+            monitor_refresh_limits(c->mon);
+    } else {
+        c->apply_failed = true;
+        ctl_set_error(c, "%s%s", strcmp(fail, "journal") == 0 ? "" : "apply: ", reply_error(jb));
+        if (strcmp(fail, "journal") == 0)
+            ctl_event(c, "journal-error", true, json_pack("{s:s}", "path", c->journal_path), "%s",
+                      c->last_error);
+        else if (strcmp(fail, "rejected") == 0)
+            ctl_event(c, "overrides-rejected", true, NULL,
+                      "the privileged helper rejected the profile: %s", c->last_error);
+        else if (strcmp(fail, "verify") == 0)
+            ctl_event(c, "verify-failed", true, NULL, "overrides read back wrong: %s",
+                      c->last_error);
+        else if (strcmp(fail, "command") == 0)
+            ctl_event(c, "command-failed", true, json_pack("{s:s}", "error", c->last_error),
+                      "apply: %s; rolling back", c->last_error);
+        if (c->journal)
+            log_error("overrides apply failed: %s; restoring from the journal", c->last_error);
+        else
+            log_error("overrides not applied: %s", c->last_error);
+    }
+    job_end(jb);
+}
+
+/* Restore through the helper (it reads its own journal, never ours). */
+static void job_step_restore_helper(struct job *jb)
+{
+    struct controller *c = jb->c;
+    if (jb->step++ == 0) {
+        job_helper(jb, PRIVMSG_RESTORE, "{}", 2);
+        return;
+    }
+    reply_count(c, jb);
+    if (!reply_ok(jb)) {
+        ctl_set_error(c, "restore: %s", reply_error(jb));
+        ctl_event(c, "restore-failed", true, json_pack("{s:s}", "error", c->last_error),
+                  "restore failed: %s; the journal stays, retry in %d s", c->last_error,
+                  RESTORE_RETRY_MS / 1000);
+        c->restore_retry_at = uv_now(c->loop) + RESTORE_RETRY_MS;
+        job_end(jb);
+        return;
+    }
+    if (json_is_true(json_object_get(jb->reply, "nothing"))) {
+        log_info("restore: the privileged helper holds no journal; nothing to undo");
+    } else {
+        json_t *cf = json_object_get(jb->reply, "conflicts");
+        size_t i;
+        json_t *k;
+        json_array_foreach(cf, i, k)
+        {
+            const char *setting = json_string_value(json_object_get(k, "setting"));
+            const char *cur = json_string_value(json_object_get(k, "current"));
+            const char *prior = json_string_value(json_object_get(k, "prior"));
+            const char *ours = json_string_value(json_object_get(k, "ours"));
+            const char *why = json_string_value(json_object_get(k, "why"));
+            c->conflicts++;
+            ctl_event(c, "restore-conflict", true, json_deep_copy(k),
+                      "%s: changed by someone else since stress began (now %s, was %s, "
+                      "postsurge set %s): the administrator's value stays (%s)",
+                      setting ? setting : "?", cur ? cur : "(not set)", prior ? prior : "(not set)",
+                      ours ? ours : "?", why ? why : "");
+        }
+        bool wm = json_is_true(json_object_get(jb->reply, "write_main"));
+        bool ws = json_is_true(json_object_get(jb->reply, "write_master"));
+        struct overrides_journal *j = reply_journal(c, jb);
+        size_t n = j ? j->n : (c->journal ? c->journal->n : 0);
+        json_int_t ms = json_integer_value(json_object_get(jb->reply, "elapsed_ms"));
+        c->restores++;
+        ctl_event(c, "overrides-restored", false,
+                  json_pack("{s:o,s:b,s:b,s:I,s:I}", "settings",
+                            j ? settings_json(j) : json_array(), "main_cf_bytes_restored", wm,
+                            "master_cf_bytes_restored", ws, "conflicts",
+                            (json_int_t)json_array_size(cf), "elapsed_ms", ms),
+                  "%zu settings restored (main.cf %s, master.cf %s), postfix reloaded, "
+                  "%zu conflicts, in %" PRId64 " ms",
+                  n, wm ? "byte-exact" : "per setting", ws ? "byte-exact" : "per setting",
+                  json_array_size(cf), (int64_t)ms);
+        overrides_journal_free(j);
+    }
+    c->last_error[0] = '\0';
+    overrides_journal_free(c->journal);
+    c->journal = NULL;
+    c->recovering = false;
+    if (c->mon)
+        monitor_refresh_limits(c->mon);
+    job_end(jb);
+}
+
 /* Init: postconf -d (parameter names) and -F (services), resolve the profile, then look
  * for a journal a crash left. */
 static void job_step_init(struct job *jb)
@@ -873,7 +1081,7 @@ static void job_step_init(struct job *jb)
                      c->last_error);
             jb->step = 3;
             jb->failed = false;
-            job_queue_work(jb, WK_READ_JOURNAL);
+            job_read_journal(jb);
             return;
         }
         overrides_params_free(c->known);
@@ -882,7 +1090,7 @@ static void job_step_init(struct job *jb)
             snprintf(c->profile_error, sizeof(c->profile_error),
                      "postconf -d gave no parameter names");
             jb->step = 3;
-            job_queue_work(jb, WK_READ_JOURNAL);
+            job_read_journal(jb);
             return;
         }
         job_run_postconf(jb, "-F");
@@ -892,7 +1100,7 @@ static void job_step_init(struct job *jb)
             snprintf(c->profile_error, sizeof(c->profile_error), "postconf -F: %.450s",
                      c->last_error);
             jb->failed = false;
-            job_queue_work(jb, WK_READ_JOURNAL);
+            job_read_journal(jb);
             return;
         }
         overrides_services_free(c->svcs);
@@ -917,10 +1125,30 @@ static void job_step_init(struct job *jb)
         overrides_profile_free(p);
         if (!c->profile_ready)
             log_error("%s; stress overrides are off", c->profile_error);
-        job_queue_work(jb, WK_READ_JOURNAL);
+        job_read_journal(jb);
         return;
     }
     case 3:
+        if (c->ps) {
+            json_t *settings = json_object_get(jb->reply, "settings");
+            if (!reply_ok(jb)) {
+                c->journal_bad = true;
+                ctl_set_error(c, "journal: %s", reply_error(jb));
+                ctl_event(c, "journal-error", true, json_pack("{s:s}", "path", c->journal_path),
+                          "%s; nothing is changed until an administrator checks it", c->last_error);
+            } else if (json_is_true(json_object_get(jb->reply, "found")) && settings) {
+                c->journal = reply_journal(c, jb);
+                if (c->journal) {
+                    c->recovering = true;
+                    ctl_event(c, "journal-found", true, json_pack("{s:s}", "path", c->journal_path),
+                              "a journal from an earlier run holds %zu settings; restoring it "
+                              "unless this node is in stress",
+                              c->journal->n);
+                }
+            }
+            c->init_done = true;
+            break;
+        }
         if (jb->work_rc < 0) {
             c->journal_bad = true;
             ctl_set_error(c, "journal: %s", jb->work_err);
@@ -968,10 +1196,16 @@ static void job_step(struct job *jb)
         job_step_init(jb);
         break;
     case JOB_APPLY:
-        job_step_apply(jb);
+        if (jb->c->ps && !jb->c->dry_run)
+            job_step_apply_helper(jb);
+        else
+            job_step_apply(jb);
         break;
     case JOB_RESTORE:
-        job_step_restore(jb);
+        if (jb->c->ps)
+            job_step_restore_helper(jb);
+        else
+            job_step_restore(jb);
         break;
     }
 }
@@ -989,7 +1223,17 @@ static void ctl_reconcile(struct controller *c)
         if (c->mon && !c->have_result)
             return;
     }
-    bool want = stressed && c->overrides_on && c->profile_ready && !c->apply_failed;
+    if (c->ps && !c->unavailable && !privsep_alive(c->ps)) {
+        c->unavailable = true;
+        snprintf(c->unavailable_why, sizeof(c->unavailable_why), "the privileged helper exited");
+        ctl_event(c, "overrides-unavailable", true, NULL,
+                  "the privileged helper exited: overrides cannot be applied or restored "
+                  "until serve restarts");
+    }
+    if (c->unavailable)
+        return; /* no way to change Postfix: nothing to reconcile */
+    bool want =
+        stressed && c->overrides_on && c->profile_ready && !c->apply_failed && !c->unavailable;
     if (c->stopping)
         return; /* overrides stay in force across a restart; the journal says how */
     if (want && !c->journal && !c->dry_applied) {
@@ -1076,6 +1320,13 @@ static json_t *ctl_status_json(struct controller *c)
         (json_int_t)c->command_failures, "applies", (json_int_t)c->applies, "restores",
         (json_int_t)c->restores, "conflicts", (json_int_t)c->conflicts, "attack_answers",
         (json_int_t)c->attack_answers);
+    if (o) {
+        bool avail = !c->unavailable && (!c->ps || privsep_alive(c->ps));
+        json_object_set_new(o, "overrides_available", json_boolean(avail));
+        json_object_set_new(o, "overrides_unavailable_reason",
+                            json_string(avail ? "" : c->unavailable_why));
+        json_object_set_new(o, "privileges", json_string(privsep_mode_name(privsep_mode())));
+    }
     if (o && c->node)
         json_object_set_new(o, "flagged_clients",
                             json_integer((json_int_t)node_flagged_count(c->node)));
@@ -1480,6 +1731,10 @@ static void ctl_on_stop(struct server *srv, void *arg)
         server_set_decider(c->srv, c->inner);
     if (c->job && c->job->sp)
         spawn_cancel(c->job->sp);
+    /* A request in flight is cancelled here (the helper finishes it on its own; the
+     * journal on disk says what to undo at the next start). */
+    privsep_close(c->ps);
+    c->ps = NULL;
     if (c->journal)
         log_info("stopping with overrides in force: %s keeps their prior state; the next "
                  "start restores it unless the node is in stress",
@@ -1596,6 +1851,23 @@ int controller_new(struct server *srv, struct controller **out, char *err, size_
         controller_free(c);
         return -EINVAL;
     }
+    switch (privsep_mode()) {
+    case PRIVSEP_HELPER:
+        c->ps = privsep_client_new(srv->loop);
+        if (!c->ps) {
+            c->unavailable = true;
+            snprintf(c->unavailable_why, sizeof(c->unavailable_why),
+                     "the privileged helper could not be reached");
+        }
+        break;
+    case PRIVSEP_UNPRIVILEGED:
+        c->unavailable = true;
+        snprintf(c->unavailable_why, sizeof(c->unavailable_why),
+                 "serve was started as uid %ld, not root: no privileged helper", (long)getuid());
+        break;
+    default:
+        break;
+    }
     if (c->monitor_on) {
         struct monitor_opts mo = {.config_dir = c->config_dir,
                                   .maillog_file = cfg->maillog_file,
@@ -1603,6 +1875,9 @@ int controller_new(struct server *srv, struct controller **out, char *err, size_
                                   .command_timeout_ms = c->cmd_timeout_ms,
                                   .postconf = c->postconf,
                                   .on_log = ctl_on_log};
+        /* Other users' /proc/PID/fd need root: the helper scans, the loop never waits. */
+        if (c->ps)
+            mo.scanner = (struct monitor_scanner){.start = privsep_scan_start, .arg = c->ps};
         c->mon = monitor_new(srv->loop, &mo, ctl_on_sample, c);
         if (!c->mon) {
             snprintf(err, errlen, "cannot create the monitor");
@@ -1625,10 +1900,11 @@ static int ctl_http_status(struct server *srv, json_t *status, void *arg)
     (void)srv;
     json_t *cl = ctl_cluster_json(c);
     json_t *self = json_array_get(json_object_get(cl, "nodes"), 0);
-    static const char *const keys[] = {"stress",    "state",           "since",   "local_stress",
-                                       "forced",    "saturation",      "busiest", "services",
-                                       "overrides", "overrides_state", "journal", "dry_run",
-                                       "error",     "commands"};
+    static const char *const keys[] = {
+        "stress",     "state",   "since",    "local_stress", "forced",
+        "saturation", "busiest", "services", "overrides",    "overrides_state",
+        "journal",    "dry_run", "error",    "commands",     "overrides_available",
+        "privileges"};
     for (size_t i = 0; self && i < sizeof(keys) / sizeof(keys[0]); i++)
         json_object_set(status, keys[i], json_object_get(self, keys[i]));
     json_object_set(status, "nodes", json_object_get(cl, "nodes"));
@@ -1740,6 +2016,16 @@ int controller_start(struct controller *c)
     log_info("controller: node %s, store %s, Postfix in %s, journal %s%s", node_name(c->node),
              node_store_kind(c->node), c->config_dir, c->journal_path,
              c->dry_run ? ", dry run" : "");
+    if (c->unavailable) {
+        ctl_event(c, "overrides-unavailable", true,
+                  json_pack("{s:s}", "reason", c->unavailable_why),
+                  "stress overrides unavailable: %s (detection, status and the policy "
+                  "service run on)",
+                  c->unavailable_why);
+        if (privsep_mode() == PRIVSEP_UNPRIVILEGED && c->mon)
+            log_warn("monitor: not root: other users' /proc/PID/fd are unreadable, so smtpd "
+                     "busy counts may read 0");
+    }
     job_start(c, JOB_INIT);
     return 0;
 }

@@ -7,6 +7,7 @@
 #include "engine.h"
 #include "http.h"
 #include "log.h"
+#include "privsep.h"
 #include "sdnotify.h"
 #include "server.h"
 
@@ -224,6 +225,12 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
         return 1;
     }
     sdnotify_init(); /* before any thread: it edits the environment */
+    char err[256];
+    /* As root: the privileged helper is forked here, before the loop, threads or any
+     * socket exist, so it holds nothing the network side opened. */
+    rc = privsep_init(cfg, err, sizeof(err));
+    if (rc < 0)
+        die("%s", err);
     rc = uv_loop_init(&loop);
     if (rc < 0)
         die("uv_loop_init: %s", uv_strerror(rc));
@@ -233,7 +240,6 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
     srv->foreground = cli->foreground;
     srv->verbose = cli->verbose;
     struct engine *engine = NULL;
-    char err[256];
     rc = engine_new(srv, &engine, err, sizeof(err));
     if (rc < 0)
         die("rate limits: %s", err[0] ? err : strerror(-rc));
@@ -242,11 +248,15 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
     if (rc < 0)
         die("controller: %s", err[0] ? err : strerror(-rc));
     int start_rc = server_start(srv);
+    if (start_rc >= 0)
+        start_rc = http_start(srv);
+    /* Every listening socket is bound: root is not needed any more (the control socket
+     * in state_directory is the unprivileged user's). */
+    if (privsep_drop(err, sizeof(err)) < 0)
+        die("%s", err);
     /* After the engine installed its decider: the controller's goes in front of it. */
     if (start_rc >= 0)
         start_rc = controller_start(controller);
-    if (start_rc >= 0)
-        start_rc = http_start(srv);
     if (start_rc < 0)
         server_stop(srv);
     else

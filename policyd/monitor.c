@@ -37,22 +37,6 @@
 #define MONITOR_TCP_LISTEN 0x0A
 #define MONITOR_MAX_CHILDREN 65536
 
-/* What a scan needs and finds. The loop fills `in` before queueing the work and reads
- * `out` in the after-work callback; the worker touches nothing else. */
-struct monitor_scan {
-    /* in */
-    struct monitor_service svc[MONITOR_MAX_SERVICES];
-    size_t n_svc;
-    char queue_dir[1024];
-    char config_dir[1024];
-    bool proc_only; /* skip sock_diag for TCP (test aid: POSTSURGE_MONITOR_PROC_ONLY=1) */
-    /* out */
-    int master_pid;
-    bool master_running, qmgr_running;
-    uint64_t scan_us;
-    int64_t cfg_stamp; /* mtimes of main.cf and master.cf combined */
-};
-
 struct monitor {
     uv_loop_t *loop;
     char *config_dir;
@@ -70,6 +54,7 @@ struct monitor {
     struct spawn *spawn; /* running postconf, or NULL */
     uv_work_t work;
     struct monitor_scan scan;
+    struct monitor_scanner scanner; /* start NULL: the thread pool scans */
 
     /* services and limits from the last successful postconf round */
     struct monitor_service svc[MONITOR_MAX_SERVICES];
@@ -596,7 +581,7 @@ static uint64_t mono_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-static void monitor_scan_run(struct monitor_scan *sc)
+void monitor_scan_run(struct monitor_scan *sc)
 {
     uint64_t t0 = mono_us();
     sc->master_pid = 0;
@@ -751,9 +736,8 @@ static void monitor_deliver(struct monitor *m)
     free(s);
 }
 
-static void monitor_after_scan(uv_work_t *w, int status)
+static void monitor_scan_finished(struct monitor *m, int status)
 {
-    struct monitor *m = container_of(w, struct monitor, work);
     m->scan_running = false;
     if (m->closing) {
         monitor_maybe_free(m);
@@ -774,6 +758,16 @@ static void monitor_after_scan(uv_work_t *w, int status)
         }
     }
     monitor_deliver(m);
+}
+
+static void monitor_after_scan(uv_work_t *w, int status)
+{
+    monitor_scan_finished(container_of(w, struct monitor, work), status);
+}
+
+static void monitor_scanner_done(void *arg, int status)
+{
+    monitor_scan_finished(arg, status);
 }
 
 static void monitor_scan_work(uv_work_t *w)
@@ -804,8 +798,12 @@ static void monitor_on_tick(uv_timer_t *timer)
     m->scan.n_svc = m->n_svc;
     snprintf(m->scan.queue_dir, sizeof(m->scan.queue_dir), "%s", m->queue_dir);
     snprintf(m->scan.config_dir, sizeof(m->scan.config_dir), "%s", m->config_dir);
-    if (uv_queue_work(m->loop, &m->work, monitor_scan_work, monitor_after_scan) == 0)
+    if (m->scanner.start) {
+        if (m->scanner.start(m->scanner.arg, &m->scan, monitor_scanner_done, m) == 0)
+            m->scan_running = true;
+    } else if (uv_queue_work(m->loop, &m->work, monitor_scan_work, monitor_after_scan) == 0) {
         m->scan_running = true;
+    }
     if (m->tail && tail_poll(m->tail, monitor_tail_polled, m) == 0)
         m->tail_running = true;
     monitor_deliver(m);
@@ -991,6 +989,7 @@ struct monitor *monitor_new(uv_loop_t *loop, const struct monitor_opts *opts, mo
     m->loop = loop;
     m->cb = cb;
     m->on_log = opts->on_log;
+    m->scanner = opts->scanner;
     m->arg = arg;
     m->interval_ms = opts->interval_ms ? opts->interval_ms : 1000;
     m->command_timeout_ms = opts->command_timeout_ms ? opts->command_timeout_ms : 30000;

@@ -61,6 +61,38 @@ struct monitor_sample {
     uint64_t skipped_ticks; /* ticks skipped so far because a scan was still running */
 };
 
+/* What one scan needs and finds (/proc, sock_diag). The loop fills `in` before the scan
+ * and reads `out` after it; the scanner touches nothing else. A plain struct without
+ * pointers, so the privileged helper (privsep.c) can receive and return it as bytes. */
+struct monitor_scan {
+    /* in */
+    struct monitor_service svc[MONITOR_MAX_SERVICES];
+    size_t n_svc;
+    char queue_dir[1024];
+    char config_dir[1024];
+    bool proc_only; /* skip sock_diag for TCP (test aid: POSTSURGE_MONITOR_PROC_ONLY=1) */
+    /* out */
+    int master_pid;
+    bool master_running, qmgr_running;
+    uint64_t scan_us;
+    int64_t cfg_stamp; /* mtimes of main.cf and master.cf combined */
+};
+
+/* Runs one scan synchronously (blocks for milliseconds: thread pool or helper only).
+ * Reads master.pid under sc->queue_dir, /proc/PID/... of master's children and their
+ * /proc/PID/fd (other users' processes: needs privileges), sock_diag. */
+void monitor_scan_run(struct monitor_scan *sc);
+
+/* Runs scans somewhere else than the thread pool (the privileged helper). start() begins
+ * a scan of sc (borrowed until done) and returns 0, then calls done(done_arg, status)
+ * exactly once later, never from inside start(), with sc's out fields filled when
+ * status is 0; or returns a negative errno and never calls done. */
+typedef void (*monitor_scan_done_fn)(void *done_arg, int status);
+struct monitor_scanner {
+    int (*start)(void *arg, struct monitor_scan *sc, monitor_scan_done_fn done, void *done_arg);
+    void *arg;
+};
+
 /* The sample is borrowed for the call. */
 typedef void (*monitor_sample_cb)(struct monitor *m, const struct monitor_sample *s, void *arg);
 /* Every parsed mail log line (borrowed), for the attack detector and the event log. */
@@ -68,13 +100,14 @@ typedef void (*monitor_log_cb)(struct monitor *m, const struct maillog_record *r
 typedef void (*monitor_closed_cb)(void *arg);
 
 struct monitor_opts {
-    const char *config_dir;      /* postfix_config_directory (copied); required */
-    const char *maillog_file;    /* maillog_file (copied); NULL or "": no log tailing */
-    uint64_t interval_ms;        /* monitor_interval; 0: 1000 */
-    uint64_t command_timeout_ms; /* command_timeout for postconf; 0: 30000 */
-    const char *postconf;        /* postconf program; NULL: "postconf" looked up in PATH */
-    bool log_from_start;         /* read the whole existing log (tests); default: from its end */
-    monitor_log_cb on_log;       /* may be NULL */
+    const char *config_dir;         /* postfix_config_directory (copied); required */
+    const char *maillog_file;       /* maillog_file (copied); NULL or "": no log tailing */
+    uint64_t interval_ms;           /* monitor_interval; 0: 1000 */
+    uint64_t command_timeout_ms;    /* command_timeout for postconf; 0: 30000 */
+    const char *postconf;           /* postconf program; NULL: "postconf" looked up in PATH */
+    bool log_from_start;            /* read the whole existing log (tests); default: from its end */
+    monitor_log_cb on_log;          /* may be NULL */
+    struct monitor_scanner scanner; /* start NULL: scan in libuv's thread pool */
 };
 
 /* New monitor; nothing runs until monitor_start(). cb receives every sample, arg is
