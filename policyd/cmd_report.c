@@ -8,6 +8,7 @@
 #define LOG_COMPONENT "report"
 
 #include "cmd.h"
+#include "controller.h"
 #include "log.h"
 #include "report_traffic.h"
 #include "spawn.h"
@@ -32,6 +33,7 @@
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -376,52 +378,105 @@ out:
     return rc;
 }
 
-/* ---- nodes from the daemon's /status ---- */
+/* ---- the daemon's control socket (state_directory/control.sock) ---- */
 
-/* The first member of o named in names (NULL-terminated). Borrowed. */
-static json_t *member(const json_t *o, const char *const *names)
+/* Sends line ("status", "events SINCE_MS MAX") to the daemon and reads its one JSON
+ * object. Returns 0 with *out (new) when the daemon answered {"ok": true, ...}, -ENOENT
+ * or -ECONNREFUSED when no daemon listens, -EPROTO for any other answer, -ETIMEDOUT, or
+ * another -errno. */
+static int ctl_get(const struct config *cfg, const char *line, json_t **out)
 {
-    for (; o && *names; names++) {
-        json_t *v = json_object_get(o, *names);
-        if (v && !json_is_null(v))
-            return v;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    int n = snprintf(a.sun_path, sizeof(a.sun_path), "%s/%s", cfg->state_directory,
+                     CONTROLLER_SOCKET_NAME);
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int rc = 0;
+    *out = NULL;
+    if (n < 0 || (size_t)n >= sizeof(a.sun_path))
+        return -ENAMETOOLONG;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    char req[128];
+    int reqlen = snprintf(req, sizeof(req), "%s\n", line);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+        rc = -errno;
+        goto out;
     }
-    return NULL;
+    if (reqlen < 0 || (size_t)reqlen >= sizeof(req) ||
+        send(fd, req, (size_t)reqlen, MSG_NOSIGNAL) != reqlen) {
+        rc = -EIO;
+        goto out;
+    }
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        struct timespec t1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        long left = STATUS_TIMEOUT_MS -
+                    ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int pr = left > 0 ? poll(&p, 1, (int)left) : 0;
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr <= 0) {
+            rc = pr < 0 ? -errno : -ETIMEDOUT;
+            goto out;
+        }
+        if (cap - len < 65536) {
+            if (cap >= STATUS_MAX_BYTES) {
+                rc = -E2BIG;
+                goto out;
+            }
+            char *nb = realloc(buf, cap ? cap * 2 : 131072);
+            if (!nb) {
+                rc = -ENOMEM;
+                goto out;
+            }
+            buf = nb;
+            cap = cap ? cap * 2 : 131072;
+        }
+        ssize_t r = recv(fd, buf + len, cap - len, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            rc = -errno;
+            goto out;
+        }
+        if (r == 0)
+            break;
+        len += (size_t)r;
+    }
+    *out = json_loadb(buf ? buf : "", len, 0, NULL);
+    if (!json_is_object(*out) || !json_is_true(json_object_get(*out, "ok"))) {
+        json_decref(*out);
+        *out = NULL;
+        rc = -EPROTO;
+    }
+out:
+    close(fd);
+    free(buf);
+    return rc;
 }
 
-static int tri_of(const json_t *v)
-{
-    if (json_is_boolean(v))
-        return json_is_true(v);
-    if (json_is_integer(v))
-        return json_integer_value(v) != 0;
-    if (json_is_string(v)) {
-        const char *s = json_string_value(v);
-        if (!strcmp(s, "stressed") || !strcmp(s, "yes") || !strcmp(s, "up") ||
-            !strcmp(s, "running") || !strcmp(s, "true"))
-            return 1;
-        if (!strcmp(s, "normal") || !strcmp(s, "no") || !strcmp(s, "down") ||
-            !strcmp(s, "stopped") || !strcmp(s, "false"))
-            return 0;
-    }
-    return -1;
-}
+/* ---- nodes from the daemon's status ---- */
+
+/* The node objects are those controller.c builds (ctl_status_json) and node.c publishes:
+ * {"name", "stress": bool, "state": "normal"|"stressed", "saturation": int,
+ * "services": [{"name", "busy", "limit", "waiting", ...}], "master_running": bool,
+ * "qmgr_running": bool, "imbalance": bool (status only), ...}; events are node.c's
+ * {"time": Unix ms, "node", "kind", "text", ...}. A member of the wrong type counts as
+ * absent (unknown), never as a guess. */
 
 static int64_t int_of(const json_t *v, int64_t dflt)
 {
-    if (json_is_integer(v))
-        return json_integer_value(v);
-    if (json_is_real(v))
-        return (int64_t)(json_real_value(v) + 0.5);
-    return dflt;
+    return json_is_integer(v) ? json_integer_value(v) : dflt;
 }
 
-/* Event time in Unix seconds: stores write milliseconds. */
-static int64_t event_time(const json_t *e)
+static int bool_of(const json_t *v)
 {
-    static const char *const names[] = {"time", "time_ms", "ts", "at", NULL};
-    int64_t t = int_of(member(e, names), 0);
-    return t > 100000000000LL ? t / 1000 : t;
+    return json_is_boolean(v) ? json_is_true(v) : -1;
 }
 
 struct node_build {
@@ -430,123 +485,143 @@ struct node_build {
     struct report_event ev[50];
 };
 
-static bool kind_has(const char *kind, const char *a, const char *b)
+/* Fills nb from one node object (borrowed strings stay valid while o and events live).
+ * events (may be NULL) is the cluster's event log, newest first: those of this node at or
+ * after since_ms count. */
+static void node_from_json(const json_t *o, const json_t *events, const char *fallback_name,
+                           int64_t since_ms, struct node_build *nb)
 {
-    return kind && strstr(kind, a) && (!b || strstr(kind, b));
-}
-
-/* Fills nb from one node object of /status (borrowed strings stay valid while st lives).
- * events (may be NULL) is the cluster-wide list: those of this node since last count. */
-static void node_from_json(const json_t *o, const json_t *events, const char *self, int64_t since,
-                           struct node_build *nb)
-{
-    static const char *const k_name[] = {"node", "name", "node_name", NULL};
-    static const char *const k_stress[] = {"stressed", "stress", "state", NULL};
-    static const char *const k_sat[] = {"saturation", "saturation_pct", NULL};
-    static const char *const k_master[] = {"master_up", "master_running", "master", NULL};
-    static const char *const k_qmgr[] = {"qmgr_up", "qmgr_running", "qmgr", NULL};
-    static const char *const k_svc_name[] = {"name", "service", NULL};
-    static const char *const k_kind[] = {"kind", "type", "event", NULL};
-    static const char *const k_text[] = {"detail", "text", "message", NULL};
-    static const char *const k_enode[] = {"node", NULL};
-    const json_t *pf = json_object_get(o, "postfix");
-
     memset(nb, 0, sizeof(*nb));
-    const json_t *nm = member(o, k_name);
-    nb->info.name = json_is_string(nm) ? json_string_value(nm) : self;
+    const json_t *nm = json_object_get(o, "name");
+    nb->info.name = json_is_string(nm) ? json_string_value(nm) : fallback_name;
     nb->info.daemon_up = 1; /* it published a status */
-    /* The stress part may be a sub-object {"state": "stressed", "saturation": N, ...}. */
-    const json_t *so = json_object_get(o, "stress");
-    if (!json_is_object(so))
-        so = NULL;
-    nb->info.stressed = tri_of(so ? member(so, k_stress) : member(o, k_stress));
-    const json_t *sat = member(o, k_sat) ? member(o, k_sat) : member(so, k_sat);
-    const json_t *ratio = json_object_get(o, "saturation_ratio");
-    nb->info.saturation = sat                     ? (int)int_of(sat, -1)
-                          : json_is_number(ratio) ? (int)(json_number_value(ratio) * 100 + 0.5)
-                                                  : -1;
-    const json_t *m = member(o, k_master), *q = member(o, k_qmgr);
-    nb->info.master_up = tri_of(m ? m : member(pf, k_master + 1));
-    nb->info.qmgr_up = tri_of(q ? q : member(pf, k_qmgr + 1));
+    nb->info.stressed = bool_of(json_object_get(o, "stress"));
+    const json_t *state = json_object_get(o, "state");
+    if (nb->info.stressed < 0 && json_is_string(state))
+        nb->info.stressed = !strcmp(json_string_value(state), "stressed") ? 1
+                            : !strcmp(json_string_value(state), "normal") ? 0
+                                                                          : -1;
+    int64_t sat = int_of(json_object_get(o, "saturation"), -1);
+    nb->info.saturation = sat >= 0 && sat <= 1000 ? (int)sat : -1;
+    nb->info.master_up = bool_of(json_object_get(o, "master_running"));
+    nb->info.qmgr_up = bool_of(json_object_get(o, "qmgr_running"));
 
-    const json_t *svcs = json_object_get(o, "services");
     size_t i;
     json_t *s;
     int busiest = -1;
-    json_array_foreach(svcs, i, s)
+    json_array_foreach(json_object_get(o, "services"), i, s)
     {
-        if (nb->info.n_services == 64)
-            break;
-        const json_t *sn = member(s, k_svc_name);
-        struct report_service *rs = &nb->svc[nb->info.n_services];
-        rs->name = json_is_string(sn) ? json_string_value(sn) : "?";
+        const json_t *sn = json_object_get(s, "name");
+        if (nb->info.n_services == 64 || !json_is_string(sn))
+            continue;
+        struct report_service *rs = &nb->svc[nb->info.n_services++];
+        rs->name = json_string_value(sn);
         rs->busy = int_of(json_object_get(s, "busy"), -1);
         rs->limit = int_of(json_object_get(s, "limit"), -1);
         rs->waiting = int_of(json_object_get(s, "waiting"), -1);
-        if (rs->busy >= 0 && rs->limit > 0) {
-            int pct = (int)(rs->busy * 100 / rs->limit);
-            if (pct > busiest)
-                busiest = pct;
-        }
-        nb->info.n_services++;
+        if (rs->busy >= 0 && rs->limit > 0 && (int)(rs->busy * 100 / rs->limit) > busiest)
+            busiest = (int)(rs->busy * 100 / rs->limit);
     }
     nb->info.services = nb->svc;
     if (nb->info.saturation < 0)
         nb->info.saturation = busiest;
 
-    const json_t *evs = json_object_get(o, "events") ? json_object_get(o, "events") : events;
-    json_array_foreach(evs, i, s)
+    /* Every episode counts; the newest 50 events are listed, oldest first. */
+    json_array_foreach(events, i, s)
     {
-        int64_t t = event_time(s);
-        const json_t *en = member(s, k_enode);
-        if (t <= since || (json_is_string(en) && strcmp(json_string_value(en), nb->info.name)))
+        const json_t *t = json_object_get(s, "time"), *en = json_object_get(s, "node"),
+                     *k = json_object_get(s, "kind"), *tx = json_object_get(s, "text");
+        if (!json_is_integer(t) || !json_is_string(k) || !json_is_string(en) ||
+            json_integer_value(t) < since_ms || strcmp(json_string_value(en), nb->info.name))
             continue;
-        const json_t *k = member(s, k_kind), *tx = member(s, k_text);
-        const char *kind = json_is_string(k) ? json_string_value(k) : "event";
-        if (kind_has(kind, "stress", "enter"))
+        const char *kind = json_string_value(k);
+        if (!strcmp(kind, "stress-enter"))
             nb->info.stress_episodes++;
-        if (kind_has(kind, "override", "appl"))
+        else if (!strcmp(kind, "overrides-applied"))
             nb->info.overrides++;
         if (nb->info.n_events < 50)
             nb->ev[nb->info.n_events++] =
-                (struct report_event){t, kind, json_is_string(tx) ? json_string_value(tx) : NULL};
+                (struct report_event){json_integer_value(t) / 1000, kind,
+                                      json_is_string(tx) ? json_string_value(tx) : NULL};
+    }
+    for (size_t a = 0, b = nb->info.n_events; b > a + 1; a++, b--) {
+        struct report_event tmp = nb->ev[a];
+        nb->ev[a] = nb->ev[b - 1];
+        nb->ev[b - 1] = tmp;
     }
     nb->info.events = nb->ev;
 }
 
-/* Adds the nodes /status describes: an array "nodes" (or "cluster") of node objects, or
- * the object itself as this node. The local view of master/qmgr wins for this node. */
-static int add_status_nodes(struct report *r, const json_t *st, const char *self, int64_t since,
-                            int daemon_up, int master_up, int qmgr_up, bool *self_added)
+/* What add_status_nodes saw for the imbalance check. */
+struct cluster_view {
+    size_t nodes, stressed;
+    const char *imbalanced; /* a stressed node whose peers are idle, or NULL */
+    int sat_min, sat_max;
+};
+
+/* Adds the nodes of status ("nodes": self first, then the peers), or, when it has none
+ * (a daemon without the controller), status itself as this node. The local view of
+ * master/qmgr wins for this node. events: see node_from_json. idle_below: the saturation
+ * under which a peer counts as idle (stress_exit_threshold). */
+static int add_status_nodes(struct report *r, const json_t *st, const json_t *events,
+                            const char *self, int64_t since_ms, int daemon_up, int master_up,
+                            int qmgr_up, int idle_below, bool *self_added, struct cluster_view *cv)
 {
-    static const char *const k_nodes[] = {"nodes", "cluster", NULL};
-    const json_t *nodes = member(st, k_nodes);
-    const json_t *events = json_object_get(st, "events");
+    const json_t *nodes = json_object_get(st, "nodes");
     struct node_build *nb = malloc(sizeof(*nb));
     int rc = 0;
     if (!nb)
         return -ENOMEM;
-    if (json_is_array(nodes) && json_array_size(nodes) > 0) {
-        size_t i;
-        json_t *o;
-        json_array_foreach(nodes, i, o)
-        {
-            node_from_json(o, events, self, since, nb);
-            if (strcmp(nb->info.name, self) == 0) {
-                if (*self_added)
-                    continue;
-                *self_added = true;
-                /* This host's own probes beat a status that may be seconds old. */
-                nb->info.daemon_up = daemon_up;
-                if (master_up >= 0)
-                    nb->info.master_up = master_up, nb->info.qmgr_up = qmgr_up;
-            }
-            if ((rc = report_add_node(r, &nb->info)) < 0)
-                break;
+    memset(cv, 0, sizeof(*cv));
+    cv->sat_min = 101;
+    cv->sat_max = -1;
+    size_t i;
+    json_t *o;
+    json_array_foreach(nodes, i, o)
+    {
+        if (!json_is_object(o))
+            continue;
+        node_from_json(o, events, self, since_ms, nb);
+        if (strcmp(nb->info.name, self) == 0) {
+            if (*self_added)
+                continue;
+            *self_added = true;
+            /* This host's own probes beat a status that may be seconds old. */
+            nb->info.daemon_up = daemon_up;
+            if (master_up >= 0)
+                nb->info.master_up = master_up, nb->info.qmgr_up = qmgr_up;
         }
+        if ((rc = report_add_node(r, &nb->info)) < 0)
+            break;
+        cv->nodes++;
+        cv->stressed += nb->info.stressed == 1;
+        if (nb->info.saturation >= 0 && nb->info.saturation < cv->sat_min)
+            cv->sat_min = nb->info.saturation;
+        if (nb->info.saturation > cv->sat_max)
+            cv->sat_max = nb->info.saturation;
+    }
+    /* Imbalance as the daemon judges it (controller.c): one node stressed while every
+     * peer is neither stressed nor near the exit threshold points at MX or load-balancer
+     * weights. Recomputed here so a view read from the store gets it too. */
+    json_array_foreach(nodes, i, o)
+    {
+        if (cv->nodes < 2 || cv->imbalanced || !json_is_true(json_object_get(o, "stress")) ||
+            !json_is_string(json_object_get(o, "name")))
+            continue;
+        bool idle_peers = true;
+        size_t k;
+        json_t *p;
+        json_array_foreach(nodes, k, p)
+        {
+            if (k != i && (json_is_true(json_object_get(p, "stress")) ||
+                           int_of(json_object_get(p, "saturation"), 0) >= idle_below))
+                idle_peers = false;
+        }
+        if (idle_peers || json_is_true(json_object_get(o, "imbalance")))
+            cv->imbalanced = json_string_value(json_object_get(o, "name"));
     }
     if (rc == 0 && !*self_added && !json_is_array(nodes) && json_is_object(st)) {
-        node_from_json(st, events, self, since, nb);
+        node_from_json(st, events, self, since_ms, nb);
         nb->info.name = self;
         nb->info.daemon_up = daemon_up;
         if (master_up >= 0)
@@ -562,6 +637,9 @@ static int add_status_nodes(struct report *r, const json_t *st, const char *self
 
 struct report_state {
     int64_t last_report; /* Unix seconds, 0: never */
+    /* Events at or after this (Unix ms) are new: the time the last report that read the
+     * event log started reading it. */
+    int64_t events_ms;
     struct traffic_pos pos;
     json_t *baseline; /* owned, may be NULL */
 };
@@ -574,6 +652,7 @@ static int load_state(const char *path, struct report_state *s)
     if (!j)
         return access(path, F_OK) == 0 ? -EINVAL : -ENOENT;
     s->last_report = int_of(json_object_get(j, "last_report"), 0);
+    s->events_ms = int_of(json_object_get(j, "events_ms"), s->last_report * 1000);
     const json_t *m = json_object_get(j, "maillog");
     if (json_is_object(m) && json_is_integer(json_object_get(m, "inode"))) {
         s->pos.valid = true;
@@ -632,7 +711,8 @@ static int save_state(const char *path, const struct report_state *s, struct bas
     json_t *bj = NULL;
     if (b && baseline_to_json(b, now, &bj) < 0)
         return -ENOMEM;
-    json_t *j = json_pack("{s:i,s:I}", "version", 1, "last_report", (json_int_t)now);
+    json_t *j = json_pack("{s:i,s:I,s:I}", "version", 1, "last_report", (json_int_t)now,
+                          "events_ms", (json_int_t)s->events_ms);
     if (j && s->pos.valid)
         json_object_set_new(j, "maillog",
                             json_pack("{s:I,s:I,s:I}", "dev", (json_int_t)s->pos.dev, "inode",
@@ -726,19 +806,22 @@ static int redis_save_baseline(redisContext *c, const char *key, struct baseline
     return rc;
 }
 
-/* Reads the live nodes ("nodes" sorted set, "node:NAME" = "UPDATED_MS JSON") and the
- * newest events ("events" list) as store_redis.c writes them, and adds to *status (created
- * when NULL) what it lacks: "nodes" and "events". Read errors leave it as it is. Returns
- * 0 or -ENOMEM. */
-static int redis_cluster(redisContext *c, const char *prefix, int64_t now_ms, json_t **status)
+/* Reads from the store's Redis, with the keys store_redis.c writes (after
+ * store_key_prefix): the live nodes (sorted set "nodes" scored by expiry, "node:NAME" =
+ * "UPDATED_MS JSON") into *status (created when NULL) unless it has "nodes" already, and,
+ * when events is not NULL, the event log (list "events", newest first) into *events (a new
+ * array; left NULL when it cannot be read). Read errors leave things as they are. Returns 0
+ * or -ENOMEM. */
+static int redis_cluster(redisContext *c, const char *prefix, int64_t now_ms, json_t **status,
+                         json_t **events)
 {
-    static const char *const k_nodes[] = {"nodes", "cluster", NULL};
-    json_t *nodes = json_array(), *events = json_array();
-    int rc = -ENOMEM;
-    if (!nodes || !events)
-        goto out;
-    redisReply *rep =
-        redisCommand(c, "ZRANGEBYSCORE %snodes %lld +inf LIMIT 0 1024", prefix, (long long)now_ms);
+    json_t *nodes = json_array();
+    if (!nodes)
+        return -ENOMEM;
+    redisReply *rep = NULL;
+    if (!json_is_array(json_object_get(*status, "nodes")))
+        rep = redisCommand(c, "ZRANGEBYSCORE %snodes %lld +inf LIMIT 0 1024", prefix,
+                           (long long)now_ms);
     for (size_t i = 0; rep && rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
         const redisReply *m = rep->element[i];
         if (m->type != REDIS_REPLY_STRING)
@@ -751,34 +834,33 @@ static int redis_cluster(redisContext *c, const char *prefix, int64_t now_ms, js
             json_decref(o);
             continue;
         }
-        if (!json_object_get(o, "node"))
-            json_object_set_new(o, "node", json_stringn(m->str, m->len));
+        /* The key names the node; the status inside says it too ("name"). */
+        if (!json_is_string(json_object_get(o, "name")))
+            json_object_set_new(o, "name", json_stringn(m->str, m->len));
         json_array_append_new(nodes, o);
     }
     freeReplyObject(rep);
+    int rc = 0;
+    if (json_array_size(nodes)) {
+        if (!*status && !(*status = json_object()))
+            rc = -ENOMEM;
+        else
+            json_object_set(*status, "nodes", nodes);
+    }
+    json_decref(nodes);
+    if (rc < 0 || !events)
+        return rc;
     rep = redisCommand(c, "LRANGE %sevents 0 999", prefix);
-    for (size_t i = 0; rep && rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
+    if (rep && rep->type == REDIS_REPLY_ARRAY && !(*events = json_array()))
+        rc = -ENOMEM;
+    for (size_t i = 0; *events && i < rep->elements; i++) {
         const redisReply *e = rep->element[i];
         json_t *o = e->type == REDIS_REPLY_STRING ? json_loadb(e->str, e->len, 0, NULL) : NULL;
         if (json_is_object(o))
-            json_array_append(events, o);
+            json_array_append(*events, o);
         json_decref(o);
     }
     freeReplyObject(rep);
-    rc = 0;
-    if (!*status && json_array_size(nodes) == 0 && json_array_size(events) == 0)
-        goto out;
-    if (!*status && !(*status = json_object())) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    if (!member(*status, k_nodes) && json_array_size(nodes))
-        json_object_set(*status, "nodes", nodes);
-    if (!json_object_get(*status, "events") && json_array_size(events))
-        json_object_set(*status, "events", events);
-out:
-    json_decref(nodes);
-    json_decref(events);
     return rc;
 }
 
@@ -1000,7 +1082,8 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     int master_up, qmgr_up;
     postfix_processes(qdir, &master_up, &qmgr_up);
 
-    /* The daemon: /status on http_listen, else (endpoint off or failing) its process. */
+    /* The daemon: /status on http_listen, else (endpoint off or failing) the same
+     * cluster view from its control socket, else whether its process runs. */
     char hhost[256], hport[32];
     int daemon_up = -1;
     if (first_inet(cfg->http_listen, hhost, sizeof(hhost), hport, sizeof(hport))) {
@@ -1012,23 +1095,70 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
             if (code == 200)
                 status = json_loads(body, 0, NULL);
             free(body);
+            if (!json_is_object(status)) {
+                json_decref(status);
+                status = NULL;
+            }
         }
     }
+    if (!status && ctl_get(cfg, "status", &status) == 0)
+        daemon_up = 1;
     if (daemon_up != 1)
         daemon_up = daemon_process_running(cli->config_path);
+    /* The event log (the cluster's, on a Redis store) is not in /status: the daemon reads
+     * it for us from its store. Reading starts now, so the next report takes over here. */
+    json_t *events = NULL;
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    int64_t events_read_ms = (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000;
+    int64_t events_since = state_ok ? st.events_ms : 0;
+    if (daemon_up == 1) {
+        json_t *ans = NULL;
+        char line[64];
+        snprintf(line, sizeof(line), "events %lld 1000", (long long)events_since);
+        if (ctl_get(cfg, line, &ans) == 0 && json_is_array(json_object_get(ans, "events")))
+            events = json_incref(json_object_get(ans, "events"));
+        json_decref(ans);
+    }
     bool self_added = false;
     /* With a Redis store the cluster's nodes and events are there too: they fill what
-     * /status lacks, and stand in for it when the daemon is down. */
+     * the daemon did not give, and stand in for it when the daemon is down. */
     char rkey[STORE_KEY_MAX], rerr[300];
     redis = redis_open(cfg, rerr, sizeof(rerr));
     if (rerr[0])
         fprintf(stderr, "postsurge: warning: %s: no cluster view; baselines only in %s\n", rerr,
                 state_path);
-    if (redis && redis_cluster(redis, cfg->store_key_prefix, now * 1000, &status) < 0)
+    if (redis && redis_cluster(redis, cfg->store_key_prefix, events_read_ms, &status,
+                               events ? NULL : &events) < 0) {
+        json_decref(events);
         goto oom;
-    if (status && add_status_nodes(r, status, host, st.last_report, daemon_up, master_up, qmgr_up,
-                                   &self_added) < 0)
+    }
+    if (events)
+        st.events_ms = events_read_ms;
+    else if (daemon_up == 1)
+        fprintf(stderr,
+                "postsurge: warning: cannot read the daemon's event log (%s/%s): "
+                "stress episodes and overrides are not counted\n",
+                cfg->state_directory, CONTROLLER_SOCKET_NAME);
+    struct cluster_view cv = {0};
+    rc = status ? add_status_nodes(r, status, events, host, events_since, daemon_up, master_up,
+                                   qmgr_up, (int)cfg->stress_exit_threshold, &self_added, &cv)
+                : 0;
+    json_decref(events);
+    if (rc < 0)
         goto oom;
+    /* A stressed node beside idle peers: the daemon's imbalance, unless the saturation
+     * gap already makes report_evaluate() say so. */
+    if (cv.imbalanced && cfg->report_imbalance_warning > 0 &&
+        !(cv.sat_max >= 0 && cv.sat_max - cv.sat_min >= cfg->report_imbalance_warning)) {
+        char msg[600];
+        snprintf(msg, sizeof(msg), "load imbalance: %s is in stress mode while its %zu %s idle",
+                 cv.imbalanced, cv.nodes - 1, cv.nodes == 2 ? "peer is" : "peers are");
+        if (report_add_finding(r, REPORT_WARNING, "imbalance", cv.imbalanced, msg,
+                               "check MX weights (equal preference for equal nodes) and the "
+                               "load balancer") < 0)
+            goto oom;
+    }
     if (!self_added) {
         struct report_node_info ni = {.name = host,
                                       .daemon_up = daemon_up,

@@ -13,6 +13,7 @@ import http.server
 import json
 import os
 import shutil
+import socketserver
 import stat
 import subprocess
 import sys
@@ -272,27 +273,33 @@ class ReportE2E(unittest.TestCase):
         self.assertEqual(len(r.stdout.splitlines()), 1, r.stdout)
 
     def test_cluster_nodes_and_events_from_status(self):
-        """A /status with two nodes and an event log (served by a stand-in HTTP server):
-        both nodes are reported with stress and saturation, the imbalance is found, and
-        episodes and overrides count only events newer than the last report."""
+        """A /status with two nodes shaped as the daemon's (controller.c), served by a
+        stand-in HTTP server, and the event log from a stand-in control socket: both nodes
+        are reported with stress and saturation, the imbalance is found once, and episodes
+        and overrides count only events newer than the last report. Members of the wrong
+        type are unknown, not guessed."""
         now_ms = int(time.time() * 1000)
         status = {
-            "node": "mx-test",
+            "node": "mx-test", "stress": False, "imbalance": False,
             "nodes": [
-                {"node": "mx-test", "stress": {"state": "normal"}, "saturation": 20,
-                 "services": [{"name": "smtpd", "busy": 20, "limit": 100, "waiting": 0}]},
-                {"node": "mx-peer", "stress": {"state": "stressed"}, "saturation": 97,
+                {"name": "mx-test", "stress": False, "state": "normal", "saturation": 20,
                  "master_running": True, "qmgr_running": True,
+                 "services": [{"name": "smtpd", "busy": 20, "limit": 100, "waiting": 0}]},
+                {"name": "mx-peer", "stress": True, "state": "stressed", "saturation": 97,
+                 "master_running": True, "qmgr_running": True, "imbalance": False,
                  "services": [{"name": "smtpd", "busy": 97, "limit": 100, "waiting": 4}]},
-            ],
-            "events": [
-                {"time": now_ms - 60000, "node": "mx-peer", "kind": "stress_enter",
-                 "text": "saturation 97%"},
-                {"time": now_ms - 59000, "node": "mx-peer", "kind": "override_apply",
-                 "text": "profile stress"},
-                {"time": now_ms - 30000, "node": "mx-test", "kind": "stress_enter", "text": "x"},
+                {"name": "mx-odd", "stress": "yes", "saturation": "50",
+                 "master_running": 1, "services": [{"name": "smtpd", "busy": "1"}]},
             ],
         }
+        events = [  # newest first, as node.c returns them
+            {"time": now_ms - 30000, "node": "mx-test", "kind": "stress-enter", "text": "x"},
+            {"time": now_ms - 59000, "node": "mx-peer", "kind": "overrides-applied",
+             "text": "13 settings", "settings": []},
+            {"time": now_ms - 60000, "node": "mx-peer", "kind": "stress-enter",
+             "text": "saturation 97%"},
+            {"time": str(now_ms), "node": "mx-peer", "kind": "stress-enter", "text": "bad"},
+        ]
         body = json.dumps(status).encode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -306,6 +313,18 @@ class ReportE2E(unittest.TestCase):
             def log_message(self, *a):
                 pass
 
+        class Control(socketserver.StreamRequestHandler):
+            def handle(self):
+                words = self.rfile.readline().decode().split()
+                if words[:1] == ["events"]:
+                    since = int(words[1])
+                    ans = {"ok": True, "events": [e for e in events if not
+                                                  isinstance(e["time"], int) or
+                                                  e["time"] >= since]}
+                else:
+                    ans = {"ok": False, "error": "unknown command"}
+                self.wfile.write(json.dumps(ans).encode())
+
         srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
         th = threading.Thread(target=srv.serve_forever, daemon=True)
         th.start()
@@ -314,17 +333,32 @@ class ReportE2E(unittest.TestCase):
         self.addCleanup(srv.shutdown)
         cfg = self.config(http_listen="inet:127.0.0.1:%d" % srv.server_address[1],
                           report_hold_warning=0)
+        state_dir = os.path.join(self.tmp, "postsurge.cf.state")
+        os.mkdir(state_dir)
+        ctl = socketserver.ThreadingUnixStreamServer(os.path.join(state_dir, "control.sock"),
+                                                     Control)
+        cth = threading.Thread(target=ctl.serve_forever, daemon=True)
+        cth.start()
+        self.addCleanup(cth.join, 10)
+        self.addCleanup(ctl.server_close)
+        self.addCleanup(ctl.shutdown)
         doc, _ = self.report_json(cfg)
         nodes = {n["name"]: n for n in doc["nodes"]}
-        self.assertEqual(sorted(nodes), ["mx-peer", "mx-test"])
-        peer, me = nodes["mx-peer"], nodes["mx-test"]
+        self.assertEqual(sorted(nodes), ["mx-odd", "mx-peer", "mx-test"])
+        peer, me, odd = nodes["mx-peer"], nodes["mx-test"], nodes["mx-odd"]
         self.assertEqual((peer["stressed"], peer["saturation"]), (True, 97))
         self.assertEqual((peer["stress_episodes"], peer["overrides"]), (1, 1))
+        self.assertEqual([e["kind"] for e in peer["events"]],
+                         ["stress-enter", "overrides-applied"])  # oldest first
         self.assertEqual(peer["services"][0]["waiting"], 4)
         self.assertEqual((me["stressed"], me["saturation"], me["stress_episodes"]), (False, 20, 1))
         self.assertIs(me["daemon_up"], True)
         self.assertIs(me["master_up"], True)  # this host's own view of Postfix
-        self.assertEqual(self.finding(doc, "imbalance")["subject"], "mx-peer")
+        self.assertEqual((odd["stressed"], odd["saturation"], odd["master_up"]),
+                         (None, None, None))
+        self.assertIsNone(odd["services"][0]["busy"])
+        self.assertEqual([f["subject"] for f in doc["findings"] if f["code"] == "imbalance"],
+                         ["mx-peer"])
         self.assertEqual(self.finding(doc, "saturation")["severity"], "CRITICAL")
         self.assertEqual(self.finding(doc, "stressed")["subject"], "mx-peer")
         # The same events are old news for the next report.
@@ -350,7 +384,9 @@ class ReportE2E(unittest.TestCase):
         """Daemon down, store = redis: the peers' status and the event log come from the
         store's keys (as store_redis.c writes them); this node is reported down."""
         now_ms = int(time.time() * 1000)
-        peer = {"node": "mx-peer", "stress": {"state": "stressed"}, "saturation": 90,
+        # As node.c publishes it (no "name": the key names the node).
+        peer = {"stress": True, "state": "stressed", "saturation": 90, "time": now_ms,
+                "store": "redis", "flagged": [],
                 "services": [{"name": "smtpd", "busy": 90, "limit": 100, "waiting": 2}]}
         with RedisServer() as rs:
             rs.command("SET", "ps:node:mx-peer", "%d %s" % (now_ms, json.dumps(peer)),
@@ -359,7 +395,7 @@ class ReportE2E(unittest.TestCase):
             # An expired node is not reported.
             rs.command("ZADD", "ps:nodes", str(now_ms - 1000), "mx-gone")
             rs.command("LPUSH", "ps:events", json.dumps(
-                {"time": now_ms - 5000, "node": "mx-peer", "kind": "stress_enter",
+                {"time": now_ms - 5000, "node": "mx-peer", "kind": "stress-enter",
                  "text": "saturation 90%"}))
             cfg = self.config(store=rs.url, store_key_prefix="ps:")
             doc, _ = self.report_json(cfg)
