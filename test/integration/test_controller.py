@@ -54,6 +54,8 @@ def write_script(path, body):
 class ControllerTest(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="postsurge-ctl-")
+        # serve drops to its unprivileged user: postconf runs as that user read here.
+        os.chmod(self.tmp, 0o755)
         self.addCleanup(shutil.rmtree, self.tmp, True)
         self.pfdir = os.path.join(self.tmp, "postfix")
         os.mkdir(self.pfdir)
@@ -320,6 +322,7 @@ class ClusterTest(unittest.TestCase):
 
     def node(self, name, quorum):
         tmp = tempfile.mkdtemp(prefix="postsurge-node-")
+        os.chmod(tmp, 0o755)
         self.addCleanup(shutil.rmtree, tmp, True)
         pfdir = os.path.join(tmp, "postfix")
         os.mkdir(pfdir)
