@@ -1,0 +1,314 @@
+"""Integration tests of least privilege in `postsurge serve` (issue 6), as root: serve
+binds, then runs as `user = nobody` (Uid/Gid in /proc/PID/status) with a privileged helper
+(its child, still root) that alone applies and restores the stress overrides; policy
+answers work; a forced stress episode applies through the helper and restores main.cf and
+master.cf byte-exact; a journal the unprivileged user forged is refused; started as
+non-root there is no helper and status says overrides are unavailable; and nothing in
+state_directory is world-writable (mode walk).
+"""
+import json
+import os
+import pwd
+import grp
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+import unittest
+
+from ports import free_port, tcp_listening, wait_for
+from postsurge import POSTSURGE, Postsurge, PolicyClient, request
+
+POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
+NOBODY = pwd.getpwnam("nobody")
+NOGROUP = grp.getgrgid(NOBODY.pw_gid).gr_name
+
+MAIN_CF = """# main.cf: layout and comments must survive
+compatibility_level = 3.6
+queue_directory = {d}/queue
+smtpd_soft_error_limit   =   7
+"""
+MASTER_CF = """# master.cf
+smtp      inet  n       -       n       -       4       smtpd
+pickup    unix  n       -       n       60      1       pickup
+"""
+
+
+def read_bytes(p):
+    with open(p, "rb") as f:
+        return f.read()
+
+
+def proc_ids(pid):
+    """(uids, gids, groups) of pid from /proc/PID/status."""
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.split()
+    return ([int(x) for x in out["Uid"]], [int(x) for x in out["Gid"]],
+            [int(x) for x in out.get("Groups", [])])
+
+
+def children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def comm(pid):
+    with open("/proc/%d/comm" % pid) as f:
+        return f.read().strip()
+
+
+def base_is(p, name):
+    return os.path.basename(p) == name
+
+
+def mode_problems(top):
+    """Paths under top (and top) that are world-writable, or not as strict as expected."""
+    bad = []
+    for root, dirs, files in os.walk(top):
+        for name in [None] + dirs + files:
+            p = root if name is None else os.path.join(root, name)
+            st = os.lstat(p)
+            m = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            if base_is(p, "policy.sock"):
+                # Postfix's smtpd connects: listen_unix_mode decides (0660 in these tests).
+                if m != 0o660:
+                    bad.append("%s: mode %o, want listen_unix_mode 0660" % (p, m))
+                continue
+            if m & 0o002:
+                bad.append("%s: world-writable %o" % (p, m))
+            if p == top and m & 0o027:
+                bad.append("%s: state_directory mode %o (want 0750 or stricter)" % (p, m))
+            base = os.path.basename(p)
+            if base in ("journal.json", "control.sock") and m != 0o600:
+                bad.append("%s: mode %o, want 0600" % (p, m))
+    return bad
+
+
+@unittest.skipUnless(os.geteuid() == 0, "needs root (serve drops privileges)")
+class PrivsepTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="postsurge-priv-")
+        os.chmod(self.tmp, 0o755)  # the dropped user runs postconf on the files here
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.pfdir = os.path.join(self.tmp, "postfix")
+        os.mkdir(self.pfdir)
+        os.mkdir(os.path.join(self.pfdir, "queue"))
+        self.main = os.path.join(self.pfdir, "main.cf")
+        self.master = os.path.join(self.pfdir, "master.cf")
+        with open(self.main, "w") as f:
+            f.write(MAIN_CF.format(d=self.pfdir))
+        with open(self.master, "w") as f:
+            f.write(MASTER_CF)
+        past = time.time() - 60  # postconf stalls on a very young main.cf
+        os.utime(self.main, (past, past))
+        os.utime(self.master, (past, past))
+        self.main0, self.master0 = read_bytes(self.main), read_bytes(self.master)
+        self.reloads = os.path.join(self.tmp, "reloads")
+        self.fake_postfix = os.path.join(self.tmp, "postfix.sh")
+        with open(self.fake_postfix, "w") as f:
+            # Records who ran it: the helper must, as root.
+            f.write('#!/bin/sh\necho "$(id -u) $@" >> %s\n' % self.reloads)
+        os.chmod(self.fake_postfix, 0o755)
+
+    def cfg(self, **extra):
+        c = {
+            "user": "nobody", "group": NOGROUP,
+            "postfix_config_directory": self.pfdir,
+            "postfix_command": self.fake_postfix,
+            "postconf_command": POSTCONF,
+            "maillog_file": "",
+            "monitor_interval": "200ms",
+            "stress_min_interval": "0",
+            "stress_exit_delay": "1s",
+            "command_timeout": "20s",
+            "node_name": "n1",
+            "listen_unix_mode": "0660",
+        }
+        c.update({k: str(v) for k, v in extra.items()})
+        return c
+
+    def daemon(self, **extra):
+        ps = Postsurge(extra=self.cfg(**extra), unix=True)
+        self.addCleanup(ps.cleanup)
+        self.assertTrue(ps.wait_log("override profile:", timeout=30), ps.log())
+        return ps
+
+    def me(self, ps):
+        r = ps.cli("status", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)["nodes"][0]
+
+    def events(self, ps):
+        r = ps.cli("events", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)["events"]
+
+    def wait_state(self, ps, state, timeout=60):
+        ok = wait_for(lambda: self.me(ps)["overrides_state"] == state, timeout, 0.1)
+        self.assertTrue(ok, "%s\n%s" % (self.me(ps), ps.log()))
+
+    def helper_pid(self, ps):
+        kids = [k for k in children(ps.pid) if comm(k) == "postsurge-priv"]
+        self.assertEqual(len(kids), 1, "helper among %s" % children(ps.pid))
+        return kids[0]
+
+    def test_privsep_drop_ids_helper_and_policy(self):
+        ps = self.daemon()
+        uids, gids, groups = proc_ids(ps.pid)
+        self.assertEqual(uids, [NOBODY.pw_uid] * 4)
+        self.assertEqual(gids, [NOBODY.pw_gid] * 4)
+        self.assertNotIn(0, groups)
+        h = self.helper_pid(ps)
+        huids, hgids, _ = proc_ids(h)
+        self.assertEqual(huids[0], 0)
+        # The helper holds no listening socket of the daemon: only its socketpair.
+        for fd in os.listdir("/proc/%d/fd" % h):
+            target = os.readlink("/proc/%d/fd/%s" % (h, fd))
+            self.assertFalse(target.startswith("TCP"), target)
+        with ps.client() as c:
+            self.assertEqual(c.ask(request()), "DUNNO")
+        with ps.client(unix=True) as c:
+            self.assertEqual(c.ask(request()), "DUNNO")
+        me = self.me(ps)
+        self.assertTrue(me["overrides_available"], me)
+        self.assertEqual(me["privileges"], "helper")
+        st = os.stat(os.path.join(ps.dir, "control.sock"))
+        self.assertEqual(st.st_uid, NOBODY.pw_uid)
+        # The helper exits when the daemon does.
+        ps.stop()
+        self.assertTrue(wait_for(lambda: not os.path.exists("/proc/%d" % h)
+                                 or comm(h) != "postsurge-priv", 10))
+
+    def test_privsep_episode_through_helper_byte_exact_and_modes(self):
+        ps = self.daemon()
+        r = ps.cli("stress", "enter")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.wait_state(ps, "applied")
+        self.assertIn("smtpd_soft_error_limit = 3", read_bytes(self.main).decode())
+        jpath = os.path.join(ps.dir, "journal.json")
+        st = os.stat(jpath)
+        self.assertEqual((st.st_uid, stat.S_IMODE(st.st_mode)), (0, 0o600))
+        with open(self.reloads) as f:
+            self.assertEqual(f.read(), "0 -c %s reload\n" % self.pfdir)
+        self.assertEqual(mode_problems(ps.dir), [])
+        r = ps.cli("stress", "exit")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.wait_state(ps, "none")
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
+        self.assertFalse(os.path.exists(jpath))
+        kinds = [e["kind"] for e in self.events(ps)]
+        self.assertIn("overrides-applied", kinds)
+        self.assertIn("overrides-restored", kinds)
+        self.assertEqual(mode_problems(ps.dir), [])
+        log = ps.log()
+        self.assertLess(log.index("journal written"), log.index("running: %s -c" % POSTCONF))
+
+    def test_privsep_forged_journal_refused(self):
+        ps = self.daemon()
+        self.assertEqual(ps.cli("stress", "enter").returncode, 0)
+        self.wait_state(ps, "applied")
+        jpath = os.path.join(ps.dir, "journal.json")
+        good = read_bytes(jpath)
+        # The unprivileged user replaces the journal (its directory allows that): the
+        # helper must not take file bytes to write back from it.
+        forged = jpath + ".forged"
+        with open(forged, "wb") as f:
+            f.write(good)
+        os.chown(forged, NOBODY.pw_uid, NOBODY.pw_gid)
+        os.chmod(forged, 0o600)
+        os.replace(forged, jpath)
+        self.assertEqual(ps.cli("stress", "exit").returncode, 0)
+        self.assertTrue(wait_for(lambda: "restore-failed" in
+                                 [e["kind"] for e in self.events(ps)], 30, 0.2), ps.log())
+        self.assertIn("refused", self.me(ps)["error"])
+        self.assertIn("smtpd_soft_error_limit = 3", read_bytes(self.main).decode())
+        # root's journal back: the restore goes through.
+        with open(forged, "wb") as f:
+            f.write(good)
+        os.chmod(forged, 0o600)
+        os.replace(forged, jpath)
+        self.assertEqual(ps.cli("restore").returncode, 0)
+        self.wait_state(ps, "none")
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
+
+    def test_privsep_non_root_start_overrides_unavailable(self):
+        d = tempfile.mkdtemp(prefix="postsurge-nonroot-")
+        self.addCleanup(shutil.rmtree, d, True)
+        os.chown(d, NOBODY.pw_uid, NOBODY.pw_gid)
+        os.chmod(d, 0o750)
+        port = free_port()
+        lines = ["listen = inet:127.0.0.1:%d" % port, "log_destination = stderr",
+                 "state_directory = %s" % d, "http_listen ="]
+        lines += ["%s = %s" % kv for kv in self.cfg().items()]
+        conf = os.path.join(d, "postsurge.cf")
+        with open(conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        logp = os.path.join(self.tmp, "nonroot.log")
+        logf = open(logp, "wb")
+        self.addCleanup(logf.close)
+
+        def become_nobody():
+            os.setgroups([])
+            os.setgid(NOBODY.pw_gid)
+            os.setuid(NOBODY.pw_uid)
+
+        p = subprocess.Popen([POSTSURGE, "-f", "-c", conf, "serve"], stdout=logf,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             preexec_fn=become_nobody)
+
+        def stop():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        self.addCleanup(stop)
+
+        def log():
+            with open(logp) as f:
+                return f.read()
+        self.assertTrue(wait_for(lambda: p.poll() is not None or tcp_listening(port), 15), log())
+        self.assertIsNone(p.poll(), log())
+        helpers = [k for k in children(p.pid) if comm(k) == "postsurge-priv"]
+        self.assertEqual(helpers, [], "no helper expected")
+        with PolicyClient(("127.0.0.1", port)) as c:
+            self.assertEqual(c.ask(request()), "DUNNO")
+
+        def status():
+            r = subprocess.run([POSTSURGE, "-c", conf, "status", "--json"], capture_output=True,
+                               text=True, timeout=30)
+            return json.loads(r.stdout)["nodes"][0] if r.returncode == 0 else None
+        self.assertTrue(wait_for(lambda: status() is not None, 15), log())
+        me = status()
+        self.assertFalse(me["overrides_available"], me)
+        self.assertEqual(me["privileges"], "unprivileged")
+        self.assertIn("not root", me["overrides_unavailable_reason"])
+        r = subprocess.run([POSTSURGE, "-c", conf, "events", "--json"], capture_output=True,
+                           text=True, timeout=30)
+        ev = json.loads(r.stdout)["events"]
+        self.assertIn("overrides-unavailable", [e["kind"] for e in ev], ev)
+        # A forced episode changes nothing.
+        subprocess.run([POSTSURGE, "-c", conf, "stress", "enter"], capture_output=True,
+                       timeout=30)
+        time.sleep(1)
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(status()["overrides_state"], "none")
+        self.assertEqual(mode_problems(d), [])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
