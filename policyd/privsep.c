@@ -76,7 +76,8 @@ pid_t privsep_helper_pid(void)
 struct helper {
     int fd;
     char *config_dir, *state_dir, *journal_path, *main_path, *master_path;
-    char *postconf, *postfix; /* absolute paths, resolved before the fork */
+    char *postconf, *postfix;             /* absolute paths, resolved before the fork */
+    char *postconf_shown, *postfix_shown; /* as configured, for log lines */
     uint64_t timeout_ms;
     /* An apply of ours failed half-way and nothing ran since: the files hold what it
      * left, so the restore may put the original bytes back (controller.c's
@@ -347,8 +348,14 @@ static int run_cmd(struct helper *h, char *const *argv, bool log_it, char **out,
     char line[2048];
     size_t o = 0;
     line[0] = '\0';
-    for (size_t i = 0; argv[i] && o < sizeof(line) - 1; i++)
-        o += (size_t)snprintf(line + o, sizeof(line) - o, "%s%s", i ? " " : "", argv[i]);
+    for (size_t i = 0; argv[i] && o < sizeof(line) - 1; i++) {
+        const char *w = argv[i];
+        if (i == 0 && w == h->postconf)
+            w = h->postconf_shown;
+        else if (i == 0 && w == h->postfix)
+            w = h->postfix_shown;
+        o += (size_t)snprintf(line + o, sizeof(line) - o, "%s%s", i ? " " : "", w);
+    }
     if (log_it)
         log_info("running: %s", line);
     else
@@ -1010,8 +1017,10 @@ int privsep_init(const struct config *cfg, char *err, size_t errlen)
     h.master_path = join(cfg->postfix_config_directory, "master.cf");
     h.postconf = resolve_cmd(cfg->postconf_command);
     h.postfix = resolve_cmd(cfg->postfix_command);
+    h.postconf_shown = strdup(cfg->postconf_command);
+    h.postfix_shown = strdup(cfg->postfix_command);
     if (!h.config_dir || !h.state_dir || !h.journal_path || !h.main_path || !h.master_path ||
-        !h.postconf || !h.postfix) {
+        !h.postconf || !h.postfix || !h.postconf_shown || !h.postfix_shown) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
@@ -1048,6 +1057,8 @@ int privsep_init(const struct config *cfg, char *err, size_t errlen)
     free(h.master_path);
     free(h.postconf);
     free(h.postfix);
+    free(h.postconf_shown);
+    free(h.postfix_shown);
     ps_global.fd = sv[0];
     ps_global.helper_pid = pid;
     ps_global.mode = PRIVSEP_HELPER;
