@@ -31,6 +31,9 @@ class Notify:
             self.dir = tempfile.mkdtemp(prefix="postsurge-notify-")
             self.address = os.path.join(self.dir, "notify")
             self.sock.bind(self.address)
+            # Like systemd's /run/systemd/notify: serve sends after dropping to its user.
+            os.chmod(self.dir, 0o755)
+            os.chmod(self.address, 0o777)
         # The supervisor learns the sender's pid from the credentials, as systemd does.
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.messages = []
