@@ -1154,6 +1154,9 @@ static void client_dead(struct privsep *p, const char *why)
     if (p->dead)
         return;
     p->dead = true;
+    /* Reap it (libuv reaps only what uv_spawn started); it is gone or going. */
+    if (ps_global.helper_pid > 0 && waitpid(ps_global.helper_pid, NULL, WNOHANG) > 0)
+        ps_global.helper_pid = 0;
     log_error("privileged helper %s: stress overrides and /proc scans are unavailable until "
               "serve restarts",
               why);
