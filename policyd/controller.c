@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -125,6 +126,15 @@ struct controller {
     bool recovering;                   /* a journal from before start: decide on a sample */
     bool apply_failed;                 /* this episode's apply failed: do not retry */
     bool dry_applied;                  /* stress_dry_run: "applied" in the log only */
+    /* This episode's apply found every setting already in force (another postsurge, an
+     * earlier run whose journal is elsewhere, or the administrator): nothing was changed,
+     * nothing is to restore, and the apply is not tried again until the next episode. */
+    bool already_in_force;
+    /* The Postfix configuration directory, open (before the privilege drop) to hold an
+     * exclusive flock on it while this node has overrides in force: a second postsurge
+     * on the same instance finds it taken and changes nothing. -1: no lock possible. */
+    int lock_fd;
+    bool lock_held;
     /* an apply of ours just failed half-way: the files hold exactly what it left */
     bool expected_is_current;
     uint64_t restore_retry_at;
@@ -566,7 +576,7 @@ static void job_read_journal(struct job *jb)
     if (jb->c->ps)
         job_helper(jb, PRIVMSG_JOURNAL, "{}", 2);
     else
-        job_read_journal(jb);
+        job_queue_work(jb, WK_READ_JOURNAL);
 }
 
 /* ---- jobs ---- */
@@ -587,11 +597,42 @@ static void job_free(struct job *jb)
     free(jb);
 }
 
+/* Takes the lock on the Postfix configuration directory before a job that may change it.
+ * Returns true when held (or when no lock is possible: the directory could not be opened),
+ * false when another process holds it. */
+static bool ctl_lock(struct controller *c)
+{
+    if (c->lock_held || c->lock_fd < 0)
+        return true;
+    if (flock(c->lock_fd, LOCK_EX | LOCK_NB) == 0) {
+        c->lock_held = true;
+        return true;
+    }
+    if (errno != EWOULDBLOCK) {
+        log_warn("flock %s: %s; a second postsurge on this Postfix would go unnoticed",
+                 c->config_dir, strerror(errno));
+        close(c->lock_fd);
+        c->lock_fd = -1;
+        return true;
+    }
+    return false;
+}
+
+/* Released once nothing of ours is in force: another node may then act on Postfix. */
+static void ctl_unlock_if_clean(struct controller *c)
+{
+    if (c->lock_held && !c->journal && !c->job) {
+        flock(c->lock_fd, LOCK_UN);
+        c->lock_held = false;
+    }
+}
+
 static void job_end(struct job *jb)
 {
     struct controller *c = jb->c;
     c->job = NULL;
     job_free(jb);
+    ctl_unlock_if_clean(c);
     if (c->offline)
         return; /* one job; the private loop then ends */
     if (!c->stopping)
@@ -637,6 +678,20 @@ static bool plan_log(const struct overrides_plan *p, const char *prefix)
         }
     }
     return true;
+}
+
+/* The apply found nothing to change. Without a journal the wanted state ("overrides in
+ * force") and the journal always disagree, so without this flag every job end would start
+ * the same apply again: two postconf runs each time, thousands a minute. */
+static void ctl_already_in_force(struct controller *c)
+{
+    c->dry_applied = false;
+    c->already_in_force = true;
+    ctl_event(c, "overrides-already-in-force", true, NULL,
+              "every setting of the profile is already in force in %s (another postsurge, a "
+              "run whose journal is gone, or the administrator): nothing applied, nothing will "
+              "be restored when stress ends",
+              c->config_dir);
 }
 
 /* Runs the plan's next command (step 5 again when it ends), or reads the files back
@@ -690,8 +745,7 @@ static void job_step_apply(struct job *jb)
             goto fail_unchanged;
         }
         if (jb->plan->n == 0) {
-            log_info("apply: every setting of the profile is already in force; nothing to do");
-            c->dry_applied = false;
+            ctl_already_in_force(c);
             break;
         }
         if (c->dry_run) {
@@ -959,8 +1013,7 @@ static void job_step_apply_helper(struct job *jb)
         c->journal = reply_journal(c, jb);
     }
     if (reply_ok(jb) && json_is_true(json_object_get(jb->reply, "nothing"))) {
-        log_info("apply: every setting of the profile is already in force; nothing to do");
-        c->dry_applied = false;
+        ctl_already_in_force(c);
     } else if (reply_ok(jb)) {
         c->applies++;
         c->last_error[0] = '\0';
@@ -1232,16 +1285,38 @@ static void ctl_reconcile(struct controller *c)
     }
     if (c->unavailable)
         return; /* no way to change Postfix: nothing to reconcile */
-    bool want =
-        stressed && c->overrides_on && c->profile_ready && !c->apply_failed && !c->unavailable;
+    bool want = stressed && c->overrides_on && c->profile_ready && !c->apply_failed &&
+                !c->unavailable && !c->already_in_force;
     if (c->stopping)
         return; /* overrides stay in force across a restart; the journal says how */
     if (want && !c->journal && !c->dry_applied) {
+        if (!c->dry_run && !ctl_lock(c)) {
+            /* Two daemons on one Postfix would journal each other's overrides as the
+             * prior state and never restore the original. Refused for this episode. */
+            c->apply_failed = true;
+            ctl_set_error(c,
+                          "another process (a second postsurge?) holds the lock on %s: "
+                          "overrides not applied",
+                          c->config_dir);
+            ctl_event(c, "overrides-refused", true, json_pack("{s:s}", "path", c->config_dir), "%s",
+                      c->last_error);
+            return;
+        }
         job_start(c, JOB_APPLY);
     } else if (!want && c->journal) {
         if (c->restore_retry_at && uv_now(c->loop) < c->restore_retry_at)
             return;
         c->restore_retry_at = 0;
+        if (!c->dry_run && !ctl_lock(c)) {
+            c->restore_retry_at = uv_now(c->loop) + RESTORE_RETRY_MS;
+            ctl_set_error(c,
+                          "another process (a second postsurge?) holds the lock on %s: "
+                          "restore postponed",
+                          c->config_dir);
+            ctl_event(c, "restore-failed", true, json_pack("{s:s}", "error", c->last_error),
+                      "%s; retry in %d s", c->last_error, RESTORE_RETRY_MS / 1000);
+            return;
+        }
         job_start(c, JOB_RESTORE);
     } else if (!stressed && c->dry_applied) {
         log_info("dry run: would restore the journal's prior state and reload postfix");
@@ -1257,6 +1332,7 @@ static void ctl_on_transition(struct controller *c, const struct stress_result *
 {
     if (r->event == STRESS_EVENT_ENTER) {
         c->apply_failed = false;
+        c->already_in_force = false;
         if (engine_set_node_stressed)
             engine_set_node_stressed(true);
         ctl_event(c, "stress-enter", true,
@@ -1272,6 +1348,7 @@ static void ctl_on_transition(struct controller *c, const struct stress_result *
                             r->event_forced),
                   "%s", r->reason);
         c->apply_failed = false;
+        c->already_in_force = false;
     } else if (r->event == STRESS_EVENT_BLOCKED) {
         log_debug("transition held back by stress_min_interval: %s", r->reason);
     }
@@ -1303,6 +1380,8 @@ static json_t *ctl_status_json(struct controller *c)
         ov = (c->apply_failed || !stressed) ? "pending-restore" : "applied";
     else if (c->dry_applied)
         ov = "dry-run";
+    else if (c->already_in_force && stressed)
+        ov = "already-in-force";
     json_t *o = json_pack(
         "{s:s,s:b,s:s,s:I,s:b,s:b,s:i,s:s,s:o,s:o,s:s,s:b,s:b,s:b,s:b,s:s,s:s,s:{s:I,s:I,s:I,s:I,"
         "s:I},s:I}",
@@ -1805,6 +1884,7 @@ static struct controller *ctl_alloc(uv_loop_t *loop, const struct config *cfg)
     c->profile_main = strdup(cfg->stress_main_cf);
     c->profile_master = strdup(cfg->stress_master_cf);
     c->sample = calloc(1, sizeof(*c->sample));
+    c->lock_fd = -1;
     c->cmd_timeout_ms = (uint64_t)cfg->command_timeout;
     c->dry_run = cfg->stress_dry_run;
     c->overrides_on = cfg->stress_overrides;
@@ -1840,6 +1920,11 @@ int controller_new(struct server *srv, struct controller **out, char *err, size_
         return -ENOMEM;
     }
     c->srv = srv;
+    /* Opened now, while serve may still be root: the lock is taken only around changes. */
+    c->lock_fd = open(c->config_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (c->lock_fd < 0)
+        log_warn("cannot open %s (%s): a second postsurge on this Postfix would go unnoticed",
+                 c->config_dir, strerror(errno));
     c->sm = stress_new(&c->params, (int64_t)uv_now(srv->loop));
     if (!c->sm) {
         snprintf(err, errlen, "stress settings are inconsistent");
@@ -2051,6 +2136,8 @@ void controller_free(struct controller *c)
     free(c->profile_main);
     free(c->profile_master);
     free(c->sample);
+    if (c->lock_fd >= 0)
+        close(c->lock_fd);
     free(c);
 }
 

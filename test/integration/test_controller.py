@@ -271,6 +271,89 @@ class ControllerTest(unittest.TestCase):
         r = ps.cli("restore")
         self.assertEqual(r.stdout.strip(), "nothing to restore")
 
+    def commands_run(self, ps):
+        return self.me(ps)["commands"]["run"]
+
+    def assert_commands_stay(self, ps, seconds):
+        """commands.run does not move for `seconds` while the node stays in stress (no
+        apply started again and again: the count is asserted, not the time)."""
+        n0 = self.commands_run(ps)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.5)
+            me = self.me(ps)
+            self.assertTrue(me["stress"], me)
+            self.assertEqual(me["commands"]["run"], n0, "%s\n%s" % (me, ps.log()[-4000:]))
+
+    def test_controller_profile_already_in_force_no_apply_loop(self):
+        # A daemon killed in stress leaves its overrides; a new one (its own state
+        # directory, so no journal) finds every setting already in force. It used to
+        # start the same empty apply after every job end: postconf -n and -P over and
+        # over (commands.run in the thousands, overrides_state stuck at "applying").
+        first = self.daemon()
+        self.wait_init(first)
+        first.cli("stress", "enter")
+        self.wait_state(first, "applied")
+        first.signal(signal.SIGKILL)
+        first.proc.wait(10)
+        first.logf.close()
+        main1, master1 = read_bytes(self.main), read_bytes(self.master)
+        self.assertNotEqual(main1, self.main0)
+
+        ps = self.daemon(node_name="n2")
+        self.wait_init(ps)
+        r = ps.cli("stress", "enter")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.wait_state(ps, "already-in-force")
+        self.assert_commands_stay(ps, 5)
+        kinds = [e["kind"] for e in self.events(ps)]
+        self.assertEqual(kinds.count("overrides-already-in-force"), 1, kinds)
+        self.assertNotIn("overrides-applied", kinds)
+        r = ps.cli("stress", "exit")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.wait_state(ps, "none")
+        me = self.me(ps)
+        self.assertEqual((me["commands"]["applies"], me["commands"]["restores"]), (0, 0), me)
+        # Nothing of this daemon's to undo: the first one's overrides stay for its journal.
+        self.assertEqual((read_bytes(self.main), read_bytes(self.master)), (main1, master1))
+        self.assertFalse(os.path.exists(os.path.join(ps.dir, "journal.json")))
+        # A new episode tries once more, and once only.
+        ps.cli("stress", "enter")
+        self.assertTrue(wait_for(lambda: [e["kind"] for e in self.events(ps)].count(
+            "overrides-already-in-force") == 2, 60, 0.1), self.events(ps))
+        self.assert_commands_stay(ps, 2)
+
+    def test_controller_second_daemon_on_same_postfix_refused(self):
+        # An administrator points two daemons (overrides on both) at one Postfix. The
+        # second would journal the first one's overrides as "prior state" and put them
+        # back when it restores; it must refuse while the first has overrides in force.
+        a = self.daemon()
+        b = self.daemon(node_name="n2")
+        self.wait_init(a)
+        self.wait_init(b)
+        a.cli("stress", "enter")
+        self.wait_state(a, "applied")
+        r = b.cli("stress", "enter")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(wait_for(lambda: "overrides-refused" in
+                                 [e["kind"] for e in self.events(b)], 30, 0.1), b.log())
+        self.assertIn("holds the lock on %s" % self.pfdir, self.me(b)["error"])
+        self.assert_commands_stay(b, 5)
+        self.assertEqual(self.me(b)["overrides_state"], "none")
+        self.assertFalse(os.path.exists(os.path.join(b.dir, "journal.json")))
+        a.cli("stress", "exit")
+        self.wait_state(a, "none")
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
+        # The lock went with a's overrides: b's next episode applies and restores.
+        b.cli("stress", "exit")
+        b.cli("stress", "enter")
+        self.wait_state(b, "applied")
+        b.cli("stress", "exit")
+        self.wait_state(b, "none")
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
+
     def test_controller_restore_conflict_admin_wins(self):
         ps = self.daemon()
         self.wait_init(ps)
