@@ -421,7 +421,8 @@ int overrides_known_params_parse(const char *text, size_t len, struct overrides_
         overrides_params_free(k);
         return -EINVAL;
     }
-    qsort(k->names, k->n, sizeof(char *), cmp_str);
+    if (k->n > 1)
+        qsort(k->names, k->n, sizeof(char *), cmp_str);
     *out = k;
     return 0;
 }

@@ -781,7 +781,8 @@ size_t queue_stats_dsns(const struct queue_stats *qs, const struct queue_reason 
 {
     /* Sorting in place keeps the API const for callers; the order is not observable
      * otherwise because lookups scan the whole (small) table. */
-    qsort(((struct queue_stats *)qs)->dsns, qs->n_dsns, sizeof(*qs->dsns), reason_cmp);
+    if (qs->n_dsns > 1)
+        qsort(((struct queue_stats *)qs)->dsns, qs->n_dsns, sizeof(*qs->dsns), reason_cmp);
     *out = qs->dsns;
     return qs->n_dsns;
 }
@@ -805,7 +806,8 @@ int queue_stats_domains(const struct queue_stats *qs, const struct queue_domain 
         if (qs->doms[i]->pub.recipients > 0)
             arr[k++] = &qs->doms[i]->pub;
     }
-    qsort(arr, k, sizeof(*arr), domain_cmp);
+    if (k > 1)
+        qsort(arr, k, sizeof(*arr), domain_cmp);
     *out = arr;
     *n = k;
     return 0;
@@ -841,7 +843,8 @@ size_t queue_domain_top_reasons(const struct queue_domain *d, const struct queue
         if (d->reasons[i].count)
             all[k++] = &d->reasons[i];
     }
-    qsort(all, k, sizeof(*all), reason_ptr_cmp);
+    if (k > 1)
+        qsort(all, k, sizeof(*all), reason_ptr_cmp);
     if (k > max)
         k = max;
     memcpy(out, all, k * sizeof(*out));

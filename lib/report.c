@@ -941,8 +941,10 @@ int report_evaluate(struct report *r, const struct report_thresholds *t)
         r->t = *t;
     t = &r->t;
     /* Writers show the busiest rows first and cut at top_domains / top_clients. */
-    qsort(r->traffic, r->n_traffic, sizeof(*r->traffic), traffic_cmp);
-    qsort(r->clients, r->n_clients, sizeof(*r->clients), client_cmp);
+    if (r->n_traffic > 1)
+        qsort(r->traffic, r->n_traffic, sizeof(*r->traffic), traffic_cmp);
+    if (r->n_clients > 1)
+        qsort(r->clients, r->n_clients, sizeof(*r->clients), client_cmp);
     int rc = eval_nodes(r, t);
     if (rc == 0)
         rc = eval_queue(r, t);

@@ -666,7 +666,8 @@ void monitor_scan_run(struct monitor_scan *sc)
     /* busy: the smtpd holds a connection (not the shared LISTEN socket) on its port. */
     for (size_t k = 0; k < smtpd_pid.n; k++) {
         struct monitor_service *s = &sc->svc[smtpd_svc.v[k]];
-        qsort(smtpd_inodes[k].v, smtpd_inodes[k].n, sizeof(uint64_t), cmp_u64);
+        if (smtpd_inodes[k].n > 1)
+            qsort(smtpd_inodes[k].v, smtpd_inodes[k].n, sizeof(uint64_t), cmp_u64);
         for (size_t j = 0; j < n_socks; j++) {
             if (socks[j].port == s->port && u64vec_has(&smtpd_inodes[k], socks[j].ino)) {
                 s->busy++;
@@ -679,7 +680,8 @@ void monitor_scan_run(struct monitor_scan *sc)
         any_pass |= sc->svc[i].pass;
     if (any_pass) {
         proc_socket_inodes(pid, &master_inodes);
-        qsort(master_inodes.v, master_inodes.n, sizeof(uint64_t), cmp_u64);
+        if (master_inodes.n > 1)
+            qsort(master_inodes.v, master_inodes.n, sizeof(uint64_t), cmp_u64);
         scan_unix_backlog(sc, &master_inodes);
     }
 out:

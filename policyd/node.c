@@ -226,7 +226,8 @@ static void node_rebuild_flags(struct node *n, int64_t now)
                 k++;
         }
     }
-    qsort(v, k, sizeof(char *), cmp_str);
+    if (k > 1)
+        qsort(v, k, sizeof(char *), cmp_str);
     node_free_merged(n);
     n->merged = v;
     n->n_merged = k;
@@ -268,7 +269,8 @@ static void node_on_nodes(void *arg, int status, const struct store_node_status 
         if (pv) {
             for (size_t i = 0; i < np; i++)
                 pv[i] = json_array_get(peers, i);
-            qsort(pv, np, sizeof(json_t *), cmp_node);
+            if (np > 1)
+                qsort(pv, np, sizeof(json_t *), cmp_node);
             for (size_t i = 0; i < np; i++)
                 json_array_append(cluster, pv[i]);
             free(pv);
@@ -505,7 +507,8 @@ static void node_flag(struct node *n, const char *addr, bool unknown_user, int64
         n->merged = v;
         if ((v[n->n_merged] = strdup(addr))) {
             n->n_merged++;
-            qsort(n->merged, n->n_merged, sizeof(char *), cmp_str);
+            if (n->n_merged > 1)
+                qsort(n->merged, n->n_merged, sizeof(char *), cmp_str);
         }
     }
     node_event(n, "attack-flagged", true,

@@ -478,7 +478,8 @@ static struct tkey **table_sorted(const struct ttable *t, int (*cmp)(const void 
         if (t->slots[i].key)
             v[k++] = &t->slots[i];
     }
-    qsort(v, k, sizeof(*v), cmp);
+    if (k > 1)
+        qsort(v, k, sizeof(*v), cmp);
     return v;
 }
 
