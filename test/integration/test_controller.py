@@ -354,6 +354,31 @@ class ControllerTest(unittest.TestCase):
         self.assertEqual(read_bytes(self.main), self.main0)
         self.assertEqual(read_bytes(self.master), self.master0)
 
+    def test_controller_user_root_in_process_episode(self):
+        # user = root: no privileged helper, the controller does it all in process. The
+        # journal read at start used to call itself (stack overflow unoptimised; at -O2 the
+        # compiler dropped the branch, so a journal a crash left was never read).
+        ps = self.daemon(user="root")
+        self.wait_init(ps)
+        self.assertTrue(wait_for(lambda: self.me(ps)["privileges"] == "root", 10), ps.log())
+        ps.cli("stress", "enter")
+        self.wait_state(ps, "applied")
+        self.assertTrue(os.path.exists(os.path.join(ps.dir, "journal.json")))
+        ps.signal(signal.SIGKILL)
+        ps.proc.wait(10)
+        self.assertNotEqual(read_bytes(self.main), self.main0)
+        ps.start()
+        self.assertTrue(ps.wait_log("event journal-found", timeout=30), ps.log())
+        self.wait_state(ps, "none")
+        self.assertEqual(read_bytes(self.main), self.main0)
+        ps.cli("stress", "enter")
+        self.wait_state(ps, "applied")
+        ps.cli("stress", "exit")
+        self.wait_state(ps, "none")
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
+        self.assertTrue(ps.running(), ps.log())
+
     def test_controller_restore_conflict_admin_wins(self):
         ps = self.daemon()
         self.wait_init(ps)
