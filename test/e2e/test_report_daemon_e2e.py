@@ -7,7 +7,8 @@ last report, and exit 1 (the `stressed` WARNING); after `stress exit` the next r
 shows the episode's end and no new one. With a Redis store and two daemons (nodes a and
 b) on the same Postfix, the report lists both nodes and flags the imbalance when only one
 is stressed, both through the daemon and straight from the store's keys (no daemon on the
-reporting host). Every process is stopped by PID. Needs root, postfix, redis-server.
+reporting host). Both daemons with overrides on, both forced into stress: the second refuses
+(the first holds the config directory's lock) and neither runs a command for 20 s. Every process is stopped by PID. Needs root, postfix, redis-server.
 Env: POSTSURGE (the binary), PYTHONPATH=test/pylib.
 """
 import json
@@ -16,6 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import unittest
 import urllib.request
 
@@ -261,6 +263,59 @@ class ReportDaemonE2E(unittest.TestCase):
         self.assertEqual(self.codes(doc), [], doc["findings"])
         self.assertEqual(self.node(doc, "a")["stress_episodes"], 0)
 
+
+    def test_two_daemons_with_overrides_on_one_postfix_bounded_commands(self):
+        # A mistake an administrator can make: both daemons with stress_overrides on
+        # against one Postfix, both forced into stress. The second used to see the first
+        # one's overrides "already in force" and start the same empty apply after every
+        # job end (commands.run in the thousands, overrides_state stuck at "applying").
+        # Now the first holds a lock on the config directory while its overrides are in
+        # force: the second refuses (event, error in status) and runs nothing.
+        rs = RedisServer()
+        self.addCleanup(rs.remove)
+        main_cf, master_cf = (os.path.join(self.pf.dir, n) for n in ("main.cf", "master.cf"))
+        with open(main_cf, "rb") as f, open(master_cf, "rb") as g:
+            main0, master0 = f.read(), g.read()
+        a = self.daemon("a", store=rs.url, store_key_prefix="pb:")
+        b = self.daemon("b", store=rs.url, store_key_prefix="pb:")
+        self.assertEqual(a.cli("stress", "enter").returncode, 0)
+        self.wait_overrides(a, "applied")
+        self.wait_postfix_settled()
+        self.assertEqual(b.cli("stress", "enter").returncode, 0)
+
+        def b_events():
+            r = b.cli("events", "--json")
+            return [e["kind"] for e in json.loads(r.stdout)["events"] if e["node"] == "b"]
+        self.assertTrue(wait_for(lambda: "overrides-refused" in b_events(), 30, 0.2),
+                        b.log())
+        self.assertIn("holds the lock on %s" % self.pf.dir, self.me(b)["error"])
+        # 20 s of forced stress on both: not one more command on either node.
+        runs = {ps.dir: self.me(ps)["commands"]["run"] for ps in (a, b)}
+        for _ in range(20):
+            for ps in (a, b):
+                m = self.me(ps)
+                self.assertTrue(m["stress"], m)
+                self.assertEqual(m["commands"]["run"], runs[ps.dir], "%s\n%s" % (m, ps.log()))
+            time.sleep(1)
+        self.assertEqual(self.me(a)["overrides_state"], "applied")
+        self.assertEqual(self.me(b)["overrides_state"], "none")
+
+        self.assertEqual(a.cli("stress", "exit").returncode, 0)
+        self.wait_overrides(a, "none")
+        self.wait_postfix_settled()
+        with open(main_cf, "rb") as f, open(master_cf, "rb") as g:
+            self.assertEqual((f.read(), g.read()), (main0, master0))
+        self.assertEqual(b.cli("stress", "exit").returncode, 0)
+        # One episode of a: postconf -e, postconf -P, reload; then the restore's reload.
+        running = [ln for ln in a.log().splitlines() if "running: " in ln]
+        self.assertLessEqual(len(running), 6, "\n".join(running))
+        self.assertEqual([ln for ln in b.log().splitlines() if "running: " in ln], [])
+        m = self.me(a)["commands"]
+        self.assertEqual((m["applies"], m["restores"], m["failed"]), (1, 1, 0), m)
+        self.assertLessEqual(m["run"], 20, m)
+        m = self.me(b)["commands"]
+        self.assertEqual((m["applies"], m["restores"], m["failed"]), (0, 0, 0), m)
+        self.assertLessEqual(m["run"], 5, m)
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
