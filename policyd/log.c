@@ -134,6 +134,14 @@ static void log_vwrite(enum log_level level, const char *component, const char *
     int saved_errno = errno;
 
     vsnprintf(msg, sizeof(msg), fmt, ap);
+    /* Command output quoted in a message often ends in a newline; one log record is one
+     * line, and embedded newlines would let quoted text forge records of its own. */
+    size_t mlen = strlen(msg);
+    while (mlen > 0 && (msg[mlen - 1] == '\n' || msg[mlen - 1] == '\r'))
+        msg[--mlen] = '\0';
+    for (char *q = msg; *q; q++)
+        if (*q == '\n' || *q == '\r')
+            *q = ' ';
     if (log_stderr) {
         char line[2304], stamp[32];
         struct timeval tv;

@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import sys
+import shutil
 import tempfile
 import time
 import unittest
@@ -397,6 +398,22 @@ class TestSignals(ServerTest):
         for c in conns:
             self.assertTrue(c.closed_by_peer())
             c.close()
+
+
+class TestLogging(ServerTest):
+    def test_command_output_in_a_warning_stays_on_one_line(self):
+        # postconf fails on a Postfix directory without main.cf; its stderr ends in a
+        # newline and is quoted in the monitor's warning. Every log record must still be
+        # one line that starts with a time stamp.
+        empty = tempfile.mkdtemp(prefix="postsurge-nopostfix-")
+        self.addCleanup(shutil.rmtree, empty, True)
+        ps = self.daemon(extra={"monitor": "yes", "monitor_interval": "200ms",
+                                "postfix_config_directory": empty,
+                                "maillog_file": os.path.join(empty, "maillog")})
+        self.assertTrue(ps.wait_log("failed (exit", timeout=15), ps.log())
+        ps.stop()
+        for line in ps.log().splitlines():
+            self.assertRegex(line, r"^\d{4}-\d\d-\d\dT", "a record broke across lines")
 
 
 class TestCommands(ServerTest):
