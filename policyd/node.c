@@ -51,7 +51,11 @@ struct node {
     bool closing;
     void (*closed)(void *arg);
     void *closed_arg;
-    struct log_ratelimit rl_put, rl_get, rl_event, rl_take;
+    struct log_ratelimit rl_put, rl_get, rl_event, rl_take, rl_journal;
+    /* The journal copy in the store: puts are numbered, only the latest one's answer
+     * counts (a SET answered after a later DEL must not say "in store"). */
+    uint64_t journal_seq;
+    bool journal_in_store;
     struct {
         char kind[32];
         uint64_t count;
@@ -424,6 +428,48 @@ void node_event(struct node *n, const char *kind, bool warn, json_t *extra, cons
     if (rc < 0)
         node_on_event_stored(n, rc);
     free(s);
+}
+
+/* ---- the override journal's copy ---- */
+
+struct node_journal_put {
+    struct node *n;
+    uint64_t seq;
+    bool set;
+};
+
+static void node_on_journal_put(void *arg, int status)
+{
+    struct node_journal_put *p = arg;
+    struct node *n = p->n;
+    if (p->seq == n->journal_seq) {
+        n->journal_in_store = status == 0 && p->set;
+        if (status < 0 && !n->closing)
+            log_warn_ratelimited(&n->rl_journal, node_mono(n), 60000,
+                                 "cannot %s the override journal's copy in the store: %s "
+                                 "(the file in state_directory is what restores)",
+                                 p->set ? "write" : "delete", strerror(-status));
+    }
+    free(p);
+}
+
+void node_journal_put(struct node *n, const char *json)
+{
+    if (n->closing)
+        return;
+    struct node_journal_put *p = malloc(sizeof(*p));
+    if (!p)
+        return;
+    *p = (struct node_journal_put){.n = n, .seq = ++n->journal_seq, .set = json != NULL};
+    n->journal_in_store = false;
+    int rc = store_journal_put(n->store, n->name, json, node_on_journal_put, p, NULL);
+    if (rc < 0)
+        node_on_journal_put(p, rc);
+}
+
+bool node_journal_in_store(const struct node *n)
+{
+    return n->journal_in_store;
 }
 
 struct node_evread {

@@ -53,6 +53,13 @@ int node_cluster_stressed_pct(const struct node *n, bool self_local_stress);
 void node_event(struct node *n, const char *kind, bool warn, json_t *extra, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
+/* Stores this node's override journal (JSON text, copied) in the store under
+ * "journal:NAME" (no TTL), or deletes it when json is NULL. Never waits: the answer comes
+ * later; failures are logged, rate-limited. The journal file stays what restores. */
+void node_journal_put(struct node *n, const char *json);
+/* True when the latest node_journal_put stored a journal and the store confirmed it. */
+bool node_journal_in_store(const struct node *n);
+
 /* Reads up to max newest events (newest first) with time >= since_ms. cb gets a JSON
  * array (borrowed) or NULL with status < 0. cb may run before this returns. Returns 0
  * or a negative errno (cb not called). */

@@ -584,7 +584,7 @@ static json_t *op_apply(struct helper *h, const char *payload, size_t plen)
     struct overrides_profile *prof = NULL;
     struct overrides_journal *j = NULL;
     struct overrides_plan *plan = NULL;
-    char *text = NULL, *jbuf = NULL;
+    char *text = NULL, *jbuf = NULL, *written = NULL;
     size_t len = 0, jlen = 0;
     bool found = false, changed = false, journaled = false;
     json_t *r = NULL;
@@ -648,6 +648,8 @@ static json_t *op_apply(struct helper *h, const char *payload, size_t plen)
         goto out;
     }
     journaled = true;
+    free(written);
+    written = strndup(text, len);
     log_info("journal written: %s (%zu settings, prior state of main.cf %zu bytes, master.cf %zu "
              "bytes)",
              h->journal_path, j->n, f.main_len, f.master_len);
@@ -671,8 +673,12 @@ static json_t *op_apply(struct helper *h, const char *payload, size_t plen)
         read_path(h->master_path, &f.master_buf, &f.master_len) < 0 ||
         overrides_journal_set_expected(j, f.main_buf, f.main_len, f.master_buf, f.master_len) < 0 ||
         overrides_journal_serialize(j, &text, &len) < 0 ||
-        journal_write_trusted(h, text, len, verr, sizeof(verr)) < 0)
+        journal_write_trusted(h, text, len, verr, sizeof(verr)) < 0) {
         log_warn("journal update failed; the restore will go setting by setting");
+    } else {
+        free(written);
+        written = strndup(text, len);
+    }
     if (read_state(h, &f, false, err, sizeof(err)) < 0) {
         h->half_applied = true;
         fail_kind = "command";
@@ -695,6 +701,19 @@ out:
     json_object_set_new(r, "fail", json_string(fail_kind));
     if (journaled && j)
         json_object_set_new(r, "settings", privmsg_settings_json(j));
+    if (written) {
+        /* The journal as last written, for the copy the daemon keeps in the store (it
+         * cannot read root's file). Left out when the reply would not fit a message. */
+        char *d = json_dumps(r, JSON_COMPACT);
+        size_t esc = 0;
+        for (const char *q = written; *q; q++)
+            esc += (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20) ? 6 : 1;
+        if (d && strlen(d) + esc + 64 < PRIVMSG_MAX)
+            json_object_set_new(r, "journal_text", json_string(written));
+        else
+            json_object_set_new(r, "journal_text_omitted", json_true());
+        free(d);
+    }
     files_clear(&f);
     overrides_params_free(known);
     overrides_services_free(svcs);
@@ -703,6 +722,7 @@ out:
     overrides_plan_free(plan);
     free(text);
     free(jbuf);
+    free(written);
     return r;
 }
 

@@ -125,3 +125,12 @@ int store_event_append(struct store *s, const char *json, int64_t max_entries, s
 /* Reads the newest max events, newest first. */
 int store_event_read(struct store *s, size_t max, store_events_cb cb, void *arg,
                      struct store_req **req);
+
+/* Keeps a copy of node's override journal (JSON text, copied) under the single key
+ * "journal:NODE" without expiry (SET), or deletes it when json is NULL (DEL). The file in
+ * state_directory stays the authority for restores: this copy is for the cluster's
+ * visibility and for an administrator recovering a lost disk. Returns 0 (cb runs once,
+ * status < 0 when Redis failed), or -EINVAL, -ENAMETOOLONG, -ENOMEM, -ESHUTDOWN (cb never
+ * called). */
+int store_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
+                      void *arg, struct store_req **req);

@@ -122,3 +122,6 @@ int store_redis_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb,
 int store_redis_event_append(struct store *s, const char *json, int64_t max_entries,
                              store_done_cb cb, void *arg);
 int store_redis_event_read(struct store *s, size_t max, store_events_cb cb, void *arg);
+/* SET or (json NULL) DEL of "journal:NODE". */
+int store_redis_journal_put(struct store *s, const char *node, const char *json,
+                            store_done_cb cb, void *arg);

@@ -534,6 +534,8 @@ struct store_cluster_mem {
     size_t n_nodes;
     char **ring; /* events, oldest at head */
     size_t cap, head, count;
+    struct mem_node *journals; /* name and json only (normally just this node) */
+    size_t n_journals;
 };
 
 static void cluster_mem_free(struct store_cluster_mem *c)
@@ -547,6 +549,11 @@ static void cluster_mem_free(struct store_cluster_mem *c)
     for (size_t i = 0; i < c->count; i++)
         free(c->ring[(c->head + i) % c->cap]);
     free(c->ring);
+    for (size_t i = 0; i < c->n_journals; i++) {
+        free(c->journals[i].name);
+        free(c->journals[i].json);
+    }
+    free(c->journals);
     free(c);
 }
 
@@ -705,5 +712,52 @@ int store_event_read(struct store *s, size_t max, store_events_cb cb, void *arg,
         v[i] = c->ring[(c->head + c->count - 1 - i) % c->cap];
     cb(arg, 0, v, n);
     free(v);
+    return 0;
+}
+
+int store_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
+                      void *arg, struct store_req **req)
+{
+    if (req)
+        *req = NULL;
+    if (s->closing)
+        return -ESHUTDOWN;
+    if (!node || !*node || strlen(node) > STORE_MAX_KEY)
+        return -EINVAL;
+    if (store_is_redis(s))
+        return store_redis_journal_put(s, node, json, cb, arg);
+    struct store_cluster_mem *c = cluster_mem(s);
+    if (!c)
+        return -ENOMEM;
+    size_t i = 0;
+    while (i < c->n_journals && strcmp(c->journals[i].name, node) != 0)
+        i++;
+    if (!json) {
+        if (i < c->n_journals) {
+            free(c->journals[i].name);
+            free(c->journals[i].json);
+            c->journals[i] = c->journals[--c->n_journals];
+        }
+    } else {
+        char *j = strdup(json);
+        if (!j)
+            return -ENOMEM;
+        if (i == c->n_journals) {
+            char *nm = strdup(node);
+            struct mem_node *v = nm ? realloc(c->journals, (c->n_journals + 1) * sizeof(*v)) : NULL;
+            if (!v) {
+                free(nm);
+                free(j);
+                return -ENOMEM;
+            }
+            c->journals = v;
+            v[i] = (struct mem_node){.name = nm};
+            c->n_journals++;
+        }
+        free(c->journals[i].json);
+        c->journals[i].json = j;
+    }
+    if (cb)
+        cb(arg, 0);
     return 0;
 }

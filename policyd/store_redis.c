@@ -1080,3 +1080,20 @@ int store_redis_event_read(struct store *s, size_t max, store_events_cb cb, void
     size_t l[4] = {6, (size_t)kl, 1, strlen(stop)};
     return redis_cop_started(op, redis_cop_send(op, SIZE_MAX, 4, a, l));
 }
+
+int store_redis_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
+                            void *arg)
+{
+    char key[STORE_MAX_KEY + 64];
+    int kl = snprintf(key, sizeof(key), "%sjournal:%s", s->prefix, node);
+    if (kl < 0 || (size_t)kl >= sizeof(key))
+        return -ENAMETOOLONG;
+    struct redis_cop *op = redis_cop_new(s, arg);
+    if (!op)
+        return -ENOMEM;
+    op->done = cb;
+    /* No TTL: the journal is needed for as long as the overrides are in force. */
+    const char *a[3] = {json ? "SET" : "DEL", key, json};
+    size_t l[3] = {3, (size_t)kl, json ? strlen(json) : 0};
+    return redis_cop_started(op, redis_cop_send(op, SIZE_MAX, json ? 3 : 2, a, l));
+}
