@@ -193,6 +193,14 @@ static void ctl_event(struct controller *c, const char *kind, bool warn, json_t 
         log_info("event %s: %s", kind, text);
 }
 
+/* The journal's copy in the store (json NULL: delete it). The file stays the authority;
+ * the copy never delays or prevents an apply or restore. */
+static void ctl_journal_to_store(struct controller *c, const char *json)
+{
+    if (c->node)
+        node_journal_put(c->node, json);
+}
+
 static void ctl_set_error(struct controller *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void ctl_set_error(struct controller *c, const char *fmt, ...)
@@ -773,6 +781,7 @@ static void job_step_apply(struct job *jb)
         log_info("journal written: %s (%zu settings, prior state of main.cf %zu bytes, "
                  "master.cf %zu bytes)",
                  c->journal_path, jb->j->n, jb->main_len, jb->master_len);
+        ctl_journal_to_store(c, jb->jtext);
         /* From here on Postfix may change: the journal is what undoes it. */
         c->journal = jb->j;
         jb->j = NULL;
@@ -809,6 +818,8 @@ static void job_step_apply(struct job *jb)
             /* The first journal (without the expected bytes) still undoes everything,
              * setting by setting. */
             log_warn("journal update: %s; the restore will go setting by setting", jb->work_err);
+        } else {
+            ctl_journal_to_store(c, jb->jtext);
         }
         job_run_postconf(jb, "-n");
         return;
@@ -963,6 +974,7 @@ static void job_step_restore(struct job *jb)
                   jb->restore->n_conflicts, uv_now(c->loop) - jb->t0);
         overrides_journal_free(c->journal);
         c->journal = NULL;
+        ctl_journal_to_store(c, NULL);
         c->recovering = false;
         if (c->mon)
             monitor_refresh_limits(c->mon);
@@ -1011,6 +1023,13 @@ static void job_step_apply_helper(struct job *jb)
     if (jb->reply && json_is_true(json_object_get(jb->reply, "journaled"))) {
         overrides_journal_free(c->journal);
         c->journal = reply_journal(c, jb);
+        const char *jt = json_string_value(json_object_get(jb->reply, "journal_text"));
+        if (jt)
+            ctl_journal_to_store(c, jt);
+        else
+            log_warn("the privileged helper's journal is too large for its reply: no copy of "
+                     "it in the store (%s is what restores)",
+                     c->journal_path);
     }
     if (reply_ok(jb) && json_is_true(json_object_get(jb->reply, "nothing"))) {
         ctl_already_in_force(c);
@@ -1108,6 +1127,7 @@ static void job_step_restore_helper(struct job *jb)
     c->last_error[0] = '\0';
     overrides_journal_free(c->journal);
     c->journal = NULL;
+    ctl_journal_to_store(c, NULL);
     c->recovering = false;
     if (c->mon)
         monitor_refresh_limits(c->mon);
@@ -1402,6 +1422,8 @@ static json_t *ctl_status_json(struct controller *c)
     if (o) {
         bool avail = !c->unavailable && (!c->ps || privsep_alive(c->ps));
         json_object_set_new(o, "overrides_available", json_boolean(avail));
+        json_object_set_new(o, "journal_in_store",
+                            json_boolean(c->node && node_journal_in_store(c->node)));
         json_object_set_new(o, "overrides_unavailable_reason",
                             json_string(avail ? "" : c->unavailable_why));
         json_object_set_new(o, "privileges", json_string(privsep_mode_name(privsep_mode())));

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import tempfile
 import time
 import unittest
@@ -428,7 +429,7 @@ class ClusterTest(unittest.TestCase):
         self.redis = RedisServer()
         self.addCleanup(self.redis.remove)
 
-    def node(self, name, quorum):
+    def node(self, name, quorum, **extra):
         tmp = tempfile.mkdtemp(prefix="postsurge-node-")
         os.chmod(tmp, 0o755)
         self.addCleanup(shutil.rmtree, tmp, True)
@@ -448,7 +449,7 @@ class ClusterTest(unittest.TestCase):
             "postfix_command": fake, "postconf_command": POSTCONF, "maillog_file": "",
             "http_listen": "", "monitor_interval": "200ms", "stress_min_interval": "0",
             "stress_exit_delay": "1s", "stress_cluster_quorum": str(quorum),
-            "node_status_ttl": "2s"})
+            "node_status_ttl": "2s", **extra})
         self.addCleanup(ps.cleanup)
         self.assertTrue(ps.wait_log("override profile:", timeout=30), ps.log())
         return ps
@@ -471,6 +472,43 @@ class ClusterTest(unittest.TestCase):
         # A stopped node disappears after its TTL.
         b.stop()
         self.assertTrue(wait_for(lambda: len(self.status(a)["nodes"]) == 1, 20), self.status(a))
+
+    def redis_get(self, key):
+        r = subprocess.run(["redis-cli", "-p", str(self.redis.port), "--raw", "GET", key],
+                           capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout.rstrip("\n")
+
+    def test_cluster_journal_copy_in_store(self):
+        # Through the privileged helper (a) and in process (b, user = root): the journal
+        # written to state_directory is also under postsurge:journal:NODE, gone after the
+        # restore; status --json says whether the store holds it.
+        a = self.node("a", 0)
+        b = self.node("b", 0, user="root")
+        for ps, name in ((a, "a"), (b, "b")):
+            with self.subTest(node=name):
+                key = "postsurge:journal:" + name
+                path = os.path.join(ps.dir, "journal.json")
+                self.assertEqual(self.redis_get(key), "")
+                ps.cli("stress", "enter")
+                self.assertTrue(wait_for(lambda: self.status(ps)["nodes"][0]["overrides_state"]
+                                         == "applied", 60), ps.log())
+                with open(path) as f:
+                    on_disk = json.load(f)
+                # The store's copy follows the last journal written (with the expected bytes).
+                self.assertTrue(wait_for(lambda: self.redis_get(key) != "" and
+                                         json.loads(self.redis_get(key)) == on_disk, 20),
+                                "%r\n%s" % (self.redis_get(key)[:300], ps.log()))
+                self.assertIn("main_cf", on_disk)
+                self.assertTrue(wait_for(lambda: self.status(ps)["nodes"][0]["journal_in_store"],
+                                         20), self.status(ps))
+                ps.cli("stress", "exit")
+                self.assertTrue(wait_for(lambda: self.status(ps)["nodes"][0]["overrides_state"]
+                                         == "none", 60), ps.log())
+                self.assertFalse(os.path.exists(path))
+                self.assertTrue(wait_for(lambda: self.redis_get(key) == "", 20), ps.log())
+                self.assertTrue(wait_for(
+                    lambda: not self.status(ps)["nodes"][0]["journal_in_store"], 20))
 
     def test_cluster_quorum_enters_every_node(self):
         a, b = self.node("a", 50), self.node("b", 50)
