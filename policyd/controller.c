@@ -213,11 +213,20 @@ static void ctl_set_error(struct controller *c, const char *fmt, ...)
 
 /* ---- synchronous file helpers, run in the thread pool (or by the CLI) ---- */
 
-static int read_all(const char *path, char **buf, size_t *len)
+/* Reads a whole file. trusted_only: the file must be a regular file owned by the
+ * effective user, with one link and no group or other write bit (-EPERM otherwise), so a
+ * root process never restores from a journal the unprivileged daemon user could forge. */
+static int read_all_checked(const char *path, bool trusted_only, char **buf, size_t *len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | (trusted_only ? O_NOFOLLOW : 0));
     if (fd < 0)
         return -errno;
+    struct stat st;
+    if (trusted_only && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+                         st.st_nlink != 1 || (st.st_mode & 022))) {
+        close(fd);
+        return -EPERM;
+    }
     char *p = NULL;
     size_t n = 0, cap = 0;
     for (;;) {
@@ -250,6 +259,11 @@ static int read_all(const char *path, char **buf, size_t *len)
     *buf = p;
     *len = n;
     return 0;
+}
+
+static int read_all(const char *path, char **buf, size_t *len)
+{
+    return read_all_checked(path, false, buf, len);
 }
 
 static int fsync_dir_of(const char *path)
@@ -385,10 +399,16 @@ static void job_work(uv_work_t *w)
         }
         break;
     case WK_READ_JOURNAL:
-        rc = read_all(c->journal_path, &jb->journal_buf, &jb->journal_len);
+        /* As root (offline restore, user = root), trust only a journal root wrote, like
+         * the privileged helper does. */
+        rc = read_all_checked(c->journal_path, geteuid() == 0, &jb->journal_buf, &jb->journal_len);
         jb->journal_found = rc == 0;
         if (rc == -ENOENT)
             rc = 0;
+        else if (rc == -EPERM)
+            snprintf(jb->work_err, sizeof(jb->work_err),
+                     "%s is not a journal root wrote (owner, links or mode differ): refused",
+                     c->journal_path);
         else if (rc < 0)
             snprintf(jb->work_err, sizeof(jb->work_err), "cannot read %s: %s", c->journal_path,
                      strerror(-rc));

@@ -246,6 +246,36 @@ class PrivsepTest(unittest.TestCase):
         self.assertEqual(read_bytes(self.main), self.main0)
         self.assertEqual(read_bytes(self.master), self.master0)
 
+    def test_offline_restore_refuses_forged_journal(self):
+        # The daemon dies while its overrides are in force; the unprivileged user then
+        # forges the journal. `postsurge restore` run by root without a daemon must not
+        # write file bytes from it back, and must restore from root's own journal.
+        ps = self.daemon()
+        self.assertEqual(ps.cli("stress", "enter").returncode, 0)
+        self.wait_state(ps, "applied")
+        ps.proc.kill()
+        ps.proc.wait(10)
+        jpath = os.path.join(ps.dir, "journal.json")
+        good = read_bytes(jpath)
+        forged = jpath + ".forged"
+        with open(forged, "wb") as f:
+            f.write(good)
+        os.chown(forged, NOBODY.pw_uid, NOBODY.pw_gid)
+        os.chmod(forged, 0o600)
+        os.replace(forged, jpath)
+        r = ps.cli("restore")
+        self.assertNotEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("refused", r.stdout + r.stderr)
+        self.assertIn("smtpd_soft_error_limit = 3", read_bytes(self.main).decode())
+        with open(forged, "wb") as f:
+            f.write(good)
+        os.chmod(forged, 0o600)
+        os.replace(forged, jpath)
+        r = ps.cli("restore")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
+
     def test_privsep_non_root_start_overrides_unavailable(self):
         d = tempfile.mkdtemp(prefix="postsurge-nonroot-")
         self.addCleanup(shutil.rmtree, d, True)
