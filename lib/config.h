@@ -13,63 +13,63 @@
  * Sizes are bytes (suffixes K M G). Lists are the raw string; their owners parse them. */
 struct config {
     /* policy service */
-    char *listen;             /* "inet:127.0.0.1:10040", blank/comma separated */
+    char *listen;              /* "inet:127.0.0.1:10040", blank/comma separated */
     unsigned listen_unix_mode; /* octal, 0666 */
-    char *listen_unix_owner;  /* "" leaves the socket's owner as is */
+    char *listen_unix_owner;   /* "" leaves the socket's owner as is */
     char *listen_unix_group;
-    int64_t max_connections;  /* 4096 */
-    int64_t idle_timeout;     /* ms, 600 s: longer than Postfix's 300 s max_idle */
-    int64_t max_line_length;  /* POLICY_DEFAULT_MAX_LINE */
-    int64_t max_attributes;   /* POLICY_DEFAULT_MAX_ATTRS */
-    int64_t max_request_size; /* POLICY_DEFAULT_MAX_REQUEST */
+    int64_t max_connections;   /* 4096 */
+    int64_t idle_timeout;      /* ms, 600 s: longer than Postfix's 300 s max_idle */
+    int64_t max_line_length;   /* POLICY_DEFAULT_MAX_LINE */
+    int64_t max_attributes;    /* POLICY_DEFAULT_MAX_ATTRS */
+    int64_t max_request_size;  /* POLICY_DEFAULT_MAX_REQUEST */
     int64_t max_output_buffer; /* bytes of unsent replies per connection, 64K */
-    char *default_action;     /* "DUNNO": the answer when no rule decides */
+    char *default_action;      /* "DUNNO": the answer when no rule decides */
 
     /* logging and privileges */
-    char *log_destination;    /* "syslog" or "stderr" */
-    char *log_level;          /* error warning info debug; "info" */
-    char *syslog_facility;    /* "mail" */
-    char *syslog_name;        /* "postsurge" */
+    char *log_destination;       /* "syslog" or "stderr" */
+    char *log_level;             /* error warning info debug; "info" */
+    char *syslog_facility;       /* "mail" */
+    char *syslog_name;           /* "postsurge" */
     int64_t log_repeat_interval; /* ms between repeats of one warning, 60 s */
-    char *user;               /* "postsurge" */
-    char *group;              /* "postsurge" */
+    char *user;                  /* "postsurge" */
+    char *group;                 /* "postsurge" */
 
     /* rate limits (issue 3) */
-    char *limits;             /* rule lines, see limits.h */
+    char *limits;                /* rule lines, see limits.h */
     char *limit_exempt_networks; /* CIDRs, blank/comma separated; "" */
     char *limit_exempt_sasl_users;
     bool limit_dry_run;
-    char *limit_action;       /* default reply of a rule, "450 4.7.1 ..." */
+    char *limit_action; /* default reply of a rule, "450 4.7.1 ..." */
 
     /* store */
-    char *store;              /* "memory", "redis://[:PW@]HOST:PORT[/DB]", "redis+unix:///PATH[?db=N]" */
-    char *store_key_prefix;   /* "postsurge:" */
-    int64_t redis_timeout;    /* ms, 100 */
-    char *store_failure_action; /* "local", "dunno" or "defer_if_permit" */
+    char *store; /* "memory", "redis://[:PW@]HOST:PORT[/DB]", "redis+unix:///PATH[?db=N]" */
+    char *store_key_prefix;      /* "postsurge:" */
+    int64_t redis_timeout;       /* ms, 100 */
+    char *store_failure_action;  /* "local", "dunno" or "defer_if_permit" */
     int64_t redis_reconnect_max; /* ms, backoff cap, 5 s */
 
     /* the Postfix node (issue 4) */
-    char *node_name;          /* "" means the host name */
+    char *node_name;                /* "" means the host name */
     char *postfix_config_directory; /* "/etc/postfix" */
-    char *maillog_file;       /* "/var/log/mail.log" */
-    char *state_directory;    /* "/var/lib/postsurge" */
-    bool monitor;             /* yes: watch Postfix */
-    int64_t monitor_interval; /* ms, 1 s */
+    char *maillog_file;             /* "/var/log/mail.log" */
+    char *state_directory;          /* "/var/lib/postsurge" */
+    bool monitor;                   /* yes: watch Postfix */
+    int64_t monitor_interval;       /* ms, 1 s */
     int64_t stress_enter_threshold; /* percent, 90 */
     int64_t stress_enter_delay;     /* ms, 5 s */
     int64_t stress_exit_threshold;  /* percent, 60 */
     int64_t stress_exit_delay;      /* ms, 120 s */
     int64_t stress_min_interval;    /* ms, 60 s */
-    bool stress_overrides;    /* yes: apply the profile when stressed */
-    char *stress_main_cf;     /* "name=value ..." */
-    char *stress_master_cf;   /* "service/type/name=value ..." */
+    bool stress_overrides;          /* yes: apply the profile when stressed */
+    char *stress_main_cf;           /* "name=value ..." */
+    char *stress_master_cf;         /* "service/type/name=value ..." */
     bool stress_dry_run;
-    int64_t stress_cluster_quorum;  /* percent of nodes, 0 = off */
-    int64_t command_timeout;  /* ms for postconf/postfix runs, 30 s */
-    char *postconf_command;   /* "postconf" (PATH) or an absolute path */
-    char *postfix_command;    /* "postfix" */
-    int64_t node_status_ttl;  /* ms, 5 s */
-    int64_t event_log_max;    /* entries kept, 10000 */
+    int64_t stress_cluster_quorum; /* percent of nodes, 0 = off */
+    int64_t command_timeout;       /* ms for postconf/postfix runs, 30 s */
+    char *postconf_command;        /* "postconf" (PATH) or an absolute path */
+    char *postfix_command;         /* "postfix" */
+    int64_t node_status_ttl;       /* ms, 5 s */
+    int64_t event_log_max;         /* entries kept, 10000 */
 
     /* attack detection */
     int64_t attack_unknown_user_limit; /* "User unknown" rejects per window, 20 */
@@ -79,13 +79,13 @@ struct config {
     char *attack_action;               /* "421 4.7.0 ..." during stress */
 
     /* HTTP metrics/status endpoint (issue 5) */
-    char *http_listen;        /* "inet:127.0.0.1:10041", "" = off */
+    char *http_listen;            /* "inet:127.0.0.1:10041", "" = off */
     int64_t http_max_connections; /* 64 */
 
     /* report (issue 5) */
-    double report_anomaly_sigma;    /* 2 */
-    int64_t report_baseline_window; /* ms, 7 d */
-    char *report_quiet_windows;     /* "" */
+    double report_anomaly_sigma;            /* 2 */
+    int64_t report_baseline_window;         /* ms, 7 d */
+    char *report_quiet_windows;             /* "" */
     int64_t report_anomaly_min_samples;     /* 12 */
     int64_t report_quiet_backlog_limit;     /* 2000 incoming + active, 0 = off */
     int64_t report_hold_warning;            /* 1; thresholds: 0 = off */

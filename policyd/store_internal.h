@@ -123,5 +123,5 @@ int store_redis_event_append(struct store *s, const char *json, int64_t max_entr
                              store_done_cb cb, void *arg);
 int store_redis_event_read(struct store *s, size_t max, store_events_cb cb, void *arg);
 /* SET or (json NULL) DEL of "journal:NODE". */
-int store_redis_journal_put(struct store *s, const char *node, const char *json,
-                            store_done_cb cb, void *arg);
+int store_redis_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
+                            void *arg);
