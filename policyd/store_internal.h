@@ -90,6 +90,10 @@ struct store {
 /* Memory table. mem_table_take returns 0 or -ENOMEM / -EINVAL from window_take. */
 int mem_table_init(struct mem_table *t, size_t max);
 void mem_table_free(struct mem_table *t);
+/* Drops every counter and shrinks the table to its initial size (statistics and limits
+ * stay); on glibc also returns free heap pages to the system. Kept as it was if the
+ * smaller bucket array cannot be allocated. */
+void mem_table_clear(struct mem_table *t);
 int mem_table_take(struct mem_table *t, const char *key, size_t keylen, int64_t now_ms,
                    int64_t window_ms, int64_t limit, int64_t amount, struct window_result *out);
 /* Examines up to budget entries for expiry at t->now_max. */

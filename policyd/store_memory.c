@@ -6,6 +6,9 @@
 #include "store_internal.h"
 
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +43,30 @@ int mem_table_init(struct mem_table *t, size_t max)
         return -ENOMEM;
     t->max = max ? max : 1;
     return 0;
+}
+
+void mem_table_clear(struct mem_table *t)
+{
+    if (t->n == 0 && t->nbuckets == MEM_MIN_BUCKETS)
+        return;
+    struct mem_entry **b = calloc(MEM_MIN_BUCKETS, sizeof(*b));
+    if (!b)
+        return; /* keep the counters; they expire with their windows */
+    size_t max = t->max;
+    uint64_t evictions = t->evictions, expired = t->expired;
+    int64_t now_max = t->now_max;
+    mem_table_free(t);
+    t->buckets = b;
+    t->nbuckets = MEM_MIN_BUCKETS;
+    t->max = max;
+    t->evictions = evictions;
+    t->expired = expired;
+    t->now_max = now_max;
+#ifdef __GLIBC__
+    /* Give the freed counters' pages back: an outage's worth of counters would otherwise
+     * stay in the daemon's resident size for good. */
+    malloc_trim(0);
+#endif
 }
 
 void mem_table_free(struct mem_table *t)

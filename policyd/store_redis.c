@@ -213,6 +213,10 @@ static void redis_note_success(struct redis *r)
                  r->degraded_count);
         r->degraded = false;
         r->degraded_count = 0;
+        /* Shared counting resumes in Redis: the outage's local counters are not consulted
+         * again (the next outage starts afresh), so free them now rather than keep them
+         * for their windows (a day for a per-day rule). */
+        mem_table_clear(&r->s->mem);
         r->rl.last_ms = 0;
         r->rl.suppressed = 0;
     }

@@ -543,9 +543,9 @@ static void driver_line(struct driver *d, char *line)
     if (strcmp(cmd, "stats") == 0) {
         struct store_stats st;
         store_get_stats(s, &st);
-        printf("%d %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n",
+        printf("%d %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %zu\n",
                st.connected ? 1 : 0, st.local_answers, st.timeouts, st.noscript, st.reconnects,
-               st.failures);
+               st.failures, st.entries);
         fflush(stdout);
         return;
     }

@@ -51,7 +51,7 @@ class Driver:
         self.p.stdin.flush()
         f = [int(x) for x in self.p.stdout.readline().split()]
         return dict(zip(("connected", "local", "timeouts", "noscript", "reconnects",
-                         "failures"), f))
+                         "failures", "entries"), f))
 
     def close(self):
         """Quits and checks a clean exit: every handle closed, uv_loop_close() == 0."""
@@ -164,6 +164,17 @@ class StoreRedis(unittest.TestCase):
             counts = [d.take("ab"[i % 2], "k", 8)[3] for i in range(8)]
             self.assertEqual(counts, [3, 4, 5, 6, 7, 8, 8, 8])
             self.assertGreater(d.stats("a")["reconnects"], 0)
+            # The outage's local counters were dropped when Redis came back (memory is
+            # returned), so a second outage counts afresh from 1.
+            self.assertEqual(d.stats("a")["entries"], 0)
+            self.assertEqual(d.stats("b")["entries"], 0)
+            r.kill()
+            st, _, allowed, count = d.take("a", "k", 8)
+            self.assertLess(st, 0)
+            self.assertEqual((allowed, count), (1, 1))
+            self.assertEqual(d.stats("a")["entries"], 1)
+            r.start()
+            d.wait_shared("k", 8)
             err = d.close()
             self.assertIn("is back", err)
             self.assertIn("answering from local counters", err)
