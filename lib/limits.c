@@ -838,16 +838,50 @@ int limits_key_value(const struct limits_rule *r, const struct policy_request *r
         if (fits && !put_escaped(esc, sizeof(esc), &n, v, len))
             fits = false;
     }
-    int w;
-    if (fits)
-        w = snprintf(out, outsz, "%s", esc);
-    else
+    if (!fits) {
         /* Long values (a 254-character address, a long combination) are hashed so keys
          * stay bounded; '#' never occurs in an escaped value, so no clash. */
-        w = snprintf(out, outsz, "#%016llx", (unsigned long long)h);
-    if (w < 0 || (size_t)w >= outsz)
+        static const char hex[] = "0123456789abcdef";
+        esc[0] = '#';
+        for (int i = 0; i < 16; i++)
+            esc[1 + i] = hex[(h >> (60 - 4 * i)) & 15];
+        n = 17;
+    }
+    /* On the request path: no stdio. */
+    if (n + 1 > outsz)
         return -ENOSPC;
-    return w;
+    memcpy(out, esc, n);
+    out[n] = '\0';
+    return (int)n;
+}
+
+/* Writes "NAME:TAG:VALUE" to out (outsz >= LIMITS_KEY_MAX, which always fits a rule's
+ * name, a tag and a key value); returns its length. snprintf cost more than the rest of
+ * the plan. */
+static size_t key_join(char *out, size_t outsz, const char *name, const char *tag,
+                       const char *value, size_t vlen)
+{
+    size_t nl = strlen(name), tl = strlen(tag);
+    size_t need = nl + 1 + tl + 1 + vlen;
+    if (need + 1 > outsz) { /* cannot happen with the bounds above; truncate like snprintf */
+        vlen = need + 1 - outsz < vlen ? vlen - (need + 1 - outsz) : 0;
+        need = nl + 1 + tl + 1 + vlen;
+        if (need + 1 > outsz) {
+            out[0] = '\0';
+            return 0;
+        }
+    }
+    char *p = out;
+    memcpy(p, name, nl);
+    p += nl;
+    *p++ = ':';
+    memcpy(p, tag, tl);
+    p += tl;
+    *p++ = ':';
+    memcpy(p, value, vlen);
+    p += vlen;
+    *p = '\0';
+    return (size_t)(p - out);
 }
 
 /* ---- units ---- */
@@ -1096,8 +1130,8 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
         if (vn <= 0)
             continue;
         struct limits_op *op = &plan->ops[plan->n_ops];
-        snprintf(op->key, sizeof(op->key), "%s:%s:%s", r->name, r->tag, value);
-        uint64_t h = fnv64_add(FNV64_OFFSET, op->key, strlen(op->key));
+        size_t keylen = key_join(op->key, sizeof(op->key), r->name, r->tag, value, (size_t)vn);
+        uint64_t h = fnv64_add(FNV64_OFFSET, op->key, keylen);
         if (suffix != NULL) {
             h = fnv64_add(h, "\0", 1);
             h = fnv64_add(h, suffix, 1);
@@ -1142,7 +1176,7 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
             /* A separate stress counter, counted always so it is warm when stress
              * starts, enforced only under stress. */
             struct limits_op *op2 = &plan->ops[plan->n_ops++];
-            snprintf(op2->key, sizeof(op2->key), "%s:%s:%s", r->name, r->stress_tag, value);
+            key_join(op2->key, sizeof(op2->key), r->name, r->stress_tag, value, (size_t)vn);
             op2->window_ms = r->stress_window_ms;
             op2->limit = stressed ? r->stress_limit : LIMITS_COUNT_ONLY;
             op2->amount = amount;

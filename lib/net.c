@@ -179,14 +179,43 @@ void net_addr_mask(struct net_addr *a, unsigned prefix)
     memset(a->bytes + full, 0, 16 - full);
 }
 
+/* Writes v (< 1000) in decimal at p, no NUL; returns the digits written. On the request
+ * path (every rule keyed by an address formats one), so no stdio. */
+static size_t put_dec(char *p, unsigned v)
+{
+    size_t n = 0;
+    if (v >= 100)
+        p[n++] = (char)('0' + v / 100);
+    if (v >= 10)
+        p[n++] = (char)('0' + v / 10 % 10);
+    p[n++] = (char)('0' + v % 10);
+    return n;
+}
+
+/* Writes v (< 0x10000) in lowercase hex without leading zeros at p, no NUL. */
+static size_t put_hex(char *p, unsigned v)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t n = 0;
+    for (int shift = 12; shift > 0; shift -= 4)
+        if (v >> shift)
+            p[n++] = hex[(v >> shift) & 15];
+    p[n++] = hex[v & 15];
+    return n;
+}
+
 int net_addr_format(const struct net_addr *a, char *out, size_t outsz)
 {
     char tmp[NET_ADDR_STRLEN];
     size_t n = 0;
 
     if (a->family == NET_V4) {
-        n = (size_t)snprintf(tmp, sizeof(tmp), "%u.%u.%u.%u", a->bytes[0], a->bytes[1], a->bytes[2],
-                             a->bytes[3]);
+        for (int i = 0; i < 4; i++) {
+            if (i > 0)
+                tmp[n++] = '.';
+            n += put_dec(tmp + n, a->bytes[i]);
+        }
+        tmp[n] = '\0';
     } else {
         unsigned w[8];
         for (int i = 0; i < 8; i++)
@@ -216,7 +245,7 @@ int net_addr_format(const struct net_addr *a, char *out, size_t outsz)
                 i += best_len - 1;
                 continue;
             }
-            n += (size_t)snprintf(tmp + n, sizeof(tmp) - n, "%x", w[i]);
+            n += put_hex(tmp + n, w[i]);
             if (i < 7)
                 tmp[n++] = ':';
         }
@@ -239,10 +268,14 @@ int net_prefix_format(const struct net_addr *a, unsigned prefix, char *out, size
     int n = net_addr_format(&m, tmp, sizeof(tmp));
     if (n < 0)
         return n;
-    int k = snprintf(out, outsz, "%s/%u", tmp, prefix);
-    if (k < 0 || (size_t)k >= outsz)
+    size_t k = (size_t)n;
+    tmp[k++] = '/';
+    k += put_dec(tmp + k, prefix); /* prefix < 128 here */
+    if (k + 1 > outsz)
         return -ENOSPC;
-    return k;
+    memcpy(out, tmp, k);
+    out[k] = '\0';
+    return (int)k;
 }
 
 int net_cidr_parse(const char *s, size_t len, struct net_cidr *out, const char **why)
