@@ -65,7 +65,7 @@ bool window_expired(const struct window *w, int64_t now_ms);
 int64_t window_ttl_ms(int64_t width, int64_t newest, int64_t window_ms, int64_t now_ms);
 
 /* The Lua script implementing window_take on a Redis string holding struct window (13
- * little-endian doubles). Call: EVAL script 1 KEY now_ms window_ms limit amount; it
- * returns {allowed (0|1), count}. Uses GET, then SET PX after an admitted take or DEL
+ * little-endian doubles; WINDOW_SLOTS is written into it as 10). Call: EVAL script 1 KEY
+ * now_ms window_ms limit amount; it returns one integer, count * 2 + allowed (0|1). Uses GET, then SET PX after an admitted take or DEL
  * when the state empties, on KEYS[1] only, so a sharding proxy can route it. */
 extern const char window_lua_script[];

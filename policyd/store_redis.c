@@ -455,11 +455,9 @@ static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         if (redis_send_op(r, ac, req, idx, true) == 0)
             return;
         status = -ECONNRESET;
-    } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
-               rep->element[0]->type == REDIS_REPLY_INTEGER &&
-               rep->element[1]->type == REDIS_REPLY_INTEGER) {
-        req->results[idx].allowed = rep->element[0]->integer != 0;
-        req->results[idx].count = rep->element[1]->integer;
+    } else if (rep->type == REDIS_REPLY_INTEGER && rep->integer >= 0) {
+        req->results[idx].allowed = (rep->integer & 1) != 0;
+        req->results[idx].count = rep->integer >> 1;
         req->ops[idx].answered = true;
         if (--req->npending > 0)
             return;
