@@ -96,6 +96,19 @@ int64_t window_ttl_ms(int64_t width, int64_t newest, int64_t window_ms, int64_t 
     return ttl < 1 ? 1 : ttl;
 }
 
+void window_lua_args(int64_t now_ms, int64_t window_ms, int64_t limit, int64_t amount,
+                     unsigned char out[WINDOW_LUA_ARGS_LEN])
+{
+    const int64_t v[4] = {now_ms, window_ms, limit, amount};
+    for (int k = 0; k < 4; k++) {
+        double d = (double)v[k]; /* exact: every value is below 2^53 */
+        uint64_t bits;
+        memcpy(&bits, &d, sizeof(bits));
+        for (int b = 0; b < 8; b++)
+            out[8 * k + b] = (unsigned char)(bits >> (8 * b)); /* little-endian on any host */
+    }
+}
+
 /* The state is one string value: struct window as 13 little-endian doubles (width, newest,
  * count[0..10]), read with GET and written with SET PX, so a take costs Redis two calls
  * (a hash of slot fields needed four or five) and the script runs the same steps as
@@ -105,10 +118,10 @@ int64_t window_ttl_ms(int64_t width, int64_t newest, int64_t window_ms, int64_t 
  * with %d: Redis formats Lua numbers with %.17g, which turns large integers into
  * exponents. */
 const char window_lua_script[] =
-    "-- postsurge window v3: EVALSHA sha 1 KEY now_ms window_ms limit amount\n"
+    "-- postsurge window v3: EVALSHA sha 1 KEY ARGS (now_ms window_ms limit amount as 4 LE "
+    "doubles)\n"
     "-- returns count * 2 + allowed (one integer: cheaper for Redis and the client than a table)\n"
-    "local now, win = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
-    "local limit, amount = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+    "local now, win, limit, amount = struct.unpack('<dddd', ARGV[1])\n"
     "local floor = math.floor\n"
     "local w = floor((win + 9) / 10)\n"
     "local span = floor((win + w - 1) / w)\n"

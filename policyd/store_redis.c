@@ -359,31 +359,17 @@ static char *redis_put_len(char *p, size_t n)
     return p;
 }
 
-/* Appends a RESP bulk string holding v in decimal; returns the new end. */
-static char *redis_put_int(char *p, int64_t v)
-{
-    char buf[24];
-    char *d = redis_digits(buf + sizeof(buf), v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v);
-    if (v < 0)
-        *--d = '-';
-    size_t k = (size_t)(buf + sizeof(buf) - d);
-    p = redis_put_len(p, k);
-    memcpy(p, d, k);
-    p += k;
-    *p++ = '\r';
-    *p++ = '\n';
-    return p;
-}
-
 /* Sends op idx of req: EVALSHA, or EVAL after NOSCRIPT. 0 or -1 (context unusable). The
- * EVALSHA goes out preformatted: hiredis formats an argv with sdscatfmt into fresh sds
- * strings, and the four numbers took a snprintf each. */
+ * EVALSHA goes out preformatted (hiredis would format an argv into fresh sds strings);
+ * the numbers travel as one binary argument (window_lua_args). */
 static int redis_send_op(struct redis *r, redisAsyncContext *ac, struct store_req *req, size_t idx,
                          bool eval)
 {
     const struct store_req_op *op = &req->ops[idx];
-    /* "$NNNN\r\n" KEY "\r\n", then four integers of at most 20 digits and a sign. */
-    char cmd[sizeof(r->evalsha_head) + REDIS_FAST_KEY + 16 + 4 * 30];
+    unsigned char args[WINDOW_LUA_ARGS_LEN];
+    window_lua_args(req->now_ms, op->window_ms, op->limit, op->amount, args);
+    /* "$NNNN\r\n" KEY "\r\n", then "$32\r\n" ARGS "\r\n". */
+    char cmd[sizeof(r->evalsha_head) + REDIS_FAST_KEY + 16 + WINDOW_LUA_ARGS_LEN + 8];
     int rc;
     if (!eval && op->keylen <= REDIS_FAST_KEY) {
         char *p = cmd;
@@ -394,30 +380,22 @@ static int redis_send_op(struct redis *r, redisAsyncContext *ac, struct store_re
         p += op->keylen;
         *p++ = '\r';
         *p++ = '\n';
-        p = redis_put_int(p, req->now_ms);
-        p = redis_put_int(p, op->window_ms);
-        p = redis_put_int(p, op->limit);
-        p = redis_put_int(p, op->amount);
+        p = redis_put_len(p, sizeof(args));
+        memcpy(p, args, sizeof(args));
+        p += sizeof(args);
+        *p++ = '\r';
+        *p++ = '\n';
         rc = redisAsyncFormattedCommand(ac, redis_on_reply, REDIS_PD(req->id, idx), cmd,
                                         (size_t)(p - cmd));
     } else {
-        char now[24], win[24], limit[24], amount[24];
-        snprintf(now, sizeof(now), "%" PRId64, req->now_ms);
-        snprintf(win, sizeof(win), "%" PRId64, op->window_ms);
-        snprintf(limit, sizeof(limit), "%" PRId64, op->limit);
-        snprintf(amount, sizeof(amount), "%" PRId64, op->amount);
-        const char *argv[8] = {eval ? "EVAL" : "EVALSHA",
-                               eval ? window_lua_script : r->sha,
-                               "1",
-                               op->key,
-                               now,
-                               win,
-                               limit,
-                               amount};
-        size_t len[8];
-        for (int i = 0; i < 8; i++)
-            len[i] = i == 3 ? op->keylen : strlen(argv[i]);
-        rc = redisAsyncCommandArgv(ac, redis_on_reply, REDIS_PD(req->id, idx), 8, argv, len);
+        const char *argv[5] = {eval ? "EVAL" : "EVALSHA", eval ? window_lua_script : r->sha, "1",
+                               op->key, (const char *)args};
+        size_t len[5];
+        for (int i = 0; i < 3; i++)
+            len[i] = strlen(argv[i]);
+        len[3] = op->keylen;
+        len[4] = sizeof(args);
+        rc = redisAsyncCommandArgv(ac, redis_on_reply, REDIS_PD(req->id, idx), 5, argv, len);
     }
     if (rc != REDIS_OK)
         return -1;
@@ -749,7 +727,7 @@ int store_redis_init(struct store *s, const struct config *cfg, const struct con
     sha1_hex(window_lua_script, strlen(window_lua_script), r->sha);
     r->evalsha_head_len =
         (size_t)snprintf(r->evalsha_head, sizeof(r->evalsha_head),
-                         "*8\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n", r->sha);
+                         "*5\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n", r->sha);
     r->timeout_ms = cfg->redis_timeout > 0 ? cfg->redis_timeout : 100;
     r->backoff_max_ms = cfg->redis_reconnect_max > 0 ? cfg->redis_reconnect_max : 5000;
     r->backoff_ms = REDIS_BACKOFF_MIN_MS;

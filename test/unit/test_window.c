@@ -192,6 +192,30 @@ static void test_window_never_exceeds_limit_in_any_period(void **state)
     }
 }
 
+/* The script's argument: four little-endian IEEE-754 doubles, exact for every value a take
+ * accepts. */
+static void test_window_lua_args_are_little_endian_doubles(void **state)
+{
+    (void)state;
+    unsigned char out[WINDOW_LUA_ARGS_LEN];
+    window_lua_args(1, 2, 0, WINDOW_MAX_VALUE, out);
+    static const unsigned char want[WINDOW_LUA_ARGS_LEN] = {
+        0, 0, 0, 0, 0, 0, 0xf0, 0x3f, /* 1.0 */
+        0, 0, 0, 0, 0, 0, 0x00, 0x40, /* 2.0 */
+        0, 0, 0, 0, 0, 0, 0x00, 0x00, /* 0.0 */
+        0, 0, 0, 0, 0, 0, 0x10, 0x43, /* 2^50 */
+    };
+    assert_memory_equal(out, want, sizeof(want));
+    /* A millisecond clock value survives the trip exactly. */
+    window_lua_args(INT64_C(1795418518725), 60000, 100000000, 1, out);
+    uint64_t bits = 0;
+    for (int b = 7; b >= 0; b--)
+        bits = bits << 8 | out[b];
+    double d;
+    memcpy(&d, &bits, sizeof(d));
+    assert_true(d == 1795418518725.0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -201,6 +225,7 @@ int main(void)
         cmocka_unit_test(test_window_ttl_covers_counted_slots),
         cmocka_unit_test(test_window_slot_width_rounds_up),
         cmocka_unit_test(test_window_never_exceeds_limit_in_any_period),
+        cmocka_unit_test(test_window_lua_args_are_little_endian_doubles),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
