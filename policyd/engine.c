@@ -51,7 +51,15 @@ struct engine {
     size_t pool_n;
     struct engine_stats stats;
     struct log_ratelimit rl_fail, rl_err;
+    /* Refusal lines per rule (by index): a flood refused at thousands of recipients a
+     * second must not become thousands of log lines a second (a soak wrote 8.5 GB in 30
+     * minutes). Postfix logs every reject with our action text anyway. */
+    struct log_ratelimit rl_deny[LIMITS_MAX_RULES];
 };
+
+/* Refusal lines each rule may log per log_repeat_interval; the next line after a pause
+ * says how many were left out. Every refusal is still counted in the metrics. */
+#define ENGINE_DENY_LOG_BURST 100
 
 static bool node_stressed;
 
@@ -137,11 +145,13 @@ static void format_window(int64_t ms, char *out, size_t outsz)
     snprintf(out, outsz, "%" PRId64 "ms", ms);
 }
 
-/* One info line per new limit decision (the connection then logs at debug only). */
-static void log_deny(struct decision *dec, const struct limits_decision *d)
+/* One info line per new limit decision (the connection then logs at debug only), at
+ * most ENGINE_DENY_LOG_BURST per rule per log_repeat_interval. */
+static void log_deny(struct engine *e, struct decision *dec, const struct limits_decision *d)
 {
     const struct policy_request *r = dec->req;
     char win[32] = "";
+    char more[64] = "";
 
     if (d->cached) {
         log_debug("%s: %s: repeat of a request refused by rule %s: action=%s", dec->peer,
@@ -151,22 +161,31 @@ static void log_deny(struct decision *dec, const struct limits_decision *d)
     }
     if (log_threshold < LOG_LVL_INFO)
         return;
+    /* Logged here or deliberately left out: either way not by the connection. */
+    dec->logged = true;
+    uint64_t supp = 0;
+    struct log_ratelimit *rl = &e->rl_deny[d->rule > 0 ? d->rule % LIMITS_MAX_RULES : 0];
+    if (!log_ratelimit_allow_burst(rl, server_now_ms(dec->srv), server_repeat_ms(dec->srv),
+                                   ENGINE_DENY_LOG_BURST, &supp))
+        return;
+    if (supp)
+        snprintf(more, sizeof(more), " (%" PRIu64 " more refusals by this rule not logged)", supp);
     format_window(d->window_ms, win, sizeof(win));
 #define A(x) (r->attr[x] ? r->attr[x] : "")
     if (d->dryrun)
         log_info("%s: %s client=%s sasl_username=%s sender=<%s> recipient=<%s>: dryrun rule=%s "
-                 "key=%s count=%" PRId64 "/%" PRId64 " per %s%s: would answer \"%s\"; action=%s",
+                 "key=%s count=%" PRId64 "/%" PRId64 " per %s%s: would answer \"%s\"; action=%s%s",
                  dec->peer, A(POLICY_PROTOCOL_STATE), A(POLICY_CLIENT_ADDRESS),
                  A(POLICY_SASL_USERNAME), A(POLICY_SENDER), A(POLICY_RECIPIENT), d->rule_name,
                  d->key ? d->key : "-", d->count, d->limit, win, d->stressed ? " (stress)" : "",
-                 d->rule_action ? d->rule_action : "", d->action);
+                 d->rule_action ? d->rule_action : "", d->action, more);
     else
         log_info("%s: %s client=%s sasl_username=%s sender=<%s> recipient=<%s>: rule=%s "
-                 "key=%s count=%" PRId64 "/%" PRId64 " per %s%s: action=%s",
+                 "key=%s count=%" PRId64 "/%" PRId64 " per %s%s: action=%s%s",
                  dec->peer, A(POLICY_PROTOCOL_STATE), A(POLICY_CLIENT_ADDRESS),
                  A(POLICY_SASL_USERNAME), A(POLICY_SENDER), A(POLICY_RECIPIENT), d->rule_name,
                  d->key ? d->key : "-", d->count, d->limit, win, d->stressed ? " (stress)" : "",
-                 d->action);
+                 d->action, more);
 #undef A
     dec->logged = true;
 }
@@ -195,7 +214,7 @@ static const char *decision_action(struct engine *e, struct decision *dec,
             e->stats.dryrun_denies++;
         else
             e->stats.denies++;
-        log_deny(dec, d);
+        log_deny(e, dec, d);
     }
     return d->action ? d->action : dec->srv->cfg->default_action;
 }

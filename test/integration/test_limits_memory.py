@@ -4,6 +4,7 @@ exemptions, SIGHUP keeping the counters of unchanged rules, a bad reload refused
 whole, check-config reporting rule errors as FILE:LINE, store_failure_action answers.
 Env: POSTSURGE (the binary), PYTHONPATH=test/pylib."""
 import re
+import time
 import unittest
 
 from ports import free_port
@@ -47,6 +48,30 @@ class LimitsMemory(unittest.TestCase):
         self.assertEqual(len(lines), 20, ps.log())
         self.assertIn("key=per_ip:", lines[0])
         self.assertIn("count=100/100 per 1m", lines[0])
+
+    def test_limits_memory_refusal_lines_bounded(self):
+        # A flood refused recipient after recipient logs at most 100 lines per rule per
+        # log_repeat_interval; the first line after the interval counts the rest.
+        ps = self.start(rules("per_ip client_address recipients 2/1h",
+                              "per_snd sender recipients 1000/1h",
+                              log_repeat_interval="3s"))
+        t0 = time.monotonic()
+        with ps.client() as c:
+            out = ask_many(c, 252, "flood")
+            elapsed = time.monotonic() - t0
+            self.assertEqual(out.count(DEFER + " (per_ip)"), 250)
+            lines = [l for l in ps.log().splitlines() if "rule=per_ip " in l]
+            if elapsed < 3:
+                self.assertEqual(len(lines), 100)
+            else:  # a slow machine (valgrind) crossed an interval: more budget
+                self.assertLess(len(lines), 250)
+            time.sleep(max(0, 3.2 - (time.monotonic() - t0)))
+            self.assertEqual(c.ask(request(recipient="late@example.com")),
+                             DEFER + " (per_ip)")
+        last = [l for l in ps.log().splitlines() if "rule=per_ip " in l][-1]
+        self.assertRegex(last, r"\(\d+ more refusals by this rule not logged\)$")
+        if elapsed < 3:
+            self.assertIn("(150 more refusals", last)
 
     def test_limits_memory_repeats_not_counted(self):
         ps = self.start(rules("per_ip client_address recipients 3/1m"))
