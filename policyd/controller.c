@@ -8,6 +8,7 @@
 #define LOG_COMPONENT "controller"
 #include "controller.h"
 
+#include "fsutil.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -266,73 +267,13 @@ static int read_all(const char *path, char **buf, size_t *len)
     return read_all_checked(path, false, buf, len);
 }
 
-static int fsync_dir_of(const char *path)
-{
-    char dir[4096];
-    snprintf(dir, sizeof(dir), "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        return 0;
-    if (slash == dir)
-        slash[1] = '\0';
-    else
-        *slash = '\0';
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsync(fd) < 0 ? -errno : 0;
-    close(fd);
-    return rc;
-}
-
 /* Writes data to path atomically: PATH.postsurge-tmp, fsync, rename, fsync the
  * directory. like: a file whose owner and mode the new file takes (NULL: mode 0600). */
 static int write_atomic(const char *path, const char *data, size_t len, const struct stat *like,
                         char *err, size_t errlen)
 {
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s.postsurge-tmp", path);
-    int fd =
-        open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, like ? (like->st_mode & 07777) : 0600);
-    if (fd < 0) {
-        int e = -errno;
-        snprintf(err, errlen, "cannot create %.400s: %s", tmp, strerror(-e));
-        return e;
-    }
-    int e = 0;
-    if (like &&
-        (fchown(fd, like->st_uid, like->st_gid) < 0 || fchmod(fd, like->st_mode & 07777) < 0)) {
-        e = -errno;
-        snprintf(err, errlen, "cannot set the owner or mode of %.400s: %s", tmp, strerror(-e));
-    }
-    for (size_t off = 0; e == 0 && off < len;) {
-        ssize_t w = write(fd, data + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            e = -errno;
-            snprintf(err, errlen, "cannot write %.400s: %s", tmp, strerror(-e));
-        } else {
-            off += (size_t)w;
-        }
-    }
-    if (e == 0 && fsync(fd) < 0) {
-        e = -errno;
-        snprintf(err, errlen, "cannot fsync %.400s: %s", tmp, strerror(-e));
-    }
-    if (close(fd) < 0 && e == 0) {
-        e = -errno;
-        snprintf(err, errlen, "cannot close %.400s: %s", tmp, strerror(-e));
-    }
-    if (e == 0 && rename(tmp, path) < 0) {
-        e = -errno;
-        snprintf(err, errlen, "cannot rename %.200s to %.200s: %s", tmp, path, strerror(-e));
-    }
-    if (e < 0) {
-        unlink(tmp);
-        return e;
-    }
-    if ((e = fsync_dir_of(path)) < 0)
+    int e = fsutil_replace(path, data, len, like, 0, err, errlen);
+    if (e == 0 && (e = fsutil_fsync_dir_of(path)) < 0)
         snprintf(err, errlen, "cannot fsync the directory of %s: %s", path, strerror(-e));
     return e;
 }
@@ -392,7 +333,7 @@ static void job_work(uv_work_t *w)
             snprintf(jb->work_err, sizeof(jb->work_err), "cannot remove %s: %s", c->journal_path,
                      strerror(errno));
         } else {
-            rc = fsync_dir_of(c->journal_path);
+            rc = fsutil_fsync_dir_of(c->journal_path);
             if (rc < 0)
                 snprintf(jb->work_err, sizeof(jb->work_err), "cannot fsync %.400s: %s",
                          c->state_dir, strerror(-rc));

@@ -11,6 +11,7 @@
 #define LOG_COMPONENT "privsep"
 #include "privsep.h"
 
+#include "fsutil.h"
 #include "log.h"
 #include "overrides.h"
 
@@ -259,55 +260,11 @@ static int write_config_file(const char *path, const char *data, size_t len, cha
         snprintf(err, errlen, "%s: not a regular file", path);
         return -EINVAL;
     }
-    char tmp[4200];
-    snprintf(tmp, sizeof(tmp), "%s.postsurge-tmp", path);
-    unlink(tmp);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, st.st_mode & 07777);
-    if (fd < 0) {
-        int e = -errno;
-        snprintf(err, errlen, "cannot create %.700s: %s", tmp, strerror(-e));
+    int e = fsutil_replace(path, data, len, &st, FSUTIL_FRESH_TMP, err, errlen);
+    if (e < 0)
         return e;
-    }
-    int e = 0;
-    if (fchown(fd, st.st_uid, st.st_gid) < 0 || fchmod(fd, st.st_mode & 07777) < 0) {
-        e = -errno;
-        snprintf(err, errlen, "cannot set the owner or mode of %.700s: %s", tmp, strerror(-e));
-    }
-    for (size_t off = 0; e == 0 && off < len;) {
-        ssize_t w = write(fd, data + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            e = -errno;
-            snprintf(err, errlen, "cannot write %.700s: %s", tmp, strerror(-e));
-        } else {
-            off += (size_t)w;
-        }
-    }
-    if (e == 0 && fsync(fd) < 0) {
-        e = -errno;
-        snprintf(err, errlen, "cannot fsync %.700s: %s", tmp, strerror(-e));
-    }
-    close(fd);
-    if (e == 0 && rename(tmp, path) < 0) {
-        e = -errno;
-        snprintf(err, errlen, "cannot rename %.700s: %s", tmp, strerror(-e));
-    }
-    if (e < 0) {
-        unlink(tmp);
-        return e;
-    }
-    char dir[4200];
-    snprintf(dir, sizeof(dir), "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash && slash != dir) {
-        *slash = '\0';
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            fsync_dirfd(dfd);
-            close(dfd);
-        }
-    }
+    /* Best effort: the file is in place; a failing directory fsync does not undo that. */
+    (void)fsutil_fsync_dir_of(path);
     return 0;
 }
 

@@ -1,0 +1,86 @@
+/* fsutil: the one implementation of "write a temp file, fsync, rename over the target"
+ * and of fsyncing a file's directory, so the controller and the privileged helper write
+ * Postfix files and journals the same crash-safe way. */
+#include "fsutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+int fsutil_replace(const char *path, const char *data, size_t len, const struct stat *like,
+                   unsigned flags, char *err, size_t errlen)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof(tmp), "%s.postsurge-tmp", path);
+    mode_t mode = like ? (like->st_mode & 07777) : 0600;
+    int oflags = O_WRONLY | O_CREAT | O_CLOEXEC;
+    if (flags & FSUTIL_FRESH_TMP) {
+        /* A leftover (ours from a crash, or a symlink planted by the unprivileged user)
+         * goes; O_EXCL | O_NOFOLLOW then refuse anything that reappears meanwhile. */
+        unlink(tmp);
+        oflags |= O_EXCL | O_NOFOLLOW;
+    } else {
+        oflags |= O_TRUNC;
+    }
+    int fd = open(tmp, oflags, mode);
+    if (fd < 0) {
+        int e = -errno;
+        snprintf(err, errlen, "cannot create %.400s: %s", tmp, strerror(-e));
+        return e;
+    }
+    int e = 0;
+    /* open's mode is filtered by the umask and an existing file keeps its owner: set both
+     * explicitly so the new file is what the old one was. */
+    if (like &&
+        (fchown(fd, like->st_uid, like->st_gid) < 0 || fchmod(fd, like->st_mode & 07777) < 0)) {
+        e = -errno;
+        snprintf(err, errlen, "cannot set the owner or mode of %.400s: %s", tmp, strerror(-e));
+    }
+    for (size_t off = 0; e == 0 && off < len;) {
+        ssize_t w = write(fd, data + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            e = -errno;
+            snprintf(err, errlen, "cannot write %.400s: %s", tmp, strerror(-e));
+        } else {
+            off += (size_t)w;
+        }
+    }
+    if (e == 0 && fsync(fd) < 0) {
+        e = -errno;
+        snprintf(err, errlen, "cannot fsync %.400s: %s", tmp, strerror(-e));
+    }
+    if (close(fd) < 0 && e == 0) {
+        e = -errno;
+        snprintf(err, errlen, "cannot close %.400s: %s", tmp, strerror(-e));
+    }
+    if (e == 0 && rename(tmp, path) < 0) {
+        e = -errno;
+        snprintf(err, errlen, "cannot rename %.200s to %.200s: %s", tmp, path, strerror(-e));
+    }
+    if (e < 0)
+        unlink(tmp);
+    return e;
+}
+
+int fsutil_fsync_dir_of(const char *path)
+{
+    char dir[4200];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        return 0;
+    if (slash == dir)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return rc;
+}

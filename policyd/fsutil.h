@@ -1,0 +1,26 @@
+/* fsutil: crash-safe replacement of a file (PATH.postsurge-tmp, fsync, rename) and the
+ * directory fsync that makes the rename durable, shared by the controller (journal and
+ * restored Postfix files, in libuv's thread pool) and the privileged helper. Blocking;
+ * safe from any thread. */
+#pragma once
+
+#include <stddef.h>
+#include <sys/stat.h>
+
+/* fsutil_replace flag: remove a leftover PATH.postsurge-tmp first and create it with
+ * O_EXCL | O_NOFOLLOW, for a root writer in a directory an unprivileged user may have
+ * prepared a symlink in. Without it the temp file is opened with O_TRUNC. */
+#define FSUTIL_FRESH_TMP 1u
+
+/* Replaces path by data[0..len): writes PATH.postsurge-tmp, sets its owner and mode from
+ * like (NULL: mode 0600, owner the caller), fsyncs and closes it, renames it over path.
+ * Does not fsync the directory (fsutil_fsync_dir_of): callers differ in whether that
+ * failing fails the write. flags: 0 or FSUTIL_FRESH_TMP. On failure the temp file is
+ * removed, a message goes to err (errlen bytes, NUL-terminated) and a negative errno is
+ * returned; path is then untouched. Returns 0 on success. */
+int fsutil_replace(const char *path, const char *data, size_t len, const struct stat *like,
+                   unsigned flags, char *err, size_t errlen);
+
+/* fsyncs the directory holding path ("/" for "/name"; nothing for a name without a
+ * slash). Returns 0 or a negative errno from open or fsync. */
+int fsutil_fsync_dir_of(const char *path);
