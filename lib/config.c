@@ -572,6 +572,23 @@ int config_parse_time_ms(const char *s, int64_t *out)
     return 0;
 }
 
+int64_t config_size_suffix(char c)
+{
+    switch (c) {
+    case 'k':
+    case 'K':
+        return 1024;
+    case 'm':
+    case 'M':
+        return 1024 * 1024;
+    case 'g':
+    case 'G':
+        return 1024 * 1024 * 1024;
+    default:
+        return 0;
+    }
+}
+
 int config_parse_size(const char *s, int64_t *out)
 {
     int64_t n;
@@ -582,22 +599,9 @@ int config_parse_size(const char *s, int64_t *out)
     if (*rest) {
         if (rest[1])
             return -EINVAL;
-        switch (*rest) {
-        case 'k':
-        case 'K':
-            mul = 1024;
-            break;
-        case 'm':
-        case 'M':
-            mul = 1024 * 1024;
-            break;
-        case 'g':
-        case 'G':
-            mul = 1024 * 1024 * 1024;
-            break;
-        default:
+        mul = config_size_suffix(*rest);
+        if (!mul)
             return -EINVAL;
-        }
     }
     if (n > INT64_MAX / mul)
         return -EINVAL;

@@ -156,6 +156,10 @@ int config_print_one(const struct config *cfg, FILE *out, const char *name);
 int config_parse_time_ms(const char *s, int64_t *out);
 int config_parse_size(const char *s, int64_t *out);
 
+/* The multiplier of a size suffix: K, M, G (either case) are 1024, 1024^2, 1024^3;
+ * any other character gives 0. For parsers of sizes inside longer tokens (limits.c). */
+int64_t config_size_suffix(char c);
+
 /* Where a setting was defined: the line of its (last) definition, 0 when it has its
  * default, -ENOENT for an unknown name. */
 int config_setting_line(const struct config *cfg, const char *name);

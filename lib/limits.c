@@ -236,22 +236,9 @@ static const char *parse_rate(struct tok t, bool bytes, int64_t *count, int64_t 
         if (!bytes || used + 1 != clen)
             return bytes ? "bad count (suffixes: K, M, G)"
                          : "bad count (an integer; K, M, G only for bytes)";
-        switch (t.p[used]) {
-        case 'k':
-        case 'K':
-            mul = 1024;
-            break;
-        case 'm':
-        case 'M':
-            mul = 1024 * 1024;
-            break;
-        case 'g':
-        case 'G':
-            mul = 1024 * 1024 * 1024;
-            break;
-        default:
+        mul = config_size_suffix(t.p[used]);
+        if (!mul)
             return "bad count (suffixes: K, M, G)";
-        }
     }
     if (n < 1 || n > LIMITS_COUNT_ONLY / mul || n * mul >= LIMITS_COUNT_ONLY)
         return "count out of range (1 up to 2^50)";
