@@ -596,20 +596,32 @@ static bool store_is_redis(const struct store *s)
     return s->vt != &memory_vtable;
 }
 
-int store_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
-                   int64_t ttl_ms, store_done_cb cb, void *arg, struct store_req **req)
+/* The entry of every cluster call, in this order: *req cleared (memory calls finish
+ * before returning; Redis calls here take no handle either), -ESHUTDOWN once closing,
+ * -EINVAL when args_ok is false. Returns 1 when the Redis backend takes the call, 0 with
+ * *c set to the memory backend's state (created on first use), or -ENOMEM. */
+static int cluster_enter(struct store *s, struct store_req **req, bool args_ok,
+                         struct store_cluster_mem **c)
 {
     if (req)
         *req = NULL;
     if (s->closing)
         return -ESHUTDOWN;
-    if (!node || !*node || !json || strlen(node) > STORE_MAX_KEY)
+    if (!args_ok)
         return -EINVAL;
     if (store_is_redis(s))
-        return store_redis_node_put(s, node, json, now_ms, ttl_ms, cb, arg);
-    struct store_cluster_mem *c = cluster_mem(s);
-    if (!c)
-        return -ENOMEM;
+        return 1;
+    *c = cluster_mem(s);
+    return *c ? 0 : -ENOMEM;
+}
+
+int store_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
+                   int64_t ttl_ms, store_done_cb cb, void *arg, struct store_req **req)
+{
+    struct store_cluster_mem *c = NULL;
+    int rc = cluster_enter(s, req, node && *node && json && strlen(node) <= STORE_MAX_KEY, &c);
+    if (rc != 0)
+        return rc < 0 ? rc : store_redis_node_put(s, node, json, now_ms, ttl_ms, cb, arg);
     struct mem_node *e = NULL;
     for (size_t i = 0; i < c->n_nodes && !e; i++)
         if (strcmp(c->nodes[i].name, node) == 0)
@@ -640,17 +652,10 @@ int store_node_put(struct store *s, const char *node, const char *json, int64_t 
 int store_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg,
                        struct store_req **req)
 {
-    if (req)
-        *req = NULL;
-    if (s->closing)
-        return -ESHUTDOWN;
-    if (!cb)
-        return -EINVAL;
-    if (store_is_redis(s))
-        return store_redis_node_get_all(s, now_ms, cb, arg);
-    struct store_cluster_mem *c = cluster_mem(s);
-    if (!c)
-        return -ENOMEM;
+    struct store_cluster_mem *c = NULL;
+    int rc = cluster_enter(s, req, cb != NULL, &c);
+    if (rc != 0)
+        return rc < 0 ? rc : store_redis_node_get_all(s, now_ms, cb, arg);
     struct store_node_status v[MEM_CLUSTER_MAX_NODES];
     size_t k = 0;
     for (size_t i = 0; i < c->n_nodes; i++) {
@@ -668,17 +673,10 @@ int store_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void 
 int store_event_append(struct store *s, const char *json, int64_t max_entries, store_done_cb cb,
                        void *arg, struct store_req **req)
 {
-    if (req)
-        *req = NULL;
-    if (s->closing)
-        return -ESHUTDOWN;
-    if (!json || max_entries < 1)
-        return -EINVAL;
-    if (store_is_redis(s))
-        return store_redis_event_append(s, json, max_entries, cb, arg);
-    struct store_cluster_mem *c = cluster_mem(s);
-    if (!c)
-        return -ENOMEM;
+    struct store_cluster_mem *c = NULL;
+    int rc = cluster_enter(s, req, json && max_entries >= 1, &c);
+    if (rc != 0)
+        return rc < 0 ? rc : store_redis_event_append(s, json, max_entries, cb, arg);
     char *j = strdup(json);
     if (!j)
         return -ENOMEM;
@@ -720,17 +718,10 @@ int store_event_append(struct store *s, const char *json, int64_t max_entries, s
 int store_event_read(struct store *s, size_t max, store_events_cb cb, void *arg,
                      struct store_req **req)
 {
-    if (req)
-        *req = NULL;
-    if (s->closing)
-        return -ESHUTDOWN;
-    if (!cb)
-        return -EINVAL;
-    if (store_is_redis(s))
-        return store_redis_event_read(s, max, cb, arg);
-    struct store_cluster_mem *c = cluster_mem(s);
-    if (!c)
-        return -ENOMEM;
+    struct store_cluster_mem *c = NULL;
+    int rc = cluster_enter(s, req, cb != NULL, &c);
+    if (rc != 0)
+        return rc < 0 ? rc : store_redis_event_read(s, max, cb, arg);
     size_t n = c->count < max ? c->count : max;
     const char **v = calloc(n ? n : 1, sizeof(char *));
     if (!v)
@@ -745,17 +736,10 @@ int store_event_read(struct store *s, size_t max, store_events_cb cb, void *arg,
 int store_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
                       void *arg, struct store_req **req)
 {
-    if (req)
-        *req = NULL;
-    if (s->closing)
-        return -ESHUTDOWN;
-    if (!node || !*node || strlen(node) > STORE_MAX_KEY)
-        return -EINVAL;
-    if (store_is_redis(s))
-        return store_redis_journal_put(s, node, json, cb, arg);
-    struct store_cluster_mem *c = cluster_mem(s);
-    if (!c)
-        return -ENOMEM;
+    struct store_cluster_mem *c = NULL;
+    int rc = cluster_enter(s, req, node && *node && strlen(node) <= STORE_MAX_KEY, &c);
+    if (rc != 0)
+        return rc < 0 ? rc : store_redis_journal_put(s, node, json, cb, arg);
     size_t i = 0;
     while (i < c->n_journals && strcmp(c->journals[i].name, node) != 0)
         i++;
