@@ -676,6 +676,38 @@ static void apply_next(struct job *jb)
     job_queue_work(jb, WK_READ_FILES);
 }
 
+/* Steps 0 to 3 of apply and restore, up to their decision: read main.cf and master.cf,
+ * postconf -n, postconf -P, each output taken into jb. Nothing here changes Postfix.
+ * step: the step being run (0-3); what: "apply" or "restore", for the error. Returns 1
+ * when it started the next piece (the caller returns; job_step comes back with step + 1),
+ * 0 at step 3 with the snapshot complete, -1 when a piece failed (last_error set). */
+static int job_snapshot_step(struct job *jb, int step, const char *what)
+{
+    switch (step) {
+    case 0:
+        job_queue_work(jb, WK_READ_FILES);
+        return 1;
+    case 1:
+        if (jb->work_rc < 0) {
+            ctl_set_error(jb->c, "%s: %s", what, jb->work_err);
+            return -1;
+        }
+        job_run_postconf(jb, "-n");
+        return 1;
+    case 2:
+        if (jb->failed)
+            return -1;
+        job_take_out(jb, &jb->n_text, &jb->n_len);
+        job_run_postconf(jb, "-P");
+        return 1;
+    default:
+        if (jb->failed)
+            return -1;
+        job_take_out(jb, &jb->P_text, &jb->P_len);
+        return 0;
+    }
+}
+
 /* Apply: read files, postconf -n, -P, journal (written before anything changes), the
  * plan's commands, read back, journal again with the files as we left them, verify. */
 static void job_step_apply(struct job *jb)
@@ -683,27 +715,14 @@ static void job_step_apply(struct job *jb)
     struct controller *c = jb->c;
     char err[512];
     int rc;
-    switch (jb->step++) {
-    case 0:
-        job_queue_work(jb, WK_READ_FILES);
-        return;
-    case 1:
-        if (jb->work_rc < 0) {
-            ctl_set_error(c, "apply: %s", jb->work_err);
+    int step = jb->step++;
+    if (step <= 3 && (rc = job_snapshot_step(jb, step, "apply")) != 0) {
+        if (rc < 0)
             goto fail_unchanged;
-        }
-        job_run_postconf(jb, "-n");
         return;
-    case 2:
-        if (jb->failed)
-            goto fail_unchanged;
-        job_take_out(jb, &jb->n_text, &jb->n_len);
-        job_run_postconf(jb, "-P");
-        return;
+    }
+    switch (step) {
     case 3:
-        if (jb->failed)
-            goto fail_unchanged;
-        job_take_out(jb, &jb->P_text, &jb->P_len);
         rc = overrides_journal_new(c->resolved, c->config_dir, jb->main_buf, jb->main_len,
                                    jb->master_buf, jb->master_len, jb->n_text, jb->n_len,
                                    jb->P_text, jb->P_len, node_wall_ms(), &jb->j);
@@ -834,27 +853,14 @@ static void job_step_restore(struct job *jb)
 {
     struct controller *c = jb->c;
     int rc;
-    switch (jb->step++) {
-    case 0:
-        job_queue_work(jb, WK_READ_FILES);
-        return;
-    case 1:
-        if (jb->work_rc < 0) {
-            ctl_set_error(c, "restore: %s", jb->work_err);
+    int step = jb->step++;
+    if (step <= 3 && (rc = job_snapshot_step(jb, step, "restore")) != 0) {
+        if (rc < 0)
             goto fail;
-        }
-        job_run_postconf(jb, "-n");
         return;
-    case 2:
-        if (jb->failed)
-            goto fail;
-        job_take_out(jb, &jb->n_text, &jb->n_len);
-        job_run_postconf(jb, "-P");
-        return;
+    }
+    switch (step) {
     case 3:
-        if (jb->failed)
-            goto fail;
-        job_take_out(jb, &jb->P_text, &jb->P_len);
         if (c->expected_is_current && !c->journal->have_expected) {
             /* Our own apply failed moments ago: nobody else edited in between, so the
              * files as they are now are what postsurge left, and the original bytes
