@@ -843,20 +843,16 @@ int limits_key_value(const struct limits_rule *r, const struct policy_request *r
 }
 
 /* Writes "NAME:TAG:VALUE" to out (outsz >= LIMITS_KEY_MAX, which always fits a rule's
- * name, a tag and a key value); returns its length. snprintf cost more than the rest of
+ * name, a tag and a key value); returns its length (0 and an empty key if it did not
+ * fit). snprintf cost more than the rest of
  * the plan. */
 static size_t key_join(char *out, size_t outsz, const char *name, const char *tag,
                        const char *value, size_t vlen)
 {
     size_t nl = strlen(name), tl = strlen(tag);
-    size_t need = nl + 1 + tl + 1 + vlen;
-    if (need + 1 > outsz) { /* cannot happen with the bounds above; truncate like snprintf */
-        vlen = need + 1 - outsz < vlen ? vlen - (need + 1 - outsz) : 0;
-        need = nl + 1 + tl + 1 + vlen;
-        if (need + 1 > outsz) {
-            out[0] = '\0';
-            return 0;
-        }
+    if (nl + 1 + tl + 1 + vlen + 1 > outsz) { /* cannot happen with the bounds above */
+        out[0] = '\0';
+        return 0;
     }
     char *p = out;
     memcpy(p, name, nl);

@@ -164,7 +164,8 @@ static void log_deny(struct engine *e, struct decision *dec, const struct limits
     /* Logged here or deliberately left out: either way not by the connection. */
     dec->logged = true;
     uint64_t supp = 0;
-    struct log_ratelimit *rl = &e->rl_deny[d->rule > 0 ? d->rule % LIMITS_MAX_RULES : 0];
+    struct log_ratelimit *rl =
+        &e->rl_deny[d->rule >= 0 && d->rule < LIMITS_MAX_RULES ? d->rule : 0];
     if (!log_ratelimit_allow_burst(rl, server_now_ms(dec->srv), server_repeat_ms(dec->srv),
                                    ENGINE_DENY_LOG_BURST, &supp))
         return;

@@ -9,6 +9,32 @@
 #include <string.h>
 #include <unistd.h>
 
+int fsutil_write_close(int fd, const char *data, size_t len, const char *name, char *err,
+                       size_t errlen)
+{
+    int e = 0;
+    for (size_t off = 0; e == 0 && off < len;) {
+        ssize_t w = write(fd, data + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            e = -errno;
+            snprintf(err, errlen, "cannot write %.400s: %s", name, strerror(-e));
+        } else {
+            off += (size_t)w;
+        }
+    }
+    if (e == 0 && fsync(fd) < 0) {
+        e = -errno;
+        snprintf(err, errlen, "cannot fsync %.400s: %s", name, strerror(-e));
+    }
+    if (close(fd) < 0 && e == 0) {
+        e = -errno;
+        snprintf(err, errlen, "cannot close %.400s: %s", name, strerror(-e));
+    }
+    return e;
+}
+
 int fsutil_replace(const char *path, const char *data, size_t len, const struct stat *like,
                    unsigned flags, char *err, size_t errlen)
 {
@@ -38,25 +64,10 @@ int fsutil_replace(const char *path, const char *data, size_t len, const struct 
         e = -errno;
         snprintf(err, errlen, "cannot set the owner or mode of %.400s: %s", tmp, strerror(-e));
     }
-    for (size_t off = 0; e == 0 && off < len;) {
-        ssize_t w = write(fd, data + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            e = -errno;
-            snprintf(err, errlen, "cannot write %.400s: %s", tmp, strerror(-e));
-        } else {
-            off += (size_t)w;
-        }
-    }
-    if (e == 0 && fsync(fd) < 0) {
-        e = -errno;
-        snprintf(err, errlen, "cannot fsync %.400s: %s", tmp, strerror(-e));
-    }
-    if (close(fd) < 0 && e == 0) {
-        e = -errno;
-        snprintf(err, errlen, "cannot close %.400s: %s", tmp, strerror(-e));
-    }
+    if (e == 0)
+        e = fsutil_write_close(fd, data, len, tmp, err, errlen);
+    else
+        close(fd);
     if (e == 0 && rename(tmp, path) < 0) {
         e = -errno;
         snprintf(err, errlen, "cannot rename %.200s to %.200s: %s", tmp, path, strerror(-e));

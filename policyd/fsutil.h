@@ -7,6 +7,12 @@
 #include <stddef.h>
 #include <sys/stat.h>
 
+/* Writes data[0..len) to fd (short writes and EINTR retried), fsyncs and closes it; fd
+ * is closed in every case. name names the file in messages. Returns 0, or a negative
+ * errno with a message in err (errlen bytes, NUL-terminated). */
+int fsutil_write_close(int fd, const char *data, size_t len, const char *name, char *err,
+                       size_t errlen);
+
 /* fsutil_replace flag: remove a leftover PATH.postsurge-tmp first and create it with
  * O_EXCL | O_NOFOLLOW, for a root writer in a directory an unprivileged user may have
  * prepared a symlink in. Without it the temp file is opened with O_TRUNC. */

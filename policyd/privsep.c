@@ -203,24 +203,12 @@ static int journal_write_trusted(struct helper *h, const char *data, size_t len,
         e = -errno;
         snprintf(err, errlen, "cannot chmod the journal: %s", strerror(-e));
     }
-    for (size_t off = 0; e == 0 && off < len;) {
-        ssize_t w = write(fd, data + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            e = -errno;
-            snprintf(err, errlen, "cannot write %s/%s: %s", h->state_dir, tmpname, strerror(-e));
-        } else {
-            off += (size_t)w;
-        }
-    }
-    if (e == 0 && fsync(fd) < 0) {
-        e = -errno;
-        snprintf(err, errlen, "cannot fsync %s/%s: %s", h->state_dir, tmpname, strerror(-e));
-    }
-    if (close(fd) < 0 && e == 0) {
-        e = -errno;
-        snprintf(err, errlen, "cannot close %s/%s: %s", h->state_dir, tmpname, strerror(-e));
+    if (e == 0) {
+        char name[4200];
+        snprintf(name, sizeof(name), "%s/%s", h->state_dir, tmpname);
+        e = fsutil_write_close(fd, data, len, name, err, errlen);
+    } else {
+        close(fd);
     }
     if (e == 0 && renameat(dfd, tmpname, dfd, JOURNAL_NAME) < 0) {
         e = -errno;

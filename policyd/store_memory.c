@@ -45,6 +45,20 @@ int mem_table_init(struct mem_table *t, size_t max)
     return 0;
 }
 
+/* Frees every entry; the buckets are left to the caller. */
+static void mem_free_entries(struct mem_table *t)
+{
+    struct mem_entry *e = t->lru_head;
+    while (e) {
+        struct mem_entry *next = e->lru_next;
+        free(e);
+        e = next;
+    }
+    t->lru_head = t->lru_tail = NULL;
+    t->n = 0;
+    t->sweep_cursor = 0;
+}
+
 void mem_table_clear(struct mem_table *t)
 {
     if (t->n == 0 && t->nbuckets == MEM_MIN_BUCKETS)
@@ -52,16 +66,10 @@ void mem_table_clear(struct mem_table *t)
     struct mem_entry **b = calloc(MEM_MIN_BUCKETS, sizeof(*b));
     if (!b)
         return; /* keep the counters; they expire with their windows */
-    size_t max = t->max;
-    uint64_t evictions = t->evictions, expired = t->expired;
-    int64_t now_max = t->now_max;
-    mem_table_free(t);
+    mem_free_entries(t);
+    free(t->buckets);
     t->buckets = b;
     t->nbuckets = MEM_MIN_BUCKETS;
-    t->max = max;
-    t->evictions = evictions;
-    t->expired = expired;
-    t->now_max = now_max;
 #ifdef __GLIBC__
     /* Give the freed counters' pages back: an outage's worth of counters would otherwise
      * stay in the daemon's resident size for good. */
@@ -71,12 +79,7 @@ void mem_table_clear(struct mem_table *t)
 
 void mem_table_free(struct mem_table *t)
 {
-    struct mem_entry *e = t->lru_head;
-    while (e) {
-        struct mem_entry *next = e->lru_next;
-        free(e);
-        e = next;
-    }
+    mem_free_entries(t);
     free(t->buckets);
     memset(t, 0, sizeof(*t));
 }
