@@ -73,6 +73,18 @@ def base_is(p, name):
     return os.path.basename(p) == name
 
 
+def replace_journal(jpath, data, owner=None):
+    """Puts a journal with these bytes in place by rename, as the state directory's user
+    could: owned by owner (a pwd entry; None keeps root), mode 0600."""
+    tmp = jpath + ".forged"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    if owner is not None:
+        os.chown(tmp, owner.pw_uid, owner.pw_gid)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, jpath)
+
+
 def mode_problems(top):
     """Paths under top (and top) that are world-writable, or not as strict as expected."""
     bad = []
@@ -225,22 +237,14 @@ class PrivsepTest(unittest.TestCase):
         good = read_bytes(jpath)
         # The unprivileged user replaces the journal (its directory allows that): the
         # helper must not take file bytes to write back from it.
-        forged = jpath + ".forged"
-        with open(forged, "wb") as f:
-            f.write(good)
-        os.chown(forged, NOBODY.pw_uid, NOBODY.pw_gid)
-        os.chmod(forged, 0o600)
-        os.replace(forged, jpath)
+        replace_journal(jpath, good, NOBODY)
         self.assertEqual(ps.cli("stress", "exit").returncode, 0)
         self.assertTrue(wait_for(lambda: "restore-failed" in
                                  [e["kind"] for e in self.events(ps)], 30, 0.2), ps.log())
         self.assertIn("refused", self.me(ps)["error"])
         self.assertIn("smtpd_soft_error_limit = 3", read_bytes(self.main).decode())
         # root's journal back: the restore goes through.
-        with open(forged, "wb") as f:
-            f.write(good)
-        os.chmod(forged, 0o600)
-        os.replace(forged, jpath)
+        replace_journal(jpath, good)
         self.assertEqual(ps.cli("restore").returncode, 0)
         self.wait_state(ps, "none")
         self.assertEqual(read_bytes(self.main), self.main0)
@@ -257,20 +261,12 @@ class PrivsepTest(unittest.TestCase):
         ps.proc.wait(10)
         jpath = os.path.join(ps.dir, "journal.json")
         good = read_bytes(jpath)
-        forged = jpath + ".forged"
-        with open(forged, "wb") as f:
-            f.write(good)
-        os.chown(forged, NOBODY.pw_uid, NOBODY.pw_gid)
-        os.chmod(forged, 0o600)
-        os.replace(forged, jpath)
+        replace_journal(jpath, good, NOBODY)
         r = ps.cli("restore")
         self.assertNotEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("refused", r.stdout + r.stderr)
         self.assertIn("smtpd_soft_error_limit = 3", read_bytes(self.main).decode())
-        with open(forged, "wb") as f:
-            f.write(good)
-        os.chmod(forged, 0o600)
-        os.replace(forged, jpath)
+        replace_journal(jpath, good)
         r = ps.cli("restore")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertEqual(read_bytes(self.main), self.main0)
