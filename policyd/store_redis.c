@@ -75,7 +75,10 @@ struct redis_uv_events {
      * interest is armed only when the socket does not take everything. */
     uv_prepare_t flush;
     bool in_flush;
-    int open; /* handles not yet closed */
+    unsigned unflushed; /* commands queued since the output buffer was last empty */
+    bool holding;
+    uint64_t hold_since; /* uv_now() when the current hold began */
+    int open;            /* handles not yet closed */
     int events;
 };
 
@@ -112,9 +115,38 @@ static void redis_uv_del_read(void *privdata)
     redis_uv_update(p, p->events & ~UV_READABLE);
 }
 
+/* Auto-pipelining: while commands of an earlier write still wait for replies, new ones
+ * stay queued and go out in one write when those replies are in (Redis answers a
+ * pipeline in order, so they would wait behind it anyway). Under load Redis then reads,
+ * runs and answers larger batches, with fewer system calls on both sides; with nothing
+ * in flight (one connection, light load) a command goes out at once as before. A hold
+ * never lasts longer than REDIS_HOLD_MAX_MS. */
+#define REDIS_HOLD_MAX_MS 2
+static bool redis_uv_hold(struct redis_uv_events *p)
+{
+    const struct redis *r = p->ac->data;
+    /* outstanding counts every command without reply, queued or written. */
+    if (!r || !(p->ac->c.flags & REDIS_CONNECTED) || r->outstanding <= p->unflushed) {
+        p->holding = false;
+        return false;
+    }
+    uint64_t now = uv_now(r->s->loop);
+    if (!p->holding) {
+        p->holding = true;
+        p->hold_since = now;
+    }
+    if (now - p->hold_since >= REDIS_HOLD_MAX_MS) {
+        p->holding = false;
+        return false;
+    }
+    return true;
+}
+
 static void redis_uv_on_flush(uv_prepare_t *h)
 {
     struct redis_uv_events *p = h->data;
+    if (p->ac && redis_uv_hold(p))
+        return; /* the prepare handle stays active: checked again at the next loop turn */
     uv_prepare_stop(h);
     if (!p->ac)
         return;
@@ -126,6 +158,7 @@ static void redis_uv_on_flush(uv_prepare_t *h)
 static void redis_uv_add_write(void *privdata)
 {
     struct redis_uv_events *p = privdata;
+    p->unflushed++; /* hiredis calls this for every command it queues */
     /* Connecting, or the socket did not take the last flush: wait until writable. */
     if (p->in_flush || !p->ac || !(p->ac->c.flags & REDIS_CONNECTED)) {
         redis_uv_update(p, p->events | UV_WRITABLE);
@@ -138,6 +171,8 @@ static void redis_uv_add_write(void *privdata)
 static void redis_uv_del_write(void *privdata)
 {
     struct redis_uv_events *p = privdata;
+    p->unflushed = 0; /* hiredis calls this when its output buffer is written */
+    p->holding = false;
     uv_prepare_stop(&p->flush);
     redis_uv_update(p, p->events & ~UV_WRITABLE);
 }
