@@ -120,13 +120,17 @@ static void redis_uv_del_read(void *privdata)
  * pipeline in order, so they would wait behind it anyway). Under load Redis then reads,
  * runs and answers larger batches, with fewer system calls on both sides; with nothing
  * in flight (one connection, light load) a command goes out at once as before. A hold
- * never lasts longer than REDIS_HOLD_MAX_MS. */
+ * never lasts longer than REDIS_HOLD_MAX_MS, and REDIS_HOLD_MAX_CMDS queued commands go
+ * out at once (without that cap, 32 connections ran about 5 % slower than with no hold:
+ * Redis sat idle while one large batch gathered). */
 #define REDIS_HOLD_MAX_MS 2
+#define REDIS_HOLD_MAX_CMDS 32
 static bool redis_uv_hold(struct redis_uv_events *p)
 {
     const struct redis *r = p->ac->data;
     /* outstanding counts every command without reply, queued or written. */
-    if (!r || !(p->ac->c.flags & REDIS_CONNECTED) || r->outstanding <= p->unflushed) {
+    if (!r || !(p->ac->c.flags & REDIS_CONNECTED) || r->outstanding <= p->unflushed ||
+        p->unflushed >= REDIS_HOLD_MAX_CMDS) {
         p->holding = false;
         return false;
     }
