@@ -85,10 +85,15 @@ static bool service_overflows(const struct stress_service_sample *s)
     return s->limit > 0 && s->waiting > 0 && (uint64_t)s->busy + s->waiting > s->limit;
 }
 
+static bool params_valid(const struct stress_params *p)
+{
+    return p && p->exit_threshold <= p->enter_threshold && p->enter_delay_ms >= 0 &&
+           p->exit_delay_ms >= 0 && p->min_interval_ms >= 0;
+}
+
 struct stress_machine *stress_new(const struct stress_params *params, int64_t now_ms)
 {
-    if (!params || params->exit_threshold > params->enter_threshold || params->enter_delay_ms < 0 ||
-        params->exit_delay_ms < 0 || params->min_interval_ms < 0)
+    if (!params_valid(params))
         return NULL;
     struct stress_machine *sm = calloc(1, sizeof(*sm));
     if (!sm)
@@ -104,6 +109,16 @@ struct stress_machine *stress_new(const struct stress_params *params, int64_t no
 void stress_free(struct stress_machine *sm)
 {
     free(sm);
+}
+
+int stress_set_params(struct stress_machine *sm, const struct stress_params *params)
+{
+    if (!sm || !params_valid(params))
+        return -EINVAL;
+    sm->p = *params;
+    sm->hot = false;
+    sm->cool = false;
+    return 0;
 }
 
 enum stress_state stress_state_get(const struct stress_machine *sm)

@@ -109,6 +109,11 @@ unsigned stress_service_saturation(const struct stress_service_sample *s);
 struct stress_machine *stress_new(const struct stress_params *params, int64_t now_ms);
 /* NULL is a no-op. */
 void stress_free(struct stress_machine *sm);
+/* New tunables for a running machine (SIGHUP): state, holds and min_interval's clock are
+ * kept; a run above enter_threshold or below exit_threshold counts again from the next
+ * sample, so a delay never completes on time spent under the old thresholds. Returns 0,
+ * or -EINVAL (params as for stress_new; nothing changed). */
+int stress_set_params(struct stress_machine *sm, const struct stress_params *params);
 
 /* Feeds one sample; fills *res (always). Samples must come in non-decreasing time.
  * Returns 0, or -EINVAL for a NULL argument or time going backwards (state unchanged). */

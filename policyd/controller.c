@@ -1845,8 +1845,20 @@ static void ctl_on_reload(struct server *srv, const struct config *old, void *ar
     }
     struct stress_params p;
     stress_params_from_config(cfg, &p);
-    if (!stress_params_equal(&p, &c->params))
-        log_warn("reload: stress_* thresholds and delays take effect at the next restart");
+    if (!stress_params_equal(&p, &c->params)) {
+        if (c->sm && stress_set_params(c->sm, &p) < 0) {
+            log_error("reload: stress_* thresholds rejected by the state machine; the old "
+                      "ones stay in force");
+        } else {
+            c->params = p;
+            log_info("reload: stress thresholds now enter %u%% for %.1fs, exit %u%% for %.1fs, "
+                     "min_interval %.1fs, cluster_quorum %u%% (running delays count again "
+                     "from now)",
+                     p.enter_threshold, (double)p.enter_delay_ms / 1000.0, p.exit_threshold,
+                     (double)p.exit_delay_ms / 1000.0, (double)p.min_interval_ms / 1000.0,
+                     p.cluster_quorum);
+        }
+    }
     if (strcmp(cfg->stress_main_cf, c->profile_main) != 0 ||
         strcmp(cfg->stress_master_cf, c->profile_master) != 0 ||
         strcmp(cfg->postfix_config_directory, c->config_dir) != 0)

@@ -526,6 +526,32 @@ class ClusterTest(unittest.TestCase):
         nodes = {e["node"] for e in json.loads(r.stdout)["events"]}
         self.assertEqual(nodes, {"a", "b"})
 
+    def test_cluster_quorum_set_by_reload(self):
+        # stress_* settings take effect on SIGHUP: quorum off, a peer stressed, this node
+        # stays normal; quorum 50 % by reload, and it enters.
+        a, b = self.node("a", 0), self.node("b", 0)
+        self.assertTrue(wait_for(lambda: len(self.status(b)["nodes"]) == 2, 20))
+        a.cli("stress", "enter")
+
+        def peer_stressed():
+            return any(n["stress"] for n in self.status(b)["nodes"][1:])
+        self.assertTrue(wait_for(peer_stressed, 20), self.status(b))
+        time.sleep(1)  # five monitor samples with the peer stressed and no quorum
+        self.assertFalse(self.status(b)["nodes"][0]["stress"], b.log())
+        with open(b.config_path) as f:
+            text = f.read()
+        self.assertIn("stress_cluster_quorum = 0\n", text)
+        b.write_config(text=text.replace("stress_cluster_quorum = 0\n",
+                                         "stress_cluster_quorum = 50\n"))
+        mark = b.reload()
+        self.assertTrue(b.wait_log("reload: stress thresholds now", mark, 10), b.log())
+        self.assertIn("cluster_quorum 50%", b.log()[mark:])
+        self.assertTrue(wait_for(lambda: self.status(b)["nodes"][0]["stress"], 20), b.log())
+        self.assertIn("cluster quorum", b.log()[mark:])
+        a.cli("stress", "exit")
+        self.assertTrue(wait_for(lambda: not self.status(b)["nodes"][0]["stress"], 30),
+                        b.log())
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

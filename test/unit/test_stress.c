@@ -445,6 +445,58 @@ static void test_stress_reason_names_signals(void **state)
     stress_free(sm);
 }
 
+/* SIGHUP: new thresholds act on the next samples; delays count from the change. */
+static void test_stress_set_params_live(void **state)
+{
+    (void)state;
+    struct stress_params p = params();
+    struct stress_machine *sm = stress_new(&p, 0);
+    assert_non_null(sm);
+    struct stress_service_sample svc;
+    struct stress_sample s;
+    struct stress_result r;
+    const struct step at80[] = {S(0, 16, 20, N, E0), S(10000, 16, 20, N, E0)};
+    for (size_t i = 0; i < 2; i++) { /* 80 % for 10 s: below 90 %, normal */
+        sample_of(&at80[i], &svc, &s);
+        assert_int_equal(stress_update(sm, &s, &r), 0);
+        assert_int_equal(r.state, STRESS_NORMAL);
+    }
+    struct stress_params bad = p;
+    bad.exit_threshold = bad.enter_threshold + 1;
+    assert_int_equal(stress_set_params(sm, &bad), -EINVAL);
+    assert_int_equal(stress_set_params(NULL, &p), -EINVAL);
+    struct stress_params low = p;
+    low.enter_threshold = 75;
+    low.exit_threshold = 50;
+    assert_int_equal(stress_set_params(sm, &low), 0);
+    /* 80 % >= 75 % from t=11 s: the 5 s delay runs from there, not from t=0. */
+    const struct step after[] = {
+        S(11000, 16, 20, N, E0), S(15999, 16, 20, N, E0), S(16000, 16, 20, X, EN),
+        S(17000, 12, 20, X, E0), /* 60 %: above the new exit threshold, stays */
+        S(30000, 9, 20, X, E0),  /* 45 %: calm run starts */
+    };
+    for (size_t i = 0; i < sizeof(after) / sizeof(after[0]); i++) {
+        sample_of(&after[i], &svc, &s);
+        assert_int_equal(stress_update(sm, &s, &r), 0);
+        assert_int_equal(r.state, after[i].want_state);
+        assert_int_equal(r.event, after[i].want_event);
+    }
+    /* Back to the defaults while stressed and calm for 10 s: the calm run restarts. */
+    assert_int_equal(stress_set_params(sm, &p), 0);
+    const struct step back[] = {
+        S(41000, 9, 20, X, E0),
+        S(60999, 9, 20, X, E0),
+        S(61000, 9, 20, N, EX),
+    };
+    for (size_t i = 0; i < sizeof(back) / sizeof(back[0]); i++) {
+        sample_of(&back[i], &svc, &s);
+        assert_int_equal(stress_update(sm, &s, &r), 0);
+        assert_int_equal(r.state, back[i].want_state);
+        assert_int_equal(r.event, back[i].want_event);
+    }
+    stress_free(sm);
+}
+
 static void test_stress_rejects_bad_input(void **state)
 {
     (void)state;
@@ -488,6 +540,7 @@ int main(void)
         cmocka_unit_test(test_stress_quorum_entry_is_not_local),
         cmocka_unit_test(test_stress_node_saturation_is_max_over_services),
         cmocka_unit_test(test_stress_reason_names_signals),
+        cmocka_unit_test(test_stress_set_params_live),
         cmocka_unit_test(test_stress_rejects_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
