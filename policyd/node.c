@@ -56,6 +56,13 @@ struct node {
      * counts (a SET answered after a later DEL must not say "in store"). */
     uint64_t journal_seq;
     bool journal_in_store;
+    /* What the store should hold (text, or deleted when !journal_set), puts in flight,
+     * whether the latest failed, and when the latest was sent (node_mono). */
+    char *journal_text;
+    bool journal_set;
+    bool journal_failed;
+    unsigned journal_inflight;
+    uint64_t journal_sent_ms;
     struct {
         char kind[32];
         uint64_t count;
@@ -170,6 +177,7 @@ static void node_on_store_closed(void *arg)
     if (node_current == n)
         node_current = NULL;
     node_free_merged(n);
+    free(n->journal_text);
     json_decref(n->cluster);
     net_set_free(n->exempt);
     free(n->attack_action);
@@ -300,10 +308,13 @@ static void node_on_put(void *arg, int status)
                              strerror(-status));
 }
 
+static void node_journal_retry(struct node *n);
+
 void node_publish(struct node *n, json_t *status)
 {
     if (n->closing)
         return;
+    node_journal_retry(n);
     int64_t now = node_wall_ms();
     json_t *self = json_deep_copy(status);
     json_t *fl = json_array();
@@ -432,6 +443,10 @@ void node_event(struct node *n, const char *kind, bool warn, json_t *extra, cons
 
 /* ---- the override journal's copy ---- */
 
+/* A failed put is sent again with the next status publish, and a stored journal is
+ * rewritten every NODE_JOURNAL_REFRESH_MS (a restarted or flushed Redis loses it). */
+#define NODE_JOURNAL_REFRESH_MS 30000
+
 struct node_journal_put {
     struct node *n;
     uint64_t seq;
@@ -442,29 +457,59 @@ static void node_on_journal_put(void *arg, int status)
 {
     struct node_journal_put *p = arg;
     struct node *n = p->n;
+    n->journal_inflight--;
     if (p->seq == n->journal_seq) {
         n->journal_in_store = status == 0 && p->set;
+        n->journal_failed = status < 0;
         if (status < 0 && !n->closing)
             log_warn_ratelimited(&n->rl_journal, node_mono(n), 60000,
                                  "cannot %s the override journal's copy in the store: %s "
-                                 "(the file in state_directory is what restores)",
+                                 "(the file in state_directory is what restores; retrying)",
                                  p->set ? "write" : "delete", strerror(-status));
     }
     free(p);
+}
+
+static void node_journal_send(struct node *n)
+{
+    struct node_journal_put *p = malloc(sizeof(*p));
+    if (!p) {
+        n->journal_failed = true;
+        return;
+    }
+    *p = (struct node_journal_put){.n = n, .seq = ++n->journal_seq, .set = n->journal_set};
+    n->journal_in_store = false;
+    n->journal_failed = false;
+    n->journal_inflight++;
+    n->journal_sent_ms = node_mono(n);
+    int rc = store_journal_put(n->store, n->name, n->journal_set ? n->journal_text : NULL,
+                               node_on_journal_put, p, NULL);
+    if (rc < 0)
+        node_on_journal_put(p, rc);
 }
 
 void node_journal_put(struct node *n, const char *json)
 {
     if (n->closing)
         return;
-    struct node_journal_put *p = malloc(sizeof(*p));
-    if (!p)
+    char *t = json ? strdup(json) : NULL;
+    if (json && !t) {
+        log_error("no memory for the override journal's copy in the store");
         return;
-    *p = (struct node_journal_put){.n = n, .seq = ++n->journal_seq, .set = json != NULL};
-    n->journal_in_store = false;
-    int rc = store_journal_put(n->store, n->name, json, node_on_journal_put, p, NULL);
-    if (rc < 0)
-        node_on_journal_put(p, rc);
+    }
+    free(n->journal_text);
+    n->journal_text = t;
+    n->journal_set = json != NULL;
+    node_journal_send(n);
+}
+
+static void node_journal_retry(struct node *n)
+{
+    if (n->journal_inflight || n->journal_seq == 0)
+        return;
+    if (n->journal_failed ||
+        (n->journal_set && node_mono(n) - n->journal_sent_ms >= NODE_JOURNAL_REFRESH_MS))
+        node_journal_send(n);
 }
 
 bool node_journal_in_store(const struct node *n)

@@ -55,7 +55,9 @@ void node_event(struct node *n, const char *kind, bool warn, json_t *extra, cons
 
 /* Stores this node's override journal (JSON text, copied) in the store under
  * "journal:NAME" (no TTL), or deletes it when json is NULL. Never waits: the answer comes
- * later; failures are logged, rate-limited. The journal file stays what restores. */
+ * later; failures are logged, rate-limited, and the put is sent again with the next
+ * node_publish until the store confirms it; a stored journal is rewritten every 30 s
+ * (a restarted Redis). The journal file stays what restores. */
 void node_journal_put(struct node *n, const char *json);
 /* True when the latest node_journal_put stored a journal and the store confirmed it. */
 bool node_journal_in_store(const struct node *n);

@@ -510,6 +510,37 @@ class ClusterTest(unittest.TestCase):
                 self.assertTrue(wait_for(
                     lambda: not self.status(ps)["nodes"][0]["journal_in_store"], 20))
 
+    def test_cluster_journal_copy_after_redis_outage(self):
+        # The journal is written while Redis is down: the copy follows once Redis is back,
+        # with no further journal write; a restarted (empty) Redis gets it again.
+        a = self.node("a", 0)
+        key = "postsurge:journal:a"
+        path = os.path.join(a.dir, "journal.json")
+        self.redis.kill()
+        a.cli("stress", "enter")
+        self.assertTrue(wait_for(lambda: self.status(a)["nodes"][0]["overrides_state"]
+                                 == "applied", 60), a.log())
+        self.assertTrue(a.wait_log("cannot write the override journal's copy", timeout=20),
+                        a.log())
+        self.assertFalse(self.status(a)["nodes"][0]["journal_in_store"])
+        with open(path) as f:
+            on_disk = json.load(f)
+        self.redis.start()
+
+        def copied():
+            v = self.redis_get(key)
+            return v != "" and json.loads(v) == on_disk
+        self.assertTrue(wait_for(copied, 30), a.log())
+        self.assertTrue(wait_for(lambda: self.status(a)["nodes"][0]["journal_in_store"], 20))
+        self.redis.kill()
+        self.redis.start()
+        self.assertEqual(self.redis_get(key), "")
+        self.assertTrue(wait_for(copied, 60), a.log())  # the 30 s rewrite
+        a.cli("stress", "exit")
+        self.assertTrue(wait_for(lambda: self.status(a)["nodes"][0]["overrides_state"]
+                                 == "none", 60), a.log())
+        self.assertTrue(wait_for(lambda: self.redis_get(key) == "", 20), a.log())
+
     def test_cluster_quorum_enters_every_node(self):
         a, b = self.node("a", 50), self.node("b", 50)
         self.assertTrue(wait_for(lambda: len(self.status(b)["nodes"]) == 2, 20))
