@@ -358,18 +358,28 @@ struct tcp_sock {
     unsigned port;
 };
 
-/* Records one TCP socket seen on a service port: a LISTEN socket's backlog counts as
- * clients waiting; any other socket with an inode is a connection some smtpd may own.
- * Returns -ENOMEM when the list cannot grow. */
-static int note_tcp(struct monitor_scan *sc, unsigned lport, unsigned state, unsigned rxq,
-                    uint64_t ino, struct tcp_sock **socks, size_t *n_socks, size_t *cap_socks)
+/* A LISTEN socket is this Postfix's when master holds it (master opens every inet
+ * listener): another program, or another Postfix instance on the same port at another
+ * address (MULTI_INSTANCE_README), must not add its backlog. With master's descriptors
+ * unreadable (owners empty), the port alone decides, as before. */
+static bool listen_ours(const struct u64vec *owners, uint64_t ino)
+{
+    return owners->n == 0 || u64vec_has(owners, ino);
+}
+
+/* Records one TCP socket seen on a service port: a LISTEN socket's backlog (one master
+ * holds, see listen_ours) counts as clients waiting; any other socket with an inode is a
+ * connection some smtpd may own. Returns -ENOMEM when the list cannot grow. */
+static int note_tcp(struct monitor_scan *sc, const struct u64vec *owners, unsigned lport,
+                    unsigned state, unsigned rxq, uint64_t ino, struct tcp_sock **socks,
+                    size_t *n_socks, size_t *cap_socks)
 {
     bool wanted = false;
     for (size_t i = 0; i < sc->n_svc; i++) {
         if (sc->svc[i].port != lport)
             continue;
         wanted = true;
-        if (state == MONITOR_TCP_LISTEN && !sc->svc[i].pass) {
+        if (state == MONITOR_TCP_LISTEN && !sc->svc[i].pass && listen_ours(owners, ino)) {
             sc->svc[i].waiting += rxq;
             sc->svc[i].waiting_known = true;
         }
@@ -393,8 +403,8 @@ static int note_tcp(struct monitor_scan *sc, unsigned lport, unsigned state, uns
  * cost milliseconds to read (6000 of them: 14 ms here). Returns 0, or a negative errno
  * when sock_diag is unusable (the caller falls back to /proc). Our own network
  * namespace: used only when it is master's (see monitor_scan_run). */
-static int scan_tcp_diag(struct monitor_scan *sc, struct tcp_sock **socks, size_t *n_socks,
-                         size_t *cap_socks)
+static int scan_tcp_diag(struct monitor_scan *sc, const struct u64vec *owners,
+                         struct tcp_sock **socks, size_t *n_socks, size_t *cap_socks)
 {
     static const uint8_t families[] = {AF_INET, AF_INET6};
     const uint32_t states = (1u << 1) | (1u << 4) | (1u << 5) | (1u << 7) | (1u << 8) | (1u << 9) |
@@ -442,7 +452,7 @@ static int scan_tcp_diag(struct monitor_scan *sc, struct tcp_sock **socks, size_
                     break;
                 }
                 const struct inet_diag_msg *m = NLMSG_DATA(h);
-                note_tcp(sc, ntohs(m->id.idiag_sport), m->idiag_state, m->idiag_rqueue,
+                note_tcp(sc, owners, ntohs(m->id.idiag_sport), m->idiag_state, m->idiag_rqueue,
                          m->idiag_inode, socks, n_socks, cap_socks);
             }
         }
@@ -457,8 +467,8 @@ static int scan_tcp_diag(struct monitor_scan *sc, struct tcp_sock **socks, size_
 /* Fallback: reads /proc/PID/net/tcp and tcp6 (master's network namespace): adds LISTEN backlogs to
  * the non-pass services on that port and collects the inodes of other sockets on a
  * service port (connections a smtpd may own). */
-static void scan_tcp(int pid, struct monitor_scan *sc, struct tcp_sock **socks, size_t *n_socks,
-                     size_t *cap_socks)
+static void scan_tcp(int pid, struct monitor_scan *sc, const struct u64vec *owners,
+                     struct tcp_sock **socks, size_t *n_socks, size_t *cap_socks)
 {
     static const char *const files[] = {"tcp", "tcp6"};
     for (size_t f = 0; f < 2; f++) {
@@ -481,7 +491,7 @@ static void scan_tcp(int pid, struct monitor_scan *sc, struct tcp_sock **socks, 
                        " %*u: %*[0-9A-Fa-f]:%X %*[0-9A-Fa-f]:%*X %X %*X:%X %*X:%*X %*X %*u %*u %lu",
                        &lport, &state, &rxq, &ino) != 4)
                 continue;
-            if (note_tcp(sc, lport, state, rxq, ino, socks, n_socks, cap_socks) < 0)
+            if (note_tcp(sc, owners, lport, state, rxq, ino, socks, n_socks, cap_socks) < 0)
                 break;
         }
         free(line);
@@ -655,13 +665,19 @@ void monitor_scan_run(struct monitor_scan *sc)
         same_ns = stat("/proc/self/ns/net", &a) == 0 && stat(path, &b) == 0 &&
                   a.st_ino == b.st_ino && a.st_dev == b.st_dev;
     }
-    if (!same_ns || sc->proc_only || scan_tcp_diag(sc, &socks, &n_socks, &cap_socks) != 0) {
+    /* master's sockets: which LISTEN sockets are this instance's, and (below) which unix
+     * sockets are the pass services' backlogs. */
+    proc_socket_inodes(pid, &master_inodes);
+    if (master_inodes.n > 1)
+        qsort(master_inodes.v, master_inodes.n, sizeof(uint64_t), cmp_u64);
+    if (!same_ns || sc->proc_only ||
+        scan_tcp_diag(sc, &master_inodes, &socks, &n_socks, &cap_socks) != 0) {
         for (size_t i = 0; i < sc->n_svc; i++) {
             sc->svc[i].waiting = 0;
             sc->svc[i].waiting_known = false;
         }
         n_socks = 0;
-        scan_tcp(pid, sc, &socks, &n_socks, &cap_socks);
+        scan_tcp(pid, sc, &master_inodes, &socks, &n_socks, &cap_socks);
     }
     /* busy: the smtpd holds a connection (not the shared LISTEN socket) on its port. */
     for (size_t k = 0; k < smtpd_pid.n; k++) {
@@ -678,12 +694,8 @@ void monitor_scan_run(struct monitor_scan *sc)
     bool any_pass = false;
     for (size_t i = 0; i < sc->n_svc; i++)
         any_pass |= sc->svc[i].pass;
-    if (any_pass) {
-        proc_socket_inodes(pid, &master_inodes);
-        if (master_inodes.n > 1)
-            qsort(master_inodes.v, master_inodes.n, sizeof(uint64_t), cmp_u64);
+    if (any_pass)
         scan_unix_backlog(sc, &master_inodes);
-    }
 out:
     for (size_t k = 0; smtpd_inodes && k < smtpd_pid.n; k++)
         free(smtpd_inodes[k].v);

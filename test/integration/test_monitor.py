@@ -347,6 +347,32 @@ class MonitorTest:
         self.check_saturation()
         self.assertEqual(self.p.stop(), 0, "".join(self.p.err))
 
+    def test_monitor_ignores_other_listener_on_same_port(self):
+        # Another instance (MULTI_INSTANCE_README) or program on the same port at another
+        # address: its backlog is not this Postfix's waiting clients.
+        self.wait_sample(lambda s, o: s["waiting_known"])
+        other = socket.socket()
+        self.addCleanup(other.close)
+        other.bind(("127.0.0.2", self.pf.port))
+        other.listen(16)  # never accepts: every connection waits in its backlog
+        for _ in range(3):
+            c = socket.create_connection(("127.0.0.2", self.pf.port), timeout=10)
+            self.socks.append(c)
+        # The kernel shows the 3 in that socket's backlog (what the monitor reads).
+        hexport = "%04X" % self.pf.port
+        with open("/proc/net/tcp") as f:
+            rows = [l.split() for l in f if (":" + hexport + " ") in l]
+        backlog = [r for r in rows if r[1] == "0200007F:" + hexport and r[3] == "0A"]
+        self.assertEqual(len(backlog), 1, rows)
+        self.assertEqual(int(backlog[0][4].split(":")[1], 16), 3, backlog)
+        start = len(self.p.lines)
+        self.wait_sample(lambda s, o: len(self.p.lines) - start >= 5)
+        for o in self.p.lines[start:]:
+            if o.get("services"):
+                self.assertEqual(o["services"][0]["waiting"], 0, o)
+                self.assertEqual(o["services"][0]["busy"], 0, o)
+        self.assertEqual(self.p.stop(), 0, "".join(self.p.err))
+
     def test_monitor_rereads_changed_process_limit(self):
         self.wait_sample(lambda s, o: s["limit"] == self.limit)
         svc = self.pf.smtpd_service
