@@ -120,9 +120,11 @@ static void redis_uv_del_read(void *privdata)
  * pipeline in order, so they would wait behind it anyway). Under load Redis then reads,
  * runs and answers larger batches, with fewer system calls on both sides; with nothing
  * in flight (one connection, light load) a command goes out at once as before. A hold
- * never lasts longer than REDIS_HOLD_MAX_MS, and REDIS_HOLD_MAX_CMDS queued commands go
- * out at once (without that cap, 32 connections ran about 5 % slower than with no hold:
- * Redis sat idle while one large batch gathered). */
+ * ends when the earlier replies are in, at the first loop turn after REDIS_HOLD_MAX_MS
+ * (no timer of its own: with Redis stalled, a held command waits for the next event,
+ * the replies or the calls' own redis_timeout timers, which it could not beat anyway),
+ * and when REDIS_HOLD_MAX_CMDS commands are queued (without that cap, 32 connections
+ * ran about 5 % slower than with no hold: Redis sat idle while one batch gathered). */
 #define REDIS_HOLD_MAX_MS 2
 #define REDIS_HOLD_MAX_CMDS 32
 static bool redis_uv_hold(struct redis_uv_events *p)
