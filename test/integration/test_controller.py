@@ -79,7 +79,7 @@ class ControllerTest(unittest.TestCase):
         self.maillog = os.path.join(self.tmp, "maillog")
         open(self.maillog, "w").close()
 
-    def daemon(self, **extra):
+    def daemon(self, tmpdir=None, **extra):
         cfg = {
             "postfix_config_directory": self.pfdir,
             "postfix_command": self.fake_postfix,
@@ -93,7 +93,7 @@ class ControllerTest(unittest.TestCase):
             "node_name": "n1",
         }
         cfg.update({k: str(v) for k, v in extra.items()})
-        ps = Postsurge(extra=cfg)
+        ps = Postsurge(extra=cfg, tmpdir=tmpdir)
         self.addCleanup(ps.cleanup)
         return ps
 
