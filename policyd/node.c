@@ -478,7 +478,6 @@ static void node_journal_send(struct node *n)
         return;
     }
     *p = (struct node_journal_put){.n = n, .seq = ++n->journal_seq, .set = n->journal_set};
-    n->journal_in_store = false;
     n->journal_failed = false;
     n->journal_inflight++;
     n->journal_sent_ms = node_mono(n);
@@ -500,6 +499,7 @@ void node_journal_put(struct node *n, const char *json)
     free(n->journal_text);
     n->journal_text = t;
     n->journal_set = json != NULL;
+    n->journal_in_store = false; /* until the store confirms this one (a rewrite keeps it) */
     node_journal_send(n);
 }
 
