@@ -1828,6 +1828,50 @@ static bool stress_params_equal(const struct stress_params *a, const struct stre
            a->min_interval_ms == b->min_interval_ms && a->cluster_quorum == b->cluster_quorum;
 }
 
+/* SIGHUP with a changed stress_main_cf/stress_master_cf: the new profile is checked
+ * against the parameter names and services read at start (postconf -d/-F; the helper
+ * checks again against its own at each apply) and replaces the old one only while no
+ * overrides are in force or changing, so a restore always undoes what was applied. */
+static void ctl_reload_profile(struct controller *c, const char *main_spec, const char *master_spec)
+{
+    if (!c->init_done || !c->known || !c->svcs) {
+        log_warn("reload: the override profile takes effect at the next restart (Postfix's "
+                 "parameters and services were not read at start)");
+        return;
+    }
+    if (c->job || c->journal || c->dry_applied) {
+        log_warn("reload: overrides are in force or changing, so the new override profile "
+                 "is not taken; send SIGHUP again once they are restored");
+        return;
+    }
+    char err[512] = "";
+    struct overrides_profile *p = NULL, *r = NULL;
+    if (overrides_profile_parse(main_spec, master_spec, &p, err, sizeof(err)) < 0 ||
+        overrides_profile_resolve(p, c->known, c->svcs, &r, err, sizeof(err)) < 0) {
+        overrides_profile_free(p);
+        log_error("reload: override profile: %s; the previous profile stays in force", err);
+        return;
+    }
+    overrides_profile_free(p);
+    char *m = strdup(main_spec), *ms = strdup(master_spec);
+    if (!m || !ms) {
+        free(m);
+        free(ms);
+        overrides_profile_free(r);
+        log_error("reload: no memory for the override profile; the previous one stays");
+        return;
+    }
+    free(c->profile_main);
+    c->profile_main = m;
+    free(c->profile_master);
+    c->profile_master = ms;
+    overrides_profile_free(c->resolved);
+    c->resolved = r;
+    c->profile_ready = true;
+    c->profile_error[0] = '\0';
+    log_info("reload: override profile: %zu settings for %s", r->n, c->config_dir);
+}
+
 static void ctl_on_reload(struct server *srv, const struct config *old, void *arg)
 {
     struct controller *c = arg;
@@ -1859,11 +1903,11 @@ static void ctl_on_reload(struct server *srv, const struct config *old, void *ar
                      p.cluster_quorum);
         }
     }
+    if (strcmp(cfg->postfix_config_directory, c->config_dir) != 0)
+        log_warn("reload: postfix_config_directory takes effect at the next restart");
     if (strcmp(cfg->stress_main_cf, c->profile_main) != 0 ||
-        strcmp(cfg->stress_master_cf, c->profile_master) != 0 ||
-        strcmp(cfg->postfix_config_directory, c->config_dir) != 0)
-        log_warn("reload: the override profile and postfix_config_directory take effect at "
-                 "the next restart");
+        strcmp(cfg->stress_master_cf, c->profile_master) != 0)
+        ctl_reload_profile(c, cfg->stress_main_cf, cfg->stress_master_cf);
     ctl_reconcile(c);
 }
 

@@ -151,6 +151,48 @@ class ControllerTest(unittest.TestCase):
         r = ps.cli("status")
         self.assertIn("node n1 (this node): stress no", r.stdout)
 
+    def test_controller_profile_reload(self):
+        # SIGHUP with a new stress_main_cf: taken while nothing is in force, refused (old
+        # one stays) when a name is unknown to Postfix or while overrides are in force.
+        ps = self.daemon()
+        self.wait_init(ps)
+        with open(ps.config_path) as f:
+            base = f.read()
+
+        def reload_with(main_cf):
+            ps.write_config(text=base + "stress_main_cf = %s\n" % main_cf)
+            return ps.reload()
+        mark = reload_with("smtpd_soft_error_limit=2 smtpd_error_sleep_time=1s")
+        self.assertTrue(ps.wait_log("reload: override profile: ", mark, 10), ps.log())
+        mark = reload_with("no_such_parameter_xyz=1")
+        self.assertTrue(ps.wait_log("the previous profile stays in force", mark, 10), ps.log())
+        self.assertIn("no_such_parameter_xyz", ps.log()[mark:])
+        ps.cli("stress", "enter")
+        self.wait_state(ps, "applied")
+        me = self.me(ps)
+        self.assertIn("smtpd_soft_error_limit=2", me["overrides"])
+        self.assertIn("smtpd_error_sleep_time=1s", me["overrides"])
+        self.assertNotIn("smtpd_client_connection_count_limit=10", me["overrides"])
+        text = read_bytes(self.main).decode()
+        self.assertIn("smtpd_soft_error_limit = 2", text)
+        self.assertNotIn("smtpd_client_connection_count_limit", text)
+        # In force: a new profile waits; the restore undoes exactly what was applied.
+        mark = reload_with("smtpd_soft_error_limit=1")
+        self.assertTrue(ps.wait_log("send SIGHUP again once they are restored", mark, 10),
+                        ps.log())
+        ps.cli("stress", "exit")
+        self.wait_state(ps, "none")
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
+        mark = ps.reload()
+        self.assertTrue(ps.wait_log("reload: override profile: ", mark, 10), ps.log())
+        ps.cli("stress", "enter")
+        self.wait_state(ps, "applied")
+        self.assertIn("smtpd_soft_error_limit = 1", read_bytes(self.main).decode())
+        ps.cli("stress", "exit")
+        self.wait_state(ps, "none")
+        self.assertEqual(read_bytes(self.main), self.main0)
+
     def test_controller_status_json_shape(self):
         port = free_port()
         ps = self.daemon(http_listen="inet:127.0.0.1:%d" % port)
