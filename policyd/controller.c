@@ -102,6 +102,8 @@ struct controller {
     uint64_t cmd_timeout_ms;
     bool dry_run, overrides_on, monitor_on;
     char *profile_main, *profile_master;
+    /* A profile from SIGHUP not taken yet (a job runs or overrides are in force). */
+    char *pending_main, *pending_master;
     struct stress_params params;
 
     struct monitor *mon;
@@ -1251,10 +1253,13 @@ static void job_step(struct job *jb)
 }
 
 /* Starts the next job when the wanted state and the journal disagree. */
+static void ctl_take_pending_profile(struct controller *c);
+
 static void ctl_reconcile(struct controller *c)
 {
     if (c->job || !c->init_done || c->journal_bad)
         return;
+    ctl_take_pending_profile(c);
     if (c->stopping && !c->journal)
         return;
     bool stressed = c->sm && stress_state_get(c->sm) == STRESS_STRESSED;
@@ -1828,39 +1833,43 @@ static bool stress_params_equal(const struct stress_params *a, const struct stre
            a->min_interval_ms == b->min_interval_ms && a->cluster_quorum == b->cluster_quorum;
 }
 
-/* SIGHUP with a changed stress_main_cf/stress_master_cf: the new profile is checked
- * against the parameter names and services read at start (postconf -d/-F; the helper
- * checks again against its own at each apply) and replaces the old one only while no
- * overrides are in force or changing, so a restore always undoes what was applied. */
-static void ctl_reload_profile(struct controller *c, const char *main_spec, const char *master_spec)
+static void ctl_drop_pending_profile(struct controller *c)
 {
-    if (!c->init_done || !c->known || !c->svcs) {
-        log_warn("reload: the override profile takes effect at the next restart (Postfix's "
-                 "parameters and services were not read at start)");
+    free(c->pending_main);
+    free(c->pending_master);
+    c->pending_main = c->pending_master = NULL;
+}
+
+/* A profile from SIGHUP (stress_main_cf/stress_master_cf) is taken when nothing is
+ * changing Postfix and no overrides are in force: at once, after the start-up job, or
+ * after the restore that ends an episode, so a restore always undoes exactly what was
+ * applied. It is checked against the parameter names and services read at start
+ * (postconf -d/-F; the helper checks again against its own at each apply); an invalid
+ * one is logged and the previous profile stays. Called from ctl_reconcile. */
+static void ctl_take_pending_profile(struct controller *c)
+{
+    if (!c->pending_main || !c->init_done || c->job || c->journal || c->dry_applied)
         return;
-    }
-    if (c->job || c->journal || c->dry_applied) {
-        log_warn("reload: overrides are in force or changing, so the new override profile "
-                 "is not taken; send SIGHUP again once they are restored");
+    char *m = c->pending_main, *ms = c->pending_master;
+    c->pending_main = c->pending_master = NULL;
+    if (!c->known || !c->svcs) {
+        log_warn("reload: the override profile takes effect at the next restart (Postfix's "
+                 "parameters and services could not be read at start)");
+        free(m);
+        free(ms);
         return;
     }
     char err[512] = "";
     struct overrides_profile *p = NULL, *r = NULL;
-    if (overrides_profile_parse(main_spec, master_spec, &p, err, sizeof(err)) < 0 ||
+    if (overrides_profile_parse(m, ms, &p, err, sizeof(err)) < 0 ||
         overrides_profile_resolve(p, c->known, c->svcs, &r, err, sizeof(err)) < 0) {
         overrides_profile_free(p);
         log_error("reload: override profile: %s; the previous profile stays in force", err);
+        free(m);
+        free(ms);
         return;
     }
     overrides_profile_free(p);
-    char *m = strdup(main_spec), *ms = strdup(master_spec);
-    if (!m || !ms) {
-        free(m);
-        free(ms);
-        overrides_profile_free(r);
-        log_error("reload: no memory for the override profile; the previous one stays");
-        return;
-    }
     free(c->profile_main);
     c->profile_main = m;
     free(c->profile_master);
@@ -1870,6 +1879,24 @@ static void ctl_reload_profile(struct controller *c, const char *main_spec, cons
     c->profile_ready = true;
     c->profile_error[0] = '\0';
     log_info("reload: override profile: %zu settings for %s", r->n, c->config_dir);
+}
+
+static void ctl_set_pending_profile(struct controller *c, const char *main_spec,
+                                    const char *master_spec)
+{
+    ctl_drop_pending_profile(c);
+    if (strcmp(main_spec, c->profile_main) == 0 && strcmp(master_spec, c->profile_master) == 0)
+        return; /* unchanged, or changed back before an earlier change was taken */
+    c->pending_main = strdup(main_spec);
+    c->pending_master = strdup(master_spec);
+    if (!c->pending_main || !c->pending_master) {
+        ctl_drop_pending_profile(c);
+        log_error("reload: no memory for the override profile; the previous one stays");
+        return;
+    }
+    if (c->journal || c->dry_applied)
+        log_info("reload: overrides are in force; the new override profile is taken once "
+                 "they are restored");
 }
 
 static void ctl_on_reload(struct server *srv, const struct config *old, void *arg)
@@ -1905,9 +1932,7 @@ static void ctl_on_reload(struct server *srv, const struct config *old, void *ar
     }
     if (strcmp(cfg->postfix_config_directory, c->config_dir) != 0)
         log_warn("reload: postfix_config_directory takes effect at the next restart");
-    if (strcmp(cfg->stress_main_cf, c->profile_main) != 0 ||
-        strcmp(cfg->stress_master_cf, c->profile_master) != 0)
-        ctl_reload_profile(c, cfg->stress_main_cf, cfg->stress_master_cf);
+    ctl_set_pending_profile(c, cfg->stress_main_cf, cfg->stress_master_cf);
     ctl_reconcile(c);
 }
 
@@ -2180,6 +2205,7 @@ void controller_free(struct controller *c)
     free(c->attack_action);
     free(c->profile_main);
     free(c->profile_master);
+    ctl_drop_pending_profile(c);
     free(c->sample);
     if (c->lock_fd >= 0)
         close(c->lock_fd);

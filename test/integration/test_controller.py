@@ -158,6 +158,8 @@ class ControllerTest(unittest.TestCase):
         self.wait_init(ps)
         with open(ps.config_path) as f:
             base = f.read()
+        # A SIGHUP during the start-up job (journal check still running under memcheck)
+        # is taken when the job ends.
 
         def reload_with(main_cf):
             ps.write_config(text=base + "stress_main_cf = %s\n" % main_cf)
@@ -176,15 +178,15 @@ class ControllerTest(unittest.TestCase):
         text = read_bytes(self.main).decode()
         self.assertIn("smtpd_soft_error_limit = 2", text)
         self.assertNotIn("smtpd_client_connection_count_limit", text)
-        # In force: a new profile waits; the restore undoes exactly what was applied.
+        # In force: a new profile waits; the restore undoes exactly what was applied, and
+        # the new profile is taken after it.
         mark = reload_with("smtpd_soft_error_limit=1")
-        self.assertTrue(ps.wait_log("send SIGHUP again once they are restored", mark, 10),
-                        ps.log())
+        self.assertTrue(ps.wait_log("taken once they are restored", mark, 10), ps.log())
+        self.assertNotIn("reload: override profile: ", ps.log()[mark:])
         ps.cli("stress", "exit")
         self.wait_state(ps, "none")
         self.assertEqual(read_bytes(self.main), self.main0)
         self.assertEqual(read_bytes(self.master), self.master0)
-        mark = ps.reload()
         self.assertTrue(ps.wait_log("reload: override profile: ", mark, 10), ps.log())
         ps.cli("stress", "enter")
         self.wait_state(ps, "applied")
