@@ -1103,6 +1103,20 @@ static void job_step_restore_helper(struct job *jb)
     job_end(jb);
 }
 
+/* The profile specs checked against the parameter names and services read at start
+ * (c->known, c->svcs): *out is the resolved profile. 0, or <0 with err set. */
+static int ctl_resolve_profile(const struct controller *c, const char *main_spec,
+                               const char *master_spec, struct overrides_profile **out, char *err,
+                               size_t errlen)
+{
+    struct overrides_profile *p = NULL;
+    int rc = overrides_profile_parse(main_spec, master_spec, &p, err, errlen);
+    if (rc == 0)
+        rc = overrides_profile_resolve(p, c->known, c->svcs, out, err, errlen);
+    overrides_profile_free(p);
+    return rc;
+}
+
 /* Init: postconf -d (parameter names) and -F (services), resolve the profile, then look
  * for a journal a crash left. */
 static void job_step_init(struct job *jb)
@@ -1147,14 +1161,11 @@ static void job_step_init(struct job *jb)
         }
         overrides_services_free(c->svcs);
         c->svcs = NULL;
-        struct overrides_profile *p = NULL;
         int rc = overrides_services_parse(jb->out, jb->out_len, &c->svcs);
         if (rc < 0) {
             snprintf(c->profile_error, sizeof(c->profile_error), "postconf -F: no services");
-        } else if ((rc = overrides_profile_parse(c->profile_main, c->profile_master, &p, err,
-                                                 sizeof(err))) < 0 ||
-                   (rc = overrides_profile_resolve(p, c->known, c->svcs, &c->resolved, err,
-                                                   sizeof(err))) < 0) {
+        } else if ((rc = ctl_resolve_profile(c, c->profile_main, c->profile_master, &c->resolved,
+                                             err, sizeof(err))) < 0) {
             snprintf(c->profile_error, sizeof(c->profile_error), "override profile: %.450s", err);
         } else {
             c->profile_ready = true;
@@ -1164,7 +1175,6 @@ static void job_step_init(struct job *jb)
                      "%zu parameters)",
                      c->resolved->n, c->config_dir, overrides_known_params_count(c->known));
         }
-        overrides_profile_free(p);
         if (!c->profile_ready)
             log_error("%s; stress overrides are off", c->profile_error);
         job_read_journal(jb);
@@ -1860,16 +1870,13 @@ static void ctl_take_pending_profile(struct controller *c)
         return;
     }
     char err[512] = "";
-    struct overrides_profile *p = NULL, *r = NULL;
-    if (overrides_profile_parse(m, ms, &p, err, sizeof(err)) < 0 ||
-        overrides_profile_resolve(p, c->known, c->svcs, &r, err, sizeof(err)) < 0) {
-        overrides_profile_free(p);
+    struct overrides_profile *r = NULL;
+    if (ctl_resolve_profile(c, m, ms, &r, err, sizeof(err)) < 0) {
         log_error("reload: override profile: %s; the previous profile stays in force", err);
         free(m);
         free(ms);
         return;
     }
-    overrides_profile_free(p);
     free(c->profile_main);
     c->profile_main = m;
     free(c->profile_master);

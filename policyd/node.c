@@ -56,10 +56,9 @@ struct node {
      * counts (a SET answered after a later DEL must not say "in store"). */
     uint64_t journal_seq;
     bool journal_in_store;
-    /* What the store should hold (text, or deleted when !journal_set), puts in flight,
+    /* What the store should hold (the text, or nothing when NULL), puts in flight,
      * whether the latest failed, and when the latest was sent (node_mono). */
     char *journal_text;
-    bool journal_set;
     bool journal_failed;
     unsigned journal_inflight;
     uint64_t journal_sent_ms;
@@ -477,12 +476,11 @@ static void node_journal_send(struct node *n)
         n->journal_failed = true;
         return;
     }
-    *p = (struct node_journal_put){.n = n, .seq = ++n->journal_seq, .set = n->journal_set};
+    *p = (struct node_journal_put){.n = n, .seq = ++n->journal_seq, .set = n->journal_text != NULL};
     n->journal_failed = false;
     n->journal_inflight++;
     n->journal_sent_ms = node_mono(n);
-    int rc = store_journal_put(n->store, n->name, n->journal_set ? n->journal_text : NULL,
-                               node_on_journal_put, p, NULL);
+    int rc = store_journal_put(n->store, n->name, n->journal_text, node_on_journal_put, p, NULL);
     if (rc < 0)
         node_on_journal_put(p, rc);
 }
@@ -498,7 +496,6 @@ void node_journal_put(struct node *n, const char *json)
     }
     free(n->journal_text);
     n->journal_text = t;
-    n->journal_set = json != NULL;
     n->journal_in_store = false; /* until the store confirms this one (a rewrite keeps it) */
     node_journal_send(n);
 }
@@ -508,7 +505,7 @@ static void node_journal_retry(struct node *n)
     if (n->journal_inflight || n->journal_seq == 0)
         return;
     if (n->journal_failed ||
-        (n->journal_set && node_mono(n) - n->journal_sent_ms >= NODE_JOURNAL_REFRESH_MS))
+        (n->journal_text && node_mono(n) - n->journal_sent_ms >= NODE_JOURNAL_REFRESH_MS))
         node_journal_send(n);
 }
 

@@ -195,6 +195,21 @@ class ControllerTest(unittest.TestCase):
         self.wait_state(ps, "none")
         self.assertEqual(read_bytes(self.main), self.main0)
 
+    def test_controller_profile_reload_without_postconf(self):
+        # postconf failed at start: the names to check a new profile against are unknown,
+        # so a changed profile is logged as needing a restart and nothing is applied.
+        bad = os.path.join(self.tmp, "postconf-fails.sh")
+        write_script(bad, 'echo "postconf: fatal: simulated" >&2\nexit 1\n')
+        ps = self.daemon(postconf_command=bad)
+        self.assertTrue(wait_for(lambda: "simulated" in self.me(ps)["error"], 30),
+                        "%s\n%s" % (self.me(ps), ps.log()))
+        with open(ps.config_path) as f:
+            text = f.read()
+        ps.write_config(text=text + "stress_main_cf = smtpd_soft_error_limit=2\n")
+        mark = ps.reload()
+        self.assertTrue(ps.wait_log("takes effect at the next restart", mark, 10), ps.log())
+        self.assertNotIn("reload: override profile: ", ps.log()[mark:])
+
     def test_controller_status_json_shape(self):
         port = free_port()
         ps = self.daemon(http_listen="inet:127.0.0.1:%d" % port)

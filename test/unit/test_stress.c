@@ -64,10 +64,9 @@ static void sample_of(const struct step *st, struct stress_service_sample *svc,
     s->cluster_stressed_pct = st->cluster;
 }
 
-static void run_script(const struct stress_params *p, const struct step *steps, size_t n)
+/* Feeds the steps to sm and checks each step's state and event. */
+static void feed_steps(struct stress_machine *sm, const struct step *steps, size_t n)
 {
-    struct stress_machine *sm = stress_new(p, 0);
-    assert_non_null(sm);
     for (size_t i = 0; i < n; i++) {
         struct stress_service_sample svc;
         struct stress_sample s;
@@ -82,6 +81,13 @@ static void run_script(const struct stress_params *p, const struct step *steps, 
         if (r.event != STRESS_EVENT_NONE)
             assert_true(strlen(r.reason) > 0);
     }
+}
+
+static void run_script(const struct stress_params *p, const struct step *steps, size_t n)
+{
+    struct stress_machine *sm = stress_new(p, 0);
+    assert_non_null(sm);
+    feed_steps(sm, steps, n);
     stress_free(sm);
 }
 
@@ -452,15 +458,8 @@ static void test_stress_set_params_live(void **state)
     struct stress_params p = params();
     struct stress_machine *sm = stress_new(&p, 0);
     assert_non_null(sm);
-    struct stress_service_sample svc;
-    struct stress_sample s;
-    struct stress_result r;
     const struct step at80[] = {S(0, 16, 20, N, E0), S(10000, 16, 20, N, E0)};
-    for (size_t i = 0; i < 2; i++) { /* 80 % for 10 s: below 90 %, normal */
-        sample_of(&at80[i], &svc, &s);
-        assert_int_equal(stress_update(sm, &s, &r), 0);
-        assert_int_equal(r.state, STRESS_NORMAL);
-    }
+    feed_steps(sm, at80, 2); /* 80 % for 10 s: below 90 %, normal */
     struct stress_params bad = p;
     bad.exit_threshold = bad.enter_threshold + 1;
     assert_int_equal(stress_set_params(sm, &bad), -EINVAL);
@@ -475,12 +474,7 @@ static void test_stress_set_params_live(void **state)
         S(17000, 12, 20, X, E0), /* 60 %: above the new exit threshold, stays */
         S(30000, 9, 20, X, E0),  /* 45 %: calm run starts */
     };
-    for (size_t i = 0; i < sizeof(after) / sizeof(after[0]); i++) {
-        sample_of(&after[i], &svc, &s);
-        assert_int_equal(stress_update(sm, &s, &r), 0);
-        assert_int_equal(r.state, after[i].want_state);
-        assert_int_equal(r.event, after[i].want_event);
-    }
+    feed_steps(sm, after, sizeof(after) / sizeof(after[0]));
     /* Back to the defaults while stressed and calm for 10 s: the calm run restarts. */
     assert_int_equal(stress_set_params(sm, &p), 0);
     const struct step back[] = {
@@ -488,12 +482,7 @@ static void test_stress_set_params_live(void **state)
         S(60999, 9, 20, X, E0),
         S(61000, 9, 20, N, EX),
     };
-    for (size_t i = 0; i < sizeof(back) / sizeof(back[0]); i++) {
-        sample_of(&back[i], &svc, &s);
-        assert_int_equal(stress_update(sm, &s, &r), 0);
-        assert_int_equal(r.state, back[i].want_state);
-        assert_int_equal(r.event, back[i].want_event);
-    }
+    feed_steps(sm, back, sizeof(back) / sizeof(back[0]));
     stress_free(sm);
 }
 
