@@ -68,10 +68,10 @@ soak: all
 	SOAK_SECONDS=$(SOAK_SECONDS) python3 test/bench/soak $(BUILD)
 
 format:
-	clang-format -i lib/*.[ch] policyd/*.[ch] test/unit/*.c test/fuzz/*.c test/bench/*.c test/integration/*.c
+	clang-format -i lib/*.[ch] policyd/*.[ch] policyd/*/*.[ch] test/unit/*.c test/fuzz/*.c test/bench/*.c test/integration/*.c
 
 format-check:
-	clang-format --dry-run --Werror lib/*.[ch] policyd/*.[ch] test/unit/*.c test/fuzz/*.c test/bench/*.c test/integration/*.c
+	clang-format --dry-run --Werror lib/*.[ch] policyd/*.[ch] policyd/*/*.[ch] test/unit/*.c test/fuzz/*.c test/bench/*.c test/integration/*.c
 
 # `make install [PREFIX=/usr] [DESTDIR=/tmp/stage]`: files go to $(DESTDIR)$(PREFIX)/...
 # meson fixes the prefix at setup, so an existing build directory is reconfigured when

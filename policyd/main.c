@@ -2,14 +2,14 @@
  * dispatches through one command table; `serve` runs the daemon's libuv loop in the
  * foreground (for systemd), the other commands are synchronous tools. */
 #define LOG_COMPONENT "main"
-#include "cmd.h"
-#include "controller.h"
-#include "engine.h"
-#include "http.h"
-#include "log.h"
-#include "privsep.h"
-#include "sdnotify.h"
-#include "server.h"
+#include "cli/cmd.h"
+#include "overload/controller.h"
+#include "server/engine.h"
+#include "server/http.h"
+#include "util/log.h"
+#include "privsep/privsep.h"
+#include "server/sdnotify.h"
+#include "server/server.h"
 
 #include <errno.h>
 #include <getopt.h>

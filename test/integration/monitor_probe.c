@@ -1,16 +1,16 @@
-/* monitor_probe: a small libuv driver for policyd/monitor.c, tail.c and spawn.c, used by
- * test_monitor.py. Prints one JSON object per line on stdout:
- *   monitor_probe monitor CONFIG_DIR [--maillog FILE] [--interval MS] [--samples N]
- *       one line per sample (services, log counts, scan cost) until N samples or SIGTERM
- *   monitor_probe tail FILE [--from-start] [--interval MS]
+/* monitor_probe: a small libuv driver for policyd/postfix/monitor.c, util/tail.c and util/spawn.c,
+ * used by test_monitor.py. Prints one JSON object per line on stdout: monitor_probe monitor
+ * CONFIG_DIR [--maillog FILE] [--interval MS] [--samples N] one line per sample (services, log
+ * counts, scan cost) until N samples or SIGTERM monitor_probe tail FILE [--from-start] [--interval
+ * MS]
  *       {"line": ..., "truncated": bool} per line; on SIGTERM {"stats": {...}}
  *   monitor_probe spawn [--timeout MS] [--max-stdout N] [--stream] -- ARGV...
  *       {"exit": N, "signal": N, "timed_out": bool, "out_len": N, ...}
  * Every mode closes all handles and exits 3 if uv_loop_close() fails. */
-#include "monitor.h"
-#include "spawn.h"
-#include "tail.h"
-#include "log.h"
+#include "postfix/monitor.h"
+#include "util/spawn.h"
+#include "util/tail.h"
+#include "util/log.h"
 
 #include <jansson.h>
 #include <signal.h>

@@ -22,9 +22,9 @@
 #include <uv.h>
 
 #include "config.h"
-#include "log.h"
-#include "sha1.h"
-#include "store.h"
+#include "util/log.h"
+#include "store/sha1.h"
+#include "store/store.h"
 
 static const char *redis_url; /* NULL: memory */
 static char run_prefix[64];   /* unique per run: Redis keeps keys between tests */

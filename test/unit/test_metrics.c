@@ -1,4 +1,4 @@
-/* Unit tests of policyd/metrics.c, the metrics registry and its text exposition: a
+/* Unit tests of policyd/util/metrics.c, the metrics registry and its text exposition: a
  * registry with every kind of family, escaped labels and a collector must write exactly
  * test/data/metrics/exposition.prom (which `promtool check metrics` accepts: see
  * test/integration/test_http.py); bad names and duplicates are refused; updates to a

@@ -11,8 +11,8 @@
 #define LOG_COMPONENT "privsep"
 #include "privsep.h"
 
-#include "fsutil.h"
-#include "log.h"
+#include "util/fsutil.h"
+#include "util/log.h"
 #include "overrides.h"
 
 #include <errno.h>

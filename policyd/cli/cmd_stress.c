@@ -5,8 +5,8 @@
  * Synchronous: these are commands, not the daemon's loop. */
 #define LOG_COMPONENT "cli"
 #include "cmd.h"
-#include "controller.h"
-#include "log.h"
+#include "overload/controller.h"
+#include "util/log.h"
 
 #include <errno.h>
 #include <getopt.h>

@@ -11,7 +11,7 @@
 
 #include "config.h"
 #include "server.h"
-#include "store.h"
+#include "store/store.h"
 
 struct engine;
 

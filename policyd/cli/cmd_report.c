@@ -8,10 +8,10 @@
 #define LOG_COMPONENT "report"
 
 #include "cmd.h"
-#include "controller.h"
-#include "log.h"
+#include "overload/controller.h"
+#include "util/log.h"
 #include "report_traffic.h"
-#include "spawn.h"
+#include "util/spawn.h"
 
 #include "baseline.h"
 #include "queue.h"

@@ -19,7 +19,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
-#include "log.h"
+#include "util/log.h"
 #include "sha1.h"
 
 #define REDIS_BACKOFF_MIN_MS 50

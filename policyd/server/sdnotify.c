@@ -5,7 +5,7 @@
  * stop exactly when the loop stops turning. */
 #define LOG_COMPONENT "sdnotify"
 #include "sdnotify.h"
-#include "log.h"
+#include "util/log.h"
 #include "server.h"
 
 #include <errno.h>

@@ -8,9 +8,9 @@
 #define LOG_COMPONENT "monitor"
 
 #include "monitor.h"
-#include "log.h"
-#include "spawn.h"
-#include "tail.h"
+#include "util/log.h"
+#include "util/spawn.h"
+#include "util/tail.h"
 
 #include <ctype.h>
 #include <dirent.h>

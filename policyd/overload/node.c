@@ -5,9 +5,9 @@
 #define LOG_COMPONENT "node"
 #include "node.h"
 
-#include "log.h"
+#include "util/log.h"
 #include "net.h"
-#include "store.h"
+#include "store/store.h"
 
 #include <errno.h>
 #include <inttypes.h>

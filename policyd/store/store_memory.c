@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
+#include "util/log.h"
 
 #define MEM_MIN_BUCKETS 1024
 /* Entries looked at from the LRU head for an expired one before evicting a live one. */

@@ -8,15 +8,15 @@
 #define LOG_COMPONENT "controller"
 #include "controller.h"
 
-#include "fsutil.h"
-#include "http.h"
-#include "log.h"
-#include "metrics.h"
-#include "monitor.h"
+#include "util/fsutil.h"
+#include "server/http.h"
+#include "util/log.h"
+#include "util/metrics.h"
+#include "postfix/monitor.h"
 #include "node.h"
 #include "overrides.h"
-#include "privsep.h"
-#include "spawn.h"
+#include "privsep/privsep.h"
+#include "util/spawn.h"
 #include "stress.h"
 
 #include <errno.h>

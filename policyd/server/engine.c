@@ -15,7 +15,7 @@
 #include <time.h>
 
 #include "limits.h"
-#include "log.h"
+#include "util/log.h"
 
 /* Plans kept for reuse: one per connection with a request in flight is enough. */
 #define ENGINE_POOL_MAX 256

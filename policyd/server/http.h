@@ -6,7 +6,7 @@
  * listener is on. Loop thread only. */
 #pragma once
 
-#include "metrics.h"
+#include "util/metrics.h"
 #include "server.h"
 
 #include <jansson.h>

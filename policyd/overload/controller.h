@@ -8,7 +8,7 @@
 #pragma once
 
 #include "config.h"
-#include "server.h"
+#include "server/server.h"
 
 #include <stdbool.h>
 

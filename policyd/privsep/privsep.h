@@ -9,7 +9,7 @@
 #pragma once
 
 #include "config.h"
-#include "monitor.h"
+#include "postfix/monitor.h"
 #include "privmsg.h"
 
 #include <jansson.h>

@@ -5,7 +5,7 @@
 #pragma once
 
 #include "config.h"
-#include "log.h"
+#include "util/log.h"
 #include "policy.h"
 
 #include <stdbool.h>
