@@ -9,6 +9,7 @@
 
 #include "cmd.h"
 #include "overload/controller.h"
+#include "store/redis_keys.h"
 #include "util/log.h"
 #include "report_traffic.h"
 #include "util/spawn.h"
@@ -806,8 +807,8 @@ static int redis_save_baseline(redisContext *c, const char *key, struct baseline
     return rc;
 }
 
-/* Reads from the store's Redis, with the keys store_redis.c writes (after
- * store_key_prefix): the live nodes (sorted set "nodes" scored by expiry, "node:NAME" =
+/* Reads from the store's Redis, with the keys store_redis.c writes (store/redis_keys.h,
+ * after store_key_prefix): the live nodes (sorted set "nodes" scored by expiry, "node:NAME" =
  * "UPDATED_MS JSON") into *status (created when NULL) unless it has "nodes" already, and,
  * when events is not NULL, the event log (list "events", newest first) into *events (a new
  * array; left NULL when it cannot be read). Read errors leave things as they are. Returns 0
@@ -820,13 +821,13 @@ static int redis_cluster(redisContext *c, const char *prefix, int64_t now_ms, js
         return -ENOMEM;
     redisReply *rep = NULL;
     if (!json_is_array(json_object_get(*status, "nodes")))
-        rep = redisCommand(c, "ZRANGEBYSCORE %snodes %lld +inf LIMIT 0 1024", prefix,
-                           (long long)now_ms);
+        rep = redisCommand(c, "ZRANGEBYSCORE %s" REDIS_KEY_NODES " %lld +inf LIMIT 0 %d", prefix,
+                           (long long)now_ms, REDIS_NODES_MAX);
     for (size_t i = 0; rep && rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
         const redisReply *m = rep->element[i];
         if (m->type != REDIS_REPLY_STRING)
             continue;
-        redisReply *v = redisCommand(c, "GET %snode:%b", prefix, m->str, m->len);
+        redisReply *v = redisCommand(c, "GET %s" REDIS_KEY_NODE "%b", prefix, m->str, m->len);
         const char *sp = v && v->type == REDIS_REPLY_STRING ? memchr(v->str, ' ', v->len) : NULL;
         json_t *o = sp ? json_loadb(sp + 1, v->len - (size_t)(sp + 1 - v->str), 0, NULL) : NULL;
         freeReplyObject(v);
@@ -850,7 +851,7 @@ static int redis_cluster(redisContext *c, const char *prefix, int64_t now_ms, js
     json_decref(nodes);
     if (rc < 0 || !events)
         return rc;
-    rep = redisCommand(c, "LRANGE %sevents 0 999", prefix);
+    rep = redisCommand(c, "LRANGE %s" REDIS_KEY_EVENTS " 0 999", prefix);
     if (rep && rep->type == REDIS_REPLY_ARRAY && !(*events = json_array()))
         rc = -ENOMEM;
     for (size_t i = 0; *events && i < rep->elements; i++) {

@@ -64,6 +64,18 @@ struct store_vtable {
     /* Closes the implementation's handles; each close callback calls store_handle_closed. */
     void (*close)(struct store *s);
     void (*free)(struct store *s);
+    /* The cluster operations of store.h (node status, events, journal copy), called by
+     * store.c's entry points once the store is open and the arguments are checked. Same
+     * contracts as store.h. Redis: plain single-key commands (key layout: redis_keys.h). */
+    int (*node_put)(struct store *s, const char *node, const char *json, int64_t now_ms,
+                    int64_t ttl_ms, store_done_cb cb, void *arg);
+    int (*node_get_all)(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg);
+    int (*event_append)(struct store *s, const char *json, int64_t max_entries, store_done_cb cb,
+                        void *arg);
+    int (*event_read)(struct store *s, size_t max, store_events_cb cb, void *arg);
+    /* SET or (json NULL) DEL of the node's journal copy. */
+    int (*journal_put)(struct store *s, const char *node, const char *json, store_done_cb cb,
+                       void *arg);
 };
 
 struct store {
@@ -115,17 +127,3 @@ void store_handle_closed(struct store *s);
 /* The Redis implementation: parses url and sets s->vt and s->impl. 0 or -errno. */
 int store_redis_init(struct store *s, const struct config *cfg, const struct config_store_url *u,
                      char *err, size_t errlen);
-
-/* The Redis side of the cluster operations of store.h (node status, events), plain
- * single-key commands: SET/GET "node:NAME" with PX, a sorted set "nodes" scored by expiry
- * time, a capped list "events" (LPUSH + LTRIM, LRANGE). Same contracts as store.h; the
- * callback runs later (or with an error if the connection drops). */
-int store_redis_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
-                         int64_t ttl_ms, store_done_cb cb, void *arg);
-int store_redis_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg);
-int store_redis_event_append(struct store *s, const char *json, int64_t max_entries,
-                             store_done_cb cb, void *arg);
-int store_redis_event_read(struct store *s, size_t max, store_events_cb cb, void *arg);
-/* SET or (json NULL) DEL of "journal:NODE". */
-int store_redis_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
-                            void *arg);

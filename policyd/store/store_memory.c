@@ -332,12 +332,26 @@ static void memory_free(struct store *s)
     (void)s;
 }
 
+static int mem_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
+                        int64_t ttl_ms, store_done_cb cb, void *arg);
+static int mem_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg);
+static int mem_event_append(struct store *s, const char *json, int64_t max_entries,
+                            store_done_cb cb, void *arg);
+static int mem_event_read(struct store *s, size_t max, store_events_cb cb, void *arg);
+static int mem_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
+                           void *arg);
+
 static const struct store_vtable memory_vtable = {
     .name = "memory",
     .submit = memory_submit,
     .unlink = memory_unlink,
     .close = memory_close,
     .free = memory_free,
+    .node_put = mem_node_put,
+    .node_get_all = mem_node_get_all,
+    .event_append = mem_event_append,
+    .event_read = mem_event_read,
+    .journal_put = mem_journal_put,
 };
 
 /* --- public API --- */
@@ -594,37 +608,12 @@ static struct store_cluster_mem *cluster_mem(struct store *s)
     return s->cluster;
 }
 
-static bool store_is_redis(const struct store *s)
+static int mem_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
+                        int64_t ttl_ms, store_done_cb cb, void *arg)
 {
-    return s->vt != &memory_vtable;
-}
-
-/* The entry of every cluster call, in this order: *req cleared (memory calls finish
- * before returning; Redis calls here take no handle either), -ESHUTDOWN once closing,
- * -EINVAL when args_ok is false. Returns 1 when the Redis backend takes the call, 0 with
- * *c set to the memory backend's state (created on first use), or -ENOMEM. */
-static int cluster_enter(struct store *s, struct store_req **req, bool args_ok,
-                         struct store_cluster_mem **c)
-{
-    if (req)
-        *req = NULL;
-    if (s->closing)
-        return -ESHUTDOWN;
-    if (!args_ok)
-        return -EINVAL;
-    if (store_is_redis(s))
-        return 1;
-    *c = cluster_mem(s);
-    return *c ? 0 : -ENOMEM;
-}
-
-int store_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
-                   int64_t ttl_ms, store_done_cb cb, void *arg, struct store_req **req)
-{
-    struct store_cluster_mem *c = NULL;
-    int rc = cluster_enter(s, req, node && *node && json && strlen(node) <= STORE_MAX_KEY, &c);
-    if (rc != 0)
-        return rc < 0 ? rc : store_redis_node_put(s, node, json, now_ms, ttl_ms, cb, arg);
+    struct store_cluster_mem *c = cluster_mem(s);
+    if (!c)
+        return -ENOMEM;
     struct mem_node *e = NULL;
     for (size_t i = 0; i < c->n_nodes && !e; i++)
         if (strcmp(c->nodes[i].name, node) == 0)
@@ -652,13 +641,11 @@ int store_node_put(struct store *s, const char *node, const char *json, int64_t 
     return 0;
 }
 
-int store_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg,
-                       struct store_req **req)
+static int mem_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg)
 {
-    struct store_cluster_mem *c = NULL;
-    int rc = cluster_enter(s, req, cb != NULL, &c);
-    if (rc != 0)
-        return rc < 0 ? rc : store_redis_node_get_all(s, now_ms, cb, arg);
+    struct store_cluster_mem *c = cluster_mem(s);
+    if (!c)
+        return -ENOMEM;
     struct store_node_status v[MEM_CLUSTER_MAX_NODES];
     size_t k = 0;
     for (size_t i = 0; i < c->n_nodes; i++) {
@@ -673,13 +660,12 @@ int store_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void 
     return 0;
 }
 
-int store_event_append(struct store *s, const char *json, int64_t max_entries, store_done_cb cb,
-                       void *arg, struct store_req **req)
+static int mem_event_append(struct store *s, const char *json, int64_t max_entries,
+                            store_done_cb cb, void *arg)
 {
-    struct store_cluster_mem *c = NULL;
-    int rc = cluster_enter(s, req, json && max_entries >= 1, &c);
-    if (rc != 0)
-        return rc < 0 ? rc : store_redis_event_append(s, json, max_entries, cb, arg);
+    struct store_cluster_mem *c = cluster_mem(s);
+    if (!c)
+        return -ENOMEM;
     char *j = strdup(json);
     if (!j)
         return -ENOMEM;
@@ -718,13 +704,11 @@ int store_event_append(struct store *s, const char *json, int64_t max_entries, s
     return 0;
 }
 
-int store_event_read(struct store *s, size_t max, store_events_cb cb, void *arg,
-                     struct store_req **req)
+static int mem_event_read(struct store *s, size_t max, store_events_cb cb, void *arg)
 {
-    struct store_cluster_mem *c = NULL;
-    int rc = cluster_enter(s, req, cb != NULL, &c);
-    if (rc != 0)
-        return rc < 0 ? rc : store_redis_event_read(s, max, cb, arg);
+    struct store_cluster_mem *c = cluster_mem(s);
+    if (!c)
+        return -ENOMEM;
     size_t n = c->count < max ? c->count : max;
     const char **v = calloc(n ? n : 1, sizeof(char *));
     if (!v)
@@ -736,13 +720,12 @@ int store_event_read(struct store *s, size_t max, store_events_cb cb, void *arg,
     return 0;
 }
 
-int store_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
-                      void *arg, struct store_req **req)
+static int mem_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
+                           void *arg)
 {
-    struct store_cluster_mem *c = NULL;
-    int rc = cluster_enter(s, req, node && *node && strlen(node) <= STORE_MAX_KEY, &c);
-    if (rc != 0)
-        return rc < 0 ? rc : store_redis_journal_put(s, node, json, cb, arg);
+    struct store_cluster_mem *c = cluster_mem(s);
+    if (!c)
+        return -ENOMEM;
     size_t i = 0;
     while (i < c->n_journals && strcmp(c->journals[i].name, node) != 0)
         i++;
@@ -774,4 +757,53 @@ int store_journal_put(struct store *s, const char *node, const char *json, store
     if (cb)
         cb(arg, 0);
     return 0;
+}
+
+/* --- cluster operations: checked here, taken by the backend through its vtable --- */
+
+/* The entry of every cluster call, in this order: *req cleared (memory calls finish
+ * before returning; Redis calls here take no handle either), -ESHUTDOWN once closing,
+ * -EINVAL when args_ok is false. Returns 0 when the backend may take the call. */
+static int cluster_enter(struct store *s, struct store_req **req, bool args_ok)
+{
+    if (req)
+        *req = NULL;
+    if (s->closing)
+        return -ESHUTDOWN;
+    return args_ok ? 0 : -EINVAL;
+}
+
+int store_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
+                   int64_t ttl_ms, store_done_cb cb, void *arg, struct store_req **req)
+{
+    int rc = cluster_enter(s, req, node && *node && json && strlen(node) <= STORE_MAX_KEY);
+    return rc < 0 ? rc : s->vt->node_put(s, node, json, now_ms, ttl_ms, cb, arg);
+}
+
+int store_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg,
+                       struct store_req **req)
+{
+    int rc = cluster_enter(s, req, cb != NULL);
+    return rc < 0 ? rc : s->vt->node_get_all(s, now_ms, cb, arg);
+}
+
+int store_event_append(struct store *s, const char *json, int64_t max_entries, store_done_cb cb,
+                       void *arg, struct store_req **req)
+{
+    int rc = cluster_enter(s, req, json && max_entries >= 1);
+    return rc < 0 ? rc : s->vt->event_append(s, json, max_entries, cb, arg);
+}
+
+int store_event_read(struct store *s, size_t max, store_events_cb cb, void *arg,
+                     struct store_req **req)
+{
+    int rc = cluster_enter(s, req, cb != NULL);
+    return rc < 0 ? rc : s->vt->event_read(s, max, cb, arg);
+}
+
+int store_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
+                      void *arg, struct store_req **req)
+{
+    int rc = cluster_enter(s, req, node && *node && strlen(node) <= STORE_MAX_KEY);
+    return rc < 0 ? rc : s->vt->journal_put(s, node, json, cb, arg);
 }

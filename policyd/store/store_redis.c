@@ -20,6 +20,7 @@
 #include <hiredis/hiredis.h>
 
 #include "util/log.h"
+#include "redis_keys.h"
 #include "sha1.h"
 
 #define REDIS_BACKOFF_MIN_MS 50
@@ -743,12 +744,26 @@ static void redis_free(struct store *s)
     s->impl = NULL;
 }
 
+static int redis_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
+                          int64_t ttl_ms, store_done_cb cb, void *arg);
+static int redis_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg);
+static int redis_event_append(struct store *s, const char *json, int64_t max_entries,
+                              store_done_cb cb, void *arg);
+static int redis_event_read(struct store *s, size_t max, store_events_cb cb, void *arg);
+static int redis_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
+                             void *arg);
+
 static const struct store_vtable redis_vtable = {
     .name = "redis",
     .submit = redis_submit,
     .unlink = redis_unlink,
     .close = redis_close,
     .free = redis_free,
+    .node_put = redis_node_put,
+    .node_get_all = redis_node_get_all,
+    .event_append = redis_event_append,
+    .event_read = redis_event_read,
+    .journal_put = redis_journal_put,
 };
 
 int store_redis_init(struct store *s, const struct config *cfg, const struct config_store_url *u,
@@ -787,14 +802,15 @@ int store_redis_init(struct store *s, const struct config *cfg, const struct con
 }
 
 /* --- cluster operations: node status and events ---
- * Plain single-key commands, so a sharding proxy forwards each one: SET/GET "node:NAME"
+ * Key layout: redis_keys.h. Plain single-key commands, so a sharding proxy forwards each
+ * one: SET/GET "node:NAME"
  * (value "UPDATED_MS JSON", expiring with PX), a sorted set "nodes" whose scores are the
  * entries' expiry times (readers ask for scores >= now; stale members are pruned by
  * score), and the capped list "events" (LPUSH then LTRIM, read with LRANGE). These
  * commands bypass the request machinery of the counters: nobody waits on them in the
  * decision path, and a dropped connection answers them with a NULL reply. */
 
-#define REDIS_CLUSTER_MAX_NODES 1024
+#define REDIS_CLUSTER_MAX_NODES REDIS_NODES_MAX
 /* Members of "nodes" expired longer than this are removed by the next put. */
 #define REDIS_NODES_PRUNE_MS 3600000
 
@@ -899,7 +915,7 @@ static void redis_cop_get_values(struct redis_cop *o)
     }
     for (size_t i = 0; i < o->n; i++) {
         char key[STORE_MAX_KEY + 64];
-        int kl = snprintf(key, sizeof(key), "%snode:%s", o->s->prefix, o->names[i]);
+        int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_NODE "%s", o->s->prefix, o->names[i]);
         if (kl < 0 || (size_t)kl >= sizeof(key))
             continue;
         const char *argv[2] = {"GET", key};
@@ -1009,12 +1025,12 @@ static int redis_cop_started(struct redis_cop *op, int rc)
     return 0;
 }
 
-int store_redis_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
-                         int64_t ttl_ms, store_done_cb cb, void *arg)
+static int redis_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
+                          int64_t ttl_ms, store_done_cb cb, void *arg)
 {
     char key[STORE_MAX_KEY + 64], nodes[STORE_MAX_KEY + 16], px[24], score[24], prune[32];
-    int kl = snprintf(key, sizeof(key), "%snode:%s", s->prefix, node);
-    int nl = snprintf(nodes, sizeof(nodes), "%snodes", s->prefix);
+    int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_NODE "%s", s->prefix, node);
+    int nl = snprintf(nodes, sizeof(nodes), "%s" REDIS_KEY_NODES, s->prefix);
     if (kl < 0 || (size_t)kl >= sizeof(key) || nl < 0 || (size_t)nl >= sizeof(nodes))
         return -ENAMETOOLONG;
     size_t jl = strlen(json);
@@ -1046,10 +1062,10 @@ int store_redis_node_put(struct store *s, const char *node, const char *json, in
     return redis_cop_started(op, rc);
 }
 
-int store_redis_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg)
+static int redis_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg)
 {
     char nodes[STORE_MAX_KEY + 16], min[24], lim[24];
-    int nl = snprintf(nodes, sizeof(nodes), "%snodes", s->prefix);
+    int nl = snprintf(nodes, sizeof(nodes), "%s" REDIS_KEY_NODES, s->prefix);
     if (nl < 0 || (size_t)nl >= sizeof(nodes))
         return -ENAMETOOLONG;
     snprintf(min, sizeof(min), "%" PRId64, now_ms);
@@ -1064,11 +1080,11 @@ int store_redis_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb,
     return redis_cop_started(op, redis_cop_send(op, SIZE_MAX, 7, a, l));
 }
 
-int store_redis_event_append(struct store *s, const char *json, int64_t max_entries,
-                             store_done_cb cb, void *arg)
+static int redis_event_append(struct store *s, const char *json, int64_t max_entries,
+                              store_done_cb cb, void *arg)
 {
     char key[STORE_MAX_KEY + 16], stop[24];
-    int kl = snprintf(key, sizeof(key), "%sevents", s->prefix);
+    int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_EVENTS, s->prefix);
     if (kl < 0 || (size_t)kl >= sizeof(key))
         return -ENAMETOOLONG;
     snprintf(stop, sizeof(stop), "%" PRId64, (max_entries > 0 ? max_entries : 1) - 1);
@@ -1086,10 +1102,10 @@ int store_redis_event_append(struct store *s, const char *json, int64_t max_entr
     return redis_cop_started(op, rc);
 }
 
-int store_redis_event_read(struct store *s, size_t max, store_events_cb cb, void *arg)
+static int redis_event_read(struct store *s, size_t max, store_events_cb cb, void *arg)
 {
     char key[STORE_MAX_KEY + 16], stop[24];
-    int kl = snprintf(key, sizeof(key), "%sevents", s->prefix);
+    int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_EVENTS, s->prefix);
     if (kl < 0 || (size_t)kl >= sizeof(key))
         return -ENAMETOOLONG;
     snprintf(stop, sizeof(stop), "%zu", (max ? max : 1) - 1);
@@ -1102,11 +1118,11 @@ int store_redis_event_read(struct store *s, size_t max, store_events_cb cb, void
     return redis_cop_started(op, redis_cop_send(op, SIZE_MAX, 4, a, l));
 }
 
-int store_redis_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
-                            void *arg)
+static int redis_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
+                             void *arg)
 {
     char key[STORE_MAX_KEY + 64];
-    int kl = snprintf(key, sizeof(key), "%sjournal:%s", s->prefix, node);
+    int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_JOURNAL "%s", s->prefix, node);
     if (kl < 0 || (size_t)kl >= sizeof(key))
         return -ENAMETOOLONG;
     struct redis_cop *op = redis_cop_new(s, arg);
