@@ -10,6 +10,9 @@
 #include "privsep/privsep.h"
 #include "server/sdnotify.h"
 #include "server/server.h"
+#ifdef POSTSURGE_TESTING
+#include "server/testing.h"
+#endif
 
 #include <errno.h>
 #include <getopt.h>
@@ -237,6 +240,11 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
     struct server *srv = server_new(&loop, cfg, cli->config_path);
     if (!srv)
         die("out of memory");
+#ifdef POSTSURGE_TESTING
+    testing_install(srv);
+#endif
+    if (sdnotify_attach(srv) < 0)
+        die("sdnotify: no server hook slot");
     srv->foreground = cli->foreground;
     srv->verbose = cli->verbose;
     struct engine *engine = NULL;
@@ -244,7 +252,7 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
     if (rc < 0)
         die("rate limits: %s", err[0] ? err : strerror(-rc));
     struct controller *controller = NULL;
-    rc = controller_new(srv, &controller, err, sizeof(err));
+    rc = controller_new(srv, engine, &controller, err, sizeof(err));
     if (rc < 0)
         die("controller: %s", err[0] ? err : strerror(-rc));
     int start_rc = server_start(srv);

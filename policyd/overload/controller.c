@@ -9,6 +9,7 @@
 #include "controller.h"
 
 #include "util/fsutil.h"
+#include "server/engine.h"
 #include "server/http.h"
 #include "util/log.h"
 #include "util/metrics.h"
@@ -32,10 +33,6 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
-
-/* The rate-limit engine's stress input (policyd/engine.c). Weak, so the controller
- * links into programs without the engine (tests, the offline restore). */
-extern void engine_set_node_stressed(bool stressed) __attribute__((weak));
 
 #define CTL_MAX_LINE 1024
 #define CTL_MAX_CLIENTS 16
@@ -94,7 +91,8 @@ struct ctl_client {
 };
 
 struct controller {
-    struct server *srv; /* NULL offline */
+    struct server *srv;    /* NULL offline */
+    struct engine *engine; /* the rate limits' stress input (borrowed); NULL offline */
     uv_loop_t *loop;
     char *config_dir, *state_dir, *journal_path, *socket_path;
     char *postconf, *postfix, *main_path, *master_path;
@@ -1335,15 +1333,13 @@ static void ctl_on_transition(struct controller *c, const struct stress_result *
     if (r->event == STRESS_EVENT_ENTER) {
         c->apply_failed = false;
         c->already_in_force = false;
-        if (engine_set_node_stressed)
-            engine_set_node_stressed(true);
+        engine_set_node_stressed(c->engine, true);
         ctl_event(c, "stress-enter", true,
                   json_pack("{s:I,s:s,s:b}", "saturation", (json_int_t)r->saturation, "busiest",
                             r->busiest, "forced", r->event_forced),
                   "%s", r->reason);
     } else if (r->event == STRESS_EVENT_EXIT) {
-        if (engine_set_node_stressed)
-            engine_set_node_stressed(false);
+        engine_set_node_stressed(c->engine, false);
         /* Leaving stress is logged, not alerted. */
         ctl_event(c, "stress-exit", false,
                   json_pack("{s:I,s:b}", "saturation", (json_int_t)r->saturation, "forced",
@@ -1446,8 +1442,7 @@ static void ctl_on_sample(struct monitor *m, const struct monitor_sample *s, voi
             stress_force(c->sm, STRESS_FORCE_AUTO, st.now_ms, &fr);
             c->last = fr;
             c->recovering = false;
-            if (engine_set_node_stressed)
-                engine_set_node_stressed(true);
+            engine_set_node_stressed(c->engine, true);
             ctl_event(c, "journal-adopted", true, NULL,
                       "node is in stress at start: the journal's overrides stay in force");
         } else {
@@ -1480,7 +1475,7 @@ static int ctl_decide(struct decider *d, struct decision *dec)
     struct controller *c = d->data;
     if (c->sm && stress_state_get(c->sm) == STRESS_STRESSED) {
         const char *addr = dec->req->attr[POLICY_CLIENT_ADDRESS];
-        if (addr && node_client_flagged(addr)) {
+        if (addr && node_client_flagged(c->node, addr)) {
             c->attack_answers++;
             dec->done(dec, c->attack_action, strlen(c->attack_action));
             return 0;
@@ -1976,7 +1971,8 @@ static struct controller *ctl_alloc(uv_loop_t *loop, const struct config *cfg)
     return c;
 }
 
-int controller_new(struct server *srv, struct controller **out, char *err, size_t errlen)
+int controller_new(struct server *srv, struct engine *engine, struct controller **out, char *err,
+                   size_t errlen)
 {
     const struct config *cfg = srv->cfg;
     *out = NULL;
@@ -1997,6 +1993,7 @@ int controller_new(struct server *srv, struct controller **out, char *err, size_
         return -ENOMEM;
     }
     c->srv = srv;
+    c->engine = engine;
     /* Opened now, while serve may still be root: the lock is taken only around changes. */
     c->lock_fd = open(c->config_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (c->lock_fd < 0)

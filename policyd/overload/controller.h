@@ -12,6 +12,8 @@
 
 #include <stdbool.h>
 
+struct engine;
+
 struct controller;
 
 /* Name of the control socket inside state_directory (mode 0600, owner only). Protocol:
@@ -22,10 +24,12 @@ struct controller;
 /* Name of the override journal inside state_directory. */
 #define CONTROLLER_JOURNAL_NAME "journal.json"
 
-/* New controller for srv (reads srv->cfg; registers on_reload/on_stop hooks). Nothing
+/* New controller for srv (reads srv->cfg; registers on_reload/on_stop hooks). engine
+ * (borrowed, may be NULL) gets the node's stress state (engine_set_node_stressed). Nothing
  * runs until controller_start(). Returns 0 and *out, or a negative errno with a message
  * in err (bad store URL, unusable state_directory). */
-int controller_new(struct server *srv, struct controller **out, char *err, size_t errlen);
+int controller_new(struct server *srv, struct engine *engine, struct controller **out, char *err,
+                   size_t errlen);
 /* Opens the control socket, installs the attack decider in front of the current one
  * (call after the engine installed its decider), starts the monitor (when monitor =
  * yes), learns Postfix's parameters and services (postconf -d / -F), then restores a

@@ -69,9 +69,6 @@ struct node {
     size_t n_kinds;
 };
 
-/* The node the decider's lookups go to (one per process). */
-static struct node *node_current;
-
 int64_t node_wall_ms(void)
 {
     struct timespec ts;
@@ -133,7 +130,6 @@ struct node *node_new(uv_loop_t *loop, const struct config *cfg, char *err, size
     node_take_settings(n, cfg);
     if (store_new(loop, cfg, &n->store, err, errlen) < 0)
         goto fail;
-    node_current = n;
     return n;
 fail:
     free(n->name);
@@ -173,8 +169,6 @@ static void node_on_store_closed(void *arg)
     struct node *n = arg;
     void (*closed)(void *) = n->closed;
     void *carg = n->closed_arg;
-    if (node_current == n)
-        node_current = NULL;
     node_free_merged(n);
     free(n->journal_text);
     json_decref(n->cluster);
@@ -193,8 +187,6 @@ void node_close(struct node *n, void (*closed)(void *arg), void *arg)
     n->closing = true;
     n->closed = closed;
     n->closed_arg = arg;
-    if (node_current == n)
-        node_current = NULL;
     /* Pending store callbacks run (with errors) while the store closes; n stays valid
      * until the store is gone. */
     store_close(n->store, node_on_store_closed, n);
@@ -664,10 +656,9 @@ void node_on_log(struct node *n, const struct maillog_record *rec)
     }
 }
 
-bool node_client_flagged(const char *addr)
+bool node_client_flagged(const struct node *n, const char *addr)
 {
-    struct node *n = node_current;
-    if (!n || !addr || !*addr || n->n_merged == 0)
+    if (!n || n->closing || !addr || !*addr || n->n_merged == 0)
         return false;
     if (node_exempt(n, addr))
         return false;

@@ -73,8 +73,8 @@ int node_events_read(struct node *n, int64_t since_ms, size_t max, node_events_c
 void node_on_log(struct node *n, const struct maillog_record *rec);
 
 /* True when addr (a client_address) is flagged by this node or any live peer. Cheap:
- * a hash lookup in the set rebuilt at each refresh. false when no node exists. */
-bool node_client_flagged(const char *addr);
+ * a hash lookup in the set rebuilt at each refresh. false when n is NULL or closing. */
+bool node_client_flagged(const struct node *n, const char *addr);
 /* Number of clients flagged cluster-wide (for metrics). */
 size_t node_flagged_count(const struct node *n);
 

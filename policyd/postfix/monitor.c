@@ -8,6 +8,7 @@
 #define LOG_COMPONENT "monitor"
 
 #include "monitor.h"
+#include "util/container.h"
 #include "util/log.h"
 #include "util/spawn.h"
 #include "util/tail.h"
@@ -29,10 +30,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-#ifndef container_of
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-#endif
 
 #define MONITOR_TCP_LISTEN 0x0A
 #define MONITOR_MAX_CHILDREN 65536
@@ -1008,8 +1005,7 @@ struct monitor *monitor_new(uv_loop_t *loop, const struct monitor_opts *opts, mo
     m->interval_ms = opts->interval_ms ? opts->interval_ms : 1000;
     m->command_timeout_ms = opts->command_timeout_ms ? opts->command_timeout_ms : 30000;
     m->log_from_start = opts->log_from_start;
-    const char *po = getenv("POSTSURGE_MONITOR_PROC_ONLY");
-    m->scan.proc_only = po && strcmp(po, "1") == 0;
+    m->scan.proc_only = opts->proc_only;
     m->tail_closed = true;
     uv_timer_init(loop, &m->timer);
     m->timer.data = m;

@@ -70,7 +70,7 @@ struct monitor_scan {
     size_t n_svc;
     char queue_dir[1024];
     char config_dir[1024];
-    bool proc_only; /* skip sock_diag for TCP (test aid: POSTSURGE_MONITOR_PROC_ONLY=1) */
+    bool proc_only; /* skip sock_diag for TCP (monitor_opts.proc_only) */
     /* out */
     int master_pid;
     bool master_running, qmgr_running;
@@ -100,13 +100,14 @@ typedef void (*monitor_log_cb)(struct monitor *m, const struct maillog_record *r
 typedef void (*monitor_closed_cb)(void *arg);
 
 struct monitor_opts {
-    const char *config_dir;         /* postfix_config_directory (copied); required */
-    const char *maillog_file;       /* maillog_file (copied); NULL or "": no log tailing */
-    uint64_t interval_ms;           /* monitor_interval; 0: 1000 */
-    uint64_t command_timeout_ms;    /* command_timeout for postconf; 0: 30000 */
-    const char *postconf;           /* postconf program; NULL: "postconf" looked up in PATH */
-    bool log_from_start;            /* read the whole existing log (tests); default: from its end */
-    monitor_log_cb on_log;          /* may be NULL */
+    const char *config_dir;      /* postfix_config_directory (copied); required */
+    const char *maillog_file;    /* maillog_file (copied); NULL or "": no log tailing */
+    uint64_t interval_ms;        /* monitor_interval; 0: 1000 */
+    uint64_t command_timeout_ms; /* command_timeout for postconf; 0: 30000 */
+    const char *postconf;        /* postconf program; NULL: "postconf" looked up in PATH */
+    bool log_from_start;         /* read the whole existing log (tests); default: from its end */
+    bool proc_only;              /* /proc/PID/net/tcp only, no sock_diag (tests of the fallback) */
+    monitor_log_cb on_log;       /* may be NULL */
     struct monitor_scanner scanner; /* start NULL: scan in libuv's thread pool */
 };
 

@@ -4,7 +4,7 @@
  * close callbacks, so a late decider or write callback never sees a freed conn. */
 #define LOG_COMPONENT "server"
 #include "conn.h"
-#include "http.h"
+#include "util/metrics.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -260,7 +260,8 @@ static void conn_on_decided(struct decision *dec, const char *action, size_t len
     conn_log_decision(c, action, len);
     c->deciding = false;
     conn_reply(c, action, len);
-    http_observe_request(c->srv, uv_hrtime() - c->decide_start_ns);
+    if (c->srv->request_latency)
+        metrics_observe(c->srv->request_latency, (double)(uv_hrtime() - c->decide_start_ns) / 1e9);
     c->dec.req = NULL;
     c->dec.engine_data = NULL;
     if (c->in_process || c->closing)

@@ -38,6 +38,7 @@ struct pending {
 
 struct engine {
     struct server *srv;
+    bool node_stressed; /* the overload controller's input: rules use their stress limits */
     struct decider decider;
     struct limits_engine *limits;
     /* Built by on_check from the configuration about to be swapped in. */
@@ -61,19 +62,19 @@ struct engine {
  * says how many were left out. Every refusal is still counted in the metrics. */
 #define ENGINE_DENY_LOG_BURST 100
 
-static bool node_stressed;
-
-void engine_set_node_stressed(bool stressed)
+void engine_set_node_stressed(struct engine *e, bool stressed)
 {
-    if (stressed != node_stressed)
+    if (!e)
+        return;
+    if (stressed != e->node_stressed)
         log_info("node stress %s: rules use their %s limits", stressed ? "on" : "off",
                  stressed ? "stress" : "normal");
-    node_stressed = stressed;
+    e->node_stressed = stressed;
 }
 
-bool engine_node_stressed(void)
+bool engine_node_stressed(const struct engine *e)
 {
-    return node_stressed;
+    return e && e->node_stressed;
 }
 
 /* Wall clock ms: nodes sharing a Redis must agree on it (window.h). */
@@ -337,7 +338,7 @@ static int engine_start(struct decider *dr, struct decision *dec)
         return -ENOMEM;
     p->dec = dec;
     p->session = ec->session;
-    int rc = limits_plan(le, p->session, dec->req, node_stressed, &p->plan);
+    int rc = limits_plan(le, p->session, dec->req, e->node_stressed, &p->plan);
     if (rc < 0) {
         pending_put(e, p);
         return rc;

@@ -42,9 +42,10 @@ int engine_new(struct server *srv, struct engine **out, char *err, size_t errlen
 void engine_free(struct engine *e);
 
 /* The node (or cluster) stress input: while true, rules use their stress limits. Set by
- * the overload controller; requests carrying stress=yes are stressed regardless. */
-void engine_set_node_stressed(bool stressed);
-bool engine_node_stressed(void);
+ * the overload controller; requests carrying stress=yes are stressed regardless. e NULL:
+ * a no-op (set) or false (get). */
+void engine_set_node_stressed(struct engine *e, bool stressed);
+bool engine_node_stressed(const struct engine *e);
 
 /* Checks the rate-limit settings of cfg as the daemon would use them (rules, exemptions,
  * limit_action); appends each problem to errs as "FILE:LINE: message". Returns the

@@ -115,12 +115,6 @@ int http_add_status(struct server *srv, http_status_fn fn, void *arg)
     return 0;
 }
 
-void http_observe_request(struct server *srv, uint64_t ns)
-{
-    if (srv->http)
-        metrics_observe(srv->http->latency, (double)ns / 1e9);
-}
-
 /* ---- status JSON ---- */
 
 static const char *node_name(const struct server *srv, char *buf, size_t size)
@@ -320,6 +314,8 @@ static int register_metrics(struct http_server *hs)
                               NULL, latency_bounds,
                               sizeof(latency_bounds) / sizeof(latency_bounds[0]));
     hs->latency = metrics_series(f, NULL);
+    /* conn.c feeds it through the server (srv->request_latency), not through us. */
+    hs->srv->request_latency = hs->latency;
     f = metrics_counter_new(hs->metrics, "postsurge_http_responses_total",
                             "Responses of the metrics/status endpoint, by status code.", code_l);
     for (size_t i = 0; i < N_CODES; i++) {
@@ -802,6 +798,7 @@ void http_free(struct server *srv)
 
     if (!hs)
         return;
+    srv->request_latency = NULL;
     metrics_free(hs->metrics);
     free(hs->builders);
     free(hs);

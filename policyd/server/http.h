@@ -55,8 +55,3 @@ void http_stop(struct server *srv);
 /* Frees srv->http and the registry after the loop has finished (after uv_run(), before
  * server_free()). Safe if http was never used. */
 void http_free(struct server *srv);
-
-/* For conn.c: one policy request took ns nanoseconds from the complete request to the
- * reply being queued (uv_hrtime() difference). Feeds postsurge_request_duration_seconds.
- * No allocation; a no-op before http_start(). */
-void http_observe_request(struct server *srv, uint64_t ns);

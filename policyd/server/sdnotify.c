@@ -160,6 +160,42 @@ static void send_with_status(const char *head, const char *fmt, ...)
     send_logged(msg);
 }
 
+static void sdnotify_reloading(struct server *srv)
+{
+    struct timespec ts;
+    char msg[96];
+
+    if (!sdn.enabled || sdn.stopping)
+        return;
+    sdn.reload_failures_at_start = srv->stats.reload_failures;
+    /* MONOTONIC_USEC lets newer systemd (Type=notify-reload) tell this reload from an
+     * older one; older versions ignore it. */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    snprintf(msg, sizeof(msg),
+             "RELOADING=1\nSTATUS=reloading the configuration\nMONOTONIC_USEC=%llu",
+             (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+    send_logged(msg);
+}
+
+static void sdnotify_reload_done(struct server *srv)
+{
+    if (!sdn.enabled || sdn.stopping)
+        return;
+    if (srv->stats.reload_failures != sdn.reload_failures_at_start)
+        send_with_status("READY=1", "reload of %s failed; serving the previous configuration",
+                         srv->config_path);
+    else
+        send_with_status("READY=1", "serving on %s", srv->cfg->listen);
+}
+
+static void sdnotify_stopping(struct server *srv)
+{
+    if (!sdn.enabled || sdn.stopping)
+        return;
+    sdn.stopping = true;
+    send_logged("STOPPING=1\nSTATUS=stopping");
+}
+
 static void on_watchdog(uv_timer_t *t)
 {
     send_logged("WATCHDOG=1");
@@ -177,11 +213,39 @@ static void on_server_stop(struct server *srv, void *arg)
         uv_close((uv_handle_t *)&sdn.timer, timer_on_close);
 }
 
-int sdnotify_serve(struct server *srv)
+static void on_reload_begin(struct server *srv, void *arg)
 {
-    struct server_hook hook = {.on_stop = on_server_stop};
+    sdnotify_reloading(srv);
+}
+
+static void on_reload_end(struct server *srv, void *arg)
+{
+    sdnotify_reload_done(srv);
+}
+
+static void on_drain(struct server *srv, void *arg)
+{
+    sdnotify_stopping(srv);
+}
+
+int sdnotify_attach(struct server *srv)
+{
+    struct server_hook hook = {.on_reload_begin = on_reload_begin,
+                               .on_reload_end = on_reload_end,
+                               .on_drain = on_drain,
+                               .on_stop = on_server_stop};
     int rc;
 
+    if (!sdn.enabled)
+        return 0;
+    rc = server_add_hook(srv, &hook);
+    if (rc < 0)
+        log_error("cannot hook the server: %s", strerror(-rc));
+    return rc;
+}
+
+int sdnotify_serve(struct server *srv)
+{
     if (!sdn.enabled)
         return 0;
     sdn.stopping = false;
@@ -189,11 +253,6 @@ int sdnotify_serve(struct server *srv)
         uint64_t ms = sdn.watchdog_usec / 2000;
         if (ms == 0)
             ms = 1;
-        rc = server_add_hook(srv, &hook);
-        if (rc < 0) {
-            log_error("watchdog: cannot hook server stop: %s", strerror(-rc));
-            return rc;
-        }
         uv_timer_init(srv->loop, &sdn.timer);
         /* The timer alone must never keep the loop alive; on_server_stop closes it. */
         uv_unref((uv_handle_t *)&sdn.timer);
@@ -207,40 +266,4 @@ int sdnotify_serve(struct server *srv)
         send_with_status("READY=1", "serving on %s", srv->cfg->listen);
     }
     return 0;
-}
-
-void sdnotify_reloading(struct server *srv)
-{
-    struct timespec ts;
-    char msg[96];
-
-    if (!sdn.enabled || sdn.stopping)
-        return;
-    sdn.reload_failures_at_start = srv->stats.reload_failures;
-    /* MONOTONIC_USEC lets newer systemd (Type=notify-reload) tell this reload from an
-     * older one; older versions ignore it. */
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    snprintf(msg, sizeof(msg),
-             "RELOADING=1\nSTATUS=reloading the configuration\nMONOTONIC_USEC=%llu",
-             (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
-    send_logged(msg);
-}
-
-void sdnotify_reload_done(struct server *srv)
-{
-    if (!sdn.enabled || sdn.stopping)
-        return;
-    if (srv->stats.reload_failures != sdn.reload_failures_at_start)
-        send_with_status("READY=1", "reload of %s failed; serving the previous configuration",
-                         srv->config_path);
-    else
-        send_with_status("READY=1", "serving on %s", srv->cfg->listen);
-}
-
-void sdnotify_stopping(struct server *srv)
-{
-    if (!sdn.enabled || sdn.stopping)
-        return;
-    sdn.stopping = true;
-    send_logged("STOPPING=1\nSTATUS=stopping");
 }

@@ -24,19 +24,17 @@ bool sdnotify_enabled(void);
  * off, or a negative errno (logged by the caller if it cares). */
 int sdnotify_send(const char *state);
 
+/* For main.c right after server_new(): registers a server hook that sends RELOADING=1
+ * and READY=1 around SIGHUP reloads (READY's STATUS says whether the reload failed, from
+ * srv->stats.reload_failures), STOPPING=1 when shutdown begins, and closes the watchdog
+ * timer when the server stops. Returns 0 (also when notifications are off) or a negative
+ * errno (no hook slot: logged). */
+int sdnotify_attach(struct server *srv);
+
 /* For main.c once server_start() succeeded: sends READY=1 with a STATUS naming the
- * listeners, starts the watchdog timer on srv->loop if $WATCHDOG_USEC asked for one (and
- * $WATCHDOG_PID is unset or ours), and hooks the server's stop to close that timer.
- * Returns 0 (also when notifications are off) or a negative errno (no hook slot). */
+ * listeners and starts the watchdog timer on srv->loop if $WATCHDOG_USEC asked for one
+ * (and $WATCHDOG_PID is unset or ours). Returns 0. */
 int sdnotify_serve(struct server *srv);
-
-/* For server.c: a SIGHUP reload starts (RELOADING=1, MONOTONIC_USEC=now) and has ended,
- * well or not (READY=1 with a STATUS that says which, from srv->stats.reload_failures). */
-void sdnotify_reloading(struct server *srv);
-void sdnotify_reload_done(struct server *srv);
-
-/* For server.c: shutdown has begun (STOPPING=1). Idempotent. */
-void sdnotify_stopping(struct server *srv);
 
 /* Microseconds between watchdog pings, 0 when there is no watchdog (for tests/logs). */
 unsigned long long sdnotify_watchdog_interval_usec(void);

@@ -6,7 +6,6 @@
 #include "server.h"
 
 #include "conn.h"
-#include "sdnotify.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -298,72 +297,14 @@ const char *server_err_class_name(enum server_err_class c)
 
 /* ---- the default decider ---- */
 
-/* The answer of the default decider. A test aid: with POSTSURGE_TEST_DECIDE_ECHO set,
- * "INFO <recipient>" instead, so tests can tell replies apart and check their order. */
-static void default_answer(struct decision *dec)
-{
-    const char *a = dec->srv->cfg->default_action;
-    char echo[256];
-
-    if (dec->srv->test_echo) {
-        const char *r = dec->req->attr[POLICY_RECIPIENT];
-        snprintf(echo, sizeof(echo), "INFO %s", r && *r ? r : "-");
-        a = echo;
-    }
-    dec->done(dec, a, strlen(a));
-}
-
+/* The default decider answers default_action. Tests that need another answer or an
+ * asynchronous decision use the test-only build (server/testing.c). */
 static int default_decide(struct decider *d, struct decision *dec)
 {
-    default_answer(dec);
+    const char *a = dec->srv->cfg->default_action;
+
+    dec->done(dec, a, strlen(a));
     return 0;
-}
-
-/* A test aid: with POSTSURGE_TEST_DECIDE_DELAY_MS set, every decision answers the default
- * action after that delay, from a timer. It exercises the asynchronous path (pipelining
- * behind a pending decision, cancel on close, drain with a decision in flight) before
- * the Redis engine exists. */
-struct delayed {
-    uv_timer_t timer;
-    struct decision *dec;
-};
-
-static void delayed_on_close(uv_handle_t *h)
-{
-    free(container_of((uv_timer_t *)h, struct delayed, timer));
-}
-
-static void delayed_on_timer(uv_timer_t *t)
-{
-    struct delayed *dl = container_of(t, struct delayed, timer);
-    struct decision *dec = dl->dec;
-
-    uv_close((uv_handle_t *)t, delayed_on_close);
-    dec->engine_data = NULL;
-    default_answer(dec);
-}
-
-static int delayed_decide(struct decider *d, struct decision *dec)
-{
-    struct delayed *dl = calloc(1, sizeof(*dl));
-
-    if (!dl)
-        return -ENOMEM;
-    dl->dec = dec;
-    uv_timer_init(dec->srv->loop, &dl->timer);
-    uv_timer_start(&dl->timer, delayed_on_timer, (uint64_t)(uintptr_t)d->data, 0);
-    dec->engine_data = dl;
-    return 0;
-}
-
-static void delayed_cancel(struct decider *d, struct decision *dec)
-{
-    struct delayed *dl = dec->engine_data;
-
-    if (dl) {
-        dec->engine_data = NULL;
-        uv_close((uv_handle_t *)&dl->timer, delayed_on_close);
-    }
 }
 
 void server_set_decider(struct server *srv, struct decider *d)
@@ -616,13 +557,28 @@ static void listeners_close(struct server *srv)
 
 static void reload_read(struct server *srv);
 
+enum hook_event { HOOK_RELOAD_BEGIN, HOOK_RELOAD_END, HOOK_DRAIN };
+
+/* Tells the hooks (sdnotify among them) that a reload began or ended, or draining began. */
+static void run_hooks(struct server *srv, enum hook_event ev)
+{
+    for (size_t i = 0; i < srv->n_hooks; i++) {
+        const struct server_hook *h = &srv->hooks[i];
+        void (*fn)(struct server *, void *) = ev == HOOK_RELOAD_BEGIN ? h->on_reload_begin
+                                              : ev == HOOK_RELOAD_END ? h->on_reload_end
+                                                                      : h->on_drain;
+        if (fn)
+            fn(srv, h->arg);
+    }
+}
+
 static void reload_done(struct server *srv)
 {
     free(srv->reload_buf);
     srv->reload_buf = NULL;
     srv->reload_len = srv->reload_cap = 0;
     srv->reload_busy = false;
-    sdnotify_reload_done(srv);
+    run_hooks(srv, HOOK_RELOAD_END);
     if (srv->reload_again && !srv->draining) {
         srv->reload_again = false;
         server_reload(srv);
@@ -798,13 +754,13 @@ void server_reload(struct server *srv)
     }
     log_info("reload: reading %s", srv->config_path);
     srv->reload_busy = true;
-    sdnotify_reloading(srv);
+    run_hooks(srv, HOOK_RELOAD_BEGIN);
     int rc = uv_fs_open(srv->loop, &srv->reload_req, srv->config_path, O_RDONLY | O_CLOEXEC, 0,
                         reload_on_open);
     if (rc < 0) {
         log_error("reload: cannot open %s: %s", srv->config_path, uv_strerror(rc));
         srv->reload_busy = false;
-        sdnotify_reload_done(srv);
+        run_hooks(srv, HOOK_RELOAD_END);
     }
 }
 
@@ -871,7 +827,7 @@ void server_stop(struct server *srv)
         return;
     }
     srv->draining = true;
-    sdnotify_stopping(srv);
+    run_hooks(srv, HOOK_DRAIN);
     listeners_close(srv);
     uv_timer_start(&srv->drain_timer, on_drain_timeout, SERVER_DRAIN_GRACE_MS, 0);
     /* conn_drain() may close and unlink the conn: take the next one first. */
@@ -899,13 +855,6 @@ struct server *server_new(uv_loop_t *loop, struct config *cfg, const char *confi
     srv->cfg = cfg;
     srv->default_decider.start = default_decide;
     srv->decider = &srv->default_decider;
-    srv->test_echo = getenv("POSTSURGE_TEST_DECIDE_ECHO") != NULL;
-    const char *delay = getenv("POSTSURGE_TEST_DECIDE_DELAY_MS");
-    if (delay && atoi(delay) > 0) {
-        srv->default_decider.start = delayed_decide;
-        srv->default_decider.cancel = delayed_cancel;
-        srv->default_decider.data = (void *)(uintptr_t)atoi(delay);
-    }
     uv_signal_init(loop, &srv->sig_term);
     uv_signal_init(loop, &srv->sig_int);
     uv_signal_init(loop, &srv->sig_hup);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "config.h"
+#include "util/container.h"
 #include "util/log.h"
 #include "policy.h"
 
@@ -13,12 +14,9 @@
 #include <stdint.h>
 #include <uv.h>
 
-#ifndef container_of
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-#endif
-
 struct server;
 struct conn;
+struct metrics_series;
 struct listener;
 
 /* One decision in flight, embedded in its connection. The decider reads `req` (borrowed:
@@ -104,6 +102,11 @@ struct server_hook {
                     void *arg);
     void (*on_reload)(struct server *srv, const struct config *old_cfg, void *arg);
     void (*on_stop)(struct server *srv, void *arg);
+    /* A SIGHUP reload begins (reading the file) and has ended, well or not (the outcome
+     * is in srv->stats.reload_failures); shutdown has begun (draining). */
+    void (*on_reload_begin)(struct server *srv, void *arg);
+    void (*on_reload_end)(struct server *srv, void *arg);
+    void (*on_drain)(struct server *srv, void *arg);
     void *arg;
 };
 
@@ -124,12 +127,14 @@ struct server {
     struct server_hook hooks[SERVER_MAX_HOOKS];
     size_t n_hooks;
     struct http_server *http; /* metrics registry, status builders, endpoint: http.h */
+    /* Request latency histogram (postsurge_request_duration_seconds), registered by
+     * http_start() and fed by conn.c; NULL before that. */
+    struct metrics_series *request_latency;
 
     uv_signal_t sig_term, sig_int, sig_hup, sig_pipe;
     uv_timer_t drain_timer;
     bool draining;
     bool handles_closed;
-    bool test_echo; /* POSTSURGE_TEST_DECIDE_ECHO: see server.c */
     uint64_t next_conn_id;
 
     /* Asynchronous reload (SIGHUP): open, read in chunks, close, parse. */

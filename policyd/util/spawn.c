@@ -6,6 +6,7 @@
 #define LOG_COMPONENT "spawn"
 
 #include "spawn.h"
+#include "container.h"
 #include "log.h"
 
 #include <errno.h>
@@ -13,10 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#ifndef container_of
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-#endif
 
 /* How long to wait for the pipes after the process exited: a daemon it started (postfix
  * start forks master) may hold them; we stop listening rather than hang. */

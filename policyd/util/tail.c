@@ -6,6 +6,7 @@
 #define LOG_COMPONENT "tail"
 
 #include "tail.h"
+#include "container.h"
 #include "log.h"
 #include "maillog.h"
 
@@ -13,10 +14,6 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-
-#ifndef container_of
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-#endif
 
 #define TAIL_READ_CHUNK 65536
 

@@ -202,6 +202,9 @@ int main(int argc, char **argv)
             else
                 return usage();
         }
+        /* The /proc fallback (test_monitor.py TestMonitorDirectProcFallback). */
+        const char *po = getenv("POSTSURGE_MONITOR_PROC_ONLY");
+        o.proc_only = po && strcmp(po, "1") == 0;
         mon = monitor_new(&loop, &o, on_sample, NULL);
         if (!mon || monitor_start(mon) != 0)
             return 1;

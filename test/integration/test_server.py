@@ -13,17 +13,20 @@ import tempfile
 import time
 import unittest
 
-from postsurge import Postsurge, PolicyClient, encode, request
+from postsurge import Postsurge, PolicyClient, encode, request, POSTSURGE_TESTING
 from ports import wait_for
 
 # Async decisions for the tests that need a request in flight: answers after a delay,
-# "INFO <recipient>" so order is visible (see policyd/server.c, test aids).
+# "INFO <recipient>" so order is visible. Only the test-only build reads these
+# (policyd/server/testing.c, the postsurge-testing binary).
 ASYNC_ENV = {"POSTSURGE_TEST_DECIDE_DELAY_MS": "200", "POSTSURGE_TEST_DECIDE_ECHO": "1"}
 ECHO_ENV = {"POSTSURGE_TEST_DECIDE_ECHO": "1"}
 
 
 class ServerTest(unittest.TestCase):
     def daemon(self, **kw):
+        if any(k.startswith("POSTSURGE_TEST_") for k in kw.get("env") or {}):
+            kw.setdefault("program", POSTSURGE_TESTING)
         ps = Postsurge(**kw)
         self.addCleanup(self.dump_log_on_failure, ps)
         self.addCleanup(ps.cleanup)

@@ -29,6 +29,8 @@ import time
 from ports import free_port, tcp_listening, wait_for
 
 POSTSURGE = os.environ.get("POSTSURGE", "postsurge")
+# The test-only build (test deciders of policyd/server/testing.c); never installed.
+POSTSURGE_TESTING = os.environ.get("POSTSURGE_TESTING", "postsurge-testing")
 WRAPPER = shlex.split(os.environ.get("POSTSURGE_WRAPPER", ""))
 UNDER_VALGRIND = bool(WRAPPER) and "valgrind" in os.path.basename(WRAPPER[0])
 # Timeouts multiply by this: memcheck runs the daemon 20-50 times slower.
@@ -187,10 +189,12 @@ class Postsurge:
     inet: listen on a free loopback port (self.port); unix: also on DIR/policy.sock
     (self.unix_path). listen: replace the generated listen value entirely.
     args: global options before the command (e.g. ["-v"]); env: extra environment.
+    program: the binary (default POSTSURGE; POSTSURGE_TESTING for the test deciders).
     """
 
     def __init__(self, extra=None, inet=True, unix=False, listen=None, args=None, env=None,
-                 command="serve", start=True, tmpdir=None, keep=False):
+                 command="serve", start=True, tmpdir=None, keep=False, program=None):
+        self.program = program or POSTSURGE
         self.dir = tmpdir or tempfile.mkdtemp(prefix="postsurge-test-")
         self.keep = keep
         self.port = free_port() if inet else None
@@ -254,7 +258,7 @@ class Postsurge:
     def cli(self, *cmd, check=False, timeout=30):
         """Runs `postsurge -c CONFIG CMD...` and returns the CompletedProcess (text).
         Raises SanitizerReport if a sanitizer or memcheck reported errors."""
-        argv = wrapped([POSTSURGE, "-c", self.config_path, *cmd], self.dir)
+        argv = wrapped([self.program, "-c", self.config_path, *cmd], self.dir)
         before = set(glob.glob(os.path.join(self.dir, "valgrind.*.log")))
         r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout * SLOW,
                            check=check, env=self.env)
@@ -275,7 +279,7 @@ class Postsurge:
         self._log_mark = self.logf.tell()
         self._checked = False
         self.proc = subprocess.Popen(
-            wrapped([POSTSURGE, "-f", "-c", self.config_path, *self.args, self.command],
+            wrapped([self.program, "-f", "-c", self.config_path, *self.args, self.command],
                     self.dir),
             stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT, env=self.env)
         timeout *= SLOW
