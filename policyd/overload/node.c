@@ -1,9 +1,9 @@
-/* node: node status publication, the cluster view, the event log and the attack
- * detector, on a store of their own (memory, or the Redis the cluster shares). The
- * controller calls node_publish() every monitor tick with the status it built; the
- * mail log reaches node_on_log() through the monitor. Loop thread only. */
+/* node: node status publication, the cluster view, the event log and the clients the
+ * attack detector flagged (attack.c), on a store of their own (memory, or the Redis the
+ * cluster shares). The controller calls node_publish() every monitor tick with the status it built;
+ * the mail log reaches attack_on_log() through the monitor. Loop thread only. */
 #define LOG_COMPONENT "node"
-#include "node.h"
+#include "node_internal.h"
 
 #include "util/log.h"
 #include "net.h"
@@ -18,57 +18,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Clients this node flags at once; the oldest flag goes first beyond it. */
-#define NODE_MAX_FLAGS 1024
-/* Clients flagged cluster-wide that the decider looks up. */
-#define NODE_MAX_MERGED 8192
-/* Events scanned for `postsurge events` (newest first). */
-#define NODE_EVENTS_SCAN 10000
-
-struct node_flag {
-    char addr[64];
-    int64_t until_ms;
-};
-
-struct node {
-    uv_loop_t *loop;
-    struct store *store;
-    char *name;
-    int64_t ttl_ms;
-    int64_t event_max;
-    int64_t unknown_limit, error_limit, window_ms, flag_ms;
-    struct net_set *exempt;
-    char *attack_action;
-
-    json_t *cluster; /* array: self first, then peers by name */
-    bool put_busy, get_busy;
-    int64_t get_started;
-    struct node_flag flags[NODE_MAX_FLAGS];
-    size_t n_flags;
-    char **merged; /* sorted flagged addresses of the cluster */
-    size_t n_merged;
-    int pending_takes;
-    bool closing;
-    void (*closed)(void *arg);
-    void *closed_arg;
-    struct log_ratelimit rl_put, rl_get, rl_event, rl_take, rl_journal;
-    /* The journal copy in the store: puts are numbered, only the latest one's answer
-     * counts (a SET answered after a later DEL must not say "in store"). */
-    uint64_t journal_seq;
-    bool journal_in_store;
-    /* What the store should hold (the text, or nothing when NULL), puts in flight,
-     * whether the latest failed, and when the latest was sent (node_mono). */
-    char *journal_text;
-    bool journal_failed;
-    unsigned journal_inflight;
-    uint64_t journal_sent_ms;
-    struct {
-        char kind[32];
-        uint64_t count;
-    } kinds[32];
-    size_t n_kinds;
-};
-
 int64_t node_wall_ms(void)
 {
     struct timespec ts;
@@ -76,7 +25,7 @@ int64_t node_wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static uint64_t node_mono(const struct node *n)
+uint64_t node_mono(const struct node *n)
 {
     return uv_now(n->loop);
 }
@@ -155,7 +104,7 @@ const char *node_store_kind(const struct node *n)
     return store_kind(n->store);
 }
 
-static void node_free_merged(struct node *n)
+void node_free_merged(struct node *n)
 {
     for (size_t i = 0; i < n->n_merged; i++)
         free(n->merged[i]);
@@ -194,7 +143,7 @@ void node_close(struct node *n, void (*closed)(void *arg), void *arg)
 
 /* ---- status and cluster view ---- */
 
-static int cmp_str(const void *a, const void *b)
+int node_cmp_str(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
@@ -230,7 +179,7 @@ static void node_rebuild_flags(struct node *n, int64_t now)
         }
     }
     if (k > 1)
-        qsort(v, k, sizeof(char *), cmp_str);
+        qsort(v, k, sizeof(char *), node_cmp_str);
     node_free_merged(n);
     n->merged = v;
     n->n_merged = k;
@@ -542,127 +491,6 @@ int node_events_read(struct node *n, int64_t since_ms, size_t max, node_events_c
     if (rc < 0)
         free(r);
     return rc;
-}
-
-/* ---- attack detection ---- */
-
-static bool node_exempt(const struct node *n, const char *addr)
-{
-    struct net_addr a;
-    if (!n->exempt || net_addr_parse(addr, strlen(addr), &a) < 0)
-        return false;
-    return net_set_contains(n->exempt, &a);
-}
-
-static bool node_flagged_local(const struct node *n, const char *addr, int64_t now)
-{
-    for (size_t i = 0; i < n->n_flags; i++)
-        if (n->flags[i].until_ms >= now && strcmp(n->flags[i].addr, addr) == 0)
-            return true;
-    return false;
-}
-
-struct node_take {
-    struct node *n;
-    char addr[64];
-    bool unknown_user;
-    int64_t limit;
-};
-
-static void node_flag(struct node *n, const char *addr, bool unknown_user, int64_t count)
-{
-    int64_t now = node_wall_ms();
-    if (node_flagged_local(n, addr, now))
-        return;
-    if (n->n_flags == NODE_MAX_FLAGS) {
-        memmove(&n->flags[0], &n->flags[1], (NODE_MAX_FLAGS - 1) * sizeof(n->flags[0]));
-        n->n_flags--;
-    }
-    struct node_flag *f = &n->flags[n->n_flags++];
-    snprintf(f->addr, sizeof(f->addr), "%s", addr);
-    f->until_ms = now + n->flag_ms;
-    /* Visible to this node's decider at once; peers see it at their next refresh. */
-    char **v = realloc(n->merged, (n->n_merged + 1) * sizeof(char *));
-    if (v) {
-        n->merged = v;
-        if ((v[n->n_merged] = strdup(addr))) {
-            n->n_merged++;
-            if (n->n_merged > 1)
-                qsort(n->merged, n->n_merged, sizeof(char *), cmp_str);
-        }
-    }
-    node_event(n, "attack-flagged", true,
-               json_pack("{s:s,s:s,s:I,s:I}", "client", addr, "reason",
-                         unknown_user ? "unknown-user" : "errors", "count", (json_int_t)count,
-                         "until", (json_int_t)f->until_ms),
-               "client %s flagged for %" PRId64 " s: %" PRId64 " %s within %" PRId64 " s", addr,
-               n->flag_ms / 1000, count, unknown_user ? "\"User unknown\" rejects" : "rejects",
-               n->window_ms / 1000);
-}
-
-static void node_on_take(void *arg, int status, const struct window_result *res, size_t cnt)
-{
-    struct node_take *t = arg;
-    struct node *n = t->n;
-    n->pending_takes--;
-    if (status == -ECANCELED || n->closing) {
-        free(t);
-        return;
-    }
-    if (res && cnt == 1 && (res[0].count >= t->limit || !res[0].allowed))
-        node_flag(n, t->addr, t->unknown_user, res[0].count);
-    else if (!res)
-        log_warn_ratelimited(&n->rl_take, node_mono(n), 60000,
-                             "attack detector: store failed (%s); rejects not counted",
-                             strerror(-status));
-    free(t);
-}
-
-void node_on_log(struct node *n, const struct maillog_record *rec)
-{
-    if (n->closing)
-        return;
-    if (rec->kind == MAILLOG_PROCESS_LIMIT) {
-        node_event(n, "process-limit", true,
-                   json_pack("{s:s,s:s,s:I}", "service", rec->service, "endpoint", rec->endpoint,
-                             "limit", (json_int_t)rec->limit),
-                   "master: service \"%s\" (%s) has reached its process limit %lu", rec->service,
-                   rec->endpoint, rec->limit);
-        return;
-    }
-    if (rec->kind != MAILLOG_REJECT || !rec->client_addr[0])
-        return;
-    bool uu = rec->reject_class == MAILLOG_REJECT_UNKNOWN_USER;
-    int64_t limit = uu ? n->unknown_limit : n->error_limit;
-    if (limit <= 0 || node_exempt(n, rec->client_addr) ||
-        node_flagged_local(n, rec->client_addr, node_wall_ms()))
-        return;
-    if (n->pending_takes > 1000)
-        return; /* a store that does not answer: do not pile up requests */
-    struct node_take *t = calloc(1, sizeof(*t));
-    if (!t)
-        return;
-    t->n = n;
-    snprintf(t->addr, sizeof(t->addr), "%s", rec->client_addr);
-    t->unknown_user = uu;
-    t->limit = limit;
-    char key[128];
-    snprintf(key, sizeof(key), "attack:%s:%s", uu ? "uu" : "err", rec->client_addr);
-    struct store_op op = {.key = key, .window_ms = n->window_ms, .limit = limit, .amount = 1};
-    n->pending_takes++;
-    if (store_window_take(n->store, &op, 1, node_wall_ms(), node_on_take, t, NULL) < 0) {
-        n->pending_takes--;
-        free(t);
-    }
-}
-
-bool node_client_flagged(const struct node *n, const char *addr)
-{
-    if (!n || n->closing || !addr || !*addr || n->n_merged == 0)
-        return false;
-    if (node_exempt(n, addr))
-        return false;
-    return bsearch(&addr, n->merged, n->n_merged, sizeof(char *), cmp_str) != NULL;
 }
 
 size_t node_flagged_count(const struct node *n)

@@ -1,9 +1,9 @@
 /* node: this node's place in the cluster. Publishes the node status the controller
  * builds (every tick, with a TTL of a few sample periods) to the store, keeps the last
  * view of every node's status for quorum, `postsurge status` and imbalance checks, writes
- * the event log (stress entered/left, overrides, failures, attack flags), and runs the
- * attack detector: clients with many `User unknown` or other rejects in the mail log are
- * flagged in the store for the cluster. Has its own store connection. Loop thread only. */
+ * the event log (stress entered/left, overrides, failures, attack flags), and carries
+ * the clients the attack detector (attack.h) flagged to the cluster. Has its own store connection.
+ * Loop thread only. */
 #pragma once
 
 #include "config.h"
@@ -68,13 +68,6 @@ bool node_journal_in_store(const struct node *n);
 typedef void (*node_events_cb)(void *arg, int status, json_t *events);
 int node_events_read(struct node *n, int64_t since_ms, size_t max, node_events_cb cb, void *arg);
 
-/* Feeds one parsed mail log line to the attack detector and the event log
- * (process-limit warnings). */
-void node_on_log(struct node *n, const struct maillog_record *rec);
-
-/* True when addr (a client_address) is flagged by this node or any live peer. Cheap:
- * a hash lookup in the set rebuilt at each refresh. false when n is NULL or closing. */
-bool node_client_flagged(const struct node *n, const char *addr);
 /* Number of clients flagged cluster-wide (for metrics). */
 size_t node_flagged_count(const struct node *n);
 

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -94,4 +95,37 @@ int fsutil_fsync_dir_of(const char *path)
     int rc = fsync(fd) < 0 ? -errno : 0;
     close(fd);
     return rc;
+}
+
+int fsutil_read_fd(int fd, char **buf, size_t *len)
+{
+    char *p = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (cap - n < 65536) {
+            size_t nc = cap ? cap * 2 : 131072;
+            char *q = realloc(p, nc + 1);
+            if (!q) {
+                free(p);
+                return -ENOMEM;
+            }
+            p = q;
+            cap = nc;
+        }
+        ssize_t r = read(fd, p + n, cap - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = -errno;
+            free(p);
+            return e;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    p[n] = '\0';
+    *buf = p;
+    *len = n;
+    return 0;
 }

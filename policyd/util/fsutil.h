@@ -1,7 +1,7 @@
-/* fsutil: crash-safe replacement of a file (PATH.postsurge-tmp, fsync, rename) and the
- * directory fsync that makes the rename durable, shared by the controller (journal and
- * restored Postfix files, in libuv's thread pool) and the privileged helper. Blocking;
- * safe from any thread. */
+/* fsutil: reading a whole file, crash-safe replacement of a file (PATH.postsurge-tmp,
+ * fsync, rename) and the directory fsync that makes the rename durable, shared by the
+ * controller (journal and restored Postfix files, in libuv's thread pool), the privileged
+ * helper and the report. Blocking; safe from any thread. */
 #pragma once
 
 #include <stddef.h>
@@ -30,3 +30,7 @@ int fsutil_replace(const char *path, const char *data, size_t len, const struct 
 /* fsyncs the directory holding path ("/" for "/name"; nothing for a name without a
  * slash). Returns 0 or a negative errno from open or fsync. */
 int fsutil_fsync_dir_of(const char *path);
+
+/* Reads fd to its end into *buf (new, NUL-terminated; *len bytes without the NUL). EINTR
+ * retried; fd stays open. Returns 0, -ENOMEM or a negative errno from read. */
+int fsutil_read_fd(int fd, char **buf, size_t *len);
