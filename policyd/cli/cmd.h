@@ -1,6 +1,7 @@
 /* cmd: the subcommands of the postsurge program. main.c parses the global options into a
- * struct cli and dispatches through its command table; each command lives in its own
- * file (cmd_status.c, ...), declared here and added to the table with one line. */
+ * struct cli and dispatches through its command table. serve, check-config, config,
+ * version and help live in main.c; the others in cli/ (cmd_stress.c, cmd_report.c),
+ * declared here and added to the table with one line. */
 #pragma once
 
 #include "config.h"

@@ -8,8 +8,13 @@
 #define LOG_COMPONENT "report"
 
 #include "cmd.h"
+#include "ctlclient.h"
+#include "httpclient.h"
+#include "procs.h"
+#include "run.h"
 #include "overload/controller.h"
 #include "store/redis_keys.h"
+#include "util/fsutil.h"
 #include "util/log.h"
 #include "report_traffic.h"
 #include "util/spawn.h"
@@ -43,7 +48,6 @@
 #define LOCK_FILE "report.lock"
 #define STATE_MAX_BYTES (16 << 20)
 #define STATUS_TIMEOUT_MS 3000
-#define STATUS_MAX_BYTES (8 << 20)
 #define POSTCONF_TIMEOUT_MS 30000
 /* Clients handed to the report, by connections and by rejects each. */
 #define REPORT_CLIENTS 1000
@@ -55,409 +59,19 @@ struct report_opts {
     const char *prometheus;
 };
 
-/* ---- running a command synchronously on a private loop (spawn.c) ---- */
-
-struct run {
-    struct queue_stats *qs; /* non-NULL: stream stdout into it */
-    int feed_rc;
-    bool done;
-    int exit_status, term_signal;
-    bool timed_out;
-    char out[1024]; /* buffered stdout, first line(s) */
-    char err[512];  /* stderr, first line */
-};
-
-static void run_on_chunk(struct spawn *sp, const char *data, size_t len, void *arg)
-{
-    struct run *r = arg;
-    if (r->feed_rc == 0)
-        r->feed_rc = queue_stats_feed(r->qs, data, len);
-}
-
-static void first_line(char *dst, size_t size, const char *src, size_t len)
-{
-    size_t n = 0;
-    while (n < len && src[n] != '\n' && n + 1 < size)
-        n++;
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-}
-
-static void run_on_done(struct spawn *sp, const struct spawn_result *res, void *arg)
-{
-    struct run *r = arg;
-    r->done = true;
-    r->exit_status = res->exit_status;
-    r->term_signal = res->term_signal;
-    r->timed_out = res->timed_out;
-    first_line(r->out, sizeof(r->out), res->out, res->out_len);
-    /* postqueue prints "postqueue: warning: ..." lines first; keep the first one. */
-    first_line(r->err, sizeof(r->err), res->err, res->err_len);
-}
-
-/* Runs argv to its end. Returns 0 (see r for the outcome) or a negative errno when it
- * could not be started. */
-static int run_command(const char *const *argv, uint64_t timeout_ms, struct run *r)
-{
-    uv_loop_t loop;
-    int rc = uv_loop_init(&loop);
-    if (rc < 0)
-        return rc;
-    struct spawn_opts o = {.timeout_ms = timeout_ms, .on_stdout = r->qs ? run_on_chunk : NULL};
-    rc = spawn_start(&loop, argv, &o, run_on_done, r, NULL);
-    if (rc == 0)
-        uv_run(&loop, UV_RUN_DEFAULT);
-    if (uv_loop_close(&loop) < 0)
-        log_warn("event loop not empty after %s", argv[0]);
-    return rc;
-}
-
-static void run_describe(const struct run *r, char *buf, size_t size)
-{
-    if (r->timed_out)
-        snprintf(buf, size, "timed out");
-    else if (r->term_signal)
-        snprintf(buf, size, "killed by signal %d", r->term_signal);
-    else
-        snprintf(buf, size, "exit status %d%s%s", r->exit_status, r->err[0] ? ": " : "", r->err);
-}
-
-/* ---- local Postfix processes ---- */
-
-static bool proc_comm_is(long pid, const char *want)
-{
-    char path[64], comm[64] = "";
-    snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return false;
-    if (!fgets(comm, sizeof(comm), f))
-        comm[0] = '\0';
-    fclose(f);
-    comm[strcspn(comm, "\n")] = '\0';
-    return strcmp(comm, want) == 0;
-}
-
-/* Parent PID from /proc/PID/stat, or -1. */
-static long proc_ppid(long pid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')'); /* comm may hold spaces and parentheses */
-    char state;
-    long ppid;
-    if (!p || sscanf(p + 1, " %c %ld", &state, &ppid) != 2 || state == 'Z')
-        return -1;
-    return ppid;
-}
-
-/* master from queue_directory/pid/master.pid, qmgr among its children. */
-static void postfix_processes(const char *queue_dir, int *master_up, int *qmgr_up)
-{
-    char path[PATH_MAX];
-    long pid = 0;
-    *master_up = *qmgr_up = -1;
-    if (!queue_dir || !queue_dir[0])
-        return;
-    snprintf(path, sizeof(path), "%s/pid/master.pid", queue_dir);
-    FILE *f = fopen(path, "r");
-    if (f) {
-        if (fscanf(f, "%ld", &pid) != 1)
-            pid = 0;
-        fclose(f);
-    }
-    *master_up = pid > 0 && proc_comm_is(pid, "master") && proc_ppid(pid) >= 0;
-    *qmgr_up = 0;
-    if (!*master_up)
-        return;
-    DIR *d = opendir("/proc");
-    struct dirent *de;
-    while (d && (de = readdir(d)) != NULL && !*qmgr_up) {
-        char *end;
-        long c = strtol(de->d_name, &end, 10);
-        if (*end || c <= 0)
-            continue;
-        if (proc_ppid(c) == pid && proc_comm_is(c, "qmgr"))
-            *qmgr_up = 1;
-    }
-    if (d)
-        closedir(d);
-}
-
-/* ---- the daemon: /status over http_listen, or its process ---- */
-
-/* A `postsurge ... serve` process using config_path. */
-static bool daemon_process_running(const char *config_path)
-{
-    char want[PATH_MAX];
-    if (!realpath(config_path, want))
-        snprintf(want, sizeof(want), "%s", config_path);
-    DIR *d = opendir("/proc");
-    struct dirent *de;
-    bool found = false;
-    while (d && !found && (de = readdir(d)) != NULL) {
-        char *end, path[64], buf[4096];
-        long pid = strtol(de->d_name, &end, 10);
-        if (*end || pid <= 0 || pid == (long)getpid() || !proc_comm_is(pid, "postsurge"))
-            continue;
-        snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            continue;
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (n <= 0)
-            continue;
-        buf[n] = '\0';
-        const char *cfg = POSTSURGE_DEFAULT_CONFIG;
-        bool serve = false;
-        for (char *a = buf; a < buf + n; a += strlen(a) + 1) {
-            if (strcmp(a, "-c") == 0 && a + strlen(a) + 1 < buf + n)
-                cfg = a + strlen(a) + 1;
-            else if (strncmp(a, "-c", 2) == 0 && a[2])
-                cfg = a + 2;
-            if (strcmp(a, "serve") == 0)
-                serve = true;
-        }
-        char got[PATH_MAX];
-        /* A relative -c is relative to that process's directory. */
-        char full[2 * PATH_MAX + 2];
-        if (cfg[0] != '/') {
-            char cwdlink[64], cwd[PATH_MAX];
-            snprintf(cwdlink, sizeof(cwdlink), "/proc/%ld/cwd", pid);
-            ssize_t k = readlink(cwdlink, cwd, sizeof(cwd) - 1);
-            cwd[k > 0 ? k : 0] = '\0';
-            snprintf(full, sizeof(full), "%s/%s", cwd, cfg);
-            cfg = full;
-        }
-        if (!realpath(cfg, got) && snprintf(got, sizeof(got), "%s", cfg) >= (int)sizeof(got))
-            continue;
-        found = serve && strcmp(got, want) == 0;
-    }
-    if (d)
-        closedir(d);
-    return found;
-}
-
-/* First inet:HOST:PORT of a listen value into host/port; false if there is none. */
-static bool first_inet(const char *listen, char *host, size_t hostlen, char *port, size_t plen)
-{
-    const char *p = listen;
-    while (p && *p) {
-        p += strspn(p, " \t\n,");
-        size_t n = strcspn(p, " \t\n,");
-        if (n > 5 && strncmp(p, "inet:", 5) == 0) {
-            const char *hp = p + 5, *colon = NULL;
-            for (const char *q = hp; q < p + n; q++)
-                if (*q == ':')
-                    colon = q;
-            if (!colon)
-                return false;
-            const char *h = hp, *he = colon;
-            if (*h == '[' && he > h && he[-1] == ']')
-                h++, he--;
-            snprintf(host, hostlen, "%.*s", (int)(he - h), h);
-            snprintf(port, plen, "%.*s", (int)(p + n - colon - 1), colon + 1);
-            return true;
-        }
-        p += n;
-    }
-    return false;
-}
-
-/* GET path on host:port with an overall deadline. Returns 0 with the body (new, NUL
- * terminated) and HTTP status, -ECONNREFUSED, -ETIMEDOUT, or another -errno. */
-static int http_get(const char *host, const char *port, const char *path, int *status, char **body)
-{
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICHOST}, *ai;
-    int rc = getaddrinfo(host, port, &hints, &ai);
-    if (rc != 0)
-        return -EINVAL;
-    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (fd < 0) {
-        rc = -errno;
-        goto out;
-    }
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
-        rc = -errno;
-        goto out;
-    }
-    char req[512];
-    int reqlen = snprintf(req, sizeof(req),
-                          "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n"
-                          "User-Agent: postsurge-report\r\n\r\n",
-                          path, host);
-    size_t sent = 0;
-    for (;;) {
-        struct timespec t1;
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        long left = STATUS_TIMEOUT_MS -
-                    ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
-        if (left <= 0) {
-            rc = -ETIMEDOUT;
-            goto out;
-        }
-        struct pollfd pfd = {fd, sent < (size_t)reqlen ? POLLOUT : POLLIN, 0};
-        int pr = poll(&pfd, 1, (int)left);
-        if (pr < 0 && errno == EINTR)
-            continue;
-        if (pr <= 0) {
-            rc = pr < 0 ? -errno : -ETIMEDOUT;
-            goto out;
-        }
-        if (sent < (size_t)reqlen) {
-            int soerr = 0;
-            socklen_t sl = sizeof(soerr);
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-            if (soerr) {
-                rc = -soerr;
-                goto out;
-            }
-            ssize_t w = send(fd, req + sent, (size_t)reqlen - sent, MSG_NOSIGNAL);
-            if (w < 0 && errno != EAGAIN && errno != EINTR) {
-                rc = -errno;
-                goto out;
-            }
-            if (w > 0)
-                sent += (size_t)w;
-            continue;
-        }
-        if (cap - len < 65536) {
-            if (cap >= STATUS_MAX_BYTES) {
-                rc = -E2BIG;
-                goto out;
-            }
-            char *nb = realloc(buf, cap ? cap * 2 : 131072);
-            if (!nb) {
-                rc = -ENOMEM;
-                goto out;
-            }
-            buf = nb;
-            cap = cap ? cap * 2 : 131072;
-        }
-        ssize_t n = recv(fd, buf + len, cap - len - 1, 0);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            continue;
-        if (n < 0) {
-            rc = -errno;
-            goto out;
-        }
-        if (n == 0)
-            break;
-        len += (size_t)n;
-    }
-    if (!buf) {
-        rc = -EPROTO;
-        goto out;
-    }
-    buf[len] = '\0';
-    int maj, min;
-    char *sep = strstr(buf, "\r\n\r\n");
-    if (sscanf(buf, "HTTP/%d.%d %d", &maj, &min, status) != 3 || !sep) {
-        rc = -EPROTO;
-        goto out;
-    }
-    memmove(buf, sep + 4, len - (size_t)(sep + 4 - buf) + 1);
-    *body = buf;
-    buf = NULL;
-    rc = 0;
-out:
-    if (fd >= 0)
-        close(fd);
-    free(buf);
-    freeaddrinfo(ai);
-    return rc;
-}
-
 /* ---- the daemon's control socket (state_directory/control.sock) ---- */
 
 /* Sends line ("status", "events SINCE_MS MAX") to the daemon and reads its one JSON
- * object. Returns 0 with *out (new) when the daemon answered {"ok": true, ...}, -ENOENT
- * or -ECONNREFUSED when no daemon listens, -EPROTO for any other answer, -ETIMEDOUT, or
- * another -errno. */
-static int ctl_get(const struct config *cfg, const char *line, json_t **out)
+ * object within STATUS_TIMEOUT_MS. Returns 0 with *out (new) when the daemon answered
+ * {"ok": true, ...}, -EPROTO for any other answer, or the client's negative errno. */
+static int daemon_get(const struct config *cfg, const char *line, json_t **out)
 {
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    int n = snprintf(a.sun_path, sizeof(a.sun_path), "%s/%s", cfg->state_directory,
-                     CONTROLLER_SOCKET_NAME);
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    int rc = 0;
-    *out = NULL;
-    if (n < 0 || (size_t)n >= sizeof(a.sun_path))
-        return -ENAMETOOLONG;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    char req[128];
-    int reqlen = snprintf(req, sizeof(req), "%s\n", line);
-    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-        rc = -errno;
-        goto out;
-    }
-    if (reqlen < 0 || (size_t)reqlen >= sizeof(req) ||
-        send(fd, req, (size_t)reqlen, MSG_NOSIGNAL) != reqlen) {
-        rc = -EIO;
-        goto out;
-    }
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        struct timespec t1;
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        long left = STATUS_TIMEOUT_MS -
-                    ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        int pr = left > 0 ? poll(&p, 1, (int)left) : 0;
-        if (pr < 0 && errno == EINTR)
-            continue;
-        if (pr <= 0) {
-            rc = pr < 0 ? -errno : -ETIMEDOUT;
-            goto out;
-        }
-        if (cap - len < 65536) {
-            if (cap >= STATUS_MAX_BYTES) {
-                rc = -E2BIG;
-                goto out;
-            }
-            char *nb = realloc(buf, cap ? cap * 2 : 131072);
-            if (!nb) {
-                rc = -ENOMEM;
-                goto out;
-            }
-            buf = nb;
-            cap = cap ? cap * 2 : 131072;
-        }
-        ssize_t r = recv(fd, buf + len, cap - len, 0);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            rc = -errno;
-            goto out;
-        }
-        if (r == 0)
-            break;
-        len += (size_t)r;
-    }
-    *out = json_loadb(buf ? buf : "", len, 0, NULL);
-    if (!json_is_object(*out) || !json_is_true(json_object_get(*out, "ok"))) {
+    int rc = ctlclient_request(cfg, line, STATUS_TIMEOUT_MS, out);
+    if (rc == 0 && !json_is_true(json_object_get(*out, "ok"))) {
         json_decref(*out);
         *out = NULL;
         rc = -EPROTO;
     }
-out:
-    close(fd);
-    free(buf);
     return rc;
 }
 
@@ -489,8 +103,8 @@ struct node_build {
 /* Fills nb from one node object (borrowed strings stay valid while o and events live).
  * events (may be NULL) is the cluster's event log, newest first: those of this node at or
  * after since_ms count. */
-static void node_from_json(const json_t *o, const json_t *events, const char *fallback_name,
-                           int64_t since_ms, struct node_build *nb)
+static void build_node(const json_t *o, const json_t *events, const char *fallback_name,
+                       int64_t since_ms, struct node_build *nb)
 {
     memset(nb, 0, sizeof(*nb));
     const json_t *nm = json_object_get(o, "name");
@@ -562,7 +176,7 @@ struct cluster_view {
 
 /* Adds the nodes of status ("nodes": self first, then the peers), or, when it has none
  * (a daemon without the controller), status itself as this node. The local view of
- * master/qmgr wins for this node. events: see node_from_json. idle_below: the saturation
+ * master/qmgr wins for this node. events: see build_node. idle_below: the saturation
  * under which a peer counts as idle (stress_exit_threshold). */
 static int add_status_nodes(struct report *r, const json_t *st, const json_t *events,
                             const char *self, int64_t since_ms, int daemon_up, int master_up,
@@ -582,7 +196,7 @@ static int add_status_nodes(struct report *r, const json_t *st, const json_t *ev
     {
         if (!json_is_object(o))
             continue;
-        node_from_json(o, events, self, since_ms, nb);
+        build_node(o, events, self, since_ms, nb);
         if (strcmp(nb->info.name, self) == 0) {
             if (*self_added)
                 continue;
@@ -622,7 +236,7 @@ static int add_status_nodes(struct report *r, const json_t *st, const json_t *ev
             cv->imbalanced = json_string_value(json_object_get(o, "name"));
     }
     if (rc == 0 && !*self_added && !json_is_array(nodes) && json_is_object(st)) {
-        node_from_json(st, events, self, since_ms, nb);
+        build_node(st, events, self, since_ms, nb);
         nb->info.name = self;
         nb->info.daemon_up = daemon_up;
         if (master_up >= 0)
@@ -666,33 +280,25 @@ static int load_state(const char *path, struct report_state *s)
     return 0;
 }
 
-/* Writes path atomically: a temporary file in the same directory, then rename. */
-static int write_atomic(const char *path, mode_t mode, int (*writer)(FILE *f, void *arg), void *arg)
+/* Replaces path by what writer puts into a FILE: rendered in memory, then written
+ * through util/fsutil (PATH.postsurge-tmp, fsync, rename) with mode, owned by us. */
+static int write_file_atomic(const char *path, mode_t mode, int (*writer)(FILE *f, void *arg),
+                             void *arg)
 {
-    char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path) >= (int)sizeof(tmp))
-        return -ENAMETOOLONG;
-    int fd = mkstemp(tmp);
-    if (fd < 0)
+    char *data = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&data, &len);
+    if (!f)
         return -errno;
-    FILE *f = fdopen(fd, "w");
-    if (!f) {
-        int e = -errno;
-        close(fd);
-        unlink(tmp);
-        return e;
-    }
-    int rc = fchmod(fd, mode) < 0 ? -errno : writer(f, arg);
-    if (fflush(f) != 0 && rc == 0)
-        rc = -errno;
-    if (rc == 0 && fsync(fd) < 0)
-        rc = -errno;
+    int rc = writer(f, arg);
     if (fclose(f) != 0 && rc == 0)
-        rc = -EIO;
-    if (rc == 0 && rename(tmp, path) < 0)
-        rc = -errno;
-    if (rc < 0)
-        unlink(tmp);
+        rc = -ENOMEM;
+    if (rc == 0) {
+        struct stat like = {.st_mode = mode, .st_uid = geteuid(), .st_gid = getegid()};
+        char err[512];
+        rc = fsutil_replace(path, data, len, &like, FSUTIL_FRESH_TMP, err, sizeof(err));
+    }
+    free(data);
     return rc;
 }
 
@@ -724,7 +330,7 @@ static int save_state(const char *path, const struct report_state *s, struct bas
         json_decref(bj);
     if (!j)
         return -ENOMEM;
-    int rc = write_atomic(path, 0600, write_json_doc, j);
+    int rc = write_file_atomic(path, 0600, write_json_doc, j);
     json_decref(j);
     return rc;
 }
@@ -898,8 +504,8 @@ static void thresholds_from_config(const struct config *cfg, struct report_thres
 }
 
 /* `postconf -c DIR -h queue_directory`; "" when it fails (why in err). */
-static void queue_directory(const struct config *cfg, char *out, size_t size, char *err,
-                            size_t errlen)
+static void find_queue_dir(const struct config *cfg, char *out, size_t size, char *err,
+                           size_t errlen)
 {
     const char *argv[] = {cfg->postconf_command, "-c", cfg->postfix_config_directory, "-h",
                           "queue_directory",     NULL};
@@ -1079,18 +685,18 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
 
     /* Local Postfix: its queue directory names master.pid. */
     char pcerr[700] = "";
-    queue_directory(cfg, qdir, sizeof(qdir), pcerr, sizeof(pcerr));
+    find_queue_dir(cfg, qdir, sizeof(qdir), pcerr, sizeof(pcerr));
     int master_up, qmgr_up;
-    postfix_processes(qdir, &master_up, &qmgr_up);
+    procs_postfix(qdir, &master_up, &qmgr_up);
 
     /* The daemon: /status on http_listen, else (endpoint off or failing) the same
      * cluster view from its control socket, else whether its process runs. */
     char hhost[256], hport[32];
     int daemon_up = -1;
-    if (first_inet(cfg->http_listen, hhost, sizeof(hhost), hport, sizeof(hport))) {
+    if (httpclient_first_inet(cfg->http_listen, hhost, sizeof(hhost), hport, sizeof(hport))) {
         char *body = NULL;
         int code = 0;
-        rc = http_get(hhost, hport, "/status", &code, &body);
+        rc = httpclient_get(hhost, hport, "/status", &code, &body);
         if (rc == 0) {
             daemon_up = 1;
             if (code == 200)
@@ -1102,10 +708,10 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
             }
         }
     }
-    if (!status && ctl_get(cfg, "status", &status) == 0)
+    if (!status && daemon_get(cfg, "status", &status) == 0)
         daemon_up = 1;
     if (daemon_up != 1)
-        daemon_up = daemon_process_running(cli->config_path);
+        daemon_up = procs_daemon_running(cli->config_path);
     /* The event log (the cluster's, on a Redis store) is not in /status: the daemon reads
      * it for us from its store. Reading starts now, so the next report takes over here. */
     json_t *events = NULL;
@@ -1117,7 +723,7 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
         json_t *ans = NULL;
         char line[64];
         snprintf(line, sizeof(line), "events %lld 1000", (long long)events_since);
-        if (ctl_get(cfg, line, &ans) == 0 && json_is_array(json_object_get(ans, "events")))
+        if (daemon_get(cfg, line, &ans) == 0 && json_is_array(json_object_get(ans, "events")))
             events = json_incref(json_object_get(ans, "events"));
         json_decref(ans);
     }
@@ -1246,7 +852,7 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     exit_code = report_exit_code(report_status(r));
 
     if (o.prometheus) {
-        rc = write_atomic(o.prometheus, 0644, write_prom, r);
+        rc = write_file_atomic(o.prometheus, 0644, write_prom, r);
         if (rc < 0) {
             fprintf(stderr, "postsurge: %s: %s\n", o.prometheus, strerror(-rc));
             exit_code = 3;

@@ -5,6 +5,7 @@
  * Synchronous: these are commands, not the daemon's loop. */
 #define LOG_COMPONENT "cli"
 #include "cmd.h"
+#include "ctlclient.h"
 #include "overload/controller.h"
 #include "util/log.h"
 
@@ -21,85 +22,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CTL_REPLY_MAX (16u << 20)
-
-/* Sends line to the daemon and parses its answer. Returns 0 with *out (new), -ENOENT /
- * -ECONNREFUSED when no daemon listens, or another negative errno (message printed). */
-static int ctl_request(const struct config *cfg, const char *line, int timeout_ms, json_t **out)
+/* The daemon's answer through the control socket client; prints why it failed unless no
+ * daemon listens (the caller says that). */
+static int daemon_request(const struct config *cfg, const char *line, int timeout_ms, json_t **out)
 {
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    int n = snprintf(a.sun_path, sizeof(a.sun_path), "%s/%s", cfg->state_directory,
-                     CONTROLLER_SOCKET_NAME);
-    *out = NULL;
-    if (n < 0 || (size_t)n >= sizeof(a.sun_path))
-        return -ENAMETOOLONG;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-        int e = -errno;
-        close(fd);
-        return e;
-    }
-    size_t ll = strlen(line);
-    char req[1100];
-    snprintf(req, sizeof(req), "%s\n", line);
-    if (write(fd, req, ll + 1) != (ssize_t)(ll + 1)) {
-        int e = -errno;
-        close(fd);
-        return e ? e : -EIO;
-    }
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    int rc = 0;
-    for (;;) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        int pr = poll(&p, 1, timeout_ms);
-        if (pr == 0) {
-            rc = -ETIMEDOUT;
-            break;
-        }
-        if (pr < 0) {
-            if (errno == EINTR)
-                continue;
-            rc = -errno;
-            break;
-        }
-        if (cap - len < 65536) {
-            char *q = realloc(buf, cap ? cap * 2 : 131072);
-            if (!q) {
-                rc = -ENOMEM;
-                break;
-            }
-            buf = q;
-            cap = cap ? cap * 2 : 131072;
-        }
-        ssize_t r = read(fd, buf + len, cap - len);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            rc = -errno;
-            break;
-        }
-        if (r == 0)
-            break;
-        len += (size_t)r;
-        if (len > CTL_REPLY_MAX) {
-            rc = -E2BIG;
-            break;
-        }
-    }
-    close(fd);
-    if (rc == 0) {
-        json_error_t je;
-        *out = json_loadb(buf ? buf : "", len, 0, &je);
-        if (!json_is_object(*out)) {
-            json_decref(*out);
-            *out = NULL;
-            rc = -EPROTO;
-        }
-    }
-    free(buf);
+    int rc = ctlclient_request(cfg, line, timeout_ms, out);
     if (rc < 0 && rc != -ENOENT && rc != -ECONNREFUSED)
         fprintf(stderr, "postsurge: control socket: %s\n", strerror(-rc));
     return rc;
@@ -183,7 +110,7 @@ int cmd_status(const struct cli *cli, int argc, char **argv)
     if (cli_load_config(cli, &cfg) < 0)
         return 1;
     json_t *o;
-    int rc = ctl_request(cfg, "status", 30000, &o);
+    int rc = daemon_request(cfg, "status", 30000, &o);
     if (rc == -ENOENT || rc == -ECONNREFUSED)
         no_daemon(cfg, rc);
     if (rc < 0) {
@@ -281,7 +208,7 @@ int cmd_events(const struct cli *cli, int argc, char **argv)
     char line[128];
     snprintf(line, sizeof(line), "events %" PRId64 " %lu", since, max ? max : 1000);
     json_t *o;
-    int rc = ctl_request(cfg, line, 30000, &o);
+    int rc = daemon_request(cfg, line, 30000, &o);
     if (rc == -ENOENT || rc == -ECONNREFUSED)
         no_daemon(cfg, rc);
     config_free(cfg);
@@ -329,7 +256,7 @@ int cmd_stress(const struct cli *cli, int argc, char **argv)
     char line[64];
     snprintf(line, sizeof(line), "stress %s", argv[1]);
     json_t *o;
-    int rc = ctl_request(cfg, line, 30000, &o);
+    int rc = daemon_request(cfg, line, 30000, &o);
     if (rc == -ENOENT || rc == -ECONNREFUSED)
         no_daemon(cfg, rc);
     config_free(cfg);
@@ -358,7 +285,7 @@ int cmd_restore(const struct cli *cli, int argc, char **argv)
     if (cli_load_config(cli, &cfg) < 0)
         return 1;
     json_t *o;
-    int rc = ctl_request(cfg, "restore", 30000, &o);
+    int rc = daemon_request(cfg, "restore", 30000, &o);
     if (rc == -ENOENT || rc == -ECONNREFUSED) {
         /* No daemon: restore here, with the same code the daemon runs. */
         bool nothing;
@@ -377,7 +304,7 @@ int cmd_restore(const struct cli *cli, int argc, char **argv)
     int64_t waited = 0, limit = cfg->command_timeout * 8 + 10000;
     int status = 1;
     while (waited < limit) {
-        if (ctl_request(cfg, "status", 30000, &o) < 0)
+        if (daemon_request(cfg, "status", 30000, &o) < 0)
             break;
         json_t *self = json_array_get(json_object_get(o, "nodes"), 0);
         bool journal = json_is_true(json_object_get(self, "journal"));

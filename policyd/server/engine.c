@@ -148,7 +148,7 @@ static void format_window(int64_t ms, char *out, size_t outsz)
 
 /* One info line per new limit decision (the connection then logs at debug only), at
  * most ENGINE_DENY_LOG_BURST per rule per log_repeat_interval. */
-static void log_deny(struct engine *e, struct decision *dec, const struct limits_decision *d)
+static void engine_log_deny(struct engine *e, struct decision *dec, const struct limits_decision *d)
 {
     const struct policy_request *r = dec->req;
     char win[32] = "";
@@ -216,7 +216,7 @@ static const char *decision_action(struct engine *e, struct decision *dec,
             e->stats.dryrun_denies++;
         else
             e->stats.denies++;
-        log_deny(e, dec, d);
+        engine_log_deny(e, dec, d);
     }
     return d->action ? d->action : dec->srv->cfg->default_action;
 }
@@ -411,7 +411,7 @@ static bool str_differs(const char *a, const char *b)
 
 /* True if the store must be rebuilt for cfg (a memory store keeps its counters through
  * changes of the Redis-only settings). */
-static bool store_changed(const struct config *a, const struct config *b)
+static bool engine_store_changed(const struct config *a, const struct config *b)
 {
     if (str_differs(a->store, b->store) || str_differs(a->store_key_prefix, b->store_key_prefix))
         return true;
@@ -466,7 +466,7 @@ static void engine_on_reload(struct server *srv, const struct config *old_cfg, v
                  srv->cfg->limit_dry_run ? " (limit_dry_run)" : "");
     }
     e->failure_action = failure_action_of(srv->cfg);
-    if (e->stopping || !store_changed(old_cfg, srv->cfg))
+    if (e->stopping || !engine_store_changed(old_cfg, srv->cfg))
         return;
     struct store *ns = NULL;
     char err[256] = "";

@@ -117,7 +117,7 @@ int http_add_status(struct server *srv, http_status_fn fn, void *arg)
 
 /* ---- status JSON ---- */
 
-static const char *node_name(const struct server *srv, char *buf, size_t size)
+static const char *http_node_name(const struct server *srv, char *buf, size_t size)
 {
     if (srv->cfg->node_name && *srv->cfg->node_name)
         return srv->cfg->node_name;
@@ -146,7 +146,7 @@ static json_int_t count_rules(const char *s)
 }
 
 /* The store as kind and address, never the password. */
-static json_t *store_json(const char *store)
+static json_t *http_store_json(const char *store)
 {
     struct config_store_url u;
 
@@ -163,7 +163,7 @@ static json_t *store_json(const char *store)
     }
 }
 
-static json_t *config_json(const struct server *srv)
+static json_t *http_config_json(const struct server *srv)
 {
     const struct config *c = srv->cfg;
 
@@ -172,7 +172,7 @@ static json_t *config_json(const struct server *srv)
         "listen", c->listen ? c->listen : "", "http_listen", c->http_listen ? c->http_listen : "",
         "max_connections", (json_int_t)c->max_connections, "idle_timeout_ms",
         (json_int_t)c->idle_timeout, "default_action", c->default_action, "store",
-        store_json(c->store), "limit_rules", count_rules(c->limits), "limit_dry_run",
+        http_store_json(c->store), "limit_rules", count_rules(c->limits), "limit_dry_run",
         c->limit_dry_run, "monitor", c->monitor, "stress_overrides", c->stress_overrides,
         "stress_dry_run", c->stress_dry_run, "log_level", c->log_level ? c->log_level : "",
         "http_max_connections", (json_int_t)c->http_max_connections);
@@ -209,10 +209,10 @@ json_t *http_status_json(struct server *srv)
         strftime(started, sizeof(started), "%Y-%m-%dT%H:%M:%SZ", &tm);
     uint64_t up_ns = hs->start_hr ? uv_hrtime() - hs->start_hr : 0;
     json_t *st = json_pack("{s:s,s:s,s:I,s:s,s:I,s:b,s:o*,s:o*,s:{s:I,s:I}}", "node",
-                           node_name(srv, host, sizeof(host)), "version", POSTSURGE_VERSION, "pid",
-                           (json_int_t)getpid(), "started_at", started, "uptime_seconds",
+                           http_node_name(srv, host, sizeof(host)), "version", POSTSURGE_VERSION,
+                           "pid", (json_int_t)getpid(), "started_at", started, "uptime_seconds",
                            (json_int_t)(up_ns / 1000000000u), "draining", srv->draining, "config",
-                           config_json(srv), "counters", counters_json(srv), "http",
+                           http_config_json(srv), "counters", counters_json(srv), "http",
                            "connections_open", (json_int_t)hs->n_conns, "max_connections",
                            (json_int_t)srv->cfg->http_max_connections);
     if (!st)
