@@ -77,7 +77,7 @@ static int daemon_get(const struct config *cfg, const char *line, json_t **out)
 
 /* ---- nodes from the daemon's status ---- */
 
-/* The node objects are those controller.c builds (ctl_status_json) and node.c publishes:
+/* The node objects are those overload/status.c builds (ctl_status_json) and node.c publishes:
  * {"name", "stress": bool, "state": "normal"|"stressed", "saturation": int,
  * "services": [{"name", "busy", "limit", "waiting", ...}], "master_running": bool,
  * "qmgr_running": bool, "imbalance": bool (status only), ...}; events are node.c's

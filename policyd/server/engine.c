@@ -322,8 +322,8 @@ static int engine_start(struct decider *dr, struct decision *dec)
     }
     ec->delegated = false;
     if (!le || limits_engine_rule_count(le) == 0) {
-        /* No rules: the server's default decider answers (default_action, and the test
-         * aids of server.c). */
+        /* No rules: the server's default decider answers (default_action, or a test
+         * decider of server/testing.c in the test-only build). */
         struct decider *d = &dec->srv->default_decider;
         ec->delegated = true;
         return d->start(d, dec);

@@ -1,5 +1,6 @@
-/* store_internal: what store_memory.c (the common core: requests, delivery, memory
- * counters) shares with store_redis.c. Not for callers of the store; they use store.h. */
+/* store_internal: what the core (store.c: requests, delivery, local fallback) shares with
+ * the implementations (store_memory.c, store_redis.c). Not for callers of the store; they
+ * use store.h. */
 #pragma once
 
 #include "store.h"
@@ -121,8 +122,15 @@ void store_req_list_remove(struct store_req_list *l, struct store_req *r);
  * must have unlinked req from its own lists; req is freed after delivery. */
 void store_req_finish(struct store_req *req, int status);
 
+/* Answers every op of req not answered yet from the memory table (the memory
+ * implementation, and the local fallback of the others). */
+void store_answer_local(struct store *s, struct store_req *req);
+
 /* Called from each implementation's close callback; frees the store after the last. */
 void store_handle_closed(struct store *s);
+
+/* The memory implementation (every store starts with it; its table is the fallback). */
+extern const struct store_vtable store_memory_vtable;
 
 /* The Redis implementation: parses url and sets s->vt and s->impl. 0 or -errno. */
 int store_redis_init(struct store *s, const struct config *cfg, const struct config_store_url *u,

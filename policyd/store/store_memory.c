@@ -1,7 +1,6 @@
-/* store_memory: the store's common core and its "memory" implementation. Requests are
- * checked and copied here, answered from a bounded hash table of key -> struct window,
- * and delivered on the next loop turn (a callback never runs inside the call that
- * started it). The Redis store reuses the table for its local fallback counters. */
+/* store_memory: the store's "memory" implementation: a bounded hash table of key ->
+ * struct window (the core in store.c uses it for every store's local fallback counters
+ * too), and node statuses, events and journal copies kept in this process. */
 #define LOG_COMPONENT "store"
 #include "store_internal.h"
 
@@ -18,7 +17,6 @@
 #define MEM_MIN_BUCKETS 1024
 /* Entries looked at from the LRU head for an expired one before evicting a live one. */
 #define MEM_EVICT_SCAN 8
-#define MEM_SWEEP_INTERVAL_MS 1000
 
 static void cluster_mem_free(struct store_cluster_mem *c);
 
@@ -219,96 +217,6 @@ void mem_table_sweep(struct mem_table *t, size_t budget)
     }
 }
 
-/* --- requests --- */
-
-void store_req_list_push(struct store_req_list *l, struct store_req *r)
-{
-    r->next = NULL;
-    r->prev = l->tail;
-    if (l->tail)
-        l->tail->next = r;
-    else
-        l->head = r;
-    l->tail = r;
-}
-
-void store_req_list_remove(struct store_req_list *l, struct store_req *r)
-{
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        l->head = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    else
-        l->tail = r->prev;
-    r->prev = r->next = NULL;
-}
-
-static void store_answer_local(struct store *s, struct store_req *req)
-{
-    for (size_t i = 0; i < req->n; i++) {
-        struct store_req_op *op = &req->ops[i];
-        if (op->answered)
-            continue;
-        int rc = mem_table_take(&s->mem, op->key, op->keylen, req->now_ms, op->window_ms, op->limit,
-                                op->amount, &req->results[i]);
-        if (rc < 0) {
-            /* Out of memory for one more counter: let the unit through rather than
-             * refuse mail because of our own trouble. */
-            req->results[i].allowed = true;
-            req->results[i].count = op->amount;
-        }
-        op->answered = true;
-    }
-}
-
-static void store_deliver(struct store_req *req)
-{
-    struct store *s = req->s;
-    if (req->status < 0)
-        s->stats.failures++;
-    req->cb(req->arg, req->status, req->have_results ? req->results : NULL, req->n);
-    free(req);
-}
-
-static void store_on_idle(uv_idle_t *h)
-{
-    struct store *s = h->data;
-    /* Requests queued by callbacks run now wait for the next turn: bounded work. */
-    struct store_req_list batch = s->done;
-    s->done.head = s->done.tail = NULL;
-    while (batch.head) {
-        struct store_req *req = batch.head;
-        store_req_list_remove(&batch, req);
-        req->where = REQ_NOWHERE;
-        store_deliver(req);
-    }
-    if (!s->done.head)
-        uv_idle_stop(&s->idle);
-}
-
-void store_req_finish(struct store_req *req, int status)
-{
-    struct store *s = req->s;
-    req->status = status;
-    if (status < 0 && s->local_fallback && status != -ECANCELED) {
-        store_answer_local(s, req);
-        s->stats.local_answers++;
-        req->have_results = true;
-    } else {
-        req->have_results = status == 0;
-    }
-    if (s->in_submit) {
-        req->where = REQ_DONE;
-        store_req_list_push(&s->done, req);
-        uv_idle_start(&s->idle, store_on_idle);
-        return;
-    }
-    req->where = REQ_NOWHERE;
-    store_deliver(req);
-}
-
 /* --- the memory implementation --- */
 
 static void memory_submit(struct store *s, struct store_req *req)
@@ -329,7 +237,8 @@ static void memory_close(struct store *s)
 
 static void memory_free(struct store *s)
 {
-    (void)s;
+    cluster_mem_free(s->cluster);
+    s->cluster = NULL;
 }
 
 static int mem_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
@@ -341,7 +250,7 @@ static int mem_event_read(struct store *s, size_t max, store_events_cb cb, void 
 static int mem_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
                            void *arg);
 
-static const struct store_vtable memory_vtable = {
+const struct store_vtable store_memory_vtable = {
     .name = "memory",
     .submit = memory_submit,
     .unlink = memory_unlink,
@@ -353,212 +262,6 @@ static const struct store_vtable memory_vtable = {
     .event_read = mem_event_read,
     .journal_put = mem_journal_put,
 };
-
-/* --- public API --- */
-
-static void store_on_sweep(uv_timer_t *h)
-{
-    struct store *s = h->data;
-    size_t budget = s->mem.n / 8;
-    if (budget < 4096)
-        budget = 4096;
-    mem_table_sweep(&s->mem, budget);
-}
-
-static void store_free(struct store *s)
-{
-    if (s->vt->free)
-        s->vt->free(s);
-    mem_table_free(&s->mem);
-    cluster_mem_free(s->cluster);
-    free(s->prefix);
-    free(s);
-}
-
-void store_handle_closed(struct store *s)
-{
-    if (--s->open_handles > 0)
-        return;
-    void (*cb)(void *) = s->on_closed;
-    void *arg = s->closed_arg;
-    store_free(s);
-    if (cb)
-        cb(arg);
-}
-
-static void store_on_handle_close(uv_handle_t *h)
-{
-    store_handle_closed(h->data);
-}
-
-int store_new(uv_loop_t *loop, const struct config *cfg, struct store **out, char *err,
-              size_t errlen)
-{
-    *out = NULL;
-    struct config_store_url u;
-    const char *url = cfg->store ? cfg->store : "memory";
-    if (config_parse_store_url(url, &u) < 0) {
-        snprintf(err, errlen, "store = %s: %s", url, u.error ? u.error : "bad URL");
-        return -EINVAL;
-    }
-    const char *fa = cfg->store_failure_action ? cfg->store_failure_action : "local";
-    if (strcmp(fa, "local") != 0 && strcmp(fa, "dunno") != 0 &&
-        strcmp(fa, "defer_if_permit") != 0) {
-        snprintf(err, errlen, "store_failure_action = %s: use local, dunno or defer_if_permit", fa);
-        return -EINVAL;
-    }
-    struct store *s = calloc(1, sizeof(*s));
-    if (!s)
-        return -ENOMEM;
-    s->vt = &memory_vtable;
-    s->loop = loop;
-    s->local_fallback = strcmp(fa, "local") == 0;
-    s->log_interval_ms = cfg->log_repeat_interval > 0 ? cfg->log_repeat_interval : 60000;
-    s->prefix = strdup(cfg->store_key_prefix ? cfg->store_key_prefix : "");
-    if (!s->prefix) {
-        free(s);
-        return -ENOMEM;
-    }
-    s->prefixlen = strlen(s->prefix);
-    if (mem_table_init(&s->mem, STORE_MEMORY_MAX_ENTRIES) < 0) {
-        free(s->prefix);
-        free(s);
-        return -ENOMEM;
-    }
-    if (u.kind != CONFIG_STORE_MEMORY) {
-        int rc = store_redis_init(s, cfg, &u, err, errlen);
-        if (rc < 0) {
-            mem_table_free(&s->mem);
-            free(s->prefix);
-            free(s);
-            return rc;
-        }
-    }
-    uv_idle_init(loop, &s->idle);
-    s->idle.data = s;
-    uv_timer_init(loop, &s->sweep);
-    s->sweep.data = s;
-    uv_timer_start(&s->sweep, store_on_sweep, MEM_SWEEP_INTERVAL_MS, MEM_SWEEP_INTERVAL_MS);
-    /* Housekeeping alone must not keep a loop alive. */
-    uv_unref((uv_handle_t *)&s->sweep);
-    *out = s;
-    return 0;
-}
-
-void store_set_max_entries(struct store *s, size_t max_entries)
-{
-    s->mem.max = max_entries ? max_entries : 1;
-}
-
-const char *store_kind(const struct store *s)
-{
-    return s->vt->name;
-}
-
-int store_window_take(struct store *s, const struct store_op *ops, size_t n, int64_t now_ms,
-                      store_take_cb cb, void *arg, struct store_req **reqp)
-{
-    if (reqp)
-        *reqp = NULL;
-    if (s->closing)
-        return -ESHUTDOWN;
-    if (n == 0 || n > STORE_MAX_OPS)
-        return -E2BIG;
-    if (now_ms < 0 || now_ms > WINDOW_MAX_VALUE)
-        return -EINVAL;
-    size_t keybytes = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!ops[i].key)
-            return -EINVAL;
-        size_t kl = strlen(ops[i].key);
-        if (kl > STORE_MAX_KEY)
-            return -ENAMETOOLONG;
-        if (ops[i].window_ms <= 0 || ops[i].window_ms > WINDOW_MAX_MS || ops[i].limit < 0 ||
-            ops[i].limit > WINDOW_MAX_VALUE || ops[i].amount < 0 ||
-            ops[i].amount > WINDOW_MAX_VALUE)
-            return -EINVAL;
-        keybytes += s->prefixlen + kl + 1;
-    }
-    size_t size = sizeof(struct store_req) + n * sizeof(struct store_req_op) +
-                  n * sizeof(struct window_result) + keybytes;
-    struct store_req *req = calloc(1, size);
-    if (!req)
-        return -ENOMEM;
-    req->s = s;
-    req->cb = cb;
-    req->arg = arg;
-    req->now_ms = now_ms;
-    req->n = req->npending = n;
-    req->results = (struct window_result *)&req->ops[n];
-    char *kp = (char *)&req->results[n];
-    for (size_t i = 0; i < n; i++) {
-        size_t kl = strlen(ops[i].key);
-        memcpy(kp, s->prefix, s->prefixlen);
-        memcpy(kp + s->prefixlen, ops[i].key, kl);
-        kp[s->prefixlen + kl] = '\0';
-        req->ops[i] = (struct store_req_op){.key = kp,
-                                            .keylen = s->prefixlen + kl,
-                                            .window_ms = ops[i].window_ms,
-                                            .limit = ops[i].limit,
-                                            .amount = ops[i].amount};
-        kp += s->prefixlen + kl + 1;
-    }
-    s->stats.takes++;
-    s->stats.ops += n;
-    if (reqp)
-        *reqp = req;
-    s->in_submit = true;
-    s->vt->submit(s, req);
-    s->in_submit = false;
-    return 0;
-}
-
-void store_req_cancel(struct store_req *req)
-{
-    if (!req)
-        return;
-    struct store *s = req->s;
-    if (req->where == REQ_DONE) {
-        store_req_list_remove(&s->done, req);
-    } else if (req->where == REQ_INFLIGHT) {
-        /* Replies for this id will find nothing and be dropped. */
-        s->vt->unlink(s, req);
-    }
-    free(req);
-}
-
-void store_get_stats(const struct store *s, struct store_stats *st)
-{
-    *st = s->stats;
-    st->evictions = s->mem.evictions;
-    st->expired = s->mem.expired;
-    st->entries = s->mem.n;
-    if (s->vt == &memory_vtable)
-        st->connected = true;
-}
-
-void store_close(struct store *s, void (*on_closed)(void *arg), void *arg)
-{
-    if (!s || s->closing)
-        return;
-    s->closing = true;
-    s->on_closed = on_closed;
-    s->closed_arg = arg;
-    /* One count for this function, so no close callback frees s before it returns. */
-    s->open_handles = 3;
-    s->vt->close(s);
-    while (s->done.head) {
-        struct store_req *req = s->done.head;
-        store_req_list_remove(&s->done, req);
-        req->where = REQ_NOWHERE;
-        req->status = -ECANCELED;
-        req->have_results = false;
-        store_deliver(req);
-    }
-    uv_close((uv_handle_t *)&s->idle, store_on_handle_close);
-    uv_close((uv_handle_t *)&s->sweep, store_on_handle_close);
-    store_handle_closed(s);
-}
 
 /* --- cluster operations: node status and events (see store.h) ---
  * The memory store keeps them in this process: a small array of nodes (normally just
@@ -757,53 +460,4 @@ static int mem_journal_put(struct store *s, const char *node, const char *json, 
     if (cb)
         cb(arg, 0);
     return 0;
-}
-
-/* --- cluster operations: checked here, taken by the backend through its vtable --- */
-
-/* The entry of every cluster call, in this order: *req cleared (memory calls finish
- * before returning; Redis calls here take no handle either), -ESHUTDOWN once closing,
- * -EINVAL when args_ok is false. Returns 0 when the backend may take the call. */
-static int cluster_enter(struct store *s, struct store_req **req, bool args_ok)
-{
-    if (req)
-        *req = NULL;
-    if (s->closing)
-        return -ESHUTDOWN;
-    return args_ok ? 0 : -EINVAL;
-}
-
-int store_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
-                   int64_t ttl_ms, store_done_cb cb, void *arg, struct store_req **req)
-{
-    int rc = cluster_enter(s, req, node && *node && json && strlen(node) <= STORE_MAX_KEY);
-    return rc < 0 ? rc : s->vt->node_put(s, node, json, now_ms, ttl_ms, cb, arg);
-}
-
-int store_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg,
-                       struct store_req **req)
-{
-    int rc = cluster_enter(s, req, cb != NULL);
-    return rc < 0 ? rc : s->vt->node_get_all(s, now_ms, cb, arg);
-}
-
-int store_event_append(struct store *s, const char *json, int64_t max_entries, store_done_cb cb,
-                       void *arg, struct store_req **req)
-{
-    int rc = cluster_enter(s, req, json && max_entries >= 1);
-    return rc < 0 ? rc : s->vt->event_append(s, json, max_entries, cb, arg);
-}
-
-int store_event_read(struct store *s, size_t max, store_events_cb cb, void *arg,
-                     struct store_req **req)
-{
-    int rc = cluster_enter(s, req, cb != NULL);
-    return rc < 0 ? rc : s->vt->event_read(s, max, cb, arg);
-}
-
-int store_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
-                      void *arg, struct store_req **req)
-{
-    int rc = cluster_enter(s, req, node && *node && strlen(node) <= STORE_MAX_KEY);
-    return rc < 0 ? rc : s->vt->journal_put(s, node, json, cb, arg);
 }

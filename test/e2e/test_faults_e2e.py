@@ -16,7 +16,7 @@ from ports import free_port, tcp_listening, wait_for
 from postfix_instance import PostfixInstance
 from postsurge import Postsurge
 
-# policyd/conn.c logs one debug line per decision: "...: RCPT client=... action=DUNNO".
+# policyd/server/conn.c logs one debug line per decision: "...: RCPT client=... action=DUNNO".
 DECISION_RE = re.compile(r": RCPT client=\S+ .*: action=")
 MAX_RUNS = 60          # smtp-source runs at most (the loop is bounded in count and time)
 LOAD_SECONDS = 240

@@ -16,7 +16,7 @@ from postsurge import Postsurge
 SOURCE_ROOT = os.environ.get("SOURCE_ROOT",
                              os.path.join(os.path.dirname(__file__), "..", ".."))
 
-# The daemon's debug line for each decision (policyd/conn.c conn_log_decision):
+# The daemon's debug line for each decision (policyd/server/conn.c conn_log_decision):
 #   "PEER: RCPT client=ADDR sasl_username=U sender=<S> recipient=<R>: action=A"
 DECISION_RE = re.compile(r": (?P<state>[A-Z-]+) client=(?P<client>\S*) "
                          r"sasl_username=\S* sender=<(?P<sender>[^>]*)> "

@@ -273,7 +273,7 @@ class ReportE2E(unittest.TestCase):
         self.assertEqual(len(r.stdout.splitlines()), 1, r.stdout)
 
     def test_cluster_nodes_and_events_from_status(self):
-        """A /status with two nodes shaped as the daemon's (controller.c), served by a
+        """A /status with two nodes shaped as the daemon's (overload/status.c), served by a
         stand-in HTTP server, and the event log from a stand-in control socket: both nodes
         are reported with stress and saturation, the imbalance is found once, and episodes
         and overrides count only events newer than the last report. Members of the wrong

@@ -214,7 +214,7 @@ class ControllerTest(unittest.TestCase):
         port = free_port()
         ps = self.daemon(http_listen="inet:127.0.0.1:%d" % port)
         self.wait_init(ps)
-        # The same state on /status and /metrics (http.c).
+        # The same state on /status and /metrics (server/http.c).
         self.assertTrue(wait_for(lambda: tcp_listening(port), 10))
         with urllib.request.urlopen("http://127.0.0.1:%d/status" % port, timeout=10) as r:
             hs = json.loads(r.read())

@@ -221,7 +221,7 @@ class Faults(unittest.TestCase):
         self.assertLess(rss_end, rss0 + 16 * MB)
 
     # Bad input a broken or hostile client sends; each makes the daemon close that
-    # connection (protocol errors in policyd/conn.c).
+    # connection (protocol errors in policyd/server/conn.c).
     GARBAGE = [
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)) * 8,  # TLS hello
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",                                    # no '='

@@ -1,4 +1,4 @@
-"""`postsurge serve` under a notify supervisor (policyd/sdnotify.c): a Python unix
+"""`postsurge serve` under a notify supervisor (policyd/server/sdnotify.c): a Python unix
 datagram socket stands in for systemd's NOTIFY_SOCKET and checks READY=1 once the port
 listens, WATCHDOG=1 pings when WATCHDOG_USEC asks for them (and only if WATCHDOG_PID is
 unset or ours), RELOADING=1 then READY=1 on SIGHUP, STOPPING=1 on SIGTERM, and that
