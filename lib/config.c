@@ -230,14 +230,15 @@ static const struct cf_entry cf_table[] = {
      .doc = "Apply the override profile below while in stress (journaled, restored exactly)."},
     {"stress_main_cf", CF_STRING, OVERRIDES_DEFAULT_MAIN_CF, OFF(stress_main_cf),
      .check = check_profile_main, .flags = CF_LINES, .group = G_NODE,
-     .doc = "main.cf settings applied in stress, `name=value` each (a value with spaces in "
-            "Postfix's brace form `{ name = value }`): limits that are not stress-adaptive "
-            "by themselves."},
+     .doc = "main.cf settings applied in stress, `name=value` each, only from the settings "
+            "a profile may change (rate, count, time and error limits of smtpd, postscreen "
+            "and anvil): limits that are not stress-adaptive by themselves."},
     {"stress_master_cf", CF_STRING, OVERRIDES_DEFAULT_MASTER_CF, OFF(stress_master_cf),
      .check = check_profile_master, .flags = CF_LINES, .group = G_NODE,
      .doc = "master.cf `-o` parameters applied in stress (`postconf -P`), "
             "`service/type/name=value` each; service `*` means every public smtpd service "
-            "of that type (`*/inet`, and `*/pass` behind postscreen)."},
+            "of that type (`*/inet`, and `*/pass` behind postscreen); names from the same "
+            "list, plus `stress`."},
     {"stress_dry_run", CF_BOOL, "no", OFF(stress_dry_run), .group = G_NODE,
      .doc = "Log the exact commands the overrides would run; change nothing."},
     {"stress_cluster_quorum", CF_INT, "0", OFF(stress_cluster_quorum), 0, 100,
@@ -503,14 +504,16 @@ static const char *check_store(const char *v)
     return NULL;
 }
 
-/* The override profiles are checked by their own parser (lib/overrides), so the syntax
- * accepted here is exactly what the controller will apply. The message buffer is static:
- * the caller copies it into its diagnostic before the next check runs. */
+/* The override profiles are checked by their own parser and allow-list (lib/overrides),
+ * so what is accepted here is exactly what the controller and the helper will apply. The message
+ * buffer is static: the caller copies it into its diagnostic before the next check runs. */
 static const char *check_profile(const char *main_spec, const char *master_spec)
 {
     static char err[256];
     struct overrides_profile *p = NULL;
     int rc = overrides_profile_parse(main_spec, master_spec, &p, err, sizeof(err));
+    if (rc == 0)
+        rc = overrides_profile_allowed(p, err, sizeof(err));
     overrides_profile_free(p);
     if (rc == -ENOMEM)
         return "out of memory";

@@ -4,6 +4,8 @@
  * the controller only runs what these functions return. */
 #include "overrides.h"
 
+#include "allowlist.h"
+
 #include <errno.h>
 #include <jansson.h>
 #include <stdarg.h>
@@ -601,11 +603,23 @@ static bool same_setting(const struct overrides_entry *a, const struct overrides
            streq_null(a->type, b->type) && strcmp(a->name, b->name) == 0;
 }
 
+int overrides_profile_allowed(const struct overrides_profile *p, char *err, size_t errlen)
+{
+    for (size_t i = 0; p && i < p->n; i++) {
+        const struct overrides_entry *e = &p->entries[i];
+        if (!allowlist_check(e->file == OVERRIDES_MASTER, e->name, e->value, err, errlen))
+            return -EINVAL;
+    }
+    return 0;
+}
+
 int overrides_profile_resolve(const struct overrides_profile *p, const struct overrides_params *k,
                               const struct overrides_services *s, struct overrides_profile **out,
                               char *err, size_t errlen)
 {
     *out = NULL;
+    if (overrides_profile_allowed(p, err, errlen) < 0)
+        return -EINVAL;
     struct overrides_profile *r = calloc(1, sizeof(*r));
     size_t cap = 0;
     int rc = r ? 0 : -ENOMEM;
@@ -1068,6 +1082,13 @@ static int setting_from_json(json_t *o, struct overrides_setting *st, char *err,
      * smuggle anything onto a command line. */
     if (!valid_param_name(name) || value_problem(value, master) || (pv && !valid_prior(pv))) {
         seterr(err, errlen, "journal: unsafe name or value in setting %s", name);
+        return -EINVAL;
+    }
+    /* Only what a profile may set is undone: a journal naming anything else was not
+     * written by postsurge's helper, whatever its owner says. */
+    char why[300];
+    if (!allowlist_check(master, name, value, why, sizeof(why))) {
+        seterr(err, errlen, "journal: %s", why);
         return -EINVAL;
     }
     bool ok = true;

@@ -165,12 +165,17 @@ static void postfix_processes(const char *queue_dir, int *master_up, int *qmgr_u
     if (!queue_dir || !queue_dir[0])
         return;
     snprintf(path, sizeof(path), "%s/pid/master.pid", queue_dir);
-    FILE *f = fopen(path, "r");
-    if (f) {
-        if (fscanf(f, "%ld", &pid) != 1)
-            pid = 0;
-        fclose(f);
+    /* Neither a symlink nor a FIFO is followed or waited on (this may run as root). */
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+        char buf[128]; /* master writes the PID right-aligned in 32 columns */
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        buf[n > 0 ? n : 0] = '\0';
+        pid = strtol(buf, NULL, 10);
     }
+    if (fd >= 0)
+        close(fd);
     *master_up = pid > 0 && proc_comm_is(pid, "master") && proc_ppid(pid) >= 0;
     *qmgr_up = 0;
     if (!*master_up)
@@ -648,9 +653,21 @@ static int load_state(const char *path, struct report_state *s)
 {
     json_error_t je;
     memset(s, 0, sizeof(*s));
-    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    /* state_directory belongs to the daemon's user and the report may run as root: a
+     * symlink, FIFO or hard link planted at this name is not followed, waited on or
+     * read. */
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? -ENOENT : -EINVAL;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
+        close(fd);
+        return -EINVAL;
+    }
+    json_t *j = json_loadfd(fd, JSON_REJECT_DUPLICATES, &je);
+    close(fd);
     if (!j)
-        return access(path, F_OK) == 0 ? -EINVAL : -ENOENT;
+        return -EINVAL;
     s->last_report = int_of(json_object_get(j, "last_report"), 0);
     s->events_ms = int_of(json_object_get(j, "events_ms"), s->last_report * 1000);
     const json_t *m = json_object_get(j, "maillog");
@@ -1005,9 +1022,16 @@ static int lock_state(const char *dir)
 {
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/" LOCK_FILE, dir);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    /* Not followed if a symlink, not waited on if a FIFO, not used if a hard link: the
+     * directory is the daemon user's and this may run as root. */
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
     if (fd < 0)
-        return -errno;
+        return errno == ELOOP ? -EPERM : -errno;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
+        close(fd);
+        return -EPERM;
+    }
     for (int i = 0; i < 300; i++) {
         if (flock(fd, LOCK_EX | LOCK_NB) == 0)
             return fd;
@@ -1059,7 +1083,9 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
         lockfd = lock_state(cfg->state_directory);
         if (lockfd < 0) {
             fprintf(stderr, "postsurge: warning: %s/" LOCK_FILE ": %s\n", cfg->state_directory,
-                    strerror(-lockfd));
+                    lockfd == -EPERM ? "not a regular file with one link (a symlink, FIFO or "
+                                       "hard link put there?): not used"
+                                     : strerror(-lockfd));
             state_ok = false;
         }
     }
