@@ -5,6 +5,7 @@
  * Pure: bytes in, struct out; the only I/O is config_load_file's read and the printers. */
 #include "config.h"
 #include "overrides.h"
+#include "textutil.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -1608,17 +1609,6 @@ int config_write_man(FILE *out)
 }
 
 /* ---- store URLs ---- */
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 /* Copies s[0..n) into dst (size cap), decoding %XX. False if too long or malformed. */
 static bool url_copy(char *dst, size_t cap, const char *s, size_t n, bool decode)

@@ -3,6 +3,7 @@
  * undo a profile. Everything that reaches a command line passes a whitelist here first;
  * the controller only runs what these functions return. */
 #include "overrides.h"
+#include "textutil.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -15,17 +16,6 @@
 #define MAX_PRIOR 65536
 #define JOURNAL_FORMAT "postsurge-overrides-journal"
 #define JOURNAL_VERSION 1
-
-__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen, const char *fmt,
-                                                         ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static char *xstrndup(const char *s, size_t n)
 {
