@@ -1,25 +1,19 @@
-/* config: reads postsurge.cf (Postfix main.cf syntax) into struct config. One table below
- * names every setting with its type, default, bounds and meaning; parsing, defaults,
- * printing (postconf style), comparison and the README reference are all driven by it.
- * Every problem is collected as "FILE:LINE: message" rather than stopping at the first.
- * Pure: bytes in, struct out; the only I/O is config_load_file's read and the printers. */
+/* config: the settings of postsurge.cf. One table below names every setting with its
+ * type, default, bounds and meaning; parsing (config_parse.c), defaults, comparison,
+ * printing and the reference (config_ref.c) are all driven by it. Also the store URL
+ * syntax. Pure: bytes in, struct out; the only I/O is in config_parse.c's file read and
+ * config_ref.c's writers. */
 #include "config.h"
+#include "config_impl.h"
 #include "overrides.h"
+#include "textutil.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
-
-/* Limits on input: a physical line, a logical value, a file, and how many messages one
- * parse collects (a binary file fed by mistake must not produce a million lines). */
-#define CF_MAX_LINE 65536
-#define CF_MAX_VALUE (1024 * 1024)
-#define CF_MAX_FILE (16 * 1024 * 1024)
-#define CF_MAX_MESSAGES 100
-#define CF_SUMMARY_LINE UINT32_MAX /* report()'s line for the "more messages" note */
 
 /* ---- allocation (hookable so tests can fail the Nth allocation) ---- */
 
@@ -35,23 +29,23 @@ void config_set_alloc_funcs(void *(*malloc_fn)(size_t), void *(*realloc_fn)(void
     cf_free_fn = free_fn ? free_fn : free;
 }
 
-static void *cf_malloc(size_t n)
+void *cf_malloc(size_t n)
 {
     return cf_malloc_fn(n ? n : 1);
 }
 
-static void *cf_realloc(void *p, size_t n)
+void *cf_realloc(void *p, size_t n)
 {
     return cf_realloc_fn(p, n ? n : 1);
 }
 
-static void cf_free(void *p)
+void cf_free(void *p)
 {
     if (p)
         cf_free_fn(p);
 }
 
-static void *cf_calloc(size_t n, size_t size)
+void *cf_calloc(size_t n, size_t size)
 {
     if (size && n > SIZE_MAX / size)
         return NULL;
@@ -61,7 +55,7 @@ static void *cf_calloc(size_t n, size_t size)
     return p;
 }
 
-static char *cf_strndup(const char *s, size_t n)
+char *cf_strndup(const char *s, size_t n)
 {
     char *p = cf_malloc(n + 1);
     if (!p)
@@ -71,34 +65,12 @@ static char *cf_strndup(const char *s, size_t n)
     return p;
 }
 
-static char *cf_strdup(const char *s)
+char *cf_strdup(const char *s)
 {
     return cf_strndup(s, strlen(s));
 }
 
 /* ---- the table ---- */
-
-enum cf_type { CF_STRING, CF_BOOL, CF_INT, CF_TIME, CF_SIZE, CF_MODE, CF_DOUBLE, CF_ENUM };
-
-/* CF_LINES: continuation lines stay separate lines ('\n'), for rule blocks and lists. */
-#define CF_LINES 1u
-
-/* A value checker for strings: returns NULL when fine, else why not (static text). */
-typedef const char *cf_check_fn(const char *value);
-
-struct cf_entry {
-    const char *name;
-    enum cf_type type;
-    const char *def;
-    size_t off;
-    int64_t min, max;  /* CF_INT, CF_TIME (ms), CF_SIZE, CF_MODE */
-    double dmin, dmax; /* CF_DOUBLE */
-    const char *words; /* CF_ENUM: allowed words separated by '|' */
-    cf_check_fn *check;
-    unsigned flags;
-    const char *group;
-    const char *doc;
-};
 
 static cf_check_fn check_listen, check_listen_optional, check_action, check_word,
     check_word_nonempty, check_abs_path, check_abs_path_optional, check_store, check_profile_main,
@@ -120,7 +92,7 @@ static cf_check_fn check_listen, check_listen_optional, check_action, check_word
 #define G_REPORT "Report"
 
 /* clang-format off */
-static const struct cf_entry cf_table[] = {
+const struct cf_entry cf_table[] = {
     {"listen", CF_STRING, "inet:127.0.0.1:10040", OFF(listen), .check = check_listen,
      .flags = CF_LINES, .group = G_POLICY,
      .doc = "Where Postfix connects: `inet:HOST:PORT` (IPv6 as `[ADDR]`) and `unix:PATH`, "
@@ -230,14 +202,15 @@ static const struct cf_entry cf_table[] = {
      .doc = "Apply the override profile below while in stress (journaled, restored exactly)."},
     {"stress_main_cf", CF_STRING, OVERRIDES_DEFAULT_MAIN_CF, OFF(stress_main_cf),
      .check = check_profile_main, .flags = CF_LINES, .group = G_NODE,
-     .doc = "main.cf settings applied in stress, `name=value` each (a value with spaces in "
-            "Postfix's brace form `{ name = value }`): limits that are not stress-adaptive "
-            "by themselves."},
+     .doc = "main.cf settings applied in stress, `name=value` each, only from the settings "
+            "a profile may change (rate, count, time and error limits of smtpd, postscreen "
+            "and anvil): limits that are not stress-adaptive by themselves."},
     {"stress_master_cf", CF_STRING, OVERRIDES_DEFAULT_MASTER_CF, OFF(stress_master_cf),
      .check = check_profile_master, .flags = CF_LINES, .group = G_NODE,
      .doc = "master.cf `-o` parameters applied in stress (`postconf -P`), "
             "`service/type/name=value` each; service `*` means every public smtpd service "
-            "of that type (`*/inet`, and `*/pass` behind postscreen)."},
+            "of that type (`*/inet`, and `*/pass` behind postscreen); names from the same "
+            "list, plus `stress`."},
     {"stress_dry_run", CF_BOOL, "no", OFF(stress_dry_run), .group = G_NODE,
      .doc = "Log the exact commands the overrides would run; change nothing."},
     {"stress_cluster_quorum", CF_INT, "0", OFF(stress_cluster_quorum), 0, 100,
@@ -343,9 +316,9 @@ static const struct cf_entry cf_table[] = {
 };
 /* clang-format on */
 
-#define CF_COUNT (sizeof(cf_table) / sizeof(cf_table[0]))
+const size_t cf_count = sizeof(cf_table) / sizeof(cf_table[0]);
 
-static const struct cf_entry *cf_find(const char *name, size_t len)
+const struct cf_entry *cf_find(const char *name, size_t len)
 {
     for (size_t i = 0; i < CF_COUNT; i++)
         if (strlen(cf_table[i].name) == len && memcmp(cf_table[i].name, name, len) == 0)
@@ -353,21 +326,21 @@ static const struct cf_entry *cf_find(const char *name, size_t len)
     return NULL;
 }
 
-static size_t cf_index(const struct cf_entry *e)
+size_t cf_index(const struct cf_entry *e)
 {
     return (size_t)(e - cf_table);
 }
 
 /* ---- string checkers ---- */
 
-static bool is_space(char c)
+bool cf_is_space(char c)
 {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
 
 static bool is_sep(char c)
 {
-    return is_space(c) || c == ',';
+    return cf_is_space(c) || c == ',';
 }
 
 /* Calls fn on each item of a list split on whitespace, commas and newlines; stops at
@@ -450,7 +423,7 @@ static const char *check_action(const char *v)
         "DISCARD", "PREPEND", "WARN",   "INFO",  "FILTER",          "REDIRECT",        "BCC",
     };
     size_t n = 0;
-    while (v[n] && !is_space(v[n]))
+    while (v[n] && !cf_is_space(v[n]))
         n++;
     if (n == 0)
         return "an access(5) action is needed, such as DUNNO or 450 4.7.1 TEXT";
@@ -469,7 +442,7 @@ static const char *check_action(const char *v)
 static const char *check_word(const char *v)
 {
     for (const char *p = v; *p; p++)
-        if (is_space(*p))
+        if (cf_is_space(*p))
             return "must be one word, without blanks";
     return NULL;
 }
@@ -503,14 +476,16 @@ static const char *check_store(const char *v)
     return NULL;
 }
 
-/* The override profiles are checked by their own parser (lib/overrides), so the syntax
- * accepted here is exactly what the controller will apply. The message buffer is static:
- * the caller copies it into its diagnostic before the next check runs. */
+/* The override profiles are checked by their own parser and allow-list (lib/overrides),
+ * so what is accepted here is exactly what the controller and the helper will apply. The message
+ * buffer is static: the caller copies it into its diagnostic before the next check runs. */
 static const char *check_profile(const char *main_spec, const char *master_spec)
 {
     static char err[256];
     struct overrides_profile *p = NULL;
     int rc = overrides_profile_parse(main_spec, master_spec, &p, err, sizeof(err));
+    if (rc == 0)
+        rc = overrides_profile_allowed(p, err, sizeof(err));
     overrides_profile_free(p);
     if (rc == -ENOMEM)
         return "out of memory";
@@ -661,7 +636,7 @@ static bool enum_has(const char *words, const char *s)
     return false;
 }
 
-static void fmt_time(int64_t ms, char *buf, size_t len)
+void cf_fmt_time(int64_t ms, char *buf, size_t len)
 {
     static const struct {
         const char *unit;
@@ -678,7 +653,7 @@ static void fmt_time(int64_t ms, char *buf, size_t len)
         snprintf(buf, len, "%lldms", (long long)ms);
 }
 
-static void fmt_size(int64_t n, char *buf, size_t len)
+void cf_fmt_size(int64_t n, char *buf, size_t len)
 {
     static const struct {
         const char *unit;
@@ -703,7 +678,7 @@ static void fmt_double(double d, char *buf, size_t len)
 }
 
 /* Describes the accepted form and range of an entry, for messages and the reference. */
-static void fmt_range(const struct cf_entry *e, char *buf, size_t len)
+void cf_fmt_range(const struct cf_entry *e, char *buf, size_t len)
 {
     char a[32], b[32];
     switch (e->type) {
@@ -714,14 +689,14 @@ static void fmt_range(const struct cf_entry *e, char *buf, size_t len)
         snprintf(buf, len, "an integer from %lld to %lld", (long long)e->min, (long long)e->max);
         break;
     case CF_TIME:
-        fmt_time(e->min, a, sizeof(a));
-        fmt_time(e->max, b, sizeof(b));
+        cf_fmt_time(e->min, a, sizeof(a));
+        cf_fmt_time(e->max, b, sizeof(b));
         snprintf(buf, len, "a time from %s to %s (units ms s m h d w; a bare number is seconds)", a,
                  b);
         break;
     case CF_SIZE:
-        fmt_size(e->min, a, sizeof(a));
-        fmt_size(e->max, b, sizeof(b));
+        cf_fmt_size(e->min, a, sizeof(a));
+        cf_fmt_size(e->max, b, sizeof(b));
         snprintf(buf, len, "a size from %s to %s (suffixes K M G; a bare number is bytes)", a, b);
         break;
     case CF_MODE:
@@ -743,8 +718,7 @@ static void fmt_range(const struct cf_entry *e, char *buf, size_t len)
 
 /* Stores value text into cfg's field for e. Returns 0, -EINVAL with *why set, or
  * -ENOMEM. value has already been joined and trimmed. */
-static int cf_apply(struct config *cfg, const struct cf_entry *e, const char *value,
-                    const char **why)
+int cf_apply(struct config *cfg, const struct cf_entry *e, const char *value, const char **why)
 {
     char *field = (char *)cfg + e->off;
     int64_t n = 0;
@@ -779,7 +753,7 @@ static int cf_apply(struct config *cfg, const struct cf_entry *e, const char *va
     case CF_DOUBLE: {
         char *end;
         double d;
-        if (!*value || is_space(*value)) {
+        if (!*value || cf_is_space(*value)) {
             *why = "not a number";
             return -EINVAL;
         }
@@ -829,8 +803,7 @@ static int cf_apply(struct config *cfg, const struct cf_entry *e, const char *va
 
 /* Formats a setting's value. Strings are borrowed from cfg (*tmp unused); numbers are
  * written to tmp. */
-static const char *cf_format(const struct config *cfg, const struct cf_entry *e, char *tmp,
-                             size_t len)
+const char *cf_format(const struct config *cfg, const struct cf_entry *e, char *tmp, size_t len)
 {
     const char *field = (const char *)cfg + e->off;
     switch (e->type) {
@@ -845,10 +818,10 @@ static const char *cf_format(const struct config *cfg, const struct cf_entry *e,
         snprintf(tmp, len, "%lld", (long long)*(const int64_t *)(const void *)field);
         return tmp;
     case CF_TIME:
-        fmt_time(*(const int64_t *)(const void *)field, tmp, len);
+        cf_fmt_time(*(const int64_t *)(const void *)field, tmp, len);
         return tmp;
     case CF_SIZE:
-        fmt_size(*(const int64_t *)(const void *)field, tmp, len);
+        cf_fmt_size(*(const int64_t *)(const void *)field, tmp, len);
         return tmp;
     case CF_MODE:
         snprintf(tmp, len, "%04o", *(const unsigned *)(const void *)field);
@@ -860,7 +833,7 @@ static const char *cf_format(const struct config *cfg, const struct cf_entry *e,
     return "";
 }
 
-static bool cf_entry_equal(const struct config *a, const struct config *b, const struct cf_entry *e)
+bool cf_entry_equal(const struct config *a, const struct config *b, const struct cf_entry *e)
 {
     const char *fa = (const char *)a + e->off, *fb = (const char *)b + e->off;
     switch (e->type) {
@@ -901,7 +874,7 @@ void config_free(struct config *cfg)
     cf_free(cfg);
 }
 
-static struct config *config_alloc(const char *source)
+struct config *config_alloc(const char *source)
 {
     struct config *cfg = cf_calloc(1, sizeof(*cfg));
     if (!cfg)
@@ -961,664 +934,7 @@ const char *config_source_name(const struct config *cfg)
     return cfg->source_name ? cfg->source_name : "";
 }
 
-/* ---- diagnostics ---- */
-
-void config_errors_clear(struct config_errors *errs)
-{
-    if (!errs)
-        return;
-    for (size_t i = 0; i < errs->n; i++)
-        cf_free(errs->msg[i]);
-    cf_free(errs->msg);
-    errs->msg = NULL;
-    errs->n = 0;
-    errs->n_warnings = 0;
-}
-
-struct cf_parse {
-    const char *name;
-    struct config_errors *errs;
-    struct config *cfg;
-    unsigned *first_line; /* per setting, the line of its first definition */
-    size_t n_errors;      /* counted even when errs is NULL */
-    size_t n_dropped;     /* messages past CF_MAX_MESSAGES */
-    bool nomem;
-};
-
-static int errs_push(struct config_errors *errs, char *msg)
-{
-    char **nm = cf_realloc(errs->msg, (errs->n + 1) * sizeof(*nm));
-    if (!nm) {
-        cf_free(msg);
-        return -ENOMEM;
-    }
-    errs->msg = nm;
-    errs->msg[errs->n++] = msg;
-    return 0;
-}
-
-__attribute__((format(printf, 4, 5))) static void report(struct cf_parse *ps, bool warning,
-                                                         unsigned line, const char *fmt, ...)
-{
-    char text[512], msg[1024];
-    va_list ap;
-    if (!warning)
-        ps->n_errors++;
-    if (!ps->errs)
-        return;
-    if (ps->errs->n >= CF_MAX_MESSAGES && line != CF_SUMMARY_LINE) {
-        ps->n_dropped++;
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
-    va_end(ap);
-    snprintf(msg, sizeof(msg), "%s:%u: %s%s", ps->name, line == CF_SUMMARY_LINE ? 0 : line,
-             warning ? "warning: " : "", text);
-    char *dup = cf_strdup(msg);
-    if (!dup || errs_push(ps->errs, dup) < 0) {
-        ps->nomem = true;
-        return;
-    }
-    if (warning)
-        ps->errs->n_warnings++;
-}
-
-/* Quotes a value for a message: its first line, shortened. */
-static void quote_value(const char *v, char *buf, size_t len)
-{
-    size_t n = strcspn(v, "\n");
-    bool more = v[n] != '\0';
-    if (n > 60) {
-        n = 57;
-        more = true;
-    }
-    snprintf(buf, len, "\"%.*s%s\"", (int)n, v, more ? "..." : "");
-}
-
-/* A growable byte buffer for the value being assembled. */
-struct cf_buf {
-    char *p;
-    size_t len, cap;
-};
-
-static int buf_add(struct cf_buf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *np = cf_realloc(b->p, cap);
-        if (!np)
-            return -ENOMEM;
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
-
-/* The logical line being assembled: a setting and its continuation lines. */
-struct cf_logical {
-    bool active;
-    bool broken; /* an error was reported on one of its lines: skip silently */
-    unsigned line;
-    const struct cf_entry *entry; /* NULL when the name was bad */
-    struct cf_buf value;
-    unsigned *lines; /* [0] = count, then the file line of each value line */
-    size_t lines_cap;
-};
-
-static int logical_add_line(struct cf_logical *lg, unsigned line)
-{
-    size_t count = lg->lines ? lg->lines[0] : 0;
-    if (count + 2 > lg->lines_cap) {
-        size_t cap = lg->lines_cap ? lg->lines_cap * 2 : 16;
-        unsigned *nl = cf_realloc(lg->lines, cap * sizeof(*nl));
-        if (!nl)
-            return -ENOMEM;
-        if (!lg->lines)
-            nl[0] = 0;
-        lg->lines = nl;
-        lg->lines_cap = cap;
-    }
-    lg->lines[++lg->lines[0]] = line;
-    return 0;
-}
-
-/* Adds one trimmed piece of value text (from the setting's line or a continuation). */
-static int logical_add(struct cf_parse *ps, struct cf_logical *lg, const char *s, size_t n,
-                       unsigned line)
-{
-    if (n == 0 || lg->broken)
-        return 0;
-    if (lg->value.len + n + 1 > CF_MAX_VALUE) {
-        report(ps, false, lg->line, "value of %s longer than %d bytes",
-               lg->entry ? lg->entry->name : "setting", CF_MAX_VALUE);
-        lg->broken = true;
-        return 0;
-    }
-    char sep = lg->entry && (lg->entry->flags & CF_LINES) ? '\n' : ' ';
-    if (lg->value.len > 0 && buf_add(&lg->value, &sep, 1) < 0)
-        return -ENOMEM;
-    if (buf_add(&lg->value, s, n) < 0 || logical_add_line(lg, line) < 0)
-        return -ENOMEM;
-    return 0;
-}
-
-/* Stores a finished logical line into the config. */
-static int logical_finish(struct cf_parse *ps, struct cf_logical *lg)
-{
-    int rc = 0;
-    if (!lg->active || lg->broken || !lg->entry)
-        goto out;
-    const struct cf_entry *e = lg->entry;
-    size_t idx = cf_index(e);
-    const char *value = lg->value.p ? lg->value.p : "";
-    const char *why;
-    unsigned first = ps->first_line[idx];
-    if (first)
-        report(ps, true, lg->line, "%s redefined (first at line %u)", e->name, first);
-    else
-        ps->first_line[idx] = lg->line;
-    rc = cf_apply(ps->cfg, e, value, &why);
-    if (rc == -EINVAL) {
-        char q[80], range[160];
-        quote_value(value, q, sizeof(q));
-        fmt_range(e, range, sizeof(range));
-        if (e->type == CF_STRING)
-            report(ps, false, lg->line, "bad value %s for %s: %s", q, e->name, why);
-        else
-            report(ps, false, lg->line, "bad value %s for %s: %s; expected %s", q, e->name, why,
-                   range);
-        rc = 0;
-    } else if (rc == 0) {
-        ps->cfg->setting_line[idx] = lg->line;
-        cf_free(ps->cfg->value_lines[idx]);
-        ps->cfg->value_lines[idx] = lg->lines;
-        lg->lines = NULL;
-        lg->lines_cap = 0;
-    }
-out:
-    lg->active = false;
-    lg->broken = false;
-    lg->entry = NULL;
-    lg->value.len = 0;
-    if (lg->value.p)
-        lg->value.p[0] = '\0';
-    if (lg->lines)
-        lg->lines[0] = 0;
-    return rc;
-}
-
-/* Edit distance, bounded: is a within two edits of b? For "did you mean". */
-static bool near_name(const char *a, size_t an, const char *b)
-{
-    size_t bn = strlen(b);
-    if (an > 64 || bn > 64 || (an > bn ? an - bn : bn - an) > 2)
-        return false;
-    unsigned prev[65], cur[65];
-    for (size_t j = 0; j <= bn; j++)
-        prev[j] = (unsigned)j;
-    for (size_t i = 1; i <= an; i++) {
-        cur[0] = (unsigned)i;
-        unsigned row_min = cur[0];
-        for (size_t j = 1; j <= bn; j++) {
-            unsigned sub = prev[j - 1] + (tolower((unsigned char)a[i - 1]) != b[j - 1]);
-            unsigned del = prev[j] + 1, ins = cur[j - 1] + 1;
-            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
-            if (cur[j] < row_min)
-                row_min = cur[j];
-        }
-        if (row_min > 2)
-            return false; /* distances never shrink down the table */
-        memcpy(prev, cur, sizeof(prev));
-    }
-    return prev[bn] <= 2;
-}
-
-/* Quotes a setting name for a message: shortened, bytes outside printable ASCII as \xNN
- * so a binary file cannot put raw bytes on the administrator's terminal. */
-static void quote_name(const char *s, size_t n, char *buf, size_t len)
-{
-    size_t j = 0;
-    for (size_t i = 0; i < n && i < 64 && j + 5 < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\')
-            j += (size_t)snprintf(buf + j, len - j, "\\x%02x", c);
-        else
-            buf[j++] = (char)c;
-    }
-    buf[j] = '\0';
-}
-
-/* Starts a logical line from a setting line (already known not to start with blank). */
-static void logical_start(struct cf_parse *ps, struct cf_logical *lg, const char *s, size_t n,
-                          unsigned line)
-{
-    lg->active = true;
-    lg->line = line;
-    size_t i = 0;
-    while (i < n && !is_space(s[i]) && s[i] != '=')
-        i++;
-    size_t name_len = i;
-    while (i < n && is_space(s[i]))
-        i++;
-    if (name_len == 0) {
-        report(ps, false, line, "missing parameter name before '='");
-        lg->broken = true;
-        return;
-    }
-    if (i >= n || s[i] != '=') {
-        char q[300];
-        quote_name(s, name_len, q, sizeof(q));
-        report(ps, false, line, "missing '=' after \"%s\"", q);
-        lg->broken = true;
-        return;
-    }
-    lg->entry = cf_find(s, name_len);
-    if (!lg->entry) {
-        const char *hint = NULL;
-        char q[300];
-        quote_name(s, name_len, q, sizeof(q));
-        /* The hint costs an edit distance per setting: only for messages shown. */
-        bool shown = ps->errs && ps->errs->n < CF_MAX_MESSAGES;
-        for (size_t k = 0; shown && k < CF_COUNT && !hint; k++)
-            if (near_name(s, name_len, cf_table[k].name))
-                hint = cf_table[k].name;
-        if (hint)
-            report(ps, false, line, "unknown setting \"%s\" (did you mean %s?)", q, hint);
-        else
-            report(ps, false, line, "unknown setting \"%s\"", q);
-        lg->broken = true;
-        return;
-    }
-    i++;
-    while (i < n && is_space(s[i]))
-        i++;
-    size_t end = n;
-    while (end > i && is_space(s[end - 1]))
-        end--;
-    if (logical_add(ps, lg, s + i, end - i, line) < 0)
-        ps->nomem = true;
-}
-
-/* Checks settings against each other once all are read. */
-static void cross_check(struct cf_parse *ps)
-{
-    struct config *cfg = ps->cfg;
-    if (cfg->stress_exit_threshold >= cfg->stress_enter_threshold) {
-        int l1 = config_setting_line(cfg, "stress_exit_threshold");
-        int l2 = config_setting_line(cfg, "stress_enter_threshold");
-        report(ps, false, (unsigned)(l1 > l2 ? l1 : l2),
-               "stress_exit_threshold (%lld) must be below stress_enter_threshold (%lld)",
-               (long long)cfg->stress_exit_threshold, (long long)cfg->stress_enter_threshold);
-    }
-}
-
-int config_parse_buffer(const char *name, const char *buf, size_t len, struct config **out,
-                        struct config_errors *errs)
-{
-    struct cf_parse ps = {.name = name ? name : "", .errs = errs};
-    struct cf_logical lg = {0};
-    int rc;
-    *out = NULL;
-    ps.cfg = config_alloc(ps.name);
-    ps.first_line = cf_calloc(CF_COUNT, sizeof(*ps.first_line));
-    if (!ps.cfg || !ps.first_line) {
-        rc = -ENOMEM;
-        goto fail;
-    }
-
-    unsigned line = 0;
-    size_t pos = 0;
-    while (pos < len && !ps.nomem) {
-        const char *s = buf + pos;
-        const char *nl = memchr(s, '\n', len - pos);
-        size_t n = nl ? (size_t)(nl - s) : len - pos;
-        pos += n + (nl ? 1 : 0);
-        line++;
-        if (n > 0 && s[n - 1] == '\r')
-            n--; /* CRLF files from other editors read like LF files */
-
-        bool cont = n > 0 && (s[0] == ' ' || s[0] == '\t');
-        const char *bad = NULL;
-        char badc = 0;
-        if (n > CF_MAX_LINE)
-            bad = "line longer than 65536 bytes";
-        else
-            for (size_t i = 0; i < n; i++)
-                if ((unsigned char)s[i] < 0x20 && s[i] != '\t') {
-                    badc = s[i];
-                    bad = s[i] == '\0' ? "NUL byte in line" : "control character in line";
-                    break;
-                }
-        if (bad) {
-            if (badc)
-                report(&ps, false, line, "%s (0x%02x)", bad, (unsigned)(unsigned char)badc);
-            else
-                report(&ps, false, line, "%s", bad);
-            /* The setting this line belongs to (or starts) is spoiled: no further
-             * messages about it, and its continuation lines are not orphans. */
-            if (!cont && logical_finish(&ps, &lg) < 0)
-                ps.nomem = true;
-            lg.active = true;
-            lg.broken = true;
-            lg.line = line;
-            continue;
-        }
-
-        size_t i = 0;
-        while (i < n && is_space(s[i]))
-            i++;
-        if (i == n || s[i] == '#')
-            continue; /* blank and comment lines, also inside a value, as in Postfix */
-        if (cont) {
-            if (!lg.active) {
-                report(&ps, false, line, "continuation line without a setting before it");
-                lg.active = true;
-                lg.broken = true;
-                lg.line = line;
-                continue;
-            }
-            size_t end = n;
-            while (end > i && is_space(s[end - 1]))
-                end--;
-            if (logical_add(&ps, &lg, s + i, end - i, line) < 0)
-                ps.nomem = true;
-            continue;
-        }
-        if (logical_finish(&ps, &lg) < 0) {
-            ps.nomem = true;
-            break;
-        }
-        logical_start(&ps, &lg, s, n, line);
-    }
-    if (!ps.nomem && logical_finish(&ps, &lg) < 0)
-        ps.nomem = true;
-    cf_free(lg.value.p);
-    cf_free(lg.lines);
-    if (!ps.nomem)
-        cross_check(&ps);
-    if (!ps.nomem && ps.n_dropped)
-        report(&ps, false, CF_SUMMARY_LINE, "%zu more messages not shown", ps.n_dropped);
-    if (ps.nomem) {
-        rc = -ENOMEM;
-        goto fail;
-    }
-    if (ps.n_errors) {
-        rc = -EINVAL;
-        goto fail;
-    }
-    cf_free(ps.first_line);
-    *out = ps.cfg;
-    return 0;
-fail:
-    cf_free(ps.first_line);
-    config_free(ps.cfg);
-    return rc;
-}
-
-int config_load_file(const char *path, struct config **out, struct config_errors *errs)
-{
-    struct cf_parse ps = {.name = path, .errs = errs};
-    struct cf_buf b = {0};
-    char chunk[8192];
-    int rc;
-    *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        rc = -errno;
-        report(&ps, false, 0, "cannot open: %s", strerror(-rc));
-        return ps.nomem ? -ENOMEM : rc;
-    }
-    for (;;) {
-        size_t n = fread(chunk, 1, sizeof(chunk), f);
-        if (n == 0)
-            break;
-        if (b.len + n > CF_MAX_FILE) {
-            report(&ps, false, 0, "file larger than %d bytes", CF_MAX_FILE);
-            rc = ps.nomem ? -ENOMEM : -EFBIG;
-            goto out;
-        }
-        if (buf_add(&b, chunk, n) < 0) {
-            rc = -ENOMEM;
-            goto out;
-        }
-    }
-    if (ferror(f)) {
-        rc = -EIO;
-        report(&ps, false, 0, "read error");
-        goto out;
-    }
-    rc = config_parse_buffer(path, b.p ? b.p : "", b.len, out, errs);
-out:
-    fclose(f);
-    cf_free(b.p);
-    return rc;
-}
-
-/* ---- printing ---- */
-
-static int print_entry(const struct config *cfg, const struct cf_entry *e, FILE *out)
-{
-    char tmp[64];
-    const char *v = cf_format(cfg, e, tmp, sizeof(tmp));
-    /* postconf style: "name = value", an empty value as "name =", and further lines of a
-     * multi-line value indented by four spaces so they read back as continuations. */
-    if (!*v) {
-        fprintf(out, "%s =\n", e->name);
-    } else {
-        fprintf(out, "%s = ", e->name);
-        for (const char *p = v;;) {
-            size_t n = strcspn(p, "\n");
-            fwrite(p, 1, n, out);
-            fputc('\n', out);
-            if (!p[n])
-                break;
-            p += n + 1;
-            fputs("    ", out);
-        }
-    }
-    return ferror(out) ? -EIO : 0;
-}
-
-int config_print(const struct config *cfg, FILE *out, bool non_default_only)
-{
-    struct config *def = NULL;
-    int rc = 0;
-    if (non_default_only) {
-        def = config_new_defaults();
-        if (!def)
-            return -ENOMEM;
-    }
-    for (size_t i = 0; i < CF_COUNT && rc == 0; i++) {
-        const struct cf_entry *e = &cf_table[i];
-        /* Like postconf -n: what the file sets, and anything else that is not default. */
-        bool set = cfg->setting_line && cfg->setting_line[i];
-        if (def && !set && cf_entry_equal(cfg, def, e))
-            continue;
-        rc = print_entry(cfg, e, out);
-    }
-    config_free(def);
-    return rc;
-}
-
-int config_print_one(const struct config *cfg, FILE *out, const char *name)
-{
-    const struct cf_entry *e = cf_find(name, strlen(name));
-    if (!e)
-        return -ENOENT;
-    return print_entry(cfg, e, out);
-}
-
-/* ---- the reference ---- */
-
-static void md_text(FILE *out, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '|')
-            fputs("\\|", out);
-        else if (*s == '\n')
-            fputs(" ", out);
-        else
-            fputc(*s, out);
-    }
-}
-
-int config_write_reference(FILE *out)
-{
-    const char *group = NULL;
-    struct config *def = config_new_defaults();
-    if (!def)
-        return -ENOMEM;
-    for (size_t i = 0; i < CF_COUNT; i++) {
-        const struct cf_entry *e = &cf_table[i];
-        char range[160], tmp[64];
-        const char *v = cf_format(def, e, tmp, sizeof(tmp));
-        if (!group || strcmp(group, e->group) != 0) {
-            group = e->group;
-            fprintf(out, "%s**%s**\n\n", i ? "\n" : "", group);
-            fputs("| setting | default | meaning |\n| --- | --- | --- |\n", out);
-        }
-        fprintf(out, "| `%s` | ", e->name);
-        if (*v) {
-            fputc('`', out);
-            md_text(out, v);
-            fputc('`', out);
-        } else {
-            fputs("(empty)", out);
-        }
-        fputs(" | ", out);
-        md_text(out, e->doc);
-        if (e->type != CF_STRING) {
-            char a[32], b[32];
-            fputs(" Allowed: ", out);
-            if (e->type == CF_TIME) {
-                fmt_time(e->min, a, sizeof(a));
-                fmt_time(e->max, b, sizeof(b));
-                fprintf(out, "%s to %s.", a, b);
-            } else if (e->type == CF_SIZE) {
-                fmt_size(e->min, a, sizeof(a));
-                fmt_size(e->max, b, sizeof(b));
-                fprintf(out, "%s to %s.", a, b);
-            } else if (e->type == CF_ENUM) {
-                fputc('`', out);
-                md_text(out, e->words);
-                fputs("`.", out);
-            } else {
-                fmt_range(e, range, sizeof(range));
-                md_text(out, range);
-                fputc('.', out);
-            }
-        }
-        fputs(" |\n", out);
-    }
-    config_free(def);
-    return ferror(out) ? -EIO : 0;
-}
-
-/* Writes s as troff text: `code` spans in bold, backslashes and leading dots escaped,
- * '-' as a minus inside code (options, ranges) so it renders and searches as typed. */
-static void man_text(FILE *out, const char *s, bool *code)
-{
-    bool bol = true;
-    for (; *s; s++) {
-        if (bol && (*s == '.' || *s == '\''))
-            fputs("\\&", out);
-        bol = false;
-        if (*s == '`') {
-            *code = !*code;
-            fputs(*code ? "\\fB" : "\\fR", out);
-        } else if (*s == '\\') {
-            fputs("\\e", out);
-        } else if (*s == '-' && *code) {
-            fputs("\\-", out);
-        } else if (*s == '\n') {
-            fputc(' ', out);
-        } else {
-            fputc(*s, out);
-        }
-    }
-}
-
-int config_write_man(FILE *out)
-{
-    const char *group = NULL;
-    struct config *def = config_new_defaults();
-    if (!def)
-        return -ENOMEM;
-    for (size_t i = 0; i < CF_COUNT; i++) {
-        const struct cf_entry *e = &cf_table[i];
-        char range[160], tmp[64], a[32], b[32];
-        const char *v = cf_format(def, e, tmp, sizeof(tmp));
-        bool code = false;
-        if (!group || strcmp(group, e->group) != 0) {
-            group = e->group;
-            fprintf(out, ".SS %s\n", group);
-        }
-        fputs(".TP\n\\fB", out);
-        man_text(out, e->name, &code);
-        fputs("\\fR (default: ", out);
-        if (*v) {
-            code = true;
-            fputs("\\fB", out);
-            man_text(out, v, &code);
-            code = false;
-            fputs("\\fR)\n", out);
-        } else {
-            fputs("empty)\n", out);
-        }
-        man_text(out, e->doc, &code);
-        if (code)
-            fputs("\\fR", out);
-        code = false;
-        if (e->type != CF_STRING) {
-            fputs(" Allowed: ", out);
-            if (e->type == CF_TIME) {
-                fmt_time(e->min, a, sizeof(a));
-                fmt_time(e->max, b, sizeof(b));
-                fprintf(out, "%s to %s.", a, b);
-            } else if (e->type == CF_SIZE) {
-                fmt_size(e->min, a, sizeof(a));
-                fmt_size(e->max, b, sizeof(b));
-                fprintf(out, "%s to %s.", a, b);
-            } else if (e->type == CF_ENUM) {
-                /* Enum words are plain identifiers: only the separator needs rewriting. */
-                fputs("\\fB", out);
-                for (const char *w = e->words; *w; w++) {
-                    if (*w == '|')
-                        fputs("\\fR, \\fB", out);
-                    else
-                        fputc(*w, out);
-                }
-                fputs("\\fR.", out);
-            } else {
-                fmt_range(e, range, sizeof(range));
-                man_text(out, range, &code);
-                fputc('.', out);
-            }
-        }
-        fputc('\n', out);
-    }
-    config_free(def);
-    return ferror(out) ? -EIO : 0;
-}
-
 /* ---- store URLs ---- */
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 /* Copies s[0..n) into dst (size cap), decoding %XX. False if too long or malformed. */
 static bool url_copy(char *dst, size_t cap, const char *s, size_t n, bool decode)
@@ -1626,7 +942,7 @@ static bool url_copy(char *dst, size_t cap, const char *s, size_t n, bool decode
     size_t j = 0;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
-        if (c == '\0' || is_space(c))
+        if (c == '\0' || cf_is_space(c))
             return false;
         if (decode && c == '%') {
             if (n - i < 3)

@@ -3,6 +3,7 @@
  * values are not always NUL-terminated where we look at them), accept the forms Postfix
  * sends ("[addr]", "%zone") and behave the same on every libc. */
 #include "net.h"
+#include "textutil.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -41,17 +42,6 @@ static int parse_v4(const char *s, size_t len, uint8_t out[4])
         out[part] = (uint8_t)v;
     }
     return i == len ? 0 : -EINVAL;
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
 }
 
 /* Parses RFC 4291 text in s[0..len) into out[16]. */

@@ -109,7 +109,13 @@ struct overrides_services {
 int overrides_services_parse(const char *text, size_t len, struct overrides_services **out);
 void overrides_services_free(struct overrides_services *s);
 
-/* Checks every name against k (main and master parameter names alike) and every
+/* Checks every entry against the settings stress profiles may change (lib/allowlist:
+ * rate, count, time and error limits, "-o stress="; never paths, commands, maps or
+ * network lists). Returns 0, or -EINVAL with the first refused entry named in err. */
+int overrides_profile_allowed(const struct overrides_profile *p, char *err, size_t errlen);
+
+/* Checks p against the allow-list (overrides_profile_allowed), every name against k
+ * (main and master parameter names alike) and every
  * master service/type against s, and expands "*" entries to each stress_auto service of
  * that type (none is not an error). Duplicate settings are errors. *out is new. Returns
  * 0, -EINVAL (message in err) or -ENOMEM. */

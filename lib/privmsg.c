@@ -3,24 +3,12 @@
  * decoder here is strict: bounded sizes, exact keys, and the override profile checked
  * again with lib/overrides against the helper's own view of Postfix. */
 #include "privmsg.h"
+#include "textutil.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static bool op_known(int c)
 {

@@ -1,7 +1,9 @@
-/* report: holds copies of everything the report command gathered, derives findings with
- * one line of advice each, and writes the three formats. Kept as plain arrays: a report
- * has tens of rows, and the writers walk them in a fixed, deterministic order. */
+/* report: holds copies of everything the report command gathered and derives findings
+ * with one line of advice each; report_write.c writes the three formats. Kept as plain
+ * arrays: a report has tens of rows, and the writers walk them in a fixed, deterministic
+ * order. */
 #include "report.h"
+#include "report_impl.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -11,93 +13,6 @@
 #include <string.h>
 
 #define MAX_EVENTS_PER_NODE 50
-
-struct r_service {
-    char *name;
-    int64_t busy, limit, waiting;
-};
-
-struct r_event {
-    int64_t time;
-    char *kind, *detail;
-};
-
-struct r_node {
-    char *name;
-    int daemon_up, master_up, qmgr_up, stressed, saturation;
-    uint32_t stress_episodes, overrides;
-    struct r_service *services;
-    size_t n_services;
-    struct r_event *events;
-    size_t n_events;
-};
-
-struct r_domain {
-    char *name;
-    uint64_t recipients, messages, reasons_total;
-    uint64_t queue_recipients[QUEUE_COUNT];
-    int64_t oldest_arrival;
-    uint32_t age_buckets[QUEUE_AGE_BUCKETS];
-    struct queue_reason *reasons; /* top reasons, sorted */
-    size_t n_reasons;
-};
-
-struct r_traffic {
-    char *domain;
-    uint64_t delivered, deferred, bounced;
-};
-
-struct r_client {
-    char *client;
-    uint64_t connections, rejects;
-};
-
-struct r_warning {
-    char *kind, *detail;
-    uint64_t count;
-};
-
-struct r_anomaly {
-    char *metric, *cause;
-    double value, mean, sd;
-    uint64_t samples;
-};
-
-struct r_finding {
-    enum report_status severity;
-    char *code, *subject, *message, *advice;
-};
-
-struct report {
-    int64_t now;
-    char *host;
-    enum report_status status;
-    bool evaluated;
-    struct report_thresholds t;
-
-    struct r_node *nodes;
-    size_t n_nodes, cap_nodes;
-
-    bool have_queue;
-    struct queue_totals totals[QUEUE_COUNT];
-    uint64_t records, malformed, overlong;
-    uint64_t class_count[QUEUE_REASON_COUNT];
-    struct queue_reason *dsns;
-    size_t n_dsns;
-    struct r_domain *domains;
-    size_t n_domains;
-
-    struct r_traffic *traffic;
-    size_t n_traffic, cap_traffic;
-    struct r_client *clients;
-    size_t n_clients, cap_clients;
-    struct r_warning *warnings;
-    size_t n_warnings, cap_warnings;
-    struct r_anomaly *anomalies;
-    size_t n_anomalies, cap_anomalies;
-    struct r_finding *findings;
-    size_t n_findings, cap_findings;
-};
 
 /* ---- status ------------------------------------------------------------------------- */
 
@@ -534,7 +449,7 @@ struct figure {
     const char *cause_down; /* ... when it is low */
 };
 
-static uint64_t traffic_sum(const struct report *r, int what)
+uint64_t report_traffic_sum(const struct report *r, int what)
 {
     uint64_t s = 0;
     for (size_t i = 0; i < r->n_traffic; i++)
@@ -544,7 +459,7 @@ static uint64_t traffic_sum(const struct report *r, int what)
     return s;
 }
 
-static uint64_t clients_sum(const struct report *r, bool rejects)
+uint64_t report_clients_sum(const struct report *r, bool rejects)
 {
     uint64_t s = 0;
     for (size_t i = 0; i < r->n_clients; i++)
@@ -580,20 +495,20 @@ int report_apply_baseline(struct report *r, struct baseline *b, bool quiet)
                                      "a HOLD rule or an operator put mail on hold", NULL};
     }
     if (r->n_traffic) {
-        figs[nf++] = (struct figure){"traffic.delivered", (double)traffic_sum(r, 0),
+        figs[nf++] = (struct figure){"traffic.delivered", (double)report_traffic_sum(r, 0),
                                      "a mail burst (campaign, forwarding loop, compromised "
                                      "account)",
                                      "less mail than usual: inbound trouble or an idle sender"};
-        figs[nf++] = (struct figure){"traffic.deferred", (double)traffic_sum(r, 1),
+        figs[nf++] = (struct figure){"traffic.deferred", (double)report_traffic_sum(r, 1),
                                      "destinations defer more than usual", NULL};
-        figs[nf++] = (struct figure){"traffic.bounced", (double)traffic_sum(r, 2),
+        figs[nf++] = (struct figure){"traffic.bounced", (double)report_traffic_sum(r, 2),
                                      "more bounces: bad recipient lists or a blocklisting", NULL};
     }
     if (r->n_clients) {
-        figs[nf++] = (struct figure){"smtpd.connections", (double)clients_sum(r, false),
+        figs[nf++] = (struct figure){"smtpd.connections", (double)report_clients_sum(r, false),
                                      "more SMTP clients than usual (botnet or campaign)",
                                      "fewer SMTP clients than usual: check MX/DNS and port 25"};
-        figs[nf++] = (struct figure){"smtpd.rejects", (double)clients_sum(r, true),
+        figs[nf++] = (struct figure){"smtpd.rejects", (double)report_clients_sum(r, true),
                                      "more rejects: a dictionary attack or a misconfigured "
                                      "sender",
                                      NULL};
@@ -636,7 +551,7 @@ int report_apply_baseline(struct report *r, struct baseline *b, bool quiet)
 
 /* ---- findings ----------------------------------------------------------------------- */
 
-static void fmt_age(char *buf, size_t len, int64_t s)
+void report_fmt_age(char *buf, size_t len, int64_t s)
 {
     if (s < 0)
         s = 0;
@@ -650,7 +565,7 @@ static void fmt_age(char *buf, size_t len, int64_t s)
         snprintf(buf, len, "%" PRId64 "d", s / 86400);
 }
 
-static const char *plural(uint64_t n, const char *one, const char *many)
+const char *report_plural(uint64_t n, const char *one, const char *many)
 {
     return n == 1 ? one : many;
 }
@@ -753,7 +668,7 @@ static int eval_nodes(struct report *r, const struct report_thresholds *t)
             rc = finding_take(r, REPORT_WARNING, "stressed", n->name,
                               fmt("%s is in stress mode (%u %s since the last report)", n->name,
                                   n->stress_episodes,
-                                  plural(n->stress_episodes, "episode", "episodes")),
+                                  report_plural(n->stress_episodes, "episode", "episodes")),
                               fmt("find the load's source in the clients and warnings below; "
                                   "`postsurge stress exit` ends it by hand"));
     }
@@ -778,11 +693,12 @@ static int eval_queue(struct report *r, const struct report_thresholds *t)
                              : t->hold_warning && hold >= t->hold_warning ? REPORT_WARNING
                                                                           : REPORT_OK;
     if (sev != REPORT_OK)
-        rc = finding_take(r, sev, "hold", "hold",
-                          fmt("%" PRIu64 " %s on hold", hold, plural(hold, "message", "messages")),
-                          fmt("review with `postcat -q QUEUE_ID` (IDs from `postqueue -j`); "
-                              "release with `postsuper -H QUEUE_ID`, delete with `postsuper "
-                              "-d QUEUE_ID`"));
+        rc = finding_take(
+            r, sev, "hold", "hold",
+            fmt("%" PRIu64 " %s on hold", hold, report_plural(hold, "message", "messages")),
+            fmt("review with `postcat -q QUEUE_ID` (IDs from `postqueue -j`); "
+                "release with `postsuper -H QUEUE_ID`, delete with `postsuper "
+                "-d QUEUE_ID`"));
 
     uint64_t def = r->totals[QUEUE_DEFERRED].messages;
     sev = t->deferred_critical && def >= t->deferred_critical ? REPORT_CRITICAL
@@ -833,7 +749,7 @@ static int eval_queue(struct report *r, const struct report_thresholds *t)
                                                               : REPORT_OK;
     if (rc == 0 && sev != REPORT_OK) {
         char a[32];
-        fmt_age(a, sizeof(a), age);
+        report_fmt_age(a, sizeof(a), age);
         rc =
             finding_take(r, sev, "queue_age", queue_name_str(oq),
                          fmt("the oldest message in the %s queue is %s old", queue_name_str(oq), a),
@@ -900,7 +816,7 @@ static int eval_traffic(struct report *r, const struct report_thresholds *t)
         const char *svc = w->detail ? w->detail : "smtpd";
         rc = finding_take(r, REPORT_WARNING, "process_limit", svc,
                           fmt("service %s reached its process limit (%" PRIu64 " %s)", svc,
-                              w->count, plural(w->count, "warning", "warnings")),
+                              w->count, report_plural(w->count, "warning", "warnings")),
                           fmt("raise the process limit of %s in master.cf or reduce the "
                               "service time per client (STRESS_README)",
                               svc));
@@ -980,740 +896,4 @@ enum report_status report_status(const struct report *r)
 size_t report_finding_count(const struct report *r)
 {
     return r->n_findings;
-}
-
-/* ---- text --------------------------------------------------------------------------- */
-
-static double failure_rate(uint64_t delivered, uint64_t deferred, uint64_t bounced)
-{
-    uint64_t all = delivered + deferred + bounced;
-    return all ? (double)(deferred + bounced) / (double)all : 0.0;
-}
-
-/* The summary after "STATUS - ". */
-static void write_summary(const struct report *r, FILE *out)
-{
-    if (r->n_findings == 0) {
-        fprintf(out, "%s: %zu %s", r->host, r->n_nodes, plural(r->n_nodes, "node", "nodes"));
-        if (r->have_queue)
-            fprintf(out, ", queues active %" PRIu64 " deferred %" PRIu64 " hold %" PRIu64,
-                    r->totals[QUEUE_ACTIVE].messages, r->totals[QUEUE_DEFERRED].messages,
-                    r->totals[QUEUE_HOLD].messages);
-        if (r->n_traffic) {
-            uint64_t d = traffic_sum(r, 0), f = traffic_sum(r, 1), b = traffic_sum(r, 2);
-            fprintf(out, ", %" PRIu64 " delivered, %.1f%% failed", d,
-                    failure_rate(d, f, b) * 100.0);
-        }
-        return;
-    }
-    size_t shown = r->n_findings < 3 ? r->n_findings : 3;
-    for (size_t i = 0; i < shown; i++)
-        fprintf(out, "%s%s", i ? "; " : "", r->findings[i].message);
-    if (r->n_findings > shown)
-        fprintf(out, "; %zu more", r->n_findings - shown);
-}
-
-/* Nagios performance data: label=value[UOM];warn;crit */
-static void write_perfdata(const struct report *r, FILE *out)
-{
-    if (!r->have_queue)
-        return;
-    static const struct {
-        const char *label;
-        enum queue_name q;
-    } pd[] = {{"incoming", QUEUE_INCOMING},
-              {"active", QUEUE_ACTIVE},
-              {"deferred", QUEUE_DEFERRED},
-              {"hold", QUEUE_HOLD}};
-    fputs(" |", out);
-    for (size_t i = 0; i < 4; i++) {
-        fprintf(out, " %s=%" PRIu64, pd[i].label, r->totals[pd[i].q].messages);
-        if (pd[i].q == QUEUE_DEFERRED)
-            fprintf(out, ";%" PRIu64 ";%" PRIu64, r->t.deferred_warning, r->t.deferred_critical);
-        else if (pd[i].q == QUEUE_HOLD)
-            fprintf(out, ";%" PRIu64 ";%" PRIu64, r->t.hold_warning, r->t.hold_critical);
-    }
-}
-
-/* How many of n rows to show under a cap (0: all). */
-static size_t rows(size_t n, size_t cap)
-{
-    return cap && cap < n ? cap : n;
-}
-
-/* A count, or "?" when unknown (negative). */
-static void fmt_count(char *buf, size_t len, int64_t v)
-{
-    if (v < 0)
-        snprintf(buf, len, "?");
-    else
-        snprintf(buf, len, "%" PRId64, v);
-}
-
-static const char *tri(int v, const char *yes, const char *no)
-{
-    return v > 0 ? yes : v == 0 ? no : "?";
-}
-
-int report_write_text(const struct report *r, FILE *out)
-{
-    char a[32];
-    fprintf(out, "%s - ", report_status_str(r->status));
-    write_summary(r, out);
-    write_perfdata(r, out);
-    fputc('\n', out);
-    if (r->n_findings == 0)
-        return ferror(out) ? -EIO : 0;
-
-    fputs("\nFindings:\n", out);
-    for (size_t i = 0; i < r->n_findings; i++) {
-        const struct r_finding *f = &r->findings[i];
-        fprintf(out, "  %-8s %s\n", report_status_str(f->severity), f->message);
-        if (f->advice)
-            fprintf(out, "           -> %s\n", f->advice);
-    }
-    if (r->n_nodes) {
-        fputs("\nNodes:\n  NODE                 DAEMON MASTER QMGR STRESS   SAT EPISODES "
-              "OVERRIDES\n",
-              out);
-        for (size_t i = 0; i < r->n_nodes; i++) {
-            const struct r_node *n = &r->nodes[i];
-            char sat[16];
-            if (n->saturation >= 0)
-                snprintf(sat, sizeof(sat), "%d%%", n->saturation);
-            else
-                strcpy(sat, "?");
-            fprintf(out, "  %-20s %-6s %-6s %-4s %-6s %5s %8u %9u\n", n->name,
-                    tri(n->daemon_up, "up", "down"), tri(n->master_up, "up", "down"),
-                    tri(n->qmgr_up, "up", "down"), tri(n->stressed, "yes", "no"), sat,
-                    n->stress_episodes, n->overrides);
-            for (size_t k = 0; k < n->n_services; k++) {
-                const struct r_service *s = &n->services[k];
-                char busy[24], limit[24], waiting[24];
-                fmt_count(busy, sizeof(busy), s->busy);
-                fmt_count(limit, sizeof(limit), s->limit);
-                fmt_count(waiting, sizeof(waiting), s->waiting);
-                fprintf(out, "    service %s: %s/%s busy, %s waiting\n", s->name, busy, limit,
-                        waiting);
-            }
-            for (size_t k = 0; k < n->n_events; k++) {
-                fmt_age(a, sizeof(a), r->now - n->events[k].time);
-                fprintf(out, "    event %s ago: %s%s%s\n", a, n->events[k].kind,
-                        n->events[k].detail ? " " : "",
-                        n->events[k].detail ? n->events[k].detail : "");
-            }
-        }
-    }
-    if (r->have_queue) {
-        fputs("\nQueues:\n  QUEUE      MESSAGES RECIPIENTS        BYTES  OLDEST\n", out);
-        for (int q = 0; q < QUEUE_COUNT; q++) {
-            const struct queue_totals *t = &r->totals[q];
-            if (t->oldest_arrival)
-                fmt_age(a, sizeof(a), r->now - t->oldest_arrival);
-            else
-                strcpy(a, "-");
-            fprintf(out, "  %-10s %8" PRIu64 " %10" PRIu64 " %12" PRIu64 "  %s\n",
-                    queue_name_str((enum queue_name)q), t->messages, t->recipients, t->bytes, a);
-        }
-        if (r->malformed || r->overlong)
-            fprintf(out, "  (%" PRIu64 " malformed and %" PRIu64 " over-long lines skipped)\n",
-                    r->malformed, r->overlong);
-    }
-    if (r->n_domains) {
-        fputs("\nDomains (by recipients):\n  DOMAIN                     RCPTS ACTIVE DEFERRED "
-              "  HOLD OLDEST  REASONS\n",
-              out);
-        for (size_t i = 0; i < r->n_domains; i++) {
-            const struct r_domain *d = &r->domains[i];
-            fmt_age(a, sizeof(a), r->now - d->oldest_arrival);
-            fprintf(out, "  %-26s %5" PRIu64 " %6" PRIu64 " %8" PRIu64 " %6" PRIu64 " %-7s",
-                    d->name, d->recipients, d->queue_recipients[QUEUE_ACTIVE],
-                    d->queue_recipients[QUEUE_DEFERRED], d->queue_recipients[QUEUE_HOLD], a);
-            for (size_t k = 0; k < d->n_reasons; k++)
-                fprintf(out, "%s%s %s x%" PRIu64, k ? ", " : " ",
-                        queue_reason_class_str(d->reasons[k].cls),
-                        d->reasons[k].dsn[0] ? d->reasons[k].dsn : "-", d->reasons[k].count);
-            fputc('\n', out);
-        }
-    }
-    if (r->n_traffic) {
-        fputs("\nTraffic (since the last report):\n  DOMAIN                     DELIVERED "
-              "DEFERRED BOUNCED FAILED\n",
-              out);
-        for (size_t i = 0; i < rows(r->n_traffic, r->t.top_domains); i++) {
-            const struct r_traffic *x = &r->traffic[i];
-            fprintf(out, "  %-26s %9" PRIu64 " %8" PRIu64 " %7" PRIu64 " %5.1f%%\n", x->domain,
-                    x->delivered, x->deferred, x->bounced,
-                    failure_rate(x->delivered, x->deferred, x->bounced) * 100.0);
-        }
-    }
-    if (r->n_clients) {
-        fputs("\nClients:\n  CLIENT                                   CONNECTIONS REJECTS\n", out);
-        for (size_t i = 0; i < rows(r->n_clients, r->t.top_clients); i++)
-            fprintf(out, "  %-40s %11" PRIu64 " %7" PRIu64 "\n", r->clients[i].client,
-                    r->clients[i].connections, r->clients[i].rejects);
-    }
-    if (r->n_warnings) {
-        fputs("\nPostfix warnings:\n", out);
-        for (size_t i = 0; i < r->n_warnings; i++)
-            fprintf(out, "  %s%s%s: %" PRIu64 "\n", r->warnings[i].kind,
-                    r->warnings[i].detail ? " " : "",
-                    r->warnings[i].detail ? r->warnings[i].detail : "", r->warnings[i].count);
-    }
-    if (r->n_anomalies) {
-        fputs("\nAnomalies:\n", out);
-        for (size_t i = 0; i < r->n_anomalies; i++) {
-            const struct r_anomaly *x = &r->anomalies[i];
-            fprintf(out, "  %s = %.6g (baseline %.6g +/- %.3g over %" PRIu64 " samples)\n",
-                    x->metric, x->value, x->mean, x->sd, x->samples);
-        }
-    }
-    return ferror(out) ? -EIO : 0;
-}
-
-/* ---- JSON --------------------------------------------------------------------------- */
-
-/* Adds key = v to obj, consuming v; records a failure in *ok (v NULL means ENOMEM). */
-static void put(json_t *obj, const char *key, json_t *v, bool *ok)
-{
-    if (!v || json_object_set_new(obj, key, v) < 0)
-        *ok = false;
-}
-
-static void push(json_t *arr, json_t *v, bool *ok)
-{
-    if (!v || json_array_append_new(arr, v) < 0)
-        *ok = false;
-}
-
-static json_t *jint(uint64_t v)
-{
-    return json_integer((json_int_t)v);
-}
-
-static json_t *jtri(int v)
-{
-    return v < 0 ? json_null() : json_boolean(v);
-}
-
-static json_t *jstr_opt(const char *s)
-{
-    return s ? json_string(s) : json_null();
-}
-
-static json_t *json_queues(const struct report *r, bool *ok)
-{
-    json_t *qs = json_object();
-    for (int q = 0; qs && q < QUEUE_COUNT; q++) {
-        const struct queue_totals *t = &r->totals[q];
-        json_t *o = json_object();
-        put(qs, queue_name_str((enum queue_name)q), o, ok);
-        if (!o)
-            break;
-        put(o, "messages", jint(t->messages), ok);
-        put(o, "recipients", jint(t->recipients), ok);
-        put(o, "bytes", jint(t->bytes), ok);
-        put(o, "oldest_age",
-            t->oldest_arrival ? json_integer(r->now - t->oldest_arrival) : json_null(), ok);
-    }
-    return qs;
-}
-
-static json_t *json_reason(const struct queue_reason *x, bool *ok)
-{
-    json_t *o = json_object();
-    if (o) {
-        put(o, "class", json_string(queue_reason_class_str(x->cls)), ok);
-        put(o, "dsn", json_string(x->dsn), ok);
-        put(o, "count", jint(x->count), ok);
-        put(o, "sample", json_string(x->sample), ok);
-    }
-    return o;
-}
-
-static json_t *json_domains(const struct report *r, bool *ok)
-{
-    json_t *arr = json_array();
-    for (size_t i = 0; arr && i < r->n_domains; i++) {
-        const struct r_domain *d = &r->domains[i];
-        json_t *o = json_object(), *qs = json_object(), *ab = json_array(), *rs = json_array();
-        push(arr, o, ok);
-        if (!o) {
-            json_decref(qs);
-            json_decref(ab);
-            json_decref(rs);
-            break;
-        }
-        put(o, "domain", json_string(d->name), ok);
-        put(o, "recipients", jint(d->recipients), ok);
-        put(o, "messages", jint(d->messages), ok);
-        put(o, "queues", qs, ok);
-        for (int q = 0; qs && q < QUEUE_COUNT; q++)
-            put(qs, queue_name_str((enum queue_name)q), jint(d->queue_recipients[q]), ok);
-        put(o, "oldest_age", json_integer(r->now - d->oldest_arrival), ok);
-        put(o, "age_buckets", ab, ok);
-        for (int k = 0; ab && k < QUEUE_AGE_BUCKETS; k++)
-            push(ab, jint(d->age_buckets[k]), ok);
-        put(o, "reasons", rs, ok);
-        for (size_t k = 0; rs && k < d->n_reasons; k++)
-            push(rs, json_reason(&d->reasons[k], ok), ok);
-    }
-    return arr;
-}
-
-static json_t *json_nodes(const struct report *r, bool *ok)
-{
-    json_t *arr = json_array();
-    for (size_t i = 0; arr && i < r->n_nodes; i++) {
-        const struct r_node *n = &r->nodes[i];
-        json_t *o = json_object(), *sv = json_array(), *ev = json_array();
-        push(arr, o, ok);
-        if (!o) {
-            json_decref(sv);
-            json_decref(ev);
-            break;
-        }
-        put(o, "name", json_string(n->name), ok);
-        put(o, "daemon_up", jtri(n->daemon_up), ok);
-        put(o, "master_up", jtri(n->master_up), ok);
-        put(o, "qmgr_up", jtri(n->qmgr_up), ok);
-        put(o, "stressed", jtri(n->stressed), ok);
-        put(o, "saturation", n->saturation >= 0 ? json_integer(n->saturation) : json_null(), ok);
-        put(o, "stress_episodes", jint(n->stress_episodes), ok);
-        put(o, "overrides", jint(n->overrides), ok);
-        put(o, "services", sv, ok);
-        for (size_t k = 0; sv && k < n->n_services; k++) {
-            const struct r_service *s = &n->services[k];
-            json_t *so = json_object();
-            push(sv, so, ok);
-            if (!so)
-                break;
-            put(so, "name", json_string(s->name), ok);
-            put(so, "busy", s->busy >= 0 ? json_integer(s->busy) : json_null(), ok);
-            put(so, "limit", s->limit >= 0 ? json_integer(s->limit) : json_null(), ok);
-            put(so, "waiting", s->waiting >= 0 ? json_integer(s->waiting) : json_null(), ok);
-        }
-        put(o, "events", ev, ok);
-        for (size_t k = 0; ev && k < n->n_events; k++) {
-            json_t *eo = json_object();
-            push(ev, eo, ok);
-            if (!eo)
-                break;
-            put(eo, "time", json_integer(n->events[k].time), ok);
-            put(eo, "kind", json_string(n->events[k].kind), ok);
-            put(eo, "detail", jstr_opt(n->events[k].detail), ok);
-        }
-    }
-    return arr;
-}
-
-static json_t *json_traffic(const struct report *r, bool *ok)
-{
-    json_t *o = json_object(), *tot = json_object(), *doms = json_array(), *cls = json_array(),
-           *ws = json_array();
-    if (!o || !tot || !doms || !cls || !ws) {
-        json_decref(o);
-        json_decref(tot);
-        json_decref(doms);
-        json_decref(cls);
-        json_decref(ws);
-        *ok = false;
-        return NULL;
-    }
-    uint64_t d = traffic_sum(r, 0), f = traffic_sum(r, 1), b = traffic_sum(r, 2);
-    put(o, "totals", tot, ok);
-    put(tot, "delivered", jint(d), ok);
-    put(tot, "deferred", jint(f), ok);
-    put(tot, "bounced", jint(b), ok);
-    put(tot, "failure_rate", json_real(failure_rate(d, f, b)), ok);
-    put(tot, "connections", jint(clients_sum(r, false)), ok);
-    put(tot, "rejects", jint(clients_sum(r, true)), ok);
-    put(o, "domains", doms, ok);
-    for (size_t i = 0; i < rows(r->n_traffic, r->t.top_domains); i++) {
-        const struct r_traffic *x = &r->traffic[i];
-        json_t *e = json_object();
-        push(doms, e, ok);
-        if (!e)
-            break;
-        put(e, "domain", json_string(x->domain), ok);
-        put(e, "delivered", jint(x->delivered), ok);
-        put(e, "deferred", jint(x->deferred), ok);
-        put(e, "bounced", jint(x->bounced), ok);
-        put(e, "failure_rate", json_real(failure_rate(x->delivered, x->deferred, x->bounced)), ok);
-    }
-    put(o, "clients", cls, ok);
-    for (size_t i = 0; i < rows(r->n_clients, r->t.top_clients); i++) {
-        json_t *e = json_object();
-        push(cls, e, ok);
-        if (!e)
-            break;
-        put(e, "client", json_string(r->clients[i].client), ok);
-        put(e, "connections", jint(r->clients[i].connections), ok);
-        put(e, "rejects", jint(r->clients[i].rejects), ok);
-    }
-    put(o, "warnings", ws, ok);
-    for (size_t i = 0; i < r->n_warnings; i++) {
-        json_t *e = json_object();
-        push(ws, e, ok);
-        if (!e)
-            break;
-        put(e, "kind", json_string(r->warnings[i].kind), ok);
-        put(e, "detail", jstr_opt(r->warnings[i].detail), ok);
-        put(e, "count", jint(r->warnings[i].count), ok);
-    }
-    return o;
-}
-
-int report_to_json(const struct report *r, json_t **out)
-{
-    bool ok = true;
-    json_t *root = json_object();
-    if (!root)
-        return -ENOMEM;
-    char *summary = NULL;
-    size_t slen = 0;
-    FILE *mem = open_memstream(&summary, &slen);
-    if (mem) {
-        write_summary(r, mem);
-        fclose(mem);
-    }
-    put(root, "schema_version", json_integer(1), &ok);
-    put(root, "generated_at", json_integer(r->now), &ok);
-    put(root, "host", json_string(r->host), &ok);
-    put(root, "status", json_string(report_status_str(r->status)), &ok);
-    put(root, "exit_code", json_integer(report_exit_code(r->status)), &ok);
-    put(root, "summary", summary ? json_string(summary) : NULL, &ok);
-    free(summary);
-
-    if (r->have_queue) {
-        put(root, "queues", json_queues(r, &ok), &ok);
-        json_t *qp = json_object();
-        put(root, "queue_parse", qp, &ok);
-        if (qp) {
-            put(qp, "records", jint(r->records), &ok);
-            put(qp, "malformed", jint(r->malformed), &ok);
-            put(qp, "overlong", jint(r->overlong), &ok);
-        }
-        json_t *dr = json_object(), *bc = json_object(), *bd = json_array();
-        put(root, "deferral_reasons", dr, &ok);
-        if (dr) {
-            put(dr, "by_class", bc, &ok);
-            put(dr, "by_dsn", bd, &ok);
-        } else {
-            json_decref(bc);
-            json_decref(bd);
-        }
-        for (int c = 0; bc && c < QUEUE_REASON_COUNT; c++)
-            put(bc, queue_reason_class_str((enum queue_reason_class)c), jint(r->class_count[c]),
-                &ok);
-        for (size_t i = 0; bd && i < r->n_dsns; i++)
-            push(bd, json_reason(&r->dsns[i], &ok), &ok);
-    } else {
-        put(root, "queues", json_null(), &ok);
-        put(root, "queue_parse", json_null(), &ok);
-        put(root, "deferral_reasons", json_null(), &ok);
-    }
-    put(root, "domains", json_domains(r, &ok), &ok);
-    put(root, "nodes", json_nodes(r, &ok), &ok);
-    put(root, "traffic", json_traffic(r, &ok), &ok);
-
-    json_t *an = json_array();
-    put(root, "anomalies", an, &ok);
-    for (size_t i = 0; an && i < r->n_anomalies; i++) {
-        const struct r_anomaly *x = &r->anomalies[i];
-        json_t *e = json_object();
-        push(an, e, &ok);
-        if (!e)
-            break;
-        put(e, "metric", json_string(x->metric), &ok);
-        put(e, "value", json_real(x->value), &ok);
-        put(e, "mean", json_real(x->mean), &ok);
-        put(e, "sd", json_real(x->sd), &ok);
-        put(e, "samples", jint(x->samples), &ok);
-        put(e, "cause", jstr_opt(x->cause), &ok);
-    }
-    json_t *fs = json_array();
-    put(root, "findings", fs, &ok);
-    for (size_t i = 0; fs && i < r->n_findings; i++) {
-        const struct r_finding *f = &r->findings[i];
-        json_t *e = json_object();
-        push(fs, e, &ok);
-        if (!e)
-            break;
-        put(e, "severity", json_string(report_status_str(f->severity)), &ok);
-        put(e, "code", json_string(f->code), &ok);
-        put(e, "subject", jstr_opt(f->subject), &ok);
-        put(e, "message", json_string(f->message), &ok);
-        put(e, "advice", jstr_opt(f->advice), &ok);
-    }
-    if (!ok || !mem) {
-        json_decref(root);
-        return -ENOMEM;
-    }
-    *out = root;
-    return 0;
-}
-
-int report_write_json(const struct report *r, FILE *out)
-{
-    json_t *j;
-    int rc = report_to_json(r, &j);
-    if (rc < 0)
-        return rc;
-    rc = json_dumpf(j, out, JSON_INDENT(2) | JSON_REAL_PRECISION(6)) < 0 ? -EIO : 0;
-    json_decref(j);
-    if (rc == 0 && (fputc('\n', out) == EOF || ferror(out)))
-        rc = -EIO;
-    return rc;
-}
-
-/* ---- Prometheus --------------------------------------------------------------------- */
-
-/* Writes a label value with \\, \" and \n escaped, as the text format requires. */
-static void prom_label_value(FILE *out, const char *s)
-{
-    fputc('"', out);
-    for (; *s; s++) {
-        if (*s == '\\')
-            fputs("\\\\", out);
-        else if (*s == '"')
-            fputs("\\\"", out);
-        else if (*s == '\n')
-            fputs("\\n", out);
-        else
-            fputc(*s, out);
-    }
-    fputc('"', out);
-}
-
-static void prom_head(FILE *out, const char *name, const char *help)
-{
-    fprintf(out, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
-}
-
-/* One sample: name{k1="v1",k2="v2"} value; labels is a NULL-terminated key/value list. */
-static void prom_sample(FILE *out, const char *name, const char *const *labels, double v)
-{
-    fputs(name, out);
-    if (labels && labels[0]) {
-        fputc('{', out);
-        for (size_t i = 0; labels[i]; i += 2) {
-            fprintf(out, "%s%s=", i ? "," : "", labels[i]);
-            prom_label_value(out, labels[i + 1]);
-        }
-        fputc('}', out);
-    }
-    /* Integers print exactly; ratios with enough digits. */
-    if (v == floor(v) && fabs(v) < 1e15)
-        fprintf(out, " %.0f\n", v);
-    else
-        fprintf(out, " %.6g\n", v);
-}
-
-int report_write_prometheus(const struct report *r, FILE *out)
-{
-    prom_head(out, "postsurge_report_status",
-              "Report status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.");
-    prom_sample(out, "postsurge_report_status", NULL, (double)r->status);
-    prom_head(out, "postsurge_report_generated_timestamp_seconds",
-              "Unix time the report was made.");
-    prom_sample(out, "postsurge_report_generated_timestamp_seconds", NULL, (double)r->now);
-    prom_head(out, "postsurge_report_findings", "Findings of the report by severity.");
-    for (int s = 0; s <= REPORT_UNKNOWN; s++) {
-        uint64_t n = 0;
-        for (size_t i = 0; i < r->n_findings; i++)
-            n += r->findings[i].severity == (enum report_status)s;
-        const char *l[] = {"severity", report_status_str((enum report_status)s), NULL};
-        prom_sample(out, "postsurge_report_findings", l, (double)n);
-    }
-
-    if (r->have_queue) {
-        static const struct {
-            const char *name, *help;
-            int field;
-        } qm[] = {
-            {"postsurge_report_queue_messages", "Messages in the Postfix queue.", 0},
-            {"postsurge_report_queue_recipients", "Recipients in the Postfix queue.", 1},
-            {"postsurge_report_queue_size_bytes", "Message bytes in the Postfix queue.", 2},
-        };
-        for (size_t m = 0; m < 3; m++) {
-            prom_head(out, qm[m].name, qm[m].help);
-            for (int q = 0; q < QUEUE_COUNT; q++) {
-                const struct queue_totals *t = &r->totals[q];
-                uint64_t v = qm[m].field == 0   ? t->messages
-                             : qm[m].field == 1 ? t->recipients
-                                                : t->bytes;
-                const char *l[] = {"queue", queue_name_str((enum queue_name)q), NULL};
-                prom_sample(out, qm[m].name, l, (double)v);
-            }
-        }
-        prom_head(out, "postsurge_report_queue_oldest_age_seconds",
-                  "Age of the oldest message per non-empty queue.");
-        for (int q = 0; q < QUEUE_COUNT; q++) {
-            if (!r->totals[q].oldest_arrival)
-                continue;
-            const char *l[] = {"queue", queue_name_str((enum queue_name)q), NULL};
-            prom_sample(out, "postsurge_report_queue_oldest_age_seconds", l,
-                        (double)(r->now - r->totals[q].oldest_arrival));
-        }
-        prom_head(out, "postsurge_report_queue_malformed_lines",
-                  "postqueue -j lines skipped as malformed or over-long.");
-        prom_sample(out, "postsurge_report_queue_malformed_lines", NULL,
-                    (double)(r->malformed + r->overlong));
-        prom_head(out, "postsurge_report_deferred_recipients",
-                  "Queued recipients with a delay reason, by reason class.");
-        for (int c = 0; c < QUEUE_REASON_COUNT; c++) {
-            const char *l[] = {"class", queue_reason_class_str((enum queue_reason_class)c), NULL};
-            prom_sample(out, "postsurge_report_deferred_recipients", l, (double)r->class_count[c]);
-        }
-    }
-    if (r->n_domains) {
-        prom_head(out, "postsurge_report_domain_recipients",
-                  "Queued recipients of the top recipient domains, by queue.");
-        for (size_t i = 0; i < r->n_domains; i++) {
-            for (int q = 0; q < QUEUE_COUNT; q++) {
-                const char *l[] = {"domain", r->domains[i].name, "queue",
-                                   queue_name_str((enum queue_name)q), NULL};
-                prom_sample(out, "postsurge_report_domain_recipients", l,
-                            (double)r->domains[i].queue_recipients[q]);
-            }
-        }
-        prom_head(out, "postsurge_report_domain_oldest_age_seconds",
-                  "Age of the oldest queued message of the domain.");
-        for (size_t i = 0; i < r->n_domains; i++) {
-            const char *l[] = {"domain", r->domains[i].name, NULL};
-            prom_sample(out, "postsurge_report_domain_oldest_age_seconds", l,
-                        (double)(r->now - r->domains[i].oldest_arrival));
-        }
-        prom_head(out, "postsurge_report_domain_reason_recipients",
-                  "Queued recipients of the domain by top deferral reason (class and DSN).");
-        for (size_t i = 0; i < r->n_domains; i++) {
-            for (size_t k = 0; k < r->domains[i].n_reasons; k++) {
-                const struct queue_reason *x = &r->domains[i].reasons[k];
-                const char *l[] = {"domain", r->domains[i].name,
-                                   "class",  queue_reason_class_str(x->cls),
-                                   "dsn",    x->dsn,
-                                   NULL};
-                prom_sample(out, "postsurge_report_domain_reason_recipients", l, (double)x->count);
-            }
-        }
-    }
-    if (r->n_nodes) {
-        prom_head(out, "postsurge_report_node_up",
-                  "1 if the component runs on the node (daemon, master, qmgr); absent if "
-                  "unknown.");
-        for (size_t i = 0; i < r->n_nodes; i++) {
-            const struct r_node *n = &r->nodes[i];
-            const struct {
-                const char *c;
-                int v;
-            } comp[] = {{"daemon", n->daemon_up}, {"master", n->master_up}, {"qmgr", n->qmgr_up}};
-            for (size_t k = 0; k < 3; k++) {
-                if (comp[k].v < 0)
-                    continue;
-                const char *l[] = {"node", n->name, "component", comp[k].c, NULL};
-                prom_sample(out, "postsurge_report_node_up", l, comp[k].v ? 1 : 0);
-            }
-        }
-        prom_head(out, "postsurge_report_node_stressed", "1 if the node is in stress mode.");
-        for (size_t i = 0; i < r->n_nodes; i++) {
-            if (r->nodes[i].stressed < 0)
-                continue;
-            const char *l[] = {"node", r->nodes[i].name, NULL};
-            prom_sample(out, "postsurge_report_node_stressed", l, r->nodes[i].stressed ? 1 : 0);
-        }
-        prom_head(out, "postsurge_report_node_saturation_ratio",
-                  "Busy share of the node's smtpd processes (0 to 1).");
-        for (size_t i = 0; i < r->n_nodes; i++) {
-            if (r->nodes[i].saturation < 0)
-                continue;
-            const char *l[] = {"node", r->nodes[i].name, NULL};
-            prom_sample(out, "postsurge_report_node_saturation_ratio", l,
-                        r->nodes[i].saturation / 100.0);
-        }
-        prom_head(out, "postsurge_report_node_stress_episodes",
-                  "Stress episodes of the node since the last report.");
-        for (size_t i = 0; i < r->n_nodes; i++) {
-            const char *l[] = {"node", r->nodes[i].name, NULL};
-            prom_sample(out, "postsurge_report_node_stress_episodes", l,
-                        (double)r->nodes[i].stress_episodes);
-        }
-        prom_head(out, "postsurge_report_node_overrides",
-                  "Override profiles applied on the node since the last report.");
-        for (size_t i = 0; i < r->n_nodes; i++) {
-            const char *l[] = {"node", r->nodes[i].name, NULL};
-            prom_sample(out, "postsurge_report_node_overrides", l, (double)r->nodes[i].overrides);
-        }
-        static const struct {
-            const char *name, *help;
-            int field;
-        } sm[] = {
-            {"postsurge_report_service_busy", "Busy processes of a master.cf service.", 0},
-            {"postsurge_report_service_limit", "Process limit of a master.cf service.", 1},
-            {"postsurge_report_service_waiting", "Clients waiting for a service process.", 2},
-        };
-        for (size_t m = 0; m < 3; m++) {
-            prom_head(out, sm[m].name, sm[m].help);
-            for (size_t i = 0; i < r->n_nodes; i++) {
-                for (size_t k = 0; k < r->nodes[i].n_services; k++) {
-                    const struct r_service *s = &r->nodes[i].services[k];
-                    int64_t v = sm[m].field == 0   ? s->busy
-                                : sm[m].field == 1 ? s->limit
-                                                   : s->waiting;
-                    if (v < 0)
-                        continue;
-                    const char *l[] = {"node", r->nodes[i].name, "service", s->name, NULL};
-                    prom_sample(out, sm[m].name, l, (double)v);
-                }
-            }
-        }
-    }
-    if (r->n_traffic) {
-        prom_head(out, "postsurge_report_traffic_messages",
-                  "Deliveries since the last report by receiving domain and result.");
-        for (size_t i = 0; i < rows(r->n_traffic, r->t.top_domains); i++) {
-            const struct r_traffic *x = &r->traffic[i];
-            const uint64_t v[3] = {x->delivered, x->deferred, x->bounced};
-            static const char *const res[3] = {"delivered", "deferred", "bounced"};
-            for (int k = 0; k < 3; k++) {
-                const char *l[] = {"domain", x->domain, "result", res[k], NULL};
-                prom_sample(out, "postsurge_report_traffic_messages", l, (double)v[k]);
-            }
-        }
-        prom_head(out, "postsurge_report_traffic_failure_ratio",
-                  "Deferred plus bounced share of deliveries since the last report.");
-        for (size_t i = 0; i < rows(r->n_traffic, r->t.top_domains); i++) {
-            const struct r_traffic *x = &r->traffic[i];
-            const char *l[] = {"domain", x->domain, NULL};
-            prom_sample(out, "postsurge_report_traffic_failure_ratio", l,
-                        failure_rate(x->delivered, x->deferred, x->bounced));
-        }
-    }
-    if (r->n_clients) {
-        prom_head(out, "postsurge_report_client_connections",
-                  "SMTP connections of the top clients since the last report.");
-        for (size_t i = 0; i < rows(r->n_clients, r->t.top_clients); i++) {
-            const char *l[] = {"client", r->clients[i].client, NULL};
-            prom_sample(out, "postsurge_report_client_connections", l,
-                        (double)r->clients[i].connections);
-        }
-        prom_head(out, "postsurge_report_client_rejects",
-                  "Rejected SMTP commands of the top clients since the last report.");
-        for (size_t i = 0; i < rows(r->n_clients, r->t.top_clients); i++) {
-            const char *l[] = {"client", r->clients[i].client, NULL};
-            prom_sample(out, "postsurge_report_client_rejects", l, (double)r->clients[i].rejects);
-        }
-    }
-    if (r->n_warnings) {
-        prom_head(out, "postsurge_report_log_warnings",
-                  "Postfix warnings in the maillog since the last report.");
-        for (size_t i = 0; i < r->n_warnings; i++) {
-            const char *l[] = {"kind", r->warnings[i].kind, "detail",
-                               r->warnings[i].detail ? r->warnings[i].detail : "", NULL};
-            prom_sample(out, "postsurge_report_log_warnings", l, (double)r->warnings[i].count);
-        }
-    }
-    prom_head(out, "postsurge_report_anomalies", "Figures beyond their rolling baseline.");
-    prom_sample(out, "postsurge_report_anomalies", NULL, (double)r->n_anomalies);
-    return ferror(out) ? -EIO : 0;
 }

@@ -263,9 +263,21 @@ static int load_state(const char *path, struct report_state *s)
 {
     json_error_t je;
     memset(s, 0, sizeof(*s));
-    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    /* state_directory belongs to the daemon's user and the report may run as root: a
+     * symlink, FIFO or hard link planted at this name is not followed, waited on or
+     * read. */
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? -ENOENT : -EINVAL;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
+        close(fd);
+        return -EINVAL;
+    }
+    json_t *j = json_loadfd(fd, JSON_REJECT_DUPLICATES, &je);
+    close(fd);
     if (!j)
-        return access(path, F_OK) == 0 ? -EINVAL : -ENOENT;
+        return -EINVAL;
     s->last_report = int_of(json_object_get(j, "last_report"), 0);
     s->events_ms = int_of(json_object_get(j, "events_ms"), s->last_report * 1000);
     const json_t *m = json_object_get(j, "maillog");
@@ -612,9 +624,16 @@ static int lock_state(const char *dir)
 {
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/" LOCK_FILE, dir);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    /* Not followed if a symlink, not waited on if a FIFO, not used if a hard link: the
+     * directory is the daemon user's and this may run as root. */
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
     if (fd < 0)
-        return -errno;
+        return errno == ELOOP ? -EPERM : -errno;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
+        close(fd);
+        return -EPERM;
+    }
     for (int i = 0; i < 300; i++) {
         if (flock(fd, LOCK_EX | LOCK_NB) == 0)
             return fd;
@@ -666,7 +685,9 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
         lockfd = lock_state(cfg->state_directory);
         if (lockfd < 0) {
             fprintf(stderr, "postsurge: warning: %s/" LOCK_FILE ": %s\n", cfg->state_directory,
-                    strerror(-lockfd));
+                    lockfd == -EPERM ? "not a regular file with one link (a symlink, FIFO or "
+                                       "hard link put there?): not used"
+                                     : strerror(-lockfd));
             state_ok = false;
         }
     }

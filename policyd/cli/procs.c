@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static bool proc_comm_is(long pid, const char *want)
@@ -53,12 +54,17 @@ void procs_postfix(const char *queue_dir, int *master_up, int *qmgr_up)
     if (!queue_dir || !queue_dir[0])
         return;
     snprintf(path, sizeof(path), "%s/pid/master.pid", queue_dir);
-    FILE *f = fopen(path, "r");
-    if (f) {
-        if (fscanf(f, "%ld", &pid) != 1)
-            pid = 0;
-        fclose(f);
+    /* Neither a symlink nor a FIFO is followed or waited on (this may run as root). */
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+        char buf[128]; /* master writes the PID right-aligned in 32 columns */
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        buf[n > 0 ? n : 0] = '\0';
+        pid = strtol(buf, NULL, 10);
     }
+    if (fd >= 0)
+        close(fd);
     *master_up = pid > 0 && proc_comm_is(pid, "master") && proc_ppid(pid) >= 0;
     *qmgr_up = 0;
     if (!*master_up)

@@ -17,12 +17,14 @@ static void job_end(struct job *jb);
  * root process never restores from a journal the unprivileged daemon user could forge. */
 static int read_all_checked(const char *path, bool trusted_only, char **buf, size_t *len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | (trusted_only ? O_NOFOLLOW : 0));
+    /* O_NONBLOCK: a FIFO planted at the name must not hang a root restore; it fails the
+     * regular-file check below instead. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | (trusted_only ? O_NOFOLLOW : 0));
     if (fd < 0)
         return -errno;
     struct stat st;
-    if (trusted_only && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
-                         st.st_nlink != 1 || (st.st_mode & 022))) {
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+        (trusted_only && (st.st_uid != geteuid() || st.st_nlink != 1 || (st.st_mode & 022)))) {
         close(fd);
         return -EPERM;
     }

@@ -215,11 +215,18 @@ int monitor_parse_postconf_F(const char *text, size_t len, unsigned default_limi
 
 /* ---- the scan (thread pool) ------------------------------------------------------ */
 
+/* Reads a small regular file. The scan may run as root (in the privileged helper): a
+ * symlink or FIFO put in the queue directory's pid/ is neither followed nor waited on. */
 static ssize_t read_small(const char *path, char *buf, size_t cap)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return -errno;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return -EINVAL;
+    }
     size_t off = 0;
     while (off + 1 < cap) {
         ssize_t r = read(fd, buf + off, cap - 1 - off);

@@ -85,6 +85,10 @@ struct helper {
      * expected_is_current, kept here because the helper trusts only itself). */
     bool half_applied;
     unsigned commands, failures; /* of the current request */
+    /* queue_directory from the helper's own postconf (never from a request), for the
+     * scan's master.pid; read again at most once a minute. */
+    char queue_dir[1024];
+    uint64_t queue_dir_ms;
 };
 
 static uint64_t mono_ms(void)
@@ -765,10 +769,26 @@ static bool sample_valid(struct helper *h, struct monitor_scan *sc)
         sc->svc[i].name[sizeof(sc->svc[i].name) - 1] = '\0';
         sc->svc[i].service[sizeof(sc->svc[i].service) - 1] = '\0';
     }
-    sc->queue_dir[sizeof(sc->queue_dir) - 1] = '\0';
-    /* The queue directory comes from `postconf -h queue_directory`: absolute, no "..". */
-    if (sc->queue_dir[0] && (sc->queue_dir[0] != '/' || strstr(sc->queue_dir, "/..")))
-        return false;
+    /* The paths the scan opens as root are the helper's own: queue_directory from its
+     * own postconf, whatever the request says. */
+    uint64_t now = mono_ms();
+    if (!h->queue_dir[0] || now - h->queue_dir_ms >= 60000) {
+        char *out = NULL, err[600];
+        size_t len = 0;
+        char *argv[] = {h->postconf, "-c", h->config_dir, "-h", "queue_directory", NULL};
+        h->queue_dir_ms = now;
+        if (run_cmd(h, argv, false, &out, &len, err, sizeof(err)) == 0) {
+            out[strcspn(out, "\n")] = '\0';
+            if (out[0] == '/' && !strstr(out, "/..") && strlen(out) < sizeof(h->queue_dir))
+                snprintf(h->queue_dir, sizeof(h->queue_dir), "%s", out);
+            else
+                log_warn("queue_directory \"%.200s\" is not an absolute path: not scanned", out);
+        } else {
+            log_warn("%s", err);
+        }
+        free(out);
+    }
+    snprintf(sc->queue_dir, sizeof(sc->queue_dir), "%s", h->queue_dir);
     snprintf(sc->config_dir, sizeof(sc->config_dir), "%s", h->config_dir);
     return true;
 }

@@ -491,24 +491,30 @@ static int listener_open(struct server *srv, const char *spec)
         l->h.handle.data = l;
         l->next = srv->listeners;
         srv->listeners = l;
-        if ((rc = uv_pipe_bind(&l->h.pipe, ep.path)) < 0) {
+        /* The socket is born with its mode: bind under a umask that leaves exactly
+         * listen_unix_mode, so no chmod by path follows (the directory may belong to
+         * someone who could swap the name for a symlink between bind and chmod). This
+         * runs at start-up, before the loop or any other thread creates files. */
+        mode_t old_umask = umask(~(mode_t)srv->cfg->listen_unix_mode & 0777);
+        rc = uv_pipe_bind(&l->h.pipe, ep.path);
+        umask(old_umask);
+        if (rc < 0) {
             log_error("%s: bind: %s", spec, uv_strerror(rc));
             return rc;
         }
         l->path = strdup(ep.path);
         if (!l->path)
             return -ENOMEM;
-        if (lstat(ep.path, &st) == 0) {
-            l->dev = st.st_dev;
-            l->ino = st.st_ino;
+        if (lstat(ep.path, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+            log_error("%s: not a socket after bind (replaced?)", spec);
+            return -EEXIST;
         }
-        /* Postfix's smtpd (user postfix) connects: mode, owner and group decide that. */
-        if (chmod(ep.path, srv->cfg->listen_unix_mode & 07777) < 0) {
-            rc = -errno;
-            log_error("%s: chmod %o: %s", spec, srv->cfg->listen_unix_mode, strerror(errno));
-            return rc;
-        }
-        if ((uid != (uid_t)-1 || gid != (gid_t)-1) && chown(ep.path, uid, gid) < 0) {
+        l->dev = st.st_dev;
+        l->ino = st.st_ino;
+        /* Postfix's smtpd (user postfix) connects: mode, owner and group decide that.
+         * lchown never follows a symlink, so a name swapped after the lstat above
+         * changes at most the owner of that link. */
+        if ((uid != (uid_t)-1 || gid != (gid_t)-1) && lchown(ep.path, uid, gid) < 0) {
             rc = -errno;
             log_error("%s: chown: %s", spec, strerror(errno));
             return rc;

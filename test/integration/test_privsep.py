@@ -272,6 +272,156 @@ class PrivsepTest(unittest.TestCase):
         self.assertEqual(read_bytes(self.main), self.main0)
         self.assertEqual(read_bytes(self.master), self.master0)
 
+    # ---- a compromised serve (issue: privilege separation that contains) ----------
+
+    def probe_config(self, state):
+        lines = ["state_directory = %s" % state, "log_destination = stderr",
+                 "http_listen ="]
+        lines += ["%s = %s" % kv for kv in self.cfg().items()]
+        conf = os.path.join(self.tmp, "probe.cf")
+        with open(conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return conf
+
+    def run_probe(self, state, payloads):
+        probe = os.path.join(os.environ["BUILD_ROOT"], "test", "integration", "privsep_probe")
+        r = subprocess.run([probe, self.probe_config(state)] + payloads, capture_output=True,
+                           text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        lines = [json.loads(x) for x in r.stdout.splitlines()]
+        return lines[0], lines[1:], r.stderr
+
+    def test_privsep_helper_refuses_what_leads_to_root(self):
+        """The real client, behind the real drop to the unprivileged user, asks the
+        helper for each setting the review showed would give root or an open relay:
+        every one refused with a logged reason, nothing run, nothing written."""
+        state = os.path.join(self.tmp, "state")
+        evil = os.path.join(state, "evil")
+        canary = os.path.join(self.tmp, "canary")
+        specs = [
+            ("daemon_directory=%s" % evil, ""),
+            ("command_directory=%s" % evil, ""),
+            ("mailbox_command=%s/cmd" % evil, ""),
+            ("sendmail_path=%s/cmd" % evil, ""),
+            ("import_environment=LD_PRELOAD=%s/x.so" % evil, ""),
+            ("virtual_alias_maps=hash:%s/aliases" % state, ""),
+            ("mynetworks=0.0.0.0/0", ""),
+            ("", "smtp/inet/mynetworks=0.0.0.0/0"),
+            # one allowed entry beside a refused one: the whole request goes
+            ("smtpd_soft_error_limit=3 queue_directory=%s" % state, ""),
+            ("smtpd_timeout=${stress?{1}:{300}}s", ""),
+        ]
+        payloads = [json.dumps({"main_cf": m, "master_cf": p, "now_ms": 1}) for m, p in specs]
+        who, replies, log = self.run_probe(state, payloads)
+        self.assertEqual(who, {"euid": NOBODY.pw_uid, "mode": "helper"})
+        self.assertEqual(len(replies), len(specs), replies)
+        for (m, p), r in zip(specs, replies):
+            self.assertFalse(r["ok"], (m, p, r))
+            self.assertFalse(r["changed"], r)
+            self.assertFalse(r["journaled"], r)
+            self.assertEqual(r["fail"], "rejected", r)
+            self.assertIn("request rejected", r["error"])
+        self.assertEqual(log.count("apply request rejected"), len(specs), log)
+        self.assertIn("daemon_directory: not a setting stress profiles may change", log)
+        self.assertIn("mynetworks: not a setting stress profiles may change", log)
+        self.assertNotIn("running:", log)  # no postconf -e/-P, no reload
+        self.assertFalse(os.path.exists(self.reloads))
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
+        self.assertEqual(sorted(os.listdir(state)), [])  # no journal, nothing else
+        self.assertFalse(os.path.exists(canary))
+
+    def test_privsep_helper_applies_documented_profile(self):
+        """The same path takes every entry kind the documentation lists: the list does
+        not refuse what it promises."""
+        state = os.path.join(self.tmp, "state")
+        prof = {"main_cf": "smtpd_client_connection_count_limit=5 smtpd_timeout=10s "
+                           "postscreen_greet_action=enforce smtpd_per_request_deadline=yes",
+                "master_cf": "smtp/inet/stress=yes smtp/inet/smtpd_soft_error_limit=2",
+                "now_ms": 1}
+        who, replies, log = self.run_probe(state, [json.dumps(prof)])
+        self.assertEqual(who["euid"], NOBODY.pw_uid)
+        self.assertTrue(replies[0]["ok"], replies[0])
+        text = read_bytes(self.main).decode()
+        self.assertIn("smtpd_client_connection_count_limit = 5", text)
+        self.assertIn("-o stress=yes", read_bytes(self.master).decode())
+        st = os.lstat(os.path.join(state, "journal.json"))
+        self.assertEqual((st.st_uid, stat.S_IMODE(st.st_mode)), (0, 0o600))
+
+    def test_privsep_planted_names_not_followed(self):
+        """Symlinks, hard links and FIFOs the unprivileged user plants at every name root
+        opens in state_directory: nothing followed, nothing created outside, no hang."""
+        outside = os.path.join(self.tmp, "outside")
+        os.mkdir(outside)
+        target = os.path.join(outside, "root-file")
+        with open(target, "w") as f:
+            f.write("precious\n")
+        # journal.json as a symlink, a FIFO, a hard link to a root file (each alone)
+        for kind in ("symlink", "fifo", "hardlink"):
+            state = os.path.join(self.tmp, "state-" + kind)
+            os.mkdir(state, 0o750)
+            jpath = os.path.join(state, "journal.json")
+            if kind == "symlink":
+                os.symlink(target, jpath)
+            elif kind == "fifo":
+                os.mkfifo(jpath, 0o600)
+            else:
+                os.link(target, jpath)
+            os.chown(state, NOBODY.pw_uid, NOBODY.pw_gid)
+            prof = {"main_cf": "smtpd_soft_error_limit=3", "master_cf": "", "now_ms": 1}
+            who, replies, log = self.run_probe(state, [json.dumps(prof)])
+            self.assertFalse(replies[0]["ok"], (kind, replies[0]))
+            self.assertEqual(replies[0]["fail"], "journal", (kind, replies[0]))
+            self.assertEqual(read_bytes(self.main), self.main0, kind)
+            self.assertEqual(read_bytes(target), b"precious\n", kind)
+        # the journal's temporary name as a symlink to a path that does not exist yet:
+        # the helper replaces the link, never creates the target.
+        state = os.path.join(self.tmp, "state-tmp")
+        os.mkdir(state, 0o750)
+        created = os.path.join(outside, "created-by-root")
+        os.symlink(created, os.path.join(state, "journal.json.postsurge-tmp"))
+        os.chown(state, NOBODY.pw_uid, NOBODY.pw_gid)
+        prof = {"main_cf": "smtpd_soft_error_limit=3", "master_cf": "", "now_ms": 1}
+        who, replies, log = self.run_probe(state, [json.dumps(prof)])
+        self.assertTrue(replies[0]["ok"], replies[0])
+        self.assertFalse(os.path.lexists(created))
+        st = os.lstat(os.path.join(state, "journal.json"))
+        self.assertTrue(stat.S_ISREG(st.st_mode))
+        # the offline restore (root) with a FIFO at the journal's name: refused, no hang
+        # (the run's timeout is the proof), nothing changed.
+        os.rename(os.path.join(state, "journal.json"), os.path.join(self.tmp, "kept.json"))
+        os.mkfifo(os.path.join(state, "journal.json"), 0o600)
+        conf = self.probe_config(state)
+        r = subprocess.run([POSTSURGE, "-c", conf, "restore"], capture_output=True, text=True,
+                           timeout=60)
+        self.assertNotEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("smtpd_soft_error_limit = 3", read_bytes(self.main).decode())
+
+    def test_report_planted_lock_and_state_not_followed(self):
+        """`postsurge report` as root (cron) with a symlink at report.lock and a FIFO at
+        report-state.json: no file created through the link, no hang, the run ends."""
+        state = os.path.join(self.tmp, "state-report")
+        os.mkdir(state, 0o750)
+        created = os.path.join(self.tmp, "nologin-like")
+        os.symlink(created, os.path.join(state, "report.lock"))
+        os.mkfifo(os.path.join(state, "report-state.json"), 0o600)
+        os.chown(state, NOBODY.pw_uid, NOBODY.pw_gid)
+        conf = self.probe_config(state)
+        r = subprocess.run([POSTSURGE, "-c", conf, "report"], capture_output=True, text=True,
+                           timeout=120)
+        self.assertFalse(os.path.lexists(created), r.stderr)
+        self.assertIn("report.lock: not a regular file with one link", r.stderr)
+        # a hard link to a root file at report.lock: not used, not written
+        os.unlink(os.path.join(state, "report.lock"))
+        target = os.path.join(self.tmp, "root-owned")
+        with open(target, "w") as f:
+            f.write("x\n")
+        os.link(target, os.path.join(state, "report.lock"))
+        r = subprocess.run([POSTSURGE, "-c", conf, "report"], capture_output=True, text=True,
+                           timeout=120)
+        self.assertIn("report.lock: not a regular file with one link", r.stderr)
+        self.assertEqual(read_bytes(target), b"x\n")
+
     def test_privsep_non_root_start_overrides_unavailable(self):
         d = tempfile.mkdtemp(prefix="postsurge-nonroot-")
         self.addCleanup(shutil.rmtree, d, True)

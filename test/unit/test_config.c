@@ -268,6 +268,10 @@ static const struct value_case value_cases[] = {
     {"stress_main_cf", "smtpd-timeout=10s", "bad parameter name", false},
     {"stress_master_cf", "127.0.0.1:2525/inet/stress=yes", "127.0.0.1:2525/inet/stress=yes", true},
     {"stress_master_cf", "smtp/stress=yes", "service/type/name=value", false},
+    {"stress_main_cf", "smtpd_soft_error_limit=2 daemon_directory=/tmp/x",
+     "daemon_directory: not a setting stress profiles may change", false},
+    {"stress_main_cf", "smtpd_timeout=soon", "smtpd_timeout=soon: the value must be", false},
+    {"stress_master_cf", "smtp/inet/mynetworks=0.0.0.0/0", "mynetworks: not a setting", false},
     {"limits", "anything goes here", "anything goes here", true},
 };
 

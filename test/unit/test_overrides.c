@@ -257,8 +257,8 @@ static void test_overrides_resolve_rejects(void **state)
     static const struct {
         const char *main, *master, *msg;
     } cases[] = {
-        {"smtpd_no_such_thing=1", NULL, "unknown parameter"},
-        {NULL, "smtp/inet/no_such_param=1", "unknown parameter"},
+        {"smtpd_no_such_thing=1", NULL, "not a setting stress profiles may change"},
+        {NULL, "smtp/inet/no_such_param=1", "not a setting stress profiles may change"},
         {NULL, "nosuch/inet/stress=yes", "no such service"},
         {NULL, "smtp/unix/stress=yes", "no such service"},
         {"smtpd_soft_error_limit=1 smtpd_soft_error_limit=2", NULL, "set twice"},
@@ -319,9 +319,13 @@ static void test_overrides_apply_plan_value_with_spaces_and_noop(void **state)
                                              "inet_protocols=ipv4",
                                              NULL, &p, err, sizeof(err)),
                      0);
-    assert_int_equal(overrides_profile_resolve(p, fx->known, fx->svcs, &r, err, sizeof(err)), 0);
+    /* Neither is a setting a profile may change: resolve (every apply) refuses them. */
+    assert_int_equal(overrides_profile_resolve(p, fx->known, fx->svcs, &r, err, sizeof(err)),
+                     -EINVAL);
+    assert_non_null(strstr(err, "smtpd_banner: not a setting stress profiles may change"));
+    /* The plan's own quoting, from the parsed profile (no "*" entries to expand). */
     struct overrides_journal *j;
-    assert_int_equal(overrides_journal_new(r, DIR, fx->main, fx->main_len, fx->master,
+    assert_int_equal(overrides_journal_new(p, DIR, fx->main, fx->main_len, fx->master,
                                            fx->master_len, fx->n, fx->n_len, fx->P, fx->P_len, 1,
                                            &j),
                      0);
@@ -341,8 +345,9 @@ static void test_overrides_apply_plan_value_with_spaces_and_noop(void **state)
 
     /* A profile whose every value is already in force: an empty plan. */
     overrides_profile_free(p);
-    overrides_profile_free(r);
-    assert_int_equal(overrides_profile_parse("inet_protocols=ipv4", NULL, &p, err, sizeof(err)), 0);
+    assert_int_equal(overrides_profile_parse("smtpd_client_connection_count_limit=20", NULL, &p,
+                                             err, sizeof(err)),
+                     0);
     assert_int_equal(overrides_profile_resolve(p, fx->known, fx->svcs, &r, err, sizeof(err)), 0);
     assert_int_equal(overrides_journal_new(r, DIR, fx->main, fx->main_len, fx->master,
                                            fx->master_len, fx->n, fx->n_len, fx->P, fx->P_len, 1,
@@ -584,6 +589,167 @@ static void test_overrides_restore_after_crash_mid_apply(void **state)
     overrides_journal_free(j);
 }
 
+/* The administrator edits a file during an episode in ways that change its size or not.
+ * The journal compares whole files: a file that is neither the original nor exactly what
+ * postsurge left is the administrator's, so it is never written back; its settings go
+ * back by command, and one whose value moved away from ours is a conflict. The postconf
+ * listings are what postconf would print for each edited file, written by hand. */
+struct edited {
+    char *main, *master, *n, *P;
+};
+
+static struct overrides_restore *restore_edited(struct overrides_journal *j, struct edited *e)
+{
+    struct overrides_restore *r;
+    assert_int_equal(overrides_restore_plan(j, e->main, strlen(e->main), e->master,
+                                            strlen(e->master), e->n, strlen(e->n), e->P,
+                                            strlen(e->P), &r),
+                     0);
+    free(e->main);
+    free(e->master);
+    free(e->n);
+    free(e->P);
+    return r;
+}
+
+static struct edited applied_files(void)
+{
+    size_t len;
+    struct edited e = {load("main.cf.applied", &len), load("master.cf.applied", &len),
+                       load("postconf-n.applied.txt", &len), load("postconf-P.applied.txt", &len)};
+    return e;
+}
+
+#define MAIN_SET_PRIOR "postconf -c /etc/postfix-test -e smtpd_client_connection_count_limit=20\n"
+#define RELOAD "postfix -c /etc/postfix-test reload\n"
+
+static void test_overrides_restore_main_cf_truncated_is_conflict(void **state)
+{
+    struct fixture *fx = *state;
+    struct overrides_journal *j = applied_journal(fx);
+
+    /* The last two bytes cut off ("0\n"): main.cf is a strict prefix of what postsurge
+     * left, and smtpd_client_connection_rate_limit now reads 3 instead of our 30. */
+    struct edited e = applied_files();
+    size_t ml = strlen(e.main);
+    assert_true(ml > 2 && strcmp(e.main + ml - 5, "= 30\n") == 0);
+    e.main[ml - 2] = '\0';
+    char *n = replace(e.n, "smtpd_client_connection_rate_limit = 30",
+                      "smtpd_client_connection_rate_limit = 3");
+    free(e.n);
+    e.n = n;
+    struct overrides_restore *r = restore_edited(j, &e);
+    assert_false(r->write_main); /* the administrator's file stays */
+    assert_true(r->write_master);
+    assert_int_equal(r->n_conflicts, 1);
+    assert_string_equal(r->conflicts[0].setting, "smtpd_client_connection_rate_limit");
+    assert_null(r->conflicts[0].prior);
+    assert_string_equal(r->conflicts[0].ours, "30");
+    assert_string_equal(r->conflicts[0].current, "3");
+    char *text = plan_text(&r->plan);
+    assert_string_equal(text, MAIN_SET_PRIOR "postconf -c /etc/postfix-test -X "
+                                             "smtpd_error_sleep_time smtpd_soft_error_limit "
+                                             "postscreen_post_queue_limit\n" RELOAD);
+    free(text);
+    overrides_restore_free(r);
+
+    /* Emptied: zero bytes, a prefix of both the original and what postsurge left. Every
+     * setting of ours is gone; the one that had a prior value (20) no longer has it. */
+    e = applied_files();
+    e.main[0] = '\0';
+    e.n[0] = '\0';
+    r = restore_edited(j, &e);
+    assert_false(r->write_main);
+    assert_true(r->write_master);
+    assert_int_equal(r->n_conflicts, 1);
+    assert_string_equal(r->conflicts[0].setting, "smtpd_client_connection_count_limit");
+    assert_string_equal(r->conflicts[0].prior, "20");
+    assert_string_equal(r->conflicts[0].ours, "10");
+    assert_null(r->conflicts[0].current);
+    text = plan_text(&r->plan);
+    assert_string_equal(text, RELOAD);
+    free(text);
+    overrides_restore_free(r);
+    overrides_journal_free(j);
+}
+
+static void test_overrides_restore_master_cf_shortened_is_conflict(void **state)
+{
+    struct fixture *fx = *state;
+    struct overrides_journal *j = applied_journal(fx);
+    /* The administrator deletes the last service (qmgr): master.cf is a strict prefix of
+     * what postsurge left and postconf -P prints the same. */
+    struct edited e = applied_files();
+    char *last = strstr(e.master, "qmgr      unix");
+    assert_non_null(last);
+    *last = '\0';
+    struct overrides_restore *r = restore_edited(j, &e);
+    assert_true(r->write_main);
+    assert_false(r->write_master);
+    assert_int_equal(r->n_conflicts, 0);
+    char *text = plan_text(&r->plan);
+    assert_string_equal(text, "postconf -c /etc/postfix-test -PX 127.0.0.1:2526/inet/stress "
+                              "smtpd/pass/stress\n" RELOAD);
+    free(text);
+    overrides_restore_free(r);
+    overrides_journal_free(j);
+}
+
+static void test_overrides_restore_main_cf_grown_or_same_size_is_conflict(void **state)
+{
+    struct fixture *fx = *state;
+    struct overrides_journal *j = applied_journal(fx);
+
+    /* Grown: a comment appended, postconf -n unchanged. Nothing of ours was touched, so
+     * no conflict, but the file is the administrator's: back by command. */
+    struct edited e = applied_files();
+    char *m = malloc(strlen(e.main) + 32);
+    strcpy(m, e.main);
+    strcat(m, "# raised for the migration\n");
+    free(e.main);
+    e.main = m;
+    struct overrides_restore *r = restore_edited(j, &e);
+    assert_false(r->write_main);
+    assert_true(r->write_master);
+    assert_int_equal(r->n_conflicts, 0);
+    char *text = plan_text(&r->plan);
+    assert_string_equal(text, MAIN_SET_PRIOR "postconf -c /etc/postfix-test -X "
+                                             "smtpd_client_connection_rate_limit "
+                                             "smtpd_error_sleep_time smtpd_soft_error_limit "
+                                             "postscreen_post_queue_limit\n" RELOAD);
+    free(text);
+    overrides_restore_free(r);
+
+    /* Same size, other bytes: our 10 became 12. That setting is a conflict (prior 20,
+     * ours 10, now 12); the others go back by command. */
+    e = applied_files();
+    size_t before = strlen(e.main);
+    m = replace(e.main, "smtpd_client_connection_count_limit = 10",
+                "smtpd_client_connection_count_limit = 12");
+    free(e.main);
+    e.main = m;
+    assert_int_equal(strlen(e.main), before);
+    char *n = replace(e.n, "smtpd_client_connection_count_limit = 10",
+                      "smtpd_client_connection_count_limit = 12");
+    free(e.n);
+    e.n = n;
+    r = restore_edited(j, &e);
+    assert_false(r->write_main);
+    assert_true(r->write_master);
+    assert_int_equal(r->n_conflicts, 1);
+    assert_string_equal(r->conflicts[0].setting, "smtpd_client_connection_count_limit");
+    assert_string_equal(r->conflicts[0].prior, "20");
+    assert_string_equal(r->conflicts[0].ours, "10");
+    assert_string_equal(r->conflicts[0].current, "12");
+    text = plan_text(&r->plan);
+    assert_string_equal(text, "postconf -c /etc/postfix-test -X "
+                              "smtpd_client_connection_rate_limit smtpd_error_sleep_time "
+                              "smtpd_soft_error_limit postscreen_post_queue_limit\n" RELOAD);
+    free(text);
+    overrides_restore_free(r);
+    overrides_journal_free(j);
+}
+
 static void test_overrides_verify(void **state)
 {
     struct fixture *fx = *state;
@@ -630,6 +796,9 @@ int main(void)
         cmocka_unit_test(test_overrides_restore_untouched_is_byte_exact),
         cmocka_unit_test(test_overrides_restore_admin_edit_conflict),
         cmocka_unit_test(test_overrides_restore_after_crash_mid_apply),
+        cmocka_unit_test(test_overrides_restore_main_cf_truncated_is_conflict),
+        cmocka_unit_test(test_overrides_restore_master_cf_shortened_is_conflict),
+        cmocka_unit_test(test_overrides_restore_main_cf_grown_or_same_size_is_conflict),
         cmocka_unit_test(test_overrides_verify),
         cmocka_unit_test(test_overrides_cmd_format_quotes),
     };

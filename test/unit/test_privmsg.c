@@ -104,7 +104,7 @@ static void test_privmsg_apply_rejects_crafted(void **state)
     static const struct {
         const char *json, *why;
     } cases[] = {
-        {"{\"main_cf\":\"no_such_parameter=1\",\"master_cf\":\"\",\"now_ms\":1}", "unknown"},
+        {"{\"main_cf\":\"no_such_parameter=1\",\"master_cf\":\"\",\"now_ms\":1}", "not a setting"},
         {"{\"main_cf\":\"smtpd_soft_error_limit=3;reboot\",\"master_cf\":\"\",\"now_ms\":1}",
          "forbidden"},
         {"{\"main_cf\":\"smtpd_soft_error_limit=`id`\",\"master_cf\":\"\",\"now_ms\":1}",

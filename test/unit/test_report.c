@@ -1,8 +1,9 @@
-/* Unit tests of lib/report.c: each writer (text, JSON, Prometheus) against expected files
- * in test/data/report/ for an all-OK report and for one with problems everywhere (built
- * from real postqueue records, two nodes, traffic, clients, warnings and a baseline), the
- * findings and their advice, status precedence and exit codes. With UPDATE_EXPECTED=1 in
- * the environment the expected files are rewritten instead of compared. */
+/* Unit tests of lib/report.c and report_write.c: each writer (text, JSON, Prometheus)
+ * against expected files in test/data/report/ for an all-OK report and for one with
+ * problems everywhere (built from real postqueue records, two nodes, traffic, clients,
+ * warnings and a baseline), the findings and their advice, status precedence and exit
+ * codes. With UPDATE_EXPECTED=1 in the environment the expected files are rewritten
+ * instead of compared. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -271,6 +272,141 @@ static void test_report_findings_and_advice(void **state)
     report_free(r);
 }
 
+/* A report of the given nodes with an empty queue and no traffic, evaluated with the
+ * default thresholds: only the nodes can raise findings. */
+static struct report *nodes_report(const struct report_node_info *nodes, size_t n)
+{
+    struct report *r = report_new(NOW, "mx1.example.org");
+    assert_non_null(r);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(report_add_node(r, &nodes[i]), 0);
+    struct queue_stats *qs = queue_stats_new(&(struct queue_limits){.now = NOW});
+    assert_int_equal(report_set_queue(r, qs, 10, 3), 0);
+    queue_stats_free(qs);
+    assert_int_equal(report_evaluate(r, NULL), 0);
+    return r;
+}
+
+static char *text_of(const struct report *r)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_non_null(f);
+    assert_int_equal(report_write_text(r, f), 0);
+    fclose(f);
+    return buf;
+}
+
+/* Postfix's master or qmgr not running. The master's absence is the cause and stops
+ * everything (qmgr included), so it is the one finding; qmgr alone down is its own; an
+ * unknown state (-1: the report could not look) raises nothing. Expectations below are
+ * written from the rules, not taken from the writers. */
+static void test_report_master_and_qmgr_down(void **state)
+{
+    (void)state;
+    static const char *const master_msg = "Postfix master is not running on mx1.example.org";
+    static const char *const qmgr_msg =
+        "qmgr is not running on mx1.example.org: queued mail is not delivered";
+    static const struct {
+        int master_up, qmgr_up, daemon_up;
+        enum report_status status;
+        size_t n_findings;
+        const char *code, *severity, *advice_part, *message; /* the first finding */
+    } cases[] = {
+        {0, 0, 1, REPORT_CRITICAL, 1, "master_down", "CRITICAL", "postfix start", NULL},
+        {0, 1, 1, REPORT_CRITICAL, 1, "master_down", "CRITICAL", "postfix start", NULL},
+        {0, -1, 1, REPORT_CRITICAL, 1, "master_down", "CRITICAL", "postfix start", NULL},
+        {1, 0, 1, REPORT_CRITICAL, 1, "qmgr_down", "CRITICAL", "postfix reload", NULL},
+        {-1, 0, 1, REPORT_CRITICAL, 1, "qmgr_down", "CRITICAL", "postfix reload", NULL},
+        /* master down and the daemon too: both, the critical one first. */
+        {0, 0, 0, REPORT_CRITICAL, 2, "master_down", "CRITICAL", "postfix start", NULL},
+        {1, 1, 1, REPORT_OK, 0, NULL, NULL, NULL, NULL},
+        {-1, -1, 1, REPORT_OK, 0, NULL, NULL, NULL, NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct report_node_info n = {.name = "mx1.example.org",
+                                     .daemon_up = cases[i].daemon_up,
+                                     .master_up = cases[i].master_up,
+                                     .qmgr_up = cases[i].qmgr_up,
+                                     .saturation = -1};
+        struct report *r = nodes_report(&n, 1);
+        if (report_status(r) != cases[i].status || report_finding_count(r) != cases[i].n_findings)
+            fail_msg("case %zu (master %d qmgr %d daemon %d): status %s with %zu findings, "
+                     "expected %s with %zu",
+                     i, cases[i].master_up, cases[i].qmgr_up, cases[i].daemon_up,
+                     report_status_str(report_status(r)), report_finding_count(r),
+                     report_status_str(cases[i].status), cases[i].n_findings);
+        json_t *j;
+        assert_int_equal(report_to_json(r, &j), 0);
+        json_t *fs = json_object_get(j, "findings");
+        assert_int_equal(json_array_size(fs), cases[i].n_findings);
+        if (cases[i].code) {
+            json_t *f = json_array_get(fs, 0);
+            const char *code = cases[i].code;
+            assert_string_equal(json_string_value(json_object_get(f, "code")), code);
+            assert_string_equal(json_string_value(json_object_get(f, "severity")),
+                                cases[i].severity);
+            assert_string_equal(json_string_value(json_object_get(f, "subject")),
+                                "mx1.example.org");
+            assert_string_equal(json_string_value(json_object_get(f, "message")),
+                                strcmp(code, "master_down") == 0 ? master_msg : qmgr_msg);
+            const char *advice = json_string_value(json_object_get(f, "advice"));
+            if (!advice || !strstr(advice, cases[i].advice_part))
+                fail_msg("case %zu: %s advice \"%s\" lacks \"%s\"", i, code, advice,
+                         cases[i].advice_part);
+            /* Never both: qmgr is not a second finding when master is the cause. */
+            for (size_t k = 1; k < json_array_size(fs); k++)
+                assert_string_not_equal(
+                    json_string_value(json_object_get(json_array_get(fs, k), "code")), "qmgr_down");
+        }
+        if (cases[i].n_findings == 2)
+            assert_string_equal(json_string_value(json_object_get(json_array_get(fs, 1), "code")),
+                                "daemon_down");
+        json_decref(j);
+        report_free(r);
+    }
+
+    /* The text report's first line, by hand: the status, the finding's message, then the
+     * performance data of an empty queue with the default deferred (100, 1000) and hold
+     * (1, 0) levels. */
+    struct report_node_info n = {
+        .name = "mx1.example.org", .daemon_up = 1, .master_up = 0, .qmgr_up = 0, .saturation = -1};
+    struct report *r = nodes_report(&n, 1);
+    char *text = text_of(r);
+    const char *want = "CRITICAL - Postfix master is not running on mx1.example.org | incoming=0 "
+                       "active=0 deferred=0;100;1000 hold=0;1;0\n";
+    if (strncmp(text, want, strlen(want)) != 0)
+        fail_msg("text report starts with \"%.*s\", expected \"%s\"", (int)strlen(want), text,
+                 want);
+    free(text);
+    assert_int_equal(report_exit_code(report_status(r)), 2);
+    report_free(r);
+
+    /* Two nodes, master down on one and qmgr on the other: one finding each, in node
+     * order, each naming its node. */
+    struct report_node_info two[] = {
+        {.name = "mx1.example.org", .daemon_up = 1, .master_up = 0, .qmgr_up = 0, .saturation = -1},
+        {.name = "mx2.example.org", .daemon_up = 1, .master_up = 1, .qmgr_up = 0, .saturation = -1},
+    };
+    r = nodes_report(two, 2);
+    assert_int_equal(report_status(r), REPORT_CRITICAL);
+    json_t *j;
+    assert_int_equal(report_to_json(r, &j), 0);
+    json_t *fs = json_object_get(j, "findings");
+    assert_int_equal(json_array_size(fs), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(fs, 0), "code")),
+                        "master_down");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(fs, 0), "subject")),
+                        "mx1.example.org");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(fs, 1), "code")),
+                        "qmgr_down");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(fs, 1), "subject")),
+                        "mx2.example.org");
+    json_decref(j);
+    report_free(r);
+}
+
 static void test_report_status_and_exit_codes(void **state)
 {
     (void)state;
@@ -356,6 +492,7 @@ int main(void)
         cmocka_unit_test(test_report_writers_all_ok),
         cmocka_unit_test(test_report_writers_with_problems),
         cmocka_unit_test(test_report_findings_and_advice),
+        cmocka_unit_test(test_report_master_and_qmgr_down),
         cmocka_unit_test(test_report_status_and_exit_codes),
         cmocka_unit_test(test_report_rejects_bad_arguments),
     };

@@ -1,0 +1,217 @@
+/* config_ref: writes settings out, all driven by the table in config.c: postconf-style
+ * listings (`config`, `config -n`, one setting) and the reference of every setting as a
+ * Markdown table for the README and as troff for postsurge.cf(5). */
+#include "config.h"
+#include "config_impl.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---- printing ---- */
+
+static int print_entry(const struct config *cfg, const struct cf_entry *e, FILE *out)
+{
+    char tmp[64];
+    const char *v = cf_format(cfg, e, tmp, sizeof(tmp));
+    /* postconf style: "name = value", an empty value as "name =", and further lines of a
+     * multi-line value indented by four spaces so they read back as continuations. */
+    if (!*v) {
+        fprintf(out, "%s =\n", e->name);
+    } else {
+        fprintf(out, "%s = ", e->name);
+        for (const char *p = v;;) {
+            size_t n = strcspn(p, "\n");
+            fwrite(p, 1, n, out);
+            fputc('\n', out);
+            if (!p[n])
+                break;
+            p += n + 1;
+            fputs("    ", out);
+        }
+    }
+    return ferror(out) ? -EIO : 0;
+}
+
+int config_print(const struct config *cfg, FILE *out, bool non_default_only)
+{
+    struct config *def = NULL;
+    int rc = 0;
+    if (non_default_only) {
+        def = config_new_defaults();
+        if (!def)
+            return -ENOMEM;
+    }
+    for (size_t i = 0; i < CF_COUNT && rc == 0; i++) {
+        const struct cf_entry *e = &cf_table[i];
+        /* Like postconf -n: what the file sets, and anything else that is not default. */
+        bool set = cfg->setting_line && cfg->setting_line[i];
+        if (def && !set && cf_entry_equal(cfg, def, e))
+            continue;
+        rc = print_entry(cfg, e, out);
+    }
+    config_free(def);
+    return rc;
+}
+
+int config_print_one(const struct config *cfg, FILE *out, const char *name)
+{
+    const struct cf_entry *e = cf_find(name, strlen(name));
+    if (!e)
+        return -ENOENT;
+    return print_entry(cfg, e, out);
+}
+
+/* ---- the reference ---- */
+
+static void md_text(FILE *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '|')
+            fputs("\\|", out);
+        else if (*s == '\n')
+            fputs(" ", out);
+        else
+            fputc(*s, out);
+    }
+}
+
+int config_write_reference(FILE *out)
+{
+    const char *group = NULL;
+    struct config *def = config_new_defaults();
+    if (!def)
+        return -ENOMEM;
+    for (size_t i = 0; i < CF_COUNT; i++) {
+        const struct cf_entry *e = &cf_table[i];
+        char range[160], tmp[64];
+        const char *v = cf_format(def, e, tmp, sizeof(tmp));
+        if (!group || strcmp(group, e->group) != 0) {
+            group = e->group;
+            fprintf(out, "%s**%s**\n\n", i ? "\n" : "", group);
+            fputs("| setting | default | meaning |\n| --- | --- | --- |\n", out);
+        }
+        fprintf(out, "| `%s` | ", e->name);
+        if (*v) {
+            fputc('`', out);
+            md_text(out, v);
+            fputc('`', out);
+        } else {
+            fputs("(empty)", out);
+        }
+        fputs(" | ", out);
+        md_text(out, e->doc);
+        if (e->type != CF_STRING) {
+            char a[32], b[32];
+            fputs(" Allowed: ", out);
+            if (e->type == CF_TIME) {
+                cf_fmt_time(e->min, a, sizeof(a));
+                cf_fmt_time(e->max, b, sizeof(b));
+                fprintf(out, "%s to %s.", a, b);
+            } else if (e->type == CF_SIZE) {
+                cf_fmt_size(e->min, a, sizeof(a));
+                cf_fmt_size(e->max, b, sizeof(b));
+                fprintf(out, "%s to %s.", a, b);
+            } else if (e->type == CF_ENUM) {
+                fputc('`', out);
+                md_text(out, e->words);
+                fputs("`.", out);
+            } else {
+                cf_fmt_range(e, range, sizeof(range));
+                md_text(out, range);
+                fputc('.', out);
+            }
+        }
+        fputs(" |\n", out);
+    }
+    config_free(def);
+    return ferror(out) ? -EIO : 0;
+}
+
+/* Writes s as troff text: `code` spans in bold, backslashes and leading dots escaped,
+ * '-' as a minus inside code (options, ranges) so it renders and searches as typed. */
+static void man_text(FILE *out, const char *s, bool *code)
+{
+    bool bol = true;
+    for (; *s; s++) {
+        if (bol && (*s == '.' || *s == '\''))
+            fputs("\\&", out);
+        bol = false;
+        if (*s == '`') {
+            *code = !*code;
+            fputs(*code ? "\\fB" : "\\fR", out);
+        } else if (*s == '\\') {
+            fputs("\\e", out);
+        } else if (*s == '-' && *code) {
+            fputs("\\-", out);
+        } else if (*s == '\n') {
+            fputc(' ', out);
+        } else {
+            fputc(*s, out);
+        }
+    }
+}
+
+int config_write_man(FILE *out)
+{
+    const char *group = NULL;
+    struct config *def = config_new_defaults();
+    if (!def)
+        return -ENOMEM;
+    for (size_t i = 0; i < CF_COUNT; i++) {
+        const struct cf_entry *e = &cf_table[i];
+        char range[160], tmp[64], a[32], b[32];
+        const char *v = cf_format(def, e, tmp, sizeof(tmp));
+        bool code = false;
+        if (!group || strcmp(group, e->group) != 0) {
+            group = e->group;
+            fprintf(out, ".SS %s\n", group);
+        }
+        fputs(".TP\n\\fB", out);
+        man_text(out, e->name, &code);
+        fputs("\\fR (default: ", out);
+        if (*v) {
+            code = true;
+            fputs("\\fB", out);
+            man_text(out, v, &code);
+            code = false;
+            fputs("\\fR)\n", out);
+        } else {
+            fputs("empty)\n", out);
+        }
+        man_text(out, e->doc, &code);
+        if (code)
+            fputs("\\fR", out);
+        code = false;
+        if (e->type != CF_STRING) {
+            fputs(" Allowed: ", out);
+            if (e->type == CF_TIME) {
+                cf_fmt_time(e->min, a, sizeof(a));
+                cf_fmt_time(e->max, b, sizeof(b));
+                fprintf(out, "%s to %s.", a, b);
+            } else if (e->type == CF_SIZE) {
+                cf_fmt_size(e->min, a, sizeof(a));
+                cf_fmt_size(e->max, b, sizeof(b));
+                fprintf(out, "%s to %s.", a, b);
+            } else if (e->type == CF_ENUM) {
+                /* Enum words are plain identifiers: only the separator needs rewriting. */
+                fputs("\\fB", out);
+                for (const char *w = e->words; *w; w++) {
+                    if (*w == '|')
+                        fputs("\\fR, \\fB", out);
+                    else
+                        fputc(*w, out);
+                }
+                fputs("\\fR.", out);
+            } else {
+                cf_fmt_range(e, range, sizeof(range));
+                man_text(out, range, &code);
+                fputc('.', out);
+            }
+        }
+        fputc('\n', out);
+    }
+    config_free(def);
+    return ferror(out) ? -EIO : 0;
+}

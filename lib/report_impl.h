@@ -1,0 +1,106 @@
+/* report_impl: the rows a report holds, shared by the sources of the report module
+ * (report.c builds and evaluates them, report_write.c writes them). Not for other modules:
+ * they go through report.h. */
+#pragma once
+
+#include "report.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct r_service {
+    char *name;
+    int64_t busy, limit, waiting;
+};
+
+struct r_event {
+    int64_t time;
+    char *kind, *detail;
+};
+
+struct r_node {
+    char *name;
+    int daemon_up, master_up, qmgr_up, stressed, saturation;
+    uint32_t stress_episodes, overrides;
+    struct r_service *services;
+    size_t n_services;
+    struct r_event *events;
+    size_t n_events;
+};
+
+struct r_domain {
+    char *name;
+    uint64_t recipients, messages, reasons_total;
+    uint64_t queue_recipients[QUEUE_COUNT];
+    int64_t oldest_arrival;
+    uint32_t age_buckets[QUEUE_AGE_BUCKETS];
+    struct queue_reason *reasons; /* top reasons, sorted */
+    size_t n_reasons;
+};
+
+struct r_traffic {
+    char *domain;
+    uint64_t delivered, deferred, bounced;
+};
+
+struct r_client {
+    char *client;
+    uint64_t connections, rejects;
+};
+
+struct r_warning {
+    char *kind, *detail;
+    uint64_t count;
+};
+
+struct r_anomaly {
+    char *metric, *cause;
+    double value, mean, sd;
+    uint64_t samples;
+};
+
+struct r_finding {
+    enum report_status severity;
+    char *code, *subject, *message, *advice;
+};
+
+struct report {
+    int64_t now;
+    char *host;
+    enum report_status status;
+    bool evaluated;
+    struct report_thresholds t;
+
+    struct r_node *nodes;
+    size_t n_nodes, cap_nodes;
+
+    bool have_queue;
+    struct queue_totals totals[QUEUE_COUNT];
+    uint64_t records, malformed, overlong;
+    uint64_t class_count[QUEUE_REASON_COUNT];
+    struct queue_reason *dsns;
+    size_t n_dsns;
+    struct r_domain *domains;
+    size_t n_domains;
+
+    struct r_traffic *traffic;
+    size_t n_traffic, cap_traffic;
+    struct r_client *clients;
+    size_t n_clients, cap_clients;
+    struct r_warning *warnings;
+    size_t n_warnings, cap_warnings;
+    struct r_anomaly *anomalies;
+    size_t n_anomalies, cap_anomalies;
+    struct r_finding *findings;
+    size_t n_findings, cap_findings;
+};
+
+/* Sums of the traffic rows: what 0 delivered, 1 deferred, 2 bounced. */
+uint64_t report_traffic_sum(const struct report *r, int what);
+/* Sum of the client rows: rejects, or connections. */
+uint64_t report_clients_sum(const struct report *r, bool rejects);
+/* An age in seconds as "45s", "12m", "5h" or "3d" (negative reads as 0). */
+void report_fmt_age(char *buf, size_t len, int64_t s);
+/* one when n is 1, else many. */
+const char *report_plural(uint64_t n, const char *one, const char *many);

@@ -1,0 +1,32 @@
+/* textutil: small text helpers that several lib/ modules share, written once here.
+ * Internal to lib/: static inline, so including it links nothing more. */
+#pragma once
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+
+/* The value of a hexadecimal digit, or -1 when c is not one. */
+static inline int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Formats an error message into err (errlen bytes); does nothing when err is NULL or
+ * errlen is 0, so callers may pass an optional buffer straight through. */
+__attribute__((format(printf, 3, 4))) static inline void seterr(char *err, size_t errlen,
+                                                                const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
