@@ -98,45 +98,12 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static int read_all_fd(int fd, char **buf, size_t *len)
-{
-    char *p = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (cap - n < 65536) {
-            size_t nc = cap ? cap * 2 : 131072;
-            char *q = realloc(p, nc + 1);
-            if (!q) {
-                free(p);
-                return -ENOMEM;
-            }
-            p = q;
-            cap = nc;
-        }
-        ssize_t r = read(fd, p + n, cap - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            int e = -errno;
-            free(p);
-            return e;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-    }
-    p[n] = '\0';
-    *buf = p;
-    *len = n;
-    return 0;
-}
-
 static int read_path(const char *path, char **buf, size_t *len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
-    int rc = read_all_fd(fd, buf, len);
+    int rc = fsutil_read_fd(fd, buf, len);
     close(fd);
     return rc;
 }
@@ -166,7 +133,7 @@ static int journal_read_trusted(struct helper *h, char **buf, size_t *len, bool 
         close(fd);
         return -EPERM;
     }
-    int rc = read_all_fd(fd, buf, len);
+    int rc = fsutil_read_fd(fd, buf, len);
     close(fd);
     if (rc < 0) {
         snprintf(err, errlen, "cannot read %s: %s", h->journal_path, strerror(-rc));
