@@ -373,8 +373,8 @@ int controller_new(struct server *srv, struct engine *engine, struct controller 
 
 int controller_start(struct controller *c)
 {
-    if (http_add_status(c->srv, ctl_http_status, c) < 0 ||
-        metrics_add_collector(http_metrics(c->srv), ctl_collect, c) < 0)
+    if (server_add_status(c->srv, ctl_http_status, c) < 0 ||
+        metrics_add_collector(server_metrics(c->srv), ctl_collect, c) < 0)
         log_warn("cannot register the stress status and metrics (out of memory)");
     ctlsock_open(c);
     c->inner = c->srv->decider;

@@ -7,7 +7,6 @@
 
 #include "util/fsutil.h"
 #include "server/engine.h"
-#include "server/http.h"
 #include "util/log.h"
 #include "util/metrics.h"
 #include "postfix/monitor.h"

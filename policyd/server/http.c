@@ -27,11 +27,6 @@ static const int http_codes[] = {200, 400, 404, 405, 408, 413, 431, 500, 503, 50
 static const double latency_bounds[] = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                                         0.01,    0.025,  0.05,    0.1,    0.25,  0.5,    1.0};
 
-struct status_builder {
-    http_status_fn fn;
-    void *arg;
-};
-
 enum hc_state { HC_READING, HC_WRITING, HC_LINGER };
 
 struct http_conn {
@@ -54,9 +49,7 @@ struct http_conn {
 
 struct http_server {
     struct server *srv;
-    struct metrics *metrics;
-    struct status_builder *builders;
-    size_t n_builders, cap_builders;
+    struct metrics *metrics; /* the server's registry (borrowed) */
 
     uv_tcp_t listener;
     bool listener_open, started, stopped;
@@ -79,7 +72,7 @@ static struct http_server *http_get(struct server *srv)
     struct http_server *hs = calloc(1, sizeof(*hs));
     if (!hs)
         return NULL;
-    hs->metrics = metrics_new();
+    hs->metrics = server_metrics(srv);
     if (!hs->metrics) {
         free(hs);
         return NULL;
@@ -87,32 +80,6 @@ static struct http_server *http_get(struct server *srv)
     hs->srv = srv;
     srv->http = hs;
     return hs;
-}
-
-struct metrics *http_metrics(struct server *srv)
-{
-    struct http_server *hs = http_get(srv);
-    return hs ? hs->metrics : NULL;
-}
-
-int http_add_status(struct server *srv, http_status_fn fn, void *arg)
-{
-    struct http_server *hs = http_get(srv);
-
-    if (!hs)
-        return -ENOMEM;
-    if (hs->n_builders == hs->cap_builders) {
-        size_t nc = hs->cap_builders ? hs->cap_builders * 2 : 4;
-        void *p = realloc(hs->builders, nc * sizeof(*hs->builders));
-        if (!p)
-            return -ENOMEM;
-        hs->builders = p;
-        hs->cap_builders = nc;
-    }
-    hs->builders[hs->n_builders].fn = fn;
-    hs->builders[hs->n_builders].arg = arg;
-    hs->n_builders++;
-    return 0;
 }
 
 /* ---- status JSON ---- */
@@ -217,11 +184,7 @@ json_t *http_status_json(struct server *srv)
                            (json_int_t)srv->cfg->http_max_connections);
     if (!st)
         return NULL;
-    for (size_t i = 0; i < hs->n_builders; i++) {
-        int rc = hs->builders[i].fn(srv, st, hs->builders[i].arg);
-        if (rc < 0)
-            log_debug("status builder %zu failed: %s", i, strerror(-rc));
-    }
+    server_status_fill(srv, st);
     return st;
 }
 
@@ -799,8 +762,6 @@ void http_free(struct server *srv)
     if (!hs)
         return;
     srv->request_latency = NULL;
-    metrics_free(hs->metrics);
-    free(hs->builders);
     free(hs);
     srv->http = NULL;
 }

@@ -1,9 +1,9 @@
 /* http: the metrics and status endpoint (http_listen = inet:HOST:PORT). Serves GET/HEAD
  * /metrics (Prometheus text 0.0.4 from the metrics registry), /status (the node status
  * JSON) and /healthz on the daemon's loop: one request per connection, strict limits
- * (8 KiB head, http_max_connections, a read timeout), Connection: close. It also owns
- * the registry and the status builders other modules add to, whether or not the
- * listener is on. Loop thread only. */
+ * (8 KiB head, http_max_connections, a read timeout), Connection: close. The registry
+ * and the status builders it serves are the server's (server_metrics, server_add_status).
+ * Loop thread only. */
 #pragma once
 
 #include "util/metrics.h"
@@ -21,24 +21,9 @@ struct http_server;
 #define HTTP_LINGER_MS 2000         /* reading (and dropping) input after the response */
 #define HTTP_LINGER_MAX_BYTES 65536
 
-/* The metrics registry of srv (created on first use, with srv->http; owned by it).
- * Modules register their families here at start-up or reload, e.g.
- *   struct metric *f = metrics_counter_new(http_metrics(srv), "postsurge_x_total", "...",
- *                                          NULL);
- * Returns NULL on ENOMEM (metrics_* calls accept NULL and do nothing). */
-struct metrics *http_metrics(struct server *srv);
-
-/* A status builder adds its part to the /status JSON object (borrowed; add keys with
- * json_object_set_new, e.g. "services", "stress", "overrides"). Returns 0 or a negative
- * errno (logged; the other parts are still served). */
-typedef int (*http_status_fn)(struct server *srv, json_t *status, void *arg);
-/* Registers a builder, run in registration order after the built-in keys (node,
- * version, pid, uptime_seconds, started_at, draining, config, counters, http). Returns 0
- * or -ENOMEM. */
-int http_add_status(struct server *srv, http_status_fn fn, void *arg);
-
-/* The node status JSON as /status serves it (new reference), or NULL on ENOMEM. Also for
- * CLI-side use within the daemon. */
+/* The node status JSON as /status serves it (new reference): the built-in keys (node,
+ * version, pid, uptime_seconds, started_at, draining, config, counters, http), then what
+ * the builders registered with server_add_status add. NULL on ENOMEM. */
 json_t *http_status_json(struct server *srv);
 
 /* Call once after server_start() succeeded. Registers the server's own metrics (requests,

@@ -6,6 +6,7 @@
 #include "server.h"
 
 #include "conn.h"
+#include "util/metrics.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -305,6 +306,43 @@ static int default_decide(struct decider *d, struct decision *dec)
 
     dec->done(dec, a, strlen(a));
     return 0;
+}
+
+struct server_status_builder {
+    server_status_fn fn;
+    void *arg;
+};
+
+struct metrics *server_metrics(struct server *srv)
+{
+    if (!srv->metrics)
+        srv->metrics = metrics_new();
+    return srv->metrics;
+}
+
+int server_add_status(struct server *srv, server_status_fn fn, void *arg)
+{
+    if (srv->n_status_builders == srv->cap_status_builders) {
+        size_t nc = srv->cap_status_builders ? srv->cap_status_builders * 2 : 4;
+        void *p = realloc(srv->status_builders, nc * sizeof(*srv->status_builders));
+        if (!p)
+            return -ENOMEM;
+        srv->status_builders = p;
+        srv->cap_status_builders = nc;
+    }
+    srv->status_builders[srv->n_status_builders].fn = fn;
+    srv->status_builders[srv->n_status_builders].arg = arg;
+    srv->n_status_builders++;
+    return 0;
+}
+
+void server_status_fill(struct server *srv, json_t *status)
+{
+    for (size_t i = 0; i < srv->n_status_builders; i++) {
+        int rc = srv->status_builders[i].fn(srv, status, srv->status_builders[i].arg);
+        if (rc < 0)
+            log_debug("status builder %zu failed: %s", i, strerror(-rc));
+    }
 }
 
 void server_set_decider(struct server *srv, struct decider *d)
@@ -877,6 +915,8 @@ void server_free(struct server *srv)
     if (!srv)
         return;
     config_free(srv->cfg);
+    metrics_free(srv->metrics);
+    free(srv->status_builders);
     free(srv->reload_buf);
     free(srv->config_path);
     free(srv);

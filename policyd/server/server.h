@@ -9,6 +9,7 @@
 #include "util/log.h"
 #include "policy.h"
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -16,7 +17,9 @@
 
 struct server;
 struct conn;
+struct metrics;
 struct metrics_series;
+struct server_status_builder;
 struct listener;
 
 /* One decision in flight, embedded in its connection. The decider reads `req` (borrowed:
@@ -126,7 +129,10 @@ struct server {
     struct server_stats stats;
     struct server_hook hooks[SERVER_MAX_HOOKS];
     size_t n_hooks;
-    struct http_server *http; /* metrics registry, status builders, endpoint: http.h */
+    struct http_server *http; /* the endpoint: http.h */
+    struct metrics *metrics;  /* the registry /metrics serves: server_metrics() */
+    struct server_status_builder *status_builders; /* server_add_status() */
+    size_t n_status_builders, cap_status_builders;
     /* Request latency histogram (postsurge_request_duration_seconds), registered by
      * http_start() and fed by conn.c; NULL before that. */
     struct metrics_series *request_latency;
@@ -173,6 +179,23 @@ void server_set_decider(struct server *srv, struct decider *d);
 
 /* Registers hooks (copied). Returns 0 or -ENOSPC. */
 int server_add_hook(struct server *srv, const struct server_hook *hook);
+
+/* The metrics registry of srv (created on first use, freed by server_free). Components
+ * register their families here at start-up or reload, e.g.
+ *   struct metric *f = metrics_counter_new(server_metrics(srv), "postsurge_x_total", "...",
+ *                                          NULL);
+ * Returns NULL on ENOMEM (metrics_* calls accept NULL and do nothing). */
+struct metrics *server_metrics(struct server *srv);
+
+/* A status builder adds its part to the node status JSON (borrowed; add keys with
+ * json_object_set_new, e.g. "services", "stress", "overrides"). Returns 0 or a negative
+ * errno (logged; the other parts are still served). */
+typedef int (*server_status_fn)(struct server *srv, json_t *status, void *arg);
+/* Registers a builder, run in registration order by server_status_fill (the http
+ * endpoint's /status). Returns 0 or -ENOMEM. */
+int server_add_status(struct server *srv, server_status_fn fn, void *arg);
+/* Runs every status builder on status. */
+void server_status_fill(struct server *srv, json_t *status);
 
 /* Checks what the server itself needs from a parsed configuration, beyond config.c's
  * checks: listen endpoints, syslog facility, log level and destination, the default

@@ -348,7 +348,7 @@ double metrics_value(const struct metrics_series *s)
 
 int metrics_add_collector(struct metrics *m, metrics_collect_fn fn, void *arg)
 {
-    /* m is NULL when http_metrics() ran out of memory: report that, do not crash. */
+    /* m is NULL when server_metrics() ran out of memory: report that, do not crash. */
     if (!m)
         return -ENOMEM;
     if (grow((void **)&m->col, &m->cap_col, m->n_col, sizeof(*m->col)) < 0)
