@@ -38,6 +38,15 @@ static void no_daemon(const struct config *cfg, int rc)
             cfg->state_directory, CONTROLLER_SOCKET_NAME, strerror(-rc));
 }
 
+/* daemon_request for a command that needs the daemon: says so when none listens. */
+static int daemon_ask(const struct config *cfg, const char *line, json_t **out)
+{
+    int rc = daemon_request(cfg, line, 30000, out);
+    if (rc == -ENOENT || rc == -ECONNREFUSED)
+        no_daemon(cfg, rc);
+    return rc;
+}
+
 static void fmt_time(int64_t ms, char *buf, size_t size)
 {
     time_t t = (time_t)(ms / 1000);
@@ -110,9 +119,7 @@ int cmd_status(const struct cli *cli, int argc, char **argv)
     if (cli_load_config(cli, &cfg) < 0)
         return 1;
     json_t *o;
-    int rc = daemon_request(cfg, "status", 30000, &o);
-    if (rc == -ENOENT || rc == -ECONNREFUSED)
-        no_daemon(cfg, rc);
+    int rc = daemon_ask(cfg, "status", &o);
     if (rc < 0) {
         config_free(cfg);
         return 1;
@@ -208,9 +215,7 @@ int cmd_events(const struct cli *cli, int argc, char **argv)
     char line[128];
     snprintf(line, sizeof(line), "events %" PRId64 " %lu", since, max ? max : 1000);
     json_t *o;
-    int rc = daemon_request(cfg, line, 30000, &o);
-    if (rc == -ENOENT || rc == -ECONNREFUSED)
-        no_daemon(cfg, rc);
+    int rc = daemon_ask(cfg, line, &o);
     config_free(cfg);
     if (rc < 0)
         return 1;
@@ -256,9 +261,7 @@ int cmd_stress(const struct cli *cli, int argc, char **argv)
     char line[64];
     snprintf(line, sizeof(line), "stress %s", argv[1]);
     json_t *o;
-    int rc = daemon_request(cfg, line, 30000, &o);
-    if (rc == -ENOENT || rc == -ECONNREFUSED)
-        no_daemon(cfg, rc);
+    int rc = daemon_ask(cfg, line, &o);
     config_free(cfg);
     if (rc < 0)
         return 1;

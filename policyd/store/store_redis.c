@@ -265,6 +265,19 @@ static void redis_note_success(struct redis *r)
     r->s->stats.connected = true;
 }
 
+/* One reply came (rep NULL: the connection dropped the command): one command less in
+ * flight, and progress (a success unless Redis answered an error). */
+static void redis_note_reply(struct redis *r, const redisReply *rep)
+{
+    if (r->outstanding > 0)
+        r->outstanding--;
+    if (rep) {
+        r->last_progress = redis_now(r);
+        if (rep->type != REDIS_REPLY_ERROR)
+            redis_note_success(r);
+    }
+}
+
 /* Answers a request Redis did not answer, counting it for the "back" line. */
 static void redis_finish_failed(struct redis *r, struct store_req *req, int status)
 {
@@ -452,13 +465,7 @@ static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     if (!r)
         return; /* dropped by us: its requests were answered already */
     redisReply *rep = reply;
-    if (r->outstanding > 0)
-        r->outstanding--;
-    if (rep) {
-        r->last_progress = redis_now(r);
-        if (rep->type != REDIS_REPLY_ERROR)
-            redis_note_success(r);
-    }
+    redis_note_reply(r, rep);
     uint64_t id = (uint64_t)((uintptr_t)privdata >> 8);
     size_t idx = (size_t)((uintptr_t)privdata & 0xff);
     struct store_req *req = redis_find(r, id);
@@ -936,15 +943,8 @@ static void redis_on_cop_reply(redisAsyncContext *ac, void *reply, void *privdat
     free(c);
     struct redis *r = ac->data;
     redisReply *rep = reply;
-    if (r) {
-        if (r->outstanding > 0)
-            r->outstanding--;
-        if (rep) {
-            r->last_progress = redis_now(r);
-            if (rep->type != REDIS_REPLY_ERROR)
-                redis_note_success(r);
-        }
-    }
+    if (r)
+        redis_note_reply(r, rep);
     op->pending--;
     if (!rep) {
         if (op->status == 0)
