@@ -22,6 +22,7 @@ import urllib.request
 from ports import free_port, tcp_listening, wait_for
 from postsurge import Postsurge, request
 from redis_server import RedisServer
+import testmain
 
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 
@@ -644,4 +645,4 @@ class ClusterTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

@@ -30,6 +30,7 @@ import urllib.request
 from ports import free_port, wait_for
 from postsurge import POSTSURGE, WRAPPER, Postsurge, encode, request, skip_if_wrapped
 from redis_server import RedisServer
+import testmain
 import test_controller
 
 LOADGEN = os.path.join(os.environ.get("BUILD_ROOT", "build"), "test", "bench", "loadgen")
@@ -376,4 +377,4 @@ def load_tests(loader, tests, pattern):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

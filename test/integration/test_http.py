@@ -16,6 +16,7 @@ import unittest
 
 from postsurge import Postsurge, request
 from ports import free_port, tcp_listening, wait_for
+import testmain
 
 PROMTOOL = shutil.which("promtool")
 
@@ -346,4 +347,4 @@ class TestUnderLoad(HttpTest):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

@@ -9,6 +9,7 @@ import unittest
 
 from ports import free_port
 from postsurge import Postsurge, request
+import testmain
 
 DEFER = "450 4.7.1 Rate limit exceeded, try again later"
 
@@ -187,4 +188,4 @@ class LimitsMemory(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

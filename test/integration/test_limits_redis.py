@@ -11,6 +11,7 @@ import unittest
 
 from postsurge import Postsurge, request
 from redis_server import Nutcracker, RedisServer
+import testmain
 
 DEFER = "450 4.7.1 Rate limit exceeded, try again later"
 # Generous where exact counts are asserted: a reply slower than this (a busy CI machine)
@@ -197,4 +198,4 @@ class LimitsRedis(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

@@ -20,6 +20,7 @@ import unittest
 
 from ports import free_port, tcp_listening, wait_for
 from postsurge import POSTSURGE, Postsurge, PolicyClient, request
+import testmain
 
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 NOBODY = pwd.getpwnam("nobody")
@@ -340,4 +341,4 @@ class PrivsepTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

@@ -15,6 +15,7 @@ import unittest
 
 from postsurge import Postsurge, PolicyClient, encode, request
 from ports import wait_for
+import testmain
 
 # Async decisions for the tests that need a request in flight: answers after a delay,
 # "INFO <recipient>" so order is visible (see policyd/server.c, test aids).
@@ -472,4 +473,4 @@ class TestCommands(ServerTest):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

@@ -2,7 +2,8 @@
 """Checks the report writers' expected files beside the unit test: every *.json here must
 validate against schema.json (JSON Schema draft-07; a small stdlib validator for the
 keywords the schema uses, plus the jsonschema package when installed), and every *.prom
-must pass `promtool check metrics`. Exit 77 (skip) only when promtool is missing.
+must pass `promtool check metrics`. Exit 77 (skip) only when promtool is missing; a check not run is named on a
+`SKIPPED-TESTS:` line (test/pylib/testmain.py) that test/run-suites counts.
 Usage: check_outputs.py [DIR]"""
 import glob
 import json
@@ -11,6 +12,9 @@ import re
 import shutil
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "pylib"))
+from testmain import skipped_line  # noqa: E402
 
 TYPES = {"object": dict, "array": list, "string": str, "null": type(None), "boolean": bool}
 
@@ -76,16 +80,20 @@ def main():
     with open(os.path.join(d, "schema.json")) as f:
         schema = json.load(f)
     failed = False
+    skips = []
+    try:
+        import jsonschema  # the full draft-07 implementation
+    except ImportError:
+        jsonschema = None
+        skips.append(("jsonschema", "full draft-07 check not run: python3-jsonschema "
+                      "not installed (.ci/install-deps test installs it)"))
     docs = sorted(p for p in glob.glob(os.path.join(d, "*.json")) if not p.endswith("schema.json"))
     for p in docs:
         with open(p) as f:
             doc = json.load(f)
         errs = validate(doc, schema, schema)
-        try:
-            import jsonschema  # optional: the full draft-07 implementation
+        if jsonschema:
             errs += [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
-        except ImportError:
-            pass
         print("%s: %s" % (os.path.basename(p), "valid" if not errs else "INVALID"))
         for e in errs:
             print("  " + e)
@@ -97,7 +105,8 @@ def main():
 
     promtool = shutil.which("promtool")
     if not promtool:
-        print("promtool not found: install package prometheus")
+        skips.append(("promtool", "promtool check metrics not run: install package prometheus"))
+        print(skipped_line(skips))
         return 1 if failed else 77
     for p in sorted(glob.glob(os.path.join(d, "*.prom"))):
         with open(p, "rb") as f:
@@ -108,6 +117,8 @@ def main():
         if not ok:
             sys.stdout.write((r.stdout + r.stderr).decode(errors="replace"))
         failed |= not ok
+    if skips:
+        print(skipped_line(skips))
     return 1 if failed else 0
 
 
