@@ -3,8 +3,8 @@
 validate against schema.json (JSON Schema draft-07; a small stdlib validator for the
 keywords the schema uses, plus the jsonschema package when installed), and every *.prom
 must pass `promtool check metrics`, and the figures in ok.* and problems.* must equal a
-table derived by hand from the unit test's inputs (check_numbers). Exit 77 (skip) only when promtool is missing; a check not run is named on a
-`SKIPPED-TESTS:` line (test/pylib/testmain.py) that test/run-suites counts.
+table derived by hand from the unit test's inputs (check_numbers). Exit 77 (skip) only
+when promtool is missing; a check not run is named on a `SKIPPED-TESTS:` line (test/pylib/testmain.py) that test/run-suites counts.
 Usage: check_outputs.py [DIR]"""
 import glob
 import json
