@@ -13,7 +13,7 @@ import tempfile
 import time
 import unittest
 
-from postsurge import Postsurge, PolicyClient, encode, request
+from postsurge import SLOW, Postsurge, PolicyClient, encode, request
 from ports import wait_for
 import testmain
 
@@ -389,6 +389,48 @@ class TestSignals(ServerTest):
         self.assertIn("stopped", ps.log())
         self.assertNotIn("not empty", ps.log())
         self.assertFalse(os.path.exists(ps.unix_path))
+
+    def test_sigterm_closes_a_busy_connection_after_5s_grace(self):
+        # A connection in the middle of a request keeps the daemon draining; after
+        # SERVER_DRAIN_GRACE_MS (5 s) it is closed anyway and the daemon exits.
+        ps = self.daemon(unix=True)
+        with ps.client() as busy, ps.client() as idle:
+            self.assertEqual(idle.ask(), "DUNNO")
+            busy.send_raw(b"request=smtpd_access_policy\nprotocol_state=RCPT\n")
+            self.assertEqual(idle.ask(), "DUNNO")  # the partial request was read by now
+            mark = len(ps.log())
+            t0 = time.monotonic()
+            ps.signal(signal.SIGTERM)
+            # The idle connection goes at once: the daemon is draining.
+            self.assertTrue(idle.closed_by_peer(5 * SLOW))
+            self.assertTrue(ps.wait_log("stopping", mark))
+            self.assertTrue(ps.running())
+            self.assertTrue(busy.closed_by_peer(15 * SLOW))
+            waited = time.monotonic() - t0
+            self.assertEqual(ps.wait_exit(), 0)
+        self.assertGreater(waited, 4.5, "busy connection closed before the 5 s grace")
+        self.assertLess(waited, 5 + 3 * SLOW, "busy connection kept past the 5 s grace")
+        self.assertIn("1 connections still busy after 5000 ms; closing them", ps.log())
+        self.assertFalse(os.path.exists(ps.unix_path))
+
+    def test_second_sigterm_closes_busy_connections_at_once(self):
+        ps = self.daemon()
+        with ps.client() as busy:
+            busy.send_raw(b"request=smtpd_access_policy\nprotocol_state=RCPT\n")
+            with ps.client() as probe:  # the partial request was read by now
+                self.assertEqual(probe.ask(), "DUNNO")
+            mark = len(ps.log())
+            ps.signal(signal.SIGTERM)
+            self.assertTrue(ps.wait_log("stopping", mark))
+            self.assertTrue(ps.running())
+            t0 = time.monotonic()
+            ps.signal(signal.SIGTERM)
+            self.assertTrue(busy.closed_by_peer(15 * SLOW))
+            waited = time.monotonic() - t0
+            self.assertEqual(ps.wait_exit(), 0)
+        self.assertIn("closing every connection now", ps.log())
+        self.assertNotIn("still busy after", ps.log())
+        self.assertLess(waited, 2 * SLOW, "second signal did not close at once")
 
     def test_sigint_with_idle_connections_exits_0(self):
         ps = self.daemon()
