@@ -3,6 +3,7 @@ policy protocol, dedup of repeated requests, dryrun (one log line per would-be r
 exemptions, SIGHUP keeping the counters of unchanged rules, a bad reload refused as a
 whole, check-config reporting rule errors as FILE:LINE, store_failure_action answers.
 Env: POSTSURGE (the binary), PYTHONPATH=test/pylib."""
+import datetime
 import re
 import time
 import unittest
@@ -71,16 +72,18 @@ class LimitsMemory(unittest.TestCase):
         self.assertEqual(len(lines) + sum(left_out), 251)
         self.assertTrue(left_out)
         # Whatever the pace (a flood slower than one interval under valgrind): a line that
-        # counts left-out refusals opens an interval; each interval logs at most 100, and
-        # refusals are left out only after an interval's 100 were logged.
-        groups = [[]]
-        for l in lines:
-            if "more refusals by this rule not logged" in l:
-                groups.append([])
-            groups[-1].append(l)
-        self.assertLessEqual(max(len(g) for g in groups), 100, [len(g) for g in groups])
-        for g in groups[:-1]:
-            self.assertEqual(len(g), 100, [len(g) for g in groups])
+        # counts left-out refusals is the first of a new interval, and refusals are left
+        # out only once an interval logged its 100, so the 100 lines before each such
+        # line were logged within one interval (5 s, by the log's own timestamps).
+        stamps = [datetime.datetime.strptime(l.split(" ", 1)[0], "%Y-%m-%dT%H:%M:%S.%f")
+                  for l in lines]
+        marks = [i for i, l in enumerate(lines) if "more refusals by this rule not logged" in l]
+        prev = 0
+        for i in marks:
+            self.assertGreaterEqual(i - prev, 100, "left out before 100 were logged: %s" % marks)
+            span = (stamps[i - 1] - stamps[i - 100]).total_seconds()
+            self.assertLess(span, 5.1, "100 lines before a left-out count span %.2f s" % span)
+            prev = i
         if elapsed < 5:  # the flood fitted in one interval: the exact figures
             self.assertEqual(len(lines), 101)
             self.assertEqual(left_out, [150])
