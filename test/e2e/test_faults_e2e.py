@@ -15,6 +15,7 @@ import unittest
 from ports import free_port, tcp_listening, wait_for
 from postfix_instance import PostfixInstance
 from postsurge import Postsurge
+import testmain
 
 # policyd/server/conn.c logs one debug line per decision: "...: RCPT client=... action=DUNNO".
 DECISION_RE = re.compile(r": RCPT client=\S+ .*: action=")
@@ -112,4 +113,4 @@ class FaultsE2E(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

@@ -13,6 +13,7 @@ import unittest
 from ports import wait_for
 from postfix_instance import PostfixInstance
 from postsurge import Postsurge
+import testmain
 
 LIMIT = 10
 REJECT_RE = re.compile(r"(NOQUEUE|[0-9A-F]+): reject: RCPT from \S+\[(?P<client>[0-9.]+)\]: "
@@ -79,4 +80,4 @@ class LimitsE2E(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

@@ -13,6 +13,7 @@ import unittest
 from ports import free_port, tcp_listening, wait_for
 from postfix_instance import PostfixInstance
 from postsurge import Postsurge
+import testmain
 SOURCE_ROOT = os.environ.get("SOURCE_ROOT",
                              os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -189,4 +190,4 @@ class PolicyE2E(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

@@ -8,6 +8,7 @@ import unittest
 
 from ports import tcp_listening, wait_for
 from postfix_instance import PostfixInstance, _pid_alive
+import testmain
 
 
 class PostfixInstanceTest(unittest.TestCase):
@@ -81,4 +82,4 @@ class PostfixInstanceTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

@@ -25,6 +25,7 @@ from ports import free_port, tcp_listening, wait_for
 from postfix_instance import PostfixInstance
 from postsurge import Postsurge
 from redis_server import RedisServer
+import testmain
 
 
 def proc_children_named(ppid, name):
@@ -318,4 +319,4 @@ class ReportDaemonE2E(unittest.TestCase):
         self.assertLessEqual(m["run"], 5, m)
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

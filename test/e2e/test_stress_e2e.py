@@ -18,6 +18,7 @@ import unittest
 from ports import wait_for
 from postfix_instance import PostfixInstance
 from postsurge import Postsurge
+import testmain
 
 MESSAGES = 16
 SESSIONS = 8
@@ -166,4 +167,4 @@ class StressE2E(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

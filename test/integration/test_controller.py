@@ -22,6 +22,7 @@ import urllib.request
 from ports import free_port, tcp_listening, wait_for
 from postsurge import Postsurge, request
 from redis_server import RedisServer
+import testmain
 
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 
@@ -633,7 +634,15 @@ class ClusterTest(unittest.TestCase):
         def peer_stressed():
             return any(n["stress"] for n in self.status(b)["nodes"][1:])
         self.assertTrue(wait_for(peer_stressed, 20), self.status(b))
-        time.sleep(1)  # five monitor samples with the peer stressed and no quorum
+        seen_ms = time.time() * 1000
+
+        def b_published_after(ms):
+            return any(n["name"] == "b" and n.get("updated", 0) > ms
+                       for n in self.status(a)["nodes"][1:])
+        # b publishes its status after each monitor sample it evaluated: once a sees a
+        # status of b from a second after b saw the peer stressed, b has evaluated about
+        # five samples with the peer stressed and no quorum (no fixed sleep).
+        self.assertTrue(wait_for(lambda: b_published_after(seen_ms + 1000), 20), self.status(a))
         self.assertFalse(self.status(b)["nodes"][0]["stress"], b.log())
         with open(b.config_path) as f:
             text = f.read()
@@ -651,4 +660,4 @@ class ClusterTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

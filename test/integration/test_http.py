@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import unittest
 
 from postsurge import Postsurge, request
 from ports import free_port, tcp_listening, wait_for
+import testmain
 
 PROMTOOL = shutil.which("promtool")
 
@@ -161,6 +163,28 @@ class TestEndpoints(HttpTest):
         self.assertEqual((status, body, headers["content-length"]), (200, b"", "3"))
         # A query string does not change the resource.
         self.assertEqual(self.get(ps, "/healthz?verbose=1")[0], 200)
+
+    def test_http_healthz_503_while_draining(self):
+        # A connection in the middle of a request keeps the daemon draining after SIGTERM
+        # (up to the 5 s grace): meanwhile /healthz says 503 so a balancer sends no one new.
+        ps = self.daemon()
+        with ps.client() as busy:
+            busy.send_raw(b"request=smtpd_access_policy\nprotocol_state=RCPT\n")
+            with ps.client() as probe:  # the partial request was read by now
+                self.assertEqual(probe.ask(), "DUNNO")
+            self.assertEqual(self.get(ps, "/healthz")[0], 200)
+            mark = len(ps.log())
+            ps.signal(signal.SIGTERM)
+            self.assertTrue(ps.wait_log("stopping", mark), ps.log())
+            status, _, body = self.get(ps, "/healthz")
+            self.assertEqual((status, body), (503, b"draining\n"))
+            status, _, body = self.get(ps, "/healthz", method="HEAD")
+            self.assertEqual((status, body), (503, b""))
+            self.assertTrue(json.loads(self.get(ps, "/status")[2])["draining"])
+            self.assertEqual(self.value(self.get(ps, "/metrics")[2].decode(),
+                                        "postsurge_draining"), 1)
+        # The busy client hung up: nothing left, the daemon exits.
+        self.assertEqual(ps.wait_exit(), 0)
 
     def test_http_errors(self):
         ps = self.daemon()
@@ -346,4 +370,4 @@ class TestUnderLoad(HttpTest):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

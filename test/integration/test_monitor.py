@@ -16,6 +16,7 @@ import time
 import unittest
 
 from postfix_instance import PostfixInstance
+import testmain
 
 BUILD_ROOT = os.environ.get("BUILD_ROOT", "build")
 PROBE = os.path.join(BUILD_ROOT, "test", "integration", "monitor_probe")
@@ -415,4 +416,4 @@ class TestMonitorPostscreen(MonitorTest, unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

@@ -20,6 +20,7 @@ import unittest
 
 from ports import free_port, tcp_listening, wait_for
 from postsurge import POSTSURGE, Postsurge, PolicyClient, request
+import testmain
 
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 NOBODY = pwd.getpwnam("nobody")
@@ -480,14 +481,23 @@ class PrivsepTest(unittest.TestCase):
                            text=True, timeout=30)
         ev = json.loads(r.stdout)["events"]
         self.assertIn("overrides-unavailable", [e["kind"] for e in ev], ev)
-        # A forced episode changes nothing.
+        # A forced episode changes nothing. The event that shows the daemon got as far as
+        # it would have applied: the episode is in force and logged as an event (overrides
+        # are reconciled on the same turn).
         subprocess.run([POSTSURGE, "-c", conf, "stress", "enter"], capture_output=True,
                        timeout=30)
-        time.sleep(1)
+        self.assertTrue(wait_for(lambda: (status() or {}).get("stress"), 15), log())
+
+        def kinds():
+            r = subprocess.run([POSTSURGE, "-c", conf, "events", "--json"],
+                               capture_output=True, text=True, timeout=30)
+            return [e["kind"] for e in json.loads(r.stdout)["events"]] if r.returncode == 0 \
+                else []
+        self.assertTrue(wait_for(lambda: "stress-enter" in kinds(), 15), log())
         self.assertEqual(read_bytes(self.main), self.main0)
         self.assertEqual(status()["overrides_state"], "none")
         self.assertEqual(mode_problems(d), [])
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

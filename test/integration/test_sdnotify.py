@@ -15,6 +15,7 @@ import unittest
 
 from postsurge import POSTSURGE, Postsurge
 from ports import tcp_listening
+import testmain
 
 
 class Notify:
@@ -230,4 +231,4 @@ class SdnotifyTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

@@ -7,6 +7,7 @@ import sys
 import unittest
 
 from redis_server import Nutcracker, RedisServer
+import testmain
 
 CONTRACT = os.path.join(os.environ.get("BUILD_ROOT", "build"), "test", "integration",
                         "store_contract")
@@ -67,4 +68,4 @@ class StoreContract(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

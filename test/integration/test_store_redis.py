@@ -9,6 +9,7 @@ import time
 import unittest
 
 from redis_server import Nutcracker, RedisServer
+import testmain
 
 CONTRACT = os.path.join(os.environ.get("BUILD_ROOT", "build"), "test", "integration",
                         "store_contract")
@@ -243,4 +244,4 @@ class StoreRedis(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

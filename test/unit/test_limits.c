@@ -528,6 +528,51 @@ static void test_limits_counts_transaction_once(void **state)
     limits_engine_free(e);
 }
 
+/* A transaction remembers at most 4096 units (4 * LIMITS_MAX_RCPT_CACHE): the first 4096
+ * recipients are deduplicated, a recipient past the cap counts again on every repeat
+ * (over-counting is the safe side), and a new transaction starts with room again. */
+static void test_limits_caps_units_per_transaction(void **state)
+{
+    (void)state;
+    struct limits_engine *e = engine_from("limits = rc client_address recipients 100000/1h\n");
+    struct limits_session *s = limits_session_new();
+    struct tstore t = {.now = 7000000};
+    struct limits_decision d;
+    char to[64];
+    const int cap = 4096;
+    assert_int_equal(cap, 4 * LIMITS_MAX_RCPT_CACHE);
+    for (int i = 0; i <= cap; i++) {
+        snprintf(to, sizeof(to), "r%d@cap.example", i);
+        assert_int_equal(decide(&t, e, s, rcpt("192.0.2.1", "4000", "i1", to), false, &d),
+                         LIMITS_PLAN_OPS);
+        assert_false(d.deny);
+    }
+    assert_int_equal(t.amounts, cap + 1);
+    /* Remembered: the first and the last within the cap are answered from the session. */
+    assert_int_equal(decide(&t, e, s, rcpt("192.0.2.1", "4000", "i1", "r0@cap.example"), false, &d),
+                     LIMITS_PLAN_DECIDED);
+    assert_true(d.cached);
+    snprintf(to, sizeof(to), "r%d@cap.example", cap - 1);
+    assert_int_equal(decide(&t, e, s, rcpt("192.0.2.1", "4000", "i1", to), false, &d),
+                     LIMITS_PLAN_DECIDED);
+    assert_int_equal(t.amounts, cap + 1);
+    /* Past the cap: not remembered, so each repeat is counted. */
+    snprintf(to, sizeof(to), "r%d@cap.example", cap);
+    for (int rep = 1; rep <= 2; rep++) {
+        assert_int_equal(decide(&t, e, s, rcpt("192.0.2.1", "4000", "i1", to), false, &d),
+                         LIMITS_PLAN_OPS);
+        assert_false(d.cached);
+        assert_int_equal(t.amounts, cap + 1 + rep);
+    }
+    /* The next transaction remembers again. */
+    for (int rep = 0; rep < 2; rep++)
+        decide(&t, e, s, rcpt("192.0.2.1", "4000", "i2", to), false, &d);
+    assert_int_equal(t.amounts, cap + 4);
+    assert_true(d.cached);
+    limits_session_free(s);
+    limits_engine_free(e);
+}
+
 /* Without RCPT requests (policy only in smtpd_data_restrictions or end-of-data), the
  * recipients of a transaction are counted once from recipient_count. */
 static void test_limits_counts_recipient_count_without_rcpt(void **state)
@@ -911,6 +956,7 @@ int main(void)
         cmocka_unit_test(test_limits_counts_identical_rcpt_once),
         cmocka_unit_test(test_limits_counts_transaction_once),
         cmocka_unit_test(test_limits_counts_recipient_count_without_rcpt),
+        cmocka_unit_test(test_limits_caps_units_per_transaction),
         cmocka_unit_test(test_limits_new_connection_resets),
         cmocka_unit_test(test_limits_selects_stress_limit),
         cmocka_unit_test(test_limits_stress_counter_is_warm),
