@@ -99,6 +99,8 @@ struct store {
     bool local_fallback;
     int64_t log_interval_ms;
     struct mem_table mem;
+    int64_t sweep_now_ms;     /* mem.now_max at the last local answer ... */
+    uint64_t sweep_mono_ms;   /* ... and uv_now() then: the sweep's clock after it */
     bool waves_logged;        /* an eviction line was written ... */
     uint64_t waves_logged_ms; /* ... at this uv_now() */
     uv_idle_t idle;           /* delivers requests answered inside store_window_take */

@@ -323,7 +323,9 @@ static void mem_table_shrink(struct mem_table *t)
         nb /= 2;
     if (nb != t->nbuckets)
         mem_rehash(t, nb);
-    if (t->freed_since_trim >= MEM_TRIM_AFTER)
+    /* Also once most of the table went: the last counters of a flood. */
+    if (t->freed_since_trim >= MEM_TRIM_AFTER ||
+        (t->freed_since_trim >= MEM_TRIM_AFTER / 16 && t->freed_since_trim > t->n))
         mem_trim(t);
 }
 
@@ -393,6 +395,8 @@ static void store_answer_local(struct store *s, struct store_req *req)
         }
         op->answered = true;
     }
+    s->sweep_now_ms = s->mem.now_max;
+    s->sweep_mono_ms = uv_now(s->loop);
     store_log_waves(s);
 }
 
@@ -483,6 +487,11 @@ static void store_on_sweep(uv_timer_t *h)
     size_t budget = s->mem.n / 8;
     if (budget < 4096)
         budget = 4096;
+    /* The table's time is that of the takes (the callers' clock); after the last take it
+     * moves on with the loop's, or counters would never expire once traffic stopped. */
+    int64_t now = s->sweep_now_ms + (int64_t)(uv_now(s->loop) - s->sweep_mono_ms);
+    if (now > s->mem.now_max)
+        s->mem.now_max = now;
     mem_table_sweep(&s->mem, budget);
     mem_table_shrink(&s->mem);
     store_log_waves(s);
@@ -563,6 +572,7 @@ int store_new(uv_loop_t *loop, const struct config *cfg, struct store **out, cha
     s->idle.data = s;
     uv_timer_init(loop, &s->sweep);
     s->sweep.data = s;
+    s->sweep_mono_ms = uv_now(loop);
     uv_timer_start(&s->sweep, store_on_sweep, MEM_SWEEP_INTERVAL_MS, MEM_SWEEP_INTERVAL_MS);
     /* Housekeeping alone must not keep a loop alive. */
     uv_unref((uv_handle_t *)&s->sweep);
