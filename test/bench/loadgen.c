@@ -68,6 +68,7 @@ struct opts {
     uint64_t seed;
     const char *label;
     bool unique; /* -U: every request from a client address not used before */
+    uint32_t unique_skip;
 };
 
 static struct {
@@ -122,8 +123,8 @@ static void usage(FILE *f)
             "  -N NETS  distinct client /24 networks (default 4096)\n"
             "  -H N     distinct hosts per /24, 1-254 (default 254)\n"
             "  -S N     distinct senders and SASL users (default 10000)\n"
-            "  -U       every request from a new client address, 11.0.0.1 upwards (a flood\n"
-            "           of distinct clients; -N and -H are then ignored)\n"
+            "  -U SKIP  every request from a new client address, from 11.0.0.1 + SKIP upwards\n"
+            "           (a flood of distinct clients; -N and -H are then ignored)\n"
             "  -s SEED  random seed (default 1)\n"
             "  -l NAME  label for the machine-readable line\n"
             "Prints a human summary and one line starting with 'LOADGEN '.\n"
@@ -626,7 +627,7 @@ static int parse_opts(int argc, char **argv)
                         .label = "loadgen"};
     bool have_d = false;
     int ch;
-    while ((ch = getopt(argc, argv, "c:n:d:w:t:p:N:H:S:s:l:Uh")) != -1) {
+    while ((ch = getopt(argc, argv, "c:n:d:w:t:p:N:H:S:s:l:U:h")) != -1) {
         switch (ch) {
         case 'c':
             g.o.conns = atoi(optarg);
@@ -664,6 +665,7 @@ static int parse_opts(int argc, char **argv)
             break;
         case 'U':
             g.o.unique = true;
+            g.o.unique_skip = (uint32_t)strtoul(optarg, NULL, 10);
             break;
         case 'h':
             usage(stdout);
@@ -683,7 +685,7 @@ static int parse_opts(int argc, char **argv)
         g.o.timeout_s <= 0 || g.o.requests > MAX_REQUESTS || g.o.nets < 1 ||
         g.o.nets > (1u << 24) || g.o.hosts < 1 || g.o.hosts > 254 || g.o.senders < 1)
         return -1;
-    g.next_addr = (11u << 24) + 1;
+    g.next_addr = (11u << 24) + 1 + g.o.unique_skip;
     g.rng = g.o.seed ? g.o.seed * 0x9E3779B97F4A7C15ULL : 0x9E3779B97F4A7C15ULL;
     return 0;
 }
