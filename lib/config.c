@@ -198,7 +198,7 @@ static const struct cf_entry cf_table[] = {
     {"memory_store_max_keys", CF_INT, "1000000", OFF(memory_store_max_keys), 100, 100000000,
      .group = G_STORE,
      .doc = "Counters kept in memory (`store = memory`, and Redis's local fallback), about "
-            "200 bytes each. When full, about 3% are dropped at once: expired counters "
+            "220 bytes each. When full, about 3% are dropped at once: expired counters "
             "first, then those furthest from their limit; a counter at its limit only when "
             "all are. Each wave is logged and counted (see Memory store bound)."},
 

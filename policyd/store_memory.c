@@ -323,7 +323,11 @@ static void mem_table_shrink(struct mem_table *t)
         nb /= 2;
     if (nb != t->nbuckets)
         mem_rehash(t, nb);
-    /* Also once most of the table went: the last counters of a flood. */
+    /* Not while the table is full: eviction waves free memory that new keys take at
+     * once, and a trim of a big heap costs the loop milliseconds. Also once most of the
+     * table went: the last counters of a flood. */
+    if (t->n + t->max / 16 >= t->max)
+        return;
     if (t->freed_since_trim >= MEM_TRIM_AFTER ||
         (t->freed_since_trim >= MEM_TRIM_AFTER / 16 && t->freed_since_trim > t->n))
         mem_trim(t);
