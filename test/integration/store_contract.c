@@ -514,6 +514,38 @@ static void test_store_contract_memory_sweep(void **state)
     close_all(&loop, &s, 1);
 }
 
+/* Counters expire once traffic stops: the sweep's clock moves on with the loop's after
+ * the last take (it used to stop at the last take's time, keeping a flood's counters and
+ * their memory for good). */
+static void test_store_contract_memory_expires_without_traffic(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    struct store *s = open_store(&loop, "memory", "", "local");
+    struct take_wait w;
+    char key[32];
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "quiet%d", i);
+        struct store_op op = {key, 1000, 5, 1};
+        assert_int_equal(take(&loop, s, &op, 1, 5000000, &w), 0);
+    }
+    uv_timer_t guard;
+    bool expired = false;
+    uv_timer_init(&loop, &guard);
+    guard.data = &expired;
+    uv_timer_start(&guard, on_guard, 15000, 0);
+    struct store_stats st;
+    do {
+        uv_run(&loop, UV_RUN_ONCE);
+        store_get_stats(s, &st);
+    } while (st.entries > 0 && !expired);
+    assert_int_equal(st.entries, 0);
+    assert_int_equal(st.expired, 20);
+    uv_close((uv_handle_t *)&guard, NULL);
+    close_all(&loop, &s, 1);
+}
+
 static void test_store_contract_sha1_vectors(void **state)
 {
     (void)state;
@@ -740,6 +772,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_store_contract_memory_bound),
         cmocka_unit_test(test_store_contract_memory_flood_keeps_busy_counters),
         cmocka_unit_test(test_store_contract_memory_sweep),
+        cmocka_unit_test(test_store_contract_memory_expires_without_traffic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
