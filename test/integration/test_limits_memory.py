@@ -29,6 +29,18 @@ def ask_many(client, n, tag, **attrs):
             for i in range(n)]
 
 
+def store_metrics(http_port):
+    """The postsurge_store_* samples of /metrics: {"name{labels}": value}."""
+    conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=20)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return {l.split()[0]: float(l.split()[1]) for l in text.splitlines()
+            if l.startswith("postsurge_store_")}
+
+
 class LimitsMemory(unittest.TestCase):
     def start(self, text, **kw):
         ps = Postsurge(extra=text, **kw)
@@ -214,12 +226,7 @@ class LimitsMemory(unittest.TestCase):
                                r"\d+ eviction waves? dropped \d+ expired and [1-9]\d* live "
                                r"counters; the fullest live counter evicted was at \d+% of "
                                r"its limit")
-        conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=20)
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-        conn.close()
-        values = {l.split()[0]: float(l.split()[1]) for l in text.splitlines()
-                  if l.startswith("postsurge_store_")}
+        values = store_metrics(http_port)
         self.assertEqual(values["postsurge_store_max_keys"], 2000)
         self.assertLessEqual(values["postsurge_store_keys"], 2000)
         # Over 8000 counters made (two per flood client, and the /24s'), at most 2000
@@ -228,6 +235,18 @@ class LimitsMemory(unittest.TestCase):
                                 8000 - 2000)
         self.assertEqual(values['postsurge_store_evictions_total{reason="expired"}'], 0)
         self.assertGreater(values["postsurge_store_eviction_waves_total"], 50)
+        # SIGHUP applies a new bound to the same counters.
+        ps.write_config(rules("per_ip client_address recipients 100/1h",
+                              "per_ip_day client_address recipients 1000/1d",
+                              "per_net client_address/24 recipients 100000/1h",
+                              memory_store_max_keys="3000",
+                              http_listen="inet:127.0.0.1:%d" % http_port))
+        mark = ps.reload()
+        self.assertTrue(ps.wait_log("reload: 3 rate-limit rules", since=mark), ps.log())
+        self.assertEqual(store_metrics(http_port)["postsurge_store_max_keys"], 3000)
+        with ps.client() as c:
+            self.assertEqual(c.ask(request(recipient="last@example.com", client_port="4")),
+                             DEFER + " (per_ip)")
 
 
 if __name__ == "__main__":
