@@ -7,7 +7,7 @@ BENCH_ARGS ?=
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 1800
 
-.PHONY: all deps test-deps setup run test unit asan valgrind fuzz bench soak format format-check install man clean
+.PHONY: all deps test-deps setup run test unit asan valgrind fuzz bench soak flood format format-check install man clean
 
 all: setup
 	ninja -C $(BUILD)
@@ -66,6 +66,10 @@ bench: all
 soak: all
 	@sh .ci/install-deps bench
 	SOAK_SECONDS=$(SOAK_SECONDS) python3 test/bench/soak $(BUILD)
+
+# A flood of 1,000,000 distinct client addresses against the memory store's bound.
+flood: all
+	python3 test/bench/flood $(BUILD)
 
 format:
 	clang-format -i lib/*.[ch] policyd/*.[ch] policyd/*/*.[ch] test/unit/*.c test/fuzz/*.c test/bench/*.c test/integration/*.c

@@ -167,6 +167,12 @@ const struct cf_entry cf_table[] = {
             "`DEFER_IF_PERMIT`."},
     {"redis_reconnect_max", CF_TIME, "5s", OFF(redis_reconnect_max), 100, 10 * MIN,
      .group = G_STORE, .doc = "Longest wait between Redis reconnection attempts (backoff cap)."},
+    {"memory_store_max_keys", CF_INT, "1000000", OFF(memory_store_max_keys), 100, 100000000,
+     .group = G_STORE,
+     .doc = "Counters kept in memory (`store = memory`, and Redis's local fallback), about "
+            "220 bytes each. When full, about 3% are dropped at once: expired counters "
+            "first, then those furthest from their limit; a counter at its limit only when "
+            "all are. Each wave is logged and counted (see Memory store bound)."},
 
     {"node_name", CF_STRING, "", OFF(node_name), .check = check_word, .group = G_NODE,
      .doc = "This node's name in status and reports; empty means the host name."},

@@ -48,6 +48,8 @@ struct config {
     char *store_failure_action;  /* "local", "dunno" or "defer_if_permit" */
     int64_t redis_reconnect_max; /* ms, backoff cap, 5 s */
 
+    int64_t memory_store_max_keys; /* counters kept in memory, 1000000 */
+
     /* the Postfix node (issue 4) */
     char *node_name;                /* "" means the host name */
     char *postfix_config_directory; /* "/etc/postfix" */

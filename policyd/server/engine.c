@@ -16,6 +16,7 @@
 
 #include "limits.h"
 #include "util/log.h"
+#include "util/metrics.h"
 
 /* Plans kept for reuse: one per connection with a request in flight is enough. */
 #define ENGINE_POOL_MAX 256
@@ -424,6 +425,47 @@ static bool engine_store_changed(const struct config *a, const struct config *b)
            str_differs(a->store_failure_action, b->store_failure_action);
 }
 
+/* The memory counters' figures (the local fallback's with Redis), read at scrape time.
+ * They restart from 0 when a reload replaces the store. */
+static int engine_collect(struct metrics_out *o, void *arg)
+{
+    struct engine *e = arg;
+    struct store_stats st = {0};
+    static const char *const reason_l[] = {"reason"};
+    int rc;
+
+    if (e->store)
+        store_get_stats(e->store, &st);
+#define TRY(x)                                                                                     \
+    do {                                                                                           \
+        if ((rc = (x)) < 0)                                                                        \
+            return rc;                                                                             \
+    } while (0)
+    TRY(metrics_out_family(o, METRIC_GAUGE, "postsurge_store_keys",
+                           "Counters held in memory (the local fallback's with Redis)."));
+    TRY(metrics_out_sample(o, "postsurge_store_keys", NULL, NULL, 0, (double)st.entries));
+    TRY(metrics_out_family(o, METRIC_GAUGE, "postsurge_store_max_keys",
+                           "The memory_store_max_keys setting: the bound of those counters."));
+    TRY(metrics_out_sample(o, "postsurge_store_max_keys", NULL, NULL, 0, (double)st.max_entries));
+    TRY(metrics_out_family(o, METRIC_COUNTER, "postsurge_store_expired_total",
+                           "Memory counters dropped after their window ended."));
+    TRY(metrics_out_sample(o, "postsurge_store_expired_total", NULL, NULL, 0, (double)st.expired));
+    TRY(metrics_out_family(o, METRIC_COUNTER, "postsurge_store_eviction_waves_total",
+                           "Times the memory counters reached memory_store_max_keys."));
+    TRY(metrics_out_sample(o, "postsurge_store_eviction_waves_total", NULL, NULL, 0,
+                           (double)st.waves));
+    TRY(metrics_out_family(o, METRIC_COUNTER, "postsurge_store_evictions_total",
+                           "Memory counters dropped by those waves: expired, or live (their "
+                           "key starts again from zero)."));
+    const char *expired_v[] = {"expired"}, *live_v[] = {"live"};
+    TRY(metrics_out_sample(o, "postsurge_store_evictions_total", reason_l, expired_v, 1,
+                           (double)st.wave_expired));
+    TRY(metrics_out_sample(o, "postsurge_store_evictions_total", reason_l, live_v, 1,
+                           (double)st.evictions));
+#undef TRY
+    return 0;
+}
+
 /* ---- hooks ---- */
 
 static int engine_on_check(struct server *srv, const struct config *cfg, struct config_errors *errs,
@@ -466,8 +508,12 @@ static void engine_on_reload(struct server *srv, const struct config *old_cfg, v
                  srv->cfg->limit_dry_run ? " (limit_dry_run)" : "");
     }
     e->failure_action = failure_action_of(srv->cfg);
-    if (e->stopping || !engine_store_changed(old_cfg, srv->cfg))
+    if (e->stopping)
         return;
+    if (!engine_store_changed(old_cfg, srv->cfg)) {
+        store_set_max_entries(e->store, (size_t)srv->cfg->memory_store_max_keys);
+        return;
+    }
     struct store *ns = NULL;
     char err[256] = "";
     int rc = open_store(e, srv->cfg, &ns, err, sizeof(err));
@@ -554,6 +600,8 @@ int engine_new(struct server *srv, struct engine **out, char *err, size_t errlen
         free(e);
         return rc;
     }
+    if (metrics_add_collector(server_metrics(srv), engine_collect, e) < 0)
+        log_warn("cannot register the store metrics (out of memory)");
     e->decider.start = engine_start;
     e->decider.cancel = engine_cancel;
     e->decider.data = e;
@@ -570,6 +618,7 @@ void engine_free(struct engine *e)
         return;
     if (e->stores_open > 0)
         log_error("engine freed with %d stores still open", e->stores_open);
+    metrics_remove_collector(server_metrics(e->srv), engine_collect, e);
     while (e->pool) {
         struct pending *p = e->pool;
         e->pool = p->next;

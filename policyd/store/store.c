@@ -7,6 +7,7 @@
 #include "store_internal.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,30 @@ void store_req_list_remove(struct store_req_list *l, struct store_req *r)
     r->prev = r->next = NULL;
 }
 
+/* One line per log_repeat_interval at most while the table is full, with what the waves
+ * since the last line dropped. */
+static void store_log_waves(struct store *s)
+{
+    struct mem_wave_log *u = &s->mem.unlogged;
+    if (u->waves == 0)
+        return;
+    uint64_t now = uv_now(s->loop);
+    if (s->waves_logged && now - s->waves_logged_ms < (uint64_t)s->log_interval_ms)
+        return;
+    s->waves_logged = true;
+    s->waves_logged_ms = now;
+    char fullest[64] = "";
+    if (u->live)
+        snprintf(fullest, sizeof(fullest),
+                 "; the fullest live counter evicted was at %.0f%% of "
+                 "its limit",
+                 u->max_live_fraction * 100);
+    log_warn("memory store full (memory_store_max_keys = %zu): %" PRIu64 " eviction wave%s "
+             "dropped %" PRIu64 " expired and %" PRIu64 " live counters%s",
+             s->mem.max, u->waves, u->waves == 1 ? "" : "s", u->expired, u->live, fullest);
+    *u = (struct mem_wave_log){0};
+}
+
 void store_answer_local(struct store *s, struct store_req *req)
 {
     for (size_t i = 0; i < req->n; i++) {
@@ -57,6 +82,9 @@ void store_answer_local(struct store *s, struct store_req *req)
         }
         op->answered = true;
     }
+    s->sweep_now_ms = s->mem.now_max;
+    s->sweep_mono_ms = uv_now(s->loop);
+    store_log_waves(s);
 }
 
 static void store_deliver(struct store_req *req)
@@ -110,10 +138,19 @@ void store_req_finish(struct store_req *req, int status)
 static void store_on_sweep(uv_timer_t *h)
 {
     struct store *s = h->data;
+    /* Every counter is examined within 8 s (each second in small tables): expired ones
+     * go and the others' usage steps are brought up to date for the next wave. */
     size_t budget = s->mem.n / 8;
     if (budget < 4096)
         budget = 4096;
+    /* The table's time is that of the takes (the callers' clock); after the last take it
+     * moves on with the loop's, or counters would never expire once traffic stopped. */
+    int64_t now = s->sweep_now_ms + (int64_t)(uv_now(s->loop) - s->sweep_mono_ms);
+    if (now > s->mem.now_max)
+        s->mem.now_max = now;
     mem_table_sweep(&s->mem, budget);
+    mem_table_shrink(&s->mem);
+    store_log_waves(s);
 }
 
 static void store_free(struct store *s)
@@ -170,7 +207,9 @@ int store_new(uv_loop_t *loop, const struct config *cfg, struct store **out, cha
         return -ENOMEM;
     }
     s->prefixlen = strlen(s->prefix);
-    if (mem_table_init(&s->mem, STORE_MEMORY_MAX_ENTRIES) < 0) {
+    size_t max = cfg->memory_store_max_keys > 0 ? (size_t)cfg->memory_store_max_keys
+                                                : STORE_MEMORY_MAX_ENTRIES;
+    if (mem_table_init(&s->mem, max) < 0) {
         free(s->prefix);
         free(s);
         return -ENOMEM;
@@ -188,6 +227,7 @@ int store_new(uv_loop_t *loop, const struct config *cfg, struct store **out, cha
     s->idle.data = s;
     uv_timer_init(loop, &s->sweep);
     s->sweep.data = s;
+    s->sweep_mono_ms = uv_now(loop);
     uv_timer_start(&s->sweep, store_on_sweep, MEM_SWEEP_INTERVAL_MS, MEM_SWEEP_INTERVAL_MS);
     /* Housekeeping alone must not keep a loop alive. */
     uv_unref((uv_handle_t *)&s->sweep);
@@ -282,7 +322,10 @@ void store_get_stats(const struct store *s, struct store_stats *st)
     *st = s->stats;
     st->evictions = s->mem.evictions;
     st->expired = s->mem.expired;
+    st->wave_expired = s->mem.wave_expired;
+    st->waves = s->mem.waves;
     st->entries = s->mem.n;
+    st->max_entries = s->mem.max;
     if (s->vt == &store_memory_vtable)
         st->connected = true;
 }

@@ -22,8 +22,9 @@ struct store_req;
 #define STORE_MAX_OPS 64
 /* Longest key (without the prefix); longer keys are -ENAMETOOLONG. */
 #define STORE_MAX_KEY 512
-/* Default bound of the memory store's keys (about 200 bytes each). */
-#define STORE_MEMORY_MAX_ENTRIES 500000
+/* Default bound of the memory store's keys (memory_store_max_keys; about 200 bytes
+ * each with a short key). */
+#define STORE_MEMORY_MAX_ENTRIES 1000000
 
 /* One counter operation: window_take() on the counter `key` (borrowed for the duration
  * of the call; the store copies it and prepends store_key_prefix). */
@@ -53,8 +54,11 @@ struct store_stats {
     uint64_t noscript;      /* NOSCRIPT replies answered by an EVAL */
     uint64_t reconnects;    /* connection attempts after the first */
     uint64_t evictions;     /* memory keys dropped unexpired because of the bound */
-    uint64_t expired;       /* memory keys dropped as expired */
+    uint64_t expired;       /* memory keys dropped as expired (sweep or eviction wave) */
+    uint64_t wave_expired;  /* of those, dropped by an eviction wave */
+    uint64_t waves;         /* eviction waves (the bound was reached) */
     size_t entries;         /* memory keys now (local counters for Redis) */
+    size_t max_entries;     /* their bound */
     bool connected;         /* redis: the last command got a reply; memory: true */
 };
 
@@ -67,8 +71,14 @@ struct store_stats {
 int store_new(uv_loop_t *loop, const struct config *cfg, struct store **out, char *err,
               size_t errlen);
 
-/* Bounds the number of keys of the memory counters (also the local fallback of Redis);
- * over it, expired keys go first, then the least recently used. */
+/* Bounds the number of keys of the memory counters (also the local fallback of Redis).
+ * A new key that finds the bound reached starts an eviction wave that frees about 1/32
+ * of it: expired counters first, then live ones from the lowest usage relative to their
+ * limit up, in 16 steps of 1/16 plus one for counters at their limit (as of each
+ * counter's last take or the background sweep, which visits all within 8 s). A wave
+ * never evicts a counter while a counter of a lower step is kept. Waves are logged at
+ * most once per log_repeat_interval with their counts. A lower bound takes effect at
+ * the next new key. */
 void store_set_max_entries(struct store *s, size_t max_entries);
 
 /* "memory" or "redis". */

@@ -5,14 +5,34 @@
 
 #include "store.h"
 
-/* A key's counter in the memory table: chained in a hash bucket and in the LRU list. */
+/* Usage steps of the memory table's eviction order: step k (0..15) holds counters whose
+ * usage is at least k/16 and under (k+1)/16 of their limit; the last step holds those at
+ * or over it (and limit 0). A full table evicts from the lowest step up. */
+#define MEM_STEPS 17
+#define MEM_STEP_FULL (MEM_STEPS - 1)
+
+/* A key's counter in the memory table: chained in a hash bucket and in the list of its
+ * usage step (least recently used first). */
 struct mem_entry {
     struct mem_entry *hnext;
-    struct mem_entry *lru_prev, *lru_next;
-    uint64_t hash;
+    struct mem_entry *prev, *next; /* in steps[step] */
     struct window w;
-    size_t keylen;
+    int64_t limit, window_ms; /* of the last take: the step's denominator */
+    uint32_t hash;
+    uint32_t keylen;
+    uint8_t step;
     char key[];
+};
+
+struct mem_step {
+    struct mem_entry *head, *tail; /* head: least recently used */
+    size_t n;
+};
+
+/* What eviction waves did since the last log line (store.c logs it). */
+struct mem_wave_log {
+    uint64_t waves, expired, live;
+    double max_live_fraction; /* highest usage/limit of a live counter evicted */
 };
 
 struct mem_table {
@@ -21,8 +41,13 @@ struct mem_table {
     size_t n;
     size_t max;
     size_t sweep_cursor;
-    struct mem_entry *lru_head, *lru_tail; /* head: least recently used */
-    uint64_t evictions, expired;
+    struct mem_step steps[MEM_STEPS];
+    uint64_t evictions;      /* live counters evicted by waves */
+    uint64_t expired;        /* expired counters dropped (sweep or wave) */
+    uint64_t wave_expired;   /* of those, dropped by waves */
+    uint64_t waves;          /* eviction waves */
+    size_t freed_since_trim; /* counters freed since the heap was last trimmed */
+    struct mem_wave_log unlogged;
     int64_t now_max; /* the latest now_ms seen: the sweep's notion of time */
 };
 
@@ -87,8 +112,12 @@ struct store {
     bool local_fallback;
     int64_t log_interval_ms;
     struct mem_table mem;
-    uv_idle_t idle;   /* delivers requests answered inside store_window_take */
-    uv_timer_t sweep; /* drops expired memory counters */
+    int64_t sweep_now_ms;     /* mem.now_max at the last local answer ... */
+    uint64_t sweep_mono_ms;   /* ... and uv_now() then: the sweep's clock after it */
+    bool waves_logged;        /* an eviction line was written ... */
+    uint64_t waves_logged_ms; /* ... at this uv_now() */
+    uv_idle_t idle;           /* delivers requests answered inside store_window_take */
+    uv_timer_t sweep;         /* drops expired memory counters */
     struct store_req_list done;
     struct store_stats stats;
     bool in_submit;
@@ -100,7 +129,10 @@ struct store {
     struct store_cluster_mem *cluster; /* memory store: node statuses and events (lazy) */
 };
 
-/* Memory table. mem_table_take returns 0 or -ENOMEM / -EINVAL from window_take. */
+/* Memory table. mem_table_take returns 0 or -ENOMEM / -EINVAL from window_take. When a
+ * new key finds the table at max entries, an eviction wave first drops about 1/32 of
+ * max: expired counters found by a bounded sweep, then live ones from the lowest usage
+ * step up (see MEM_STEPS), least recently used first within a step. */
 int mem_table_init(struct mem_table *t, size_t max);
 void mem_table_free(struct mem_table *t);
 /* Drops every counter and shrinks the table to its initial size (statistics and limits
@@ -109,8 +141,13 @@ void mem_table_free(struct mem_table *t);
 void mem_table_clear(struct mem_table *t);
 int mem_table_take(struct mem_table *t, const char *key, size_t keylen, int64_t now_ms,
                    int64_t window_ms, int64_t limit, int64_t amount, struct window_result *out);
-/* Examines up to budget entries for expiry at t->now_max. */
-void mem_table_sweep(struct mem_table *t, size_t budget);
+/* Examines up to budget entries at t->now_max: drops the expired ones and files the
+ * others under their current usage step (usage only falls between takes, so a step
+ * recorded at the last take may be too high). Returns the entries dropped. */
+size_t mem_table_sweep(struct mem_table *t, size_t budget);
+/* Halves the buckets while they are four times the entries, and gives freed heap pages
+ * back when many counters went and the table is not full (the sweep's timer calls it). */
+void mem_table_shrink(struct mem_table *t);
 
 /* Request lists (doubly linked). */
 void store_req_list_push(struct store_req_list *l, struct store_req *r);

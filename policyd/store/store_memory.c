@@ -5,9 +5,11 @@
 #include "store_internal.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,21 +17,26 @@
 #include "util/log.h"
 
 #define MEM_MIN_BUCKETS 1024
-/* Entries looked at from the LRU head for an expired one before evicting a live one. */
-#define MEM_EVICT_SCAN 8
+/* An eviction wave frees 1/MEM_WAVE_DIVISOR of the bound (about 3 %), so the cost of
+ * choosing victims is spread over as many new keys as the wave made room for. */
+#define MEM_WAVE_DIVISOR 32
+/* Counters a wave's sweep examines for expiry, per counter the wave must free. */
+#define MEM_WAVE_SWEEP_FACTOR 2
+/* Counters freed after which the sweep returns free heap pages to the system. */
+#define MEM_TRIM_AFTER 65536
 
 static void cluster_mem_free(struct store_cluster_mem *c);
 
 /* --- memory table --- */
 
-static uint64_t mem_hash(const char *key, size_t len)
+static uint32_t mem_hash(const char *key, size_t len)
 {
     uint64_t h = 14695981039346656037u; /* FNV-1a */
     for (size_t i = 0; i < len; i++) {
         h ^= (unsigned char)key[i];
         h *= 1099511628211u;
     }
-    return h;
+    return (uint32_t)(h ^ (h >> 32));
 }
 
 int mem_table_init(struct mem_table *t, size_t max)
@@ -46,15 +53,27 @@ int mem_table_init(struct mem_table *t, size_t max)
 /* Frees every entry; the buckets are left to the caller. */
 static void mem_free_entries(struct mem_table *t)
 {
-    struct mem_entry *e = t->lru_head;
-    while (e) {
-        struct mem_entry *next = e->lru_next;
-        free(e);
-        e = next;
+    for (size_t k = 0; k < MEM_STEPS; k++) {
+        struct mem_entry *e = t->steps[k].head;
+        while (e) {
+            struct mem_entry *next = e->next;
+            free(e);
+            e = next;
+        }
+        t->steps[k] = (struct mem_step){0};
     }
-    t->lru_head = t->lru_tail = NULL;
     t->n = 0;
     t->sweep_cursor = 0;
+}
+
+static void mem_trim(struct mem_table *t)
+{
+    t->freed_since_trim = 0;
+#ifdef __GLIBC__
+    /* glibc keeps freed small chunks in its heap: without this, the counters of a flood
+     * would stay in the daemon's resident size long after their windows ended. */
+    malloc_trim(0);
+#endif
 }
 
 void mem_table_clear(struct mem_table *t)
@@ -68,11 +87,7 @@ void mem_table_clear(struct mem_table *t)
     free(t->buckets);
     t->buckets = b;
     t->nbuckets = MEM_MIN_BUCKETS;
-#ifdef __GLIBC__
-    /* Give the freed counters' pages back: an outage's worth of counters would otherwise
-     * stay in the daemon's resident size for good. */
-    malloc_trim(0);
-#endif
+    mem_trim(t);
 }
 
 void mem_table_free(struct mem_table *t)
@@ -82,28 +97,55 @@ void mem_table_free(struct mem_table *t)
     memset(t, 0, sizeof(*t));
 }
 
-static void lru_unlink(struct mem_table *t, struct mem_entry *e)
+/* The usage step of count units against limit (see MEM_STEPS). */
+static uint8_t mem_step_of(int64_t count, int64_t limit)
 {
-    if (e->lru_prev)
-        e->lru_prev->lru_next = e->lru_next;
-    else
-        t->lru_head = e->lru_next;
-    if (e->lru_next)
-        e->lru_next->lru_prev = e->lru_prev;
-    else
-        t->lru_tail = e->lru_prev;
-    e->lru_prev = e->lru_next = NULL;
+    if (limit <= 0 || count >= limit)
+        return MEM_STEP_FULL;
+    if (count <= 0)
+        return 0;
+    /* count < limit <= 2^50: the product fits. */
+    return (uint8_t)(count * (MEM_STEPS - 1) / limit);
 }
 
-static void lru_append(struct mem_table *t, struct mem_entry *e)
+static void step_unlink(struct mem_table *t, struct mem_entry *e)
 {
-    e->lru_prev = t->lru_tail;
-    e->lru_next = NULL;
-    if (t->lru_tail)
-        t->lru_tail->lru_next = e;
+    struct mem_step *st = &t->steps[e->step];
+    if (e->prev)
+        e->prev->next = e->next;
     else
-        t->lru_head = e;
-    t->lru_tail = e;
+        st->head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        st->tail = e->prev;
+    e->prev = e->next = NULL;
+    st->n--;
+}
+
+/* Files e under step k: at the tail (just used) or at the head (idle). */
+static void step_link(struct mem_table *t, struct mem_entry *e, uint8_t k, bool at_tail)
+{
+    struct mem_step *st = &t->steps[k];
+    e->step = k;
+    if (at_tail) {
+        e->prev = st->tail;
+        e->next = NULL;
+        if (st->tail)
+            st->tail->next = e;
+        else
+            st->head = e;
+        st->tail = e;
+    } else {
+        e->next = st->head;
+        e->prev = NULL;
+        if (st->head)
+            st->head->prev = e;
+        else
+            st->tail = e;
+        st->head = e;
+    }
+    st->n++;
 }
 
 static void mem_remove(struct mem_table *t, struct mem_entry *e)
@@ -112,17 +154,15 @@ static void mem_remove(struct mem_table *t, struct mem_entry *e)
     while (*pp != e)
         pp = &(*pp)->hnext;
     *pp = e->hnext;
-    lru_unlink(t, e);
+    step_unlink(t, e);
     t->n--;
-    if (t->sweep_cursor >= t->nbuckets)
-        t->sweep_cursor = 0;
+    t->freed_since_trim++;
     free(e);
 }
 
-/* Doubles the buckets; on ENOMEM the table just stays denser. */
-static void mem_grow(struct mem_table *t)
+/* Rehashes into nb buckets (a power of two); on ENOMEM the table stays as it is. */
+static void mem_rehash(struct mem_table *t, size_t nb)
 {
-    size_t nb = t->nbuckets * 2;
     struct mem_entry **b = calloc(nb, sizeof(*b));
     if (!b)
         return;
@@ -141,21 +181,53 @@ static void mem_grow(struct mem_table *t)
     t->sweep_cursor = 0;
 }
 
-/* Makes room for one entry: an expired one near the LRU head, else the LRU head. */
-static void mem_make_room(struct mem_table *t, int64_t now_ms)
+/* The units e counts at now_ms. A query (amount 0) writes nothing, but forgets a state
+ * a stepped-back clock left too far ahead, as a take would. */
+static int64_t mem_usage(struct mem_entry *e, int64_t now_ms)
 {
-    struct mem_entry *e = t->lru_head;
-    for (int i = 0; e && i < MEM_EVICT_SCAN; i++, e = e->lru_next) {
-        if (window_expired(&e->w, now_ms)) {
+    struct window_result r = {0};
+    if (window_take(&e->w, now_ms, e->window_ms, e->limit, 0, &r) < 0)
+        return 0;
+    return r.count;
+}
+
+/* Makes room for at least one new entry and about 1/MEM_WAVE_DIVISOR of the bound:
+ * expired counters found by a bounded sweep first, then live counters from the lowest
+ * usage step up, least recently used first. Amortised over the keys it makes room for,
+ * a wave costs O(MEM_WAVE_SWEEP_FACTOR + 1) entry visits per key. */
+static void mem_wave(struct mem_table *t, int64_t now_ms)
+{
+    size_t need = t->n - t->max + 1 + t->max / MEM_WAVE_DIVISOR;
+    if (need > t->n)
+        need = t->n;
+    size_t freed = mem_table_sweep(t, MEM_WAVE_SWEEP_FACTOR * need);
+    uint64_t expired = freed, live = 0;
+    double max_fraction = 0;
+    for (size_t k = 0; k < MEM_STEPS && freed < need; k++) {
+        while (t->steps[k].head && freed < need) {
+            struct mem_entry *e = t->steps[k].head;
+            int64_t usage = mem_usage(e, now_ms);
+            if (window_expired(&e->w, now_ms)) {
+                expired++;
+                t->expired++;
+            } else {
+                double f = e->limit > 0 ? (double)usage / (double)e->limit : 1.0;
+                if (f > max_fraction)
+                    max_fraction = f;
+                live++;
+                t->evictions++;
+            }
             mem_remove(t, e);
-            t->expired++;
-            return;
+            freed++;
         }
     }
-    if (t->lru_head) {
-        mem_remove(t, t->lru_head);
-        t->evictions++;
-    }
+    t->waves++;
+    t->wave_expired += expired;
+    t->unlogged.waves++;
+    t->unlogged.expired += expired;
+    t->unlogged.live += live;
+    if (max_fraction > t->unlogged.max_live_fraction)
+        t->unlogged.max_live_fraction = max_fraction;
 }
 
 int mem_table_take(struct mem_table *t, const char *key, size_t keylen, int64_t now_ms,
@@ -163,15 +235,21 @@ int mem_table_take(struct mem_table *t, const char *key, size_t keylen, int64_t 
 {
     if (now_ms > t->now_max)
         t->now_max = now_ms;
-    uint64_t h = mem_hash(key, keylen);
+    if (keylen > UINT32_MAX)
+        return -EINVAL;
+    uint32_t h = mem_hash(key, keylen);
     struct mem_entry *e = t->buckets[h & (t->nbuckets - 1)];
     while (e && !(e->hash == h && e->keylen == keylen && memcmp(e->key, key, keylen) == 0))
         e = e->hnext;
     if (e) {
         int rc = window_take(&e->w, now_ms, window_ms, limit, amount, out);
-        lru_unlink(t, e);
-        lru_append(t, e);
-        return rc;
+        if (rc < 0)
+            return rc;
+        e->limit = limit;
+        e->window_ms = window_ms;
+        step_unlink(t, e);
+        step_link(t, e, mem_step_of(out->count, limit), true);
+        return 0;
     }
     /* A new key: only worth an entry if the take writes something. */
     struct window w;
@@ -179,28 +257,30 @@ int mem_table_take(struct mem_table *t, const char *key, size_t keylen, int64_t 
     int rc = window_take(&w, now_ms, window_ms, limit, amount, out);
     if (rc < 0 || w.width == 0)
         return rc;
-    while (t->n >= t->max)
-        mem_make_room(t, now_ms);
-    e = malloc(sizeof(*e) + keylen + 1);
+    if (t->n >= t->max)
+        mem_wave(t, now_ms);
+    e = malloc(offsetof(struct mem_entry, key) + keylen + 1);
     if (!e)
         return -ENOMEM;
     e->hash = h;
     e->w = w;
-    e->keylen = keylen;
+    e->limit = limit;
+    e->window_ms = window_ms;
+    e->keylen = (uint32_t)keylen;
     memcpy(e->key, key, keylen);
     e->key[keylen] = '\0';
     if (t->n >= t->nbuckets)
-        mem_grow(t);
+        mem_rehash(t, t->nbuckets * 2);
     e->hnext = t->buckets[h & (t->nbuckets - 1)];
     t->buckets[h & (t->nbuckets - 1)] = e;
-    lru_append(t, e);
+    step_link(t, e, mem_step_of(out->count, limit), true);
     t->n++;
     return 0;
 }
 
-void mem_table_sweep(struct mem_table *t, size_t budget)
+size_t mem_table_sweep(struct mem_table *t, size_t budget)
 {
-    size_t seen = 0;
+    size_t seen = 0, dropped = 0;
     for (size_t b = 0; b < t->nbuckets && seen < budget; b++) {
         size_t i = t->sweep_cursor;
         t->sweep_cursor = (t->sweep_cursor + 1) & (t->nbuckets - 1);
@@ -208,13 +288,47 @@ void mem_table_sweep(struct mem_table *t, size_t budget)
         while (e) {
             struct mem_entry *next = e->hnext;
             seen++;
-            if (window_expired(&e->w, t->now_max)) {
+            bool gone = window_expired(&e->w, t->now_max);
+            int64_t usage = 0;
+            if (!gone) {
+                usage = mem_usage(e, t->now_max);
+                gone = window_expired(&e->w, t->now_max);
+            }
+            if (gone) {
                 mem_remove(t, e);
                 t->expired++;
+                dropped++;
+            } else {
+                uint8_t k = mem_step_of(usage, e->limit);
+                if (k != e->step) {
+                    /* Idle since its last take: first in line within its new step. */
+                    step_unlink(t, e);
+                    step_link(t, e, k, false);
+                }
             }
             e = next;
         }
     }
+    return dropped;
+}
+
+/* Halves the buckets while they are four times the entries, and gives freed heap pages
+ * back: after a flood the table returns to the size of what it holds. */
+void mem_table_shrink(struct mem_table *t)
+{
+    size_t nb = t->nbuckets;
+    while (nb > MEM_MIN_BUCKETS && t->n < nb / 4)
+        nb /= 2;
+    if (nb != t->nbuckets)
+        mem_rehash(t, nb);
+    /* Not while the table is full: eviction waves free memory that new keys take at
+     * once, and a trim of a big heap costs the loop milliseconds. Also once most of the
+     * table went: the last counters of a flood. */
+    if (t->n + t->max / 16 >= t->max)
+        return;
+    if (t->freed_since_trim >= MEM_TRIM_AFTER ||
+        (t->freed_since_trim >= MEM_TRIM_AFTER / 16 && t->freed_since_trim > t->n))
+        mem_trim(t);
 }
 
 /* --- the memory implementation --- */

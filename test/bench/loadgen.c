@@ -67,6 +67,8 @@ struct opts {
     unsigned senders;
     uint64_t seed;
     const char *label;
+    bool unique; /* -U: every request from a client address not used before */
+    uint32_t unique_skip;
 };
 
 static struct {
@@ -82,6 +84,7 @@ static struct {
     int nactions;
     uint64_t action_other;
     uint64_t rng;
+    uint32_t next_addr; /* -U: the next client address */
     struct sockaddr_storage addr;
     socklen_t addrlen;
 } g;
@@ -120,6 +123,8 @@ static void usage(FILE *f)
             "  -N NETS  distinct client /24 networks (default 4096)\n"
             "  -H N     distinct hosts per /24, 1-254 (default 254)\n"
             "  -S N     distinct senders and SASL users (default 10000)\n"
+            "  -U SKIP  every request from a new client address, from 11.0.0.1 + SKIP upwards\n"
+            "           (a flood of distinct clients; -N and -H are then ignored)\n"
             "  -s SEED  random seed (default 1)\n"
             "  -l NAME  label for the machine-readable line\n"
             "Prints a human summary and one line starting with 'LOADGEN '.\n"
@@ -263,6 +268,10 @@ static void build_request(struct conn *c)
     uint32_t h = (uint32_t)net * 2654435761u;
     unsigned a = 11 + (h >> 24) % 212, b = (h >> 16) & 255, cc = (h >> 8) & 255;
     unsigned host = 1 + rnd_below(g.o.hosts);
+    if (g.o.unique) {
+        uint32_t v = g.next_addr++;
+        a = v >> 24, b = (v >> 16) & 255, cc = (v >> 8) & 255, host = v & 255;
+    }
     unsigned user = rnd_below(g.o.senders);
     unsigned sdom = user % 997;
     bool sasl = rnd_below(4) == 0;
@@ -618,7 +627,7 @@ static int parse_opts(int argc, char **argv)
                         .label = "loadgen"};
     bool have_d = false;
     int ch;
-    while ((ch = getopt(argc, argv, "c:n:d:w:t:p:N:H:S:s:l:h")) != -1) {
+    while ((ch = getopt(argc, argv, "c:n:d:w:t:p:N:H:S:s:l:U:h")) != -1) {
         switch (ch) {
         case 'c':
             g.o.conns = atoi(optarg);
@@ -654,6 +663,10 @@ static int parse_opts(int argc, char **argv)
         case 'l':
             g.o.label = optarg;
             break;
+        case 'U':
+            g.o.unique = true;
+            g.o.unique_skip = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -672,6 +685,7 @@ static int parse_opts(int argc, char **argv)
         g.o.timeout_s <= 0 || g.o.requests > MAX_REQUESTS || g.o.nets < 1 ||
         g.o.nets > (1u << 24) || g.o.hosts < 1 || g.o.hosts > 254 || g.o.senders < 1)
         return -1;
+    g.next_addr = (11u << 24) + 1 + g.o.unique_skip;
     g.rng = g.o.seed ? g.o.seed * 0x9E3779B97F4A7C15ULL : 0x9E3779B97F4A7C15ULL;
     return 0;
 }

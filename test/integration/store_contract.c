@@ -390,37 +390,87 @@ static void test_store_contract_memory_bound(void **state)
     struct store *s = open_store(&loop, "memory", "", "local");
     store_set_max_entries(s, 4);
     struct take_wait w;
-    char key[32];
-    /* Four live keys, then two expired by time: a fifth evicts an expired one. */
-    for (int i = 0; i < 4; i++) {
-        snprintf(key, sizeof(key), "k%d", i);
-        struct store_op op = {key, i < 2 ? 1000 : 3600000, 5, 1};
-        assert_int_equal(take(&loop, s, &op, 1, 100000, &w), 0);
-    }
+    /* "near" is the least recently used, at 4 of its 5; two keys of a 1 s window expire;
+     * "low" is at 1 of 5. */
+    struct store_op near = {"near", 3600000, 5, 4}, low = {"low", 3600000, 5, 1};
+    struct store_op short0 = {"short0", 1000, 5, 1}, short1 = {"short1", 1000, 5, 1};
+    assert_int_equal(take(&loop, s, &near, 1, 100000, &w), 0);
+    assert_int_equal(take(&loop, s, &short0, 1, 100000, &w), 0);
+    assert_int_equal(take(&loop, s, &short1, 1, 100000, &w), 0);
+    assert_int_equal(take(&loop, s, &low, 1, 100000, &w), 0);
     struct store_stats st;
     store_get_stats(s, &st);
     assert_int_equal(st.entries, 4);
-    struct store_op op5 = {"k4", 3600000, 5, 1};
-    assert_int_equal(take(&loop, s, &op5, 1, 200000, &w), 0);
-    store_get_stats(s, &st);
-    assert_int_equal(st.entries, 4);
-    assert_int_equal(st.expired, 1);
-    assert_int_equal(st.evictions, 0);
-    /* k1 (1 s window) is expired too; then live ones go, least recently used first. */
-    struct store_op op6 = {"k5", 3600000, 5, 1};
-    assert_int_equal(take(&loop, s, &op6, 1, 200000, &w), 0);
-    struct store_op op7 = {"k6", 3600000, 5, 1};
-    assert_int_equal(take(&loop, s, &op7, 1, 200000, &w), 0);
+    assert_int_equal(st.max_entries, 4);
+    /* A full table: each new key starts a wave. The expired counters go first... */
+    struct store_op n1 = {"new1", 3600000, 5, 1}, n2 = {"new2", 3600000, 5, 1};
+    assert_int_equal(take(&loop, s, &n1, 1, 200000, &w), 0);
+    assert_int_equal(take(&loop, s, &n2, 1, 200000, &w), 0);
     store_get_stats(s, &st);
     assert_int_equal(st.entries, 4);
     assert_int_equal(st.expired, 2);
+    assert_int_equal(st.wave_expired, 2);
+    assert_int_equal(st.evictions, 0);
+    assert_int_equal(st.waves, 2);
+    /* ...then the live counter furthest from its limit, least recently used first among
+     * equals ("low", not "new1" or "new2"), never "near" although it is the oldest. */
+    struct store_op n3 = {"new3", 3600000, 5, 1};
+    assert_int_equal(take(&loop, s, &n3, 1, 200000, &w), 0);
+    store_get_stats(s, &st);
+    assert_int_equal(st.entries, 4);
     assert_int_equal(st.evictions, 1);
-    /* k2 was evicted (LRU): it starts again from zero; k3 kept its count. */
-    struct store_op k2 = {"k2", 3600000, 5, 1}, k3 = {"k3", 3600000, 5, 1};
-    assert_int_equal(take(&loop, s, &k3, 1, 200000, &w), 0);
-    assert_int_equal(w.res[0].count, 2);
-    assert_int_equal(take(&loop, s, &k2, 1, 200000, &w), 0);
+    assert_int_equal(st.waves, 3);
+    struct store_op near1 = {"near", 3600000, 5, 1};
+    assert_int_equal(take(&loop, s, &near1, 1, 200000, &w), 0);
+    assert_true(w.res[0].allowed);
+    assert_int_equal(w.res[0].count, 5);
+    assert_int_equal(take(&loop, s, &near1, 1, 200000, &w), 0);
+    assert_false(w.res[0].allowed);
+    /* The evicted key starts again from zero. */
+    assert_int_equal(take(&loop, s, &low, 1, 200000, &w), 0);
     assert_int_equal(w.res[0].count, 1);
+    close_all(&loop, &s, 1);
+}
+
+/* A flood of new keys ten times the bound, three counters a request as with three rules,
+ * takes nothing from a client that used half of its limit: it gets exactly the other
+ * half, and every eviction was of a counter at 1 of its 100. */
+static void test_store_contract_memory_flood_keeps_busy_counters(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    struct store *s = open_store(&loop, "memory", "", "local");
+    store_set_max_entries(s, 2000);
+    struct take_wait w;
+    struct store_op client[3] = {{"ip:192.0.2.1", 3600000, 100, 1},
+                                 {"net:192.0.2.0", 3600000, 1000, 1},
+                                 {"day:192.0.2.1", 86400000, 500, 1}};
+    int64_t now = 1000000;
+    for (int i = 0; i < 50; i++) {
+        assert_int_equal(take(&loop, s, client, 3, now, &w), 0);
+        assert_true(w.res[0].allowed);
+    }
+    char k[3][64];
+    for (int i = 0; i < 20000; i++) {
+        snprintf(k[0], sizeof(k[0]), "ip:10.%d.%d.%d", i >> 16, (i >> 8) & 255, i & 255);
+        snprintf(k[1], sizeof(k[1]), "net:10.%d.%d.0", i >> 16, (i >> 8) & 255);
+        snprintf(k[2], sizeof(k[2]), "day:10.%d.%d.%d", i >> 16, (i >> 8) & 255, i & 255);
+        struct store_op flood[3] = {
+            {k[0], 3600000, 100, 1}, {k[1], 3600000, 1000, 1}, {k[2], 86400000, 500, 1}};
+        assert_int_equal(take(&loop, s, flood, 3, now + 1 + i / 100, &w), 0);
+    }
+    struct store_stats st;
+    store_get_stats(s, &st);
+    assert_true(st.entries <= 2000);
+    assert_true(st.evictions > 20000);
+    assert_true(st.waves > 300);
+    int admitted = 0;
+    for (int i = 0; i < 60; i++) {
+        assert_int_equal(take(&loop, s, client, 3, now + 1000, &w), 0);
+        admitted += w.res[0].allowed;
+    }
+    assert_int_equal(admitted, 50);
     close_all(&loop, &s, 1);
 }
 
@@ -461,6 +511,38 @@ static void test_store_contract_memory_sweep(void **state)
     uv_close((uv_handle_t *)&guard, NULL);
     assert_int_equal(take(&loop, s, &live, 1, 100001, &w), 0);
     assert_int_equal(w.res[0].count, 2);
+    close_all(&loop, &s, 1);
+}
+
+/* Counters expire once traffic stops: the sweep's clock moves on with the loop's after
+ * the last take (it used to stop at the last take's time, keeping a flood's counters and
+ * their memory for good). */
+static void test_store_contract_memory_expires_without_traffic(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    struct store *s = open_store(&loop, "memory", "", "local");
+    struct take_wait w;
+    char key[32];
+    for (int i = 0; i < 20; i++) {
+        snprintf(key, sizeof(key), "quiet%d", i);
+        struct store_op op = {key, 1000, 5, 1};
+        assert_int_equal(take(&loop, s, &op, 1, 5000000, &w), 0);
+    }
+    uv_timer_t guard;
+    bool expired = false;
+    uv_timer_init(&loop, &guard);
+    guard.data = &expired;
+    uv_timer_start(&guard, on_guard, 15000, 0);
+    struct store_stats st;
+    do {
+        uv_run(&loop, UV_RUN_ONCE);
+        store_get_stats(s, &st);
+    } while (st.entries > 0 && !expired);
+    assert_int_equal(st.entries, 0);
+    assert_int_equal(st.expired, 20);
+    uv_close((uv_handle_t *)&guard, NULL);
     close_all(&loop, &s, 1);
 }
 
@@ -688,7 +770,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_store_contract_close_answers_pending),
         cmocka_unit_test(test_store_contract_redis_down_answers_locally),
         cmocka_unit_test(test_store_contract_memory_bound),
+        cmocka_unit_test(test_store_contract_memory_flood_keeps_busy_counters),
         cmocka_unit_test(test_store_contract_memory_sweep),
+        cmocka_unit_test(test_store_contract_memory_expires_without_traffic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,14 +1,16 @@
 """Rate limits in the real daemon with the memory store (issue 3): exact counts over the
 policy protocol, dedup of repeated requests, dryrun (one log line per would-be refusal),
 exemptions, SIGHUP keeping the counters of unchanged rules, a bad reload refused as a
-whole, check-config reporting rule errors as FILE:LINE, store_failure_action answers.
+whole, check-config reporting rule errors as FILE:LINE, store_failure_action answers,
+a flood of distinct clients past memory_store_max_keys evicting no busier counter (issue 13).
 Env: POSTSURGE (the binary), PYTHONPATH=test/pylib."""
 import datetime
+import http.client
 import re
 import time
 import unittest
 
-from ports import free_port
+from ports import free_port, wait_for
 from postsurge import Postsurge, request
 import testmain
 
@@ -27,6 +29,18 @@ def ask_many(client, n, tag, **attrs):
     """n RCPT requests with distinct recipients in one transaction; the replies."""
     return [client.ask(request(recipient="r%d-%s@example.com" % (i, tag), **attrs))
             for i in range(n)]
+
+
+def store_metrics(http_port):
+    """The postsurge_store_* samples of /metrics: {"name{labels}": value}."""
+    conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=20)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return {l.split()[0]: float(l.split()[1]) for l in text.splitlines()
+            if l.startswith("postsurge_store_")}
 
 
 class LimitsMemory(unittest.TestCase):
@@ -199,6 +213,55 @@ class LimitsMemory(unittest.TestCase):
             else:  # local counters enforce the limit on this node
                 self.assertEqual(out, ["DUNNO", "DUNNO", DEFER + " (per_ip)"])
             self.assertRegex(ps.log(), re.compile(r"redis 127\.0\.0\.1:\d+: "))
+
+    def test_limits_memory_flood_keeps_busy_counters(self):
+        # Three rules over the client address: each flood request makes three counters,
+        # at 1 % (or less) of their limits. 4000 distinct clients offer 12,000 counters
+        # to a table of 2000.
+        http_port = free_port()
+        ps = self.start(rules("per_ip client_address recipients 100/1h",
+                              "per_ip_day client_address recipients 1000/1d",
+                              "per_net client_address/24 recipients 100000/1h",
+                              memory_store_max_keys="2000",
+                              http_listen="inet:127.0.0.1:%d" % http_port))
+        with ps.client() as c:
+            self.assertEqual(ask_many(c, 50, "before", client_port="1"), ["DUNNO"] * 50)
+            for chunk in range(0, 4000, 500):
+                flood = [request(client_address="10.%d.%d.%d" % (i >> 16, (i >> 8) & 255,
+                                                                 i & 255),
+                                 client_port="2", recipient="f%d@example.com" % i)
+                         for i in range(chunk, chunk + 500)]
+                self.assertEqual(c.pipeline(flood), ["DUNNO"] * 500)
+            # The client had used 50 of its 100: exactly 50 more, then refusals.
+            out = ask_many(c, 60, "after", client_port="3")
+        self.assertEqual(out, ["DUNNO"] * 50 + [DEFER + " (per_ip)"] * 10)
+        self.assertTrue(wait_for(lambda: "memory store full" in ps.log(), 10), ps.log())
+        line = [l for l in ps.log().splitlines() if "memory store full" in l][0]
+        self.assertRegex(line, r"memory store full \(memory_store_max_keys = 2000\): "
+                               r"\d+ eviction waves? dropped \d+ expired and [1-9]\d* live "
+                               r"counters; the fullest live counter evicted was at \d+% of "
+                               r"its limit")
+        values = store_metrics(http_port)
+        self.assertEqual(values["postsurge_store_max_keys"], 2000)
+        self.assertLessEqual(values["postsurge_store_keys"], 2000)
+        # Over 8000 counters made (two per flood client, and the /24s'), at most 2000
+        # kept, none of them expired.
+        self.assertGreaterEqual(values['postsurge_store_evictions_total{reason="live"}'],
+                                8000 - 2000)
+        self.assertEqual(values['postsurge_store_evictions_total{reason="expired"}'], 0)
+        self.assertGreater(values["postsurge_store_eviction_waves_total"], 50)
+        # SIGHUP applies a new bound to the same counters.
+        ps.write_config(rules("per_ip client_address recipients 100/1h",
+                              "per_ip_day client_address recipients 1000/1d",
+                              "per_net client_address/24 recipients 100000/1h",
+                              memory_store_max_keys="3000",
+                              http_listen="inet:127.0.0.1:%d" % http_port))
+        mark = ps.reload()
+        self.assertTrue(ps.wait_log("reload: 3 rate-limit rules", since=mark), ps.log())
+        self.assertEqual(store_metrics(http_port)["postsurge_store_max_keys"], 3000)
+        with ps.client() as c:
+            self.assertEqual(c.ask(request(recipient="last@example.com", client_port="4")),
+                             DEFER + " (per_ip)")
 
 
 if __name__ == "__main__":
