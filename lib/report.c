@@ -3,6 +3,8 @@
  * has tens of rows, and the writers walk them in a fixed, deterministic order. */
 #include "report.h"
 
+#include "printable.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -172,22 +174,25 @@ static int grow(void *arrp, size_t *cap, size_t n, size_t elem)
     return 0;
 }
 
-/* strdup that maps NULL to NULL, reports failure through *ok, and replaces control
- * characters with '?': names come from logs and queue files, and a newline in one must
- * not forge a line in the text report or the exposition format. */
+/* strdup that maps NULL to NULL, reports failure through *ok, and escapes control
+ * characters and invalid UTF-8 (printable.h): names come from logs and queue files, and a
+ * newline in one must not forge a line in the text report or the exposition format, nor
+ * invalid UTF-8 make the JSON writer fail. */
 static char *dup_opt(const char *s, bool *ok)
 {
     if (!s)
         return NULL;
-    char *d = strdup(s);
+    size_t len = strlen(s);
+    size_t need = printable_needed(s, len) ? printable_escape(NULL, 0, s, len, false) : len;
+    char *d = malloc(need + 1);
     if (!d) {
         *ok = false;
         return NULL;
     }
-    for (char *p = d; *p; p++) {
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = '?';
-    }
+    if (need == len)
+        memcpy(d, s, len + 1);
+    else
+        printable_escape(d, need + 1, s, len, false);
     return d;
 }
 
@@ -203,7 +208,7 @@ struct report *report_new(int64_t now, const char *host)
     if (!r)
         return NULL;
     r->now = now;
-    r->host = strdup(host && host[0] ? host : "localhost");
+    r->host = dup_clean(host && host[0] ? host : "localhost");
     if (!r->host) {
         free(r);
         return NULL;
@@ -1055,7 +1060,7 @@ static const char *tri(int v, const char *yes, const char *no)
     return v > 0 ? yes : v == 0 ? no : "?";
 }
 
-int report_write_text(const struct report *r, FILE *out)
+static int write_text(const struct report *r, FILE *out)
 {
     char a[32];
     fprintf(out, "%s - ", report_status_str(r->status));
@@ -1169,6 +1174,44 @@ int report_write_text(const struct report *r, FILE *out)
         }
     }
     return ferror(out) ? -EIO : 0;
+}
+
+int report_write_text(const struct report *r, FILE *out)
+{
+    char *buf = NULL, *safe = NULL;
+    size_t len = 0;
+    int rc = 0;
+
+    /* Client names, domains and Postfix's warning details come from the mail log and the
+     * queue, where a client chose them: the whole text is escaped (printable.h), its line
+     * ends kept. Formatting first and escaping after keeps every writer above plain. */
+    FILE *mem = open_memstream(&buf, &len);
+    if (!mem)
+        return -ENOMEM;
+    rc = write_text(r, mem);
+    if (fclose(mem) != 0 || !buf) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if (rc < 0)
+        goto out;
+    const char *text = buf;
+    size_t n = len;
+    if (printable_needed(buf, len)) {
+        size_t need = printable_escape(NULL, 0, buf, len, true);
+        if (!(safe = malloc(need + 1))) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        n = printable_escape(safe, need + 1, buf, len, true);
+        text = safe;
+    }
+    if (fwrite(text, 1, n, out) != n || ferror(out))
+        rc = -EIO;
+out:
+    free(safe);
+    free(buf);
+    return rc;
 }
 
 /* ---- JSON --------------------------------------------------------------------------- */

@@ -415,6 +415,50 @@ class TestLogging(ServerTest):
         for line in ps.log().splitlines():
             self.assertRegex(line, r"^\d{4}-\d\d-\d\dT", "a record broke across lines")
 
+    # What issue 13 sent: CR to overwrite the start of a terminal line with a forged stamp,
+    # CSI and OSC escapes, BEL, DEL, a C1 control as UTF-8 and bytes that are not UTF-8.
+    EVIL_USER = b"evil\r2026-12-02 FORGED\x1b[2J\x07"
+    EVIL_SENDER = b"a\x1b]0;title\x07\x7f@ex\xffample\xc2\x85.org"
+
+    def assert_log_printable(self, ps):
+        """Every record is one line of printable ASCII or valid UTF-8 with no control
+        character: the only byte below 0x20 is the newline ending each record."""
+        with open(ps.log_path, "rb") as f:
+            data = f.read()
+        self.assertTrue(data.endswith(b"\n"))
+        for line in data.split(b"\n")[:-1]:
+            bad = [b for b in line if b < 0x20 or b == 0x7f]
+            self.assertEqual(bad, [], line)
+            text = line.decode("utf-8")  # raises on invalid UTF-8
+            self.assertFalse(any(0x80 <= ord(ch) <= 0x9f for ch in text), line)
+            self.assertRegex(text, r"^\d{4}-\d\d-\d\dT", "a record broke across lines")
+        return data
+
+    def test_client_values_are_escaped_in_decision_and_error_lines(self):
+        ps = self.daemon(extra="monitor = no\nlimits =\n"
+                               "    per_user sasl_username recipients 1/1h\n")
+        def req(rcpt):
+            return encode(request(sasl_username="X", sender="Y", recipient=rcpt)).replace(
+                b"sasl_username=X", b"sasl_username=" + self.EVIL_USER).replace(
+                b"sender=Y", b"sender=" + self.EVIL_SENDER)
+        with ps.client() as c:
+            c.send_raw(req("r1@example.com"))
+            self.assertEqual(c.read_reply(), "DUNNO")
+            c.send_raw(req("r2@example.com"))
+            self.assertNotEqual(c.read_reply(), "DUNNO")
+        self.assertTrue(ps.wait_log("rule=per_user"), ps.log())
+        # The same bytes in a line the parser refuses.
+        with ps.client() as c:
+            c.send_raw(b"request=smtpd_access_policy\n" + self.EVIL_USER + self.EVIL_SENDER +
+                       b"\n\n")
+            self.assertTrue(c.closed_by_peer())
+        self.assertTrue(ps.wait_log("protocol error: no_equals"), ps.log())
+        self.assert_serving(ps)
+        ps.stop()
+        data = self.assert_log_printable(ps)
+        self.assertIn(b"sasl_username=evil\\r2026-12-02 FORGED\\x1b[2J\\x07 ", data)
+        self.assertIn(b"sender=<a\\x1b]0;title\\x07\\x7f@ex\\xffample\\xc2\\x85.org>", data)
+
 
 class TestCommands(ServerTest):
     def test_check_config_exit_codes(self):
