@@ -308,6 +308,24 @@ class TestLimits(ServerTest):
             for c in held:
                 c.close()
 
+    def test_connection_churn_does_not_fill_the_cap(self):
+        # Issue 13: a client connecting and closing in a tight loop, never holding more than
+        # one connection, filled max_connections with connections already gone (libuv
+        # accepts the whole backlog before it reads any EOF) and refused real clients.
+        ps = self.daemon(extra={"max_connections": "16"})
+        n, deadline, start = 0, time.monotonic() + 30, time.monotonic()
+        while n < 20000 and time.monotonic() < deadline:
+            s = socket.create_connection(ps.address(), timeout=5)
+            s.close()
+            n += 1
+        elapsed = time.monotonic() - start
+        sys.stderr.write("churn: %d connect/close in %.2f s (%.0f/s)\n" % (n, elapsed,
+                                                                           n / elapsed))
+        self.assertGreaterEqual(n, 5000)
+        with ps.client() as c:
+            self.assertEqual(c.ask(), "DUNNO")
+        self.assertNotIn("refusing a new client", ps.log())
+
     @staticmethod
     def _ask_ok(ps):
         try:
