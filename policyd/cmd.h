@@ -44,3 +44,7 @@ int cmd_status(const struct cli *cli, int argc, char **argv);
 int cmd_events(const struct cli *cli, int argc, char **argv);
 int cmd_stress(const struct cli *cli, int argc, char **argv);
 int cmd_restore(const struct cli *cli, int argc, char **argv);
+/* cmd_stress.c: prints on stderr why the control socket at path could not be used (err: the
+ * negative errno connect() gave) and, when permissions refused it, who may use it: the
+ * socket's (or its directory's) owner, group and mode. */
+void cli_ctl_explain(const char *path, int err);

@@ -402,6 +402,9 @@ static int ctl_get(const struct config *cfg, const char *line, json_t **out)
     int reqlen = snprintf(req, sizeof(req), "%s\n", line);
     if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
         rc = -errno;
+        /* A daemon that is not running is a finding; one we may not ask is said here. */
+        if (rc != -ENOENT && rc != -ECONNREFUSED)
+            cli_ctl_explain(a.sun_path, rc);
         goto out;
     }
     if (reqlen < 0 || (size_t)reqlen >= sizeof(req) ||

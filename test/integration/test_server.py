@@ -7,6 +7,7 @@ import selectors
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import shutil
 import tempfile
@@ -531,6 +532,43 @@ class TestCommands(ServerTest):
         r = ps.cli("frobnicate")
         self.assertEqual(r.returncode, 2)
         self.assertIn("unknown command", r.stderr)
+
+    def test_control_commands_say_why_when_refused(self):
+        # Issue 13: status, events, stress and restore run by a user who may not use the
+        # control socket exited 1 with nothing on stderr.
+        setpriv = shutil.which("setpriv")
+        if os.geteuid() != 0 or not setpriv:
+            self.skipTest("needs root and setpriv to run the CLI as nobody")
+        as_nobody = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        postsurge = os.environ.get("POSTSURGE", "postsurge")
+        probe = subprocess.run(as_nobody + [postsurge, "version"], capture_output=True)
+        if probe.returncode != 0:
+            self.skipTest("nobody cannot run %s (a private build directory)" % postsurge)
+        ps = self.daemon(extra={"monitor": "no"})
+        # nobody may read a copy of the configuration; the socket stays as serve made it.
+        cf = tempfile.NamedTemporaryFile("w", prefix="postsurge-cf-", suffix=".cf",
+                                         delete=False)
+        self.addCleanup(os.unlink, cf.name)
+        with open(ps.config_path) as f:
+            cf.write(f.read())
+        cf.close()
+        os.chmod(cf.name, 0o644)
+        sock = os.path.join(ps.dir, "control.sock")
+        self.assertTrue(wait_for(lambda: os.path.exists(sock), 10))
+        cmds = (["status"], ["status", "--json"], ["events"], ["stress", "enter"], ["restore"])
+        # First the state directory cannot be searched, then the socket's mode refuses.
+        for dirmode, says in ((0o700, "the directory"), (0o755, "the socket")):
+            os.chmod(ps.dir, dirmode)
+            for cmd in cmds:
+                with self.subTest(cmd=cmd, dirmode=oct(dirmode)):
+                    r = subprocess.run(as_nobody + [postsurge, "-c", cf.name] + cmd,
+                                       capture_output=True, text=True, timeout=30)
+                    self.assertEqual(r.returncode, 1, r.stderr)
+                    self.assertIn("cannot use the control socket %s: Permission denied" % sock,
+                                  r.stderr)
+                    self.assertIn(says, r.stderr)
+                    self.assertRegex(r.stderr, r"run this command as root.* as \S+")
+        self.assertIn("stress no", ps.cli("status").stdout.lower())
 
 
 if __name__ == "__main__":
