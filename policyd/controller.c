@@ -36,6 +36,7 @@
 /* The rate-limit engine's stress input (policyd/engine.c). Weak, so the controller
  * links into programs without the engine (tests, the offline restore). */
 extern void engine_set_node_stressed(bool stressed) __attribute__((weak));
+extern int engine_counters_stats(struct store_stats *st) __attribute__((weak));
 
 #define CTL_MAX_LINE 1024
 #define CTL_MAX_CLIENTS 16
@@ -1563,6 +1564,24 @@ static void client_reply(struct ctl_client *cl, json_t *o)
     }
 }
 
+/* The store's state for status: the rate limits' counter store (the node's own store when
+ * no engine runs), as {"state", "reason", "since", "repaired"}; see struct store_stats.
+ * "connecting" before Redis first answered. NULL on ENOMEM or without either store. */
+static json_t *ctl_store_state(struct controller *c)
+{
+    struct store_stats st;
+    if (!engine_counters_stats || engine_counters_stats(&st) < 0) {
+        if (!c->node)
+            return NULL;
+        node_store_stats(c->node, &st);
+    }
+    if (strcmp(c->node ? node_store_kind(c->node) : "", "memory") == 0)
+        snprintf(st.state, sizeof(st.state), "ok");
+    return json_pack("{s:s,s:s,s:I,s:I}", "state", st.state[0] ? st.state : "connecting", "reason",
+                     st.reason, "since", (json_int_t)st.state_since_ms, "repaired",
+                     (json_int_t)st.repaired);
+}
+
 static json_t *ctl_cluster_json(struct controller *c)
 {
     json_t *self = ctl_status_json(c);
@@ -1602,6 +1621,9 @@ static json_t *ctl_cluster_json(struct controller *c)
     json_t *o = json_pack("{s:s,s:o,s:b,s:i,s:s}", "node", c->node ? node_name(c->node) : "",
                           "nodes", nodes, "imbalance", any, "stressed_nodes", (int)stressed,
                           "store", c->node ? node_store_kind(c->node) : "");
+    json_t *ss = ctl_store_state(c);
+    if (ss)
+        json_object_set_new(o, "store_state", ss);
     if (any)
         json_object_set_new(o, "advice",
                             json_string("one node is stressed while its peers are idle: check "

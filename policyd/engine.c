@@ -62,6 +62,8 @@ struct engine {
 #define ENGINE_DENY_LOG_BURST 100
 
 static bool node_stressed;
+/* The process's engine, for engine_counters_stats(): one daemon runs one. */
+static const struct engine *engine_live;
 
 void engine_set_node_stressed(bool stressed)
 {
@@ -559,6 +561,7 @@ int engine_new(struct server *srv, struct engine **out, char *err, size_t errlen
     server_set_decider(srv, &e->decider);
     log_info("%zu rate-limit rules%s", limits_engine_rule_count(e->limits),
              srv->cfg->limit_dry_run ? " (limit_dry_run)" : "");
+    engine_live = e;
     *out = e;
     return 0;
 }
@@ -567,6 +570,8 @@ void engine_free(struct engine *e)
 {
     if (!e)
         return;
+    if (engine_live == e)
+        engine_live = NULL;
     if (e->stores_open > 0)
         log_error("engine freed with %d stores still open", e->stores_open);
     while (e->pool) {
@@ -587,4 +592,12 @@ void engine_get_stats(const struct engine *e, struct engine_stats *st)
 struct store *engine_store(const struct engine *e)
 {
     return e->store;
+}
+
+int engine_counters_stats(struct store_stats *st)
+{
+    if (!engine_live || !engine_live->store)
+        return -ENOENT;
+    store_get_stats(engine_live->store, st);
+    return 0;
 }

@@ -56,3 +56,6 @@ void engine_get_stats(const struct engine *e, struct engine_stats *st);
 
 /* The store in use (borrowed; replaced on reload, NULL once stopped), for metrics. */
 struct store *engine_store(const struct engine *e);
+/* The statistics and state of the running engine's counter store (for status). 0, or
+ * -ENOENT when no engine runs. Loop thread. */
+int engine_counters_stats(struct store_stats *st);
