@@ -478,6 +478,33 @@ class TestLogging(ServerTest):
         self.assertIn(b"sasl_username=evil\\r2026-12-02 FORGED\\x1b[2J\\x07 ", data)
         self.assertIn(b"sender=<a\\x1b]0;title\\x07\\x7f@ex\\xffample\\xc2\\x85.org>", data)
 
+    def test_report_text_escapes_names_from_the_mail_log(self):
+        # Client names and recipient domains in the report come from the mail log, where a
+        # client chose them.
+        d = tempfile.mkdtemp(prefix="postsurge-report-")
+        self.addCleanup(shutil.rmtree, d, True)
+        os.mkdir(os.path.join(d, "pf"))
+        with open(os.path.join(d, "mail.log"), "wb") as f:
+            f.write(b"Nov 23 03:33:29 mx postfix/smtp[11214]: 851735104A1: to=<u@osc" +
+                    b"\x1b]0;title\x07.ex\xffample>, relay=none, delay=1, delays=0/0/1/0, "
+                    b"dsn=4.4.1, status=deferred (connect to x: Connection refused)\n"
+                    b"Nov 23 03:33:30 mx postfix/smtpd[11]: NOQUEUE: reject: RCPT from " +
+                    b"evil\x1b[2J\x07\x7f\xc2\x85[192.0.2.9]: 554 5.7.1 <a@b>: "
+                    b"Relay access denied; "
+                    b"from=<x@y> to=<a@b> proto=ESMTP helo=<h>\n")
+        cf = os.path.join(d, "postsurge.cf")
+        with open(cf, "w") as f:
+            f.write("state_directory = %s\nmaillog_file = %s/mail.log\n"
+                    "postfix_config_directory = %s/pf\nmonitor = no\n" % (d, d, d))
+        r = subprocess.run([os.environ.get("POSTSURGE", "postsurge"), "-c", cf, "report"],
+                           capture_output=True, timeout=60)
+        out = r.stdout
+        for line in out.split(b"\n"):
+            self.assertEqual([b for b in line if b < 0x20 or b == 0x7f], [], line)
+            line.decode("utf-8")
+        self.assertIn(b"osc\\x1b]0;title\\x07.ex\\xffample", out)
+        self.assertIn(b"evil\\x1b[2J\\x07\\x7f\\xc2\\x85[192.0.2.9]", out)
+
 
 class TestCommands(ServerTest):
     def test_check_config_exit_codes(self):
