@@ -6,6 +6,7 @@ exact counts; a SIGSTOPped Redis for 5 s: answers from local counters; SIGHUP ke
 counters of unchanged rules in Redis. Env: POSTSURGE, PYTHONPATH=test/pylib."""
 import json
 import os
+import subprocess
 import sys
 import time
 import unittest
@@ -276,6 +277,21 @@ class RedisTrouble(unittest.TestCase):
         self.r.command("CONFIG", "SET", "replica-serve-stale-data", "no")
         self.r.command("REPLICAOF", "127.0.0.1", str(free_port()))
         self.assert_named("MASTERDOWN", "masterdown")
+
+    def test_redis_trouble_loading_named(self):
+        # A restart that loads a dataset slowly: key-load-delay (microseconds per key) and
+        # events processed every KiB, so Redis answers LOADING for several seconds.
+        self.r.command("EVAL", "for i = 1, 20000 do redis.call('SET', 'fill' .. i, 'v') end",
+                       "0")
+        self.assertEqual(self.r.command("SAVE"), "OK")
+        self.r.kill()
+        self.r.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.r.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.r.dir, "--daemonize", "no",
+             "--protected-mode", "no", "--key-load-delay", "300",
+             "--loading-process-events-interval-bytes", "1024"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.assert_named("LOADING", "loading")
 
     def test_redis_trouble_wrongtype_key_repaired(self):
         keys = self.r.command("KEYS", "*per_ip*")
