@@ -5,6 +5,8 @@
 #include "report.h"
 #include "report_impl.h"
 
+#include "printable.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -87,22 +89,25 @@ static int grow(void *arrp, size_t *cap, size_t n, size_t elem)
     return 0;
 }
 
-/* strdup that maps NULL to NULL, reports failure through *ok, and replaces control
- * characters with '?': names come from logs and queue files, and a newline in one must
- * not forge a line in the text report or the exposition format. */
+/* strdup that maps NULL to NULL, reports failure through *ok, and escapes control
+ * characters and invalid UTF-8 (printable.h): names come from logs and queue files, and a
+ * newline in one must not forge a line in the text report or the exposition format, nor
+ * invalid UTF-8 make the JSON writer fail. */
 static char *dup_opt(const char *s, bool *ok)
 {
     if (!s)
         return NULL;
-    char *d = strdup(s);
+    size_t len = strlen(s);
+    size_t need = printable_needed(s, len) ? printable_escape(NULL, 0, s, len, false) : len;
+    char *d = malloc(need + 1);
     if (!d) {
         *ok = false;
         return NULL;
     }
-    for (char *p = d; *p; p++) {
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = '?';
-    }
+    if (need == len)
+        memcpy(d, s, len + 1);
+    else
+        printable_escape(d, need + 1, s, len, false);
     return d;
 }
 
@@ -118,7 +123,7 @@ struct report *report_new(int64_t now, const char *host)
     if (!r)
         return NULL;
     r->now = now;
-    r->host = strdup(host && host[0] ? host : "localhost");
+    r->host = dup_clean(host && host[0] ? host : "localhost");
     if (!r->host) {
         free(r);
         return NULL;

@@ -140,7 +140,8 @@ enum report_status report_status(const struct report *r);
 size_t report_finding_count(const struct report *r);
 
 /* Text for humans and cron mail: one line "STATUS - summary | perfdata" when all is OK,
- * otherwise that line followed by the findings with advice and the tables. 0 or -EIO. */
+ * otherwise that line followed by the findings with advice and the tables. Control
+ * characters and invalid UTF-8 in any value are escaped (printable.h). 0, -ENOMEM or -EIO. */
 int report_write_text(const struct report *r, FILE *out);
 /* The JSON document (schema_version 1) as a new reference in *out. 0 or -ENOMEM. */
 int report_to_json(const struct report *r, json_t **out);

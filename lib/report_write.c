@@ -4,6 +4,8 @@
 #include "report.h"
 #include "report_impl.h"
 
+#include "printable.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -84,7 +86,7 @@ static const char *tri(int v, const char *yes, const char *no)
     return v > 0 ? yes : v == 0 ? no : "?";
 }
 
-int report_write_text(const struct report *r, FILE *out)
+static int write_text(const struct report *r, FILE *out)
 {
     char a[32];
     fprintf(out, "%s - ", report_status_str(r->status));
@@ -198,6 +200,44 @@ int report_write_text(const struct report *r, FILE *out)
         }
     }
     return ferror(out) ? -EIO : 0;
+}
+
+int report_write_text(const struct report *r, FILE *out)
+{
+    char *buf = NULL, *safe = NULL;
+    size_t len = 0;
+    int rc = 0;
+
+    /* Client names, domains and Postfix's warning details come from the mail log and the
+     * queue, where a client chose them: the whole text is escaped (printable.h), its line
+     * ends kept. Formatting first and escaping after keeps every writer above plain. */
+    FILE *mem = open_memstream(&buf, &len);
+    if (!mem)
+        return -ENOMEM;
+    rc = write_text(r, mem);
+    if (fclose(mem) != 0 || !buf) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if (rc < 0)
+        goto out;
+    const char *text = buf;
+    size_t n = len;
+    if (printable_needed(buf, len)) {
+        size_t need = printable_escape(NULL, 0, buf, len, true);
+        if (!(safe = malloc(need + 1))) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        n = printable_escape(safe, need + 1, buf, len, true);
+        text = safe;
+    }
+    if (fwrite(text, 1, n, out) != n || ferror(out))
+        rc = -EIO;
+out:
+    free(safe);
+    free(buf);
+    return rc;
 }
 
 /* ---- JSON --------------------------------------------------------------------------- */

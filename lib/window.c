@@ -113,14 +113,16 @@ void window_lua_args(int64_t now_ms, int64_t window_ms, int64_t limit, int64_t a
  * count[0..10]), read with GET and written with SET PX, so a take costs Redis two calls
  * (a hash of slot fields needed four or five) and the script runs the same steps as
  * window_take on the same state. Every value is below 2^50, so the doubles of Lua hold
- * them exactly. A value of another type or length (a hash left by the v1 script) reads
- * as empty and is overwritten by the next write. The TTL goes back as a string formatted
+ * them exactly. A value of another type or length (a hash left by the v1 script, or a key
+ * someone else wrote) is deleted and counted from empty, and the result comes back as
+ * -1 - result so the caller can log the repair. The TTL goes back as a string formatted
  * with %d: Redis formats Lua numbers with %.17g, which turns large integers into
  * exponents. */
 const char window_lua_script[] =
-    "-- postsurge window v3: EVALSHA sha 1 KEY ARGS (now_ms window_ms limit amount as 4 LE "
+    "-- postsurge window v4: EVALSHA sha 1 KEY ARGS (now_ms window_ms limit amount as 4 LE "
     "doubles)\n"
-    "-- returns count * 2 + allowed (one integer: cheaper for Redis and the client than a table)\n"
+    "-- returns count * 2 + allowed (one integer: cheaper for Redis and the client than a table),\n"
+    "-- or -1 - that when a value this script did not write was deleted first\n"
     "local now, win, limit, amount = struct.unpack('<dddd', ARGV[1])\n"
     "local floor = math.floor\n"
     "local w = floor((win + 9) / 10)\n"
@@ -128,9 +130,14 @@ const char window_lua_script[] =
     "local i = floor(now / w)\n"
     "local v = redis.pcall('GET', KEYS[1])\n"
     "local t\n"
+    "local bad = false\n"
     "if type(v) == 'string' and #v == 104 then\n"
     "  t = {struct.unpack('<ddddddddddddd', v)}\n"
     "else\n"
+    "  if v then\n"
+    "    bad = true\n"
+    "    redis.call('DEL', KEYS[1])\n"
+    "  end\n"
     "  t = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}\n"
     "end\n"
     "local width, newest = t[1], t[2]\n"
@@ -165,9 +172,11 @@ const char window_lua_script[] =
     "    redis.call('SET', KEYS[1], struct.pack('<ddddddddddddd', w, e, t[3], t[4], t[5], t[6],\n"
     "      t[7], t[8], t[9], t[10], t[11], t[12], t[13]), 'PX',\n"
     "      string.format('%d', ttl))\n"
+    "    if bad then return -2 - usage * 2 end\n"
     "    return usage * 2 + 1\n"
     "  end\n"
     "end\n"
     "-- window_take emptied the state (new width, clock stepped back, all slots old).\n"
     "if stored and width == 0 then redis.call('DEL', KEYS[1]) end\n"
+    "if bad then return -1 - (usage * 2 + allowed) end\n"
     "return usage * 2 + allowed\n";

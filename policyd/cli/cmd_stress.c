@@ -23,11 +23,12 @@
 #include <unistd.h>
 
 /* The daemon's answer through the control socket client; prints why it failed unless no
- * daemon listens (the caller says that). */
+ * daemon listens (the caller says that). A socket permissions refused has been explained
+ * by the client already (who may use it). */
 static int daemon_request(const struct config *cfg, const char *line, int timeout_ms, json_t **out)
 {
     int rc = ctlclient_request(cfg, line, timeout_ms, out);
-    if (rc < 0 && rc != -ENOENT && rc != -ECONNREFUSED)
+    if (rc < 0 && rc != -ENOENT && rc != -ECONNREFUSED && rc != -EACCES && rc != -EPERM)
         fprintf(stderr, "postsurge: control socket: %s\n", strerror(-rc));
     return rc;
 }
@@ -140,6 +141,18 @@ int cmd_status(const struct cli *cli, int argc, char **argv)
         printf("cluster: %zu node(s), %" PRId64 " stressed, store %s\n",
                json_array_size(json_object_get(o, "nodes")),
                (int64_t)json_integer_value(json_object_get(o, "stressed_nodes")), jstr(o, "store"));
+        json_t *ss = json_object_get(o, "store_state");
+        if (ss && strcmp(jstr(ss, "state"), "ok") != 0) {
+            char when[32] = "?";
+            int64_t since = json_integer_value(json_object_get(ss, "since"));
+            if (since > 0)
+                fmt_time(since, when, sizeof(when));
+            printf("store %s: %s since %s (%" PRId64 "s)%s%s\n", jstr(o, "store"),
+                   jstr(ss, "state"), when, since > 0 ? (now - since) / 1000 : 0,
+                   *jstr(ss, "reason") ? ": " : "", jstr(ss, "reason"));
+        } else if (ss) {
+            printf("store %s: ok\n", jstr(o, "store"));
+        }
         if (json_is_true(json_object_get(o, "imbalance")))
             printf("imbalance: %s\n", jstr(o, "advice"));
     }

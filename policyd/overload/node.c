@@ -104,6 +104,11 @@ const char *node_store_kind(const struct node *n)
     return store_kind(n->store);
 }
 
+void node_store_stats(const struct node *n, struct store_stats *st)
+{
+    store_get_stats(n->store, st);
+}
+
 void node_free_merged(struct node *n)
 {
     for (size_t i = 0; i < n->n_merged; i++)

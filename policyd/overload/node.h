@@ -9,6 +9,8 @@
 #include "config.h"
 #include "maillog.h"
 
+#include "store/store.h"
+
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -33,6 +35,8 @@ void node_close(struct node *n, void (*closed)(void *arg), void *arg);
 const char *node_name(const struct node *n);
 /* "memory" or "redis". */
 const char *node_store_kind(const struct node *n);
+/* The statistics and state of the node's store (status and events). */
+void node_store_stats(const struct node *n, struct store_stats *st);
 
 /* Publishes status (borrowed; this function adds "flagged", the clients this node
  * flagged) and then refreshes the view of every node. At most one publish and one

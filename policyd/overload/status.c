@@ -63,6 +63,24 @@ json_t *ctl_status_json(struct controller *c)
     return o;
 }
 
+/* The store's state for status: the rate limits' counter store (the node's own store when
+ * no engine runs), as {"state", "reason", "since", "repaired"}; see struct store_stats.
+ * "connecting" before Redis first answered. NULL on ENOMEM or without either store. */
+static json_t *ctl_store_state(struct controller *c)
+{
+    struct store_stats st;
+    if (engine_counters_stats(c->engine, &st) < 0) {
+        if (!c->node)
+            return NULL;
+        node_store_stats(c->node, &st);
+    }
+    if (strcmp(c->node ? node_store_kind(c->node) : "", "memory") == 0)
+        snprintf(st.state, sizeof(st.state), "ok");
+    return json_pack("{s:s,s:s,s:I,s:I}", "state", st.state[0] ? st.state : "connecting", "reason",
+                     st.reason, "since", (json_int_t)st.state_since_ms, "repaired",
+                     (json_int_t)st.repaired);
+}
+
 json_t *ctl_cluster_json(struct controller *c)
 {
     json_t *self = ctl_status_json(c);
@@ -102,6 +120,9 @@ json_t *ctl_cluster_json(struct controller *c)
     json_t *o = json_pack("{s:s,s:o,s:b,s:i,s:s}", "node", c->node ? node_name(c->node) : "",
                           "nodes", nodes, "imbalance", any, "stressed_nodes", (int)stressed,
                           "store", c->node ? node_store_kind(c->node) : "");
+    json_t *ss = ctl_store_state(c);
+    if (ss)
+        json_object_set_new(o, "store_state", ss);
     if (any)
         json_object_set_new(o, "advice",
                             json_string("one node is stressed while its peers are idle: check "

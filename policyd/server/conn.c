@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -369,6 +370,24 @@ static void conn_maybe_finish(struct conn *c)
 void conn_drain(struct conn *c)
 {
     conn_maybe_finish(c);
+}
+
+bool conn_reap_if_gone(struct conn *c)
+{
+    uv_os_fd_t fd;
+    char b;
+
+    if (c->closing || c->deciding || c->writing || c->out_len || c->rpos < c->rend ||
+        policy_parser_pending(c->parser) || uv_fileno(&c->h.handle, &fd) < 0)
+        return false;
+    /* 0: orderly close with nothing unread; an error: reset. Unread bytes or EAGAIN mean
+     * the peer is still there (or its last request is on the way): the loop handles it. */
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
+        return false;
+    c->srv->stats.conn_reaped++;
+    conn_close(c);
+    return true;
 }
 
 static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)

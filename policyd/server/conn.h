@@ -61,3 +61,10 @@ void conn_close(struct conn *c);
 /* The server is stopping: close now if nothing is in flight, else after the replies in
  * flight are written. */
 void conn_drain(struct conn *c);
+
+/* Closes c if it is idle (no request in progress, nothing to write) and its peer has
+ * already closed or reset it, though the loop has not read that yet: a non-blocking peek
+ * at the socket. Returns true if it closed c. For the server at max_connections, so a
+ * client that connects and closes in a tight loop does not fill the cap with connections
+ * that are gone. */
+bool conn_reap_if_gone(struct conn *c);

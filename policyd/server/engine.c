@@ -638,3 +638,11 @@ struct store *engine_store(const struct engine *e)
 {
     return e->store;
 }
+
+int engine_counters_stats(const struct engine *e, struct store_stats *st)
+{
+    if (!e || !e->store)
+        return -ENOENT;
+    store_get_stats(e->store, st);
+    return 0;
+}

@@ -57,3 +57,6 @@ void engine_get_stats(const struct engine *e, struct engine_stats *st);
 
 /* The store in use (borrowed; replaced on reload, NULL once stopped), for metrics. */
 struct store *engine_store(const struct engine *e);
+/* The statistics and state of the engine's counter store (for status). 0, or -ENOENT
+ * without an engine (e NULL) or once its store is gone. Loop thread. */
+int engine_counters_stats(const struct engine *e, struct store_stats *st);

@@ -154,14 +154,15 @@ static json_t *counters_json(const struct server *srv)
         json_object_set_new(replies, server_action_class_name(i), json_integer(st->replies[i]));
     for (int i = 1; i < SERVER_ERR_COUNT && errors; i++)
         json_object_set_new(errors, server_err_class_name(i), json_integer(st->protocol_errors[i]));
-    return json_pack("{s:I,s:o*,s:I,s:o*,s:{s:I,s:I,s:I,s:I,s:I},s:I,s:I}", "requests",
+    return json_pack("{s:I,s:o*,s:I,s:o*,s:{s:I,s:I,s:I,s:I,s:I,s:I},s:I,s:I}", "requests",
                      (json_int_t)st->requests, "replies", replies, "decide_failures",
                      (json_int_t)st->decide_failures, "protocol_errors", errors, "connections",
                      "accepted", (json_int_t)st->conn_accepted, "open", (json_int_t)st->conn_open,
                      "refused_over_cap", (json_int_t)st->conn_refused_over_cap, "idle_closed",
-                     (json_int_t)st->conn_idle_closed, "read_errors",
-                     (json_int_t)st->conn_read_errors, "reloads", (json_int_t)st->reloads,
-                     "reload_failures", (json_int_t)st->reload_failures);
+                     (json_int_t)st->conn_idle_closed, "peer_gone_closed",
+                     (json_int_t)st->conn_reaped, "read_errors", (json_int_t)st->conn_read_errors,
+                     "reloads", (json_int_t)st->reloads, "reload_failures",
+                     (json_int_t)st->reload_failures);
 }
 
 json_t *http_status_json(struct server *srv)

@@ -87,6 +87,7 @@ struct server_stats {
     uint64_t conn_accepted;
     uint64_t conn_open; /* gauge */
     uint64_t conn_refused_over_cap;
+    uint64_t conn_reaped; /* closed by their peer, found so at the cap before the loop read it */
     uint64_t conn_idle_closed;
     uint64_t conn_read_errors;
     uint64_t reloads;
@@ -151,6 +152,7 @@ struct server {
     bool reload_busy, reload_again;
 
     struct log_ratelimit rl_cap, rl_proto, rl_overflow, rl_decide;
+    uint64_t reap_fruitless_ms; /* loop time of the last sweep at the cap that freed nothing */
 };
 
 /* New server on loop with cfg (the server steals it) read from config_path (copied).

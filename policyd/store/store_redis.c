@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -31,6 +32,64 @@
 #define REDIS_FAST_KEY 1024
 /* privdata of a command: request id << 8 | op index. Id 0 is the handshake. */
 #define REDIS_PD(id, idx) ((void *)(uintptr_t)(((uintptr_t)(id) << 8) | (uintptr_t)(idx)))
+
+/* What is wrong with Redis, named from the error reply's first word or the connection's
+ * fate: each has its own log limiter and is shown by `postsurge status`. */
+enum redis_trouble {
+    REDIS_OK_NOW,
+    REDIS_UNREACHABLE, /* cannot connect, connection lost, name not resolved */
+    REDIS_TIMEOUT,     /* no reply within redis_timeout */
+    REDIS_AUTH,        /* NOAUTH, WRONGPASS, NOPERM */
+    REDIS_OOM,         /* OOM: maxmemory reached with a policy that does not evict */
+    REDIS_READONLY,    /* READONLY: a replica */
+    REDIS_LOADING,     /* LOADING: loading its dataset */
+    REDIS_MASTERDOWN,  /* MASTERDOWN: a replica without its master */
+    REDIS_BUSY,        /* BUSY: another script runs too long */
+    REDIS_ERROR,       /* any other error reply */
+    REDIS_TROUBLE_COUNT
+};
+
+static const struct {
+    const char *state;  /* for status */
+    const char *prefix; /* error reply's first word(s) */
+    const char *advice; /* what to do, appended to the log line */
+} redis_troubles[REDIS_TROUBLE_COUNT] = {
+    [REDIS_OK_NOW] = {"ok", NULL, NULL},
+    [REDIS_UNREACHABLE] = {"unreachable", NULL, NULL},
+    [REDIS_TIMEOUT] = {"timeout", NULL, "raise redis_timeout if Redis is merely slow"},
+    [REDIS_AUTH] = {"auth", NULL,
+                    "check the password of the store URL (redis://:PASSWORD@host:port) against "
+                    "Redis's requirepass"},
+    [REDIS_OOM] = {"oom", "OOM",
+                   "Redis is out of memory (maxmemory reached and its policy does not evict): "
+                   "raise maxmemory or use maxmemory-policy volatile-ttl"},
+    [REDIS_READONLY] = {"readonly", "READONLY",
+                        "this Redis is a read-only replica: point store at the master"},
+    [REDIS_LOADING] = {"loading", "LOADING", "Redis is loading its dataset after a restart"},
+    [REDIS_MASTERDOWN] = {"masterdown", "MASTERDOWN",
+                          "this replica lost its master: point store at the master"},
+    [REDIS_BUSY] = {"busy", "BUSY", "another script is running too long in Redis"},
+    [REDIS_ERROR] = {"error", NULL, NULL},
+};
+
+/* The kind of trouble an error reply names (its first word). */
+static enum redis_trouble redis_error_kind(const char *err)
+{
+    if (!strncmp(err, "NOAUTH", 6) || !strncmp(err, "WRONGPASS", 9) || !strncmp(err, "NOPERM", 6) ||
+        !strncmp(err, "ERR invalid password", 20) || !strncmp(err, "ERR AUTH", 8))
+        return REDIS_AUTH;
+    for (int k = REDIS_OOM; k <= REDIS_BUSY; k++) {
+        size_t n = strlen(redis_troubles[k].prefix);
+        if (!strncmp(err, redis_troubles[k].prefix, n) && (err[n] == ' ' || err[n] == '\0'))
+            return (enum redis_trouble)k;
+    }
+    /* Inside a script Redis 7 reports a command's error after the script's own words. */
+    if (strstr(err, "OOM command not allowed"))
+        return REDIS_OOM;
+    if (strstr(err, "READONLY You can't write"))
+        return REDIS_READONLY;
+    return REDIS_ERROR;
+}
 
 struct redis {
     struct store *s;
@@ -57,7 +116,13 @@ struct redis {
     int64_t backoff_ms;
     int64_t backoff_max_ms;
     bool first_connect;
-    struct log_ratelimit rl;
+    enum redis_trouble trouble; /* what is wrong now; REDIS_OK_NOW when nothing */
+    uint64_t trouble_since;     /* uv_now() when it began */
+    uint64_t outages_unlogged;  /* recoveries whose "is back" line was suppressed */
+    /* One limiter per kind of trouble: a new kind is logged at once, a repeated one once
+     * per log_repeat_interval with a count. Recoveries and repaired keys have their own. */
+    struct log_ratelimit rl[REDIS_TROUBLE_COUNT];
+    struct log_ratelimit rl_back, rl_repair;
 };
 
 static void redis_connect(struct redis *r);
@@ -235,13 +300,67 @@ static uint64_t redis_now(struct redis *r)
     return uv_now(r->s->loop);
 }
 
-/* Logs a failure (rate-limited, with a count) and notes that Redis is degraded. */
-static void redis_note_failure(struct redis *r, const char *what)
+static int64_t redis_wall_ms(void)
 {
-    r->degraded = true;
-    log_warn_ratelimited(&r->rl, redis_now(r), (uint64_t)r->s->log_interval_ms,
-                         "redis %s: %s; answering %s", r->where, what,
-                         r->s->local_fallback ? "from local counters" : "per store_failure_action");
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Records the store's state for status: kind k with message what (since now if the kind
+ * changed). */
+static void redis_set_state(struct redis *r, enum redis_trouble k, const char *what)
+{
+    struct store_stats *st = &r->s->stats;
+    if (k != r->trouble || !st->state[0]) {
+        r->trouble = k;
+        r->trouble_since = redis_now(r);
+        st->state_since_ms = redis_wall_ms();
+        snprintf(st->state, sizeof(st->state), "%s", redis_troubles[k].state);
+    }
+    snprintf(st->reason, sizeof(st->reason), "%s", what ? what : "");
+}
+
+/* Logs trouble of kind k (rate-limited per kind, with a count), records it for status,
+ * and, when requests is set, notes that requests are answered without Redis. */
+static void redis_note_trouble(struct redis *r, enum redis_trouble k, const char *what,
+                               bool requests)
+{
+    const char *advice = redis_troubles[k].advice;
+    if (requests)
+        r->degraded = true;
+    redis_set_state(r, k, what);
+    log_warn_ratelimited(&r->rl[k], redis_now(r), (uint64_t)r->s->log_interval_ms,
+                         "redis %s: %s%s%s%s%s", r->where, what, advice ? " (" : "",
+                         advice ? advice : "", advice ? ")" : "",
+                         !requests              ? ""
+                         : r->s->local_fallback ? "; answering from local counters"
+                                                : "; answering per store_failure_action");
+}
+
+/* Logs a failure and notes that Redis is degraded. */
+static void redis_note_failure(struct redis *r, enum redis_trouble k, const char *what)
+{
+    redis_note_trouble(r, k, what, true);
+}
+
+/* Another request failed for the trouble already known (no connection between two
+ * attempts): counted under that kind, its message kept. */
+static void redis_note_again(struct redis *r)
+{
+    char what[sizeof(r->s->stats.reason)];
+    enum redis_trouble k = r->trouble != REDIS_OK_NOW ? r->trouble : REDIS_UNREACHABLE;
+    snprintf(what, sizeof(what), "%s",
+             r->s->stats.reason[0] ? r->s->stats.reason : "not connected");
+    redis_note_failure(r, k, what);
+}
+
+/* An error reply: named by its first word. */
+static void redis_note_error_reply(struct redis *r, const char *ctx, const char *err, bool requests)
+{
+    char what[240];
+    snprintf(what, sizeof(what), "%s%s%.180s", ctx ? ctx : "", ctx ? ": " : "", err);
+    redis_note_trouble(r, redis_error_kind(err), what, requests);
 }
 
 static void redis_note_success(struct redis *r)
@@ -250,30 +369,49 @@ static void redis_note_success(struct redis *r)
         r->up = true;
         r->backoff_ms = REDIS_BACKOFF_MIN_MS;
     }
-    if (r->degraded) {
-        log_info("redis %s is back; %" PRIu64 " requests were answered without it", r->where,
-                 r->degraded_count);
+    if (r->degraded || r->trouble != REDIS_OK_NOW) {
+        uint64_t supp;
+        double secs = (double)(redis_now(r) - r->trouble_since) / 1000.0;
+        /* Rate-limited too: a Redis that flaps would log a line per recovery. */
+        if (log_threshold >= LOG_LVL_INFO &&
+            log_ratelimit_allow(&r->rl_back, redis_now(r), (uint64_t)r->s->log_interval_ms,
+                                &supp)) {
+            char more[80] = "";
+            if (r->outages_unlogged)
+                snprintf(more, sizeof(more), " (%" PRIu64 " earlier recoveries not logged)",
+                         r->outages_unlogged);
+            log_info("redis %s is back after %.1f s (%s); %" PRIu64
+                     " requests were answered without it%s",
+                     r->where, secs, redis_troubles[r->trouble].state, r->degraded_count, more);
+            r->outages_unlogged = 0;
+        } else {
+            r->outages_unlogged++;
+        }
+        if (r->degraded) {
+            /* Shared counting resumes in Redis: the outage's local counters are not
+             * consulted again (the next outage starts afresh), so free them now rather
+             * than keep them for their windows (a day for a per-day rule). */
+            mem_table_clear(&r->s->mem);
+        }
         r->degraded = false;
         r->degraded_count = 0;
-        /* Shared counting resumes in Redis: the outage's local counters are not consulted
-         * again (the next outage starts afresh), so free them now rather than keep them
-         * for their windows (a day for a per-day rule). */
-        mem_table_clear(&r->s->mem);
-        r->rl.last_ms = 0;
-        r->rl.suppressed = 0;
+        redis_set_state(r, REDIS_OK_NOW, "");
     }
+    if (!r->s->stats.state[0])
+        redis_set_state(r, REDIS_OK_NOW, "");
     r->s->stats.connected = true;
 }
 
 /* One reply came (rep NULL: the connection dropped the command): one command less in
- * flight, and progress (a success unless Redis answered an error). */
-static void redis_note_reply(struct redis *r, const redisReply *rep)
+ * flight, and progress; a success unless Redis answered an error, if the command was a
+ * write (write: a reply to a read does not prove Redis can take writes). */
+static void redis_note_reply(struct redis *r, const redisReply *rep, bool write)
 {
     if (r->outstanding > 0)
         r->outstanding--;
     if (rep) {
         r->last_progress = redis_now(r);
-        if (rep->type != REDIS_REPLY_ERROR)
+        if (rep->type != REDIS_REPLY_ERROR && write)
             redis_note_success(r);
     }
 }
@@ -310,7 +448,7 @@ static void redis_schedule_reconnect(struct redis *r)
 
 /* Drops the connection on our side: requests are answered now, late replies and the
  * disconnect callback find ac->data NULL and do nothing. */
-static void redis_drop(struct redis *r, int status, const char *why)
+static void redis_drop(struct redis *r, int status, enum redis_trouble kind, const char *why)
 {
     redisAsyncContext *ac = r->ac;
     r->ac = NULL;
@@ -322,7 +460,7 @@ static void redis_drop(struct redis *r, int status, const char *why)
         redisAsyncFree(ac);
     }
     if (why)
-        redis_note_failure(r, why);
+        redis_note_failure(r, kind, why);
     redis_fail_inflight(r, status);
     redis_schedule_reconnect(r);
 }
@@ -364,12 +502,12 @@ static void redis_on_timeout(uv_timer_t *h)
         any = true;
     }
     if (any)
-        redis_note_failure(r, "no reply within redis_timeout");
+        redis_note_failure(r, REDIS_TIMEOUT, "no reply within redis_timeout");
     uint64_t stall = (uint64_t)r->timeout_ms * 4;
     if (stall < REDIS_STALL_MIN_MS)
         stall = REDIS_STALL_MIN_MS;
     if (r->ac && r->outstanding > 0 && now - r->last_progress >= stall) {
-        redis_drop(r, -ETIMEDOUT, NULL);
+        redis_drop(r, -ETIMEDOUT, REDIS_TIMEOUT, NULL);
         return;
     }
     redis_arm_timer(r);
@@ -465,7 +603,7 @@ static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     if (!r)
         return; /* dropped by us: its requests were answered already */
     redisReply *rep = reply;
-    redis_note_reply(r, rep);
+    redis_note_reply(r, rep, true); /* the window script writes */
     uint64_t id = (uint64_t)((uintptr_t)privdata >> 8);
     size_t idx = (size_t)((uintptr_t)privdata & 0xff);
     struct store_req *req = redis_find(r, id);
@@ -482,9 +620,22 @@ static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         if (redis_send_op(r, ac, req, idx, true) == 0)
             return;
         status = -ECONNRESET;
-    } else if (rep->type == REDIS_REPLY_INTEGER && rep->integer >= 0) {
-        req->results[idx].allowed = (rep->integer & 1) != 0;
-        req->results[idx].count = rep->integer >> 1;
+    } else if (rep->type == REDIS_REPLY_INTEGER) {
+        long long v = rep->integer;
+        if (v < 0) {
+            /* The script found a value it did not write at the key (another type, which
+             * a plain GET answers with WRONGTYPE, or another size), deleted it and
+             * counted afresh: say so, the key names what someone else is writing. */
+            v = -1 - v;
+            r->s->stats.repaired++;
+            const struct store_req_op *op = &req->ops[idx];
+            log_warn_ratelimited(&r->rl_repair, redis_now(r), (uint64_t)r->s->log_interval_ms,
+                                 "redis %s: counter key %.*s held a value of another type or "
+                                 "size (WRONGTYPE); deleted it and counted afresh",
+                                 r->where, (int)(op->keylen < 200 ? op->keylen : 200), op->key);
+        }
+        req->results[idx].allowed = (v & 1) != 0;
+        req->results[idx].count = v >> 1;
         req->ops[idx].answered = true;
         if (--req->npending > 0)
             return;
@@ -492,15 +643,16 @@ static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         store_req_finish(req, 0);
         redis_arm_timer(r);
         return;
+    } else if (rep->type == REDIS_REPLY_ERROR) {
+        status = -EPROTO;
+        redis_note_error_reply(r, NULL, rep->str, true);
     } else {
         status = -EPROTO;
-        char what[200];
-        snprintf(what, sizeof(what), "unexpected reply to the window script: %.150s",
-                 rep->type == REDIS_REPLY_ERROR ? rep->str : "(not two integers)");
-        redis_note_failure(r, what);
+        redis_note_failure(r, REDIS_ERROR,
+                           "unexpected reply to the window script (not an integer)");
     }
     if (status == -ECONNRESET)
-        redis_note_failure(r, "connection lost");
+        redis_note_failure(r, REDIS_UNREACHABLE, "connection lost");
     store_req_list_remove(&r->inflight, req);
     redis_finish_failed(r, req, status);
     redis_arm_timer(r);
@@ -523,13 +675,13 @@ static void redis_submit(struct store *s, struct store_req *req)
     redisAsyncContext *ac = r->ac;
     req->id = ++r->next_id;
     if (!ac && !r->resolving) {
-        redis_note_failure(r, "not connected");
+        redis_note_again(r);
         redis_finish_failed(r, req, -ENOTCONN);
         return;
     }
     /* While the name resolves, the request waits (up to its deadline) to be sent. */
     if (ac && redis_send_req(r, ac, req) < 0) {
-        redis_note_failure(r, "connection closing");
+        redis_note_again(r);
         redis_finish_failed(r, req, -ENOTCONN);
         return;
     }
@@ -560,7 +712,7 @@ static void redis_on_handshake(redisAsyncContext *ac, void *reply, void *privdat
         char what[200];
         snprintf(what, sizeof(what), "%s refused: %.150s", (const char *)privdata, rep->str);
         /* A wrong password or database: retried with backoff, logged at each interval. */
-        redis_drop(r, -EPROTO, what);
+        redis_drop(r, -EPROTO, redis_error_kind(rep->str), what);
     }
 }
 
@@ -575,7 +727,7 @@ static void redis_on_connect(const redisAsyncContext *ac, int status)
     r->ac = NULL;
     char what[200];
     snprintf(what, sizeof(what), "cannot connect: %.150s", ac->errstr);
-    redis_note_failure(r, what);
+    redis_note_failure(r, REDIS_UNREACHABLE, what);
     r->up = false;
     r->outstanding = 0;
     r->s->stats.connected = false;
@@ -597,7 +749,7 @@ static void redis_on_disconnect(const redisAsyncContext *ac, int status)
         char what[200];
         snprintf(what, sizeof(what), "connection lost: %.150s",
                  status == REDIS_OK ? "closed" : ac->errstr);
-        redis_note_failure(r, what);
+        redis_note_failure(r, REDIS_UNREACHABLE, what);
     }
     redis_fail_inflight(r, -ECONNRESET);
     redis_schedule_reconnect(r);
@@ -615,14 +767,14 @@ static void redis_connect_to(struct redis *r, const char *ip)
         snprintf(what, sizeof(what), "cannot connect: %.150s", ac ? ac->errstr : "out of memory");
         if (ac)
             redisAsyncFree(ac);
-        redis_note_failure(r, what);
+        redis_note_failure(r, REDIS_UNREACHABLE, what);
         redis_fail_inflight(r, -ECONNREFUSED);
         redis_schedule_reconnect(r);
         return;
     }
     if (redis_uv_attach(ac, r->s->loop) < 0) {
         redisAsyncFree(ac);
-        redis_note_failure(r, "cannot attach to the event loop");
+        redis_note_failure(r, REDIS_UNREACHABLE, "cannot attach to the event loop");
         redis_fail_inflight(r, -ENOTCONN);
         redis_schedule_reconnect(r);
         return;
@@ -681,7 +833,7 @@ static void redis_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo
         char what[200];
         snprintf(what, sizeof(what), "cannot resolve %.100s: %.80s", r->url.host,
                  status ? uv_strerror(status) : "no address");
-        redis_note_failure(r, what);
+        redis_note_failure(r, REDIS_UNREACHABLE, what);
         redis_fail_inflight(r, -ENOTCONN);
         redis_schedule_reconnect(r);
         return;
@@ -715,7 +867,7 @@ static void redis_connect(struct redis *r)
         r->resolving = true;
         return;
     }
-    redis_note_failure(r, "cannot start resolving its name");
+    redis_note_failure(r, REDIS_UNREACHABLE, "cannot start resolving its name");
     redis_schedule_reconnect(r);
 }
 
@@ -943,8 +1095,10 @@ static void redis_on_cop_reply(redisAsyncContext *ac, void *reply, void *privdat
     free(c);
     struct redis *r = ac->data;
     redisReply *rep = reply;
+    /* Only a write proves Redis fine: an out-of-memory or read-only one still answers
+     * reads, and would flap between trouble and recovery. */
     if (r)
-        redis_note_reply(r, rep);
+        redis_note_reply(r, rep, op->done != NULL);
     op->pending--;
     if (!rep) {
         if (op->status == 0)
@@ -953,8 +1107,7 @@ static void redis_on_cop_reply(redisAsyncContext *ac, void *reply, void *privdat
         if (op->status == 0)
             op->status = -EPROTO;
         if (r)
-            log_warn_ratelimited(&r->rl, redis_now(r), (uint64_t)r->s->log_interval_ms,
-                                 "redis %s: cluster command failed: %.150s", r->where, rep->str);
+            redis_note_error_reply(r, "cluster command failed", rep->str, false);
     } else if (op->nodes_cb && !op->names_done) {
         /* ZRANGEBYSCORE: the live node names. */
         op->names_done = true;

@@ -1,11 +1,13 @@
 /* log: where every daemon line goes. Syslog (facility mail by default) with the ident
  * "postsurge/<component>" so lines sit beside Postfix's own, or stderr lines
- * "time postsurge/<component>[pid]: level: msg" in the foreground. Also the repeat
- * limiter that keeps a flapping dependency from flooding the log. */
+ * "time postsurge/<component>[pid]: level: msg" in the foreground. Every message is made
+ * printable (lib/printable.h) before it is written: lines quote client-chosen values. Also
+ * the repeat limiter that keeps a flapping dependency from flooding the log. */
 #define LOG_COMPONENT "log"
 #include "log.h"
 
 #include "config.h"
+#include "printable.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -130,20 +132,28 @@ static const char *log_ident_for(const char *component)
 static void log_vwrite(enum log_level level, const char *component, const char *prefix,
                        const char *fmt, va_list ap)
 {
-    char msg[2048];
+    char raw[2048], safe[4 * sizeof(raw)];
+    const char *msg = raw;
     int saved_errno = errno;
 
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    vsnprintf(raw, sizeof(raw), fmt, ap);
     /* Command output quoted in a message often ends in a newline; one log record is one
      * line, and embedded newlines would let quoted text forge records of its own. */
-    size_t mlen = strlen(msg);
-    while (mlen > 0 && (msg[mlen - 1] == '\n' || msg[mlen - 1] == '\r'))
-        msg[--mlen] = '\0';
-    for (char *q = msg; *q; q++)
-        if (*q == '\n' || *q == '\r')
+    size_t mlen = strlen(raw);
+    while (mlen > 0 && (raw[mlen - 1] == '\n' || raw[mlen - 1] == '\r'))
+        raw[--mlen] = '\0';
+    for (char *q = raw; *q; q++)
+        if (*q == '\n')
             *q = ' ';
+    /* Messages quote what clients sent (policy attributes, peers' protocol errors, names
+     * from the mail log): control characters and bytes that are not UTF-8 are escaped here,
+     * once for every line, so no caller can forget. Plain text is only scanned. */
+    if (printable_needed(raw, mlen)) {
+        printable_escape(safe, sizeof(safe), raw, mlen, false);
+        msg = safe;
+    }
     if (log_stderr) {
-        char line[2304], stamp[32];
+        char line[sizeof(safe) + 256], stamp[32];
         struct timeval tv;
         struct tm tm;
 

@@ -4,11 +4,14 @@ Redis killed mid-load and restarted: every request answered within redis_timeout
 a margin (README: "within `redis_timeout` with Redis"), then shared counting resumes; SCRIPT FLUSH mid-load survived with
 exact counts; a SIGSTOPped Redis for 5 s: answers from local counters; SIGHUP keeps the
 counters of unchanged rules in Redis. Env: POSTSURGE, PYTHONPATH=test/pylib."""
+import json
 import os
+import subprocess
 import sys
 import time
 import unittest
 
+from ports import free_port, wait_for
 from postsurge import SLOW, Postsurge, request
 from redis_server import Nutcracker, RedisServer
 import testmain
@@ -205,6 +208,133 @@ class LimitsRedis(unittest.TestCase):
             out = [c.ask(request(recipient="s%d@x.example" % i)) for i in range(6)]
         self.assertEqual(out, ["DUNNO"] * 5 + [DEFER + " (per_ip)"])
         self.assertEqual(len(r.command("KEYS", "*per_ip*")), 1)
+
+
+
+class RedisTrouble(unittest.TestCase):
+    """Issue 13: what is wrong with Redis is named in the log (once per interval, with a
+    count) and in `postsurge status`; a counter key of another type is repaired and logged;
+    a Redis killed again and again does not log a line per reconnect."""
+
+    def setUp(self):
+        self.r = RedisServer()
+        self.addCleanup(self.r.remove)
+        (self.ps,) = LimitsRedis.daemons(self, config(
+            self.r.url, ["per_ip client_address recipients 1000/1m"], redis_timeout="500ms",
+            redis_reconnect_max="200ms"), n=1)
+        self.c = self.ps.client()
+        self.addCleanup(self.c.close)
+        self.n = 0
+        self.ask(3)
+        self.assertTrue(wait_for(lambda: self.store_state()["state"] == "ok", 10),
+                        self.store_state())
+
+    def ask(self, n):
+        for _ in range(n):
+            self.n += 1
+            self.assertIn(self.c.ask(request(recipient="t%d@example.com" % self.n)),
+                          ("DUNNO", DEFER + " (per_ip)"))
+
+    def store_state(self):
+        r = self.ps.cli("status", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)["store_state"]
+
+    def assert_named(self, word, state):
+        """Requests go on being answered; the log names word, once per interval; status
+        shows state, with the reason and since when."""
+        t0 = time.time()
+        deadline = time.monotonic() + 20
+        while word not in self.ps.log() and time.monotonic() < deadline:
+            self.ask(5)
+            time.sleep(0.05)
+        self.ask(50)
+        lines = [l for l in self.ps.log().splitlines() if word in l and "postsurge/store" in l]
+        self.assertTrue(lines, self.ps.log())
+        self.assertNotIn("Protocol error", self.ps.log())
+        # One counter store and the node's store: at most a line each in this interval.
+        self.assertLessEqual(len(lines), 2, lines)
+        st = self.store_state()
+        self.assertEqual(st["state"], state, st)
+        self.assertIn(word, st["reason"])
+        self.assertGreater(st["since"], (t0 - 30) * 1000)
+        text = self.ps.cli("status").stdout
+        self.assertRegex(text, r"store redis: %s since \d{4}-\d\d-\d\dT.*%s" % (state, word))
+
+    def test_redis_trouble_noauth_named(self):
+        self.r.command("CONFIG", "SET", "requirepass", "s3cret")
+        self.r.password = "s3cret"
+        self.r.command("CLIENT", "KILL", "TYPE", "normal")
+        self.assert_named("NOAUTH", "auth")
+
+    def test_redis_trouble_oom_named(self):
+        self.r.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        self.r.command("CONFIG", "SET", "maxmemory", "1")
+        self.assert_named("OOM", "oom")
+        # Back to normal: the store says so.
+        self.r.command("CONFIG", "SET", "maxmemory", "0")
+        deadline = time.monotonic() + 20
+        while self.store_state()["state"] != "ok" and time.monotonic() < deadline:
+            self.ask(5)
+            time.sleep(0.05)
+        self.assertEqual(self.store_state()["state"], "ok")
+        self.assertIn("is back", self.ps.log())
+
+    def test_redis_trouble_readonly_named(self):
+        self.r.command("REPLICAOF", "127.0.0.1", str(free_port()))
+        self.assert_named("READONLY", "readonly")
+
+    def test_redis_trouble_masterdown_named(self):
+        self.r.command("CONFIG", "SET", "replica-serve-stale-data", "no")
+        self.r.command("REPLICAOF", "127.0.0.1", str(free_port()))
+        self.assert_named("MASTERDOWN", "masterdown")
+
+    def test_redis_trouble_loading_named(self):
+        # A restart that loads a dataset slowly: key-load-delay (microseconds per key) and
+        # events processed every KiB, so Redis answers LOADING for several seconds.
+        self.r.command("EVAL", "for i = 1, 20000 do redis.call('SET', 'fill' .. i, 'v') end",
+                       "0")
+        self.assertEqual(self.r.command("SAVE"), "OK")
+        self.r.kill()
+        self.r.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.r.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.r.dir, "--daemonize", "no",
+             "--protected-mode", "no", "--key-load-delay", "300",
+             "--loading-process-events-interval-bytes", "1024"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.assert_named("LOADING", "loading")
+
+    def test_redis_trouble_wrongtype_key_repaired(self):
+        keys = self.r.command("KEYS", "*per_ip*")
+        self.assertEqual(len(keys), 1, keys)
+        key = keys[0].decode() if isinstance(keys[0], bytes) else keys[0]
+        self.r.command("DEL", key)
+        self.r.command("HSET", key, "planted", "1")
+        self.ask(1)
+        self.assertTrue(self.ps.wait_log("(WRONGTYPE); deleted it and counted afresh"),
+                        self.ps.log())
+        self.assertIn(key, self.ps.log())
+        self.assertEqual(self.r.command("TYPE", key), "string")
+        self.assertEqual(self.store_state()["repaired"], 1)
+        # Counting goes on from the repaired key.
+        self.ask(3)
+        self.assertEqual(self.r.command("TYPE", key), "string")
+
+    def test_redis_killed_30_times_reconnect_lines_bounded(self):
+        for _ in range(30):
+            self.r.kill()
+            self.ask(2)
+            self.r.start()
+            self.ask(2)
+        deadline = time.monotonic() + 20
+        while self.store_state()["state"] != "ok" and time.monotonic() < deadline:
+            self.ask(2)
+            time.sleep(0.05)
+        lines = [l for l in self.ps.log().splitlines() if "postsurge/store" in l]
+        print("\nredis killed 30 times: %d store lines" % len(lines), file=sys.stderr)
+        # Per store (the counters' and the node's): a line per kind of trouble and one
+        # recovery line per interval, not two per dropped connection.
+        self.assertLessEqual(len(lines), 8, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import selectors
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import shutil
 import tempfile
@@ -313,6 +314,24 @@ class TestLimits(ServerTest):
             for c in held:
                 c.close()
 
+    def test_connection_churn_does_not_fill_the_cap(self):
+        # Issue 13: a client connecting and closing in a tight loop, never holding more than
+        # one connection, filled max_connections with connections already gone (libuv
+        # accepts the whole backlog before it reads any EOF) and refused real clients.
+        ps = self.daemon(extra={"max_connections": "16"})
+        n, deadline, start = 0, time.monotonic() + 30, time.monotonic()
+        while n < 20000 and time.monotonic() < deadline:
+            s = socket.create_connection(ps.address(), timeout=5)
+            s.close()
+            n += 1
+        elapsed = time.monotonic() - start
+        sys.stderr.write("churn: %d connect/close in %.2f s (%.0f/s)\n" % (n, elapsed,
+                                                                           n / elapsed))
+        self.assertGreaterEqual(n, 5000)
+        with ps.client() as c:
+            self.assertEqual(c.ask(), "DUNNO")
+        self.assertNotIn("refusing a new client", ps.log())
+
     @staticmethod
     def _ask_ok(ps):
         try:
@@ -463,6 +482,77 @@ class TestLogging(ServerTest):
         for line in ps.log().splitlines():
             self.assertRegex(line, r"^\d{4}-\d\d-\d\dT", "a record broke across lines")
 
+    # What issue 13 sent: CR to overwrite the start of a terminal line with a forged stamp,
+    # CSI and OSC escapes, BEL, DEL, a C1 control as UTF-8 and bytes that are not UTF-8.
+    EVIL_USER = b"evil\r2026-12-02 FORGED\x1b[2J\x07"
+    EVIL_SENDER = b"a\x1b]0;title\x07\x7f@ex\xffample\xc2\x85.org"
+
+    def assert_log_printable(self, ps):
+        """Every record is one line of printable ASCII or valid UTF-8 with no control
+        character: the only byte below 0x20 is the newline ending each record."""
+        with open(ps.log_path, "rb") as f:
+            data = f.read()
+        self.assertTrue(data.endswith(b"\n"))
+        for line in data.split(b"\n")[:-1]:
+            bad = [b for b in line if b < 0x20 or b == 0x7f]
+            self.assertEqual(bad, [], line)
+            text = line.decode("utf-8")  # raises on invalid UTF-8
+            self.assertFalse(any(0x80 <= ord(ch) <= 0x9f for ch in text), line)
+            self.assertRegex(text, r"^\d{4}-\d\d-\d\dT", "a record broke across lines")
+        return data
+
+    def test_client_values_are_escaped_in_decision_and_error_lines(self):
+        ps = self.daemon(extra="monitor = no\nlimits =\n"
+                               "    per_user sasl_username recipients 1/1h\n")
+        def req(rcpt):
+            return encode(request(sasl_username="X", sender="Y", recipient=rcpt)).replace(
+                b"sasl_username=X", b"sasl_username=" + self.EVIL_USER).replace(
+                b"sender=Y", b"sender=" + self.EVIL_SENDER)
+        with ps.client() as c:
+            c.send_raw(req("r1@example.com"))
+            self.assertEqual(c.read_reply(), "DUNNO")
+            c.send_raw(req("r2@example.com"))
+            self.assertNotEqual(c.read_reply(), "DUNNO")
+        self.assertTrue(ps.wait_log("rule=per_user"), ps.log())
+        # The same bytes in a line the parser refuses.
+        with ps.client() as c:
+            c.send_raw(b"request=smtpd_access_policy\n" + self.EVIL_USER + self.EVIL_SENDER +
+                       b"\n\n")
+            self.assertTrue(c.closed_by_peer())
+        self.assertTrue(ps.wait_log("protocol error: no_equals"), ps.log())
+        self.assert_serving(ps)
+        ps.stop()
+        data = self.assert_log_printable(ps)
+        self.assertIn(b"sasl_username=evil\\r2026-12-02 FORGED\\x1b[2J\\x07 ", data)
+        self.assertIn(b"sender=<a\\x1b]0;title\\x07\\x7f@ex\\xffample\\xc2\\x85.org>", data)
+
+    def test_report_text_escapes_names_from_the_mail_log(self):
+        # Client names and recipient domains in the report come from the mail log, where a
+        # client chose them.
+        d = tempfile.mkdtemp(prefix="postsurge-report-")
+        self.addCleanup(shutil.rmtree, d, True)
+        os.mkdir(os.path.join(d, "pf"))
+        with open(os.path.join(d, "mail.log"), "wb") as f:
+            f.write(b"Nov 23 03:33:29 mx postfix/smtp[11214]: 851735104A1: to=<u@osc" +
+                    b"\x1b]0;title\x07.ex\xffample>, relay=none, delay=1, delays=0/0/1/0, "
+                    b"dsn=4.4.1, status=deferred (connect to x: Connection refused)\n"
+                    b"Nov 23 03:33:30 mx postfix/smtpd[11]: NOQUEUE: reject: RCPT from " +
+                    b"evil\x1b[2J\x07\x7f\xc2\x85[192.0.2.9]: 554 5.7.1 <a@b>: "
+                    b"Relay access denied; "
+                    b"from=<x@y> to=<a@b> proto=ESMTP helo=<h>\n")
+        cf = os.path.join(d, "postsurge.cf")
+        with open(cf, "w") as f:
+            f.write("state_directory = %s\nmaillog_file = %s/mail.log\n"
+                    "postfix_config_directory = %s/pf\nmonitor = no\n" % (d, d, d))
+        r = subprocess.run([os.environ.get("POSTSURGE", "postsurge"), "-c", cf, "report"],
+                           capture_output=True, timeout=60)
+        out = r.stdout
+        for line in out.split(b"\n"):
+            self.assertEqual([b for b in line if b < 0x20 or b == 0x7f], [], line)
+            line.decode("utf-8")
+        self.assertIn(b"osc\\x1b]0;title\\x07.ex\\xffample", out)
+        self.assertIn(b"evil\\x1b[2J\\x07\\x7f\\xc2\\x85[192.0.2.9]", out)
+
 
 class TestCommands(ServerTest):
     def test_check_config_exit_codes(self):
@@ -517,6 +607,43 @@ class TestCommands(ServerTest):
         r = ps.cli("frobnicate")
         self.assertEqual(r.returncode, 2)
         self.assertIn("unknown command", r.stderr)
+
+    def test_control_commands_say_why_when_refused(self):
+        # Issue 13: status, events, stress and restore run by a user who may not use the
+        # control socket exited 1 with nothing on stderr.
+        setpriv = shutil.which("setpriv")
+        if os.geteuid() != 0 or not setpriv:
+            self.skipTest("needs root and setpriv to run the CLI as nobody")
+        as_nobody = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        postsurge = os.environ.get("POSTSURGE", "postsurge")
+        probe = subprocess.run(as_nobody + [postsurge, "version"], capture_output=True)
+        if probe.returncode != 0:
+            self.skipTest("nobody cannot run %s (a private build directory)" % postsurge)
+        ps = self.daemon(extra={"monitor": "no"})
+        # nobody may read a copy of the configuration; the socket stays as serve made it.
+        cf = tempfile.NamedTemporaryFile("w", prefix="postsurge-cf-", suffix=".cf",
+                                         delete=False)
+        self.addCleanup(os.unlink, cf.name)
+        with open(ps.config_path) as f:
+            cf.write(f.read())
+        cf.close()
+        os.chmod(cf.name, 0o644)
+        sock = os.path.join(ps.dir, "control.sock")
+        self.assertTrue(wait_for(lambda: os.path.exists(sock), 10))
+        cmds = (["status"], ["status", "--json"], ["events"], ["stress", "enter"], ["restore"])
+        # First the state directory cannot be searched, then the socket's mode refuses.
+        for dirmode, says in ((0o700, "the directory"), (0o755, "the socket")):
+            os.chmod(ps.dir, dirmode)
+            for cmd in cmds:
+                with self.subTest(cmd=cmd, dirmode=oct(dirmode)):
+                    r = subprocess.run(as_nobody + [postsurge, "-c", cf.name] + cmd,
+                                       capture_output=True, text=True, timeout=30)
+                    self.assertEqual(r.returncode, 1, r.stderr)
+                    self.assertIn("cannot use the control socket %s: Permission denied" % sock,
+                                  r.stderr)
+                    self.assertIn(says, r.stderr)
+                    self.assertRegex(r.stderr, r"run this command as root.* as \S+")
+        self.assertIn("stress no", ps.cli("status").stdout.lower())
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "printable.h"
 #include "report.h"
 
 #define ARRIVAL 1795407720 /* the real records' arrival time */
@@ -486,6 +487,43 @@ static void test_report_rejects_bad_arguments(void **state)
     report_free(r);
 }
 
+/* Every writer's output is printable: names from the mail log and the queue carrying
+ * control characters, an OSC sequence and invalid UTF-8 come out escaped. */
+static void test_report_writers_escape_attacker_values(void **state)
+{
+    (void)state;
+    struct report *r = report_new(NOW, "mx1\x1b[2J.example.org");
+    assert_non_null(r);
+    assert_int_equal(report_add_client(r, "evil\r2026-12-02 FORGED\x1b[2J\x07[192.0.2.9]", 5, 5),
+                     0);
+    assert_int_equal(report_add_traffic(r, "osc\x1b]0;title\x07.example\xff", 1, 9, 0), 0);
+    assert_int_equal(report_add_warning(r, "bad\x7f", "detail\xc2\x85\xfe", 3), 0);
+    assert_int_equal(report_evaluate(r, NULL), 0);
+    writer_fn writers[] = {report_write_text, report_write_json, report_write_prometheus};
+    for (size_t w = 0; w < 3; w++) {
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *mem = open_memstream(&buf, &len);
+        assert_non_null(mem);
+        assert_int_equal(writers[w](r, mem), 0);
+        fclose(mem);
+        /* Line by line: nothing but the line ends needs escaping. */
+        for (char *line = buf, *nl; line < buf + len; line = nl + 1) {
+            nl = memchr(line, '\n', (size_t)(buf + len - line));
+            if (!nl)
+                nl = buf + len;
+            if (printable_needed(line, (size_t)(nl - line)))
+                fail_msg("writer %zu: raw bytes in line: %.*s", w, (int)(nl - line), line);
+        }
+        if (w == 0) {
+            assert_non_null(strstr(buf, "evil\\r2026-12-02 FORGED\\x1b[2J\\x07[192.0.2.9]"));
+            assert_non_null(strstr(buf, "osc\\x1b]0;title\\x07.example\\xff"));
+        }
+        free(buf);
+    }
+    report_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -495,6 +533,7 @@ int main(void)
         cmocka_unit_test(test_report_master_and_qmgr_down),
         cmocka_unit_test(test_report_status_and_exit_codes),
         cmocka_unit_test(test_report_rejects_bad_arguments),
+        cmocka_unit_test(test_report_writers_escape_attacker_values),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
