@@ -91,7 +91,7 @@ def main():
             print("  " + e)
         failed |= bool(errs)
     # The validator itself must reject a broken document.
-    if not validate({"schema_version": 2}, schema, schema):
+    if not validate({"schema_version": 3}, schema, schema):
         print("validator accepted a bad document")
         failed = True
 
