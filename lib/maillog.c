@@ -633,6 +633,10 @@ static void parse_message(struct cur msg, struct maillog_record *rec)
         c = after;
         if (parse_expired(&c, rec))
             return;
+        /* "NOQUEUE: lost connection after CONNECT from ..." (seen in fail2ban's samples) */
+        c = after;
+        if (parse_lost(&c, rec))
+            return;
         c = after;
         parse_delivery(&c, rec);
     }

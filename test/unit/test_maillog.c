@@ -472,6 +472,13 @@ static void test_maillog_service_of_client_lines(void **state)
     assert_string_equal(r.service, "submission");
     assert_string_equal(r.stage, "EHLO");
     assert_string_equal(r.client_addr, "200.123.4.113");
+    /* With a NOQUEUE prefix (a user's log in fail2ban's samples). */
+    assert_int_equal(parse("Sep 17 18:19:20 mxhost postfix/smtpd[12345]: NOQUEUE: lost connection "
+                           "after CONNECT from unknown[192.0.2.25]",
+                           &r),
+                     MAILLOG_LOST_CONNECTION);
+    assert_string_equal(r.stage, "CONNECT");
+    assert_string_equal(r.client_addr, "192.0.2.25");
     assert_int_equal(parse("2023-03-14T00:08:35.911679+01:00 helga postfix/10025/smtpd[302614]: "
                            "connect from localhost[127.0.0.1]",
                            &r),
