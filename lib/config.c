@@ -301,6 +301,14 @@ const struct cf_entry cf_table[] = {
     {"report_client_reject_warning", CF_INT, "50", OFF(report_client_reject_warning), 0,
      1000000000, .group = G_REPORT,
      .doc = "Rejects of one SMTP client for a WARNING (dictionary attack); 0 = off."},
+    {"report_lost_connection_warning", CF_INT, "100", OFF(report_lost_connection_warning), 0,
+     1000000000, .group = G_REPORT,
+     .doc = "Connections one client lost on one service (`lost connection after ...`) for a "
+            "WARNING (a scanner or a broken client); 0 = off."},
+    {"report_auth_failure_warning", CF_INT, "30", OFF(report_auth_failure_warning), 0,
+     1000000000, .group = G_REPORT,
+     .doc = "SASL authentication failures of one client for a WARNING (password guessing); "
+            "0 = off."},
     {"report_saturation_warning", CF_INT, "80", OFF(report_saturation_warning), 0, 1000,
      .group = G_REPORT, .doc = "% of a node's smtpd processes busy for a WARNING; 0 = off."},
     {"report_saturation_critical", CF_INT, "95", OFF(report_saturation_critical), 0, 1000,

@@ -103,6 +103,8 @@ struct config {
     double report_failure_rate_critical;    /* 0.5 */
     int64_t report_failure_min_messages;    /* 20 */
     int64_t report_client_reject_warning;   /* 50 */
+    int64_t report_lost_connection_warning; /* 100 */
+    int64_t report_auth_failure_warning;    /* 30 */
     int64_t report_saturation_warning;      /* 80 */
     int64_t report_saturation_critical;     /* 95 */
     int64_t report_imbalance_warning;       /* 50 */

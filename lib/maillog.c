@@ -346,6 +346,84 @@ static bool take_angle(struct cur *c, struct maillog_record *rec, const char *fo
     return false;
 }
 
+/* After "CONNECT from [A]:P: ": postscreen's "all server ports busy" (its smtpd processes
+ * are all taken) or "all screening ports busy" (postscreen_pre_queue_limit reached). */
+static bool parse_ports_busy(struct cur *c, struct maillog_record *rec)
+{
+    static const char *const phrases[] = {"all server ports busy", "all screening ports busy"};
+    for (size_t i = 0; i < 2; i++) {
+        if (cur_left(c) == strlen(phrases[i]) && cur_lit(c, phrases[i])) {
+            PUT(rec, text, phrases[i], strlen(phrases[i]));
+            rec->kind = MAILLOG_PORTS_BUSY;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* postscreen without a queue id: reject: connect from [A]:P: all screening ports busy */
+static bool parse_connect_reject(struct cur *c, struct maillog_record *rec)
+{
+    if (!cur_lit(c, "reject: connect from "))
+        return false;
+    PUT(rec, stage, "CONNECT", 7);
+    return parse_client(c, rec) && cur_lit(c, ": ") && parse_ports_busy(c, rec);
+}
+
+/* warning: CLIENT: SASL METHOD authentication failed: REASON[, sasl_username=USER]
+ * (smtpd_sasl_glue.c; REASON may be empty, METHOD is as the client sent it). */
+static bool parse_auth_failed(struct cur *c, struct maillog_record *rec)
+{
+    if (!cur_lit(c, "warning: ") || !parse_client(c, rec) || !cur_lit(c, ": SASL "))
+        return false;
+    const char *m = c->p;
+    while (c->p < c->end && *c->p != ' ')
+        c->p++;
+    if (c->p == m || !cur_lit(c, " authentication failed:"))
+        return false;
+    PUT(rec, sasl_method, m, (size_t)(c->p - m - strlen(" authentication failed:")));
+    for (char *p = rec->sasl_method; *p; p++)
+        *p = (char)toupper((unsigned char)*p);
+    cur_lit(c, " ");
+    const char *text = c->p, *text_end = c->end;
+    /* The username is the last field; a reason could itself hold the words. */
+    static const char key[] = ", sasl_username=";
+    for (const char *q = c->end - (sizeof(key) - 1); q >= text; q--) {
+        if (memcmp(q, key, sizeof(key) - 1) == 0) {
+            text_end = q;
+            PUT(rec, sasl_username, q + sizeof(key) - 1, (size_t)(c->end - q) - (sizeof(key) - 1));
+            break;
+        }
+    }
+    PUT(rec, text, text, (size_t)(text_end - text));
+    rec->kind = MAILLOG_AUTH_FAILED;
+    return true;
+}
+
+/* qmgr: QUEUEID: from=<S>, status=expired, returned to sender (maximal_queue_lifetime) or
+ * status=force-expired (postsuper -e). */
+static bool parse_expired(struct cur *c, struct maillog_record *rec)
+{
+    if (!daemon_is(rec, "qmgr") || !cur_lit(c, "from=<"))
+        return false;
+    const char *s = c->p;
+    static const char *const words[] = {"expired", "force-expired"};
+    static const char tail[] = ", returned to sender";
+    const char *q = cur_find(c, ">, status=");
+    if (!q)
+        return false;
+    struct cur t = {q + strlen(">, status="), c->end};
+    size_t w = 0;
+    while (w < 2 && !(cur_lit(&t, words[w]) && cur_left(&t) == strlen(tail) && cur_lit(&t, tail)))
+        w++;
+    if (w == 2)
+        return false;
+    PUT(rec, sender, s, (size_t)(q - s));
+    PUT(rec, status_word, words[w], strlen(words[w]));
+    rec->kind = MAILLOG_EXPIRED;
+    return true;
+}
+
 /* QUEUEID: reject: STAGE from CLIENT: CODE DSN TEXT; from=<s> to=<r> proto=... */
 static bool parse_reject(struct cur *c, struct maillog_record *rec)
 {
@@ -357,10 +435,8 @@ static bool parse_reject(struct cur *c, struct maillog_record *rec)
     PUT(rec, stage, st, (size_t)(c->p - st));
     if (!cur_lit(c, " from ") || !parse_client(c, rec) || !cur_lit(c, ": "))
         return false;
-    if (strcmp(rec->stage, "CONNECT") == 0 && cur_lit(c, "all server ports busy")) {
-        rec->kind = MAILLOG_PORTS_BUSY;
+    if (strcmp(rec->stage, "CONNECT") == 0 && parse_ports_busy(c, rec))
         return true;
-    }
     unsigned long code;
     if (!cur_ulong(c, &code) || code < 200 || code > 599 || !cur_lit(c, " "))
         return false;
@@ -427,6 +503,9 @@ static const struct {
     {"sent", MAILLOG_STATUS_SENT},
     {"deferred", MAILLOG_STATUS_DEFERRED},
     {"bounced", MAILLOG_STATUS_BOUNCED},
+    {"deliverable", MAILLOG_STATUS_DELIVERABLE},
+    {"undeliverable", MAILLOG_STATUS_UNDELIVERABLE},
+    {"undeliverable-but-not-cached", MAILLOG_STATUS_UNDELIVERABLE},
 };
 
 /* QUEUEID: to=<a@d>, [orig_to=<..>, ]relay=R, delay=D, delays=a/b/c/d, dsn=X.Y.Z,
@@ -500,6 +579,20 @@ static bool parse_queue_id(struct cur *c, struct maillog_record *rec)
     return true;
 }
 
+/* Keeps the header, clears what a failed message parse may have left behind. */
+static void reset_body(struct maillog_record *rec)
+{
+    struct maillog_record keep = *rec;
+    memset(rec, 0, sizeof(*rec));
+    memcpy(rec->timestamp, keep.timestamp, sizeof(rec->timestamp));
+    memcpy(rec->host, keep.host, sizeof(rec->host));
+    memcpy(rec->syslog_name, keep.syslog_name, sizeof(rec->syslog_name));
+    memcpy(rec->daemon, keep.daemon, sizeof(rec->daemon));
+    rec->pid = keep.pid;
+    rec->delay_ms = -1;
+    rec->kind = MAILLOG_OTHER;
+}
+
 static void parse_message(struct cur msg, struct maillog_record *rec)
 {
     struct cur c = msg;
@@ -523,7 +616,14 @@ static void parse_message(struct cur msg, struct maillog_record *rec)
     if (parse_lost(&c, rec))
         return;
     c = msg;
+    if (parse_auth_failed(&c, rec))
+        return;
+    reset_body(rec);
+    c = msg;
     if (parse_limit(&c, rec))
+        return;
+    c = msg;
+    if (daemon_is(rec, "postscreen") && parse_connect_reject(&c, rec))
         return;
     c = msg;
     if (parse_queue_id(&c, rec)) {
@@ -531,22 +631,26 @@ static void parse_message(struct cur msg, struct maillog_record *rec)
         if (parse_reject(&c, rec))
             return;
         c = after;
+        if (parse_expired(&c, rec))
+            return;
+        /* "NOQUEUE: lost connection after CONNECT from ..." (seen in fail2ban's samples) */
+        c = after;
+        if (parse_lost(&c, rec))
+            return;
+        c = after;
         parse_delivery(&c, rec);
     }
 }
 
-/* Keeps the header, clears what a failed message parse may have left behind. */
-static void reset_body(struct maillog_record *rec)
+/* The master.cf service of a client line: "submission" for postfix/submission/smtpd,
+ * "10025" for postfix/10025/smtpd, the daemon for a plain postfix/smtpd. */
+static void set_service(struct maillog_record *rec)
 {
-    struct maillog_record keep = *rec;
-    memset(rec, 0, sizeof(*rec));
-    memcpy(rec->timestamp, keep.timestamp, sizeof(rec->timestamp));
-    memcpy(rec->host, keep.host, sizeof(rec->host));
-    memcpy(rec->syslog_name, keep.syslog_name, sizeof(rec->syslog_name));
-    memcpy(rec->daemon, keep.daemon, sizeof(rec->daemon));
-    rec->pid = keep.pid;
-    rec->delay_ms = -1;
-    rec->kind = MAILLOG_OTHER;
+    const char *slash = strchr(rec->syslog_name, '/');
+    if (slash && slash[1])
+        PUT(rec, service, slash + 1, strlen(slash + 1));
+    else
+        PUT(rec, service, rec->daemon, strlen(rec->daemon));
 }
 
 enum maillog_kind maillog_parse_line(const char *line, size_t len, struct maillog_record *rec)
@@ -572,6 +676,9 @@ enum maillog_kind maillog_parse_line(const char *line, size_t len, struct maillo
     parse_message(c, rec);
     if (rec->kind == MAILLOG_OTHER)
         reset_body(rec);
+    else if (rec->kind == MAILLOG_CONNECT || rec->kind == MAILLOG_LOST_CONNECTION ||
+             rec->kind == MAILLOG_REJECT || rec->kind == MAILLOG_AUTH_FAILED)
+        set_service(rec);
     return rec->kind;
 }
 
@@ -598,6 +705,10 @@ const char *maillog_kind_name(enum maillog_kind kind)
         return "reject";
     case MAILLOG_DELIVERY:
         return "delivery";
+    case MAILLOG_EXPIRED:
+        return "expired";
+    case MAILLOG_AUTH_FAILED:
+        return "auth-failed";
     case MAILLOG_OTHER:
         break;
     }

@@ -17,13 +17,17 @@ enum maillog_kind {
     MAILLOG_PROCESS_LIMIT,    /* master: service "S" (ENDPOINT) has reached its process limit "N" */
     MAILLOG_POSTSCREEN_ENTER, /* postscreen: entering STRESS mode with N connections */
     MAILLOG_POSTSCREEN_LEAVE, /* postscreen: leaving STRESS mode with N connections */
-    MAILLOG_PORTS_BUSY, /* postscreen: NOQUEUE: reject: CONNECT from [A]:P: all server ports busy */
+    MAILLOG_PORTS_BUSY, /* postscreen: NOQUEUE: reject: CONNECT from [A]:P: all server ports busy,
+                           reject: connect from [A]:P: all screening ports busy (text says which) */
     MAILLOG_LIMIT_EXCEEDED,  /* smtpd: warning: WHAT limit exceeded: N from CLIENT for service S */
     MAILLOG_ANVIL_STATS,     /* anvil: statistics: max ... */
     MAILLOG_LOST_CONNECTION, /* smtpd: lost connection after STAGE from CLIENT */
     MAILLOG_CONNECT,         /* smtpd: connect from CLIENT */
     MAILLOG_REJECT,   /* smtpd/postscreen: QUEUEID: reject: STAGE from CLIENT: CODE DSN ... */
     MAILLOG_DELIVERY, /* QUEUEID: to=<RCPT>, relay=..., dsn=X.Y.Z, status=S (text) */
+    MAILLOG_EXPIRED, /* qmgr: QUEUEID: from=<S>, status=expired|force-expired, returned to sender */
+    MAILLOG_AUTH_FAILED, /* smtpd: warning: CLIENT: SASL METHOD authentication failed: REASON
+                            [, sasl_username=USER] */
 };
 
 /* anvil statistics lines */
@@ -55,7 +59,11 @@ enum maillog_status {
     MAILLOG_STATUS_SENT,
     MAILLOG_STATUS_DEFERRED,
     MAILLOG_STATUS_BOUNCED,
-    MAILLOG_STATUS_OTHER, /* expired, undeliverable, ... (status_text has the word) */
+    MAILLOG_STATUS_OTHER, /* any other word (status_word has it) */
+    /* Address verification probes (ADDRESS_VERIFICATION_README): not mail, never a delivery
+     * or a bounce. */
+    MAILLOG_STATUS_DELIVERABLE,   /* status=deliverable */
+    MAILLOG_STATUS_UNDELIVERABLE, /* status=undeliverable, undeliverable-but-not-cached */
 };
 
 enum maillog_reject_class {
@@ -76,7 +84,10 @@ struct maillog_record {
     long pid;             /* -1 when the tag has no [pid] */
     char queue_id[32];    /* REJECT (not "NOQUEUE") and DELIVERY */
 
-    /* PROCESS_LIMIT: service and endpoint ("smtpd", "private/smtpd"); limit. */
+    /* PROCESS_LIMIT: service and endpoint ("smtpd", "private/smtpd"); limit.
+     * CONNECT, LOST_CONNECTION, REJECT, AUTH_FAILED: the master.cf service as the syslog tag
+     * names it: what follows the first '/' of syslog_name ("submission" for
+     * postfix/submission/smtpd), else the daemon ("smtpd", "postscreen"). */
     char service[128];
     char endpoint[128];
     unsigned long limit;
@@ -107,8 +118,15 @@ struct maillog_record {
     char relay[256];
     int64_t delay_ms; /* delay=, -1 if absent */
     enum maillog_status status;
-    char status_word[24]; /* "sent", "deferred", "bounced", "expired", ... */
-    char text[512];       /* REJECT: the reply text after the DSN; DELIVERY: "(text)" inner */
+    char status_word[32]; /* "sent", "deferred", "bounced", "deliverable", ...; EXPIRED:
+                             "expired" or "force-expired" */
+    char text[512];       /* REJECT: the reply text after the DSN; DELIVERY: "(text)" inner;
+                             PORTS_BUSY: "all server ports busy" or "all screening ports busy";
+                             AUTH_FAILED: the reason after "failed: " (may be empty) */
+
+    char sender[256];        /* EXPIRED: the sender (from=<...>), "" for the null sender */
+    char sasl_method[32];    /* AUTH_FAILED: "LOGIN", "PLAIN", "CRAM-MD5" ... (upper-cased) */
+    char sasl_username[256]; /* AUTH_FAILED: sasl_username=..., "" when not logged */
 };
 
 /* Parses one line (without its newline; a trailing '\r' is ignored). Never reads past

@@ -531,7 +531,21 @@ static bool blank(const char *s, size_t n)
     return true;
 }
 
-/* Checks a record's shape; fills the fields a count needs. */
+/* A recipient's reason: delay_reason (why it is deferred), else Postfix 3.11's
+ * bounce_reason or other_reason; null counts as absent. NULL when it has none. */
+static const char *rcpt_reason(json_t *r)
+{
+    static const char *const keys[] = {"delay_reason", "bounce_reason", "other_reason"};
+    for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+        json_t *v = json_object_get(r, keys[k]);
+        if (json_is_string(v))
+            return json_string_value(v);
+    }
+    return NULL;
+}
+
+/* Checks a record's shape (orig_address and the reasons: a string, null or absent); fills
+ * the fields a count needs. */
 static bool record_valid(json_t *rec, enum queue_name *q, json_int_t *arrival, json_int_t *size,
                          json_t **rcpts)
 {
@@ -556,9 +570,13 @@ static bool record_valid(json_t *rec, enum queue_name *q, json_int_t *arrival, j
     {
         if (!json_is_object(r) || !json_is_string(json_object_get(r, "address")))
             return false;
-        json_t *dr = json_object_get(r, "delay_reason");
-        if (dr && !json_is_string(dr))
-            return false;
+        static const char *const opt_strings[] = {"delay_reason", "bounce_reason", "other_reason",
+                                                  "orig_address"};
+        for (size_t k = 0; k < sizeof(opt_strings) / sizeof(opt_strings[0]); k++) {
+            json_t *v = json_object_get(r, opt_strings[k]);
+            if (v && !json_is_string(v) && !json_is_null(v))
+                return false;
+        }
     }
     *arrival = json_integer_value(at);
     *size = ms ? json_integer_value(ms) : 0;
@@ -587,10 +605,9 @@ static int count_record(struct queue_stats *qs, enum queue_name q, int64_t arriv
         int rc = dom_get(qs, key, kl, &qs->scratch[i]);
         if (rc < 0)
             return rc;
-        json_t *dr = json_object_get(r, "delay_reason");
-        if (dr) {
+        const char *text = rcpt_reason(r);
+        if (text) {
             struct dom_entry *d = qs->scratch[i];
-            const char *text = json_string_value(dr);
             enum queue_reason_class cls = classify_cached(qs, text, dsn);
             if (!reason_slot(&d->pub.reasons, &d->pub.n_reasons, &d->reasons_cap,
                              qs->lim.max_reasons, cls, dsn, text))
@@ -619,10 +636,9 @@ static int count_record(struct queue_stats *qs, enum queue_name q, int64_t arriv
             d->last_record = serial;
             p->messages++;
         }
-        json_t *dr = json_object_get(json_array_get(rcpts, i), "delay_reason");
-        if (!dr)
+        const char *text = rcpt_reason(json_array_get(rcpts, i));
+        if (!text)
             continue;
-        const char *text = json_string_value(dr);
         enum queue_reason_class cls = classify_cached(qs, text, dsn);
         /* Found, not created: the slot was reserved above. */
         reason_slot(&p->reasons, &p->n_reasons, &d->reasons_cap, qs->lim.max_reasons, cls, dsn,

@@ -66,6 +66,8 @@ void report_thresholds_default(struct report_thresholds *t)
     t->failure_rate_critical = 0.5;
     t->failure_min_messages = 20;
     t->client_reject_warning = 50;
+    t->lost_connection_warning = 100;
+    t->auth_failure_warning = 30;
     t->saturation_warning = 80;
     t->saturation_critical = 95;
     t->imbalance_warning = 50;
@@ -171,9 +173,33 @@ void report_free(struct report *r)
     for (size_t i = 0; i < r->n_traffic; i++)
         free(r->traffic[i].domain);
     free(r->traffic);
-    for (size_t i = 0; i < r->n_clients; i++)
+    for (size_t i = 0; i < r->n_clients; i++) {
         free(r->clients[i].client);
+        free(r->clients[i].address);
+        free(r->clients[i].name);
+    }
     free(r->clients);
+    for (size_t i = 0; i < r->n_lost; i++) {
+        free(r->lost[i].client);
+        free(r->lost[i].service);
+        free(r->lost[i].stages);
+    }
+    free(r->lost);
+    for (size_t i = 0; i < r->n_anvil; i++) {
+        free(r->anvil[i].statistic);
+        free(r->anvil[i].key);
+    }
+    free(r->anvil);
+    for (int k = 0; k < 2; k++) {
+        struct r_auth *a = k ? r->auth_users : r->auth_clients;
+        size_t n = k ? r->n_auth_users : r->n_auth_clients;
+        for (size_t i = 0; i < n; i++) {
+            free(a[i].key);
+            free(a[i].address);
+            free(a[i].name);
+        }
+        free(a);
+    }
     for (size_t i = 0; i < r->n_warnings; i++) {
         free(r->warnings[i].kind);
         free(r->warnings[i].detail);
@@ -329,23 +355,215 @@ int report_add_traffic(struct report *r, const char *domain, uint64_t delivered,
     return 0;
 }
 
+/* Replaces *s (owned, may be NULL) by its escaped copy (dup_opt). false on ENOMEM, *s
+ * left as it was. */
+static bool escape_owned(char **s)
+{
+    bool ok = true;
+    if (!*s)
+        return true;
+    char *e = dup_opt(*s, &ok);
+    if (!e)
+        return false;
+    free(*s);
+    *s = e;
+    return true;
+}
+
+/* Splits "NAME[ADDR]", "[ADDR]" or "ADDR" into fresh strings; name is NULL when absent or
+ * "unknown". Returns false on ENOMEM. */
+static bool split_client(const char *client, char **addr, char **name)
+{
+    *addr = *name = NULL;
+    size_t n = strlen(client);
+    /* The last '[': the address is the trailing bracket, and a name from a forged line may
+     * hold one (an ESC [ sequence). */
+    const char *lb = strrchr(client, '[');
+    if (n >= 3 && client[n - 1] == ']' && lb && lb < client + n - 2) {
+        bool want_name = lb > client && !(lb - client == 7 && memcmp(client, "unknown", 7) == 0);
+        *addr = strndup(lb + 1, (size_t)(client + n - 1 - (lb + 1)));
+        if (want_name)
+            *name = strndup(client, (size_t)(lb - client));
+        if (!*addr || (want_name && !*name)) {
+            free(*addr);
+            free(*name);
+            return false;
+        }
+    } else {
+        *addr = strdup(client);
+        if (!*addr)
+            return false;
+    }
+    /* Escaped as every name from the log is (dup_opt), after the split: an escape adds no
+     * bracket. */
+    if (!escape_owned(addr) || !escape_owned(name)) {
+        free(*addr);
+        free(*name);
+        *addr = *name = NULL;
+        return false;
+    }
+    return true;
+}
+
+/* "NAME[ADDR]" or "ADDR". NULL on ENOMEM. */
+static char *client_display(const char *addr, const char *name)
+{
+    size_t n = strlen(addr) + (name ? strlen(name) + 2 : 0) + 1;
+    char *d = malloc(n);
+    if (d && name)
+        snprintf(d, n, "%s[%s]", name, addr);
+    else if (d)
+        snprintf(d, n, "%s", addr);
+    return d;
+}
+
 int report_add_client(struct report *r, const char *client, uint64_t connections, uint64_t rejects)
 {
     if (!client || !client[0])
         return -EINVAL;
+    char *addr, *name;
+    if (!split_client(client, &addr, &name))
+        return -ENOMEM;
     for (size_t i = 0; i < r->n_clients; i++) {
-        if (strcmp(r->clients[i].client, client) == 0) {
-            r->clients[i].connections += connections;
-            r->clients[i].rejects += rejects;
+        struct r_client *c = &r->clients[i];
+        if (strcmp(c->address, addr) != 0)
+            continue;
+        c->connections += connections;
+        c->rejects += rejects;
+        if (!c->name && name) {
+            char *disp = client_display(addr, name);
+            if (disp) {
+                free(c->client);
+                c->client = disp;
+                c->name = name;
+                name = NULL;
+            }
+        }
+        free(addr);
+        free(name);
+        return 0;
+    }
+    char *disp = client_display(addr, name);
+    if (!disp || grow(&r->clients, &r->cap_clients, r->n_clients, sizeof(*r->clients)) < 0) {
+        free(disp);
+        free(addr);
+        free(name);
+        return -ENOMEM;
+    }
+    r->clients[r->n_clients++] = (struct r_client){disp, addr, name, connections, rejects};
+    return 0;
+}
+
+int report_add_log_totals(struct report *r, const struct report_log_totals *t)
+{
+    r->have_log = true;
+    r->log.probes_deliverable += t->probes_deliverable;
+    r->log.probes_undeliverable += t->probes_undeliverable;
+    r->log.expired += t->expired;
+    r->log.force_expired += t->force_expired;
+    r->log.internal_connections += t->internal_connections;
+    r->log.lost_connections += t->lost_connections;
+    r->log.auth_failures += t->auth_failures;
+    return 0;
+}
+
+int report_add_lost(struct report *r, const char *client, const char *service, const char *stages,
+                    uint64_t count)
+{
+    if (!client || !client[0] || !service || !service[0])
+        return -EINVAL;
+    for (size_t i = 0; i < r->n_lost; i++) {
+        if (strcmp(r->lost[i].client, client) == 0 && strcmp(r->lost[i].service, service) == 0) {
+            r->lost[i].count += count;
             return 0;
         }
     }
-    if (grow(&r->clients, &r->cap_clients, r->n_clients, sizeof(*r->clients)) < 0)
+    if (grow(&r->lost, &r->cap_lost, r->n_lost, sizeof(*r->lost)) < 0)
         return -ENOMEM;
-    char *c = dup_clean(client);
-    if (!c)
+    bool ok = true;
+    struct r_lost l = {dup_opt(client, &ok), dup_opt(service, &ok), dup_opt(stages, &ok), count};
+    if (!ok) {
+        free(l.client);
+        free(l.service);
+        free(l.stages);
         return -ENOMEM;
-    r->clients[r->n_clients++] = (struct r_client){c, connections, rejects};
+    }
+    r->lost[r->n_lost++] = l;
+    return 0;
+}
+
+int report_add_anvil(struct report *r, const char *statistic, uint64_t value, uint64_t interval_s,
+                     const char *key)
+{
+    if (!statistic || !statistic[0])
+        return -EINVAL;
+    struct r_anvil *a = NULL;
+    for (size_t i = 0; i < r->n_anvil && !a; i++) {
+        if (strcmp(r->anvil[i].statistic, statistic) == 0)
+            a = &r->anvil[i];
+    }
+    if (a && a->value >= value)
+        return 0;
+    bool ok = true;
+    char *st = a ? NULL : dup_opt(statistic, &ok);
+    char *k = dup_opt(key, &ok);
+    if (!ok || (!a && grow(&r->anvil, &r->cap_anvil, r->n_anvil, sizeof(*r->anvil)) < 0)) {
+        free(st);
+        free(k);
+        return -ENOMEM;
+    }
+    if (!a) {
+        a = &r->anvil[r->n_anvil++];
+        a->statistic = st;
+    } else {
+        free(a->key);
+    }
+    a->key = k;
+    a->value = value;
+    a->interval_s = interval_s;
+    return 0;
+}
+
+int report_add_auth_failures(struct report *r, bool by_username, const char *key, uint64_t count)
+{
+    if (!key || !key[0])
+        return -EINVAL;
+    struct r_auth **arr = by_username ? &r->auth_users : &r->auth_clients;
+    size_t *n = by_username ? &r->n_auth_users : &r->n_auth_clients;
+    size_t *cap = by_username ? &r->cap_auth_users : &r->cap_auth_clients;
+    char *addr = NULL, *name = NULL;
+    if (by_username)
+        addr = dup_clean(key);
+    else if (!split_client(key, &addr, &name))
+        addr = NULL;
+    if (!addr)
+        return -ENOMEM;
+    for (size_t i = 0; i < *n; i++) {
+        struct r_auth *a = &(*arr)[i];
+        if (strcmp(a->address, addr) != 0)
+            continue;
+        a->failures += count;
+        if (!a->name && name) {
+            char *disp = client_display(addr, name);
+            if (disp) {
+                free(a->key);
+                a->key = disp;
+                a->name = name;
+                name = NULL;
+            }
+        }
+        free(addr);
+        free(name);
+        return 0;
+    }
+    char *disp = by_username ? strdup(addr) : client_display(addr, name);
+    if (!disp || grow(arr, cap, *n, sizeof(**arr)) < 0) {
+        free(disp);
+        free(addr);
+        free(name);
+        return -ENOMEM;
+    }
+    (*arr)[(*n)++] = (struct r_auth){disp, addr, name, count};
     return 0;
 }
 
@@ -814,6 +1032,31 @@ static int eval_traffic(struct report *r, const struct report_thresholds *t)
                           fmt("likely a dictionary attack: block it (postscreen_access_list) "
                               "or rate-limit it with a postsurge limit"));
     }
+    for (size_t i = 0; rc == 0 && i < r->n_lost; i++) {
+        const struct r_lost *l = &r->lost[i];
+        if (!t->lost_connection_warning || l->count < t->lost_connection_warning)
+            continue;
+        rc = finding_take(r, REPORT_WARNING, "lost_connections", l->client,
+                          fmt("client %s lost %" PRIu64 " connections on %s%s%s%s", l->client,
+                              l->count, l->service, l->stages ? " (after " : "",
+                              l->stages ? l->stages : "", l->stages ? ")" : ""),
+                          fmt("a scanner or a broken client holds smtpd processes: block it "
+                              "(postscreen_access_list, or smtpd_client_restrictions on %s) "
+                              "or lower smtpd_client_connection_rate_limit",
+                              l->service));
+    }
+    for (size_t i = 0; rc == 0 && i < r->n_auth_clients; i++) {
+        const struct r_auth *a = &r->auth_clients[i];
+        if (!t->auth_failure_warning || a->failures < t->auth_failure_warning)
+            continue;
+        rc = finding_take(
+            r, REPORT_WARNING, "auth_failures", a->key,
+            fmt("client %s: %" PRIu64 " SASL authentication failures", a->key, a->failures),
+            fmt("likely password guessing: block the address "
+                "(postscreen_access_list, a firewall), lower "
+                "smtpd_client_auth_rate_limit, and check the passwords of the "
+                "usernames it tried"));
+    }
     for (size_t i = 0; rc == 0 && i < r->n_warnings; i++) {
         const struct r_warning *w = &r->warnings[i];
         if (strcmp(w->kind, "process_limit") != 0 || !w->count)
@@ -856,6 +1099,38 @@ static int client_cmp(const void *a, const void *b)
     return strcmp(x->client, y->client);
 }
 
+static int lost_cmp(const void *a, const void *b)
+{
+    const struct r_lost *x = a, *y = b;
+    if (x->count != y->count)
+        return x->count > y->count ? -1 : 1;
+    int c = strcmp(x->client, y->client);
+    return c ? c : strcmp(x->service, y->service);
+}
+
+static int auth_cmp(const void *a, const void *b)
+{
+    const struct r_auth *x = a, *y = b;
+    if (x->failures != y->failures)
+        return x->failures > y->failures ? -1 : 1;
+    return strcmp(x->address, y->address);
+}
+
+static int anvil_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct r_anvil *)a)->statistic, ((const struct r_anvil *)b)->statistic);
+}
+
+uint64_t report_auth_sum(const struct report *r)
+{
+    if (r->have_log)
+        return r->log.auth_failures;
+    uint64_t s = 0;
+    for (size_t i = 0; i < r->n_auth_clients; i++)
+        s += r->auth_clients[i].failures;
+    return s;
+}
+
 int report_evaluate(struct report *r, const struct report_thresholds *t)
 {
     if (t)
@@ -866,6 +1141,14 @@ int report_evaluate(struct report *r, const struct report_thresholds *t)
         qsort(r->traffic, r->n_traffic, sizeof(*r->traffic), traffic_cmp);
     if (r->n_clients > 1)
         qsort(r->clients, r->n_clients, sizeof(*r->clients), client_cmp);
+    if (r->n_lost > 1)
+        qsort(r->lost, r->n_lost, sizeof(*r->lost), lost_cmp);
+    if (r->n_anvil > 1)
+        qsort(r->anvil, r->n_anvil, sizeof(*r->anvil), anvil_cmp);
+    if (r->n_auth_clients > 1)
+        qsort(r->auth_clients, r->n_auth_clients, sizeof(*r->auth_clients), auth_cmp);
+    if (r->n_auth_users > 1)
+        qsort(r->auth_users, r->n_auth_users, sizeof(*r->auth_users), auth_cmp);
     int rc = eval_nodes(r, t);
     if (rc == 0)
         rc = eval_queue(r, t);

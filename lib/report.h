@@ -53,6 +53,10 @@ struct report_thresholds {
     uint64_t failure_min_messages;    /* 20: smaller samples are not judged
                                          [report_failure_min_messages] */
     uint64_t client_reject_warning;   /* 50 rejects of one client [report_client_reject_warning] */
+    uint64_t lost_connection_warning; /* 100 lost connections of one client on one service
+                                         [report_lost_connection_warning] */
+    uint64_t auth_failure_warning;    /* 30 SASL failures of one client
+                                         [report_auth_failure_warning] */
     int saturation_warning;           /* 80 % [report_saturation_warning] */
     int saturation_critical;          /* 95 % [report_saturation_critical] */
     int imbalance_warning;            /* 50 percentage points between the busiest and the
@@ -111,8 +115,38 @@ int report_set_queue(struct report *r, const struct queue_stats *qs, size_t top_
  * one domain add up). */
 int report_add_traffic(struct report *r, const char *domain, uint64_t delivered, uint64_t deferred,
                        uint64_t bounced);
-/* SMTP clients seen since the last report (address or name[address]); calls add up. */
+/* SMTP clients seen since the last report ("ADDR" or "NAME[ADDR]"). Rows are keyed by the
+ * address: calls for one address add up, and a name given by any call is kept (the first
+ * one), so smtpd's "name[ADDR]" and postscreen's bare "ADDR" are one row. */
 int report_add_client(struct report *r, const char *client, uint64_t connections, uint64_t rejects);
+
+/* Log lines that are neither deliveries nor client traffic. */
+struct report_log_totals {
+    uint64_t probes_deliverable;   /* address verification: status=deliverable */
+    uint64_t probes_undeliverable; /* status=undeliverable, undeliverable-but-not-cached */
+    uint64_t expired;              /* qmgr: status=expired, returned to sender (messages) */
+    uint64_t force_expired;        /* qmgr: status=force-expired (postsuper -e) */
+    uint64_t internal_connections; /* loopback clients (content filter re-injection, local
+                                      submission), kept out of the clients table */
+    uint64_t lost_connections;     /* all lost connections (rows may show only the top) */
+    uint64_t auth_failures;        /* all SASL failures (rows may show only the top) */
+};
+/* Adds t's counts to the report's. 0. */
+int report_add_log_totals(struct report *r, const struct report_log_totals *t);
+/* Connections one client lost on one master.cf service ("submission", "smtpd"); stages is a
+ * summary like "EHLO 453, CONNECT 10" (may be NULL). Calls for one (client, service) add
+ * up (the first stages text stays). */
+int report_add_lost(struct report *r, const char *client, const char *service, const char *stages,
+                    uint64_t count);
+/* An anvil "statistics:" peak: statistic ("connection_rate", "cache_size" ...), the peak
+ * value, the rate interval in seconds (0 for counts) and the key ("submission:192.0.2.7",
+ * NULL for the cache size). A later call for the same statistic keeps the higher peak. */
+int report_add_anvil(struct report *r, const char *statistic, uint64_t value, uint64_t interval_s,
+                     const char *key);
+/* SASL authentication failures (smtpd's "SASL METHOD authentication failed") of one client
+ * (by_username false: key is "ADDR" or "NAME[ADDR]", keyed by address like clients) or for
+ * one username (by_username true). Calls add up. */
+int report_add_auth_failures(struct report *r, bool by_username, const char *key, uint64_t count);
 /* Postfix warnings counted in the maillog: kind "process_limit" (detail: the service),
  * "connection_rate_limit", "anvil" ...; detail may be NULL. Calls add up. */
 int report_add_warning(struct report *r, const char *kind, const char *detail, uint64_t count);

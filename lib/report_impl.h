@@ -45,8 +45,26 @@ struct r_traffic {
 };
 
 struct r_client {
-    char *client;
+    char *client;  /* "NAME[ADDR]" or "ADDR", for display */
+    char *address; /* the key */
+    char *name;    /* NULL when not known */
     uint64_t connections, rejects;
+};
+
+struct r_lost {
+    char *client, *service, *stages;
+    uint64_t count;
+};
+
+struct r_anvil {
+    char *statistic, *key;
+    uint64_t value, interval_s;
+};
+
+/* An authentication failure row: client (keyed by address) or username. */
+struct r_auth {
+    char *key, *address, *name;
+    uint64_t failures;
 };
 
 struct r_warning {
@@ -90,6 +108,14 @@ struct report {
     size_t n_clients, cap_clients;
     struct r_warning *warnings;
     size_t n_warnings, cap_warnings;
+    struct report_log_totals log;
+    bool have_log;
+    struct r_lost *lost;
+    size_t n_lost, cap_lost;
+    struct r_anvil *anvil;
+    size_t n_anvil, cap_anvil;
+    struct r_auth *auth_clients, *auth_users;
+    size_t n_auth_clients, cap_auth_clients, n_auth_users, cap_auth_users;
     struct r_anomaly *anomalies;
     size_t n_anomalies, cap_anomalies;
     struct r_finding *findings;
@@ -98,6 +124,8 @@ struct report {
 
 /* Sums of the traffic rows: what 0 delivered, 1 deferred, 2 bounced. */
 uint64_t report_traffic_sum(const struct report *r, int what);
+/* Sum of the authentication failures by client. */
+uint64_t report_auth_sum(const struct report *r);
 /* Sum of the client rows: rejects, or connections. */
 uint64_t report_clients_sum(const struct report *r, bool rejects);
 /* An age in seconds as "45s", "12m", "5h" or "3d" (negative reads as 0). */

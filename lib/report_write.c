@@ -184,6 +184,45 @@ static int write_text(const struct report *r, FILE *out)
             fprintf(out, "  %-40s %11" PRIu64 " %7" PRIu64 "\n", r->clients[i].client,
                     r->clients[i].connections, r->clients[i].rejects);
     }
+    if (r->have_log && (r->log.probes_deliverable || r->log.probes_undeliverable ||
+                        r->log.expired || r->log.force_expired || r->log.internal_connections))
+        fprintf(out,
+                "\nNot counted as traffic: %" PRIu64 " address verification probes (%" PRIu64
+                " deliverable, %" PRIu64 " undeliverable), %" PRIu64 " messages expired (%" PRIu64
+                " forced), %" PRIu64 " internal (loopback) connections\n",
+                r->log.probes_deliverable + r->log.probes_undeliverable, r->log.probes_deliverable,
+                r->log.probes_undeliverable, r->log.expired + r->log.force_expired,
+                r->log.force_expired, r->log.internal_connections);
+    if (r->n_lost) {
+        fputs("\nLost connections:\n  CLIENT                                   SERVICE      "
+              "   LOST  AFTER\n",
+              out);
+        for (size_t i = 0; i < rows(r->n_lost, r->t.top_clients); i++)
+            fprintf(out, "  %-40s %-12s %6" PRIu64 "  %s\n", r->lost[i].client, r->lost[i].service,
+                    r->lost[i].count, r->lost[i].stages ? r->lost[i].stages : "-");
+    }
+    if (r->n_auth_clients || r->n_auth_users) {
+        fprintf(out, "\nAuthentication failures (SASL): %" PRIu64 "\n", report_auth_sum(r));
+        if (r->n_auth_clients)
+            fputs("  CLIENT                                   FAILURES\n", out);
+        for (size_t i = 0; i < rows(r->n_auth_clients, r->t.top_clients); i++)
+            fprintf(out, "  %-40s %8" PRIu64 "\n", r->auth_clients[i].key,
+                    r->auth_clients[i].failures);
+        if (r->n_auth_users)
+            fputs("  USERNAME                                 FAILURES\n", out);
+        for (size_t i = 0; i < rows(r->n_auth_users, r->t.top_clients); i++)
+            fprintf(out, "  %-40s %8" PRIu64 "\n", r->auth_users[i].key, r->auth_users[i].failures);
+    }
+    if (r->n_anvil) {
+        fputs("\nAnvil statistics (peaks):\n", out);
+        for (size_t i = 0; i < r->n_anvil; i++) {
+            const struct r_anvil *x = &r->anvil[i];
+            fprintf(out, "  %s: %" PRIu64, x->statistic, x->value);
+            if (x->interval_s)
+                fprintf(out, "/%" PRIu64 "s", x->interval_s);
+            fprintf(out, "%s%s\n", x->key ? " for " : "", x->key ? x->key : "");
+        }
+    }
     if (r->n_warnings) {
         fputs("\nPostfix warnings:\n", out);
         for (size_t i = 0; i < r->n_warnings; i++)
@@ -398,6 +437,15 @@ static json_t *json_traffic(const struct report *r, bool *ok)
     put(tot, "failure_rate", json_real(failure_rate(d, f, b)), ok);
     put(tot, "connections", jint(report_clients_sum(r, false)), ok);
     put(tot, "rejects", jint(report_clients_sum(r, true)), ok);
+    put(tot, "probes_deliverable", jint(r->log.probes_deliverable), ok);
+    put(tot, "probes_undeliverable", jint(r->log.probes_undeliverable), ok);
+    put(tot, "expired", jint(r->log.expired), ok);
+    put(tot, "force_expired", jint(r->log.force_expired), ok);
+    put(tot, "internal_connections", jint(r->log.internal_connections), ok);
+    uint64_t lost = r->log.lost_connections;
+    for (size_t i = 0; !r->have_log && i < r->n_lost; i++)
+        lost += r->lost[i].count;
+    put(tot, "lost_connections", jint(lost), ok);
     put(o, "domains", doms, ok);
     for (size_t i = 0; i < rows(r->n_traffic, r->t.top_domains); i++) {
         const struct r_traffic *x = &r->traffic[i];
@@ -418,8 +466,34 @@ static json_t *json_traffic(const struct report *r, bool *ok)
         if (!e)
             break;
         put(e, "client", json_string(r->clients[i].client), ok);
+        put(e, "address", json_string(r->clients[i].address), ok);
+        put(e, "name", jstr_opt(r->clients[i].name), ok);
         put(e, "connections", jint(r->clients[i].connections), ok);
         put(e, "rejects", jint(r->clients[i].rejects), ok);
+    }
+    json_t *ls = json_array(), *av = json_array();
+    put(o, "lost_connections", ls, ok);
+    for (size_t i = 0; ls && i < rows(r->n_lost, r->t.top_clients); i++) {
+        json_t *e = json_object();
+        push(ls, e, ok);
+        if (!e)
+            break;
+        put(e, "client", json_string(r->lost[i].client), ok);
+        put(e, "service", json_string(r->lost[i].service), ok);
+        put(e, "count", jint(r->lost[i].count), ok);
+        put(e, "stages", jstr_opt(r->lost[i].stages), ok);
+    }
+    put(o, "anvil", av, ok);
+    for (size_t i = 0; av && i < r->n_anvil; i++) {
+        json_t *e = json_object();
+        push(av, e, ok);
+        if (!e)
+            break;
+        put(e, "statistic", json_string(r->anvil[i].statistic), ok);
+        put(e, "value", jint(r->anvil[i].value), ok);
+        put(e, "interval_s", r->anvil[i].interval_s ? jint(r->anvil[i].interval_s) : json_null(),
+            ok);
+        put(e, "key", jstr_opt(r->anvil[i].key), ok);
     }
     put(o, "warnings", ws, ok);
     for (size_t i = 0; i < r->n_warnings; i++) {
@@ -430,6 +504,41 @@ static json_t *json_traffic(const struct report *r, bool *ok)
         put(e, "kind", json_string(r->warnings[i].kind), ok);
         put(e, "detail", jstr_opt(r->warnings[i].detail), ok);
         put(e, "count", jint(r->warnings[i].count), ok);
+    }
+    return o;
+}
+
+static json_t *json_auth(const struct report *r, bool *ok)
+{
+    json_t *o = json_object(), *bc = json_array(), *bu = json_array();
+    if (!o || !bc || !bu) {
+        json_decref(o);
+        json_decref(bc);
+        json_decref(bu);
+        *ok = false;
+        return NULL;
+    }
+    put(o, "failures", jint(report_auth_sum(r)), ok);
+    put(o, "by_client", bc, ok);
+    for (size_t i = 0; i < rows(r->n_auth_clients, r->t.top_clients); i++) {
+        const struct r_auth *a = &r->auth_clients[i];
+        json_t *e = json_object();
+        push(bc, e, ok);
+        if (!e)
+            break;
+        put(e, "client", json_string(a->key), ok);
+        put(e, "address", json_string(a->address), ok);
+        put(e, "name", jstr_opt(a->name), ok);
+        put(e, "failures", jint(a->failures), ok);
+    }
+    put(o, "by_username", bu, ok);
+    for (size_t i = 0; i < rows(r->n_auth_users, r->t.top_clients); i++) {
+        json_t *e = json_object();
+        push(bu, e, ok);
+        if (!e)
+            break;
+        put(e, "username", json_string(r->auth_users[i].key), ok);
+        put(e, "failures", jint(r->auth_users[i].failures), ok);
     }
     return o;
 }
@@ -447,7 +556,7 @@ int report_to_json(const struct report *r, json_t **out)
         write_summary(r, mem);
         fclose(mem);
     }
-    put(root, "schema_version", json_integer(1), &ok);
+    put(root, "schema_version", json_integer(2), &ok);
     put(root, "generated_at", json_integer(r->now), &ok);
     put(root, "host", json_string(r->host), &ok);
     put(root, "status", json_string(report_status_str(r->status)), &ok);
@@ -486,6 +595,7 @@ int report_to_json(const struct report *r, json_t **out)
     put(root, "domains", json_domains(r, &ok), &ok);
     put(root, "nodes", json_nodes(r, &ok), &ok);
     put(root, "traffic", json_traffic(r, &ok), &ok);
+    put(root, "authentication", json_auth(r, &ok), &ok);
 
     json_t *an = json_array();
     put(root, "anomalies", an, &ok);
@@ -772,6 +882,54 @@ int report_write_prometheus(const struct report *r, FILE *out)
         for (size_t i = 0; i < rows(r->n_clients, r->t.top_clients); i++) {
             const char *l[] = {"client", r->clients[i].client, NULL};
             prom_sample(out, "postsurge_report_client_rejects", l, (double)r->clients[i].rejects);
+        }
+    }
+    if (r->have_log) {
+        prom_head(out, "postsurge_report_log_lines",
+                  "Log lines since the last report that are not traffic, by kind.");
+        const struct {
+            const char *kind;
+            uint64_t v;
+        } lk[] = {{"probe_deliverable", r->log.probes_deliverable},
+                  {"probe_undeliverable", r->log.probes_undeliverable},
+                  {"expired", r->log.expired},
+                  {"force_expired", r->log.force_expired},
+                  {"internal_connection", r->log.internal_connections}};
+        for (size_t i = 0; i < sizeof(lk) / sizeof(lk[0]); i++) {
+            const char *l[] = {"kind", lk[i].kind, NULL};
+            prom_sample(out, "postsurge_report_log_lines", l, (double)lk[i].v);
+        }
+    }
+    if (r->n_lost) {
+        prom_head(out, "postsurge_report_lost_connections",
+                  "Connections lost by the top clients since the last report, by service.");
+        for (size_t i = 0; i < rows(r->n_lost, r->t.top_clients); i++) {
+            const char *l[] = {"client", r->lost[i].client, "service", r->lost[i].service, NULL};
+            prom_sample(out, "postsurge_report_lost_connections", l, (double)r->lost[i].count);
+        }
+    }
+    if (r->n_auth_clients || r->n_auth_users) {
+        prom_head(out, "postsurge_report_auth_failures",
+                  "SASL authentication failures of the top clients since the last report.");
+        for (size_t i = 0; i < rows(r->n_auth_clients, r->t.top_clients); i++) {
+            const char *l[] = {"client", r->auth_clients[i].key, NULL};
+            prom_sample(out, "postsurge_report_auth_failures", l,
+                        (double)r->auth_clients[i].failures);
+        }
+        prom_head(out, "postsurge_report_auth_failures_by_username",
+                  "SASL authentication failures for the top usernames since the last report.");
+        for (size_t i = 0; i < rows(r->n_auth_users, r->t.top_clients); i++) {
+            const char *l[] = {"username", r->auth_users[i].key, NULL};
+            prom_sample(out, "postsurge_report_auth_failures_by_username", l,
+                        (double)r->auth_users[i].failures);
+        }
+    }
+    if (r->n_anvil) {
+        prom_head(out, "postsurge_report_anvil_peak",
+                  "Peak of an anvil statistic since the last report (per interval for rates).");
+        for (size_t i = 0; i < r->n_anvil; i++) {
+            const char *l[] = {"statistic", r->anvil[i].statistic, NULL};
+            prom_sample(out, "postsurge_report_anvil_peak", l, (double)r->anvil[i].value);
         }
     }
     if (r->n_warnings) {

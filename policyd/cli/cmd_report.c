@@ -507,6 +507,8 @@ static void thresholds_from_config(const struct config *cfg, struct report_thres
     t->failure_rate_critical = cfg->report_failure_rate_critical;
     t->failure_min_messages = (uint64_t)cfg->report_failure_min_messages;
     t->client_reject_warning = (uint64_t)cfg->report_client_reject_warning;
+    t->lost_connection_warning = (uint64_t)cfg->report_lost_connection_warning;
+    t->auth_failure_warning = (uint64_t)cfg->report_auth_failure_warning;
     t->saturation_warning = (int)cfg->report_saturation_warning;
     t->saturation_critical = (int)cfg->report_saturation_critical;
     t->imbalance_warning = (int)cfg->report_imbalance_warning;

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -50,6 +51,10 @@ struct tanvil {
 struct traffic {
     struct ttable domains; /* a: delivered, b: deferred, c: bounced */
     struct ttable clients; /* by address; a: connections, b: rejects */
+    struct ttable lost;    /* "ADDR\tSERVICE\tSTAGE"; a: lost connections */
+    struct ttable auth;    /* by address; a: SASL failures */
+    struct ttable users;   /* by sasl_username; a: SASL failures */
+    struct report_log_totals log;
     struct twarn warnings[MAX_WARNINGS];
     size_t n_warnings;
     struct tanvil anvil[MAILLOG_ANVIL_CACHE_SIZE + 1];
@@ -129,6 +134,9 @@ void traffic_free(struct traffic *t)
         return;
     table_free(&t->domains);
     table_free(&t->clients);
+    table_free(&t->lost);
+    table_free(&t->auth);
+    table_free(&t->users);
     free(t);
 }
 
@@ -176,28 +184,56 @@ static const char *limit_kind(enum maillog_limit l)
     }
 }
 
-static const char *anvil_kind(enum maillog_anvil_stat s)
+static const char *anvil_stat_name(enum maillog_anvil_stat s)
 {
     switch (s) {
     case MAILLOG_ANVIL_CONNECTION_RATE:
-        return "anvil_connection_rate";
+        return "connection_rate";
     case MAILLOG_ANVIL_CONNECTION_COUNT:
-        return "anvil_connection_count";
+        return "connection_count";
     case MAILLOG_ANVIL_MESSAGE_RATE:
-        return "anvil_message_rate";
+        return "message_rate";
     case MAILLOG_ANVIL_RECIPIENT_RATE:
-        return "anvil_recipient_rate";
+        return "recipient_rate";
     case MAILLOG_ANVIL_NEWTLS_RATE:
-        return "anvil_newtls_rate";
+        return "newtls_rate";
     case MAILLOG_ANVIL_AUTH_RATE:
-        return "anvil_auth_rate";
+        return "auth_rate";
     default:
-        return "anvil_cache_size";
+        return "cache_size";
     }
 }
 
-/* The client's table entry, keyed by address (names come and go: "unknown[ADDR]",
- * postscreen's "[ADDR]:PORT"). */
+/* 127.0.0.0/8 and ::1 (also as ::ffff:127.x.y.z): a content filter's return service or a
+ * local submission, not an SMTP client of the Internet. */
+static bool is_loopback(const char *addr)
+{
+    return strncmp(addr, "127.", 4) == 0 || strcmp(addr, "::1") == 0 ||
+           strncasecmp(addr, "::ffff:127.", 11) == 0;
+}
+
+/* The entry of rec's client in table tab under key (default: its address), remembering
+ * the first real host name seen (names come and go: "unknown[ADDR]", postscreen's
+ * "[ADDR]:PORT"). NULL when the record has no client or on ENOMEM (*nomem set). */
+static struct tkey *client_entry(struct ttable *tab, const struct maillog_record *rec,
+                                 const char *key, bool *nomem)
+{
+    const char *addr = rec->client_addr[0] ? rec->client_addr : rec->client_name;
+    *nomem = false;
+    if (!addr[0])
+        return NULL;
+    struct tkey *e = table_get(tab, key ? key : addr);
+    if (!e) {
+        *nomem = true;
+        return NULL;
+    }
+    if (!e->name && rec->client_name[0] && strcmp(rec->client_name, "unknown") != 0 &&
+        strcmp(e->key, OTHER_KEY) != 0)
+        e->name = strdup(rec->client_name); /* best effort: NULL just shows the address */
+    return e;
+}
+
+/* The client's table entry, keyed by address. */
 static struct tkey *client_get(struct traffic *t, const struct maillog_record *rec)
 {
     const char *addr = rec->client_addr[0] ? rec->client_addr : rec->client_name;
@@ -214,10 +250,21 @@ int traffic_add_line(struct traffic *t, const char *line, size_t len)
 {
     struct maillog_record rec;
     struct tkey *e;
+    bool nomem;
+    char key[512];
 
     t->lines++;
     switch (maillog_parse_line(line, len, &rec)) {
     case MAILLOG_DELIVERY:
+        /* Address verification probes are not mail: counted apart, never per domain. */
+        if (rec.status == MAILLOG_STATUS_DELIVERABLE) {
+            t->log.probes_deliverable++;
+            break;
+        }
+        if (rec.status == MAILLOG_STATUS_UNDELIVERABLE) {
+            t->log.probes_undeliverable++;
+            break;
+        }
         e = table_get(&t->domains, rec.domain[0] ? rec.domain : QUEUE_LOCAL_DOMAIN);
         if (!e)
             return -ENOMEM;
@@ -225,10 +272,20 @@ int traffic_add_line(struct traffic *t, const char *line, size_t len)
             e->a++;
         else if (rec.status == MAILLOG_STATUS_DEFERRED)
             e->b++;
-        else if (rec.status == MAILLOG_STATUS_BOUNCED || rec.status == MAILLOG_STATUS_OTHER)
-            e->c++; /* "expired" and "undeliverable" end as bounces too */
+        else
+            e->c++; /* bounced, and any other final word */
+        break;
+    case MAILLOG_EXPIRED:
+        if (strcmp(rec.status_word, "force-expired") == 0)
+            t->log.force_expired++;
+        else
+            t->log.expired++;
         break;
     case MAILLOG_CONNECT:
+        if (rec.client_addr[0] && is_loopback(rec.client_addr)) {
+            t->log.internal_connections++;
+            break;
+        }
         e = client_get(t, &rec);
         if (e)
             e->a++;
@@ -242,6 +299,30 @@ int traffic_add_line(struct traffic *t, const char *line, size_t len)
         else if (rec.client_addr[0] || rec.client_name[0])
             return -ENOMEM;
         break;
+    case MAILLOG_LOST_CONNECTION:
+        snprintf(key, sizeof(key), "%s\t%s\t%s",
+                 rec.client_addr[0] ? rec.client_addr : rec.client_name, rec.service, rec.stage);
+        t->log.lost_connections++;
+        e = client_entry(&t->lost, &rec, key, &nomem);
+        if (e)
+            e->a++;
+        else if (nomem)
+            return -ENOMEM;
+        break;
+    case MAILLOG_AUTH_FAILED:
+        t->log.auth_failures++;
+        e = client_entry(&t->auth, &rec, NULL, &nomem);
+        if (e)
+            e->a++;
+        else if (nomem)
+            return -ENOMEM;
+        if (rec.sasl_username[0]) {
+            e = table_get(&t->users, rec.sasl_username);
+            if (!e)
+                return -ENOMEM;
+            e->a++;
+        }
+        break;
     case MAILLOG_PROCESS_LIMIT:
         warn_add(t, "process_limit", rec.service, 1);
         break;
@@ -252,7 +333,7 @@ int traffic_add_line(struct traffic *t, const char *line, size_t len)
         warn_add(t, "postscreen_stress", "", 1);
         break;
     case MAILLOG_PORTS_BUSY:
-        warn_add(t, "ports_busy", "", 1);
+        warn_add(t, strstr(rec.text, "screening") ? "screening_ports_busy" : "ports_busy", "", 1);
         break;
     case MAILLOG_ANVIL_STATS:
         if (rec.anvil_stat > MAILLOG_ANVIL_NONE && rec.anvil_stat <= MAILLOG_ANVIL_CACHE_SIZE) {
@@ -493,6 +574,125 @@ static int add_client(struct report *r, const struct tkey *e)
     return report_add_client(r, disp, e->a, e->b);
 }
 
+static int cmp_key(const void *a, const void *b)
+{
+    return strcmp((*(const struct tkey *const *)a)->key, (*(const struct tkey *const *)b)->key);
+}
+
+/* One (client, service) of the lost-connection table with its stages. */
+struct lost_row {
+    const struct tkey *first; /* of the group, for the address and service */
+    size_t n;                 /* entries (stages) in the group */
+    uint64_t count;
+};
+
+static int cmp_lost_row(const void *a, const void *b)
+{
+    const struct lost_row *x = a, *y = b;
+    if (x->count != y->count)
+        return x->count > y->count ? -1 : 1;
+    return strcmp(x->first->key, y->first->key);
+}
+
+static int cmp_count_desc(const void *a, const void *b)
+{
+    const struct tkey *x = *(const struct tkey *const *)a, *y = *(const struct tkey *const *)b;
+    if (x->a != y->a)
+        return x->a > y->a ? -1 : 1;
+    return strcmp(x->key, y->key);
+}
+
+/* Length of "ADDR\tSERVICE" in a lost-connection key. */
+static size_t lost_prefix(const char *key)
+{
+    const char *tab = strchr(key, '\t');
+    const char *tab2 = tab ? strchr(tab + 1, '\t') : NULL;
+    return tab2 ? (size_t)(tab2 - key) : strlen(key);
+}
+
+/* The lost-connection entries grouped by (client, service), the top max_rows by count,
+ * each with its stages ("EHLO 453, CONNECT 10"). */
+static int lost_to_report(const struct ttable *lost, struct report *r, size_t max_rows)
+{
+    if (!lost->n)
+        return 0;
+    struct tkey **v = table_sorted(lost, cmp_key);
+    struct lost_row *g = malloc(lost->n * sizeof(*g));
+    size_t ng = 0;
+    int rc = 0;
+    if (!v || !g) {
+        free(v);
+        free(g);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < lost->n; i++) {
+        size_t pl = lost_prefix(v[i]->key);
+        if (ng && lost_prefix(g[ng - 1].first->key) == pl &&
+            strncmp(g[ng - 1].first->key, v[i]->key, pl) == 0) {
+            g[ng - 1].n++;
+            g[ng - 1].count += v[i]->a;
+        } else {
+            g[ng++] = (struct lost_row){v[i], 1, v[i]->a};
+        }
+    }
+    qsort(g, ng, sizeof(*g), cmp_lost_row);
+    for (size_t i = 0; rc == 0 && i < ng && i < max_rows; i++) {
+        /* The group's entries are contiguous in v: find them, biggest stage first. */
+        size_t at = 0;
+        while (v[at] != g[i].first)
+            at++;
+        struct tkey **st = &v[at];
+        qsort(st, g[i].n, sizeof(*st), cmp_count_desc);
+        char stages[256] = "", client[512], service[128];
+        size_t used = 0;
+        for (size_t k = 0; k < g[i].n && used < sizeof(stages); k++) {
+            const char *stage = strrchr(st[k]->key, '\t');
+            int w = snprintf(stages + used, sizeof(stages) - used, "%s%s %llu", k ? ", " : "",
+                             stage ? stage + 1 : "?", (unsigned long long)st[k]->a);
+            used += w > 0 ? (size_t)w : 0;
+        }
+        const char *key = st[0]->key, *tab = strchr(key, '\t');
+        const char *name = NULL;
+        for (size_t k = 0; k < g[i].n && !name; k++)
+            name = st[k]->name;
+        size_t alen = tab ? (size_t)(tab - key) : strlen(key);
+        if (name)
+            snprintf(client, sizeof(client), "%s[%.*s]", name, (int)alen, key);
+        else
+            snprintf(client, sizeof(client), "%.*s", (int)alen, key);
+        snprintf(service, sizeof(service), "%.*s", (int)(lost_prefix(key) - alen - (tab ? 1 : 0)),
+                 tab ? tab + 1 : "");
+        rc = report_add_lost(r, client, service[0] ? service : "smtpd", stages, g[i].count);
+    }
+    free(v);
+    free(g);
+    return rc;
+}
+
+/* SASL failures: the top max_rows clients and usernames. */
+static int auth_to_report(const struct traffic *t, struct report *r, size_t max_rows)
+{
+    int rc = 0;
+    for (int u = 0; u < 2 && rc == 0; u++) {
+        const struct ttable *tab = u ? &t->users : &t->auth;
+        if (!tab->n)
+            continue;
+        struct tkey **v = table_sorted(tab, cmp_count_desc);
+        if (!v)
+            return -ENOMEM;
+        for (size_t i = 0; rc == 0 && i < tab->n && i < max_rows; i++) {
+            char disp[512];
+            if (!u && v[i]->name)
+                snprintf(disp, sizeof(disp), "%s[%s]", v[i]->name, v[i]->key);
+            else
+                snprintf(disp, sizeof(disp), "%s", v[i]->key);
+            rc = report_add_auth_failures(r, u == 1, disp, v[i]->a);
+        }
+        free(v);
+    }
+    return rc;
+}
+
 int traffic_to_report(const struct traffic *t, struct report *r, size_t max_clients)
 {
     int rc = 0;
@@ -540,17 +740,15 @@ int traffic_to_report(const struct traffic *t, struct report *r, size_t max_clie
     }
     for (int s = MAILLOG_ANVIL_CONNECTION_RATE; rc == 0 && s <= MAILLOG_ANVIL_CACHE_SIZE; s++) {
         const struct tanvil *a = &t->anvil[s];
-        char detail[256];
-        if (!a->seen)
-            continue;
-        if (a->interval_s)
-            snprintf(detail, sizeof(detail), "%llu/%lus for %s", (unsigned long long)a->peak,
-                     a->interval_s, a->key);
-        else if (a->key[0])
-            snprintf(detail, sizeof(detail), "%llu for %s", (unsigned long long)a->peak, a->key);
-        else
-            snprintf(detail, sizeof(detail), "%llu", (unsigned long long)a->peak);
-        rc = report_add_warning(r, anvil_kind((enum maillog_anvil_stat)s), detail, a->peak);
+        if (a->seen)
+            rc = report_add_anvil(r, anvil_stat_name((enum maillog_anvil_stat)s), a->peak,
+                                  a->interval_s, a->key[0] ? a->key : NULL);
     }
+    if (rc == 0)
+        rc = report_add_log_totals(r, &t->log);
+    if (rc == 0)
+        rc = lost_to_report(&t->lost, r, max_clients);
+    if (rc == 0)
+        rc = auth_to_report(t, r, max_clients);
     return rc;
 }

@@ -46,9 +46,11 @@ int traffic_add_line(struct traffic *t, const char *line, size_t len);
 void traffic_get_counts(const struct traffic *t, uint64_t *lines, uint64_t *bytes, unsigned *files);
 
 /* Adds the tables to r: every domain (report_add_traffic), the top max_clients clients by
- * connections and by rejects (report_add_client), and the Postfix warnings
- * (report_add_warning: "process_limit" with the service, "<what>_limit" for smtpd's
- * "... limit exceeded" with the service, "postscreen_stress", "ports_busy", and
- * "anvil_<stat>" whose detail names the peak and whose count is the peak value).
- * Returns 0 or -ENOMEM. */
+ * connections and by rejects (report_add_client; loopback connections are only counted in
+ * the log totals), the top max_clients lost-connection rows per client and service
+ * (report_add_lost), SASL failures by client and by username (report_add_auth_failures),
+ * anvil's peaks (report_add_anvil), the log totals (probes, expired, internal connections)
+ * and the Postfix warnings (report_add_warning: "process_limit" with the service,
+ * "<what>_limit" for smtpd's "... limit exceeded" with the service, "postscreen_stress",
+ * "ports_busy", "screening_ports_busy"). Returns 0 or -ENOMEM. */
 int traffic_to_report(const struct traffic *t, struct report *r, size_t max_clients);

@@ -22,7 +22,12 @@ static void check_record(const struct maillog_record *r)
     assert(memchr(r->domain, '\0', sizeof(r->domain)));
     assert(memchr(r->text, '\0', sizeof(r->text)));
     assert(memchr(r->key, '\0', sizeof(r->key)));
-    assert((int)r->kind >= MAILLOG_OTHER && (int)r->kind <= MAILLOG_DELIVERY);
+    assert(memchr(r->service, '\0', sizeof(r->service)));
+    assert(memchr(r->status_word, '\0', sizeof(r->status_word)));
+    assert(memchr(r->sender, '\0', sizeof(r->sender)));
+    assert(memchr(r->sasl_method, '\0', sizeof(r->sasl_method)));
+    assert(memchr(r->sasl_username, '\0', sizeof(r->sasl_username)));
+    assert((int)r->kind >= MAILLOG_OTHER && (int)r->kind <= MAILLOG_AUTH_FAILED);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

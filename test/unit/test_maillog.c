@@ -282,7 +282,8 @@ static void test_maillog_delivery(void **state)
          "cannot update mailbox (quota) for user root", 3000, MAILLOG_STATUS_BOUNCED},
         {"Nov 23 03:33:41 mx postfix/error[6]: 1234567AB: to=<nobody>, relay=none, delay=0, "
          "delays=0/0/0/0, dsn=4.0.0, status=undeliverable (x)",
-         "1234567AB", "nobody", "", "none", "4.0.0", "undeliverable", "x", 0, MAILLOG_STATUS_OTHER},
+         "1234567AB", "nobody", "", "none", "4.0.0", "undeliverable", "x", 0,
+         MAILLOG_STATUS_UNDELIVERABLE},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct maillog_record r;
@@ -298,6 +299,196 @@ static void test_maillog_delivery(void **state)
         assert_int_equal(r.status, cases[i].st);
         assert_false(r.truncated);
     }
+}
+
+/* Address verification probes (the first line from postfix-grok-patterns' tests, the others
+ * in the delivery agents' format): their own statuses, never deliveries or bounces. */
+static void test_maillog_verify_probes(void **state)
+{
+    (void)state;
+    struct maillog_record r;
+    assert_int_equal(parse("Jan  1 00:00:00 host postfix/error[1]: 3E29030F8637E: "
+                           "to=<user@yahoo.com>, relay=none, delay=0.01, "
+                           "delays=0.01/0/0/0, dsn=5.1.1, status=undeliverable-but-not-cached "
+                           "(User unknown in virtual alias table)",
+                           &r),
+                     MAILLOG_DELIVERY);
+    assert_int_equal(r.status, MAILLOG_STATUS_UNDELIVERABLE);
+    assert_string_equal(r.status_word, "undeliverable-but-not-cached");
+    assert_string_equal(r.text, "User unknown in virtual alias table");
+    assert_int_equal(parse("Mar 14 10:00:01 mx postfix/smtp[4242]: 4F2A81C0: "
+                           "to=<probe@example.net>, relay=mx.example.net[192.0.2.25]:25, "
+                           "delay=0.5, delays=0/0/0.3/0.2, dsn=2.1.5, status=deliverable "
+                           "(250 2.1.5 Ok)",
+                           &r),
+                     MAILLOG_DELIVERY);
+    assert_int_equal(r.status, MAILLOG_STATUS_DELIVERABLE);
+    assert_string_equal(r.domain, "example.net");
+    assert_int_equal(
+        parse("Mar 14 10:00:02 mx postfix/smtp[4242]: 4F2A81C1: "
+              "to=<nobody@example.net>, relay=mx.example.net[192.0.2.25]:25, "
+              "delay=0.5, delays=0/0/0.3/0.2, dsn=5.1.1, status=undeliverable "
+              "(host mx.example.net[192.0.2.25] said: 550 5.1.1 <nobody@example.net>: "
+              "Recipient address rejected: User unknown (in reply to RCPT TO command))",
+              &r),
+        MAILLOG_DELIVERY);
+    assert_int_equal(r.status, MAILLOG_STATUS_UNDELIVERABLE);
+}
+
+/* qmgr's expiry lines (postfix_exporter's and postfix-grok-patterns' tests). */
+static void test_maillog_expired(void **state)
+{
+    (void)state;
+    struct maillog_record r;
+    assert_int_equal(parse("Apr 10 14:50:16 mail postfix/qmgr[3663]: BACE842E72: "
+                           "from=<noreply@domain.com>, status=expired, returned to sender",
+                           &r),
+                     MAILLOG_EXPIRED);
+    assert_string_equal(r.queue_id, "BACE842E72");
+    assert_string_equal(r.sender, "noreply@domain.com");
+    assert_string_equal(r.status_word, "expired");
+    assert_int_equal(parse("Apr 10 14:50:16 mail postfix/qmgr[3663]: BACE842E73: "
+                           "from=<noreply@domain.com>, status=force-expired, returned to sender",
+                           &r),
+                     MAILLOG_EXPIRED);
+    assert_string_equal(r.status_word, "force-expired");
+    assert_int_equal(parse("Jan  1 00:00:00 host postfix/qmgr[1]: 585BC3F: from=<>, "
+                           "status=expired, returned to sender",
+                           &r),
+                     MAILLOG_EXPIRED);
+    assert_string_equal(r.sender, "");
+    /* Not qmgr, or another tail: not an expiry. */
+    assert_int_equal(parse("Jan  1 00:00:00 host postfix/smtp[1]: 585BC3F: from=<>, "
+                           "status=expired, returned to sender",
+                           &r),
+                     MAILLOG_OTHER);
+    assert_int_equal(parse("Jan  1 00:00:00 host postfix/qmgr[1]: 585BC3F: from=<a@b>, "
+                           "size=1234, nrcpt=1 (queue active)",
+                           &r),
+                     MAILLOG_OTHER);
+}
+
+/* postscreen's two "ports busy" forms: the hsn723 exporter's line and Postfix's own
+ * wording for postscreen_pre_queue_limit (no NOQUEUE, lower-case connect). */
+static void test_maillog_ports_busy(void **state)
+{
+    (void)state;
+    struct maillog_record r;
+    assert_int_equal(parse("Jan  1 00:00:00 host postfix/postscreen[1]: NOQUEUE: reject: "
+                           "CONNECT from [5.6.7.8]:1337: all server ports busy",
+                           &r),
+                     MAILLOG_PORTS_BUSY);
+    assert_string_equal(r.text, "all server ports busy");
+    assert_string_equal(r.client_addr, "5.6.7.8");
+    assert_int_equal(parse("Feb 24 16:18:40 letterman postfix/postscreen[1234]: reject: "
+                           "connect from [1.2.3.4]:5678: all screening ports busy",
+                           &r),
+                     MAILLOG_PORTS_BUSY);
+    assert_string_equal(r.text, "all screening ports busy");
+    assert_string_equal(r.client_addr, "1.2.3.4");
+    assert_int_equal(r.client_port, 5678);
+    assert_int_equal(parse("Feb 24 16:18:40 letterman postfix/postscreen[1234]: NOQUEUE: "
+                           "reject: CONNECT from [1.2.3.4]:5678: all screening ports busy",
+                           &r),
+                     MAILLOG_PORTS_BUSY);
+    assert_string_equal(r.text, "all screening ports busy");
+    assert_int_equal(parse("Feb 24 16:18:40 letterman postfix/postscreen[1234]: reject: "
+                           "connect from [1.2.3.4]:5678: something else",
+                           &r),
+                     MAILLOG_OTHER);
+}
+
+/* SASL failures: fail2ban's, sshguard's and crowdsec's real lines. */
+static void test_maillog_auth_failed(void **state)
+{
+    (void)state;
+    struct maillog_record r;
+    assert_int_equal(parse("Dec  2 22:24:22 hel postfix/smtps/smtpd[16997]: warning: "
+                           "unknown[203.0.113.10]: SASL LOGIN authentication failed: (reason "
+                           "unavailable), sasl_username=postmaster@example.org",
+                           &r),
+                     MAILLOG_AUTH_FAILED);
+    assert_string_equal(r.client_name, "unknown");
+    assert_string_equal(r.client_addr, "203.0.113.10");
+    assert_string_equal(r.sasl_method, "LOGIN");
+    assert_string_equal(r.sasl_username, "postmaster@example.org");
+    assert_string_equal(r.text, "(reason unavailable)");
+    assert_string_equal(r.service, "smtps");
+    assert_int_equal(parse("Jun  4 10:00:00 host postfix/smtpd[7676]: warning: "
+                           "114-44-142-233.dynamic.hinet.net[114.44.142.233]: SASL CRAM-MD5 "
+                           "authentication failed: PDc3OTEwNTkyNTEyMzA2NDIuMTIyODI1MzA2MUBoZWw+",
+                           &r),
+                     MAILLOG_AUTH_FAILED);
+    assert_string_equal(r.client_name, "114-44-142-233.dynamic.hinet.net");
+    assert_string_equal(r.sasl_method, "CRAM-MD5");
+    assert_string_equal(r.sasl_username, "");
+    assert_string_equal(r.service, "smtpd");
+    /* Lower-case method, an empty reason, smtpd_client_port_logging's ":port". */
+    assert_int_equal(parse("Jan  1 00:00:00 host postfix/submission/smtpd[11538]: warning: "
+                           "unknown[82.221.106.233]: SASL login authentication failed: "
+                           "UGFzc3dvcmQ6",
+                           &r),
+                     MAILLOG_AUTH_FAILED);
+    assert_string_equal(r.sasl_method, "LOGIN");
+    assert_string_equal(r.service, "submission");
+    assert_int_equal(parse("Jan  1 00:00:00 host postfix/smtpd[17041]: warning: "
+                           "mail.foldsandwalker.com[98.191.84.74]: SASL Plain authentication "
+                           "failed:",
+                           &r),
+                     MAILLOG_AUTH_FAILED);
+    assert_string_equal(r.sasl_method, "PLAIN");
+    assert_string_equal(r.text, "");
+    assert_int_equal(parse("2024-01-01T00:00:00Z host postfix/smtpd[31152]: warning: "
+                           "unknown[192.0.2.237]:55729: SASL LOGIN authentication failed: "
+                           "authentication failure",
+                           &r),
+                     MAILLOG_AUTH_FAILED);
+    assert_string_equal(r.client_addr, "192.0.2.237");
+    assert_int_equal(r.client_port, 55729);
+    assert_string_equal(r.text, "authentication failure");
+    /* IPv6 (sshguard's tests). */
+    assert_int_equal(parse("Jan  1 00:00:00 host postfix/smtpd[1]: warning: "
+                           "unknown[2001:db8::1]: SASL LOGIN authentication failed: UGFzc3dvcmQ6",
+                           &r),
+                     MAILLOG_AUTH_FAILED);
+    assert_string_equal(r.client_addr, "2001:db8::1");
+    /* Other SASL warnings are not failures. */
+    assert_int_equal(parse("Jan  1 00:00:00 host postfix/smtpd[1]: warning: "
+                           "unknown[192.0.2.1]: SASL LOGIN authentication aborted",
+                           &r),
+                     MAILLOG_OTHER);
+}
+
+/* The production log's scanner line, and the service a client line carries. */
+static void test_maillog_service_of_client_lines(void **state)
+{
+    (void)state;
+    struct maillog_record r;
+    assert_int_equal(parse("2023-03-14T09:12:13.181046+01:00 helga postfix/submission/smtpd"
+                           "[482414]: lost connection after EHLO from "
+                           "200123004113.gtdperu.pe[200.123.4.113]",
+                           &r),
+                     MAILLOG_LOST_CONNECTION);
+    assert_string_equal(r.service, "submission");
+    assert_string_equal(r.stage, "EHLO");
+    assert_string_equal(r.client_addr, "200.123.4.113");
+    /* With a NOQUEUE prefix (a user's log in fail2ban's samples). */
+    assert_int_equal(parse("Sep 17 18:19:20 mxhost postfix/smtpd[12345]: NOQUEUE: lost connection "
+                           "after CONNECT from unknown[192.0.2.25]",
+                           &r),
+                     MAILLOG_LOST_CONNECTION);
+    assert_string_equal(r.stage, "CONNECT");
+    assert_string_equal(r.client_addr, "192.0.2.25");
+    assert_int_equal(parse("2023-03-14T00:08:35.911679+01:00 helga postfix/10025/smtpd[302614]: "
+                           "connect from localhost[127.0.0.1]",
+                           &r),
+                     MAILLOG_CONNECT);
+    assert_string_equal(r.service, "10025");
+    assert_int_equal(parse("Jan  1 00:00:00 host postfix-incoming/smtpd[1]: connect from "
+                           "a.example[192.0.2.1]",
+                           &r),
+                     MAILLOG_CONNECT);
+    assert_string_equal(r.service, "smtpd");
 }
 
 static void test_maillog_unknown_and_damaged_lines(void **state)
@@ -470,6 +661,11 @@ int main(void)
         cmocka_unit_test(test_maillog_lost_connection),
         cmocka_unit_test(test_maillog_reject),
         cmocka_unit_test(test_maillog_delivery),
+        cmocka_unit_test(test_maillog_verify_probes),
+        cmocka_unit_test(test_maillog_expired),
+        cmocka_unit_test(test_maillog_ports_busy),
+        cmocka_unit_test(test_maillog_auth_failed),
+        cmocka_unit_test(test_maillog_service_of_client_lines),
         cmocka_unit_test(test_maillog_unknown_and_damaged_lines),
         cmocka_unit_test(test_maillog_long_fields_are_cut),
         cmocka_unit_test(test_maillog_sample_file_in_chunks),

@@ -175,6 +175,59 @@ static void test_queue_add_line_results(void **state)
     queue_stats_free(qs);
 }
 
+/* Postfix 3.11 records (snclient's real queue, every recipient with "orig_address": ""),
+ * a null delay_reason (absent, not malformed), and 3.11's bounce_reason and other_reason
+ * read as the recipient's reason when it has no delay_reason. */
+static void test_queue_postfix_311_fields(void **state)
+{
+    (void)state;
+    static const char *const lines[] = {
+        "{\"queue_name\": \"active\", \"queue_id\": \"AAAAAAAAAAA\", \"arrival_time\": "
+        "1785318106, \"message_size\": 306, \"forced_expire\": false, \"sender\": "
+        "\"sender@example.invalid\", \"recipients\": [{\"orig_address\": \"\", \"address\": "
+        "\"active@example.invalid\"}]}",
+        "{\"queue_name\": \"deferred\", \"queue_id\": \"BBBBBBBBBBB\", \"arrival_time\": "
+        "1785318106, \"message_size\": 2552, \"forced_expire\": false, \"sender\": "
+        "\"MAILER-DAEMON\", \"recipients\": [{\"orig_address\": \"\", \"address\": "
+        "\"deferred@example.invalid\", \"delay_reason\": \"alias database unavailable\"}]}",
+        "{\"queue_name\":\"deferred\",\"arrival_time\":1785318106,\"message_size\":1,"
+        "\"recipients\":[{\"address\":\"a@null.test\",\"orig_address\":null,"
+        "\"delay_reason\":null}]}",
+        "{\"queue_name\":\"deferred\",\"arrival_time\":1785318106,\"message_size\":1,"
+        "\"recipients\":[{\"address\":\"b@bounce.test\",\"orig_address\":\"alias@bounce.test\","
+        "\"delay_reason\":null,\"bounce_reason\":\"host mx.bounce.test[192.0.2.1] said: 550 "
+        "5.1.1 User unknown\"}]}",
+        "{\"queue_name\":\"deferred\",\"arrival_time\":1785318106,\"message_size\":1,"
+        "\"recipients\":[{\"address\":\"c@other.test\",\"other_reason\":\"connect to "
+        "mx.other.test[192.0.2.2]:25: Connection refused\"}]}",
+    };
+    struct queue_stats *qs = queue_stats_new(&(struct queue_limits){.now = 1785318200});
+    assert_non_null(qs);
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++)
+        assert_int_equal(queue_stats_add_line(qs, lines[i], strlen(lines[i])), 0);
+    uint64_t rec, bad;
+    queue_stats_counts(qs, &rec, &bad, NULL);
+    assert_int_equal(rec, 5);
+    assert_int_equal(bad, 0);
+    assert_int_equal(queue_stats_totals(qs, QUEUE_DEFERRED)->messages, 4);
+    const struct queue_domain *d = queue_stats_domain(qs, "null.test");
+    assert_non_null(d);
+    assert_int_equal(d->reasons_total, 0);
+    d = queue_stats_domain(qs, "bounce.test");
+    assert_non_null(d);
+    assert_int_equal(d->reasons_total, 1);
+    assert_int_equal(d->reasons[0].cls, QUEUE_REASON_MAILBOX);
+    assert_string_equal(d->reasons[0].dsn, "5.1.1");
+    d = queue_stats_domain(qs, "other.test");
+    assert_non_null(d);
+    assert_int_equal(d->reasons[0].cls, QUEUE_REASON_CONN_REFUSED);
+    /* A reason of another type is still malformed. */
+    static const char bad_line[] = "{\"queue_name\":\"deferred\",\"arrival_time\":1,"
+                                   "\"recipients\":[{\"address\":\"x@y\",\"bounce_reason\":7}]}";
+    assert_int_equal(queue_stats_add_line(qs, bad_line, strlen(bad_line)), -EINVAL);
+    queue_stats_free(qs);
+}
+
 static void test_queue_rejects_line_over_limit(void **state)
 {
     (void)state;
@@ -323,6 +376,7 @@ int main(void)
         cmocka_unit_test(test_queue_real_records),
         cmocka_unit_test(test_queue_skips_malformed_lines),
         cmocka_unit_test(test_queue_add_line_results),
+        cmocka_unit_test(test_queue_postfix_311_fields),
         cmocka_unit_test(test_queue_rejects_line_over_limit),
         cmocka_unit_test(test_queue_caps_domains_and_reasons),
         cmocka_unit_test(test_queue_age_buckets),

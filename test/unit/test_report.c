@@ -174,6 +174,29 @@ static struct report *problem_report(void)
     assert_int_equal(report_add_warning(r, "connection_rate_limit", "smtp", 5), 0);
     /* A label value that needs every escape of the exposition format. */
     assert_int_equal(report_add_warning(r, "other", "say \"hi\" \\ there\nnow", 1), 0);
+    /* smtpd's "name[ADDR]" and postscreen's bare "ADDR" are one client row, with the name. */
+    assert_int_equal(report_add_client(r, "203.0.113.5", 0, 3), 0);
+    assert_int_equal(report_add_client(r, "mx.example.org[203.0.113.5]", 10, 0), 0);
+    const struct report_log_totals lt = {.probes_deliverable = 4,
+                                         .probes_undeliverable = 2,
+                                         .expired = 1,
+                                         .force_expired = 1,
+                                         .internal_connections = 180,
+                                         .lost_connections = 474,
+                                         .auth_failures = 40};
+    assert_int_equal(report_add_log_totals(r, &lt), 0);
+    assert_int_equal(
+        report_add_lost(r, "scan.example.net[198.51.100.113]", "submission", "EHLO 453", 453), 0);
+    assert_int_equal(report_add_lost(r, "198.51.100.47", "submission", "EHLO 20, CONNECT 1", 21),
+                     0);
+    assert_int_equal(report_add_anvil(r, "connection_rate", 17, 60, "submission:198.51.100.113"),
+                     0);
+    assert_int_equal(report_add_anvil(r, "connection_rate", 9, 60, "smtp:192.0.2.9"), 0);
+    assert_int_equal(report_add_anvil(r, "cache_size", 5, 0, NULL), 0);
+    assert_int_equal(report_add_auth_failures(r, false, "unknown[203.0.113.42]", 35), 0);
+    assert_int_equal(report_add_auth_failures(r, false, "198.51.100.9", 5), 0);
+    assert_int_equal(report_add_auth_failures(r, true, "admin@example.org", 30), 0);
+    assert_int_equal(report_add_auth_failures(r, true, "test", 10), 0);
 
     /* A baseline where the deferred queue is usually empty and delivery ~1100. */
     struct baseline *b = baseline_new(NULL);
@@ -242,7 +265,9 @@ static void test_report_findings_and_advice(void **state)
         {"domain_deferred", "WARNING", "defer.test", "refuse connections"},
         {"domain_deferred", "WARNING", "greylist.test", "postcat -q"},
         {"domain_throttle", "WARNING", "throttle.test", "throttles us"},
-        {"client_rejects", "WARNING", "unknown[192.0.2.7]", "dictionary attack"},
+        {"client_rejects", "WARNING", "192.0.2.7", "dictionary attack"},
+        {"lost_connections", "WARNING", "scan.example.net[198.51.100.113]", "scanner"},
+        {"auth_failures", "WARNING", "203.0.113.42", "smtpd_client_auth_rate_limit"},
         {"process_limit", "WARNING", "smtpd", "master.cf"},
         {"anomaly", "WARNING", "queue.deferred.messages", "destination defers"},
     };
@@ -269,6 +294,17 @@ static void test_report_findings_and_advice(void **state)
                          json_object_get(json_object_get(j, "queues"), "deferred"), "recipients")),
                      8);
     assert_string_equal(json_string_value(json_object_get(j, "status")), "CRITICAL");
+    /* One row per client address, with the name smtpd knew. */
+    json_t *tr = json_object_get(j, "traffic");
+    json_t *c1 = json_array_get(json_object_get(tr, "clients"), 1);
+    assert_string_equal(json_string_value(json_object_get(c1, "address")), "203.0.113.5");
+    assert_string_equal(json_string_value(json_object_get(c1, "name")), "mx.example.org");
+    assert_int_equal(json_integer_value(json_object_get(c1, "connections")), 10);
+    assert_int_equal(json_integer_value(json_object_get(c1, "rejects")), 3);
+    assert_int_equal(json_array_size(json_object_get(tr, "clients")), 3);
+    /* The higher anvil peak of a statistic stays. */
+    json_t *av = json_array_get(json_object_get(tr, "anvil"), 1);
+    assert_string_equal(json_string_value(json_object_get(av, "key")), "submission:198.51.100.113");
     json_decref(j);
     report_free(r);
 }
