@@ -198,8 +198,9 @@ const struct cf_entry cf_table[] = {
      .doc = "How long saturation must stay low before leaving stress."},
     {"stress_min_interval", CF_TIME, "1m", OFF(stress_min_interval), 0, DAY,
      .group = G_NODE, .doc = "At most one apply or restore of the overrides per interval."},
-    {"stress_overrides", CF_BOOL, "yes", OFF(stress_overrides), .group = G_NODE,
-     .doc = "Apply the override profile below while in stress (journaled, restored exactly)."},
+    {"stress_overrides", CF_BOOL, "no", OFF(stress_overrides), .group = G_NODE,
+     .doc = "Apply the override profile below to Postfix while in stress (journaled, restored "
+            "exactly); no: log the commands it would run, as `stress_dry_run` does."},
     {"stress_main_cf", CF_STRING, OVERRIDES_DEFAULT_MAIN_CF, OFF(stress_main_cf),
      .check = check_profile_main, .flags = CF_LINES, .group = G_NODE,
      .doc = "main.cf settings applied in stress, `name=value` each, only from the settings "

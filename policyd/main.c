@@ -204,6 +204,21 @@ int cmd_help(const struct cli *cli, int argc, char **argv)
     return 0;
 }
 
+/* A host (or a developer's `make run`) without Postfix: one clear line and no monitor,
+ * instead of a postconf failure and a missing log file warned about every poll. */
+static void serve_check_postfix(struct config *cfg)
+{
+    char path[4096];
+    if (!cfg->monitor)
+        return;
+    snprintf(path, sizeof(path), "%s/main.cf", cfg->postfix_config_directory);
+    if (access(path, F_OK) == 0)
+        return;
+    log_info("no Postfix found (%s: %s): monitoring is off; the policy service runs", path,
+             strerror(errno));
+    cfg->monitor = false;
+}
+
 static void walk_cb(uv_handle_t *h, void *arg)
 {
     log_error("handle still open at exit: %s%s", uv_handle_type_name(h->type),
@@ -228,6 +243,7 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
         return 1;
     }
     sdnotify_init(); /* before any thread: it edits the environment */
+    serve_check_postfix(cfg);
     char err[256];
     /* As root: the privileged helper is forked here, before the loop, threads or any
      * socket exist, so it holds nothing the network side opened. */

@@ -405,11 +405,13 @@ class TestSignals(ServerTest):
 
 class TestLogging(ServerTest):
     def test_command_output_in_a_warning_stays_on_one_line(self):
-        # postconf fails on a Postfix directory without main.cf; its stderr ends in a
+        # postconf fails on a main.cf that is not Postfix syntax; its stderr ends in a
         # newline and is quoted in the monitor's warning. Every log record must still be
         # one line that starts with a time stamp.
-        empty = tempfile.mkdtemp(prefix="postsurge-nopostfix-")
+        empty = tempfile.mkdtemp(prefix="postsurge-badpostfix-")
         self.addCleanup(shutil.rmtree, empty, True)
+        with open(os.path.join(empty, "main.cf"), "w") as f:
+            f.write("this is not a setting\n")
         ps = self.daemon(extra={"monitor": "yes", "monitor_interval": "200ms",
                                 "postfix_config_directory": empty,
                                 "maillog_file": os.path.join(empty, "maillog")})
@@ -417,6 +419,23 @@ class TestLogging(ServerTest):
         ps.stop()
         for line in ps.log().splitlines():
             self.assertRegex(line, r"^\d{4}-\d\d-\d\dT", "a record broke across lines")
+
+
+    def test_no_postfix_one_clear_line(self):
+        # make run on a host without Postfix: one line says monitoring is off, no
+        # warnings, and the policy service answers.
+        empty = tempfile.mkdtemp(prefix="postsurge-nopostfix-")
+        self.addCleanup(shutil.rmtree, empty, True)
+        ps = self.daemon(extra={"monitor_interval": "200ms", "postfix_config_directory": empty,
+                                "stress_overrides": None})
+        self.assert_serving(ps)
+        time.sleep(1.5)
+        ps.stop()
+        log = ps.log()
+        self.assertEqual(log.count("no Postfix found (%s/main.cf" % empty), 1, log)
+        self.assertIn("monitoring is off", log)
+        self.assertNotIn("warning:", log)
+        self.assertNotIn("error:", log)
 
 
 class TestCommands(ServerTest):

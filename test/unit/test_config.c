@@ -120,7 +120,7 @@ static void test_config_defaults_match_header(void **state)
     assert_int_equal(c->stress_exit_threshold, 60);
     assert_int_equal(c->stress_exit_delay, 120000);
     assert_int_equal(c->stress_min_interval, 60000);
-    assert_true(c->stress_overrides);
+    assert_false(c->stress_overrides);
     assert_false(c->stress_dry_run);
     assert_int_equal(c->stress_cluster_quorum, 0);
     assert_int_equal(c->command_timeout, 30000);
