@@ -228,6 +228,8 @@ int cmd_events(const struct cli *cli, int argc, char **argv)
         free(s);
         json_decref(w);
     } else {
+        if (json_array_size(ev) == 0)
+            printf("no events%s\n", since_s ? " in that time" : "");
         /* Oldest first, like a log. */
         for (size_t i = json_array_size(ev); i-- > 0;) {
             json_t *e = json_array_get(ev, i);

@@ -80,12 +80,15 @@ class ManPageTest(unittest.TestCase):
     def test_man_names_every_command(self):
         r = run([POSTSURGE, "help"], check=True)
         lines = r.stdout.split("commands:\n", 1)[1].splitlines()
-        commands = [line.split()[0] for line in lines if line.strip()]
+        # A long usage puts its summary on a further, more indented line.
+        commands = [line.split()[0] for line in lines
+                    if line.startswith("  ") and not line.startswith("   ")]
         self.assertIn("serve", commands)
         text = read(MAN8)
         section = text.split(".SH COMMANDS\n", 1)[1].split("\n.SH ", 1)[0]
-        # Each command is a .TP entry whose tag line starts with its name.
-        tags = re.findall(r"^\.TP\n\.BR? \"?([a-z\\-]+)", section, re.M)
+        # Each command is a .TP entry whose tag line starts with its name (in bold, by a
+        # macro or by \fB on a one-line tag).
+        tags = re.findall(r"^\.TP\n(?:\.BR? \"?|\\fB)([a-z]+(?:\\-[a-z]+)*)", section, re.M)
         documented = {t.replace("\\-", "-") for t in tags}
         for c in commands:
             self.assertIn(c, documented, "postsurge(8) COMMANDS lacks `%s`" % c)
