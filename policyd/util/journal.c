@@ -83,41 +83,108 @@ static size_t put(char *dst, size_t pos, size_t cap, const char *s, size_t n)
 }
 
 /* The current entry as "2026-12-02T07:11:00.123456+00:00 host ident[pid]: message", the
- * high-precision format rsyslog writes. Returns its length, 0 to skip the entry. */
-static size_t format_entry(struct journal *j)
+ * high-precision format rsyslog writes, into line (max_line + 1 bytes). Returns its
+ * length, 0 to skip the entry. */
+static size_t format_entry(sd_journal *sd, char *line, size_t max_line)
 {
     size_t idn, msgn, pidn, hostn;
-    const char *ident = field(j->sd, "SYSLOG_IDENTIFIER", &idn);
-    const char *msg = field(j->sd, "MESSAGE", &msgn);
+    const char *ident = field(sd, "SYSLOG_IDENTIFIER", &idn);
+    const char *msg = field(sd, "MESSAGE", &msgn);
     if (!ident || !msg)
         return 0;
-    const char *pid = field(j->sd, "SYSLOG_PID", &pidn);
+    const char *pid = field(sd, "SYSLOG_PID", &pidn);
     if (!pid)
-        pid = field(j->sd, "_PID", &pidn);
-    const char *host = field(j->sd, "_HOSTNAME", &hostn);
+        pid = field(sd, "_PID", &pidn);
+    const char *host = field(sd, "_HOSTNAME", &hostn);
     uint64_t usec = 0;
-    (void)sd_journal_get_realtime_usec(j->sd, &usec);
+    (void)sd_journal_get_realtime_usec(sd, &usec);
     time_t secs = (time_t)(usec / 1000000);
     struct tm tm;
     gmtime_r(&secs, &tm);
     char ts[64];
     size_t tn = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(ts + tn, sizeof(ts) - tn, ".%06u+00:00", (unsigned)(usec % 1000000));
-    size_t cap = j->max_line + 1, pos = 0;
-    pos = put(j->line, pos, cap, ts, strlen(ts));
-    pos = put(j->line, pos, cap, " ", 1);
-    pos = host ? put(j->line, pos, cap, host, hostn) : put(j->line, pos, cap, "localhost", 9);
-    pos = put(j->line, pos, cap, " ", 1);
-    pos = put(j->line, pos, cap, ident, idn);
+    size_t cap = max_line + 1, pos = 0;
+    pos = put(line, pos, cap, ts, strlen(ts));
+    pos = put(line, pos, cap, " ", 1);
+    pos = host ? put(line, pos, cap, host, hostn) : put(line, pos, cap, "localhost", 9);
+    pos = put(line, pos, cap, " ", 1);
+    pos = put(line, pos, cap, ident, idn);
     if (pid) {
-        pos = put(j->line, pos, cap, "[", 1);
-        pos = put(j->line, pos, cap, pid, pidn);
-        pos = put(j->line, pos, cap, "]", 1);
+        pos = put(line, pos, cap, "[", 1);
+        pos = put(line, pos, cap, pid, pidn);
+        pos = put(line, pos, cap, "]", 1);
     }
-    pos = put(j->line, pos, cap, ": ", 2);
-    pos = put(j->line, pos, cap, msg, msgn);
-    j->line[pos] = '\0';
+    pos = put(line, pos, cap, ": ", 2);
+    pos = put(line, pos, cap, msg, msgn);
+    line[pos] = '\0';
     return pos;
+}
+
+/* Positions sd after cursor, so the next sd_journal_next() gives the first entry not yet
+ * read; if the cursor's entry is gone (vacuumed), the nearest later one, not skipped. */
+static int seek_after(sd_journal *sd, const char *cursor)
+{
+    int rc = sd_journal_seek_cursor(sd, cursor);
+    if (rc < 0)
+        return rc;
+    if (sd_journal_next(sd) > 0 && sd_journal_test_cursor(sd, cursor) <= 0) {
+        /* Landed on a later, unread entry. sd_journal_previous() cannot step back
+         * before the first entry left, so seek to its time: next() then returns it. */
+        uint64_t usec;
+        rc = sd_journal_get_realtime_usec(sd, &usec);
+        if (rc >= 0)
+            rc = sd_journal_seek_realtime_usec(sd, usec);
+        return rc < 0 ? rc : 0;
+    }
+    return 0;
+}
+
+long journal_read_since(const char *directory, const char *cursor, int64_t recent_sec,
+                        journal_line_cb cb, void *arg, char **cursor_out)
+{
+    sd_journal *sd = NULL;
+    char *line = malloc(JOURNAL_DEFAULT_MAX_LINE + 1);
+    long n = 0;
+    int rc;
+    *cursor_out = NULL;
+    if (!line)
+        return -ENOMEM;
+    rc = journal_open(directory, &sd);
+    if (rc >= 0)
+        rc = sd_journal_add_match(sd, "SYSLOG_FACILITY=2", 0);
+    if (rc >= 0 && cursor && cursor[0]) {
+        rc = seek_after(sd, cursor);
+    } else if (rc >= 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t from = (int64_t)ts.tv_sec - recent_sec;
+        rc = sd_journal_seek_realtime_usec(sd, from > 0 ? (uint64_t)from * 1000000 : 0);
+    }
+    bool any = false;
+    while (rc >= 0 && (rc = sd_journal_next(sd)) > 0) {
+        any = true;
+        size_t len = format_entry(sd, line, JOURNAL_DEFAULT_MAX_LINE);
+        if (len) {
+            cb(NULL, line, len, arg);
+            n++;
+        }
+    }
+    if (rc >= 0) {
+        if (any)
+            rc = sd_journal_get_cursor(sd, cursor_out);
+        else if (cursor && cursor[0] && !(*cursor_out = strdup(cursor)))
+            rc = -ENOMEM;
+    }
+    if (sd)
+        sd_journal_close(sd);
+    free(line);
+    if (rc < 0) {
+        free(*cursor_out);
+        *cursor_out = NULL;
+        return rc;
+    }
+    return n;
 }
 
 /* Delivers up to max entries (0: all). Returns how many were read, or -errno. */
@@ -133,7 +200,7 @@ static long journal_read(struct journal *j, size_t max)
         if (rc == 0)
             break;
         n++;
-        size_t len = format_entry(j);
+        size_t len = format_entry(j->sd, j->line, j->max_line);
         if (len) {
             j->lines++;
             j->cb(j, j->line, len, j->arg);
@@ -197,11 +264,9 @@ struct journal *journal_new(uv_loop_t *loop, const struct journal_opts *opts, jo
     rc = sd_journal_add_match(j->sd, "SYSLOG_FACILITY=2", 0);
     if (rc < 0)
         goto fail;
-    if (opts->cursor && opts->cursor[0] && sd_journal_seek_cursor(j->sd, opts->cursor) >= 0) {
-        /* Step onto the saved entry, so the next one read is the first not yet seen; if
-         * it is gone (vacuumed), the journal moves to the nearest later one, not skipped. */
-        if (sd_journal_next(j->sd) > 0 && sd_journal_test_cursor(j->sd, opts->cursor) <= 0)
-            (void)sd_journal_previous(j->sd);
+    bool resumed = opts->cursor && opts->cursor[0] && seek_after(j->sd, opts->cursor) >= 0;
+    if (resumed) {
+        rc = 0;
     } else if (opts->from_start) {
         rc = sd_journal_seek_head(j->sd);
     } else {
@@ -343,6 +408,13 @@ char *journal_get_cursor(struct journal *j)
 uint64_t journal_lines(const struct journal *j)
 {
     return 0;
+}
+
+long journal_read_since(const char *directory, const char *cursor, int64_t recent_sec,
+                        journal_line_cb cb, void *arg, char **cursor_out)
+{
+    *cursor_out = NULL;
+    return -ENOTSUP;
 }
 
 void journal_close(struct journal *j, journal_closed_cb closed, void *arg)

@@ -44,6 +44,14 @@ int journal_poll(struct journal *j, journal_done_cb done, void *arg);
 char *journal_get_cursor(struct journal *j);
 /* Entries delivered so far. */
 uint64_t journal_lines(const struct journal *j);
+/* The report's read, synchronous (CLI only): every mail entry after cursor (NULL or "":
+ * the last recent_sec seconds, as a first report reads the end of a file), in order, to
+ * cb (j is NULL there). A cursor whose entry was vacuumed resumes at the next entry that
+ * is still there. *cursor_out (new, caller frees) is where the next read starts: the
+ * last entry read, or cursor again (a copy) when there was none. Returns the number of
+ * entries or -errno (-ENOTSUP without libsystemd). */
+long journal_read_since(const char *directory, const char *cursor, int64_t recent_sec,
+                        journal_line_cb cb, void *arg, char **cursor_out);
 /* Stops and frees j; closed (may be NULL) is called once its handles are closed. No line
  * callback runs after this call. NULL is a no-op. */
 void journal_close(struct journal *j, journal_closed_cb closed, void *arg);

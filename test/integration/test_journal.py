@@ -4,6 +4,7 @@ files of its own) and Postfix-style syslog messages sent to it: lines in order a
 file reader's format, only facility mail, from the current end, nothing lost or read twice
 across a rotation and a vacuum; `maillog_file = journal:DIR` in the daemon and in
 check-config. Skipped with the reason when journald cannot run here."""
+import json
 import os
 import re
 import shutil
@@ -109,6 +110,43 @@ class JournalTest(unittest.TestCase):
         self.assertIn("journal:DIRECTORY needs an absolute path", r.stderr)
         ps.write_config(ps.config_text({"maillog_file": "journal"}))
         self.assertEqual(ps.cli("check-config").returncode, 0)
+
+    def test_report_reads_from_saved_cursor_once(self):
+        # The report's traffic from the journal: a first run reads the recent journal,
+        # each later one from the cursor saved in state_directory; a rotation and a
+        # vacuum in between lose and repeat nothing.
+        pf = tempfile.mkdtemp(prefix="postsurge-journal-pf-")
+        self.addCleanup(shutil.rmtree, pf, True)
+        with open(os.path.join(pf, "main.cf"), "w") as f:
+            f.write("compatibility_level = 3.6\n")
+        ps = Postsurge(start=False, extra={"maillog_file": "journal:" + self.jd.directory,
+                                           "postfix_config_directory": pf})
+        self.addCleanup(ps.cleanup)
+
+        def connects(n, tag):
+            for i in range(n):
+                self.jd.syslog("postfix/smtpd", "connect from %s%d.example[192.0.2.%d]"
+                               % (tag, i, i + 1), pid=300 + i)
+            self.jd.sync()
+
+        def report_connections():
+            r = ps.cli("report", "--json", timeout=60)
+            doc = json.loads(r.stdout)
+            return doc["traffic"]["totals"]["connections"]
+
+        connects(5, "a")
+        self.assertEqual(report_connections(), 5)
+        with open(os.path.join(ps.dir, "report-state.json")) as f:
+            self.assertIn("cursor", json.load(f)["maillog_journal"])
+        connects(3, "b")
+        self.jd.rotate()
+        connects(2, "c")
+        self.assertEqual(report_connections(), 5)
+        self.jd.rotate()
+        self.jd.vacuum()
+        self.assertEqual(report_connections(), 0)
+        connects(4, "d")
+        self.assertEqual(report_connections(), 4)
 
 
 if __name__ == "__main__":
