@@ -93,6 +93,8 @@ static void print_node(json_t *nd, const char *self, int64_t now)
         printf("  error: %s\n", jstr(nd, "error"));
     if (*jstr(nd, "profile_error"))
         printf("  profile: %s\n", jstr(nd, "profile_error"));
+    if (*jstr(nd, "maillog"))
+        printf("  mail log: %s\n", jstr(nd, "maillog"));
 }
 
 int cmd_status(const struct cli *cli, int argc, char **argv)

@@ -102,6 +102,10 @@ class JournalTest(unittest.TestCase):
         self.addCleanup(ps.cleanup)
         self.assertTrue(ps.wait_log("mail log: reading the systemd journal in %s"
                                     % self.jd.directory, timeout=15), ps.log())
+        # status says which source the daemon reads.
+        r = ps.cli("status", "--json")
+        self.assertEqual(json.loads(r.stdout)["nodes"][0]["maillog"], "journal", r.stdout)
+        self.assertIn("  mail log: journal\n", ps.cli("status").stdout)
         r = ps.cli("check-config")
         self.assertEqual(r.returncode, 0, r.stderr)
         ps.write_config(ps.config_text({"maillog_file": "journal:relative/dir"}))
