@@ -1,4 +1,6 @@
-# Thin wrapper around meson. `make run` and `make test` install what is missing first.
+# Thin wrapper around meson. `make run` and `make test` install what is missing first
+# (`make deps`, `make test-deps`); `make`, `make install` and `make deb` never run apt-get
+# or create users.
 BUILD    ?= build
 MESON_EXTRA ?=
 PREFIX   ?= /usr/local
@@ -7,7 +9,7 @@ BENCH_ARGS ?=
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 1800
 
-.PHONY: all deps test-deps setup run test unit asan valgrind fuzz bench soak flood format format-check install man clean
+.PHONY: all deps test-deps setup run test unit asan valgrind fuzz bench soak flood format format-check install uninstall deb test-package man clean
 
 all: setup
 	ninja -C $(BUILD)
@@ -18,17 +20,17 @@ deps:
 test-deps:
 	@sh .ci/install-deps test
 
-setup: deps
+setup:
 	@test -f $(BUILD)/build.ninja || meson setup $(BUILD) --prefix=$(PREFIX) $(MESON_EXTRA)
 
-run: all
+run: deps all
 	$(BUILD)/policyd/postsurge -f -c $(CONF) serve
 
 test: test-deps setup
 	ninja -C $(BUILD)
 	sh test/run-suites $(BUILD)
 
-unit: setup
+unit: test-deps setup
 	ninja -C $(BUILD) && meson test -C $(BUILD) --suite unit --suite fuzz-smoke --print-errorlogs
 
 asan: test-deps
@@ -77,10 +79,12 @@ format:
 format-check:
 	clang-format --dry-run --Werror lib/*.[ch] policyd/*.[ch] policyd/*/*.[ch] test/unit/*.c test/fuzz/*.c test/bench/*.c test/integration/*.c
 
-# `make install [PREFIX=/usr] [DESTDIR=/tmp/stage]`: files go to $(DESTDIR)$(PREFIX)/...
+# `make install [PREFIX=/usr] [DESTDIR=/tmp/stage]`: files go to $(DESTDIR)$(PREFIX)/...,
+# the systemd units to $(PREFIX)/lib/systemd/system (systemd reads /usr/local/lib/... too).
 # meson fixes the prefix at setup, so an existing build directory is reconfigured when
-# PREFIX differs. Without DESTDIR, as root, it also creates the `postsurge` user, its
-# state directory and /etc/postsurge/postsurge.cf (from the example) when missing.
+# PREFIX differs. It creates no user and no /etc file: `make deps` (as root) creates the
+# `postsurge` user; copy the example to /etc/postsurge/postsurge.cf yourself (or use
+# the package, `make deb`). `make uninstall` removes what install put.
 install: setup
 	@cur=$$(meson introspect --buildoptions $(BUILD) | python3 -c \
 	    'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"] == "prefix"][0])'); \
@@ -88,16 +92,24 @@ install: setup
 	    echo "postsurge: prefix $$cur -> $(PREFIX)"; meson configure $(BUILD) -Dprefix=$(PREFIX); fi
 	ninja -C $(BUILD)
 	meson install -C $(BUILD) --no-rebuild $(if $(DESTDIR),--destdir $(abspath $(DESTDIR)))
-	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
-	    getent passwd postsurge >/dev/null || useradd --system --user-group --no-create-home \
-	        --home-dir /var/lib/postsurge --shell /usr/sbin/nologin \
-	        --comment "postsurge policy service" postsurge; \
-	    if getent group adm >/dev/null; then usermod -aG adm postsurge; fi; \
-	    install -d -m 0750 -o postsurge -g postsurge /var/lib/postsurge; \
-	    install -d -m 0755 /etc/postsurge; \
-	    test -e /etc/postsurge/postsurge.cf || \
-	        install -m 0640 -g postsurge postfix-snippets/postsurge.cf /etc/postsurge/postsurge.cf; \
-	fi
+
+uninstall:
+	@test -f $(BUILD)/meson-logs/install-log.txt || { echo "postsurge: nothing installed from $(BUILD)"; exit 1; }
+	ninja -C $(BUILD) uninstall
+
+# The Debian package, built from the source files (with uncommitted edits) in a copy
+# under $(BUILD)/deb, so nothing is written beside the source tree; the .deb lands there.
+DEB_DIR = $(BUILD)/deb
+deb:
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C $(DEB_DIR)/src
+	cd $(DEB_DIR)/src && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error $(DEB_DIR)/postsurge_*.deb
+	@ls $(DEB_DIR)/*.deb
+
+# Installs the package on this machine, checks it and purges it (test/package/run).
+test-package: deb
+	sh test/package/run $(DEB_DIR)
 
 # Rewrites the generated SETTINGS list of postsurge.cf(5) from lib/config.c's table.
 man: all

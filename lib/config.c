@@ -74,7 +74,7 @@ char *cf_strdup(const char *s)
 
 static cf_check_fn check_listen, check_listen_optional, check_action, check_word,
     check_word_nonempty, check_abs_path, check_abs_path_optional, check_store, check_profile_main,
-    check_profile_master;
+    check_profile_master, check_maillog;
 
 #define OFF(field) offsetof(struct config, field)
 #define SEC 1000LL
@@ -180,8 +180,11 @@ const struct cf_entry cf_table[] = {
      .check = check_abs_path, .group = G_NODE,
      .doc = "The Postfix instance to watch and change (`postconf -c DIR`)."},
     {"maillog_file", CF_STRING, "/var/log/mail.log", OFF(maillog_file),
-     .check = check_abs_path_optional, .group = G_NODE,
-     .doc = "Postfix's log, followed across rotation; empty: do not read it."},
+     .check = check_maillog, .group = G_NODE,
+     .doc = "Postfix's log, followed across rotation; empty: do not read it. `journal` reads "
+            "the systemd journal (mail facility), `journal:DIRECTORY` the journal files of "
+            "a directory (a copied journal); a file that does not exist at start while a "
+            "journal does means the journal."},
     {"state_directory", CF_STRING, "/var/lib/postsurge", OFF(state_directory),
      .check = check_abs_path, .group = G_NODE,
      .doc = "postsurge's own state: override journal, memory store snapshot, report position."},
@@ -204,8 +207,9 @@ const struct cf_entry cf_table[] = {
      .doc = "How long saturation must stay low before leaving stress."},
     {"stress_min_interval", CF_TIME, "1m", OFF(stress_min_interval), 0, DAY,
      .group = G_NODE, .doc = "At most one apply or restore of the overrides per interval."},
-    {"stress_overrides", CF_BOOL, "yes", OFF(stress_overrides), .group = G_NODE,
-     .doc = "Apply the override profile below while in stress (journaled, restored exactly)."},
+    {"stress_overrides", CF_BOOL, "no", OFF(stress_overrides), .group = G_NODE,
+     .doc = "Apply the override profile below to Postfix while in stress (journaled, restored "
+            "exactly); no: log the commands it would run, as `stress_dry_run` does."},
     {"stress_main_cf", CF_STRING, OVERRIDES_DEFAULT_MAIN_CF, OFF(stress_main_cf),
      .check = check_profile_main, .flags = CF_LINES, .group = G_NODE,
      .doc = "main.cf settings applied in stress, `name=value` each, only from the settings "
@@ -472,6 +476,21 @@ static const char *check_abs_path_optional(const char *v)
 {
     if (*v && *v != '/')
         return "must be an absolute path";
+    return check_word(v);
+}
+
+/* A file, `journal`, or `journal:DIRECTORY` (journal files of a directory of their own). */
+static const char *check_maillog(const char *v)
+{
+    if (strcmp(v, "journal") == 0)
+        return NULL;
+    if (strncmp(v, "journal:", 8) == 0) {
+        if (v[8] != '/')
+            return "journal:DIRECTORY needs an absolute path";
+        return check_word(v + 8);
+    }
+    if (*v && *v != '/')
+        return "must be an absolute path, journal or journal:DIRECTORY";
     return check_word(v);
 }
 

@@ -141,19 +141,30 @@ void config_free(struct config *cfg);
  * joined with '\n', other settings join continuation lines with one space. */
 int config_parse_buffer(const char *name, const char *buf, size_t len, struct config **out,
                         struct config_errors *errs);
+/* As config_parse_buffer, but a file with errors still gives a config in *out (with
+ * -EINVAL): every setting whose line was bad keeps its default, so further checks (rules,
+ * listeners) can report their problems in the same run, as check-config does. The config
+ * is for those checks only, never to run with. *out is NULL only on -ENOMEM. */
+int config_parse_buffer_all(const char *name, const char *buf, size_t len, struct config **out,
+                            struct config_errors *errs);
 /* Reads and parses a file (a synchronous read: CLI and start-up only). -errno if it
  * cannot be read, with a message in errs. */
 int config_load_file(const char *path, struct config **out, struct config_errors *errs);
 
 void config_errors_clear(struct config_errors *errs);
 
-/* Prints settings as "name = value" lines like postconf: all of them, or only those that
- * differ from the defaults (and, like postconf -n, those the file sets explicitly).
+/* Prints settings as "name = value" lines like postconf, sorted by name: all of them, or
+ * only those that differ from the defaults (and, like postconf -n, those the file sets
+ * explicitly).
  * Further lines of a multi-line value are indented four spaces. Returns 0 or -errno. */
 int config_print(const struct config *cfg, FILE *out, bool non_default_only);
 
 /* Prints one setting by name; -ENOENT if unknown. */
 int config_print_one(const struct config *cfg, FILE *out, const char *name);
+
+/* Prints one setting's value alone (postconf -h), multi-line values as they are; -ENOENT
+ * if unknown. */
+int config_print_value(const struct config *cfg, FILE *out, const char *name);
 
 /* Parses a time ("100ms", "5s", "2m", "1h", "7d", bare seconds) into ms; a size
  * ("500M", "10K", bare bytes) into bytes. Return 0 or -EINVAL. Shared with limits.c. */

@@ -317,8 +317,8 @@ static void cross_check(struct cf_parse *ps)
     }
 }
 
-int config_parse_buffer(const char *name, const char *buf, size_t len, struct config **out,
-                        struct config_errors *errs)
+static int parse_buffer(const char *name, const char *buf, size_t len, bool keep,
+                        struct config **out, struct config_errors *errs)
 {
     struct cf_parse ps = {.name = name ? name : "", .errs = errs};
     struct cf_logical lg = {0};
@@ -407,17 +407,29 @@ int config_parse_buffer(const char *name, const char *buf, size_t len, struct co
         rc = -ENOMEM;
         goto fail;
     }
-    if (ps.n_errors) {
+    if (ps.n_errors && !keep) {
         rc = -EINVAL;
         goto fail;
     }
     cf_free(ps.first_line);
     *out = ps.cfg;
-    return 0;
+    return ps.n_errors ? -EINVAL : 0;
 fail:
     cf_free(ps.first_line);
     config_free(ps.cfg);
     return rc;
+}
+
+int config_parse_buffer(const char *name, const char *buf, size_t len, struct config **out,
+                        struct config_errors *errs)
+{
+    return parse_buffer(name, buf, len, false, out, errs);
+}
+
+int config_parse_buffer_all(const char *name, const char *buf, size_t len, struct config **out,
+                            struct config_errors *errs)
+{
+    return parse_buffer(name, buf, len, true, out, errs);
 }
 
 int config_load_file(const char *path, struct config **out, struct config_errors *errs)

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- printing ---- */
@@ -34,23 +35,40 @@ static int print_entry(const struct config *cfg, const struct cf_entry *e, FILE 
     return ferror(out) ? -EIO : 0;
 }
 
+static int cmp_entry_name(const void *a, const void *b)
+{
+    return strcmp((*(const struct cf_entry *const *)a)->name,
+                  (*(const struct cf_entry *const *)b)->name);
+}
+
 int config_print(const struct config *cfg, FILE *out, bool non_default_only)
 {
     struct config *def = NULL;
+    const struct cf_entry **sorted = malloc(CF_COUNT * sizeof(*sorted));
     int rc = 0;
+    if (!sorted)
+        return -ENOMEM;
     if (non_default_only) {
         def = config_new_defaults();
-        if (!def)
+        if (!def) {
+            free(sorted);
             return -ENOMEM;
+        }
     }
-    for (size_t i = 0; i < CF_COUNT && rc == 0; i++) {
-        const struct cf_entry *e = &cf_table[i];
+    /* Sorted by name, as postconf prints. */
+    for (size_t i = 0; i < CF_COUNT; i++)
+        sorted[i] = &cf_table[i];
+    qsort(sorted, CF_COUNT, sizeof(sorted[0]), cmp_entry_name);
+    for (size_t k = 0; k < CF_COUNT && rc == 0; k++) {
+        const struct cf_entry *e = sorted[k];
+        size_t i = (size_t)(e - cf_table);
         /* Like postconf -n: what the file sets, and anything else that is not default. */
         bool set = cfg->setting_line && cfg->setting_line[i];
         if (def && !set && cf_entry_equal(cfg, def, e))
             continue;
         rc = print_entry(cfg, e, out);
     }
+    free(sorted);
     config_free(def);
     return rc;
 }
@@ -61,6 +79,16 @@ int config_print_one(const struct config *cfg, FILE *out, const char *name)
     if (!e)
         return -ENOENT;
     return print_entry(cfg, e, out);
+}
+
+int config_print_value(const struct config *cfg, FILE *out, const char *name)
+{
+    const struct cf_entry *e = cf_find(name, strlen(name));
+    char tmp[64];
+    if (!e)
+        return -ENOENT;
+    fprintf(out, "%s\n", cf_format(cfg, e, tmp, sizeof(tmp)));
+    return ferror(out) ? -EIO : 0;
 }
 
 /* ---- the reference ---- */

@@ -15,6 +15,7 @@ struct cli {
     const char *config_path; /* -c FILE, or POSTSURGE_DEFAULT_CONFIG */
     bool foreground;         /* -f: log to stderr */
     bool verbose;            /* -v: debug logging */
+    bool config_given;       /* -c was given (else the default path, said when missing) */
 };
 
 /* A command gets argv starting with its own name (argv[0]) and returns the exit status.

@@ -15,6 +15,7 @@
 #include "overload/controller.h"
 #include "store/redis_keys.h"
 #include "util/fsutil.h"
+#include "util/journal.h"
 #include "util/log.h"
 #include "report_traffic.h"
 #include "util/spawn.h"
@@ -256,7 +257,8 @@ struct report_state {
      * event log started reading it. */
     int64_t events_ms;
     struct traffic_pos pos;
-    json_t *baseline; /* owned, may be NULL */
+    char *journal_cursor; /* owned: where the next read of the systemd journal starts */
+    json_t *baseline;     /* owned, may be NULL */
 };
 
 static int load_state(const char *path, struct report_state *s)
@@ -287,6 +289,9 @@ static int load_state(const char *path, struct report_state *s)
         s->pos.ino = (uint64_t)int_of(json_object_get(m, "inode"), 0);
         s->pos.offset = int_of(json_object_get(m, "offset"), 0);
     }
+    const json_t *jc = json_object_get(j, "maillog_journal");
+    if (json_is_string(json_object_get(jc, "cursor")))
+        s->journal_cursor = strdup(json_string_value(json_object_get(jc, "cursor")));
     s->baseline = json_incref(json_object_get(j, "baseline"));
     json_decref(j);
     return 0;
@@ -336,6 +341,8 @@ static int save_state(const char *path, const struct report_state *s, struct bas
         json_object_set_new(j, "maillog",
                             json_pack("{s:I,s:I,s:I}", "dev", (json_int_t)s->pos.dev, "inode",
                                       (json_int_t)s->pos.ino, "offset", (json_int_t)s->pos.offset));
+    if (j && s->journal_cursor)
+        json_object_set_new(j, "maillog_journal", json_pack("{s:s}", "cursor", s->journal_cursor));
     if (j && bj)
         json_object_set_new(j, "baseline", bj);
     else
@@ -345,6 +352,36 @@ static int save_state(const char *path, const struct report_state *s, struct bas
     int rc = write_file_atomic(path, 0600, write_json_doc, j);
     json_decref(j);
     return rc;
+}
+
+/* ---- the mail log: a file, or the systemd journal ---- */
+
+static void journal_to_traffic(struct journal *j, const char *line, size_t len, void *arg)
+{
+    (void)j;
+    (void)traffic_add_line(arg, line, len);
+}
+
+/* Traffic since the last report from maillog_file: from the saved file position, or, for
+ * `journal`/`journal:DIR` (or a missing file while a journal exists, as serve does),
+ * from the saved journal cursor (a first report reads the last 10 minutes). */
+static int report_read_maillog(const struct config *cfg, struct traffic *tr,
+                               struct report_state *st)
+{
+    const char *f = cfg->maillog_file;
+    bool journal = strcmp(f, "journal") == 0 || strncmp(f, "journal:", 8) == 0;
+    if (!journal && access(f, F_OK) < 0 && errno == ENOENT && journal_available(NULL))
+        journal = true;
+    if (!journal)
+        return traffic_read_log(tr, f, &st->pos);
+    char *next = NULL;
+    long n = journal_read_since(strncmp(f, "journal:", 8) == 0 ? f + 8 : NULL, st->journal_cursor,
+                                600, journal_to_traffic, tr, &next);
+    if (n < 0)
+        return (int)n;
+    free(st->journal_cursor);
+    st->journal_cursor = next;
+    return 0;
 }
 
 /* ---- baselines in Redis (store = redis...): shared, and kept when a host is rebuilt ---- */
@@ -826,7 +863,7 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
         tr = traffic_new();
         if (!tr)
             goto oom;
-        rc = traffic_read_log(tr, cfg->maillog_file, &st.pos);
+        rc = report_read_maillog(cfg, tr, &st);
         if (rc == -ENOMEM)
             goto oom;
         if (rc < 0) {
@@ -907,6 +944,7 @@ out:
         redisFree(redis);
     json_decref(status);
     json_decref(st.baseline);
+    free(st.journal_cursor);
     baseline_free(bl);
     traffic_free(tr);
     queue_stats_free(qs);

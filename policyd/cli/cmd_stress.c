@@ -103,6 +103,8 @@ static void print_node(json_t *nd, const char *self, int64_t now)
         printf("  error: %s\n", jstr(nd, "error"));
     if (*jstr(nd, "profile_error"))
         printf("  profile: %s\n", jstr(nd, "profile_error"));
+    if (*jstr(nd, "maillog"))
+        printf("  mail log: %s\n", jstr(nd, "maillog"));
 }
 
 int cmd_status(const struct cli *cli, int argc, char **argv)
@@ -246,6 +248,8 @@ int cmd_events(const struct cli *cli, int argc, char **argv)
         free(s);
         json_decref(w);
     } else {
+        if (json_array_size(ev) == 0)
+            printf("no events%s\n", since_s ? " in that time" : "");
         /* Oldest first, like a log. */
         for (size_t i = json_array_size(ev); i-- > 0;) {
             json_t *e = json_array_get(ev, i);

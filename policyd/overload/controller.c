@@ -76,12 +76,14 @@ void ctl_reconcile(struct controller *c)
     }
     if (c->unavailable)
         return; /* no way to change Postfix: nothing to reconcile */
-    bool want = stressed && c->overrides_on && c->profile_ready && !c->apply_failed &&
-                !c->unavailable && !c->already_in_force;
+    /* With stress_overrides = no the apply is logged as a dry run does; a journal left by
+     * an earlier run with overrides on is still restored. */
+    bool want = stressed && (c->overrides_on || !c->journal) && c->profile_ready &&
+                !c->apply_failed && !c->unavailable && !c->already_in_force;
     if (c->stopping)
         return; /* overrides stay in force across a restart; the journal says how */
     if (want && !c->journal && !c->dry_applied) {
-        if (!c->dry_run && !ctl_lock(c)) {
+        if (!ctl_log_only(c) && !ctl_lock(c)) {
             /* Two daemons on one Postfix would journal each other's overrides as the
              * prior state and never restore the original. Refused for this episode. */
             c->apply_failed = true;
@@ -111,8 +113,8 @@ void ctl_reconcile(struct controller *c)
         job_start(c, JOB_RESTORE);
     } else if (!stressed && c->dry_applied) {
         log_info("dry run: would restore the journal's prior state and reload postfix");
-        ctl_event(c, "overrides-dry-run", false, NULL,
-                  "stress_dry_run: restore logged, nothing changed");
+        ctl_event(c, "overrides-dry-run", false, NULL, "%s: restore logged, nothing changed",
+                  ctl_log_only_why(c));
         c->dry_applied = false;
     }
 }
@@ -388,7 +390,9 @@ int controller_start(struct controller *c)
     }
     log_info("controller: node %s, store %s, Postfix in %s, journal %s%s", node_name(c->node),
              node_store_kind(c->node), c->config_dir, c->journal_path,
-             c->dry_run ? ", dry run" : "");
+             c->dry_run        ? ", dry run"
+             : c->overrides_on ? ""
+                               : ", overrides logged only (stress_overrides = no)");
     if (c->unavailable) {
         ctl_event(c, "overrides-unavailable", true,
                   json_pack("{s:s}", "reason", c->unavailable_why),

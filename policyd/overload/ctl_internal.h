@@ -123,7 +123,7 @@ struct controller {
     bool journal_bad;                  /* a corrupt journal: change nothing */
     bool recovering;                   /* a journal from before start: decide on a sample */
     bool apply_failed;                 /* this episode's apply failed: do not retry */
-    bool dry_applied;                  /* stress_dry_run: "applied" in the log only */
+    bool dry_applied;                  /* log only: "applied" in the log, nothing changed */
     /* This episode's apply found every setting already in force (another postsurge, an
      * earlier run whose journal is elsewhere, or the administrator): nothing was changed,
      * nothing is to restore, and the apply is not tried again until the next episode. */
@@ -155,6 +155,19 @@ struct controller {
     bool offline;
     int offline_rc;
 };
+
+/* Overrides are only logged, as a dry run: stress_dry_run, or stress_overrides = no (the
+ * default). A journal from an earlier run is still restored for real. */
+static inline bool ctl_log_only(const struct controller *c)
+{
+    return c->dry_run || !c->overrides_on;
+}
+
+/* The setting that makes overrides log-only, for log lines and events. */
+static inline const char *ctl_log_only_why(const struct controller *c)
+{
+    return c->dry_run ? "stress_dry_run" : "stress_overrides = no";
+}
 
 /* controller.c: transitions, reconcile, sample and log callbacks, life cycle */
 void ctl_event(struct controller *c, const char *kind, bool warn, json_t *extra, const char *fmt,

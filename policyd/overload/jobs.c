@@ -507,12 +507,12 @@ static void job_step_apply(struct job *jb)
             ctl_already_in_force(c);
             break;
         }
-        if (c->dry_run) {
+        if (ctl_log_only(c)) {
             plan_log(jb->plan, "dry run: would run: ");
             c->dry_applied = true;
             ctl_event(c, "overrides-dry-run", false,
                       json_pack("{s:o}", "settings", ctl_settings_json(jb->j)),
-                      "stress_dry_run: %zu commands logged, nothing changed", jb->plan->n);
+                      "%s: %zu commands logged, nothing changed", ctl_log_only_why(c), jb->plan->n);
             break;
         }
         rc = overrides_journal_serialize(jb->j, &jb->jtext, &jb->jtext_len);
@@ -1003,7 +1003,7 @@ static void job_step(struct job *jb)
         job_step_init(jb);
         break;
     case JOB_APPLY:
-        if (jb->c->ps && !jb->c->dry_run)
+        if (jb->c->ps && !ctl_log_only(jb->c))
             job_step_apply_helper(jb);
         else
             job_step_apply(jb);

@@ -56,6 +56,7 @@ json_t *ctl_status_json(struct controller *c)
         json_object_set_new(o, "overrides_unavailable_reason",
                             json_string(avail ? "" : c->unavailable_why));
         json_object_set_new(o, "privileges", json_string(privsep_mode_name(privsep_mode())));
+        json_object_set_new(o, "maillog", json_string(monitor_log_source(c->mon)));
     }
     if (o && c->node)
         json_object_set_new(o, "flagged_clients",

@@ -1041,6 +1041,11 @@ int monitor_start(struct monitor *m)
     return 0;
 }
 
+const char *monitor_log_source(const struct monitor *m)
+{
+    return m && m->tail && m->started ? tail_source(m->tail) : "";
+}
+
 static void monitor_timer_on_close(uv_handle_t *h)
 {
     struct monitor *m = h->data;

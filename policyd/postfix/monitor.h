@@ -118,6 +118,9 @@ struct monitor *monitor_new(uv_loop_t *loop, const struct monitor_opts *opts, mo
 /* Reads the limits (spawns postconf), starts the tick timer and the log tail. Returns 0
  * or a negative errno. */
 int monitor_start(struct monitor *m);
+/* What the mail log is read from: "journal" (the systemd journal), the file's path, or ""
+ * (no mail log, or not started yet). Borrowed; valid until monitor_close(). */
+const char *monitor_log_source(const struct monitor *m);
 /* Re-reads master.cf services and limits (after a reload or an override). The monitor
  * also does this by itself when main.cf or master.cf change or master restarts. */
 void monitor_refresh_limits(struct monitor *m);

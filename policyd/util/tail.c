@@ -7,6 +7,7 @@
 
 #include "tail.h"
 #include "container.h"
+#include "journal.h"
 #include "log.h"
 #include "maillog.h"
 
@@ -48,6 +49,12 @@ struct tail {
     bool closing;
     bool timer_closed;
     struct tail_stats st;
+
+    /* The systemd journal instead of a file: `journal`, `journal:DIRECTORY`, or a file
+     * that does not exist at start while a journal does. */
+    bool use_journal;
+    char *journal_dir; /* NULL: the system journal */
+    struct journal *jr;
 };
 
 static void tail_stat_done(uv_fs_t *req);
@@ -60,9 +67,19 @@ static void tail_free(struct tail *t)
     maillog_splitter_free(t->split);
     free(t->buf);
     free(t->path);
+    free(t->journal_dir);
     free(t);
     if (closed)
         closed(arg);
+}
+
+static void tail_finish_close(struct tail *t);
+
+static void tail_journal_on_closed(void *arg)
+{
+    struct tail *t = arg;
+    t->jr = NULL;
+    tail_finish_close(t);
 }
 
 static void tail_timer_on_close(uv_handle_t *h)
@@ -74,6 +91,10 @@ static void tail_timer_on_close(uv_handle_t *h)
 
 static void tail_finish_close(struct tail *t)
 {
+    if (t->jr) {
+        journal_close(t->jr, tail_journal_on_closed, t);
+        return;
+    }
     /* The descriptor goes synchronously: close(2) of a regular file does not block. */
     if (t->fd >= 0) {
         uv_fs_t req;
@@ -302,12 +323,40 @@ static void tail_stat_done(uv_fs_t *req)
     tail_read_next(t);
 }
 
+static void tail_journal_line(struct journal *j, const char *line, size_t len, void *arg)
+{
+    struct tail *t = arg;
+    (void)j;
+    if (t->closing)
+        return;
+    t->st.lines++;
+    t->st.bytes += len + 1;
+    t->cb(t, line, len, false, t->arg);
+}
+
+static void tail_journal_polled(struct journal *j, void *arg)
+{
+    (void)j;
+    tail_round_end(arg);
+}
+
 int tail_poll(struct tail *t, tail_poll_cb done, void *done_arg)
 {
     if (!t || t->closing)
         return -EINVAL;
     if (t->busy)
         return -EBUSY;
+    if (t->use_journal) {
+        if (!t->jr)
+            return -ENOENT;
+        int jrc = journal_poll(t->jr, tail_journal_polled, t);
+        if (jrc < 0)
+            return jrc;
+        t->busy = true;
+        t->done = done;
+        t->done_arg = done_arg;
+        return 0;
+    }
     int rc = uv_fs_stat(t->loop, &t->req, t->path, tail_stat_done);
     if (rc < 0)
         return rc;
@@ -355,15 +404,63 @@ struct tail *tail_new(uv_loop_t *loop, const char *path, const struct tail_opts 
     }
     t->fd = -1;
     t->offset = -1;
+    if (strcmp(path, "journal") == 0 || strncmp(path, "journal:", 8) == 0) {
+        t->use_journal = true;
+        if (path[7] == ':' && path[8] && !(t->journal_dir = strdup(path + 8))) {
+            maillog_splitter_free(t->split);
+            free(t->buf);
+            free(t->path);
+            free(t);
+            return NULL;
+        }
+    }
     uv_timer_init(loop, &t->timer);
     t->timer.data = t;
     return t;
+}
+
+/* Opens the journal as the source (start-up only: the open is synchronous). */
+static int tail_open_journal(struct tail *t)
+{
+    int err = 0;
+    struct journal_opts jo = {.directory = t->journal_dir, .from_start = t->from_start};
+    t->jr = journal_new(t->loop, &jo, tail_journal_line, t, &err);
+    if (!t->jr) {
+        log_error("the systemd journal%s%s: %s", t->journal_dir ? " in " : "",
+                  t->journal_dir ? t->journal_dir : "",
+                  err == -ENOTSUP ? "this build has no journal support (libsystemd)"
+                                  : strerror(-err));
+        return err;
+    }
+    t->st.file_open = true;
+    return journal_start(t->jr);
 }
 
 int tail_start(struct tail *t)
 {
     if (!t || t->closing)
         return -EINVAL;
+    if (!t->use_journal) {
+        /* Debian 12 has no syslog daemon by default: Postfix logs to the journal only and
+         * the default /var/log/mail.log never appears. Read the journal instead then. */
+        uv_fs_t req;
+        int src = uv_fs_stat(NULL, &req, t->path, NULL);
+        uv_fs_req_cleanup(&req);
+        if (src == UV_ENOENT && journal_available(NULL)) {
+            log_info("mail log: %s does not exist; reading the systemd journal instead", t->path);
+            t->use_journal = true;
+        } else {
+            log_info("mail log: following %s", t->path);
+        }
+    } else {
+        log_info("mail log: reading the systemd journal%s%s", t->journal_dir ? " in " : "",
+                 t->journal_dir ? t->journal_dir : "");
+    }
+    if (t->use_journal) {
+        int jrc = tail_open_journal(t);
+        if (jrc < 0)
+            return jrc;
+    }
     if (t->interval_ms)
         uv_timer_start(&t->timer, tail_on_timer, t->interval_ms, t->interval_ms);
     int rc = tail_poll(t, NULL, NULL);
@@ -381,6 +478,11 @@ void tail_get_pos(const struct tail *t, struct tail_pos *pos)
 void tail_get_stats(const struct tail *t, struct tail_stats *st)
 {
     *st = t->st;
+}
+
+const char *tail_source(const struct tail *t)
+{
+    return t->use_journal ? "journal" : t->path;
 }
 
 void tail_close(struct tail *t, tail_closed_cb closed, void *arg)

@@ -1,6 +1,8 @@
 /* tail: follows a log file (Postfix's maillog_file) from the event loop and delivers
- * complete lines. Polls with asynchronous uv_fs calls (stat, open, read) on a timer or
- * on demand; starts at the end of the file or at a saved position; follows `postfix
+ * complete lines. The path `journal` (or `journal:DIRECTORY`, journal files of that
+ * directory) reads the systemd journal instead (journal.c), as does a file that does not
+ * exist at start when a journal does. Polls with asynchronous uv_fs calls (stat, open, read) on a
+ * timer or on demand; starts at the end of the file or at a saved position; follows `postfix
  * logrotate` (the old file is read to its end, then the new one from its start),
  * truncation (restart at 0) and a missing file (retried, logged once). Lines go through
  * lib/maillog's bounded splitter. Loop thread only. */
@@ -64,6 +66,9 @@ int tail_poll(struct tail *t, tail_poll_cb done, void *done_arg);
 /* Current position (to save across restarts) and counters. */
 void tail_get_pos(const struct tail *t, struct tail_pos *pos);
 void tail_get_stats(const struct tail *t, struct tail_stats *st);
+/* What is read: "journal" (the systemd journal), or the file's path. Decided at
+ * tail_start(). */
+const char *tail_source(const struct tail *t);
 /* Stops and frees t once its I/O is done; closed (may be NULL) is then called. No line
  * callback runs after this call. NULL is a no-op. */
 void tail_close(struct tail *t, tail_closed_cb closed, void *arg);

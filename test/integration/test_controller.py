@@ -93,7 +93,7 @@ class ControllerTest(unittest.TestCase):
             "command_timeout": "20s",
             "node_name": "n1",
         }
-        cfg.update({k: str(v) for k, v in extra.items()})
+        cfg.update({k: None if v is None else str(v) for k, v in extra.items()})
         ps = Postsurge(extra=cfg, tmpdir=tmpdir)
         self.addCleanup(ps.cleanup)
         return ps
@@ -316,6 +316,30 @@ class ControllerTest(unittest.TestCase):
         ps.cli("stress", "exit")
         self.assertTrue(ps.wait_log("dry run: would restore", 30), ps.log())
         self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertFalse(os.path.exists(os.path.join(ps.dir, "journal.json")))
+        self.assertFalse(os.path.exists(self.reloads))
+
+    def test_controller_overrides_off_by_default_logs_only(self):
+        # The shipped default: stress is detected, evented and shown, and the profile is
+        # only logged, as a dry run does; Postfix is never changed or reloaded.
+        ps = self.daemon(stress_overrides=None)
+        r = ps.cli("config", "stress_overrides")
+        self.assertEqual(r.stdout, "stress_overrides = no\n", r.stderr)
+        self.wait_init(ps)
+        ps.cli("stress", "enter")
+        self.assertTrue(ps.wait_log("dry run: would run: postconf -c %s -e" % self.pfdir, 30),
+                        ps.log())
+        self.wait_state(ps, "dry-run")
+        me = self.me(ps)
+        self.assertTrue(me["stress"], me)
+        kinds = [e["kind"] for e in self.events(ps)]
+        self.assertIn("stress-enter", kinds)
+        msgs = [e["text"] for e in self.events(ps) if e["kind"] == "overrides-dry-run"]
+        self.assertTrue(msgs and msgs[0].startswith("stress_overrides = no: "), msgs)
+        ps.cli("stress", "exit")
+        self.assertTrue(ps.wait_log("dry run: would restore", 30), ps.log())
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
         self.assertFalse(os.path.exists(os.path.join(ps.dir, "journal.json")))
         self.assertFalse(os.path.exists(self.reloads))
 

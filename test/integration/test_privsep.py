@@ -150,6 +150,7 @@ class PrivsepTest(unittest.TestCase):
             "command_timeout": "20s",
             "node_name": "n1",
             "listen_unix_mode": "0660",
+            "stress_overrides": "yes",
         }
         c.update({k: str(v) for k, v in extra.items()})
         return c

@@ -14,7 +14,7 @@ import tempfile
 import time
 import unittest
 
-from postsurge import SLOW, Postsurge, PolicyClient, encode, request, POSTSURGE_TESTING
+from postsurge import SLOW, Postsurge, PolicyClient, encode, request, POSTSURGE, POSTSURGE_TESTING
 from ports import wait_for
 import testmain
 
@@ -469,11 +469,13 @@ class TestSignals(ServerTest):
 
 class TestLogging(ServerTest):
     def test_command_output_in_a_warning_stays_on_one_line(self):
-        # postconf fails on a Postfix directory without main.cf; its stderr ends in a
+        # postconf fails on a main.cf that is not Postfix syntax; its stderr ends in a
         # newline and is quoted in the monitor's warning. Every log record must still be
         # one line that starts with a time stamp.
-        empty = tempfile.mkdtemp(prefix="postsurge-nopostfix-")
+        empty = tempfile.mkdtemp(prefix="postsurge-badpostfix-")
         self.addCleanup(shutil.rmtree, empty, True)
+        with open(os.path.join(empty, "main.cf"), "w") as f:
+            f.write("this is not a setting\n")
         ps = self.daemon(extra={"monitor": "yes", "monitor_interval": "200ms",
                                 "postfix_config_directory": empty,
                                 "maillog_file": os.path.join(empty, "maillog")})
@@ -552,6 +554,23 @@ class TestLogging(ServerTest):
             line.decode("utf-8")
         self.assertIn(b"osc\\x1b]0;title\\x07.ex\\xffample", out)
         self.assertIn(b"evil\\x1b[2J\\x07\\x7f\\xc2\\x85[192.0.2.9]", out)
+
+
+    def test_no_postfix_one_clear_line(self):
+        # make run on a host without Postfix: one line says monitoring is off, no
+        # warnings, and the policy service answers.
+        empty = tempfile.mkdtemp(prefix="postsurge-nopostfix-")
+        self.addCleanup(shutil.rmtree, empty, True)
+        ps = self.daemon(extra={"monitor_interval": "200ms", "postfix_config_directory": empty,
+                                "stress_overrides": None})
+        self.assert_serving(ps)
+        time.sleep(1.5)
+        ps.stop()
+        log = ps.log()
+        self.assertEqual(log.count("no Postfix found (%s/main.cf" % empty), 1, log)
+        self.assertIn("monitoring is off", log)
+        self.assertNotIn("warning:", log)
+        self.assertNotIn("error:", log)
 
 
 class TestCommands(ServerTest):
@@ -644,6 +663,133 @@ class TestCommands(ServerTest):
                     self.assertIn(says, r.stderr)
                     self.assertRegex(r.stderr, r"run this command as root.* as \S+")
         self.assertIn("stress no", ps.cli("status").stdout.lower())
+
+
+class TestCommandLine(ServerTest):
+    """The habits of Postfix administrators: --help/--version, help COMMAND, COMMAND --help,
+    postconf-like config, every check-config problem in one run."""
+
+    COMMANDS = ("serve", "check-config", "config", "report", "status", "events", "stress",
+                "restore", "version", "help")
+
+    def run_bare(self, *argv, **kw):
+        return subprocess.run([POSTSURGE, *argv], capture_output=True, text=True, timeout=30,
+                              **kw)
+
+    def test_help_and_version_exit_0(self):
+        for argv in (["--help"], ["-h"], ["help"]):
+            r = self.run_bare(*argv)
+            self.assertEqual((r.returncode, r.stderr), (0, ""), argv)
+            for cmd in self.COMMANDS:
+                self.assertIn("\n  %s " % cmd, r.stdout, argv)
+        r = self.run_bare("--version")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"^postsurge \d+\.\d+")
+        self.assertEqual(r.stdout, self.run_bare("version").stdout)
+        for cmd in self.COMMANDS:
+            for argv in (["help", cmd], [cmd, "--help"], ["-c", "/nonexistent", cmd, "--help"]):
+                r = self.run_bare(*argv)
+                self.assertEqual((r.returncode, r.stderr), (0, ""), argv)
+                self.assertTrue(r.stdout.startswith("usage: postsurge "), (argv, r.stdout))
+                self.assertIn(" %s" % cmd, r.stdout.splitlines()[0], argv)
+        r = self.run_bare("help", "frobnicate")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("unknown command", r.stderr)
+        r = self.run_bare("--frobnicate")
+        self.assertEqual(r.returncode, 2)
+
+    def test_missing_default_config_says_what_to_do(self):
+        if os.path.exists("/etc/postsurge/postsurge.cf"):
+            self.skipTest("/etc/postsurge/postsurge.cf exists on this host")
+        r = self.run_bare("check-config")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("/etc/postsurge/postsurge.cf", r.stderr)
+        self.assertIn("examples/", r.stderr)
+        self.assertIn("-c FILE", r.stderr)
+        # A file named with -c: the plain error only.
+        r = self.run_bare("-c", "/nonexistent/p.cf", "check-config")
+        self.assertEqual(r.returncode, 1)
+        self.assertNotIn("-c FILE", r.stderr)
+
+    def test_config_like_postconf(self):
+        ps = self.daemon(start=False, extra={"default_action": "DEFER_IF_PERMIT x",
+                                             "idle_timeout": "5m"})
+        r = ps.cli("config", "-n")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        names = [l.split(" =", 1)[0] for l in r.stdout.splitlines() if not l.startswith(" ")]
+        self.assertEqual(names, sorted(names))
+        self.assertIn("idle_timeout", names)
+        self.assertNotIn("max_connections", names)
+        r = ps.cli("config", "-d")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        names = [l.split(" =", 1)[0] for l in r.stdout.splitlines() if not l.startswith(" ")]
+        self.assertEqual(names, sorted(names))
+        self.assertIn("default_action = DUNNO", r.stdout.splitlines())
+        self.assertIn("stress_overrides = no", r.stdout.splitlines())
+        # -d reads no file.
+        r = self.run_bare("-c", "/nonexistent/p.cf", "config", "-d", "default_action")
+        self.assertEqual((r.returncode, r.stdout), (0, "default_action = DUNNO\n"), r.stderr)
+        r = ps.cli("config", "default_action", "idle_timeout")
+        self.assertEqual(r.stdout, "default_action = DEFER_IF_PERMIT x\nidle_timeout = 5m\n")
+        r = ps.cli("config", "-h", "default_action", "idle_timeout")
+        self.assertEqual((r.returncode, r.stdout), (0, "DEFER_IF_PERMIT x\n5m\n"), r.stderr)
+        r = ps.cli("config", "-h")
+        self.assertEqual(r.returncode, 2)
+        r = ps.cli("config", "-h", "no_such_name")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no_such_name: unknown parameter", r.stderr)
+        self.assertEqual(ps.cli("config", "-n", "-d").returncode, 2)
+
+    def test_check_config_reports_every_problem(self):
+        # An unknown setting first, then a bad value, a bad listener and a bad rule: all
+        # four in one run.
+        ps = self.daemon(start=False)
+        ps.write_config(text="no_such_setting = 1\n"
+                             "max_connections = lots\n"
+                             "listen = smtp:nowhere\n"
+                             "limits =\n"
+                             "    frobnicate client_address 10/1m\n")
+        r = ps.cli("check-config")
+        self.assertEqual(r.returncode, 1)
+        for line in (1, 2, 3):
+            self.assertIn("%s:%d:" % (ps.config_path, line), r.stderr)
+        self.assertIn("frobnicate", r.stderr)
+        self.assertNotIn("ok", r.stdout)
+
+
+class TestEventsAndStop(ServerTest):
+    def test_events_says_none_and_clean_stop_removes_sockets(self):
+        ps = self.daemon(unix=True, extra={"monitor": "no"})
+        r = ps.cli("events")
+        self.assertEqual((r.returncode, r.stdout), (0, "no events\n"), r.stderr)
+        r = ps.cli("events", "--since", "10m")
+        self.assertEqual((r.returncode, r.stdout), (0, "no events in that time\n"), r.stderr)
+        ctl = os.path.join(ps.dir, "control.sock")
+        self.assertTrue(stat.S_ISSOCK(os.stat(ctl).st_mode))
+        self.assertTrue(stat.S_ISSOCK(os.stat(ps.unix_path).st_mode))
+        self.assertEqual(ps.stop(), 0)
+        self.assertFalse(os.path.exists(ctl), "control.sock left after a clean stop")
+        self.assertFalse(os.path.exists(ps.unix_path), "policy socket left after a clean stop")
+
+
+class TestManPages(unittest.TestCase):
+    def test_man_pages_render_utf8_without_warnings(self):
+        root = os.environ.get("SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
+        for page in ("postsurge.8", "postsurge.cf.5"):
+            path = os.path.join(root, "policyd", page)
+            r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", path], capture_output=True,
+                               text=True, timeout=60)
+            self.assertEqual((r.returncode, r.stderr), (0, ""), page)
+        # Every command's entry starts whole on one line of the rendered page.
+        r = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-P-c", "-P-b", "-P-u",
+                            os.path.join(root, "policyd", "postsurge.8")],
+                           capture_output=True, text=True, timeout=60)
+        lines = [l.strip() for l in r.stdout.splitlines()]
+        for head in ("config [-n | -d] [-h] [name ...]",
+                     "events [--since time] [--json] [--max n]",
+                     "report [--json] [--prometheus file] [--quiet] [--no-traffic]",
+                     "status [--json]", "help [command]", "stress enter | exit | auto"):
+            self.assertIn(head, lines)
 
 
 if __name__ == "__main__":

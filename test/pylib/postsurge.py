@@ -185,7 +185,8 @@ class PolicyClient:
 class Postsurge:
     """A postsurge daemon in a temp dir.
 
-    extra: config lines, a dict {name: value} or a str appended to the file.
+    extra: config lines, a dict {name: value} or a str appended to the file; in a dict, a
+    value None leaves the setting out (also a default set here, like stress_overrides).
     inet: listen on a free loopback port (self.port); unix: also on DIR/policy.sock
     (self.unix_path). listen: replace the generated listen value entirely.
     args: global options before the command (e.g. ["-v"]); env: extra environment.
@@ -228,8 +229,10 @@ class Postsurge:
     # -- configuration --
     def config_text(self, extra=None):
         # Tests run side by side: no fixed HTTP port unless a test asks for one (its
-        # settings replace these defaults).
-        defaults = {"http_listen": ""}
+        # settings replace these defaults). The overrides are off by default for
+        # administrators; the tests exercise them, against test Postfix directories, so
+        # they are on here unless a test says otherwise.
+        defaults = {"http_listen": "", "stress_overrides": "yes"}
         given = set()
         if isinstance(extra, dict):
             given = set(extra)
@@ -242,7 +245,8 @@ class Postsurge:
                  "state_directory = %s" % self.dir]
         lines += ["%s = %s" % (k, v) for k, v in defaults.items() if k not in given]
         if isinstance(extra, dict):
-            lines += ["%s = %s" % (k, v) for k, v in extra.items()]
+            # A value None leaves the setting out (its built-in default applies).
+            lines += ["%s = %s" % (k, v) for k, v in extra.items() if v is not None]
         elif extra:
             lines.append(extra.rstrip("\n"))
         return "\n".join(lines) + "\n"

@@ -120,7 +120,7 @@ static void test_config_defaults_match_header(void **state)
     assert_int_equal(c->stress_exit_threshold, 60);
     assert_int_equal(c->stress_exit_delay, 120000);
     assert_int_equal(c->stress_min_interval, 60000);
-    assert_true(c->stress_overrides);
+    assert_false(c->stress_overrides);
     assert_false(c->stress_dry_run);
     assert_int_equal(c->stress_cluster_quorum, 0);
     assert_int_equal(c->command_timeout, 30000);
@@ -646,11 +646,46 @@ static void test_config_print_non_default_shows_explicit(void **state)
     assert_int_equal(
         parse_text("monitor = yes\nlimits =\n  a 1\n  b 2\nlog_level=debug\n", &cfg, NULL), 0);
     char *out = print_to_string(cfg, true, NULL);
-    assert_string_equal(out, "log_level = debug\nlimits = a 1\n    b 2\nmonitor = yes\n");
+    /* Sorted by name, as postconf prints. */
+    assert_string_equal(out, "limits = a 1\n    b 2\nlog_level = debug\nmonitor = yes\n");
     free(out);
     FILE *devnull = fopen("/dev/null", "w");
     assert_int_equal(config_print_one(cfg, devnull, "nope"), -ENOENT);
     fclose(devnull);
+    config_free(cfg);
+}
+
+/* check-config's parse: a file with errors still gives a config for the further checks,
+ * with the good settings taken and the bad ones at their defaults. */
+static void test_config_parse_all_keeps_good_settings(void **state)
+{
+    (void)state;
+    static const char text[] = "bogus = 1\nmax_connections = lots\nidle_timeout = 5m\n"
+                               "limits =\n    r1 client_address recipients 10/1m\n";
+    struct config_errors errs = {0};
+    struct config *cfg = NULL;
+    assert_int_equal(config_parse_buffer_all("t.cf", text, strlen(text), &cfg, &errs), -EINVAL);
+    assert_non_null(cfg);
+    assert_int_equal(errs.n, 2);
+    assert_int_equal(cfg->idle_timeout, 300000);
+    assert_non_null(strstr(cfg->limits, "r1 client_address"));
+    struct config *def = config_new_defaults();
+    assert_non_null(def);
+    assert_int_equal(cfg->max_connections, def->max_connections);
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    assert_int_equal(config_print_value(cfg, f, "idle_timeout"), 0);
+    assert_int_equal(config_print_value(cfg, f, "nope"), -ENOENT);
+    rewind(f);
+    char buf[64] = "";
+    assert_non_null(fgets(buf, sizeof(buf), f));
+    assert_string_equal(buf, "5m\n");
+    fclose(f);
+    config_free(def);
+    config_free(cfg);
+    config_errors_clear(&errs);
+    /* A good file: 0, as config_parse_buffer. */
+    assert_int_equal(config_parse_buffer_all("t.cf", "idle_timeout = 1m\n", 17, &cfg, NULL), 0);
     config_free(cfg);
 }
 
@@ -811,6 +846,7 @@ int main(void)
         cmocka_unit_test(test_config_time_and_size_parsers),
         cmocka_unit_test(test_config_print_roundtrip),
         cmocka_unit_test(test_config_print_non_default_shows_explicit),
+        cmocka_unit_test(test_config_parse_all_keeps_good_settings),
         cmocka_unit_test(test_config_example_file_is_complete),
         cmocka_unit_test(test_config_readme_reference_matches_table),
         cmocka_unit_test(test_config_every_allocation_failure_is_enomem),
