@@ -58,8 +58,9 @@ struct store_stats {
     bool connected;         /* redis: the last command got a reply; memory: true */
 };
 
-/* Creates the store cfg->store names ("memory", "redis://...", "redis+unix://...") on
- * loop, using store_key_prefix, redis_timeout, redis_reconnect_max and
+/* Creates the store cfg->store names ("memory", "redis://...", "redis+unix://...",
+ * "redis-sentinel://...": a Redis whose master the sentinels name) on loop, using
+ * store_key_prefix, redis_timeout, redis_reconnect_max, redis_sentinel_password and
  * store_failure_action from cfg (read now; cfg is not kept). Redis connects in the
  * background: nothing blocks, and requests before the connection is up wait for it (up
  * to redis_timeout). Returns 0 and *out (caller owns; release with store_close), or

@@ -58,6 +58,10 @@ struct redis {
     int64_t backoff_max_ms;
     bool first_connect;
     struct log_ratelimit rl;
+    /* redis-sentinel://: where the master's address comes from, and whether a query
+     * for it runs (requests wait for it, as for a name being resolved). */
+    struct redis_sentinel *sentinel;
+    bool asking;
 };
 
 static void redis_connect(struct redis *r);
@@ -485,6 +489,13 @@ static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         store_req_finish(req, 0);
         redis_arm_timer(r);
         return;
+    } else if (r->sentinel && rep->type == REDIS_REPLY_ERROR &&
+               strncmp(rep->str, "READONLY", 8) == 0) {
+        /* The node was demoted: drop it and ask the sentinels where the master is. */
+        store_req_list_remove(&r->inflight, req);
+        redis_finish_failed(r, req, -EPROTO);
+        redis_drop(r, -ECONNRESET, "READONLY: no longer the master; asking the sentinels");
+        return;
     } else {
         status = -EPROTO;
         char what[200];
@@ -515,7 +526,7 @@ static void redis_submit(struct store *s, struct store_req *req)
     struct redis *r = s->impl;
     redisAsyncContext *ac = r->ac;
     req->id = ++r->next_id;
-    if (!ac && !r->resolving) {
+    if (!ac && !r->resolving && !r->asking) {
         redis_note_failure(r, "not connected");
         redis_finish_failed(r, req, -ENOTCONN);
         return;
@@ -555,6 +566,30 @@ static void redis_on_handshake(redisAsyncContext *ac, void *reply, void *privdat
         /* A wrong password or database: retried with backoff, logged at each interval. */
         redis_drop(r, -EPROTO, what);
     }
+}
+
+/* redis-sentinel://: the node the sentinels named must say it is the master (a stale
+ * answer during a failover names the old one, back as a replica). */
+static void redis_on_role(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct redis *r = ac->data;
+    redisReply *rep = reply;
+    (void)privdata;
+    if (!r || !rep)
+        return;
+    if (r->outstanding > 0)
+        r->outstanding--;
+    r->last_progress = redis_now(r);
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+        rep->element[0]->type == REDIS_REPLY_STRING && strcmp(rep->element[0]->str, "master") == 0)
+        return;
+    char what[200];
+    snprintf(what, sizeof(what), "ROLE says %.100s, not master; asking the sentinels again",
+             rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                     rep->element[0]->type == REDIS_REPLY_STRING
+                 ? rep->element[0]->str
+                 : (rep->type == REDIS_REPLY_ERROR ? rep->str : "(unexpected reply)"));
+    redis_drop(r, -ECONNRESET, what);
 }
 
 static void redis_on_connect(const redisAsyncContext *ac, int status)
@@ -639,6 +674,10 @@ static void redis_connect_to(struct redis *r, const char *ip)
         redisAsyncCommandArgv(ac, redis_on_handshake, (void *)"SELECT", 2, argv, NULL);
         r->outstanding++;
     }
+    if (r->sentinel) {
+        redisAsyncCommand(ac, redis_on_role, NULL, "ROLE");
+        r->outstanding++;
+    }
     if (r->outstanding)
         r->last_progress = redis_now(r);
     /* Requests that waited for the name to resolve. */
@@ -689,6 +728,14 @@ static void redis_connect(struct redis *r)
     if (!r->first_connect)
         r->s->stats.reconnects++;
     r->first_connect = false;
+    if (r->sentinel) {
+        /* Every (re)connection asks where the master is now. */
+        if (!r->asking) {
+            r->asking = true;
+            redis_sentinel_ask(r->sentinel);
+        }
+        return;
+    }
     if (r->url.kind == CONFIG_STORE_REDIS_UNIX) {
         redis_connect_to(r, NULL);
         return;
@@ -736,10 +783,15 @@ static void redis_close(struct store *s)
         s->open_handles++;
         uv_cancel((uv_req_t *)&r->gai);
     }
+    if (r->sentinel)
+        redis_sentinel_close(r->sentinel);
 }
 
 static void redis_free(struct store *s)
 {
+    struct redis *r = s->impl;
+    if (r)
+        redis_sentinel_free(r->sentinel);
     free(s->impl);
     s->impl = NULL;
 }
@@ -774,7 +826,9 @@ int store_redis_init(struct store *s, const struct config *cfg, const struct con
         return -ENOMEM;
     r->s = s;
     r->url = *u;
-    if (u->kind == CONFIG_STORE_REDIS_UNIX)
+    if (u->kind == CONFIG_STORE_REDIS_SENTINEL)
+        snprintf(r->where, sizeof(r->where), "master '%s'", u->master_name);
+    else if (u->kind == CONFIG_STORE_REDIS_UNIX)
         snprintf(r->where, sizeof(r->where), "unix:%s", u->path);
     else if (strchr(u->host, ':'))
         snprintf(r->where, sizeof(r->where), "[%s]:%d", u->host, u->port);
@@ -794,11 +848,63 @@ int store_redis_init(struct store *s, const struct config *cfg, const struct con
     r->timeout_timer.data = r;
     uv_timer_init(s->loop, &r->reconnect_timer);
     r->reconnect_timer.data = r;
+    if (u->kind == CONFIG_STORE_REDIS_SENTINEL && !(r->sentinel = redis_sentinel_new(s, cfg, u))) {
+        uv_close((uv_handle_t *)&r->timeout_timer, NULL);
+        uv_close((uv_handle_t *)&r->reconnect_timer, NULL);
+        free(r);
+        return -ENOMEM;
+    }
     s->impl = r;
     s->vt = &redis_vtable;
     (void)err, (void)errlen;
     redis_connect(r);
     return 0;
+}
+
+void store_redis_master_found(struct store *s, const char *ip, int port, bool switched)
+{
+    struct redis *r = s->impl;
+    r->asking = false;
+    if (s->closing)
+        return;
+    bool same = strcmp(r->url.host, ip) == 0 && r->url.port == port;
+    if (same && r->ac)
+        return; /* connected there already */
+    if (!same) {
+        if (r->url.host[0])
+            log_info("redis %s: master is now at %s:%d (was %s:%d)", r->where, ip, port,
+                     r->url.host, r->url.port);
+        else
+            log_info("redis %s: the sentinels name %s:%d", r->where, ip, port);
+        snprintf(r->url.host, sizeof(r->url.host), "%s", ip);
+        r->url.port = port;
+    }
+    if (r->ac) {
+        /* A switch while connected to the old master: its commands in flight are answered
+         * per store_failure_action now, rather than counted on a node being demoted. */
+        redis_drop(r, -ECONNRESET, "master switched");
+    }
+    if (switched)
+        r->backoff_ms = REDIS_BACKOFF_MIN_MS;
+    uv_timer_stop(&r->reconnect_timer);
+    redis_connect_to(r, r->url.host);
+}
+
+void store_redis_master_unknown(struct store *s, const char *why)
+{
+    struct redis *r = s->impl;
+    r->asking = false;
+    if (s->closing)
+        return;
+    if (r->ac) {
+        /* Still connected to the master named before: keep using it. */
+        log_warn_ratelimited(&r->rl, redis_now(r), (uint64_t)s->log_interval_ms, "redis %s: %s",
+                             r->where, why);
+        return;
+    }
+    redis_note_failure(r, why);
+    redis_fail_inflight(r, -ENOTCONN);
+    redis_schedule_reconnect(r);
 }
 
 /* --- cluster operations: node status and events ---

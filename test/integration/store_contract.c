@@ -63,6 +63,13 @@ static struct config *make_config(const char *store, const char *prefix, const c
     assert_non_null(cfg->store);
     assert_non_null(cfg->store_key_prefix);
     assert_non_null(cfg->store_failure_action);
+    /* redis-sentinel:// stores whose sentinels need a password. */
+    const char *spw = getenv("REDIS_SENTINEL_PASSWORD");
+    if (spw && spw[0]) {
+        free(cfg->redis_sentinel_password);
+        cfg->redis_sentinel_password = strdup(spw);
+        assert_non_null(cfg->redis_sentinel_password);
+    }
     /* Generous: a loaded CI machine must not turn answers into local ones. */
     cfg->redis_timeout = 2000;
     cfg->redis_reconnect_max = 500;
