@@ -158,7 +158,9 @@ const struct cf_entry cf_table[] = {
      .doc = "`memory` (this host only), `redis://[:PASSWORD@]HOST:PORT[/DB]`, "
             "`redis+unix:///PATH[?db=N]` (shared by a cluster), or "
             "`redis-sentinel://[:PASSWORD@]IP:PORT[,IP:PORT...]/MASTERNAME[/DB]` (the master "
-            "that these sentinels name, followed across failovers; see Scale-out)."},
+            "that these sentinels name, followed across failovers) or "
+            "`redis-cluster://[:PASSWORD@]IP:PORT[,IP:PORT...]` (a Redis Cluster, from these "
+            "seed nodes); see Scale-out."},
     {"store_key_prefix", CF_STRING, "postsurge:", OFF(store_key_prefix), .check = check_word,
      .group = G_STORE, .doc = "Prefix of every Redis key, to share a Redis safely."},
     {"redis_timeout", CF_TIME, "100ms", OFF(redis_timeout), 1, 60 * SEC, .group = G_STORE,
@@ -1003,7 +1005,7 @@ static int url_seed(const char *p, size_t n, struct config_store_seed *out, cons
     if (n && *p == '[') {
         const char *rb = memchr(p, ']', n);
         if (!rb || rb + 1 >= p + n || rb[1] != ':') {
-            *why = "a sentinel address is IP:PORT or [IPV6]:PORT";
+            *why = "an address is IP:PORT or [IPV6]:PORT";
             return -1;
         }
         host = p + 1;
@@ -1012,7 +1014,7 @@ static int url_seed(const char *p, size_t n, struct config_store_seed *out, cons
     } else {
         const char *colon = memchr(p, ':', n);
         if (!colon) {
-            *why = "a sentinel address is IP:PORT (the port is required)";
+            *why = "an address is IP:PORT (the port is required)";
             return -1;
         }
         hn = (size_t)(colon - p);
@@ -1021,7 +1023,8 @@ static int url_seed(const char *p, size_t n, struct config_store_seed *out, cons
     struct net_addr addr;
     if (hn == 0 || !url_copy(out->host, sizeof(out->host), host, hn, false) ||
         strpbrk(out->host, "[]%") || net_addr_parse(out->host, hn, &addr) < 0) {
-        *why = "sentinels are given by IP address (names would block the loop to resolve)";
+        *why = "sentinels and seed nodes are given by IP address (a name would have to be "
+               "resolved blocking)";
         return -1;
     }
     int64_t v;
@@ -1033,35 +1036,54 @@ static int url_seed(const char *p, size_t n, struct config_store_seed *out, cons
     return 0;
 }
 
-/* redis-sentinel://[:PASSWORD@]IP:PORT[,IP:PORT...]/MASTERNAME[/DB] */
-static int url_parse_sentinel(const char *p, struct config_store_url *out)
+/* "[:PASSWORD@]IP:PORT[,IP:PORT...]" up to the first '/' (or the end) of p: the password
+ * and the seeds. Returns where it stopped, or NULL with out->error set (missing: the
+ * message when there is no address). */
+static const char *url_parse_seeds(const char *p, struct config_store_url *out, const char *missing)
 {
-    out->kind = CONFIG_STORE_REDIS_SENTINEL;
     size_t n = strcspn(p, "/?#");
-    int a = url_auth(p, n, out, "only a password is supported: redis-sentinel://:PASSWORD@...");
+    int a = url_auth(p, n, out, "only a password is supported: :PASSWORD@IP:PORT,...");
     if (a < 0)
-        return -EINVAL;
+        return NULL;
     p += a;
     n -= (size_t)a;
     const char *end = p + n;
     while (p < end) {
         const char *comma = memchr(p, ',', (size_t)(end - p));
         size_t k = (size_t)((comma ? comma : end) - p);
-        if (out->nseeds == CONFIG_STORE_MAX_SEEDS)
-            return url_fail(out, "too many sentinel addresses (at most 8)");
+        if (out->nseeds == CONFIG_STORE_MAX_SEEDS) {
+            url_fail(out, "too many addresses (at most 8)");
+            return NULL;
+        }
         const char *why = NULL;
-        if (url_seed(p, k, &out->seeds[out->nseeds], &why) < 0)
-            return url_fail(out, why);
+        if (url_seed(p, k, &out->seeds[out->nseeds], &why) < 0) {
+            url_fail(out, why);
+            return NULL;
+        }
         out->nseeds++;
         p += k;
         if (p < end && *p == ',') {
             p++;
-            if (p == end)
-                return url_fail(out, "empty sentinel address after ','");
+            if (p == end) {
+                url_fail(out, "empty address after ','");
+                return NULL;
+            }
         }
     }
-    if (out->nseeds == 0)
-        return url_fail(out, "missing sentinels: redis-sentinel://IP:PORT[,IP:PORT]/MASTERNAME");
+    if (out->nseeds == 0) {
+        url_fail(out, missing);
+        return NULL;
+    }
+    return p;
+}
+
+/* redis-sentinel://[:PASSWORD@]IP:PORT[,IP:PORT...]/MASTERNAME[/DB] */
+static int url_parse_sentinel(const char *p, struct config_store_url *out)
+{
+    out->kind = CONFIG_STORE_REDIS_SENTINEL;
+    p = url_parse_seeds(p, out, "missing sentinels: redis-sentinel://IP:PORT[,IP:PORT]/MASTERNAME");
+    if (!p)
+        return -EINVAL;
     if (*p != '/' || !p[1] || p[1] == '/')
         return url_fail(out, "missing master name: redis-sentinel://IP:PORT/MASTERNAME[/DB]");
     p++;
@@ -1092,9 +1114,16 @@ int config_parse_store_url(const char *s, struct config_store_url *out)
     }
     if (strncmp(s, "redis-sentinel://", 17) == 0)
         return url_parse_sentinel(s + 17, out);
-    if (strncmp(s, "redis-cluster://", 16) == 0)
-        return url_fail(out, "redis-cluster:// is not supported yet: use redis-sentinel:// for "
-                             "failover, or a sharding proxy (redis://) in front of several");
+    if (strncmp(s, "redis-cluster://", 16) == 0) {
+        /* redis-cluster://[:PASSWORD@]IP:PORT[,IP:PORT...] (seed nodes; no database) */
+        out->kind = CONFIG_STORE_REDIS_CLUSTER;
+        const char *p = url_parse_seeds(s + 16, out, "missing seed nodes: redis-cluster://IP:PORT");
+        if (!p)
+            return -EINVAL;
+        if (*p && strcmp(p, "/") != 0)
+            return url_fail(out, "a cluster has no database: redis-cluster://IP:PORT[,IP:PORT]");
+        return 0;
+    }
     if (strncmp(s, "redis://", 8) == 0) {
         const char *p = s + 8;
         size_t n = strcspn(p, "/?#");
@@ -1187,5 +1216,6 @@ int config_parse_store_url(const char *s, struct config_store_url *out)
         return 0;
     }
     return url_fail(out, "expected memory, redis://HOST:PORT[/DB], redis+unix:///PATH or "
-                         "redis-sentinel://IP:PORT[,IP:PORT]/MASTERNAME[/DB]");
+                         "redis-sentinel://IP:PORT[,IP:PORT]/MASTERNAME[/DB] or "
+                         "redis-cluster://IP:PORT[,IP:PORT]");
 }

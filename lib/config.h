@@ -43,7 +43,8 @@ struct config {
 
     /* store */
     char *store; /* "memory", "redis://[:PW@]HOST:PORT[/DB]", "redis+unix:///PATH[?db=N]",
-                  * "redis-sentinel://[:PW@]IP:PORT[,...]/MASTER[/DB]" */
+                  * "redis-sentinel://[:PW@]IP:PORT[,...]/MASTER[/DB]",
+                  * "redis-cluster://[:PW@]IP:PORT[,...]" */
     char *store_key_prefix;        /* "postsurge:" */
     int64_t redis_timeout;         /* ms, 100 */
     char *store_failure_action;    /* "local", "dunno" or "defer_if_permit" */
@@ -181,12 +182,13 @@ enum config_store_kind {
     CONFIG_STORE_REDIS_UNIX, /* redis+unix:///PATH[?db=N[&password=PW]] */
     /* redis-sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTERNAME[/DB] */
     CONFIG_STORE_REDIS_SENTINEL,
+    CONFIG_STORE_REDIS_CLUSTER, /* redis-cluster://[:PASSWORD@]HOST:PORT[,HOST:PORT...] */
 };
 
-/* Most sentinel addresses one store URL may list. */
+/* Most sentinel or seed addresses one store URL may list. */
 #define CONFIG_STORE_MAX_SEEDS 8
 
-/* One HOST:PORT of a list of sentinels. */
+/* One HOST:PORT of a list of sentinels or cluster seed nodes. */
 struct config_store_seed {
     char host[64]; /* IP address, IPv6 without brackets */
     int port;
@@ -201,7 +203,7 @@ struct config_store_url {
     char password[256]; /* "" = no AUTH; %XX escapes decoded */
     int db;             /* 0 when not given */
     /* sentinel: the sentinels' addresses (host and port above stay empty until a
-     * sentinel names the master) and the master's name */
+     * sentinel names the master) and the master's name; cluster: the seed nodes */
     struct config_store_seed seeds[CONFIG_STORE_MAX_SEEDS];
     int nseeds;
     char master_name[128];
@@ -211,9 +213,9 @@ struct config_store_url {
 /* Parses "memory", "redis://[:PASSWORD@]HOST[:PORT][/DB]" (IPv6 as [ADDR]),
  * "redis+unix:///PATH[?db=N][&password=PW]" or
  * "redis-sentinel://[:PASSWORD@]IP:PORT[,IP:PORT...]/MASTERNAME[/DB]" (the password is the
- * data nodes'; sentinels are given by address, at most CONFIG_STORE_MAX_SEEDS).
- * "redis-cluster://" is refused as not supported yet. Returns 0, or -EINVAL with out->error set.
- * Pure, no allocation; callable from anywhere. */
+ * data nodes'; sentinels are given by address, at most CONFIG_STORE_MAX_SEEDS) or
+ * "redis-cluster://[:PASSWORD@]IP:PORT[,IP:PORT...]" (seed nodes). Returns 0, or -EINVAL with
+ * out->error set. Pure, no allocation; callable from anywhere. */
 int config_parse_store_url(const char *s, struct config_store_url *out);
 
 /* Writes the settings reference as a Markdown table (name, default, meaning), generated

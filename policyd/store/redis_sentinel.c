@@ -38,74 +38,6 @@ struct redis_sentinel {
     bool closing;
 };
 
-/* --- a minimal hiredis adapter for libuv ---
- * Like the backend's (store_redis.c), and unlike hiredis 0.14.1's adapters/libuv.h, a
- * poll error is passed on as the events we wait for, so hiredis notices a refused
- * connect at once instead of never. No write batching: these connections carry a few
- * commands per failover. */
-struct sentinel_uv {
-    redisAsyncContext *ac;
-    uv_poll_t handle;
-    int events;
-};
-
-static void sentinel_uv_on_poll(uv_poll_t *h, int status, int events)
-{
-    struct sentinel_uv *p = h->data;
-    int ev = status < 0 ? p->events : events;
-    if (p->ac && (ev & UV_READABLE))
-        redisAsyncHandleRead(p->ac);
-    if (p->ac && (ev & UV_WRITABLE))
-        redisAsyncHandleWrite(p->ac);
-}
-
-static void sentinel_uv_update(struct sentinel_uv *p, int events)
-{
-    if (events == p->events)
-        return;
-    p->events = events;
-    if (events)
-        uv_poll_start(&p->handle, events, sentinel_uv_on_poll);
-    else
-        uv_poll_stop(&p->handle);
-}
-
-static void sentinel_uv_add_read(void *pd)
-{
-    struct sentinel_uv *p = pd;
-    sentinel_uv_update(p, p->events | UV_READABLE);
-}
-
-static void sentinel_uv_del_read(void *pd)
-{
-    struct sentinel_uv *p = pd;
-    sentinel_uv_update(p, p->events & ~UV_READABLE);
-}
-
-static void sentinel_uv_add_write(void *pd)
-{
-    struct sentinel_uv *p = pd;
-    sentinel_uv_update(p, p->events | UV_WRITABLE);
-}
-
-static void sentinel_uv_del_write(void *pd)
-{
-    struct sentinel_uv *p = pd;
-    sentinel_uv_update(p, p->events & ~UV_WRITABLE);
-}
-
-static void sentinel_uv_on_close(uv_handle_t *h)
-{
-    free(h->data);
-}
-
-static void sentinel_uv_cleanup(void *pd)
-{
-    struct sentinel_uv *p = pd;
-    p->ac = NULL;
-    uv_close((uv_handle_t *)&p->handle, sentinel_uv_on_close);
-}
-
 /* Connects to seed i; NULL (with why filled) if that failed at once. */
 static redisAsyncContext *sentinel_connect(struct redis_sentinel *st, int i, char *why,
                                            size_t whylen)
@@ -118,21 +50,11 @@ static redisAsyncContext *sentinel_connect(struct redis_sentinel *st, int i, cha
             redisAsyncFree(ac);
         return NULL;
     }
-    struct sentinel_uv *p = calloc(1, sizeof(*p));
-    if (!p || uv_poll_init(st->s->loop, &p->handle, ac->c.fd) < 0) {
-        free(p);
+    if (redis_uv_attach_simple(ac, st->s->loop) < 0) {
         redisAsyncFree(ac);
         snprintf(why, whylen, "cannot attach to the event loop");
         return NULL;
     }
-    p->ac = ac;
-    p->handle.data = p;
-    ac->ev.addRead = sentinel_uv_add_read;
-    ac->ev.delRead = sentinel_uv_del_read;
-    ac->ev.addWrite = sentinel_uv_add_write;
-    ac->ev.delWrite = sentinel_uv_del_write;
-    ac->ev.cleanup = sentinel_uv_cleanup;
-    ac->ev.data = p;
     ac->data = st;
     if (st->password[0]) {
         const char *argv[2] = {"AUTH", st->password};

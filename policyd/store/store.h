@@ -59,7 +59,8 @@ struct store_stats {
 };
 
 /* Creates the store cfg->store names ("memory", "redis://...", "redis+unix://...",
- * "redis-sentinel://...": a Redis whose master the sentinels name) on loop, using
+ * "redis-sentinel://...": a Redis whose master the sentinels name, "redis-cluster://...":
+ * a Redis Cluster) on loop, using
  * store_key_prefix, redis_timeout, redis_reconnect_max, redis_sentinel_password and
  * store_failure_action from cfg (read now; cfg is not kept). Redis connects in the
  * background: nothing blocks, and requests before the connection is up wait for it (up

@@ -142,6 +142,16 @@ void store_redis_master_found(struct store *s, const char *ip, int port, bool sw
 /* Called by the sentinel resolver: no sentinel named the master (why). */
 void store_redis_master_unknown(struct store *s, const char *why);
 
+/* Attaches a hiredis async context to loop (redis_uv.c): 0, -EEXIST, -ENOMEM or a uv
+ * error. The adapter's handle closes itself when hiredis frees the context. */
+struct redisAsyncContext;
+int redis_uv_attach_simple(struct redisAsyncContext *ac, uv_loop_t *loop);
+
+/* The Redis Cluster implementation (redis_cluster.c): sets s->vt and s->impl and starts
+ * reading the slot map from the seeds of u. 0 or -ENOMEM. */
+int store_redis_cluster_init(struct store *s, const struct config *cfg,
+                             const struct config_store_url *u);
+
 /* The sentinel resolver (redis_sentinel.c) of a redis-sentinel:// store. */
 struct redis_sentinel;
 /* NULL on ENOMEM. Reads the seeds and master name of u, redis_timeout and

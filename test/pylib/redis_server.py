@@ -99,10 +99,11 @@ class _Process:
 class RedisServer(_Process):
     """redis-server on 127.0.0.1:port (a free one unless given), no RDB or AOF."""
 
-    def __init__(self, port=None, password=None, replicaof=None):
+    def __init__(self, port=None, password=None, replicaof=None, cluster_node_timeout=None):
         self.port = port or free_port()
         self.password = password
         self.replicaof = replicaof  # a RedisServer to replicate, or None
+        self.cluster_node_timeout = cluster_node_timeout  # ms: cluster-enabled, or None
         self.dir = tempfile.mkdtemp(prefix="redis-test-")
         self.start()
 
@@ -122,6 +123,10 @@ class RedisServer(_Process):
             args += ["--requirepass", self.password, "--masterauth", self.password]
         if self.replicaof:
             args += ["--replicaof", "127.0.0.1", str(self.replicaof.port)]
+        if self.cluster_node_timeout:
+            args += ["--cluster-enabled", "yes", "--cluster-config-file",
+                     os.path.join(self.dir, "nodes.conf"),
+                     "--cluster-node-timeout", str(self.cluster_node_timeout)]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not wait_for(lambda: tcp_listening(self.port) or self.proc.poll() is not None,
@@ -290,6 +295,114 @@ class SentinelSet:
         for s in self.sentinels:
             s.stop()
             shutil.rmtree(s.dir, ignore_errors=True)
+        for s in self.servers:
+            s.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class RedisCluster:
+    """A Redis Cluster of `masters` masters with one replica each (redis-cli --cluster
+    create), fast failure detection (node_timeout ms). url is the redis-cluster:// URL
+    with every master as a seed."""
+
+    def __init__(self, masters=3, replicas=1, node_timeout=1000, password=None):
+        self.password = password
+        self.nmasters = masters
+        self.servers = []
+        try:
+            for _ in range(masters * (1 + replicas)):
+                self.servers.append(RedisServer(port=self._pair_port(), password=password,
+                                                cluster_node_timeout=node_timeout))
+            args = ["redis-cli", "--cluster", "create"]
+            args += ["127.0.0.1:%d" % s.port for s in self.servers]
+            args += ["--cluster-replicas", str(replicas), "--cluster-yes"]
+            if password:
+                args += ["-a", password, "--no-auth-warning"]
+            p = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, timeout=60)
+            if p.returncode != 0:
+                raise RuntimeError("redis-cli --cluster create: %s" % p.stdout.decode())
+            if not wait_for(self._ready, timeout=60):
+                raise RuntimeError("the cluster did not become ready")
+        except BaseException:
+            self.stop()
+            raise
+
+    @staticmethod
+    def _pair_port():
+        """A free port whose cluster bus port (port + 10000) is free too."""
+        while True:
+            p = free_port()
+            if p + 10000 < 65536 and not tcp_listening(p + 10000):
+                return p
+            # Ephemeral ports are mostly above 32768: take one below, bound to check.
+            for q in range(20000, 30000, 97):
+                q += p % 97
+                if not tcp_listening(q) and not tcp_listening(q + 10000):
+                    try:
+                        with socket.socket() as t:
+                            t.bind(("127.0.0.1", q))
+                        return q
+                    except OSError:
+                        continue
+
+    def _ready(self):
+        try:
+            for s in self.servers:
+                if s.proc is None:
+                    continue
+                if "cluster_state:ok" not in s.command("CLUSTER", "INFO"):
+                    return False
+            return len(self.masters()) == self.nmasters and all(
+                "master_link_status:up" in s.command("INFO", "replication")
+                for s in self.servers if s.proc is not None and s not in self.masters())
+        except (OSError, RedisError):
+            return False
+
+    def masters(self):
+        """The live servers that say they are masters."""
+        out = []
+        for s in self.servers:
+            if s.proc is None:
+                continue
+            try:
+                if s.command("ROLE")[0] == "master":
+                    out.append(s)
+            except (OSError, RedisError):
+                pass
+        return out
+
+    def replica_of(self, master):
+        """The live server replicating master."""
+        for s in self.servers:
+            if s.proc is None or s is master:
+                continue
+            info = s.command("INFO", "replication")
+            if "master_port:%d" % master.port in info:
+                return s
+        return None
+
+    def keys(self, pattern):
+        """{port: keys} of every live master."""
+        return {s.port: s.command("KEYS", pattern) for s in self.masters()}
+
+    def url(self, seeds=None):
+        auth = ":%s@" % self.password if self.password else ""
+        seeds = seeds or self.servers[:3]
+        return "redis-cluster://%s%s" % (auth, ",".join("127.0.0.1:%d" % s.port
+                                                         for s in seeds))
+
+    def wait_ok(self, timeout=60):
+        return wait_for(lambda: all(
+            "cluster_state:ok" in s.command("CLUSTER", "INFO")
+            for s in self.servers if s.proc is not None), timeout=timeout)
+
+    def stop(self):
         for s in self.servers:
             s.remove()
 

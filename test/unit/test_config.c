@@ -537,7 +537,10 @@ static const struct url_case url_cases[] = {
      "one/hundred/and/seven/bytes/really.sock",
      -EINVAL, 0, NULL, NULL, NULL, 0, 0},
     {"rediss://h:1", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
-    {"redis-cluster://127.0.0.1:7000", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-cluster://", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-cluster://127.0.0.1:7000/0", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-cluster://node1:7000", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-cluster://127.0.0.1", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
     {"redis-sentinel://127.0.0.1:26379", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
     {"redis-sentinel://127.0.0.1:26379/", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
     {"redis-sentinel:///mymaster", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
@@ -612,11 +615,28 @@ static void test_config_store_url_sentinel(void **state)
     assert_int_equal(config_parse_store_url("redis-sentinel://127.0.0.1:1/m/", &u), 0);
     assert_int_equal(u.db, 0);
 
-    /* Names are refused with a reason that says why; cluster is not there yet. */
+    /* Names are refused with a reason that says why. */
     assert_int_equal(config_parse_store_url("redis-sentinel://s1:26379/m", &u), -EINVAL);
     assert_non_null(strstr(u.error, "IP address"));
-    assert_int_equal(config_parse_store_url("redis-cluster://127.0.0.1:7000", &u), -EINVAL);
-    assert_non_null(strstr(u.error, "not supported yet"));
+}
+
+/* redis-cluster:// URLs: seed nodes and the password, no database. */
+static void test_config_store_url_cluster(void **state)
+{
+    (void)state;
+    struct config_store_url u;
+    assert_int_equal(config_parse_store_url("redis-cluster://127.0.0.1:7000", &u), 0);
+    assert_int_equal(u.kind, CONFIG_STORE_REDIS_CLUSTER);
+    assert_int_equal(u.nseeds, 1);
+    assert_string_equal(u.seeds[0].host, "127.0.0.1");
+    assert_int_equal(u.seeds[0].port, 7000);
+    assert_int_equal(config_parse_store_url("redis-cluster://:pw@10.0.0.1:7000,[::1]:7001/", &u),
+                     0);
+    assert_int_equal(u.nseeds, 2);
+    assert_string_equal(u.seeds[1].host, "::1");
+    assert_string_equal(u.password, "pw");
+    assert_int_equal(config_parse_store_url("redis-cluster://10.0.0.1:7000/3", &u), -EINVAL);
+    assert_non_null(strstr(u.error, "no database"));
 }
 
 static void test_config_time_and_size_parsers(void **state)
@@ -864,6 +884,7 @@ int main(void)
         cmocka_unit_test(test_config_message_count_is_capped),
         cmocka_unit_test(test_config_store_url_parser),
         cmocka_unit_test(test_config_store_url_sentinel),
+        cmocka_unit_test(test_config_store_url_cluster),
         cmocka_unit_test(test_config_time_and_size_parsers),
         cmocka_unit_test(test_config_print_roundtrip),
         cmocka_unit_test(test_config_print_non_default_shows_explicit),
