@@ -30,6 +30,9 @@
 #define CLUSTER_MAX_REDIRECTS 5
 /* Slot map reads at most this often (MOVED storms during a reshard). */
 #define CLUSTER_REFRESH_MIN_MS 100
+/* While a master of the map is failed, the map is read this often: the cluster promotes
+ * its replica without telling us. */
+#define CLUSTER_FAILED_REFRESH_MS 500
 /* A node that does not answer CLUSTER SLOTS is given up after this long at the least. */
 #define CLUSTER_QUERY_MIN_MS 500
 #define CLUSTER_BACKOFF_MIN_MS 50
@@ -646,7 +649,14 @@ static void cluster_on_slots(redisAsyncContext *ac, void *reply, void *privdata)
     if (c->refresh_again) {
         c->refresh_again = false;
         cluster_schedule_refresh(c);
+        return;
     }
+    for (int i = 0; i < c->nnodes; i++)
+        if (c->nodes[i]->in_map && c->nodes[i]->failed) {
+            uv_timer_start(&c->refresh_timer, cluster_on_refresh_timer,
+                           CLUSTER_FAILED_REFRESH_MS, 0);
+            break;
+        }
 }
 
 /* Asks the next candidate: the known masters first (whichever is not backing off),
