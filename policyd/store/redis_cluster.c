@@ -653,8 +653,8 @@ static void cluster_on_slots(redisAsyncContext *ac, void *reply, void *privdata)
     }
     for (int i = 0; i < c->nnodes; i++)
         if (c->nodes[i]->in_map && c->nodes[i]->failed) {
-            uv_timer_start(&c->refresh_timer, cluster_on_refresh_timer,
-                           CLUSTER_FAILED_REFRESH_MS, 0);
+            uv_timer_start(&c->refresh_timer, cluster_on_refresh_timer, CLUSTER_FAILED_REFRESH_MS,
+                           0);
             break;
         }
 }

@@ -62,6 +62,7 @@ struct redis {
      * for it runs (requests wait for it, as for a name being resolved). */
     struct redis_sentinel *sentinel;
     bool asking;
+    bool role_warned; /* a node named as master said it is not: logged once, at once */
 };
 
 static void redis_connect(struct redis *r);
@@ -581,14 +582,26 @@ static void redis_on_role(redisAsyncContext *ac, void *reply, void *privdata)
         r->outstanding--;
     r->last_progress = redis_now(r);
     if (rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
-        rep->element[0]->type == REDIS_REPLY_STRING && strcmp(rep->element[0]->str, "master") == 0)
+        rep->element[0]->type == REDIS_REPLY_STRING &&
+        strcmp(rep->element[0]->str, "master") == 0) {
+        r->role_warned = false;
         return;
+    }
     char what[200];
     snprintf(what, sizeof(what), "ROLE says %.100s, not master; asking the sentinels again",
              rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
                      rep->element[0]->type == REDIS_REPLY_STRING
                  ? rep->element[0]->str
                  : (rep->type == REDIS_REPLY_ERROR ? rep->str : "(unexpected reply)"));
+    if (!r->role_warned) {
+        /* A wrong answer from the sentinels, not one more failure of Redis: said at once,
+         * whatever the rate limit of the failure lines, then rate-limited as they are. */
+        r->role_warned = true;
+        log_warn("redis %s at %s:%d: %s", r->where, r->url.host, r->url.port, what);
+        r->degraded = true;
+        redis_drop(r, -ECONNRESET, NULL);
+        return;
+    }
     redis_drop(r, -ECONNRESET, what);
 }
 
