@@ -734,6 +734,8 @@ static void redis_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo
     redis_connect_to(r, ip);
 }
 
+static void redis_connect_addr(struct redis *r);
+
 static void redis_connect(struct redis *r)
 {
     if (r->s->closing || r->ac || r->resolving)
@@ -749,6 +751,12 @@ static void redis_connect(struct redis *r)
         }
         return;
     }
+    redis_connect_addr(r);
+}
+
+/* Connects to r->url: a socket path, an address, or a name resolved without blocking. */
+static void redis_connect_addr(struct redis *r)
+{
     if (r->url.kind == CONFIG_STORE_REDIS_UNIX) {
         redis_connect_to(r, NULL);
         return;
@@ -900,7 +908,8 @@ void store_redis_master_found(struct store *s, const char *ip, int port, bool sw
     if (switched)
         r->backoff_ms = REDIS_BACKOFF_MIN_MS;
     uv_timer_stop(&r->reconnect_timer);
-    redis_connect_to(r, r->url.host);
+    if (!r->resolving)
+        redis_connect_addr(r); /* sentinels with resolve-hostnames may name a host */
 }
 
 void store_redis_master_unknown(struct store *s, const char *why)
