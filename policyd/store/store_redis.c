@@ -865,16 +865,15 @@ int store_redis_init(struct store *s, const struct config *cfg, const struct con
     if (r->backoff_ms > r->backoff_max_ms)
         r->backoff_ms = r->backoff_max_ms;
     r->first_connect = true;
+    /* Before the timers: nothing to close when this fails. */
+    if (u->kind == CONFIG_STORE_REDIS_SENTINEL && !(r->sentinel = redis_sentinel_new(s, cfg, u))) {
+        free(r);
+        return -ENOMEM;
+    }
     uv_timer_init(s->loop, &r->timeout_timer);
     r->timeout_timer.data = r;
     uv_timer_init(s->loop, &r->reconnect_timer);
     r->reconnect_timer.data = r;
-    if (u->kind == CONFIG_STORE_REDIS_SENTINEL && !(r->sentinel = redis_sentinel_new(s, cfg, u))) {
-        uv_close((uv_handle_t *)&r->timeout_timer, NULL);
-        uv_close((uv_handle_t *)&r->reconnect_timer, NULL);
-        free(r);
-        return -ENOMEM;
-    }
     s->impl = r;
     s->vt = &redis_vtable;
     (void)err, (void)errlen;
