@@ -9,7 +9,7 @@ BENCH_ARGS ?=
 FUZZ_SECONDS ?= 60
 SOAK_SECONDS ?= 1800
 
-.PHONY: all deps test-deps setup run test unit asan valgrind fuzz bench soak flood format format-check install uninstall deb test-package man clean
+.PHONY: all deps test-deps setup run test unit asan valgrind fuzz bench bench-stores soak flood format format-check install uninstall deb test-package man clean
 
 all: setup
 	ninja -C $(BUILD)
@@ -62,6 +62,9 @@ bench: all
 	@sh .ci/install-deps bench
 	ninja -C $(BUILD)
 	sh test/bench/run $(BUILD) $(BENCH_ARGS)
+
+bench-stores: all
+	python3 test/bench/stores $(BUILD)
 
 # Mixed load for SOAK_SECONDS (default 30 minutes) on a Redis store with a Redis restart;
 # the last line says PASS or FAIL (0 unanswered, memory growth under 5 % after warm-up).

@@ -5,6 +5,7 @@
  * config_ref.c's writers. */
 #include "config.h"
 #include "config_impl.h"
+#include "net.h"
 #include "overrides.h"
 #include "textutil.h"
 
@@ -154,8 +155,12 @@ const struct cf_entry cf_table[] = {
      .doc = "Reply of a rule without its own `action`; a 4xx so senders retry."},
 
     {"store", CF_STRING, "memory", OFF(store), .check = check_store, .group = G_STORE,
-     .doc = "`memory` (this host only), `redis://[:PASSWORD@]HOST:PORT[/DB]` or "
-            "`redis+unix:///PATH[?db=N]` (shared by a cluster)."},
+     .doc = "`memory` (this host only), `redis://[:PASSWORD@]HOST:PORT[/DB]`, "
+            "`redis+unix:///PATH[?db=N]` (shared by a cluster), or "
+            "`redis-sentinel://[:PASSWORD@]IP:PORT[,IP:PORT...]/MASTERNAME[/DB]` (the master "
+            "that these sentinels name, followed across failovers) or "
+            "`redis-cluster://[:PASSWORD@]IP:PORT[,IP:PORT...]` (a Redis Cluster, from these "
+            "seed nodes); see Scale-out."},
     {"store_key_prefix", CF_STRING, "postsurge:", OFF(store_key_prefix), .check = check_word,
      .group = G_STORE, .doc = "Prefix of every Redis key, to share a Redis safely."},
     {"redis_timeout", CF_TIME, "100ms", OFF(redis_timeout), 1, 60 * SEC, .group = G_STORE,
@@ -173,6 +178,10 @@ const struct cf_entry cf_table[] = {
             "220 bytes each. When full, about 3% are dropped at once: expired counters "
             "first, then those furthest from their limit; a counter at its limit only when "
             "all are. Each wave is logged and counted (see Memory store bound)."},
+    {"redis_sentinel_password", CF_STRING, "", OFF(redis_sentinel_password), .check = check_word,
+     .group = G_STORE,
+     .doc = "Password of the sentinels of a `redis-sentinel://` store, if they need one (the "
+            "URL's password is the data nodes')."},
 
     {"node_name", CF_STRING, "", OFF(node_name), .check = check_word, .group = G_NODE,
      .doc = "This node's name in status and reports; empty means the host name."},
@@ -1000,11 +1009,152 @@ static int url_fail(struct config_store_url *out, const char *why)
     return -EINVAL;
 }
 
+/* Parses the "[:PASSWORD@]" start of p[0..n): copies the password and returns how many
+ * bytes it took (0 without one), or -1 with out->error set. */
+static int url_auth(const char *p, size_t n, struct config_store_url *out, const char *form)
+{
+    const char *auth_end = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (p[i] == '@')
+            auth_end = p + i; /* the last '@': a raw '@' in a password still works */
+    if (!auth_end)
+        return 0;
+    if (*p != ':') {
+        out->error = form;
+        return -1;
+    }
+    if (!url_copy(out->password, sizeof(out->password), p + 1, (size_t)(auth_end - p - 1), true)) {
+        out->error = "bad password (use %XX for special characters)";
+        return -1;
+    }
+    return (int)(auth_end + 1 - p);
+}
+
+/* Parses one "IP:PORT" or "[IPV6]:PORT" of a sentinel list (p[0..n)). */
+static int url_seed(const char *p, size_t n, struct config_store_seed *out, const char **why)
+{
+    const char *host = p, *port;
+    size_t hn;
+    if (n && *p == '[') {
+        const char *rb = memchr(p, ']', n);
+        if (!rb || rb + 1 >= p + n || rb[1] != ':') {
+            *why = "an address is IP:PORT or [IPV6]:PORT";
+            return -1;
+        }
+        host = p + 1;
+        hn = (size_t)(rb - host);
+        port = rb + 2;
+    } else {
+        const char *colon = memchr(p, ':', n);
+        if (!colon) {
+            *why = "an address is IP:PORT (the port is required)";
+            return -1;
+        }
+        hn = (size_t)(colon - p);
+        port = colon + 1;
+    }
+    struct net_addr addr;
+    if (hn == 0 || !url_copy(out->host, sizeof(out->host), host, hn, false) ||
+        strpbrk(out->host, "[]%") || net_addr_parse(out->host, hn, &addr) < 0) {
+        *why = "sentinels and seed nodes are given by IP address (a name would have to be "
+               "resolved blocking)";
+        return -1;
+    }
+    int64_t v;
+    if (!parse_uint_n(port, (size_t)(p + n - port), 65535, &v) || v == 0) {
+        *why = "port must be a number from 1 to 65535";
+        return -1;
+    }
+    out->port = (int)v;
+    return 0;
+}
+
+/* "[:PASSWORD@]IP:PORT[,IP:PORT...]" up to the first '/' (or the end) of p: the password
+ * and the seeds. Returns where it stopped, or NULL with out->error set (missing: the
+ * message when there is no address). */
+static const char *url_parse_seeds(const char *p, struct config_store_url *out, const char *missing)
+{
+    size_t n = strcspn(p, "/?#");
+    int a = url_auth(p, n, out, "only a password is supported: :PASSWORD@IP:PORT,...");
+    if (a < 0)
+        return NULL;
+    p += a;
+    n -= (size_t)a;
+    const char *end = p + n;
+    while (p < end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        size_t k = (size_t)((comma ? comma : end) - p);
+        if (out->nseeds == CONFIG_STORE_MAX_SEEDS) {
+            url_fail(out, "too many addresses (at most 8)");
+            return NULL;
+        }
+        const char *why = NULL;
+        if (url_seed(p, k, &out->seeds[out->nseeds], &why) < 0) {
+            url_fail(out, why);
+            return NULL;
+        }
+        out->nseeds++;
+        p += k;
+        if (p < end && *p == ',') {
+            p++;
+            if (p == end) {
+                url_fail(out, "empty address after ','");
+                return NULL;
+            }
+        }
+    }
+    if (out->nseeds == 0) {
+        url_fail(out, missing);
+        return NULL;
+    }
+    return p;
+}
+
+/* redis-sentinel://[:PASSWORD@]IP:PORT[,IP:PORT...]/MASTERNAME[/DB] */
+static int url_parse_sentinel(const char *p, struct config_store_url *out)
+{
+    out->kind = CONFIG_STORE_REDIS_SENTINEL;
+    p = url_parse_seeds(p, out, "missing sentinels: redis-sentinel://IP:PORT[,IP:PORT]/MASTERNAME");
+    if (!p)
+        return -EINVAL;
+    if (*p != '/' || !p[1] || p[1] == '/')
+        return url_fail(out, "missing master name: redis-sentinel://IP:PORT/MASTERNAME[/DB]");
+    p++;
+    size_t mn = strcspn(p, "/");
+    if (!url_copy(out->master_name, sizeof(out->master_name), p, mn, true) ||
+        strpbrk(out->master_name, "?#"))
+        return url_fail(out, "bad master name");
+    p += mn;
+    if (*p == '/' && p[1]) {
+        int64_t v;
+        if (!parse_uint_n(p + 1, strlen(p + 1), INT32_MAX, &v))
+            return url_fail(out, "database must be a number: redis-sentinel://.../MASTER/DB");
+        out->db = (int)v;
+    } else if (*p == '/') {
+        /* ".../MASTER/" is the default database. */
+    } else if (*p) {
+        return url_fail(out, "unexpected text after the master name");
+    }
+    return 0;
+}
+
 int config_parse_store_url(const char *s, struct config_store_url *out)
 {
     memset(out, 0, sizeof(*out));
     if (strcmp(s, "memory") == 0) {
         out->kind = CONFIG_STORE_MEMORY;
+        return 0;
+    }
+    if (strncmp(s, "redis-sentinel://", 17) == 0)
+        return url_parse_sentinel(s + 17, out);
+    if (strncmp(s, "redis-cluster://", 16) == 0) {
+        /* redis-cluster://[:PASSWORD@]IP:PORT[,IP:PORT...] (seed nodes; no database) */
+        out->kind = CONFIG_STORE_REDIS_CLUSTER;
+        const char *p = url_parse_seeds(s + 16, out, "missing seed nodes: redis-cluster://IP:PORT");
+        if (!p)
+            return -EINVAL;
+        if (*p && strcmp(p, "/") != 0)
+            return url_fail(out, "a cluster has no database: redis-cluster://IP:PORT[,IP:PORT]");
         return 0;
     }
     if (strncmp(s, "redis://", 8) == 0) {
@@ -1098,5 +1248,7 @@ int config_parse_store_url(const char *s, struct config_store_url *out)
         }
         return 0;
     }
-    return url_fail(out, "expected memory, redis://HOST:PORT[/DB] or redis+unix:///PATH");
+    return url_fail(out, "expected memory, redis://HOST:PORT[/DB], redis+unix:///PATH or "
+                         "redis-sentinel://IP:PORT[,IP:PORT]/MASTERNAME[/DB] or "
+                         "redis-cluster://IP:PORT[,IP:PORT]");
 }

@@ -42,11 +42,14 @@ struct config {
     char *limit_action; /* default reply of a rule, "450 4.7.1 ..." */
 
     /* store */
-    char *store; /* "memory", "redis://[:PW@]HOST:PORT[/DB]", "redis+unix:///PATH[?db=N]" */
-    char *store_key_prefix;      /* "postsurge:" */
-    int64_t redis_timeout;       /* ms, 100 */
-    char *store_failure_action;  /* "local", "dunno" or "defer_if_permit" */
-    int64_t redis_reconnect_max; /* ms, backoff cap, 5 s */
+    char *store; /* "memory", "redis://[:PW@]HOST:PORT[/DB]", "redis+unix:///PATH[?db=N]",
+                  * "redis-sentinel://[:PW@]IP:PORT[,...]/MASTER[/DB]",
+                  * "redis-cluster://[:PW@]IP:PORT[,...]" */
+    char *store_key_prefix;        /* "postsurge:" */
+    int64_t redis_timeout;         /* ms, 100 */
+    char *store_failure_action;    /* "local", "dunno" or "defer_if_permit" */
+    int64_t redis_reconnect_max;   /* ms, backoff cap, 5 s */
+    char *redis_sentinel_password; /* AUTH for the sentinels; "" = none */
 
     int64_t memory_store_max_keys; /* counters kept in memory, 1000000 */
 
@@ -192,6 +195,18 @@ enum config_store_kind {
     CONFIG_STORE_MEMORY,
     CONFIG_STORE_REDIS_TCP,  /* redis://[:PASSWORD@]HOST[:PORT][/DB] */
     CONFIG_STORE_REDIS_UNIX, /* redis+unix:///PATH[?db=N[&password=PW]] */
+    /* redis-sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTERNAME[/DB] */
+    CONFIG_STORE_REDIS_SENTINEL,
+    CONFIG_STORE_REDIS_CLUSTER, /* redis-cluster://[:PASSWORD@]HOST:PORT[,HOST:PORT...] */
+};
+
+/* Most sentinel or seed addresses one store URL may list. */
+#define CONFIG_STORE_MAX_SEEDS 8
+
+/* One HOST:PORT of a list of sentinels or cluster seed nodes. */
+struct config_store_seed {
+    char host[64]; /* IP address, IPv6 without brackets */
+    int port;
 };
 
 /* A parsed store URL. Fixed buffers: nothing to free. */
@@ -202,12 +217,20 @@ struct config_store_url {
     char path[108];     /* unix: socket path (fits sun_path) */
     char password[256]; /* "" = no AUTH; %XX escapes decoded */
     int db;             /* 0 when not given */
-    const char *error;  /* on -EINVAL: why, a static string */
+    /* sentinel: the sentinels' addresses (host and port above stay empty until a
+     * sentinel names the master) and the master's name; cluster: the seed nodes */
+    struct config_store_seed seeds[CONFIG_STORE_MAX_SEEDS];
+    int nseeds;
+    char master_name[128];
+    const char *error; /* on -EINVAL: why, a static string */
 };
 
-/* Parses "memory", "redis://[:PASSWORD@]HOST[:PORT][/DB]" (IPv6 as [ADDR]) or
- * "redis+unix:///PATH[?db=N][&password=PW]". Returns 0, or -EINVAL with out->error set.
- * Pure, no allocation; callable from anywhere. */
+/* Parses "memory", "redis://[:PASSWORD@]HOST[:PORT][/DB]" (IPv6 as [ADDR]),
+ * "redis+unix:///PATH[?db=N][&password=PW]" or
+ * "redis-sentinel://[:PASSWORD@]IP:PORT[,IP:PORT...]/MASTERNAME[/DB]" (the password is the
+ * data nodes'; sentinels are given by address, at most CONFIG_STORE_MAX_SEEDS) or
+ * "redis-cluster://[:PASSWORD@]IP:PORT[,IP:PORT...]" (seed nodes). Returns 0, or -EINVAL with
+ * out->error set. Pure, no allocation; callable from anywhere. */
 int config_parse_store_url(const char *s, struct config_store_url *out);
 
 /* Writes the settings reference as a Markdown table (name, default, meaning), generated

@@ -388,8 +388,42 @@ static int report_read_maillog(const struct config *cfg, struct traffic *tr,
 
 #define REDIS_CLI_TIMEOUT_MS 2000
 
+/* redis-sentinel://: asks the sentinels in turn for the master's address and puts it in
+ * u->host and u->port. 0, or -1 with why in err. */
+static int redis_sentinel_master(const struct config *cfg, struct config_store_url *u, char *err,
+                                 size_t errlen)
+{
+    struct timeval tv = {REDIS_CLI_TIMEOUT_MS / 1000, (REDIS_CLI_TIMEOUT_MS % 1000) * 1000};
+    snprintf(err, errlen, "no sentinel named the master '%s'", u->master_name);
+    for (int i = 0; i < u->nseeds; i++) {
+        redisContext *c = redisConnectWithTimeout(u->seeds[i].host, u->seeds[i].port, tv);
+        redisReply *rep = NULL;
+        if (c && !c->err) {
+            redisSetTimeout(c, tv);
+            const char *pw = cfg->redis_sentinel_password;
+            if (pw && pw[0])
+                freeReplyObject(redisCommand(c, "AUTH %s", pw));
+            rep = redisCommand(c, "SENTINEL get-master-addr-by-name %s", u->master_name);
+        }
+        bool ok = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+                  rep->element[0]->type == REDIS_REPLY_STRING &&
+                  rep->element[1]->type == REDIS_REPLY_STRING;
+        if (ok) {
+            snprintf(u->host, sizeof(u->host), "%s", rep->element[0]->str);
+            u->port = atoi(rep->element[1]->str);
+        }
+        freeReplyObject(rep);
+        if (c)
+            redisFree(c);
+        if (ok)
+            return 0;
+    }
+    return -1;
+}
+
 /* A synchronous connection to the store's Redis, or NULL (memory store, or trouble: then
- * why is in err). Only GET and SET are sent, which a sharding proxy forwards. */
+ * why is in err). Only GET and SET are sent, which a sharding proxy forwards. With
+ * Sentinel, the master the sentinels name; a Redis Cluster is not read yet. */
 static redisContext *redis_open(const struct config *cfg, char *err, size_t errlen)
 {
     struct config_store_url u;
@@ -400,8 +434,15 @@ static redisContext *redis_open(const struct config *cfg, char *err, size_t errl
     err[0] = '\0';
     if (config_parse_store_url(cfg->store, &u) < 0 || u.kind == CONFIG_STORE_MEMORY)
         return NULL;
-    c = u.kind == CONFIG_STORE_REDIS_TCP ? redisConnectWithTimeout(u.host, u.port, tv)
-                                         : redisConnectUnixWithTimeout(u.path, tv);
+    if (u.kind == CONFIG_STORE_REDIS_CLUSTER) {
+        snprintf(err, errlen, "the report does not read a Redis Cluster store yet");
+        return NULL;
+    }
+    if (u.kind == CONFIG_STORE_REDIS_SENTINEL && redis_sentinel_master(cfg, &u, err, errlen) < 0)
+        return NULL;
+    err[0] = '\0';
+    c = u.kind != CONFIG_STORE_REDIS_UNIX ? redisConnectWithTimeout(u.host, u.port, tv)
+                                          : redisConnectUnixWithTimeout(u.path, tv);
     if (!c || c->err) {
         snprintf(err, errlen, "cannot connect to Redis: %s", c ? c->errstr : "out of memory");
         goto fail;

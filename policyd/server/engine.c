@@ -422,7 +422,8 @@ static bool engine_store_changed(const struct config *a, const struct config *b)
         return false;
     return a->redis_timeout != b->redis_timeout ||
            a->redis_reconnect_max != b->redis_reconnect_max ||
-           str_differs(a->store_failure_action, b->store_failure_action);
+           str_differs(a->store_failure_action, b->store_failure_action) ||
+           str_differs(a->redis_sentinel_password, b->redis_sentinel_password);
 }
 
 /* The memory counters' figures (the local fallback's with Redis), read at scrape time.

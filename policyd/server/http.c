@@ -125,6 +125,20 @@ static json_t *http_store_json(const char *store)
                          u.db);
     case CONFIG_STORE_REDIS_UNIX:
         return json_pack("{s:s,s:s,s:i}", "kind", "redis", "path", u.path, "db", u.db);
+    case CONFIG_STORE_REDIS_SENTINEL:
+    case CONFIG_STORE_REDIS_CLUSTER: {
+        json_t *seeds = json_array();
+        for (int i = 0; seeds && i < u.nseeds; i++) {
+            char addr[sizeof(u.seeds[i].host) + 16];
+            snprintf(addr, sizeof(addr), strchr(u.seeds[i].host, ':') ? "[%s]:%d" : "%s:%d",
+                     u.seeds[i].host, u.seeds[i].port);
+            json_array_append_new(seeds, json_string(addr));
+        }
+        if (u.kind == CONFIG_STORE_REDIS_CLUSTER)
+            return json_pack("{s:s,s:o*}", "kind", "redis-cluster", "seeds", seeds);
+        return json_pack("{s:s,s:s,s:o*,s:i}", "kind", "redis-sentinel", "master", u.master_name,
+                         "sentinels", seeds, "db", u.db);
+    }
     default:
         return json_pack("{s:s}", "kind", "memory");
     }

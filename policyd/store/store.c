@@ -215,7 +215,8 @@ int store_new(uv_loop_t *loop, const struct config *cfg, struct store **out, cha
         return -ENOMEM;
     }
     if (u.kind != CONFIG_STORE_MEMORY) {
-        int rc = store_redis_init(s, cfg, &u, err, errlen);
+        int rc = u.kind == CONFIG_STORE_REDIS_CLUSTER ? store_redis_cluster_init(s, cfg, &u)
+                                                      : store_redis_init(s, cfg, &u, err, errlen);
         if (rc < 0) {
             mem_table_free(&s->mem);
             free(s->prefix);

@@ -69,8 +69,10 @@ struct store_stats {
     int64_t state_since_ms;
 };
 
-/* Creates the store cfg->store names ("memory", "redis://...", "redis+unix://...") on
- * loop, using store_key_prefix, redis_timeout, redis_reconnect_max and
+/* Creates the store cfg->store names ("memory", "redis://...", "redis+unix://...",
+ * "redis-sentinel://...": a Redis whose master the sentinels name, "redis-cluster://...":
+ * a Redis Cluster) on loop, using
+ * store_key_prefix, redis_timeout, redis_reconnect_max, redis_sentinel_password and
  * store_failure_action from cfg (read now; cfg is not kept). Redis connects in the
  * background: nothing blocks, and requests before the connection is up wait for it (up
  * to redis_timeout). Returns 0 and *out (caller owns; release with store_close), or

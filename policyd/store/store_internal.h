@@ -169,6 +169,35 @@ void store_handle_closed(struct store *s);
 /* The memory implementation (every store starts with it; its table is the fallback). */
 extern const struct store_vtable store_memory_vtable;
 
-/* The Redis implementation: parses url and sets s->vt and s->impl. 0 or -errno. */
+/* The Redis implementation: parses url and sets s->vt and s->impl. 0 or -errno. With a
+ * redis-sentinel:// url it takes the master's address from a redis_sentinel. */
 int store_redis_init(struct store *s, const struct config *cfg, const struct config_store_url *u,
                      char *err, size_t errlen);
+/* Called by the sentinel resolver: the master is at ip:port (switched: announced by
+ * +switch-master, so a connection elsewhere is dropped and the new one made at once). */
+void store_redis_master_found(struct store *s, const char *ip, int port, bool switched);
+/* Called by the sentinel resolver: no sentinel named the master (why). */
+void store_redis_master_unknown(struct store *s, const char *why);
+
+/* Attaches a hiredis async context to loop (redis_uv.c): 0, -EEXIST, -ENOMEM or a uv
+ * error. The adapter's handle closes itself when hiredis frees the context. */
+struct redisAsyncContext;
+int redis_uv_attach_simple(struct redisAsyncContext *ac, uv_loop_t *loop);
+
+/* The Redis Cluster implementation (redis_cluster.c): sets s->vt and s->impl and starts
+ * reading the slot map from the seeds of u. 0 or -ENOMEM. */
+int store_redis_cluster_init(struct store *s, const struct config *cfg,
+                             const struct config_store_url *u);
+
+/* The sentinel resolver (redis_sentinel.c) of a redis-sentinel:// store. */
+struct redis_sentinel;
+/* NULL on ENOMEM. Reads the seeds and master name of u, redis_timeout and
+ * redis_sentinel_password of cfg. */
+struct redis_sentinel *redis_sentinel_new(struct store *s, const struct config *cfg,
+                                          const struct config_store_url *u);
+/* Asks the sentinels for the master (unless a query is running): answers later with
+ * store_redis_master_found() or store_redis_master_unknown(), possibly from inside. */
+void redis_sentinel_ask(struct redis_sentinel *st);
+/* Closes the connections and the timer (counted in s->open_handles). */
+void redis_sentinel_close(struct redis_sentinel *st);
+void redis_sentinel_free(struct redis_sentinel *st);

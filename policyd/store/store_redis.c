@@ -123,6 +123,11 @@ struct redis {
      * per log_repeat_interval with a count. Recoveries and repaired keys have their own. */
     struct log_ratelimit rl[REDIS_TROUBLE_COUNT];
     struct log_ratelimit rl_back, rl_repair;
+    /* redis-sentinel://: where the master's address comes from, and whether a query
+     * for it runs (requests wait for it, as for a name being resolved). */
+    struct redis_sentinel *sentinel;
+    bool asking;
+    bool role_warned; /* a node named as master said it is not: logged once, at once */
 };
 
 static void redis_connect(struct redis *r);
@@ -643,6 +648,14 @@ static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         store_req_finish(req, 0);
         redis_arm_timer(r);
         return;
+    } else if (r->sentinel && rep->type == REDIS_REPLY_ERROR &&
+               strncmp(rep->str, "READONLY", 8) == 0) {
+        /* The node was demoted: drop it and ask the sentinels where the master is. */
+        store_req_list_remove(&r->inflight, req);
+        redis_finish_failed(r, req, -EPROTO);
+        redis_drop(r, -ECONNRESET, REDIS_READONLY,
+                   "READONLY: no longer the master; asking the sentinels");
+        return;
     } else if (rep->type == REDIS_REPLY_ERROR) {
         status = -EPROTO;
         redis_note_error_reply(r, NULL, rep->str, true);
@@ -674,7 +687,7 @@ static void redis_submit(struct store *s, struct store_req *req)
     struct redis *r = s->impl;
     redisAsyncContext *ac = r->ac;
     req->id = ++r->next_id;
-    if (!ac && !r->resolving) {
+    if (!ac && !r->resolving && !r->asking) {
         redis_note_again(r);
         redis_finish_failed(r, req, -ENOTCONN);
         return;
@@ -714,6 +727,42 @@ static void redis_on_handshake(redisAsyncContext *ac, void *reply, void *privdat
         /* A wrong password or database: retried with backoff, logged at each interval. */
         redis_drop(r, -EPROTO, redis_error_kind(rep->str), what);
     }
+}
+
+/* redis-sentinel://: the node the sentinels named must say it is the master (a stale
+ * answer during a failover names the old one, back as a replica). */
+static void redis_on_role(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct redis *r = ac->data;
+    redisReply *rep = reply;
+    (void)privdata;
+    if (!r || !rep)
+        return;
+    if (r->outstanding > 0)
+        r->outstanding--;
+    r->last_progress = redis_now(r);
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+        rep->element[0]->type == REDIS_REPLY_STRING &&
+        strcmp(rep->element[0]->str, "master") == 0) {
+        r->role_warned = false;
+        return;
+    }
+    char what[200];
+    snprintf(what, sizeof(what), "ROLE says %.100s, not master; asking the sentinels again",
+             rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                     rep->element[0]->type == REDIS_REPLY_STRING
+                 ? rep->element[0]->str
+                 : (rep->type == REDIS_REPLY_ERROR ? rep->str : "(unexpected reply)"));
+    if (!r->role_warned) {
+        /* A wrong answer from the sentinels, not one more failure of Redis: said at once,
+         * whatever the rate limit of the failure lines, then rate-limited as they are. */
+        r->role_warned = true;
+        log_warn("redis %s at %s:%d: %s", r->where, r->url.host, r->url.port, what);
+        r->degraded = true;
+        redis_drop(r, -ECONNRESET, REDIS_ERROR, NULL);
+        return;
+    }
+    redis_drop(r, -ECONNRESET, REDIS_ERROR, what);
 }
 
 static void redis_on_connect(const redisAsyncContext *ac, int status)
@@ -798,6 +847,10 @@ static void redis_connect_to(struct redis *r, const char *ip)
         redisAsyncCommandArgv(ac, redis_on_handshake, (void *)"SELECT", 2, argv, NULL);
         r->outstanding++;
     }
+    if (r->sentinel) {
+        redisAsyncCommand(ac, redis_on_role, NULL, "ROLE");
+        r->outstanding++;
+    }
     if (r->outstanding)
         r->last_progress = redis_now(r);
     /* Requests that waited for the name to resolve. */
@@ -841,6 +894,8 @@ static void redis_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo
     redis_connect_to(r, ip);
 }
 
+static void redis_connect_addr(struct redis *r);
+
 static void redis_connect(struct redis *r)
 {
     if (r->s->closing || r->ac || r->resolving)
@@ -848,6 +903,20 @@ static void redis_connect(struct redis *r)
     if (!r->first_connect)
         r->s->stats.reconnects++;
     r->first_connect = false;
+    if (r->sentinel) {
+        /* Every (re)connection asks where the master is now. */
+        if (!r->asking) {
+            r->asking = true;
+            redis_sentinel_ask(r->sentinel);
+        }
+        return;
+    }
+    redis_connect_addr(r);
+}
+
+/* Connects to r->url: a socket path, an address, or a name resolved without blocking. */
+static void redis_connect_addr(struct redis *r)
+{
     if (r->url.kind == CONFIG_STORE_REDIS_UNIX) {
         redis_connect_to(r, NULL);
         return;
@@ -895,10 +964,15 @@ static void redis_close(struct store *s)
         s->open_handles++;
         uv_cancel((uv_req_t *)&r->gai);
     }
+    if (r->sentinel)
+        redis_sentinel_close(r->sentinel);
 }
 
 static void redis_free(struct store *s)
 {
+    struct redis *r = s->impl;
+    if (r)
+        redis_sentinel_free(r->sentinel);
     free(s->impl);
     s->impl = NULL;
 }
@@ -933,7 +1007,9 @@ int store_redis_init(struct store *s, const struct config *cfg, const struct con
         return -ENOMEM;
     r->s = s;
     r->url = *u;
-    if (u->kind == CONFIG_STORE_REDIS_UNIX)
+    if (u->kind == CONFIG_STORE_REDIS_SENTINEL)
+        snprintf(r->where, sizeof(r->where), "master '%s'", u->master_name);
+    else if (u->kind == CONFIG_STORE_REDIS_UNIX)
         snprintf(r->where, sizeof(r->where), "unix:%s", u->path);
     else if (strchr(u->host, ':'))
         snprintf(r->where, sizeof(r->where), "[%s]:%d", u->host, u->port);
@@ -949,6 +1025,11 @@ int store_redis_init(struct store *s, const struct config *cfg, const struct con
     if (r->backoff_ms > r->backoff_max_ms)
         r->backoff_ms = r->backoff_max_ms;
     r->first_connect = true;
+    /* Before the timers: nothing to close when this fails. */
+    if (u->kind == CONFIG_STORE_REDIS_SENTINEL && !(r->sentinel = redis_sentinel_new(s, cfg, u))) {
+        free(r);
+        return -ENOMEM;
+    }
     uv_timer_init(s->loop, &r->timeout_timer);
     r->timeout_timer.data = r;
     uv_timer_init(s->loop, &r->reconnect_timer);
@@ -958,6 +1039,53 @@ int store_redis_init(struct store *s, const struct config *cfg, const struct con
     (void)err, (void)errlen;
     redis_connect(r);
     return 0;
+}
+
+void store_redis_master_found(struct store *s, const char *ip, int port, bool switched)
+{
+    struct redis *r = s->impl;
+    r->asking = false;
+    if (s->closing)
+        return;
+    bool same = strcmp(r->url.host, ip) == 0 && r->url.port == port;
+    if (same && r->ac)
+        return; /* connected there already */
+    if (!same) {
+        if (r->url.host[0])
+            log_info("redis %s: master is now at %s:%d (was %s:%d)", r->where, ip, port,
+                     r->url.host, r->url.port);
+        else
+            log_info("redis %s: the sentinels name %s:%d", r->where, ip, port);
+        snprintf(r->url.host, sizeof(r->url.host), "%s", ip);
+        r->url.port = port;
+    }
+    if (r->ac) {
+        /* A switch while connected to the old master: its commands in flight are answered
+         * per store_failure_action now, rather than counted on a node being demoted. */
+        redis_drop(r, -ECONNRESET, REDIS_UNREACHABLE, "master switched");
+    }
+    if (switched)
+        r->backoff_ms = REDIS_BACKOFF_MIN_MS;
+    uv_timer_stop(&r->reconnect_timer);
+    if (!r->resolving)
+        redis_connect_addr(r); /* sentinels with resolve-hostnames may name a host */
+}
+
+void store_redis_master_unknown(struct store *s, const char *why)
+{
+    struct redis *r = s->impl;
+    r->asking = false;
+    if (s->closing)
+        return;
+    if (r->ac) {
+        /* Still connected to the master named before: keep using it. */
+        log_warn_ratelimited(&r->rl[REDIS_UNREACHABLE], redis_now(r), (uint64_t)s->log_interval_ms,
+                             "redis %s: %s", r->where, why);
+        return;
+    }
+    redis_note_failure(r, REDIS_UNREACHABLE, why);
+    redis_fail_inflight(r, -ENOTCONN);
+    redis_schedule_reconnect(r);
 }
 
 /* --- cluster operations: node status and events ---

@@ -28,7 +28,7 @@ import unittest
 from ports import free_port, wait_for
 from postfix_instance import PostfixInstance
 from postsurge import Postsurge
-from redis_server import RedisServer
+from redis_server import RedisServer, SentinelSet
 import testmain
 
 POSTSURGE = os.environ.get("POSTSURGE", "postsurge")
@@ -537,6 +537,14 @@ class ReportE2E(unittest.TestCase):
             buckets = saved["metrics"]["mx-test/queue.hold.messages"]
             self.assertEqual(sum(b[1] for b in buckets), 2)
             self.assertGreater(int(rs.command("TTL", "ps:report:baseline:mx-test")), 86400)
+
+    def test_baselines_kept_in_redis_through_sentinel(self):
+        """store = redis-sentinel: the report asks the sentinels for the master and keeps
+        its baselines there."""
+        with SentinelSet() as ss:
+            cfg = self.config(store=ss.url(), store_key_prefix="ps:")
+            self.report_json(cfg)
+            self.assertTrue(ss.master.command("GET", "ps:report:baseline:mx-test"))
 
     def test_cluster_from_redis_when_daemon_down(self):
         """Daemon down, store = redis: the peers' status and the event log come from the

@@ -3,9 +3,13 @@ redis-server, and through nutcracker in front of two, enforce one combined limit
 Redis killed mid-load and restarted: every request answered within redis_timeout plus
 a margin (README: "within `redis_timeout` with Redis"), then shared counting resumes; SCRIPT FLUSH mid-load survived with
 exact counts; a SIGSTOPped Redis for 5 s: answers from local counters; SIGHUP keeps the
-counters of unchanged rules in Redis. Env: POSTSURGE, PYTHONPATH=test/pylib."""
+counters of unchanged rules in Redis. Through Sentinel and Redis Cluster: two daemons
+enforce one combined limit, and a master killed under loadgen leaves every request
+answered within redis_timeout plus a margin, with the limit shared again after the
+promotion. Env: POSTSURGE, PYTHONPATH=test/pylib."""
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,8 +17,14 @@ import unittest
 
 from ports import free_port, wait_for
 from postsurge import SLOW, Postsurge, request
-from redis_server import Nutcracker, RedisServer
+from redis_server import Nutcracker, RedisCluster, RedisServer, SentinelSet
 import testmain
+
+LOADGEN = os.path.join(os.environ.get("BUILD_ROOT", "build"), "test", "bench", "loadgen")
+WRAPPED = bool(os.environ.get("POSTSURGE_WRAPPER"))
+# A reply during a failover may exceed redis_timeout by this much (loadgen, daemon and
+# Redis share two cores), never by a hang.
+FAILOVER_MARGIN_MS = 400
 
 DEFER = "450 4.7.1 Rate limit exceeded, try again later"
 # Generous where exact counts are asserted: a reply slower than this (a busy CI machine)
@@ -81,6 +91,74 @@ class LimitsRedis(unittest.TestCase):
         r1, r2 = self.redis(), self.redis()
         with Nutcracker([r1, r2]) as nc:
             self.combined_limit(nc.url)
+
+    def test_limits_redis_two_daemons_through_sentinel(self):
+        with SentinelSet() as ss:
+            self.combined_limit(ss.url())
+            self.assertTrue(ss.master.command("KEYS", "*per_ip*"))
+
+    def test_limits_redis_two_daemons_through_cluster(self):
+        with RedisCluster() as c:
+            self.combined_limit(c.url())
+
+    def failover_under_load(self, url, kill, promoted):
+        """Two daemons on url; loadgen on one; kill() the master 2 s in. Every request is
+        answered, each within redis_timeout plus a margin; once promoted() is true,
+        requests alternating over both daemons see one exact combined limit."""
+        if WRAPPED:
+            self.skipTest("failover under load runs natively only (needs full speed)")
+        if not os.access(LOADGEN, os.X_OK):
+            self.skipTest("no loadgen at %s" % LOADGEN)
+        a, b = self.daemons(config(url, ["per_ip client_address recipients 100/1m",
+                                         "per_net client_address/24 recipients 100000/1m"],
+                                   redis_timeout="100ms", redis_reconnect_max="500ms"))
+        lg = subprocess.Popen([LOADGEN, "-c", "16", "-d", "10", "-w", "0", "-t", "5", "-N",
+                               "64", "-l", "failover", "%s:%d" % (a.host, a.port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.addCleanup(lambda: lg.poll() is None and lg.kill())
+        time.sleep(2)
+        kill()
+        out = lg.communicate(timeout=120)[0]
+        print("\n" + out.strip(), file=sys.stderr)
+        m = re.search(r"^LOADGEN .* requests=(\d+) .* max_us=(\d+) errors=(\d+) "
+                      r"conn_errors=(\d+)", out, re.M)
+        self.assertIsNotNone(m, out)
+        requests, max_us, errors, conn_errors = (int(g) for g in m.groups())
+        self.assertEqual((errors, conn_errors), (0, 0), out)
+        self.assertGreater(requests, 1000)
+        self.assertLessEqual(max_us, (100 + FAILOVER_MARGIN_MS) * 1000, out)
+        self.assertIn("answering from local counters", a.log())
+        deadline = time.monotonic() + 60
+        while not promoted() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertTrue(promoted(), "no promotion")
+        # Shared again: a third stream, over both daemons, from a fresh client.
+        for tag in range(30):
+            with a.client() as ca, b.client() as cb:
+                probe = self.alternate([ca, cb], 1, "p%d" % tag, client_address="198.51.100.%d"
+                                       % (tag + 1))
+            if a.log().count(" is back") and b.log().count(" is back"):
+                break
+            time.sleep(0.5)
+        with a.client() as ca, b.client() as cb:
+            out = self.alternate([ca, cb], 60, "after", client_address="203.0.113.9")
+        self.assertEqual(out.count("DUNNO"), 100, out)
+        self.assertEqual(out.count(DEFER + " (per_ip)"), 20, out)
+        return max_us
+
+    def test_limits_redis_sentinel_master_killed_under_load(self):
+        with SentinelSet() as ss:
+            max_us = self.failover_under_load(ss.url(), ss.master.kill,
+                                              lambda: ss.master_port() == ss.replica.port)
+            print("sentinel failover: slowest reply %.1f ms" % (max_us / 1000), file=sys.stderr)
+
+    def test_limits_redis_cluster_master_killed_under_load(self):
+        with RedisCluster() as c:
+            victim = c.masters()[0]
+            replica = c.replica_of(victim)
+            max_us = self.failover_under_load(
+                c.url(), victim.kill, lambda: replica in c.masters() and c.wait_ok(1))
+            print("cluster failover: slowest reply %.1f ms" % (max_us / 1000), file=sys.stderr)
 
     def test_limits_redis_killed_and_restarted(self):
         r = self.redis()

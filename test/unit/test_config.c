@@ -537,6 +537,25 @@ static const struct url_case url_cases[] = {
      "one/hundred/and/seven/bytes/really.sock",
      -EINVAL, 0, NULL, NULL, NULL, 0, 0},
     {"rediss://h:1", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-cluster://", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-cluster://127.0.0.1:7000/0", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-cluster://node1:7000", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-cluster://127.0.0.1", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-sentinel://127.0.0.1:26379", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-sentinel://127.0.0.1:26379/", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-sentinel:///mymaster", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-sentinel://127.0.0.1/mymaster", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-sentinel://sentinel1:26379/mymaster", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-sentinel://127.0.0.1:0/mymaster", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-sentinel://127.0.0.1:1,/mymaster", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-sentinel://127.0.0.1:1,,127.0.0.2:1/mymaster", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-sentinel://[::1]26379/mymaster", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-sentinel://127.0.0.1:1/m/x", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-sentinel://127.0.0.1:1/m/1/2", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-sentinel://u:p@127.0.0.1:1/m", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
+    {"redis-sentinel://1.1.1.1:1,1.1.1.1:2,1.1.1.1:3,1.1.1.1:4,1.1.1.1:5,1.1.1.1:6,1.1.1.1:7,"
+     "1.1.1.1:8,1.1.1.1:9/m",
+     -EINVAL, 0, NULL, NULL, NULL, 0, 0},
     {"Memory", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
     {"", -EINVAL, 0, NULL, NULL, NULL, 0, 0},
 };
@@ -562,6 +581,62 @@ static void test_config_store_url_parser(void **state)
         assert_int_equal(u.port, uc->port);
         assert_int_equal(u.db, uc->db);
     }
+}
+
+/* redis-sentinel:// URLs: the sentinels, the master's name, the data nodes' password and
+ * database. */
+static void test_config_store_url_sentinel(void **state)
+{
+    (void)state;
+    struct config_store_url u;
+    assert_int_equal(config_parse_store_url("redis-sentinel://127.0.0.1:26379/mymaster", &u), 0);
+    assert_int_equal(u.kind, CONFIG_STORE_REDIS_SENTINEL);
+    assert_int_equal(u.nseeds, 1);
+    assert_string_equal(u.seeds[0].host, "127.0.0.1");
+    assert_int_equal(u.seeds[0].port, 26379);
+    assert_string_equal(u.master_name, "mymaster");
+    assert_string_equal(u.password, "");
+    assert_string_equal(u.host, "");
+    assert_int_equal(u.db, 0);
+
+    assert_int_equal(config_parse_store_url("redis-sentinel://:p%40w@10.0.0.1:26379,[::1]:26380,"
+                                            "10.0.0.3:5000/cache-1/7",
+                                            &u),
+                     0);
+    assert_int_equal(u.nseeds, 3);
+    assert_string_equal(u.seeds[1].host, "::1");
+    assert_int_equal(u.seeds[1].port, 26380);
+    assert_string_equal(u.seeds[2].host, "10.0.0.3");
+    assert_int_equal(u.seeds[2].port, 5000);
+    assert_string_equal(u.master_name, "cache-1");
+    assert_string_equal(u.password, "p@w");
+    assert_int_equal(u.db, 7);
+
+    assert_int_equal(config_parse_store_url("redis-sentinel://127.0.0.1:1/m/", &u), 0);
+    assert_int_equal(u.db, 0);
+
+    /* Names are refused with a reason that says why. */
+    assert_int_equal(config_parse_store_url("redis-sentinel://s1:26379/m", &u), -EINVAL);
+    assert_non_null(strstr(u.error, "IP address"));
+}
+
+/* redis-cluster:// URLs: seed nodes and the password, no database. */
+static void test_config_store_url_cluster(void **state)
+{
+    (void)state;
+    struct config_store_url u;
+    assert_int_equal(config_parse_store_url("redis-cluster://127.0.0.1:7000", &u), 0);
+    assert_int_equal(u.kind, CONFIG_STORE_REDIS_CLUSTER);
+    assert_int_equal(u.nseeds, 1);
+    assert_string_equal(u.seeds[0].host, "127.0.0.1");
+    assert_int_equal(u.seeds[0].port, 7000);
+    assert_int_equal(config_parse_store_url("redis-cluster://:pw@10.0.0.1:7000,[::1]:7001/", &u),
+                     0);
+    assert_int_equal(u.nseeds, 2);
+    assert_string_equal(u.seeds[1].host, "::1");
+    assert_string_equal(u.password, "pw");
+    assert_int_equal(config_parse_store_url("redis-cluster://10.0.0.1:7000/3", &u), -EINVAL);
+    assert_non_null(strstr(u.error, "no database"));
 }
 
 static void test_config_time_and_size_parsers(void **state)
@@ -843,6 +918,8 @@ int main(void)
         cmocka_unit_test(test_config_long_line_and_nul_are_errors),
         cmocka_unit_test(test_config_message_count_is_capped),
         cmocka_unit_test(test_config_store_url_parser),
+        cmocka_unit_test(test_config_store_url_sentinel),
+        cmocka_unit_test(test_config_store_url_cluster),
         cmocka_unit_test(test_config_time_and_size_parsers),
         cmocka_unit_test(test_config_print_roundtrip),
         cmocka_unit_test(test_config_print_non_default_shows_explicit),

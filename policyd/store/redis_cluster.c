@@ -1,0 +1,1148 @@
+/* redis_cluster: counters, node status and events in a Redis Cluster, with hiredis
+ * 0.14.1's async API (it knows nothing of clusters). The slot map comes from CLUSTER
+ * SLOTS; each command goes to the master of its key's slot (crc16.c), over one connection
+ * per master, so a decision's script calls go out to all of its masters in the same loop
+ * turn and are answered in one round trip to each. MOVED updates the map and retries,
+ * ASK retries once after ASKING, both bounded by CLUSTER_MAX_REDIRECTS; a lost node,
+ * CLUSTERDOWN or MOVED refreshes the map, which is how a promoted replica is found. As in
+ * store_redis.c a timer bounds every request by redis_timeout, and what the cluster does
+ * not answer in time is answered per store_failure_action. */
+#define LOG_COMPONENT "store"
+#include "store_internal.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "util/log.h"
+#include "crc16.h"
+#include "redis_keys.h"
+#include "sha1.h"
+
+#define CLUSTER_MAX_NODES 64
+#define CLUSTER_NO_NODE 0xffff
+/* MOVED and ASK followed for one command before it counts as failed. */
+#define CLUSTER_MAX_REDIRECTS 5
+/* Slot map reads at most this often (MOVED storms during a reshard). */
+#define CLUSTER_REFRESH_MIN_MS 100
+/* While a master of the map is failed, the map is read this often: the cluster promotes
+ * its replica without telling us. */
+#define CLUSTER_FAILED_REFRESH_MS 500
+/* A node that does not answer CLUSTER SLOTS is given up after this long at the least. */
+#define CLUSTER_QUERY_MIN_MS 500
+#define CLUSTER_BACKOFF_MIN_MS 50
+#define CLUSTER_STALL_MIN_MS 1000
+/* privdata of a counter command: request id << 12 | redirects << 8 | asking << 7 | op
+ * index (below STORE_MAX_OPS, 64). */
+#define CLUSTER_PD(id, redirects, asking, idx)                                                     \
+    ((void *)(uintptr_t)(((uintptr_t)(id) << 12) | ((uintptr_t)(redirects) << 8) |                 \
+                         ((uintptr_t)(asking) << 7) | (uintptr_t)(idx)))
+
+struct cluster;
+
+struct cluster_node {
+    struct cluster *c;
+    int idx; /* in c->nodes */
+    char ip[64];
+    int port;
+    char where[80];
+    redisAsyncContext *ac;
+    uint64_t retry_at; /* uv_now() before which a failed node is not reconnected */
+    int64_t backoff_ms;
+    bool in_map; /* a master in the latest slot map */
+    bool failed; /* lost since it last answered */
+    uint64_t outstanding, last_progress;
+};
+
+struct cluster {
+    struct store *s;
+    struct config_store_url url; /* seeds and password */
+    char sha[41];
+    uint16_t slots[CLUSTER_SLOTS];
+    struct cluster_node *nodes[CLUSTER_MAX_NODES];
+    int nnodes;
+    bool have_map;
+    struct store_req_list inflight;
+    uint64_t next_id;
+    int64_t timeout_ms, backoff_max_ms;
+    uv_timer_t timeout_timer;
+    /* slot map refresh: one query connection, to a known master or a seed */
+    uv_timer_t refresh_timer;
+    uv_timer_t query_timer;
+    redisAsyncContext *q;
+    char q_where[80];
+    bool refreshing, refresh_again;
+    int tried;
+    uint64_t last_refresh;
+    int64_t refresh_backoff_ms;
+    char reasons[600];
+    bool degraded;
+    bool down; /* CLUSTERDOWN seen since the last answer: logged once, not rate-limited */
+    uint64_t degraded_count;
+    struct log_ratelimit rl;
+};
+
+static uint64_t cluster_now(struct cluster *c)
+{
+    return uv_now(c->s->loop);
+}
+
+static void cluster_note_failure(struct cluster *c, const char *where, const char *what)
+{
+    c->degraded = true;
+    c->s->stats.connected = false;
+    log_warn_ratelimited(&c->rl, cluster_now(c), (uint64_t)c->s->log_interval_ms,
+                         "redis cluster %s: %s; answering %s", where, what,
+                         c->s->local_fallback ? "from local counters" : "per store_failure_action");
+}
+
+/* True when every master of the map is connected and none failed since it answered. */
+static bool cluster_all_up(struct cluster *c)
+{
+    for (int i = 0; i < c->nnodes; i++)
+        if (c->nodes[i]->in_map && (!c->nodes[i]->ac || c->nodes[i]->failed))
+            return false;
+    return c->have_map;
+}
+
+static void cluster_note_success(struct cluster *c, struct cluster_node *n)
+{
+    n->failed = false;
+    n->backoff_ms = CLUSTER_BACKOFF_MIN_MS;
+    c->s->stats.connected = true;
+    c->down = false;
+    if (c->degraded && cluster_all_up(c)) {
+        log_info("redis cluster is back; %" PRIu64 " requests were answered without it",
+                 c->degraded_count);
+        c->degraded = false;
+        c->degraded_count = 0;
+        /* As with a single Redis: shared counting resumes, local counts are dropped. */
+        mem_table_clear(&c->s->mem);
+        c->rl.last_ms = 0;
+        c->rl.suppressed = 0;
+    }
+}
+
+static void cluster_finish_failed(struct cluster *c, struct store_req *req, int status)
+{
+    if (status != -ECANCELED)
+        c->degraded_count++;
+    store_req_finish(req, status);
+}
+
+static void cluster_on_timeout(uv_timer_t *h);
+
+static void cluster_arm_timer(struct cluster *c)
+{
+    struct store_req *head = c->inflight.head;
+    if (!head) {
+        uv_timer_stop(&c->timeout_timer);
+        return;
+    }
+    uint64_t now = cluster_now(c);
+    uv_timer_start(&c->timeout_timer, cluster_on_timeout,
+                   head->deadline > now ? head->deadline - now : 0, 0);
+}
+
+/* Fails req (already in the inflight list) with status. */
+static void cluster_fail_req(struct cluster *c, struct store_req *req, int status)
+{
+    store_req_list_remove(&c->inflight, req);
+    if (status == -ETIMEDOUT)
+        c->s->stats.timeouts++;
+    cluster_finish_failed(c, req, status);
+    cluster_arm_timer(c);
+}
+
+static struct store_req *cluster_find(struct cluster *c, uint64_t id)
+{
+    for (struct store_req *req = c->inflight.head; req; req = req->next)
+        if (req->id == id)
+            return req;
+    return NULL;
+}
+
+static void cluster_schedule_refresh(struct cluster *c);
+
+/* --- nodes --- */
+
+static int cluster_node_get(struct cluster *c, const char *ip, int port)
+{
+    for (int i = 0; i < c->nnodes; i++)
+        if (c->nodes[i]->port == port && strcmp(c->nodes[i]->ip, ip) == 0)
+            return i;
+    if (c->nnodes == CLUSTER_MAX_NODES || strlen(ip) >= sizeof(c->nodes[0]->ip))
+        return -1;
+    struct cluster_node *n = calloc(1, sizeof(*n));
+    if (!n)
+        return -1;
+    n->c = c;
+    n->idx = c->nnodes;
+    snprintf(n->ip, sizeof(n->ip), "%s", ip);
+    n->port = port;
+    snprintf(n->where, sizeof(n->where), strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
+    n->backoff_ms = CLUSTER_BACKOFF_MIN_MS;
+    c->nodes[c->nnodes] = n;
+    return c->nnodes++;
+}
+
+/* The node's connection is gone (hiredis frees it; its pending commands get NULL
+ * replies, which fail their requests): back off, and read the map again, since a replica
+ * may be promoted in its place. */
+static void cluster_node_lost(struct cluster_node *n, const char *why)
+{
+    struct cluster *c = n->c;
+    n->ac = NULL;
+    n->outstanding = 0;
+    n->failed = true;
+    n->retry_at = cluster_now(c) + (uint64_t)n->backoff_ms;
+    n->backoff_ms *= 2;
+    if (n->backoff_ms > c->backoff_max_ms)
+        n->backoff_ms = c->backoff_max_ms;
+    if (c->s->closing)
+        return;
+    cluster_note_failure(c, n->where, why);
+    cluster_schedule_refresh(c);
+}
+
+static void cluster_on_node_connect(const redisAsyncContext *ac, int status)
+{
+    struct cluster_node *n = ac->data;
+    if (!n || status == REDIS_OK)
+        return;
+    char what[200];
+    snprintf(what, sizeof(what), "cannot connect: %.150s", ac->errstr);
+    cluster_node_lost(n, what);
+}
+
+static void cluster_on_node_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct cluster_node *n = ac->data;
+    if (!n || n->ac != ac)
+        return;
+    char what[200];
+    snprintf(what, sizeof(what), "connection lost: %.150s",
+             status == REDIS_OK ? "closed" : ac->errstr);
+    cluster_node_lost(n, what);
+}
+
+static void cluster_on_auth(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct cluster_node *n = ac->data;
+    redisReply *rep = reply;
+    (void)privdata;
+    if (!n || !rep)
+        return;
+    if (n->outstanding > 0)
+        n->outstanding--;
+    if (rep->type == REDIS_REPLY_ERROR) {
+        char what[200];
+        snprintf(what, sizeof(what), "AUTH refused: %.150s", rep->str);
+        cluster_note_failure(n->c, n->where, what);
+    }
+}
+
+/* The node's connection, made if needed; NULL while it backs off after a failure. */
+static redisAsyncContext *cluster_node_ac(struct cluster_node *n)
+{
+    struct cluster *c = n->c;
+    if (n->ac)
+        return n->ac;
+    if (c->s->closing || cluster_now(c) < n->retry_at)
+        return NULL;
+    redisAsyncContext *ac = redisAsyncConnect(n->ip, n->port);
+    if (!ac || ac->err || redis_uv_attach_simple(ac, c->s->loop) < 0) {
+        char what[200];
+        snprintf(what, sizeof(what), "cannot connect: %.150s",
+                 ac && ac->err ? ac->errstr : "out of memory");
+        if (ac)
+            redisAsyncFree(ac);
+        cluster_node_lost(n, what);
+        return NULL;
+    }
+    ac->data = n;
+    redisAsyncSetConnectCallback(ac, cluster_on_node_connect);
+    redisAsyncSetDisconnectCallback(ac, cluster_on_node_disconnect);
+    n->ac = ac;
+    n->outstanding = 0;
+    if (c->url.password[0]) {
+        const char *argv[2] = {"AUTH", c->url.password};
+        redisAsyncCommandArgv(ac, cluster_on_auth, NULL, 2, argv, NULL);
+        n->outstanding++;
+        n->last_progress = cluster_now(c);
+    }
+    return ac;
+}
+
+/* Drops a node's connection on our side (a stall): pending commands are failed now. */
+static void cluster_node_drop(struct cluster_node *n, const char *why)
+{
+    redisAsyncContext *ac = n->ac;
+    /* Marked down first: the failed requests' callbacks may send again. */
+    cluster_node_lost(n, why);
+    if (ac) {
+        /* Keep ac->data: the NULL replies hiredis gives the pending commands fail their
+         * requests; the disconnect callback sees n->ac != ac and does nothing. */
+        redisAsyncFree(ac);
+    }
+}
+
+/* --- counters --- */
+
+static void cluster_on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+/* Sends op idx of req to node ni (or its slot's master when ni < 0). 0 or -errno. */
+static int cluster_send_op(struct cluster *c, struct store_req *req, size_t idx, int ni,
+                           unsigned redirects, bool asking, bool eval)
+{
+    const struct store_req_op *op = &req->ops[idx];
+    if (ni < 0) {
+        unsigned slot = crc16_key_slot(op->key, op->keylen);
+        if (c->slots[slot] == CLUSTER_NO_NODE)
+            return -ENOTCONN;
+        ni = c->slots[slot];
+    }
+    struct cluster_node *n = c->nodes[ni];
+    redisAsyncContext *ac = cluster_node_ac(n);
+    if (!ac)
+        return -ENOTCONN;
+    if (asking) {
+        redisAsyncCommand(ac, NULL, NULL, "ASKING");
+    }
+    unsigned char args[WINDOW_LUA_ARGS_LEN];
+    window_lua_args(req->now_ms, op->window_ms, op->limit, op->amount, args);
+    const char *argv[5] = {eval ? "EVAL" : "EVALSHA", eval ? window_lua_script : c->sha, "1",
+                           op->key, (const char *)args};
+    size_t len[5] = {strlen(argv[0]), strlen(argv[1]), 1, op->keylen, sizeof(args)};
+    if (redisAsyncCommandArgv(ac, cluster_on_reply, CLUSTER_PD(req->id, redirects, asking, idx), 5,
+                              argv, len) != REDIS_OK)
+        return -ENOTCONN;
+    if (n->outstanding++ == 0)
+        n->last_progress = cluster_now(c);
+    return 0;
+}
+
+/* Sends every op of req, each to its slot's master. 0, or the first error (req is then
+ * still in the list, for the caller to fail). */
+static int cluster_send_req(struct cluster *c, struct store_req *req)
+{
+    req->sent = true;
+    for (size_t i = 0; i < req->n; i++) {
+        int rc = cluster_send_op(c, req, i, -1, 0, false, false);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* Parses "MOVED 3999 127.0.0.1:6381" (or ASK): slot, ip and port. */
+static bool cluster_parse_redirect(const char *str, unsigned *slot, char *ip, size_t iplen,
+                                   int *port)
+{
+    const char *sp = strchr(str, ' ');
+    if (!sp)
+        return false;
+    char *end;
+    unsigned long v = strtoul(sp + 1, &end, 10);
+    if (*end != ' ' || v >= CLUSTER_SLOTS)
+        return false;
+    const char *addr = end + 1, *colon = strrchr(addr, ':');
+    if (!colon || colon == addr || (size_t)(colon - addr) >= iplen)
+        return false;
+    memcpy(ip, addr, (size_t)(colon - addr));
+    ip[colon - addr] = '\0';
+    *port = atoi(colon + 1);
+    *slot = (unsigned)v;
+    return *port > 0 && *port < 65536;
+}
+
+static void cluster_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct cluster_node *n = ac->data;
+    if (!n)
+        return; /* the store is closing: its requests were answered */
+    struct cluster *c = n->c;
+    redisReply *rep = reply;
+    if (n->outstanding > 0)
+        n->outstanding--;
+    if (rep)
+        n->last_progress = cluster_now(c);
+    uint64_t id = (uint64_t)((uintptr_t)privdata >> 12);
+    unsigned redirects = (unsigned)(((uintptr_t)privdata >> 8) & 0xf);
+    bool asking = ((uintptr_t)privdata & 0x80) != 0;
+    size_t idx = (size_t)((uintptr_t)privdata & 0x7f);
+    struct store_req *req = cluster_find(c, id);
+    if (!req || idx >= req->n || req->ops[idx].answered)
+        return;
+    if (!rep) {
+        cluster_fail_req(c, req, -ECONNRESET);
+        return;
+    }
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer >= 0) {
+        cluster_note_success(c, n);
+        req->results[idx].allowed = (rep->integer & 1) != 0;
+        req->results[idx].count = rep->integer >> 1;
+        req->ops[idx].answered = true;
+        if (--req->npending > 0)
+            return;
+        store_req_list_remove(&c->inflight, req);
+        store_req_finish(req, 0);
+        cluster_arm_timer(c);
+        return;
+    }
+    char what[300];
+    if (rep->type != REDIS_REPLY_ERROR) {
+        cluster_note_failure(c, n->where, "unexpected reply to the window script");
+        cluster_fail_req(c, req, -EPROTO);
+        return;
+    }
+    if (strncmp(rep->str, "NOSCRIPT", 8) == 0) {
+        c->s->stats.noscript++;
+        /* After an ASK the script goes to the importing node again, with ASKING. */
+        if (cluster_send_op(c, req, idx, n->idx, redirects, asking, true) == 0)
+            return;
+        cluster_fail_req(c, req, -ENOTCONN);
+        return;
+    }
+    bool moved = strncmp(rep->str, "MOVED ", 6) == 0, ask = strncmp(rep->str, "ASK ", 4) == 0;
+    if (moved || ask) {
+        unsigned slot;
+        char ip[64];
+        int port, ni;
+        if (redirects >= CLUSTER_MAX_REDIRECTS) {
+            snprintf(what, sizeof(what), "more than %d redirects for one key (last: %.100s)",
+                     CLUSTER_MAX_REDIRECTS, rep->str);
+            cluster_note_failure(c, n->where, what);
+            cluster_schedule_refresh(c);
+            cluster_fail_req(c, req, -EPROTO);
+            return;
+        }
+        if (cluster_parse_redirect(rep->str, &slot, ip, sizeof(ip), &port) &&
+            (ni = cluster_node_get(c, ip, port)) >= 0) {
+            if (moved) {
+                /* The slot has a new owner for good: route there from now on, and read
+                 * the whole map again (a failover or reshard moves many slots). */
+                c->slots[slot] = (uint16_t)ni;
+                cluster_schedule_refresh(c);
+            }
+            if (cluster_send_op(c, req, idx, ni, redirects + 1, ask, false) == 0)
+                return;
+            cluster_fail_req(c, req, -ENOTCONN);
+            return;
+        }
+        snprintf(what, sizeof(what), "bad redirect: %.150s", rep->str);
+        cluster_note_failure(c, n->where, what);
+        cluster_fail_req(c, req, -EPROTO);
+        return;
+    }
+    snprintf(what, sizeof(what), "error reply to the window script: %.150s", rep->str);
+    if (strncmp(rep->str, "CLUSTERDOWN", 11) == 0 && !c->down) {
+        /* A state of the whole cluster, not one more failure: said once, whatever the
+         * rate limit of the failure lines. */
+        c->down = true;
+        c->degraded = true;
+        log_warn("redis cluster %s: %s; answering %s until the cluster is up", n->where, what,
+                 c->s->local_fallback ? "from local counters" : "per store_failure_action");
+    } else {
+        cluster_note_failure(c, n->where, what);
+    }
+    if (strncmp(rep->str, "CLUSTERDOWN", 11) == 0 || strncmp(rep->str, "TRYAGAIN", 8) == 0)
+        cluster_schedule_refresh(c);
+    cluster_fail_req(c, req, -EPROTO);
+}
+
+static void cluster_on_timeout(uv_timer_t *h)
+{
+    struct cluster *c = h->data;
+    uint64_t now = cluster_now(c);
+    bool any = false;
+    while (c->inflight.head && c->inflight.head->deadline <= now) {
+        struct store_req *req = c->inflight.head;
+        store_req_list_remove(&c->inflight, req);
+        c->s->stats.timeouts++;
+        cluster_finish_failed(c, req, -ETIMEDOUT);
+        any = true;
+    }
+    if (any)
+        cluster_note_failure(c, "", "no reply within redis_timeout");
+    uint64_t stall = (uint64_t)c->timeout_ms * 4;
+    if (stall < CLUSTER_STALL_MIN_MS)
+        stall = CLUSTER_STALL_MIN_MS;
+    for (int i = 0; i < c->nnodes; i++) {
+        struct cluster_node *n = c->nodes[i];
+        if (n->ac && n->outstanding > 0 && now - n->last_progress >= stall)
+            cluster_node_drop(n, "stalled: no reply");
+    }
+    cluster_arm_timer(c);
+}
+
+static void cluster_submit(struct store *s, struct store_req *req)
+{
+    struct cluster *c = s->impl;
+    req->id = ++c->next_id;
+    if (!c->have_map && !c->refreshing) {
+        cluster_note_failure(c, "", "no slot map (no node answered CLUSTER SLOTS)");
+        cluster_finish_failed(c, req, -ENOTCONN);
+        return;
+    }
+    req->deadline = cluster_now(c) + (uint64_t)c->timeout_ms;
+    req->where = REQ_INFLIGHT;
+    store_req_list_push(&c->inflight, req);
+    /* Without a map yet, the request waits (up to its deadline) for the first one. */
+    if (c->have_map) {
+        int rc = cluster_send_req(c, req);
+        if (rc < 0) {
+            cluster_note_failure(c, "", "a master of this request is not reachable");
+            cluster_fail_req(c, req, rc);
+            return;
+        }
+    }
+    if (!uv_is_active((uv_handle_t *)&c->timeout_timer))
+        cluster_arm_timer(c);
+}
+
+static void cluster_unlink(struct store *s, struct store_req *req)
+{
+    struct cluster *c = s->impl;
+    store_req_list_remove(&c->inflight, req);
+    cluster_arm_timer(c);
+}
+
+/* --- the slot map --- */
+
+static void cluster_refresh_next(struct cluster *c);
+static void cluster_on_refresh_timer(uv_timer_t *h);
+
+static void cluster_query_drop(struct cluster *c)
+{
+    redisAsyncContext *q = c->q;
+    c->q = NULL;
+    uv_timer_stop(&c->query_timer);
+    if (q) {
+        q->data = NULL;
+        redisAsyncFree(q);
+    }
+}
+
+static void cluster_query_failed(struct cluster *c, const char *why)
+{
+    size_t l = strlen(c->reasons);
+    snprintf(c->reasons + l, sizeof(c->reasons) - l, "%s%s: %.100s", l ? "; " : "", c->q_where,
+             why);
+    cluster_query_drop(c);
+    cluster_refresh_next(c);
+}
+
+static void cluster_on_query_connect(const redisAsyncContext *ac, int status)
+{
+    struct cluster *c = ac->data;
+    if (!c || status == REDIS_OK)
+        return;
+    ((redisAsyncContext *)ac)->data = NULL;
+    c->q = NULL;
+    char why[160];
+    snprintf(why, sizeof(why), "cannot connect: %.120s", ac->errstr);
+    cluster_query_failed(c, why);
+}
+
+static void cluster_on_query_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct cluster *c = ac->data;
+    (void)status;
+    if (!c)
+        return;
+    ((redisAsyncContext *)ac)->data = NULL;
+    c->q = NULL;
+    cluster_query_failed(c, "connection lost");
+}
+
+static void cluster_on_query_timeout(uv_timer_t *h)
+{
+    struct cluster *c = h->data;
+    cluster_query_failed(c, "no answer in time");
+}
+
+/* Sends the requests that waited for a map. */
+static void cluster_send_waiting(struct cluster *c)
+{
+    struct store_req *req = c->inflight.head;
+    while (req) {
+        struct store_req *next = req->next;
+        if (!req->sent) {
+            int rc = cluster_send_req(c, req);
+            if (rc < 0)
+                cluster_fail_req(c, req, rc);
+        }
+        req = next;
+    }
+}
+
+static void cluster_on_slots(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct cluster *c = ac->data;
+    redisReply *rep = reply;
+    (void)privdata;
+    if (!c || !rep)
+        return;
+    if (rep->type != REDIS_REPLY_ARRAY) {
+        char why[200];
+        snprintf(why, sizeof(why), "CLUSTER SLOTS: %.150s",
+                 rep->type == REDIS_REPLY_ERROR ? rep->str : "not an array");
+        cluster_query_failed(c, why);
+        return;
+    }
+    static uint16_t map[CLUSTER_SLOTS];
+    for (size_t i = 0; i < CLUSTER_SLOTS; i++)
+        map[i] = CLUSTER_NO_NODE;
+    bool used[CLUSTER_MAX_NODES] = {false};
+    size_t covered = 0;
+    for (size_t i = 0; i < rep->elements; i++) {
+        redisReply *e = rep->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
+            e->element[0]->type != REDIS_REPLY_INTEGER ||
+            e->element[1]->type != REDIS_REPLY_INTEGER ||
+            e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2 ||
+            e->element[2]->element[0]->type != REDIS_REPLY_STRING ||
+            e->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
+            continue;
+        long long from = e->element[0]->integer, to = e->element[1]->integer;
+        if (from < 0 || to >= CLUSTER_SLOTS || from > to)
+            continue;
+        const char *ip = e->element[2]->element[0]->str;
+        if (!ip[0] || strcmp(ip, "?") == 0) {
+            /* An empty address is the node we asked. */
+            ip = ((redisAsyncContext *)ac)->c.tcp.host;
+        }
+        int ni = cluster_node_get(c, ip, (int)e->element[2]->element[1]->integer);
+        if (ni < 0)
+            continue;
+        used[ni] = true;
+        for (long long sl = from; sl <= to; sl++)
+            map[sl] = (uint16_t)ni;
+        covered += (size_t)(to - from + 1);
+    }
+    if (covered == 0) {
+        cluster_query_failed(c, "CLUSTER SLOTS lists no slot");
+        return;
+    }
+    int masters = 0;
+    bool changed = !c->have_map || memcmp(map, c->slots, sizeof(map)) != 0;
+    for (int i = 0; i < c->nnodes; i++) {
+        c->nodes[i]->in_map = used[i];
+        masters += used[i];
+    }
+    memcpy(c->slots, map, sizeof(map));
+    if (changed)
+        log_info("redis cluster: slot map from %s: %d masters, %zu of %d slots covered", c->q_where,
+                 masters, covered, CLUSTER_SLOTS);
+    c->have_map = true;
+    c->refreshing = false;
+    c->last_refresh = cluster_now(c);
+    c->refresh_backoff_ms = CLUSTER_BACKOFF_MIN_MS;
+    cluster_query_drop(c);
+    cluster_send_waiting(c);
+    if (c->refresh_again) {
+        c->refresh_again = false;
+        cluster_schedule_refresh(c);
+        return;
+    }
+    for (int i = 0; i < c->nnodes; i++)
+        if (c->nodes[i]->in_map && c->nodes[i]->failed) {
+            uv_timer_start(&c->refresh_timer, cluster_on_refresh_timer, CLUSTER_FAILED_REFRESH_MS,
+                           0);
+            break;
+        }
+}
+
+/* Asks the next candidate: the known masters first (whichever is not backing off),
+ * then the seeds. */
+static void cluster_refresh_next(struct cluster *c)
+{
+    int total = c->nnodes + c->url.nseeds;
+    while (!c->s->closing && c->tried < total) {
+        int i = c->tried++;
+        const char *ip;
+        int port;
+        if (i < c->nnodes) {
+            struct cluster_node *n = c->nodes[i];
+            if (!n->in_map || cluster_now(c) < n->retry_at)
+                continue;
+            ip = n->ip;
+            port = n->port;
+        } else {
+            ip = c->url.seeds[i - c->nnodes].host;
+            port = c->url.seeds[i - c->nnodes].port;
+        }
+        snprintf(c->q_where, sizeof(c->q_where), strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
+        redisAsyncContext *q = redisAsyncConnect(ip, port);
+        if (!q || q->err || redis_uv_attach_simple(q, c->s->loop) < 0) {
+            size_t l = strlen(c->reasons);
+            snprintf(c->reasons + l, sizeof(c->reasons) - l, "%s%s: cannot connect", l ? "; " : "",
+                     c->q_where);
+            if (q)
+                redisAsyncFree(q);
+            continue;
+        }
+        q->data = c;
+        redisAsyncSetConnectCallback(q, cluster_on_query_connect);
+        redisAsyncSetDisconnectCallback(q, cluster_on_query_disconnect);
+        if (c->url.password[0]) {
+            const char *argv[2] = {"AUTH", c->url.password};
+            redisAsyncCommandArgv(q, NULL, NULL, 2, argv, NULL);
+        }
+        redisAsyncCommand(q, cluster_on_slots, NULL, "CLUSTER SLOTS");
+        c->q = q;
+        int64_t qms = c->timeout_ms > CLUSTER_QUERY_MIN_MS ? c->timeout_ms : CLUSTER_QUERY_MIN_MS;
+        uv_timer_start(&c->query_timer, cluster_on_query_timeout, (uint64_t)qms, 0);
+        return;
+    }
+    if (c->s->closing)
+        return;
+    c->refreshing = false;
+    char what[700];
+    snprintf(what, sizeof(what), "cannot read the slot map (%s)", c->reasons);
+    cluster_note_failure(c, "", what);
+    if (!c->have_map) {
+        /* Requests that waited for a first map are answered now. */
+        struct store_req *req = c->inflight.head;
+        while (req) {
+            struct store_req *next = req->next;
+            if (!req->sent)
+                cluster_fail_req(c, req, -ENOTCONN);
+            req = next;
+        }
+    }
+    uv_timer_start(&c->refresh_timer, cluster_on_refresh_timer, (uint64_t)c->refresh_backoff_ms, 0);
+    c->refresh_backoff_ms *= 2;
+    if (c->refresh_backoff_ms > c->backoff_max_ms)
+        c->refresh_backoff_ms = c->backoff_max_ms;
+}
+
+static void cluster_on_refresh_timer(uv_timer_t *h)
+{
+    struct cluster *c = h->data;
+    if (c->refreshing || c->s->closing)
+        return;
+    c->refreshing = true;
+    c->refresh_again = false;
+    c->tried = 0;
+    c->reasons[0] = '\0';
+    cluster_refresh_next(c);
+}
+
+static void cluster_schedule_refresh(struct cluster *c)
+{
+    if (c->s->closing)
+        return;
+    if (c->refreshing) {
+        c->refresh_again = true;
+        return;
+    }
+    if (uv_is_active((uv_handle_t *)&c->refresh_timer))
+        return;
+    uint64_t now = cluster_now(c), due = c->last_refresh + CLUSTER_REFRESH_MIN_MS;
+    uv_timer_start(&c->refresh_timer, cluster_on_refresh_timer, due > now ? due - now : 0, 0);
+}
+
+/* --- life cycle --- */
+
+static void cluster_on_timer_close(uv_handle_t *h)
+{
+    struct cluster *c = h->data;
+    store_handle_closed(c->s);
+}
+
+static void cluster_close(struct store *s)
+{
+    struct cluster *c = s->impl;
+    cluster_query_drop(c);
+    for (int i = 0; i < c->nnodes; i++) {
+        redisAsyncContext *ac = c->nodes[i]->ac;
+        c->nodes[i]->ac = NULL;
+        if (ac) {
+            ac->data = NULL;
+            redisAsyncFree(ac);
+        }
+    }
+    while (c->inflight.head) {
+        struct store_req *req = c->inflight.head;
+        store_req_list_remove(&c->inflight, req);
+        cluster_finish_failed(c, req, -ECANCELED);
+    }
+    s->open_handles += 3;
+    uv_close((uv_handle_t *)&c->timeout_timer, cluster_on_timer_close);
+    uv_close((uv_handle_t *)&c->refresh_timer, cluster_on_timer_close);
+    uv_close((uv_handle_t *)&c->query_timer, cluster_on_timer_close);
+}
+
+static void cluster_free(struct store *s)
+{
+    struct cluster *c = s->impl;
+    if (!c)
+        return;
+    for (int i = 0; i < c->nnodes; i++)
+        free(c->nodes[i]);
+    free(c);
+    s->impl = NULL;
+}
+
+/* --- cluster operations: node status, events, journal copy ---
+ * The single-key commands of store_redis.c (key layout: redis_keys.h), each sent to the
+ * master of its key's slot. A redirect or a lost node fails the operation (status < 0)
+ * and refreshes the map: its callers publish and read again at their next interval. */
+
+#define CLUSTER_NODES_PRUNE_MS 3600000
+
+struct cluster_cop {
+    struct cluster *c;
+    int pending;
+    int status;
+    store_done_cb done;
+    store_nodes_cb nodes_cb;
+    store_events_cb events_cb;
+    void *arg;
+    size_t n;
+    char **names, **values, **events;
+    bool names_done;
+};
+
+struct cluster_cop_cmd {
+    struct cluster_cop *op;
+    size_t idx;
+};
+
+static void cluster_cop_free(struct cluster_cop *op)
+{
+    for (size_t i = 0; i < op->n; i++) {
+        free(op->names ? op->names[i] : NULL);
+        free(op->values ? op->values[i] : NULL);
+        free(op->events ? op->events[i] : NULL);
+    }
+    free(op->names);
+    free(op->values);
+    free(op->events);
+    free(op);
+}
+
+static void cluster_on_cop_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+/* Sends argv (argv[1] is the key) to its slot's master. */
+static int cluster_cop_send(struct cluster_cop *op, size_t idx, int argc, const char **argv,
+                            const size_t *len)
+{
+    struct cluster *c = op->c;
+    unsigned slot = crc16_key_slot(argv[1], len[1]);
+    if (c->slots[slot] == CLUSTER_NO_NODE)
+        return -ENOTCONN;
+    struct cluster_node *n = c->nodes[c->slots[slot]];
+    redisAsyncContext *ac = cluster_node_ac(n);
+    if (!ac)
+        return -ENOTCONN;
+    struct cluster_cop_cmd *cmd = malloc(sizeof(*cmd));
+    if (!cmd)
+        return -ENOMEM;
+    cmd->op = op;
+    cmd->idx = idx;
+    if (redisAsyncCommandArgv(ac, cluster_on_cop_reply, cmd, argc, argv, len) != REDIS_OK) {
+        free(cmd);
+        return -ENOTCONN;
+    }
+    if (n->outstanding++ == 0)
+        n->last_progress = cluster_now(c);
+    op->pending++;
+    return 0;
+}
+
+static void cluster_cop_finish(struct cluster_cop *op)
+{
+    if (op->done) {
+        op->done(op->arg, op->status);
+    } else if (op->nodes_cb) {
+        struct store_node_status *v = NULL;
+        size_t k = 0;
+        if (op->status == 0 && op->n && !(v = calloc(op->n, sizeof(*v))))
+            op->status = -ENOMEM;
+        for (size_t i = 0; v && i < op->n; i++) {
+            char *val = op->values[i], *sp;
+            if (!val || !(sp = strchr(val, ' ')))
+                continue; /* expired between the two reads */
+            *sp = '\0';
+            v[k].node = op->names[i];
+            v[k].updated_ms = strtoll(val, NULL, 10);
+            v[k].json = sp + 1;
+            k++;
+        }
+        op->nodes_cb(op->arg, op->status, op->status == 0 ? v : NULL, op->status == 0 ? k : 0);
+        free(v);
+    } else if (op->events_cb) {
+        op->events_cb(op->arg, op->status, op->status == 0 ? (const char *const *)op->events : NULL,
+                      op->status == 0 ? op->n : 0);
+    }
+    cluster_cop_free(op);
+}
+
+static void cluster_cop_get_values(struct cluster_cop *o)
+{
+    struct store *s = o->c->s;
+    if (!(o->values = calloc(o->n ? o->n : 1, sizeof(char *)))) {
+        o->status = -ENOMEM;
+        return;
+    }
+    for (size_t i = 0; i < o->n; i++) {
+        char key[STORE_MAX_KEY + 64];
+        int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_NODE "%s", s->prefix, o->names[i]);
+        if (kl < 0 || (size_t)kl >= sizeof(key))
+            continue;
+        const char *argv[2] = {"GET", key};
+        size_t len[2] = {3, (size_t)kl};
+        int rc = cluster_cop_send(o, i, 2, argv, len);
+        if (rc < 0) {
+            o->status = rc;
+            return;
+        }
+    }
+}
+
+/* Copies the strings of an array reply into a new vector (at most max). */
+static char **cluster_strings(const redisReply *rep, size_t max, size_t *n, int *status)
+{
+    size_t k = rep->elements < max ? rep->elements : max;
+    char **v = calloc(k ? k : 1, sizeof(char *));
+    if (!v) {
+        *status = -ENOMEM;
+        return NULL;
+    }
+    for (size_t i = 0; i < k; i++) {
+        const redisReply *e = rep->element[i];
+        if (e->type == REDIS_REPLY_STRING && (v[*n] = strndup(e->str, (size_t)e->len)))
+            (*n)++;
+    }
+    return v;
+}
+
+static void cluster_on_cop_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct cluster_cop_cmd *cmd = privdata;
+    struct cluster_cop *op = cmd->op;
+    size_t idx = cmd->idx;
+    free(cmd);
+    struct cluster_node *n = ac->data;
+    redisReply *rep = reply;
+    if (n) {
+        if (n->outstanding > 0)
+            n->outstanding--;
+        if (rep)
+            n->last_progress = cluster_now(n->c);
+    }
+    op->pending--;
+    if (!rep) {
+        if (op->status == 0)
+            op->status = -ECONNRESET;
+    } else if (rep->type == REDIS_REPLY_ERROR) {
+        if (op->status == 0)
+            op->status = -EPROTO;
+        if (n && !n->c->s->closing) {
+            log_warn_ratelimited(&n->c->rl, cluster_now(n->c), (uint64_t)n->c->s->log_interval_ms,
+                                 "redis cluster %s: cluster command failed: %.150s", n->where,
+                                 rep->str);
+            cluster_schedule_refresh(n->c);
+        }
+    } else if (op->nodes_cb && !op->names_done) {
+        op->names_done = true;
+        if (rep->type == REDIS_REPLY_ARRAY) {
+            op->names = cluster_strings(rep, REDIS_NODES_MAX, &op->n, &op->status);
+            if (op->names && op->n)
+                cluster_cop_get_values(op);
+        } else {
+            op->status = -EPROTO;
+        }
+    } else if (op->nodes_cb) {
+        if (rep->type == REDIS_REPLY_STRING && idx < op->n && !op->values[idx])
+            op->values[idx] = strndup(rep->str, (size_t)rep->len);
+    } else if (op->events_cb) {
+        if (rep->type == REDIS_REPLY_ARRAY)
+            op->events = cluster_strings(rep, SIZE_MAX, &op->n, &op->status);
+        else
+            op->status = -EPROTO;
+    }
+    if (op->pending == 0)
+        cluster_cop_finish(op);
+}
+
+static struct cluster_cop *cluster_cop_new(struct store *s, void *arg)
+{
+    struct cluster_cop *op = calloc(1, sizeof(*op));
+    if (op) {
+        op->c = s->impl;
+        op->arg = arg;
+    }
+    return op;
+}
+
+/* As redis_cop_started in store_redis.c: 0 when the callback will run. */
+static int cluster_cop_started(struct cluster_cop *op, int rc)
+{
+    if (rc == 0)
+        return 0;
+    if (op->pending == 0) {
+        cluster_cop_free(op);
+        return rc;
+    }
+    op->status = rc;
+    return 0;
+}
+
+static int cluster_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
+                            int64_t ttl_ms, store_done_cb cb, void *arg)
+{
+    char key[STORE_MAX_KEY + 64], nodes[STORE_MAX_KEY + 16], px[24], score[24], prune[32];
+    int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_NODE "%s", s->prefix, node);
+    int nl = snprintf(nodes, sizeof(nodes), "%s" REDIS_KEY_NODES, s->prefix);
+    if (kl < 0 || (size_t)kl >= sizeof(key) || nl < 0 || (size_t)nl >= sizeof(nodes))
+        return -ENAMETOOLONG;
+    size_t jl = strlen(json);
+    char *val = malloc(jl + 32);
+    if (!val)
+        return -ENOMEM;
+    int vl = snprintf(val, jl + 32, "%" PRId64 " %s", now_ms, json);
+    snprintf(px, sizeof(px), "%" PRId64, ttl_ms > 0 ? ttl_ms : 1);
+    snprintf(score, sizeof(score), "%" PRId64, now_ms + ttl_ms);
+    snprintf(prune, sizeof(prune), "(%" PRId64, now_ms - CLUSTER_NODES_PRUNE_MS);
+    struct cluster_cop *op = cluster_cop_new(s, arg);
+    if (!op) {
+        free(val);
+        return -ENOMEM;
+    }
+    op->done = cb;
+    const char *a1[5] = {"SET", key, val, "PX", px};
+    size_t l1[5] = {3, (size_t)kl, (size_t)vl, 2, strlen(px)};
+    const char *a2[4] = {"ZADD", nodes, score, node};
+    size_t l2[4] = {4, (size_t)nl, strlen(score), strlen(node)};
+    const char *a3[4] = {"ZREMRANGEBYSCORE", nodes, "-inf", prune};
+    size_t l3[4] = {16, (size_t)nl, 4, strlen(prune)};
+    int rc = cluster_cop_send(op, SIZE_MAX, 5, a1, l1);
+    if (rc == 0)
+        rc = cluster_cop_send(op, SIZE_MAX, 4, a2, l2);
+    if (rc == 0)
+        rc = cluster_cop_send(op, SIZE_MAX, 4, a3, l3);
+    free(val);
+    return cluster_cop_started(op, rc);
+}
+
+static int cluster_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg)
+{
+    char nodes[STORE_MAX_KEY + 16], min[24], lim[24];
+    int nl = snprintf(nodes, sizeof(nodes), "%s" REDIS_KEY_NODES, s->prefix);
+    if (nl < 0 || (size_t)nl >= sizeof(nodes))
+        return -ENAMETOOLONG;
+    snprintf(min, sizeof(min), "%" PRId64, now_ms);
+    snprintf(lim, sizeof(lim), "%d", REDIS_NODES_MAX);
+    struct cluster_cop *op = cluster_cop_new(s, arg);
+    if (!op)
+        return -ENOMEM;
+    op->nodes_cb = cb;
+    const char *a[7] = {"ZRANGEBYSCORE", nodes, min, "+inf", "LIMIT", "0", lim};
+    size_t l[7] = {13, (size_t)nl, strlen(min), 4, 5, 1, strlen(lim)};
+    return cluster_cop_started(op, cluster_cop_send(op, SIZE_MAX, 7, a, l));
+}
+
+static int cluster_event_append(struct store *s, const char *json, int64_t max_entries,
+                                store_done_cb cb, void *arg)
+{
+    char key[STORE_MAX_KEY + 16], stop[24];
+    int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_EVENTS, s->prefix);
+    if (kl < 0 || (size_t)kl >= sizeof(key))
+        return -ENAMETOOLONG;
+    snprintf(stop, sizeof(stop), "%" PRId64, (max_entries > 0 ? max_entries : 1) - 1);
+    struct cluster_cop *op = cluster_cop_new(s, arg);
+    if (!op)
+        return -ENOMEM;
+    op->done = cb;
+    const char *a1[3] = {"LPUSH", key, json};
+    size_t l1[3] = {5, (size_t)kl, strlen(json)};
+    const char *a2[4] = {"LTRIM", key, "0", stop};
+    size_t l2[4] = {5, (size_t)kl, 1, strlen(stop)};
+    int rc = cluster_cop_send(op, SIZE_MAX, 3, a1, l1);
+    if (rc == 0)
+        rc = cluster_cop_send(op, SIZE_MAX, 4, a2, l2);
+    return cluster_cop_started(op, rc);
+}
+
+static int cluster_event_read(struct store *s, size_t max, store_events_cb cb, void *arg)
+{
+    char key[STORE_MAX_KEY + 16], stop[24];
+    int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_EVENTS, s->prefix);
+    if (kl < 0 || (size_t)kl >= sizeof(key))
+        return -ENAMETOOLONG;
+    snprintf(stop, sizeof(stop), "%zu", (max ? max : 1) - 1);
+    struct cluster_cop *op = cluster_cop_new(s, arg);
+    if (!op)
+        return -ENOMEM;
+    op->events_cb = cb;
+    const char *a[4] = {"LRANGE", key, "0", stop};
+    size_t l[4] = {6, (size_t)kl, 1, strlen(stop)};
+    return cluster_cop_started(op, cluster_cop_send(op, SIZE_MAX, 4, a, l));
+}
+
+static int cluster_journal_put(struct store *s, const char *node, const char *json,
+                               store_done_cb cb, void *arg)
+{
+    char key[STORE_MAX_KEY + 64];
+    int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_JOURNAL "%s", s->prefix, node);
+    if (kl < 0 || (size_t)kl >= sizeof(key))
+        return -ENAMETOOLONG;
+    struct cluster_cop *op = cluster_cop_new(s, arg);
+    if (!op)
+        return -ENOMEM;
+    op->done = cb;
+    const char *a[3] = {json ? "SET" : "DEL", key, json};
+    size_t l[3] = {3, (size_t)kl, json ? strlen(json) : 0};
+    return cluster_cop_started(op, cluster_cop_send(op, SIZE_MAX, json ? 3 : 2, a, l));
+}
+
+static const struct store_vtable cluster_vtable = {
+    .name = "redis",
+    .submit = cluster_submit,
+    .unlink = cluster_unlink,
+    .close = cluster_close,
+    .free = cluster_free,
+    .node_put = cluster_node_put,
+    .node_get_all = cluster_node_get_all,
+    .event_append = cluster_event_append,
+    .event_read = cluster_event_read,
+    .journal_put = cluster_journal_put,
+};
+
+int store_redis_cluster_init(struct store *s, const struct config *cfg,
+                             const struct config_store_url *u)
+{
+    struct cluster *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->s = s;
+    c->url = *u;
+    for (size_t i = 0; i < CLUSTER_SLOTS; i++)
+        c->slots[i] = CLUSTER_NO_NODE;
+    sha1_hex(window_lua_script, strlen(window_lua_script), c->sha);
+    c->timeout_ms = cfg->redis_timeout > 0 ? cfg->redis_timeout : 100;
+    c->backoff_max_ms = cfg->redis_reconnect_max > 0 ? cfg->redis_reconnect_max : 5000;
+    c->refresh_backoff_ms = CLUSTER_BACKOFF_MIN_MS;
+    uv_timer_init(s->loop, &c->timeout_timer);
+    c->timeout_timer.data = c;
+    uv_timer_init(s->loop, &c->refresh_timer);
+    c->refresh_timer.data = c;
+    uv_timer_init(s->loop, &c->query_timer);
+    c->query_timer.data = c;
+    s->impl = c;
+    s->vt = &cluster_vtable;
+    /* The first map is read now; requests wait for it up to redis_timeout. */
+    c->refreshing = true;
+    c->tried = 0;
+    cluster_refresh_next(c);
+    return 0;
+}
