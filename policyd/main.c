@@ -251,6 +251,8 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
     rc = engine_new(srv, &engine, err, sizeof(err));
     if (rc < 0)
         die("rate limits: %s", err[0] ? err : strerror(-rc));
+    if (engine_metrics_register(srv, engine) < 0)
+        die("rate limits: cannot register the metrics (out of memory)");
     struct controller *controller = NULL;
     rc = controller_new(srv, engine, &controller, err, sizeof(err));
     if (rc < 0)

@@ -3,6 +3,24 @@
 #define LOG_COMPONENT "controller"
 #include "ctl_internal.h"
 
+/* Each override in force as {"setting", "before", "during"} ("before" null: not set
+ * explicitly before, the default applied). */
+static json_t *ctl_overrides_detail(const struct overrides_journal *j)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && j && i < j->n; i++) {
+        const struct overrides_setting *s = &j->settings[i];
+        char name[600];
+        if (s->file == OVERRIDES_MAIN)
+            snprintf(name, sizeof(name), "%s", s->name);
+        else
+            snprintf(name, sizeof(name), "%s/%s/%s", s->service, s->type, s->name);
+        json_array_append_new(a, json_pack("{s:s,s:s?,s:s}", "setting", name, "before", s->prior,
+                                           "during", s->value ? s->value : ""));
+    }
+    return a;
+}
+
 json_t *ctl_status_json(struct controller *c)
 {
     json_t *svcs = json_array();
@@ -57,6 +75,10 @@ json_t *ctl_status_json(struct controller *c)
                             json_string(avail ? "" : c->unavailable_why));
         json_object_set_new(o, "privileges", json_string(privsep_mode_name(privsep_mode())));
     }
+    if (o && c->node)
+        json_object_set_new(o, "events", node_recent_events(c->node));
+    if (o)
+        json_object_set_new(o, "overrides_detail", ctl_overrides_detail(c->journal));
     if (o && c->node)
         json_object_set_new(o, "flagged_clients",
                             json_integer((json_int_t)node_flagged_count(c->node)));

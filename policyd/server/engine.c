@@ -16,6 +16,7 @@
 
 #include "limits.h"
 #include "util/log.h"
+#include "util/metrics.h"
 
 /* Plans kept for reuse: one per connection with a request in flight is enough. */
 #define ENGINE_POOL_MAX 256
@@ -32,6 +33,7 @@ struct pending {
     struct store *store;            /* where ops went */
     struct store_req *sreq;         /* until the store's callback */
     int64_t now_ms;
+    uint64_t sent_ns; /* uv_hrtime() when the ops went to the store */
     struct store_op ops[LIMITS_MAX_OPS];
     struct limits_plan plan;
 };
@@ -56,6 +58,12 @@ struct engine {
      * second must not become thousands of log lines a second (a soak wrote 8.5 GB in 30
      * minutes). Postfix logs every reject with our action text anyway. */
     struct log_ratelimit rl_deny[LIMITS_MAX_RULES];
+    /* For metrics and the status page (engine_metrics.c). */
+    struct engine_rule_count rule_counts[ENGINE_RULE_COUNTS];
+    size_t n_rule_counts;
+    struct metrics_series *store_latency;
+    struct engine_refusal recent[ENGINE_RECENT_REFUSALS]; /* a ring */
+    size_t n_recent, recent_next;
 };
 
 /* Refusal lines each rule may log per log_repeat_interval; the next line after a pause
@@ -114,6 +122,7 @@ static struct pending *pending_get(struct engine *e)
     p->le = NULL;
     p->store = NULL;
     p->sreq = NULL;
+    p->sent_ns = 0;
     return p;
 }
 
@@ -192,6 +201,49 @@ static void engine_log_deny(struct engine *e, struct decision *dec, const struct
     dec->logged = true;
 }
 
+/* The refusal counters of rule name (NULL when the table is full). */
+static struct engine_rule_count *rule_count(struct engine *e, const char *name)
+{
+    if (!name)
+        name = "?";
+    for (size_t i = 0; i < e->n_rule_counts; i++)
+        if (strcmp(e->rule_counts[i].name, name) == 0)
+            return &e->rule_counts[i];
+    if (e->n_rule_counts == ENGINE_RULE_COUNTS)
+        return NULL;
+    struct engine_rule_count *rc = &e->rule_counts[e->n_rule_counts++];
+    snprintf(rc->name, sizeof(rc->name), "%s", name);
+    return rc;
+}
+
+/* Counts a store answer: its kind when it failed, the run of failures it starts or ends. */
+static void note_store_status(struct engine *e, int status)
+{
+    if (status >= 0) {
+        e->stats.failing_since_ms = 0;
+        return;
+    }
+    if (status == -ECANCELED && e->stopping)
+        return;
+    e->stats.store_failures++;
+    if (status == -ETIMEDOUT)
+        e->stats.store_fail_kind[ENGINE_FAIL_TIMEOUT]++;
+    else if (status == -ECONNREFUSED || status == -ECONNRESET || status == -ENOTCONN ||
+             status == -EPIPE || status == -EHOSTUNREACH || status == -ENETUNREACH ||
+             status == -ECONNABORTED || status == -EIO)
+        e->stats.store_fail_kind[ENGINE_FAIL_CONNECTION]++;
+    else
+        e->stats.store_fail_kind[ENGINE_FAIL_OTHER]++;
+    if (!e->stats.failing_since_ms)
+        e->stats.failing_since_ms = wall_ms();
+}
+
+const char *engine_fail_kind_name(int kind)
+{
+    static const char *const names[] = {"timeout", "connection", "other"};
+    return kind >= 0 && kind < 3 ? names[kind] : "other";
+}
+
 /* The reply for a decision; borrowed from the rules or static. */
 static const char *decision_action(struct engine *e, struct decision *dec,
                                    const struct limits_decision *d, int store_status)
@@ -212,10 +264,25 @@ static const char *decision_action(struct engine *e, struct decision *dec,
     if (d->exempt)
         e->stats.exempt++;
     if (d->deny) {
+        struct engine_rule_count *rc = rule_count(e, d->rule_name);
         if (d->dryrun)
             e->stats.dryrun_denies++;
         else
             e->stats.denies++;
+        if (rc && d->dryrun)
+            rc->dryrun++;
+        else if (rc)
+            rc->refused++;
+        if (!d->cached) {
+            struct engine_refusal *r = &e->recent[e->recent_next];
+            e->recent_next = (e->recent_next + 1) % ENGINE_RECENT_REFUSALS;
+            if (e->n_recent < ENGINE_RECENT_REFUSALS)
+                e->n_recent++;
+            r->time_ms = wall_ms();
+            r->dryrun = d->dryrun;
+            snprintf(r->rule, sizeof(r->rule), "%s", d->rule_name ? d->rule_name : "?");
+            snprintf(r->key, sizeof(r->key), "%s", d->key ? d->key : "");
+        }
         engine_log_deny(e, dec, d);
     }
     return d->action ? d->action : dec->srv->cfg->default_action;
@@ -241,6 +308,7 @@ static int pending_submit(struct pending *p)
     if (!e->store)
         return -ESHUTDOWN;
     p->store = e->store;
+    p->sent_ns = uv_hrtime();
     return store_window_take(e->store, p->ops, p->plan.n_ops, p->now_ms, on_taken, p, &p->sreq);
 }
 
@@ -250,7 +318,7 @@ static void pending_fail(struct pending *p, int status)
     struct limits_decision d;
     struct engine *e = p->e;
 
-    e->stats.store_failures++;
+    note_store_status(e, status);
     if (limits_finish(p->le, p->session, &p->plan, NULL, &d) < 0) {
         memset(&d, 0, sizeof(d));
         d.store_failed = true;
@@ -265,6 +333,8 @@ static void on_taken(void *arg, int status, const struct window_result *results,
     struct limits_decision d;
 
     p->sreq = NULL;
+    if (e->store_latency && p->sent_ns)
+        metrics_observe(e->store_latency, (double)(uv_hrtime() - p->sent_ns) / 1e9);
     /* A store closed by a reload: its replacement answers. */
     if (status == -ECANCELED && !results && !e->stopping && e->store && e->store != p->store) {
         int rc = pending_submit(p);
@@ -276,8 +346,7 @@ static void on_taken(void *arg, int status, const struct window_result *results,
         pending_fail(p, status < 0 ? status : -EPROTO);
         return;
     }
-    if (status < 0)
-        e->stats.store_failures++; /* answered from local counters */
+    note_store_status(e, status); /* a failure: answered from local counters */
     int rc = limits_finish(p->le, p->session, &p->plan, results, &d);
     if (rc < 0) {
         /* A bug: fail open rather than leave the client without an answer. */
@@ -583,6 +652,24 @@ void engine_free(struct engine *e)
 void engine_get_stats(const struct engine *e, struct engine_stats *st)
 {
     *st = e->stats;
+}
+
+const struct engine_rule_count *engine_rule_counts(const struct engine *e, size_t *n)
+{
+    *n = e->n_rule_counts;
+    return e->rule_counts;
+}
+
+void engine_recent_refusals(const struct engine *e,
+                            void (*fn)(const struct engine_refusal *r, void *arg), void *arg)
+{
+    for (size_t i = 1; i <= e->n_recent; i++)
+        fn(&e->recent[(e->recent_next + ENGINE_RECENT_REFUSALS - i) % ENGINE_RECENT_REFUSALS], arg);
+}
+
+void engine_set_store_latency(struct engine *e, struct metrics_series *h)
+{
+    e->store_latency = h;
 }
 
 struct store *engine_store(const struct engine *e)
