@@ -177,7 +177,8 @@ int ctl_collect(struct metrics_out *o, void *arg)
         {"postsurge_service_busy", "smtpd processes of the service holding a client"},
         {"postsurge_service_limit", "process limit of the service (0 = unlimited)"},
         {"postsurge_service_waiting", "clients waiting for an smtpd process"},
-        {"postsurge_service_saturation_percent", "busy (and waiting) over the process limit"},
+        {"postsurge_service_saturation_ratio",
+         "busy (and waiting) over the process limit; 1.0 = every process busy"},
     };
     const char *ln[] = {"service"};
     int rc = 0;
@@ -190,7 +191,7 @@ int ctl_collect(struct metrics_out *o, void *arg)
             double val = k == 0   ? v->busy
                          : k == 1 ? v->limit
                          : k == 2 ? v->waiting
-                                  : stress_service_saturation(&ss);
+                                  : stress_service_saturation(&ss) / 100.0;
             const char *lv[] = {v->name};
             rc = metrics_out_sample(o, svc[k].name, ln, lv, 1, val);
         }
@@ -202,8 +203,9 @@ int ctl_collect(struct metrics_out *o, void *arg)
         double v;
     } one[] = {
         {METRIC_GAUGE, "postsurge_stress", "1 while this node is in stress", stressed},
-        {METRIC_GAUGE, "postsurge_saturation_percent", "node saturation (busiest service)",
-         c->have_result ? c->last.saturation : 0},
+        {METRIC_GAUGE, "postsurge_saturation_ratio",
+         "node saturation (busiest service); 1.0 = every process busy",
+         c->have_result ? c->last.saturation / 100.0 : 0},
         {METRIC_GAUGE, "postsurge_overrides_in_force", "override settings in force",
          c->journal ? (double)c->journal->n : 0},
         {METRIC_COUNTER, "postsurge_override_applies_total", "override profiles applied",

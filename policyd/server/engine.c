@@ -201,6 +201,37 @@ static void engine_log_deny(struct engine *e, struct decision *dec, const struct
     dec->logged = true;
 }
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* The value part of a counter key ("RULE:HASH:VALUE", the value %-encoded) as the
+ * client sent it, for people to read. */
+static void key_text(const char *key, char *out, size_t outsz)
+{
+    const char *v = key ? strchr(key, ':') : NULL;
+    v = v ? strchr(v + 1, ':') : NULL;
+    v = v ? v + 1 : key ? key : "";
+    size_t o = 0;
+    for (; *v && o + 1 < outsz; v++) {
+        int hi, lo;
+        if (*v == '%' && (hi = hexval(v[1])) >= 0 && (lo = hexval(v[2])) >= 0) {
+            out[o++] = (char)(hi * 16 + lo);
+            v += 2;
+        } else {
+            out[o++] = *v;
+        }
+    }
+    out[o] = '\0';
+}
+
 /* The refusal counters of rule name (NULL when the table is full). */
 static struct engine_rule_count *rule_count(struct engine *e, const char *name)
 {
@@ -214,6 +245,13 @@ static struct engine_rule_count *rule_count(struct engine *e, const char *name)
     struct engine_rule_count *rc = &e->rule_counts[e->n_rule_counts++];
     snprintf(rc->name, sizeof(rc->name), "%s", name);
     return rc;
+}
+
+/* Every rule of the rule set in use has its counters (at 0 before its first refusal). */
+static void note_rules(struct engine *e)
+{
+    for (size_t i = 0; e->limits && i < limits_engine_rule_count(e->limits); i++)
+        rule_count(e, limits_engine_rule(e->limits, i)->name);
 }
 
 /* Counts a store answer: its kind when it failed, the run of failures it starts or ends. */
@@ -281,7 +319,7 @@ static const char *decision_action(struct engine *e, struct decision *dec,
             r->time_ms = wall_ms();
             r->dryrun = d->dryrun;
             snprintf(r->rule, sizeof(r->rule), "%s", d->rule_name ? d->rule_name : "?");
-            snprintf(r->key, sizeof(r->key), "%s", d->key ? d->key : "");
+            key_text(d->key, r->key, sizeof(r->key));
         }
         engine_log_deny(e, dec, d);
     }
@@ -531,6 +569,7 @@ static void engine_on_reload(struct server *srv, const struct config *old_cfg, v
         limits_engine_free(e->limits);
         e->limits = le;
         e->stats.reloads++;
+        note_rules(e);
         log_info("reload: %zu rate-limit rules%s", limits_engine_rule_count(le),
                  srv->cfg->limit_dry_run ? " (limit_dry_run)" : "");
     }
@@ -602,6 +641,7 @@ int engine_new(struct server *srv, struct engine **out, char *err, size_t errlen
         return rc;
     }
     config_errors_clear(&errs);
+    note_rules(e);
     e->failure_action = failure_action_of(srv->cfg);
     rc = open_store(e, srv->cfg, &e->store, err, errlen);
     if (rc < 0) {

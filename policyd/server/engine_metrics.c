@@ -16,7 +16,9 @@
 static const double rtt_bounds[] = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                                     0.025,   0.05,   0.1,     0.25,   0.5,   1.0,    2.5};
 
-/* Degraded: a Redis store that is not connected, or whose latest round trip failed. */
+/* Degraded: the latest round trip to a Redis store failed (local counters or
+ * store_failure_action answer), or Redis is not connected after it was used. Until a
+ * round trip succeeds again. */
 static bool engine_degraded(const struct engine *e, struct store_stats *ss, const char **kind)
 {
     struct store *s = engine_store(e);
@@ -28,7 +30,8 @@ static bool engine_degraded(const struct engine *e, struct store_stats *ss, cons
         return false;
     store_get_stats(s, ss);
     engine_get_stats(e, &st);
-    return strcmp(*kind, "redis") == 0 && (!ss->connected || st.failing_since_ms != 0);
+    return strcmp(*kind, "redis") == 0 &&
+           (st.failing_since_ms != 0 || (!ss->connected && ss->takes > 0));
 }
 
 static int collect_engine(struct metrics_out *o, void *arg)
@@ -129,8 +132,11 @@ static int status_engine(struct server *srv, json_t *status, void *arg)
         json_object_set_new(fails, engine_fail_kind_name(k),
                             json_integer((json_int_t)st.store_fail_kind[k]));
     json_object_set_new(status, "store_state",
-                        json_pack("{s:s,s:b,s:b,s:I,s:I,s:I,s:o*}", "kind", kind, "up",
-                                  ss.connected, "degraded", degraded, "degraded_since",
+                        json_pack("{s:s,s:s,s:b,s:I,s:I,s:I,s:o*}", "kind", kind, "up",
+                                  ss.connected ? "up"
+                                  : ss.takes   ? "down"
+                                               : "not used yet",
+                                  "degraded", degraded, "degraded_since",
                                   (json_int_t)(degraded ? st.failing_since_ms : 0), "entries",
                                   (json_int_t)ss.entries, "degraded_decisions",
                                   (json_int_t)st.store_failures, "failures", fails));

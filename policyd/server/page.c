@@ -467,7 +467,8 @@ static void put_local(struct buf *b, json_t *st)
     esc(b, str(st, "node"));
     puts_(b, "</span></h2><p class=\"store\">store ");
     esc(b, str(ss, "kind"));
-    putf(b, ", %s", json_is_true(json_object_get(ss, "up")) ? "up" : "down");
+    puts_(b, ", ");
+    esc(b, str(ss, "up"));
     if (json_is_true(json_object_get(ss, "degraded"))) {
         puts_(b, ", <span class=\"flag\">degraded</span> since ");
         put_time(b, num(ss, "degraded_since"));
@@ -568,7 +569,7 @@ static const char page_script[] =
     "return s;}\n"
     "function local(st){var s=el('section');s.id='local';var h2=add(s,el('h2','',"
     "'This node: '));add(h2,el('span','name',st.node||''));var ss=st.store_state||{};"
-    "var p=add(s,el('p','store','store '+(ss.kind||'')+', '+(ss.up?'up':'down')));if("
+    "var p=add(s,el('p','store','store '+(ss.kind||'')+', '+(ss.up||'')));if("
     "ss.degraded===true){p.appendChild(document.createTextNode(', '));add(p,el('span',"
     "'flag','degraded'));p.appendChild(document.createTextNode(' since '+tm("
     "ss.degraded_since)));}p.appendChild(document.createTextNode(', '+(ss.entries|0)+"
