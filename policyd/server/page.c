@@ -511,7 +511,7 @@ static void put_local(struct buf *b, json_t *st)
         puts_(b, "<p>status <b class=\"rstatus\">");
         esc(b, str(rp, "status"));
         puts_(b, "</b>, generated ");
-        esc(b, str(rp, "generated_at"));
+        put_time(b, num(rp, "generated_at") * 1000);
         puts_(b, "</p><ul class=\"findings\">");
         json_array_foreach(json_object_get(rp, "findings"), i, v)
         {
@@ -587,7 +587,7 @@ static const char page_script[] =
     "'Health report'));var d=add(s,el('div','report'));var rp=st.report;if(!rp||typeof rp"
     "!=='object'){add(d,el('p','','no report yet (postsurge report leaves its last result "
     "here)'));}else{var q=add(d,el('p','','status '));add(q,el('b','rstatus',rp.status||''));"
-    "q.appendChild(document.createTextNode(', generated '+(rp.generated_at||'')));var fu="
+    "q.appendChild(document.createTextNode(', generated '+tm((rp.generated_at|0)*1000)));var fu="
     "add(d,el('ul','findings'));(rp.findings||[]).forEach(function(f){var li=add(fu,el("
     "'li'));add(li,el('b','',f.severity));li.appendChild(document.createTextNode(' '+("
     "f.message||'')));add(li,el('br'));add(li,el('i','','advice:'));li.appendChild("
