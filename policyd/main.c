@@ -34,6 +34,7 @@ static const struct command commands[] = {
     {"report", cmd_report, "[--json] [--prometheus FILE] [--quiet] [--no-traffic]",
      "health report for cron and monitoring (exit 0-3)"},
     {"status", cmd_status, "[--json]", "stress state of this node and the cluster"},
+    {"top", cmd_top, "", "live view of the cluster, traffic and events (q quits)"},
     {"events", cmd_events, "[--since TIME] [--json]", "the event log (stress, overrides)"},
     {"stress", cmd_stress, "enter|exit|auto", "force stress on or off in the daemon"},
     {"restore", cmd_restore, "", "undo the stress overrides from the journal"},
