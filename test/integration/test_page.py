@@ -97,6 +97,15 @@ class PageTest(unittest.TestCase):
         self.assertIn("not in http_allow_networks", ps.log())
         ps2 = self.daemon("n2", http_allow_networks="10.0.0.0/8, 127.0.0.1/32")
         self.assertEqual(get(ps2.http_port, "/status")[0], 200)
+        # A bad network: check-config says where, and a reload keeps the old networks.
+        ps2.write_config({"http_listen": "inet:127.0.0.1:%d" % ps2.http_port,
+                          "node_name": "n2", "http_allow_networks": "10.0.0.0/33"})
+        r = ps2.cli("check-config")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("http_allow_networks: bad network \"10.0.0.0/33\"", r.stderr)
+        ps2.reload()
+        self.assertTrue(ps2.wait_log("reload", timeout=10), ps2.log())
+        self.assertEqual(get(ps2.http_port, "/status")[0], 200)
 
     def test_report_last_result_shown(self):
         ps = self.daemon("n1")
