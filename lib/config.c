@@ -264,7 +264,11 @@ const struct cf_entry cf_table[] = {
 
     {"http_listen", CF_STRING, "inet:127.0.0.1:10041", OFF(http_listen),
      .check = check_listen_optional, .flags = CF_LINES, .group = G_HTTP,
-     .doc = "`/metrics`, `/status` and `/healthz` endpoint; empty = off."},
+     .doc = "The status page (`/`), `/metrics`, `/status` and `/healthz` endpoint; empty = "
+            "off."},
+    {"http_allow_networks", CF_STRING, "127.0.0.0/8, ::1", OFF(http_allow_networks),
+     .flags = CF_LINES, .group = G_HTTP,
+     .doc = "Clients (CIDR, blanks or commas) the endpoint answers; others get 403."},
     {"http_max_connections", CF_INT, "64", OFF(http_max_connections), 1, 10000,
      .group = G_HTTP, .doc = "Open HTTP connections at most."},
 

@@ -86,6 +86,7 @@ struct config {
     /* HTTP metrics/status endpoint (issue 5) */
     char *http_listen;            /* "inet:127.0.0.1:10041", "" = off */
     int64_t http_max_connections; /* 64 */
+    char *http_allow_networks;    /* CIDRs; "127.0.0.0/8, ::1" */
 
     /* report (issue 5) */
     double report_anomaly_sigma;            /* 2 */

@@ -35,6 +35,7 @@ static const struct command commands[] = {
     {"report", cmd_report, "[--json] [--prometheus FILE] [--quiet] [--no-traffic]",
      "health report for cron and monitoring (exit 0-3)"},
     {"status", cmd_status, "[--json]", "stress state of this node and the cluster"},
+    {"top", cmd_top, "", "live view of the cluster, traffic and events (q quits)"},
     {"events", cmd_events, "[--since TIME] [--json] [--max N]",
      "the event log (stress, overrides)"},
     {"stress", cmd_stress, "enter|exit|auto", "force stress on or off in the daemon"},
@@ -339,6 +340,8 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
     rc = engine_new(srv, &engine, err, sizeof(err));
     if (rc < 0)
         die("rate limits: %s", err[0] ? err : strerror(-rc));
+    if (engine_metrics_register(srv, engine) < 0)
+        die("rate limits: cannot register the metrics (out of memory)");
     struct controller *controller = NULL;
     rc = controller_new(srv, engine, &controller, err, sizeof(err));
     if (rc < 0)

@@ -46,3 +46,5 @@ int cmd_status(const struct cli *cli, int argc, char **argv);
 int cmd_events(const struct cli *cli, int argc, char **argv);
 int cmd_stress(const struct cli *cli, int argc, char **argv);
 int cmd_restore(const struct cli *cli, int argc, char **argv);
+/* cmd_top.c: `top`, a live view of the daemon's /status (a snapshot when not a tty). */
+int cmd_top(const struct cli *cli, int argc, char **argv);

@@ -319,6 +319,34 @@ static int write_file_atomic(const char *path, mode_t mode, int (*writer)(FILE *
     return rc;
 }
 
+/* The last result for the daemon's status page: state_directory/report-last.json,
+ * written atomically, mode 0640 in the group of state_directory (the daemon's), so the
+ * daemon's user reads it and nobody else but us. */
+static int write_last_result(const struct config *cfg, const struct report *r)
+{
+    char path[4096];
+    struct stat dir;
+    json_t *j = NULL;
+    char *data;
+    int rc;
+
+    if (stat(cfg->state_directory, &dir) < 0)
+        return -errno;
+    if ((size_t)snprintf(path, sizeof(path), "%s/report-last.json", cfg->state_directory) >=
+        sizeof(path))
+        return -ENAMETOOLONG;
+    if (report_to_json(r, &j) < 0 || !(data = json_dumps(j, JSON_COMPACT))) {
+        json_decref(j);
+        return -ENOMEM;
+    }
+    json_decref(j);
+    struct stat like = {.st_mode = 0640, .st_uid = geteuid(), .st_gid = dir.st_gid};
+    char err[512];
+    rc = fsutil_replace(path, data, strlen(data), &like, FSUTIL_FRESH_TMP, err, sizeof(err));
+    free(data);
+    return rc;
+}
+
 static int write_json_doc(FILE *f, void *arg)
 {
     return json_dumpf(arg, f, JSON_COMPACT) == 0 && fputc('\n', f) != EOF ? 0 : -EIO;
@@ -971,6 +999,9 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     if (redis && redis_save_baseline(redis, rkey, bl, now, bp.window) < 0)
         fprintf(stderr, "postsurge: warning: cannot save the baselines in Redis: %s\n",
                 redis->err ? redis->errstr : "bad reply");
+    if (state_ok && (rc = write_last_result(cfg, r)) < 0)
+        fprintf(stderr, "postsurge: warning: cannot save report-last.json in %s: %s\n",
+                cfg->state_directory, strerror(-rc));
     if (state_ok) {
         rc = save_state(state_path, &st, bl, now);
         if (rc < 0)

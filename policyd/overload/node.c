@@ -126,6 +126,7 @@ static void node_on_store_closed(void *arg)
     node_free_merged(n);
     free(n->journal_text);
     json_decref(n->cluster);
+    json_decref(n->recent);
     net_set_free(n->exempt);
     free(n->attack_action);
     free(n->name);
@@ -367,6 +368,14 @@ void node_event(struct node *n, const char *kind, bool warn, json_t *extra, cons
         json_decref(extra);
         return;
     }
+    if (!n->recent)
+        n->recent = json_array();
+    json_t *mine =
+        json_pack("{s:I,s:s,s:s}", "time", (json_int_t)node_wall_ms(), "kind", kind, "text", text);
+    if (n->recent && mine && json_array_insert_new(n->recent, 0, mine) == 0) {
+        while (json_array_size(n->recent) > NODE_RECENT_EVENTS)
+            json_array_remove(n->recent, NODE_RECENT_EVENTS);
+    }
     json_t *ev = json_pack("{s:I,s:s,s:s,s:s}", "time", (json_int_t)node_wall_ms(), "node", n->name,
                            "kind", kind, "text", text);
     if (!ev) {
@@ -501,6 +510,11 @@ int node_events_read(struct node *n, int64_t since_ms, size_t max, node_events_c
 size_t node_flagged_count(const struct node *n)
 {
     return n->n_merged;
+}
+
+json_t *node_recent_events(const struct node *n)
+{
+    return n->recent ? json_deep_copy(n->recent) : json_array();
 }
 
 void node_event_counts(const struct node *n,

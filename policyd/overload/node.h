@@ -72,6 +72,10 @@ bool node_journal_in_store(const struct node *n);
 typedef void (*node_events_cb)(void *arg, int status, json_t *events);
 int node_events_read(struct node *n, int64_t since_ms, size_t max, node_events_cb cb, void *arg);
 
+/* A copy of the last few events this node appended (newest first): {"time", "kind",
+ * "text"} each; an empty array before the first. New reference; NULL on ENOMEM. */
+json_t *node_recent_events(const struct node *n);
+
 /* Number of clients flagged cluster-wide (for metrics). */
 size_t node_flagged_count(const struct node *n);
 

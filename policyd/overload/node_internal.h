@@ -15,6 +15,8 @@
 #define NODE_MAX_MERGED 8192
 /* Events scanned for `postsurge events` (newest first). */
 #define NODE_EVENTS_SCAN 10000
+/* Events of this node kept in memory for its status (the status page). */
+#define NODE_RECENT_EVENTS 8
 
 struct node_flag {
     char addr[64];
@@ -58,6 +60,7 @@ struct node {
         uint64_t count;
     } kinds[32];
     size_t n_kinds;
+    json_t *recent; /* the last NODE_RECENT_EVENTS events this node appended, newest first */
 };
 
 /* uv_now() of the node's loop. */

@@ -3,6 +3,24 @@
 #define LOG_COMPONENT "controller"
 #include "ctl_internal.h"
 
+/* Each override in force as {"setting", "before", "during"} ("before" null: not set
+ * explicitly before, the default applied). */
+static json_t *ctl_overrides_detail(const struct overrides_journal *j)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && j && i < j->n; i++) {
+        const struct overrides_setting *s = &j->settings[i];
+        char name[600];
+        if (s->file == OVERRIDES_MAIN)
+            snprintf(name, sizeof(name), "%s", s->name);
+        else
+            snprintf(name, sizeof(name), "%s/%s/%s", s->service, s->type, s->name);
+        json_array_append_new(a, json_pack("{s:s,s:s?,s:s}", "setting", name, "before", s->prior,
+                                           "during", s->value ? s->value : ""));
+    }
+    return a;
+}
+
 json_t *ctl_status_json(struct controller *c)
 {
     json_t *svcs = json_array();
@@ -58,6 +76,10 @@ json_t *ctl_status_json(struct controller *c)
         json_object_set_new(o, "privileges", json_string(privsep_mode_name(privsep_mode())));
         json_object_set_new(o, "maillog", json_string(monitor_log_source(c->mon)));
     }
+    if (o && c->node)
+        json_object_set_new(o, "events", node_recent_events(c->node));
+    if (o)
+        json_object_set_new(o, "overrides_detail", ctl_overrides_detail(c->journal));
     if (o && c->node)
         json_object_set_new(o, "flagged_clients",
                             json_integer((json_int_t)node_flagged_count(c->node)));
@@ -177,7 +199,8 @@ int ctl_collect(struct metrics_out *o, void *arg)
         {"postsurge_service_busy", "smtpd processes of the service holding a client"},
         {"postsurge_service_limit", "process limit of the service (0 = unlimited)"},
         {"postsurge_service_waiting", "clients waiting for an smtpd process"},
-        {"postsurge_service_saturation_percent", "busy (and waiting) over the process limit"},
+        {"postsurge_service_saturation_ratio",
+         "busy (and waiting) over the process limit; 1.0 = every process busy"},
     };
     const char *ln[] = {"service"};
     int rc = 0;
@@ -190,7 +213,7 @@ int ctl_collect(struct metrics_out *o, void *arg)
             double val = k == 0   ? v->busy
                          : k == 1 ? v->limit
                          : k == 2 ? v->waiting
-                                  : stress_service_saturation(&ss);
+                                  : stress_service_saturation(&ss) / 100.0;
             const char *lv[] = {v->name};
             rc = metrics_out_sample(o, svc[k].name, ln, lv, 1, val);
         }
@@ -202,8 +225,9 @@ int ctl_collect(struct metrics_out *o, void *arg)
         double v;
     } one[] = {
         {METRIC_GAUGE, "postsurge_stress", "1 while this node is in stress", stressed},
-        {METRIC_GAUGE, "postsurge_saturation_percent", "node saturation (busiest service)",
-         c->have_result ? c->last.saturation : 0},
+        {METRIC_GAUGE, "postsurge_saturation_ratio",
+         "node saturation (busiest service); 1.0 = every process busy",
+         c->have_result ? c->last.saturation / 100.0 : 0},
         {METRIC_GAUGE, "postsurge_overrides_in_force", "override settings in force",
          c->journal ? (double)c->journal->n : 0},
         {METRIC_COUNTER, "postsurge_override_applies_total", "override profiles applied",

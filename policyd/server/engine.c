@@ -33,6 +33,7 @@ struct pending {
     struct store *store;            /* where ops went */
     struct store_req *sreq;         /* until the store's callback */
     int64_t now_ms;
+    uint64_t sent_ns; /* uv_hrtime() when the ops went to the store */
     struct store_op ops[LIMITS_MAX_OPS];
     struct limits_plan plan;
 };
@@ -57,6 +58,12 @@ struct engine {
      * second must not become thousands of log lines a second (a soak wrote 8.5 GB in 30
      * minutes). Postfix logs every reject with our action text anyway. */
     struct log_ratelimit rl_deny[LIMITS_MAX_RULES];
+    /* For metrics and the status page (engine_metrics.c). */
+    struct engine_rule_count rule_counts[ENGINE_RULE_COUNTS];
+    size_t n_rule_counts;
+    struct metrics_series *store_latency;
+    struct engine_refusal recent[ENGINE_RECENT_REFUSALS]; /* a ring */
+    size_t n_recent, recent_next;
 };
 
 /* Refusal lines each rule may log per log_repeat_interval; the next line after a pause
@@ -115,6 +122,7 @@ static struct pending *pending_get(struct engine *e)
     p->le = NULL;
     p->store = NULL;
     p->sreq = NULL;
+    p->sent_ns = 0;
     return p;
 }
 
@@ -193,6 +201,87 @@ static void engine_log_deny(struct engine *e, struct decision *dec, const struct
     dec->logged = true;
 }
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* The value part of a counter key ("RULE:HASH:VALUE", the value %-encoded) as the
+ * client sent it, for people to read. */
+static void key_text(const char *key, char *out, size_t outsz)
+{
+    const char *v = key ? strchr(key, ':') : NULL;
+    v = v ? strchr(v + 1, ':') : NULL;
+    v = v ? v + 1 : key ? key : "";
+    size_t o = 0;
+    for (; *v && o + 1 < outsz; v++) {
+        int hi, lo;
+        if (*v == '%' && (hi = hexval(v[1])) >= 0 && (lo = hexval(v[2])) >= 0) {
+            out[o++] = (char)(hi * 16 + lo);
+            v += 2;
+        } else {
+            out[o++] = *v;
+        }
+    }
+    out[o] = '\0';
+}
+
+/* The refusal counters of rule name (NULL when the table is full). */
+static struct engine_rule_count *rule_count(struct engine *e, const char *name)
+{
+    if (!name)
+        name = "?";
+    for (size_t i = 0; i < e->n_rule_counts; i++)
+        if (strcmp(e->rule_counts[i].name, name) == 0)
+            return &e->rule_counts[i];
+    if (e->n_rule_counts == ENGINE_RULE_COUNTS)
+        return NULL;
+    struct engine_rule_count *rc = &e->rule_counts[e->n_rule_counts++];
+    snprintf(rc->name, sizeof(rc->name), "%s", name);
+    return rc;
+}
+
+/* Every rule of the rule set in use has its counters (at 0 before its first refusal). */
+static void note_rules(struct engine *e)
+{
+    for (size_t i = 0; e->limits && i < limits_engine_rule_count(e->limits); i++)
+        rule_count(e, limits_engine_rule(e->limits, i)->name);
+}
+
+/* Counts a store answer: its kind when it failed, the run of failures it starts or ends. */
+static void note_store_status(struct engine *e, int status)
+{
+    if (status >= 0) {
+        e->stats.failing_since_ms = 0;
+        return;
+    }
+    if (status == -ECANCELED && e->stopping)
+        return;
+    e->stats.store_failures++;
+    if (status == -ETIMEDOUT)
+        e->stats.store_fail_kind[ENGINE_FAIL_TIMEOUT]++;
+    else if (status == -ECONNREFUSED || status == -ECONNRESET || status == -ENOTCONN ||
+             status == -EPIPE || status == -EHOSTUNREACH || status == -ENETUNREACH ||
+             status == -ECONNABORTED || status == -EIO)
+        e->stats.store_fail_kind[ENGINE_FAIL_CONNECTION]++;
+    else
+        e->stats.store_fail_kind[ENGINE_FAIL_OTHER]++;
+    if (!e->stats.failing_since_ms)
+        e->stats.failing_since_ms = wall_ms();
+}
+
+const char *engine_fail_kind_name(int kind)
+{
+    static const char *const names[] = {"timeout", "connection", "other"};
+    return kind >= 0 && kind < 3 ? names[kind] : "other";
+}
+
 /* The reply for a decision; borrowed from the rules or static. */
 static const char *decision_action(struct engine *e, struct decision *dec,
                                    const struct limits_decision *d, int store_status)
@@ -213,10 +302,25 @@ static const char *decision_action(struct engine *e, struct decision *dec,
     if (d->exempt)
         e->stats.exempt++;
     if (d->deny) {
+        struct engine_rule_count *rc = rule_count(e, d->rule_name);
         if (d->dryrun)
             e->stats.dryrun_denies++;
         else
             e->stats.denies++;
+        if (rc && d->dryrun)
+            rc->dryrun++;
+        else if (rc)
+            rc->refused++;
+        if (!d->cached) {
+            struct engine_refusal *r = &e->recent[e->recent_next];
+            e->recent_next = (e->recent_next + 1) % ENGINE_RECENT_REFUSALS;
+            if (e->n_recent < ENGINE_RECENT_REFUSALS)
+                e->n_recent++;
+            r->time_ms = wall_ms();
+            r->dryrun = d->dryrun;
+            snprintf(r->rule, sizeof(r->rule), "%s", d->rule_name ? d->rule_name : "?");
+            key_text(d->key, r->key, sizeof(r->key));
+        }
         engine_log_deny(e, dec, d);
     }
     return d->action ? d->action : dec->srv->cfg->default_action;
@@ -242,6 +346,7 @@ static int pending_submit(struct pending *p)
     if (!e->store)
         return -ESHUTDOWN;
     p->store = e->store;
+    p->sent_ns = uv_hrtime();
     return store_window_take(e->store, p->ops, p->plan.n_ops, p->now_ms, on_taken, p, &p->sreq);
 }
 
@@ -251,7 +356,7 @@ static void pending_fail(struct pending *p, int status)
     struct limits_decision d;
     struct engine *e = p->e;
 
-    e->stats.store_failures++;
+    note_store_status(e, status);
     if (limits_finish(p->le, p->session, &p->plan, NULL, &d) < 0) {
         memset(&d, 0, sizeof(d));
         d.store_failed = true;
@@ -266,6 +371,8 @@ static void on_taken(void *arg, int status, const struct window_result *results,
     struct limits_decision d;
 
     p->sreq = NULL;
+    if (e->store_latency && p->sent_ns)
+        metrics_observe(e->store_latency, (double)(uv_hrtime() - p->sent_ns) / 1e9);
     /* A store closed by a reload: its replacement answers. */
     if (status == -ECANCELED && !results && !e->stopping && e->store && e->store != p->store) {
         int rc = pending_submit(p);
@@ -277,8 +384,7 @@ static void on_taken(void *arg, int status, const struct window_result *results,
         pending_fail(p, status < 0 ? status : -EPROTO);
         return;
     }
-    if (status < 0)
-        e->stats.store_failures++; /* answered from local counters */
+    note_store_status(e, status); /* a failure: answered from local counters */
     int rc = limits_finish(p->le, p->session, &p->plan, results, &d);
     if (rc < 0) {
         /* A bug: fail open rather than leave the client without an answer. */
@@ -505,6 +611,7 @@ static void engine_on_reload(struct server *srv, const struct config *old_cfg, v
         limits_engine_free(e->limits);
         e->limits = le;
         e->stats.reloads++;
+        note_rules(e);
         log_info("reload: %zu rate-limit rules%s", limits_engine_rule_count(le),
                  srv->cfg->limit_dry_run ? " (limit_dry_run)" : "");
     }
@@ -580,6 +687,7 @@ int engine_new(struct server *srv, struct engine **out, char *err, size_t errlen
         return rc;
     }
     config_errors_clear(&errs);
+    note_rules(e);
     e->failure_action = failure_action_of(srv->cfg);
     rc = open_store(e, srv->cfg, &e->store, err, errlen);
     if (rc < 0) {
@@ -633,6 +741,24 @@ void engine_free(struct engine *e)
 void engine_get_stats(const struct engine *e, struct engine_stats *st)
 {
     *st = e->stats;
+}
+
+const struct engine_rule_count *engine_rule_counts(const struct engine *e, size_t *n)
+{
+    *n = e->n_rule_counts;
+    return e->rule_counts;
+}
+
+void engine_recent_refusals(const struct engine *e,
+                            void (*fn)(const struct engine_refusal *r, void *arg), void *arg)
+{
+    for (size_t i = 1; i <= e->n_recent; i++)
+        fn(&e->recent[(e->recent_next + ENGINE_RECENT_REFUSALS - i) % ENGINE_RECENT_REFUSALS], arg);
+}
+
+void engine_set_store_latency(struct engine *e, struct metrics_series *h)
+{
+    e->store_latency = h;
 }
 
 struct store *engine_store(const struct engine *e)

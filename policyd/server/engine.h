@@ -28,7 +28,47 @@ struct engine_stats {
     uint64_t store_failures;  /* store answers with status < 0 */
     uint64_t failure_answers; /* answered per store_failure_action (dunno, defer_if_permit) */
     uint64_t reloads;         /* rule sets swapped in by SIGHUP */
+    /* Store failures by kind (enum engine_fail_kind), and since when (wall ms) the
+     * latest run of failures lasts (0: the last round trip succeeded). */
+    uint64_t store_fail_kind[3];
+    int64_t failing_since_ms;
 };
+
+enum engine_fail_kind { ENGINE_FAIL_TIMEOUT, ENGINE_FAIL_CONNECTION, ENGINE_FAIL_OTHER };
+/* "timeout", "connection", "other". */
+const char *engine_fail_kind_name(int kind);
+
+/* Refusals counted by rule name, for metrics and the status page; names of rules a
+ * reload dropped stay (counters are monotonic). At most ENGINE_RULE_COUNTS names. */
+#define ENGINE_RULE_COUNTS 64
+struct engine_rule_count {
+    char name[33];
+    uint64_t refused; /* enforced refusals */
+    uint64_t dryrun;  /* refusals of dryrun rules, answered default_action */
+};
+/* The counters (borrowed, valid until the next request) and their number. */
+const struct engine_rule_count *engine_rule_counts(const struct engine *e, size_t *n);
+
+/* The latest refusals (enforced or dryrun), for the status page: rule, counter key (a
+ * sender address, a client: text from outside, escape it), time. */
+#define ENGINE_RECENT_REFUSALS 8
+struct engine_refusal {
+    int64_t time_ms; /* wall clock */
+    char rule[33];
+    char key[200];
+    bool dryrun;
+};
+/* Calls fn for each, newest first. */
+void engine_recent_refusals(const struct engine *e,
+                            void (*fn)(const struct engine_refusal *r, void *arg), void *arg);
+
+/* Where the store's round-trip times go (seconds, a histogram series; NULL: nowhere). */
+void engine_set_store_latency(struct engine *e, struct metrics_series *h);
+
+/* Registers the engine's metrics (decisions by rule and action, store round trips,
+ * failures, degraded mode) and its part of /status ("limits", "store"). engine_metrics.c.
+ * Returns 0 or -ENOMEM. */
+int engine_metrics_register(struct server *srv, struct engine *e);
 
 /* Builds the rules from srv->cfg, opens the store cfg->store names, installs itself as
  * srv's decider and registers on_check/on_reload/on_stop hooks (on_stop closes the

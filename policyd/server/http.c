@@ -1,5 +1,5 @@
-/* http: GET/HEAD /metrics, /status and /healthz on the daemon's loop. A monitoring
- * system is a peer like any other: each connection gets one request (parsed by
+/* http: GET/HEAD / (the status page), /metrics, /status and /healthz on the daemon's loop. A
+ * monitoring system is a peer like any other: each connection gets one request (parsed by
  * lib/httpreq, 8 KiB at most, within HTTP_READ_TIMEOUT_MS), one response with
  * Connection: close, then a half-close and a short linger so a client that sent more
  * than we read still gets the response instead of a reset. */
@@ -7,6 +7,8 @@
 #include "http.h"
 
 #include "httpreq.h"
+#include "net.h"
+#include "page.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -19,7 +21,7 @@
 #endif
 
 /* Response codes counted in postsurge_http_responses_total. */
-static const int http_codes[] = {200, 400, 404, 405, 408, 413, 431, 500, 503, 505};
+static const int http_codes[] = {200, 400, 403, 404, 405, 408, 413, 431, 500, 503, 505};
 #define N_CODES (sizeof(http_codes) / sizeof(http_codes[0]))
 
 /* Request latency buckets in seconds: 50 us to 1 s (a policy answer past 1 s is already
@@ -45,6 +47,7 @@ struct http_conn {
     char *body; /* owned */
     size_t body_len;
     char peer[64];
+    bool forbidden; /* the client is outside http_allow_networks: 403 to any request */
 };
 
 struct http_server {
@@ -61,7 +64,9 @@ struct http_server {
     struct metrics_series *latency;
     struct metrics_series *responses[N_CODES];
     struct metrics_series *refused;
-    struct log_ratelimit rl_cap, rl_accept;
+    struct log_ratelimit rl_cap, rl_accept, rl_forbidden;
+    struct net_set *allow; /* http_allow_networks */
+    struct page *page;
     char rbuf[4096]; /* shared: each read is consumed before the next alloc */
 };
 
@@ -180,6 +185,14 @@ static json_t *counters_json(const struct server *srv)
 }
 
 json_t *http_status_json(struct server *srv)
+{
+    json_t *st = http_status_base_json(srv);
+    if (st && srv->http && srv->http->page)
+        page_add_status(srv->http->page, st);
+    return st;
+}
+
+json_t *http_status_base_json(struct server *srv)
 {
     struct http_server *hs = http_get(srv);
     char host[256], started[32] = "";
@@ -414,6 +427,8 @@ static const char *reason(int code)
         return "OK";
     case 400:
         return "Bad Request";
+    case 403:
+        return "Forbidden";
     case 404:
         return "Not Found";
     case 405:
@@ -433,6 +448,12 @@ static const char *reason(int code)
     }
 }
 
+/* The page may run its own inline script and style and fetch /status; nothing else. */
+#define PAGE_CSP                                                                                   \
+    "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; style-src "          \
+    "'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; form-action "            \
+    "'none'; frame-ancestors 'none'\r\n"
+
 /* Sends the response (body: malloc'ed, stolen; NULL for none) and closes afterwards. */
 static void hc_respond(struct http_conn *c, int code, const char *type, char *body, size_t len,
                        bool head_only)
@@ -449,11 +470,12 @@ static void hc_respond(struct http_conn *c, int code, const char *type, char *bo
                      "HTTP/1.1 %d %s\r\n"
                      "Content-Type: %s\r\n"
                      "Content-Length: %zu\r\n"
-                     "%s"
+                     "%s%s"
                      "Cache-Control: no-store\r\n"
                      "X-Content-Type-Options: nosniff\r\n"
                      "Connection: close\r\n\r\n",
-                     code, reason(code), type, len, code == 405 ? "Allow: GET, HEAD\r\n" : "");
+                     code, reason(code), type, len, code == 405 ? "Allow: GET, HEAD\r\n" : "",
+                     strncmp(type, "text/html", 9) == 0 ? PAGE_CSP : "");
     c->body = body;
     c->body_len = head_only ? 0 : len;
     uv_buf_t bufs[2] = {uv_buf_init(c->head, (unsigned)n),
@@ -478,9 +500,13 @@ static void hc_serve(struct http_conn *c, const struct httpreq *req)
     struct http_server *hs = c->hs;
     bool head = req->method == HTTPREQ_HEAD;
     bool known = strcmp(req->path, "/metrics") == 0 || strcmp(req->path, "/status") == 0 ||
-                 strcmp(req->path, "/healthz") == 0;
+                 strcmp(req->path, "/healthz") == 0 || strcmp(req->path, "/") == 0;
 
     log_debug("%s: %s %s", c->peer, req->method_name, req->path);
+    if (c->forbidden) {
+        hc_respond_text(c, 403, "forbidden\n", head);
+        return;
+    }
     if (!known) {
         hc_respond_text(c, 404, "not found\n", head);
         return;
@@ -507,6 +533,18 @@ static void hc_serve(struct http_conn *c, const struct httpreq *req)
             return;
         }
         hc_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, head);
+        return;
+    }
+    if (strcmp(req->path, "/") == 0) {
+        json_t *st = http_status_json(hs->srv);
+        size_t len = 0;
+        char *html = st ? page_html(st, &len) : NULL;
+        json_decref(st);
+        if (!html) {
+            hc_respond_text(c, 500, "page unavailable\n", head);
+            return;
+        }
+        hc_respond(c, 200, "text/html; charset=utf-8", html, len, head);
         return;
     }
     json_t *st = http_status_json(hs->srv);
@@ -577,6 +615,8 @@ static void http_refuse(struct http_server *hs)
     uv_close((uv_handle_t *)t, refused_on_close);
 }
 
+/* Names the peer in c->peer and sets c->forbidden when it is outside
+ * http_allow_networks (or cannot be named). */
 static void peer_name(struct http_conn *c)
 {
     struct sockaddr_storage ss;
@@ -584,8 +624,17 @@ static void peer_name(struct http_conn *c)
     char host[INET6_ADDRSTRLEN] = "?";
 
     snprintf(c->peer, sizeof(c->peer), "http");
+    c->forbidden = true;
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) < 0)
         return;
+    struct net_addr na;
+    char ip[INET6_ADDRSTRLEN] = "";
+    if (ss.ss_family == AF_INET6)
+        uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+    else
+        uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+    c->forbidden = !c->hs->allow || net_addr_parse(ip, strlen(ip), &na) < 0 ||
+                   !net_set_contains(c->hs->allow, &na);
     if (ss.ss_family == AF_INET6) {
         struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
         uv_ip6_name(a, host, sizeof(host));
@@ -645,6 +694,9 @@ static void http_on_connection(uv_stream_t *s, int status)
         return;
     }
     peer_name(c);
+    if (c->forbidden)
+        log_warn_ratelimited(&hs->rl_forbidden, server_now_ms(srv), server_repeat_ms(srv),
+                             "%s: not in http_allow_networks: answering 403", c->peer);
     uv_tcp_nodelay(&c->tcp, 1);
     if (uv_read_start((uv_stream_t *)&c->tcp, hc_on_alloc, hc_on_read) < 0) {
         hc_close(c);
@@ -712,6 +764,16 @@ static void http_on_reload(struct server *srv, const struct config *old, void *a
 
     if (strcmp(a, b) != 0)
         log_warn("reload: http_listen changed; it takes effect after a restart of postsurge");
+    struct http_server *hs = arg;
+    struct net_set *ns = NULL;
+    char err[256];
+    if (net_set_parse(srv->cfg->http_allow_networks ? srv->cfg->http_allow_networks : "", &ns, err,
+                      sizeof(err)) < 0) {
+        log_error("reload: http_allow_networks: %s; keeping the previous networks", err);
+        return;
+    }
+    net_set_free(hs->allow);
+    hs->allow = ns;
 }
 
 int http_start(struct server *srv)
@@ -735,6 +797,15 @@ int http_start(struct server *srv)
     }
     if (!spec || !*spec)
         return 0;
+    char err[256];
+    if (net_set_parse(srv->cfg->http_allow_networks ? srv->cfg->http_allow_networks : "",
+                      &hs->allow, err, sizeof(err)) < 0) {
+        log_error("http_allow_networks: %s", err);
+        return -EINVAL;
+    }
+    hs->page = page_new(srv);
+    if (!hs->page)
+        return -ENOMEM;
     memset(&ss, 0, sizeof(ss));
     if (http_parse_listen(spec, &ss) < 0) {
         log_error("http_listen: \"%s\": expected inet:HOST:PORT or inet:[ADDRESS]:PORT with a "
@@ -751,7 +822,7 @@ int http_start(struct server *srv)
         log_error("http_listen: %s: %s", spec, uv_strerror(rc));
         return rc;
     }
-    log_info("http: serving /metrics, /status and /healthz on %s", spec);
+    log_info("http: serving the status page (/), /metrics, /status and /healthz on %s", spec);
     return 0;
 }
 
@@ -768,6 +839,8 @@ void http_stop(struct server *srv)
     }
     while (hs->conns)
         hc_close(hs->conns);
+    page_free(hs->page);
+    hs->page = NULL;
 }
 
 void http_free(struct server *srv)
@@ -777,6 +850,8 @@ void http_free(struct server *srv)
     if (!hs)
         return;
     srv->request_latency = NULL;
+    page_free(hs->page); /* never started: nothing on the loop */
+    net_set_free(hs->allow);
     free(hs);
     srv->http = NULL;
 }

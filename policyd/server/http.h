@@ -1,7 +1,8 @@
 /* http: the metrics and status endpoint (http_listen = inet:HOST:PORT). Serves GET/HEAD
- * /metrics (Prometheus text 0.0.4 from the metrics registry), /status (the node status
- * JSON) and /healthz on the daemon's loop: one request per connection, strict limits
- * (8 KiB head, http_max_connections, a read timeout), Connection: close. The registry
+ * / (the status page, page.h), /metrics (Prometheus text 0.0.4 from the metrics registry), /status
+ * (the node status JSON) and /healthz on the daemon's loop: one request per connection, strict
+ * limits (8 KiB head, http_max_connections, a read timeout), Connection: close. Clients outside
+ * http_allow_networks get 403. The registry
  * and the status builders it serves are the server's (server_metrics, server_add_status).
  * Loop thread only. */
 #pragma once
@@ -25,6 +26,8 @@ struct http_server;
  * version, pid, uptime_seconds, started_at, draining, config, counters, http), then what
  * the builders registered with server_add_status add. NULL on ENOMEM. */
 json_t *http_status_json(struct server *srv);
+/* The same without the status page's keys (history, traffic, report): what it samples. */
+json_t *http_status_base_json(struct server *srv);
 
 /* Call once after server_start() succeeded. Registers the server's own metrics (requests,
  * replies by action, protocol errors, connections, reloads, request latency) and, when

@@ -5,6 +5,8 @@
 #define LOG_COMPONENT "server"
 #include "server.h"
 
+#include "net.h"
+
 #include "conn.h"
 #include "util/metrics.h"
 
@@ -257,6 +259,12 @@ int server_check_config(const struct config *cfg, const char *name, const char *
         check_add(&cx, "max_connections", "max_connections: must be at least 1");
     if (cfg->max_output_buffer < 64)
         check_add(&cx, "max_output_buffer", "max_output_buffer: must be at least 64 bytes");
+    struct net_set *allow = NULL;
+    char why[256];
+    if (net_set_parse(cfg->http_allow_networks ? cfg->http_allow_networks : "", &allow, why,
+                      sizeof(why)) < 0)
+        check_add(&cx, "http_allow_networks", "http_allow_networks: %s", why);
+    net_set_free(allow);
     return cx.nomem ? -ENOMEM : cx.problems;
 }
 

@@ -369,5 +369,98 @@ class TestUnderLoad(HttpTest):
             self.assertEqual(p.returncode, 0, p.stdout.decode() + p.stderr.decode())
 
 
+class TestEngineMetrics(HttpTest):
+    """Decisions by rule and action, the store round-trip histogram, store failures by
+    kind, the degraded-mode gauge and the decisions answered that way, ratios."""
+
+    def families(self, text):
+        """{name: (help, type)} of every family, and the names of the samples."""
+        fam, samples = {}, set()
+        for line in text.splitlines():
+            if line.startswith("# HELP "):
+                fam.setdefault(line.split()[2], [None, None])[0] = line
+            elif line.startswith("# TYPE "):
+                fam.setdefault(line.split()[2], [None, None])[1] = line.split()[3]
+            elif line and not line.startswith("#"):
+                samples.add(line.split("{")[0].split()[0])
+        return fam, samples
+
+    def test_metrics_decisions_by_rule_and_action(self):
+        ps = self.daemon({"limits": "per_sender sender recipients 2/1m\n"
+                                    "    per_dry client_address recipients 3/1m dryrun",
+                          "limit_exempt_sasl_users": "robot"})
+        with ps.client() as c:
+            for i in range(5):
+                c.ask(request(sender="a@example.org", recipient="r%d@example.com" % i))
+            c.ask(request(sasl_username="robot", recipient="x@example.com"))
+        text = self.metrics(ps)
+        v = lambda s: self.value(text, s)
+        self.assertEqual(v('postsurge_decisions_total{rule="per_sender",action="refuse"}'), 3)
+        # The dryrun rule's counter is past 3 at the 4th recipient (the 4th and 5th).
+        self.assertEqual(v('postsurge_decisions_total{rule="per_dry",action="dryrun"}'), 0)
+        self.assertEqual(v('postsurge_decisions_total{rule="",action="exempt"}'), 1)
+        self.assertEqual(v('postsurge_decisions_total{rule="",action="allow"}'), 2)
+        self.assertEqual(v('postsurge_decisions_total{rule="",action="degraded"}'), 0)
+        self.assertEqual(v("postsurge_store_round_trip_seconds_count"), 5)
+        self.assertGreater(v("postsurge_store_round_trip_seconds_sum"), 0)
+        self.assertEqual(v("postsurge_store_degraded"), 0)
+        self.assertEqual(v("postsurge_store_up"), 1)
+        fam, samples = self.families(text)
+        for name in samples:
+            base = name
+            for suf in ("_bucket", "_sum", "_count"):
+                if name.endswith(suf) and name[:-len(suf)] in fam:
+                    base = name[:-len(suf)]
+            self.assertIn(base, fam, name)
+            self.assertTrue(fam[base][0] and fam[base][1], "HELP/TYPE of %s" % base)
+            self.assertNotIn("percent", base)
+        self.assertIn("postsurge_saturation_ratio", fam)
+        self.assertIn("postsurge_service_saturation_ratio", fam)
+        st = json.loads(self.get(ps, "/status")[2])
+        rules = {r["name"]: r for r in st["limits"]["rules"]}
+        self.assertEqual(rules["per_sender"]["refused"], 3)
+        self.assertEqual(st["store_state"]["kind"], "memory")
+        if PROMTOOL:
+            p = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(),
+                               capture_output=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stdout.decode() + p.stderr.decode())
+
+    def test_metrics_degraded_mode_with_redis_stopped(self):
+        from redis_server import RedisServer
+        redis = RedisServer()
+        self.addCleanup(redis.stop)
+        ps = self.daemon({"store": redis.url, "redis_timeout": "300ms",
+                          "limits": "per_ip client_address recipients 100/1m"})
+        with ps.client() as c:
+            self.assertEqual(c.ask(), "DUNNO")
+        text = self.metrics(ps)
+        self.assertEqual(self.value(text, "postsurge_store_degraded"), 0)
+        self.assertEqual(self.value(text, "postsurge_degraded_decisions_total"), 0)
+        redis.stop()
+        with ps.client(timeout=20) as c:
+            for i in range(3):
+                c.ask(request(recipient="d%d@example.com" % i))
+        text = self.metrics(ps)
+        self.assertEqual(self.value(text, "postsurge_store_degraded"), 1, text[-3000:])
+        self.assertEqual(self.value(text, "postsurge_degraded_decisions_total"), 3)
+        self.assertEqual(
+            self.value(text, 'postsurge_decisions_total{rule="",action="degraded"}'), 3)
+        fails = sum(self.value(text, 'postsurge_store_failures_total{kind="%s"}' % k)
+                    for k in ("timeout", "connection", "other"))
+        self.assertEqual(fails, 3)
+        st = json.loads(self.get(ps, "/status")[2])
+        self.assertTrue(st["store_state"]["degraded"])
+        self.assertGreater(st["store_state"]["degraded_since"], 0)
+        html = self.get(ps, "/")[2].decode()
+        self.assertIn("degraded</span> since", html)
+        redis.start()
+
+        def back():
+            with ps.client() as c:
+                c.ask(request(recipient="back@example.com"))
+            return self.value(self.metrics(ps), "postsurge_store_degraded") == 0
+        self.assertTrue(wait_for(back, 30, 0.5))
+
+
 if __name__ == "__main__":
     testmain.main()
