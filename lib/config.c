@@ -157,10 +157,10 @@ const struct cf_entry cf_table[] = {
     {"store", CF_STRING, "memory", OFF(store), .check = check_store, .group = G_STORE,
      .doc = "`memory` (this host only), `redis://[:PASSWORD@]HOST:PORT[/DB]`, "
             "`redis+unix:///PATH[?db=N]` (shared by a cluster), or "
-            "`redis-sentinel://[:PASSWORD@]IP:PORT[,IP:PORT...]/MASTERNAME[/DB]` (the master "
-            "that these sentinels name, followed across failovers) or "
-            "`redis-cluster://[:PASSWORD@]IP:PORT[,IP:PORT...]` (a Redis Cluster, from these "
-            "seed nodes); see Scale-out."},
+            "`redis-sentinel://[:PASSWORD@]IP:PORT[,...]/MASTER[/DB]` (the master that "
+            "these sentinels name, followed across failovers) or "
+            "`redis-cluster://[:PASSWORD@]IP:PORT[,...]` (a Redis Cluster, from these seed "
+            "nodes); see Scale-out."},
     {"store_key_prefix", CF_STRING, "postsurge:", OFF(store_key_prefix), .check = check_word,
      .group = G_STORE, .doc = "Prefix of every Redis key, to share a Redis safely."},
     {"redis_timeout", CF_TIME, "100ms", OFF(redis_timeout), 1, 60 * SEC, .group = G_STORE,

@@ -193,6 +193,14 @@ static void ctl_on_sample(struct monitor *m, const struct monitor_sample *s, voi
     ctl_reconcile(c);
 }
 
+static void ctl_on_idle_tick(uv_timer_t *t)
+{
+    struct controller *c = t->data;
+    struct monitor_sample empty;
+    memset(&empty, 0, sizeof(empty));
+    ctl_on_sample(NULL, &empty, c);
+}
+
 static void ctl_on_log(struct monitor *m, const struct maillog_record *rec, void *arg)
 {
     struct controller *c = arg;
@@ -252,6 +260,11 @@ static void ctl_on_stop(struct server *srv, void *arg)
         uv_close((uv_handle_t *)&c->ctl, ctl_on_ctl_closed);
         unlink(c->socket_path);
         c->ctl_open = false;
+    }
+    if (c->idle_tick_on) {
+        uv_timer_stop(&c->idle_tick);
+        uv_close((uv_handle_t *)&c->idle_tick, ctl_on_ctl_closed);
+        c->idle_tick_on = false;
     }
     if (c->mon)
         monitor_close(c->mon, ctl_on_mon_closed, c);
@@ -348,6 +361,7 @@ int controller_new(struct server *srv, struct engine *engine, struct controller 
     default:
         break;
     }
+    c->idle_tick_ms = cfg->monitor_interval > 0 ? (uint64_t)cfg->monitor_interval : 1000;
     if (c->monitor_on) {
         struct monitor_opts mo = {.config_dir = c->config_dir,
                                   .maillog_file = cfg->maillog_file,
@@ -387,6 +401,10 @@ int controller_start(struct controller *c)
         int rc = monitor_start(c->mon);
         if (rc < 0)
             log_error("monitor: %s", strerror(-rc));
+    } else if (uv_timer_init(c->loop, &c->idle_tick) == 0) {
+        c->idle_tick.data = c;
+        c->idle_tick_on = true;
+        uv_timer_start(&c->idle_tick, ctl_on_idle_tick, c->idle_tick_ms, c->idle_tick_ms);
     }
     log_info("controller: node %s, store %s, Postfix in %s, journal %s%s", node_name(c->node),
              node_store_kind(c->node), c->config_dir, c->journal_path,

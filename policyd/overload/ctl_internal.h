@@ -142,6 +142,12 @@ struct controller {
 
     uv_pipe_t ctl;
     bool ctl_open;
+    /* Without the monitor (monitor = no, or no Postfix on this host): a tick at
+     * monitor_interval that feeds the state machine an empty sample, so forced stress,
+     * the node status in the store and the cluster view still work. */
+    uv_timer_t idle_tick;
+    bool idle_tick_on;
+    uint64_t idle_tick_ms;
     struct ctl_client *clients;
     size_t n_clients;
 

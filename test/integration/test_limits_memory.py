@@ -190,9 +190,14 @@ class LimitsMemory(unittest.TestCase):
         self.addCleanup(ps.cleanup)
         r = ps.cli("check-config")
         self.assertEqual(r.returncode, 1, r)
-        # Lines 1-6: the harness's settings, `monitor`, `http_listen`; 7: `limits =`.
-        self.assertRegex(r.stderr, r"postsurge\.cf:9: .*duplicate rule name \"ok\"")
-        self.assertRegex(r.stderr, r"postsurge\.cf:10: .*\"nothing\"")
+        # The line numbers are those of the rules in the file the harness wrote (its own
+        # settings come first): the second "ok" and the "bad" rule.
+        with open(ps.config_path) as f:
+            lines = f.read().split("\n")
+        second_ok = [i + 1 for i, l in enumerate(lines) if l.strip().startswith("ok ")][1]
+        bad = [i + 1 for i, l in enumerate(lines) if l.strip().startswith("bad ")][0]
+        self.assertRegex(r.stderr, r"postsurge\.cf:%d: .*duplicate rule name \"ok\"" % second_ok)
+        self.assertRegex(r.stderr, r"postsurge\.cf:%d: .*\"nothing\"" % bad)
         ps.write_config(rules("ok client_address recipients 3/1m"))
         r = ps.cli("check-config")
         self.assertEqual((r.returncode, r.stdout.strip()), (0, "ok"), r)
