@@ -196,6 +196,18 @@ static const char *example_cf =
     "    big_sender  sasl_username        bytes       500M/1d stress 100M/1h\n"
     "    combo       sasl_username+recipient_domain recipients 50/10m\n";
 
+/* The rules of the README's example (overrides aside). */
+static const char *conditions_cf =
+    "limits =\n"
+    "    sub_user  sasl_username        recipients 1000/1h  if policy_context=submission\n"
+    "    mx_ip     client_address       recipients 200/1m   if policy_context!=submission\n"
+    "    helo      helo_name            connections 60/1m\n"
+    "    bulk      sender_domain        messages   500/1h   if sender_domain~^(news|promo)\\.\n"
+    "    nets      client_address/24/64 connections 300/1m  if "
+    "client_address!=192.0.2.0/24,2001:db8::/32\n"
+    "    port      server_address+server_port connections 10/1s if server_port=25 "
+    "if client_name=unknown action 450 4.7.1 Slow down\n";
+
 static void test_limits_parses_example_rules(void **state)
 {
     (void)state;
@@ -241,6 +253,25 @@ static void test_limits_parses_example_rules(void **state)
     assert_int_equal(r->n_parts, 2);
     assert_string_equal(r->key_spec, "sasl_username+recipient_domain");
     assert_null(limits_engine_rule(e, 6));
+    limits_engine_free(e);
+
+    e = engine_from(conditions_cf);
+    assert_int_equal(limits_engine_rule_count(e), 6);
+    r = limits_engine_rule(e, 0);
+    assert_int_equal(r->n_conds, 1);
+    assert_int_equal(r->cond[0].attr, POLICY_POLICY_CONTEXT);
+    assert_int_equal(r->cond[0].op, LIMITS_COND_EQ);
+    assert_string_equal(r->cond[0].text, "policy_context=submission");
+    assert_int_equal(limits_engine_rule(e, 1)->cond[0].op, LIMITS_COND_NE);
+    assert_int_equal(limits_engine_rule(e, 2)->n_conds, 0);
+    assert_string_equal(limits_engine_rule(e, 2)->key_spec, "helo_name");
+    r = limits_engine_rule(e, 3);
+    assert_int_equal(r->cond[0].attr, LIMITS_ATTR_SENDER_DOMAIN);
+    assert_int_equal(r->cond[0].op, LIMITS_COND_RE);
+    r = limits_engine_rule(e, 5);
+    assert_string_equal(r->key_spec, "server_address+server_port");
+    assert_int_equal(r->n_conds, 2);
+    assert_string_equal(r->action, "450 4.7.1 Slow down");
     limits_engine_free(e);
 }
 
@@ -424,6 +455,166 @@ static void test_limits_derives_keys(void **state)
         }
         limits_engine_free(e);
     }
+}
+
+/* Every attribute of the policy protocol can be a key part, alone or joined with '+';
+ * an absent or empty one means the rule does not apply. */
+static void test_limits_keys_from_every_attribute(void **state)
+{
+    (void)state;
+    for (int a = 0; a < POLICY_ATTR_COUNT; a++) {
+        const char *name = policy_attr_name((enum policy_attr)a);
+        if (a == POLICY_CLIENT_ADDRESS)
+            continue; /* grouped: test_limits_derives_keys */
+        char cf[256], want[128];
+        snprintf(cf, sizeof(cf), "limits = r %s+policy_context messages 10/1m\n", name);
+        if (a == POLICY_POLICY_CONTEXT) {
+            struct config_errors errs = {0};
+            struct config *cfg = load_config(cf, &errs);
+            assert_null(limits_engine_new(cfg, &errs));
+            assert_string_equal(errs.msg[0],
+                                "test.cf:1: limits: rule r: key part policy_context given twice");
+            config_errors_clear(&errs);
+            config_free(cfg);
+            continue;
+        }
+        struct limits_engine *e = engine_from(cf);
+        const struct limits_rule *r = limits_engine_rule(e, 0);
+        assert_non_null(r);
+        assert_int_equal(r->n_parts, 2);
+        char spec[160];
+        snprintf(spec, sizeof(spec), "%s+policy_context", name);
+        assert_string_equal(r->key_spec, spec);
+        const struct policy_request *req = mkreq(
+            "request=smtpd_access_policy\nprotocol_state=RCPT\ninstance=i\npolicy_context=Sub\n"
+            "%s=Val %s",
+            name, name);
+        char out[LIMITS_MAX_VALUE + 1];
+        int n = limits_key_value(r, req, out, sizeof(out));
+        snprintf(want, sizeof(want), "val%%20%s|sub", name);
+        if (n <= 0 || strcmp(out, want) != 0)
+            fail_msg("%s: want \"%s\" got \"%s\" (%d)", name, want, n > 0 ? out : "", n);
+        /* Absent, and sent empty: the rule does not apply. */
+        req = mkreq("request=smtpd_access_policy\nprotocol_state=RCPT\npolicy_context=sub");
+        if (a != POLICY_REQUEST && a != POLICY_PROTOCOL_STATE)
+            assert_int_equal(limits_key_value(r, req, out, sizeof(out)), 0);
+        req = mkreq("request=smtpd_access_policy\nprotocol_state=RCPT\npolicy_context=sub\n%s=",
+                    name);
+        assert_int_equal(limits_key_value(r, req, out, sizeof(out)), 0);
+        limits_engine_free(e);
+    }
+}
+
+/* Conditions, one rule per case, against one request each. */
+static const struct cond_case {
+    const char *conds;
+    const char *attrs; /* extra request lines */
+    bool hold;
+} cond_cases[] = {
+    {"if policy_context=submission", "policy_context=submission", true},
+    {"if policy_context=submission", "policy_context=SUBMISSION", true},
+    {"if policy_context=submission", "policy_context=submissionx", false},
+    {"if policy_context=submission", "", false},                /* absent equals nothing */
+    {"if policy_context=submission", "policy_context=", false}, /* empty too */
+    {"if policy_context!=submission", "", true},
+    {"if policy_context!=submission", "policy_context=submission", false},
+    {"if policy_context!=submission", "policy_context=smtp", true},
+    {"if server_port=587,465", "server_port=465", true},
+    {"if server_port=587,465", "server_port=25", false},
+    {"if server_port!=587,465", "server_port=25", true},
+    {"if server_port!=587,465", "server_port=587", false},
+    {"if sender_domain~^(news|promo)\\.", "sender=x@News.example.com", true},
+    {"if sender_domain~^(news|promo)\\.", "sender=x@promo.example.com.", true},
+    {"if sender_domain~^(news|promo)\\.", "sender=news@example.com", false},
+    {"if sender_domain~^(news|promo)\\.", "sender=", false},
+    {"if sender_domain~.*", "", false}, /* absent matches no regex */
+    {"if recipient_domain=example.org", "recipient=a@EXAMPLE.org", true},
+    {"if recipient_domain=example.org", "recipient=example.org", false},
+    {"if helo_name~^[^.]+$", "helo_name=localhost", true},
+    {"if helo_name~^[^.]+$", "helo_name=mx.example.org", false},
+    {"if client_address!=192.0.2.0/24,2001:db8::/32", "client_address=192.0.2.9", false},
+    {"if client_address!=192.0.2.0/24,2001:db8::/32", "client_address=2001:db8::1", false},
+    {"if client_address!=192.0.2.0/24,2001:db8::/32", "client_address=198.51.100.1", true},
+    {"if client_address!=192.0.2.0/24,2001:db8::/32", "", true},
+    {"if client_address=192.0.2.0/24", "client_address=192.0.2.200", true},
+    {"if client_address=192.0.2.0/24", "client_address=::ffff:192.0.2.200", true},
+    {"if client_address=192.0.2.0/24", "client_address=unknown", false},
+    {"if server_address=10.0.0.1", "server_address=10.0.0.1", true},
+    {"if server_address=10.0.0.1", "server_address=10.0.0.2", false},
+    /* several ifs: all must hold */
+    {"if policy_context=submission if sasl_method=plain,login",
+     "policy_context=submission\nsasl_method=LOGIN", true},
+    {"if policy_context=submission if sasl_method=plain,login",
+     "policy_context=submission\nsasl_method=cram-md5", false},
+    {"if policy_context=submission if sasl_method=plain,login", "sasl_method=plain", false},
+    {"if sasl_username~^[a-z]+@example\\.org$ if sasl_username!=admin@example.org",
+     "sasl_username=Bob@Example.org", true},
+    {"if sasl_username~^[a-z]+@example\\.org$ if sasl_username!=admin@example.org",
+     "sasl_username=admin@example.org", false},
+};
+
+static void test_limits_conditions(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(cond_cases) / sizeof(cond_cases[0]); i++) {
+        const struct cond_case *c = &cond_cases[i];
+        char cf[512];
+        snprintf(cf, sizeof(cf), "limits = r helo_name messages 10/1m %s action 451 4.7.1 x\n",
+                 c->conds);
+        struct limits_engine *e = engine_from(cf);
+        const struct limits_rule *r = limits_engine_rule(e, 0);
+        assert_string_equal(r->action, "451 4.7.1 x");
+        const struct policy_request *req =
+            mkreq("request=smtpd_access_policy\nprotocol_state=RCPT%s%s", *c->attrs ? "\n" : "",
+                  c->attrs);
+        if (limits_conds_hold(r, req) != c->hold)
+            fail_msg("case %zu: \"%s\" with \"%s\": want %s", i, c->conds, c->attrs,
+                     c->hold ? "hold" : "fail");
+        limits_engine_free(e);
+    }
+}
+
+/* A rule whose conditions fail neither counts nor limits; the one whose conditions hold
+ * does: the same user limited differently on port 25 and on submission. */
+static void test_limits_failing_conditions_neither_count_nor_limit(void **state)
+{
+    (void)state;
+    struct limits_engine *e = engine_from(
+        "limits =\n"
+        "  sub sasl_username recipients 3/1h if policy_context=submission\n"
+        "  mx  sasl_username recipients 1/1h if policy_context!=submission action 450 4.7.1 mx\n");
+    struct limits_session *s = limits_session_new();
+    struct tstore t = {.now = 1000000};
+    struct limits_decision d;
+#define fmt                                                                                        \
+    "request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.1\n"                 \
+    "client_port=%d\ninstance=i%d\nsasl_username=alice\nrecipient=r%d@x%s"
+    /* submission: three recipients pass, the fourth is refused by sub; mx not counted */
+    for (int i = 0; i < 4; i++) {
+        decide(&t, e, s, mkreq(fmt, 1, 1, i, "\npolicy_context=submission"), false, &d);
+        assert_int_equal(t.n_last, 1);
+        assert_int_equal(strncmp(t.last[0].key, "sub:", 4), 0);
+        assert_int_equal(d.deny, i == 3);
+    }
+    /* port 25: only mx counts, from zero */
+    decide(&t, e, s, mkreq(fmt, 2, 2, 0, ""), false, &d);
+    assert_int_equal(t.n_last, 1);
+    assert_int_equal(strncmp(t.last[0].key, "mx:", 3), 0);
+    assert_false(d.deny);
+    decide(&t, e, s, mkreq(fmt, 2, 2, 1, ""), false, &d);
+    assert_true(d.deny);
+    assert_string_equal(d.action, "450 4.7.1 mx");
+    /* A request no rule's conditions admit is decided without a store round trip. */
+    struct limits_engine *e2 =
+        engine_from("limits = sub sasl_username recipients 3/1h if policy_context=submission\n");
+    struct limits_plan *plan = malloc(sizeof(*plan));
+    assert_int_equal(limits_plan(e2, s, mkreq(fmt, 3, 3, 0, ""), false, plan), LIMITS_PLAN_DECIDED);
+    assert_false(plan->decision.deny);
+    free(plan);
+#undef fmt
+    limits_engine_free(e2);
+    limits_session_free(s);
+    limits_engine_free(e);
 }
 
 static void test_limits_hashes_long_key_values(void **state)
@@ -953,6 +1144,9 @@ int main(void)
         cmocka_unit_test(test_limits_keys_stable_across_reload),
         cmocka_unit_test(test_limits_derives_keys),
         cmocka_unit_test(test_limits_hashes_long_key_values),
+        cmocka_unit_test(test_limits_keys_from_every_attribute),
+        cmocka_unit_test(test_limits_conditions),
+        cmocka_unit_test(test_limits_failing_conditions_neither_count_nor_limit),
         cmocka_unit_test(test_limits_counts_identical_rcpt_once),
         cmocka_unit_test(test_limits_counts_transaction_once),
         cmocka_unit_test(test_limits_counts_recipient_count_without_rcpt),
