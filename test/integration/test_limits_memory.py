@@ -51,6 +51,36 @@ class LimitsMemory(unittest.TestCase):
         self.assertIn("key=per_ip:", lines[0])
         self.assertIn("count=100/100 per 1m", lines[0])
 
+    def test_limits_memory_conditions_and_queue_id(self):
+        # One SASL user, a different limit on submission and on port 25 (policy_context);
+        # a rule keyed by helo_name only for server_port 25; the decision line starts
+        # with Postfix's queue_id when the request has one, a bogus one is left out.
+        ps = self.start(rules(
+            "sub sasl_username recipients 3/1h if policy_context=submission",
+            "mx  sasl_username recipients 1/1h if policy_context!=submission "
+            "action 450 4.7.1 Slow down on 25",
+            "helo helo_name messages 2/1h if server_port=25 if sender_domain~^(news|promo)\\."))
+        with ps.client() as c:
+            sub = [c.ask(request(sasl_username="alice", policy_context="submission",
+                                 server_port="587", client_port="1", queue_id="4ABC123",
+                                 recipient="s%d@example.com" % i)) for i in range(5)]
+            mx = [c.ask(request(sasl_username="alice", client_port="2", queue_id="x y\tz",
+                                recipient="m%d@example.com" % i)) for i in range(3)]
+            news = [c.ask(request(sender="a@News.example.org", helo_name="bulk.example",
+                                  client_port="%d" % (10 + i), instance="n%d" % i))
+                    for i in range(4)]
+        self.assertEqual(sub, ["DUNNO"] * 3 + [DEFER + " (sub)"] * 2)
+        self.assertEqual(mx, ["DUNNO"] + ["450 4.7.1 Slow down on 25"] * 2)
+        self.assertEqual(news, ["DUNNO"] * 2 + [DEFER + " (helo)"] * 2)
+        log = ps.log()
+        sub_lines = [l for l in log.splitlines() if "rule=sub " in l]
+        self.assertEqual(len(sub_lines), 2, log)
+        for l in sub_lines:
+            self.assertRegex(l, r"limits\[\d+\]: (\w+: )?4ABC123: ")
+        mx_lines = [l for l in log.splitlines() if "rule=mx " in l]
+        self.assertEqual(len(mx_lines), 2, log)
+        self.assertNotIn("x y", log)
+
     def test_limits_memory_refusal_lines_bounded(self):
         # A flood refused recipient after recipient logs at most 100 lines per rule per
         # log_repeat_interval; the first line after an interval counts what was left out.
