@@ -488,6 +488,11 @@ static void rule_free(struct limits_rule *r)
 {
     free(r->action);
     r->action = NULL;
+    free(r->overrides);
+    r->overrides = NULL;
+    r->table_path = NULL;
+    limits_table_free(r->table);
+    r->table = NULL;
     for (size_t i = 0; i < r->n_conds; i++)
         cond_free(&r->cond[i]);
     r->n_conds = 0;
@@ -680,6 +685,27 @@ static int parse_rule_body(const char *line, size_t len, struct limits_rule *r, 
                 errf(errs, file, lineno, "limits: rule %s: %s", r->name, why);
                 return -EINVAL;
             }
+        } else if (tok_is(opt, "overrides")) {
+            struct tok ot = next_tok(&p, end);
+            if (r->overrides != NULL) {
+                errf(errs, file, lineno, "limits: rule %s: overrides given twice", r->name);
+                return -EINVAL;
+            }
+            if ((r->overrides = dup_n(ot.p, ot.len)) == NULL)
+                return -ENOMEM;
+            if (limits_table_spec(r->overrides, ot.len, &r->table_type, &r->table_path, why,
+                                  sizeof(why)) != 0) {
+                errf(errs, file, lineno, "limits: rule %s: %s", r->name, why);
+                return -EINVAL;
+            }
+            bool has_client = false;
+            for (size_t k = 0; k < r->n_parts; k++)
+                has_client |= r->part[k] == LIMITS_KEY_CLIENT_ADDRESS;
+            if (r->table_type == LIMITS_TABLE_CIDR && !has_client) {
+                errf(errs, file, lineno,
+                     "limits: rule %s: overrides cidr: needs a key with client_address", r->name);
+                return -EINVAL;
+            }
         } else if (tok_is(opt, "action")) {
             while (p < end && (*p == ' ' || *p == '\t'))
                 p++;
@@ -707,7 +733,7 @@ static int parse_rule_body(const char *line, size_t len, struct limits_rule *r, 
         } else {
             errf(errs, file, lineno,
                  "limits: rule %s: unknown option \"%.*s\": expected stress COUNT/WINDOW, "
-                 "dryrun, if CONDITION or action TEXT",
+                 "dryrun, if CONDITION, overrides TYPE:PATH or action TEXT",
                  r->name, TOKF(opt));
             return -EINVAL;
         }
@@ -827,6 +853,20 @@ struct limits_engine *limits_engine_new(const struct config *cfg, struct config_
         p = nl + 1;
     }
 
+    /* Override tables: read now, so a missing or broken one fails check-config, start and
+     * reload with FILE:LINE; the daemon then follows changes (server/engine.c). */
+    for (size_t i = 0; i < e->n_rules && !bad; i++) {
+        struct limits_rule *r = &e->rule[i];
+        if (r->overrides == NULL)
+            continue;
+        int rc = limits_table_load(r->table_type, r->table_path, r->measure == LIMITS_BYTES,
+                                   &r->table, NULL, errs);
+        if (rc == -ENOMEM)
+            goto nomem;
+        if (rc != 0)
+            bad = true;
+    }
+
     /* Rules without their own action answer limit_action naming the rule, so the client
      * (and the log) see which limit was hit. */
     for (size_t i = 0; i < e->n_rules; i++) {
@@ -892,6 +932,17 @@ void limits_engine_free(struct limits_engine *e)
 size_t limits_engine_rule_count(const struct limits_engine *e)
 {
     return e ? e->n_rules : 0;
+}
+
+int limits_engine_set_table(struct limits_engine *e, size_t i, struct limits_table *t)
+{
+    if (e == NULL || i >= e->n_rules || e->rule[i].overrides == NULL) {
+        limits_table_free(t);
+        return -EINVAL;
+    }
+    limits_table_free(e->rule[i].table);
+    e->rule[i].table = t;
+    return 0;
 }
 
 const struct limits_rule *limits_engine_rule(const struct limits_engine *e, size_t i)
@@ -1374,6 +1425,22 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
         int vn = limits_key_value(r, req, value, sizeof(value));
         if (vn <= 0)
             continue;
+        int64_t limit = r->limit, stress_limit = r->stress_limit;
+        if (r->table != NULL) {
+            struct net_addr ca;
+            const struct net_addr *cap = NULL;
+            if (r->table_type == LIMITS_TABLE_CIDR) {
+                v = attr(req, POLICY_CLIENT_ADDRESS, &len);
+                if (net_addr_parse(v, len, &ca) == 0)
+                    cap = &ca;
+            }
+            int64_t tv;
+            if (limits_table_lookup(r->table, value, (size_t)vn, cap, &tv)) {
+                if (tv == LIMITS_TABLE_UNLIMITED)
+                    continue;
+                limit = stress_limit = tv;
+            }
+        }
         struct limits_op *op = &plan->ops[plan->n_ops];
         size_t keylen = key_join(op->key, sizeof(op->key), r->name, r->tag, value, (size_t)vn);
         uint64_t h = fnv64_add(FNV64_OFFSET, op->key, keylen);
@@ -1409,8 +1476,8 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
          * the stress window is the same. */
         op->window_ms = r->window_ms;
         op->limit = (stressed && r->has_stress && r->stress_window_ms == r->window_ms)
-                        ? r->stress_limit
-                        : r->limit;
+                        ? stress_limit
+                        : limit;
         op->amount = amount;
         op->rule = (uint16_t)ri;
         op->enforce = true;
@@ -1423,7 +1490,7 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
             struct limits_op *op2 = &plan->ops[plan->n_ops++];
             key_join(op2->key, sizeof(op2->key), r->name, r->stress_tag, value, (size_t)vn);
             op2->window_ms = r->stress_window_ms;
-            op2->limit = stressed ? r->stress_limit : LIMITS_COUNT_ONLY;
+            op2->limit = stressed ? stress_limit : LIMITS_COUNT_ONLY;
             op2->amount = amount;
             op2->rule = (uint16_t)ri;
             op2->enforce = stressed;

@@ -24,7 +24,10 @@
  * ATTR~ERE (POSIX extended regex), all case-insensitive; for client_address and
  * server_address the values are addresses or CIDR networks. An absent or empty
  * attribute equals nothing and matches no regex. Every `if` must hold, or the rule
- * neither counts nor limits the request. COUNT: an integer >= 1 (bytes take K M G, powers of 1024).
+ * neither counts nor limits the request. `overrides texthash:PATH` or `cidr:PATH`
+ * (cidr only for keys with client_address) gives per-key limits (limits_table.h): the
+ * table's value replaces the rule's limit, stress or not; `unlimited` neither limits
+ * nor counts. COUNT: an integer >= 1 (bytes take K M G, powers of 1024).
  * WINDOW: an integer with unit s m h d (1s .. 366d). `action TEXT` takes the rest of the line and
  * must be an access(5) action: 4NN/5NN [text], DEFER_IF_PERMIT, DEFER_IF_REJECT, DEFER, REJECT,
  * HOLD, DISCARD, WARN or INFO [text]. Without it the rule answers limit_action followed by "
@@ -36,6 +39,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "limits_table.h"
 #include "policy.h"
 #include "window.h"
 
@@ -106,6 +110,11 @@ struct limits_rule {
     char key_spec[160];    /* canonical KEY text ("client_address/24/64+sasl_username") */
     struct limits_cond cond[LIMITS_MAX_CONDS];
     size_t n_conds;
+    /* `overrides TYPE:PATH`: per-key limits from a table, or NULL. */
+    char *overrides;                   /* "texthash:/etc/postsurge/quotas" as written */
+    enum limits_table_type table_type; /* of overrides */
+    const char *table_path;            /* inside overrides */
+    struct limits_table *table;        /* current contents (limits_engine_set_table) */
     enum limits_measure measure;
     int64_t limit, window_ms;
     bool has_stress;
@@ -135,6 +144,10 @@ struct limits_engine *limits_engine_ref(struct limits_engine *e);
 void limits_engine_free(struct limits_engine *e);
 
 size_t limits_engine_rule_count(const struct limits_engine *e);
+/* Replaces rule i's override table with t (taken over; NULL empties it) and frees the
+ * previous one. The engine is otherwise immutable: call on the thread that plans.
+ * Returns 0, or -EINVAL if i has no overrides (t is freed). */
+int limits_engine_set_table(struct limits_engine *e, size_t i, struct limits_table *t);
 /* Rule i (borrowed, lives as long as e), or NULL if i is out of range. */
 const struct limits_rule *limits_engine_rule(const struct limits_engine *e, size_t i);
 

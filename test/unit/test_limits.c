@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "config.h"
@@ -648,6 +649,226 @@ static void test_limits_hashes_long_key_values(void **state)
     limits_engine_free(e);
 }
 
+/* --- override tables ------------------------------------------------------------- */
+
+/* Writes text to a new temporary file; returns its path (static buffer per slot). */
+static const char *tmpfile_with(int slot, const char *text)
+{
+    static char paths[4][64];
+    snprintf(paths[slot], sizeof(paths[slot]), "/tmp/postsurge-limits-XXXXXX");
+    int fd = mkstemp(paths[slot]);
+    assert_true(fd >= 0);
+    size_t n = strlen(text);
+    assert_int_equal(write(fd, text, n), (ssize_t)n);
+    close(fd);
+    return paths[slot];
+}
+
+static const struct table_case {
+    enum limits_table_type type;
+    bool bytes;
+    const char *text;
+    const char *err; /* NULL: parses; else the first message after "FILE:" */
+} table_cases[] = {
+    {LIMITS_TABLE_TEXTHASH, false, "# quotas\n\nalice@example.org 10\nBob 0\ncarol unlimited\n",
+     NULL},
+    {LIMITS_TABLE_TEXTHASH, false, "alice 10\n  continued\n",
+     "2: a line that starts with blanks (continuation lines are not supported)"},
+    {LIMITS_TABLE_TEXTHASH, false, "alice\n", "1: \"alice\": expected KEY VALUE"},
+    {LIMITS_TABLE_TEXTHASH, false, "a 1\nalice ten\n",
+     "2: \"ten\": bad value: expected a count, 0 or unlimited"},
+    {LIMITS_TABLE_TEXTHASH, false, "alice 10K\n",
+     "1: \"10K\": bad value: expected a count, 0 or unlimited"},
+    {LIMITS_TABLE_TEXTHASH, true, "alice 10K\nbob 5M\n", NULL},
+    {LIMITS_TABLE_TEXTHASH, true, "alice 10T\n",
+     "1: \"10T\": bad value: a count with K, M or G, 0 or unlimited"},
+    {LIMITS_TABLE_TEXTHASH, false, "alice 10 20\n",
+     "1: \"alice 10 20\": the value is one word: a count, 0 or unlimited"},
+    {LIMITS_TABLE_TEXTHASH, false, "alice 99999999999999999\n",
+     "1: \"99999999999999999\": bad value: expected a count, 0 or unlimited"},
+    {LIMITS_TABLE_CIDR, false, "192.0.2.0/24 5\n2001:db8::/32 unlimited\n10.0.0.1 0\n", NULL},
+    {LIMITS_TABLE_CIDR, false, "192.0.2.1/24 5\n", "1: \"192.0.2.1/24\": host bits set"},
+    {LIMITS_TABLE_CIDR, false, "# x\nif 192.0.2.0/24\n",
+     "2: \"192.0.2.0/24\": bad value: expected a count, 0 or unlimited"},
+    {LIMITS_TABLE_CIDR, false, "!192.0.2.0/24 5\n", "1: \"!192.0.2.0/24\": bad address"},
+};
+
+static void test_limits_table_parses_and_reports_file_line(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(table_cases) / sizeof(table_cases[0]); i++) {
+        const struct table_case *c = &table_cases[i];
+        struct config_errors errs = {0};
+        struct limits_table *t = NULL;
+        int rc =
+            limits_table_parse(c->type, "/etc/q", c->text, strlen(c->text), c->bytes, &t, &errs);
+        if (c->err == NULL) {
+            if (rc != 0)
+                fail_msg("case %zu: %s", i, errs.n ? errs.msg[0] : "?");
+            assert_non_null(t);
+        } else {
+            char want[256];
+            snprintf(want, sizeof(want), "/etc/q:%s", c->err);
+            assert_int_equal(rc, -EINVAL);
+            assert_null(t);
+            if (errs.n < 1 || strcmp(errs.msg[0], want) != 0)
+                fail_msg("case %zu: want %s got %s", i, want, errs.n ? errs.msg[0] : "(none)");
+        }
+        limits_table_free(t);
+        config_errors_clear(&errs);
+    }
+    /* Every bad line is reported, up to a bound. */
+    char big[4096] = "";
+    for (int i = 0; i < 30; i++)
+        strcat(big, "x y\n");
+    struct config_errors errs = {0};
+    struct limits_table *t = NULL;
+    assert_int_equal(
+        limits_table_parse(LIMITS_TABLE_TEXTHASH, "f", big, strlen(big), false, &t, &errs),
+        -EINVAL);
+    assert_int_equal(errs.n, LIMITS_TABLE_MAX_ERRORS + 1);
+    assert_string_equal(errs.msg[LIMITS_TABLE_MAX_ERRORS], "f:30: 10 more errors not shown");
+    config_errors_clear(&errs);
+    /* Lookups: texthash by key value (case-insensitive, %XX kept uppercase), cidr first
+     * match. */
+    const char *text = "Alice@Example.org 10\nj%c3%b6rg 3\nbob 0\ncarol unlimited\ncarol 7\n";
+    assert_int_equal(
+        limits_table_parse(LIMITS_TABLE_TEXTHASH, "f", text, strlen(text), false, &t, NULL), 0);
+    assert_int_equal(limits_table_count(t), 4);
+    int64_t v;
+    assert_true(limits_table_lookup(t, "alice@example.org", 17, NULL, &v));
+    assert_int_equal(v, 10);
+    assert_true(limits_table_lookup(t, "j%C3%B6rg", 9, NULL, &v));
+    assert_int_equal(v, 3);
+    assert_true(limits_table_lookup(t, "bob", 3, NULL, &v));
+    assert_int_equal(v, 0);
+    assert_true(limits_table_lookup(t, "carol", 5, NULL, &v)); /* a later line wins */
+    assert_int_equal(v, 7);
+    assert_false(limits_table_lookup(t, "dave", 4, NULL, &v));
+    limits_table_free(t);
+    text = "192.0.2.128/25 1\n192.0.2.0/24 2\n::/0 unlimited\n";
+    assert_int_equal(
+        limits_table_parse(LIMITS_TABLE_CIDR, "f", text, strlen(text), false, &t, NULL), 0);
+    struct net_addr a;
+    assert_int_equal(net_addr_parse("192.0.2.200", 11, &a), 0);
+    assert_true(limits_table_lookup(t, NULL, 0, &a, &v));
+    assert_int_equal(v, 1);
+    assert_int_equal(net_addr_parse("192.0.2.2", 9, &a), 0);
+    assert_true(limits_table_lookup(t, NULL, 0, &a, &v));
+    assert_int_equal(v, 2);
+    assert_int_equal(net_addr_parse("2001:db8::1", 11, &a), 0);
+    assert_true(limits_table_lookup(t, NULL, 0, &a, &v));
+    assert_int_equal(v, LIMITS_TABLE_UNLIMITED);
+    assert_int_equal(net_addr_parse("198.51.100.1", 12, &a), 0);
+    assert_false(limits_table_lookup(t, NULL, 0, &a, &v));
+    limits_table_free(t);
+}
+
+/* The table's value beats the rule's; unlimited neither limits nor counts; 0 refuses
+ * every unit; a key without an entry keeps the rule's limit. */
+static void test_limits_table_precedence(void **state)
+{
+    (void)state;
+    const char *path = tmpfile_with(0, "alice 3\nbob 0\ncarol unlimited\n");
+    const char *cpath = tmpfile_with(1, "192.0.2.0/24 1\n");
+    char cf[512];
+    snprintf(cf, sizeof(cf),
+             "limits =\n  per_user sasl_username recipients 2/1h overrides texthash:%s "
+             "action 450 4.7.1 quota\n  per_ip client_address recipients 5/1h overrides cidr:%s\n",
+             path, cpath);
+    struct limits_engine *e = engine_from(cf);
+    assert_int_equal(limits_table_count(limits_engine_rule(e, 0)->table), 3);
+    struct limits_session *s = limits_session_new();
+    struct tstore t = {.now = 1000000};
+    struct limits_decision d;
+    static const struct {
+        const char *user, *client;
+        int admitted; /* of 6 recipients */
+        int user_ops; /* ops of per_user on the first */
+    } cases[] = {
+        {"alice", "198.51.100.1", 3, 1}, /* table: 3 */
+        {"bob", "198.51.100.2", 0, 1},   /* table: 0 */
+        {"carol", "198.51.100.3", 5, 0}, /* unlimited: per_ip's 5 decide, carol not counted */
+        {"dave", "198.51.100.4", 2, 1},  /* no entry: the rule's 2 */
+        {"erin", "192.0.2.9", 1, 1},     /* cidr: 1 */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int ok = 0;
+        for (int k = 0; k < 6; k++) {
+            char to[32];
+            snprintf(to, sizeof(to), "r%d@x", k);
+            decide(&t, e, s,
+                   mkreq(RCPT_FMT, cases[i].client, "1", "s@x", to, "i", cases[i].user, ""), false,
+                   &d);
+            if (!d.deny)
+                ok++;
+            if (k == 0) {
+                int n = 0;
+                for (size_t j = 0; j < t.n_last; j++)
+                    n += strncmp(t.last[j].key, "per_user:", 9) == 0;
+                if (n != cases[i].user_ops)
+                    fail_msg("%s: %d per_user ops", cases[i].user, n);
+            }
+        }
+        if (ok != cases[i].admitted)
+            fail_msg("%s: admitted %d, want %d", cases[i].user, ok, cases[i].admitted);
+    }
+    /* A swapped table takes effect at the next request. */
+    struct limits_table *nt = NULL;
+    assert_int_equal(
+        limits_table_parse(LIMITS_TABLE_TEXTHASH, "f", "dave 4\n", 7, false, &nt, NULL), 0);
+    assert_int_equal(limits_engine_set_table(e, 0, nt), 0);
+    decide(&t, e, s, mkreq(RCPT_FMT, "198.51.100.5", "1", "s@x", "new@x", "i", "dave", ""), false,
+           &d);
+    assert_false(d.deny);
+    assert_int_equal(d.limit, 0);
+    assert_int_equal(t.last[0].limit, 4);
+    assert_int_equal(limits_engine_set_table(e, 1 + 1, NULL), -EINVAL);
+    limits_session_free(s);
+    limits_engine_free(e);
+
+    /* Missing, bad and misplaced tables: FILE:LINE errors, no engine. */
+    static const char *bad[] = {
+        "limits = r sasl_username recipients 2/1h overrides texthash:/nonexistent/q\n",
+        "limits = r sasl_username recipients 2/1h overrides hash:/etc/q\n",
+        "limits = r sasl_username recipients 2/1h overrides texthash:relative\n",
+        "limits = r sasl_username recipients 2/1h overrides cidr:/etc/q\n",
+        "limits = r sasl_username recipients 2/1h overrides texthash:/a overrides texthash:/b\n",
+        NULL,
+    };
+    static const char *want[] = {
+        "/nonexistent/q:0: cannot open: No such file or directory",
+        "test.cf:1: limits: rule r: overrides \"hash:/etc/q\": expected texthash:PATH or cidr:PATH",
+        "test.cf:1: limits: rule r: overrides \"texthash:relative\": the path must be absolute",
+        "test.cf:1: limits: rule r: overrides cidr: needs a key with client_address",
+        "test.cf:1: limits: rule r: overrides given twice",
+        "",
+    };
+    const char *broken = tmpfile_with(2, "ok 1\nbad line here\n");
+    char bcf[256];
+    snprintf(bcf, sizeof(bcf), "limits = r sasl_username recipients 2/1h overrides texthash:%s\n",
+             broken);
+    char bwant[256];
+    snprintf(bwant, sizeof(bwant),
+             "%s:2: \"bad line here\": the value is one word: a count, 0 or "
+             "unlimited",
+             broken);
+    bad[5] = bcf;
+    want[5] = bwant;
+    for (size_t i = 0; i < 6; i++) {
+        struct config_errors errs = {0};
+        struct config *cfg = load_config(bad[i], &errs);
+        assert_null(limits_engine_new(cfg, &errs));
+        if (errs.n != 1 || strcmp(errs.msg[0], want[i]) != 0)
+            fail_msg("case %zu: want %s got %s", i, want[i], errs.n ? errs.msg[0] : "(none)");
+        config_errors_clear(&errs);
+        config_free(cfg);
+    }
+    unlink(path);
+    unlink(cpath);
+    unlink(broken);
+}
+
 /* --- deduplication ------------------------------------------------------------------ */
 
 /* Postfix with the policy in four restriction lists sends four identical RCPT
@@ -1147,6 +1368,8 @@ int main(void)
         cmocka_unit_test(test_limits_keys_from_every_attribute),
         cmocka_unit_test(test_limits_conditions),
         cmocka_unit_test(test_limits_failing_conditions_neither_count_nor_limit),
+        cmocka_unit_test(test_limits_table_parses_and_reports_file_line),
+        cmocka_unit_test(test_limits_table_precedence),
         cmocka_unit_test(test_limits_counts_identical_rcpt_once),
         cmocka_unit_test(test_limits_counts_transaction_once),
         cmocka_unit_test(test_limits_counts_recipient_count_without_rcpt),
