@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <uv.h>
 
 #include "limits.h"
 #include "util/log.h"
@@ -36,8 +38,33 @@ struct pending {
     struct limits_plan plan;
 };
 
+/* One rule's override table, followed while the daemon runs (see watch_tick). */
+struct table_watch {
+    struct engine *e;
+    uv_work_t work;
+    bool busy;   /* a load is on the thread pool */
+    bool orphan; /* the rules were swapped meanwhile: free when the load ends */
+    size_t rule;
+    char *path;
+    enum limits_table_type type;
+    bool bytes;
+    struct stat seen; /* the version last loaded or reported */
+    bool stat_failed; /* stat's failure was logged */
+    /* the load's result */
+    struct stat st;
+    struct limits_table *table;
+    struct config_errors errs;
+    int rc;
+};
+
+/* How often override tables are stat()ed: a change is in force within 2 s. */
+#define ENGINE_TABLE_POLL_MS 1000
+
 struct engine {
     struct server *srv;
+    uv_timer_t table_timer;
+    bool table_timer_on;
+    struct table_watch *watch[LIMITS_MAX_RULES];
     bool node_stressed; /* the overload controller's input: rules use their stress limits */
     struct decider decider;
     struct limits_engine *limits;
@@ -446,6 +473,138 @@ static bool engine_store_changed(const struct config *a, const struct config *b)
            str_differs(a->store_failure_action, b->store_failure_action);
 }
 
+/* ---- override tables ---- */
+
+static bool stat_differs(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev != b->st_dev || a->st_ino != b->st_ino || a->st_size != b->st_size ||
+           a->st_mtim.tv_sec != b->st_mtim.tv_sec || a->st_mtim.tv_nsec != b->st_mtim.tv_nsec ||
+           a->st_ctim.tv_sec != b->st_ctim.tv_sec || a->st_ctim.tv_nsec != b->st_ctim.tv_nsec;
+}
+
+static void watch_free(struct table_watch *w)
+{
+    if (w == NULL)
+        return;
+    limits_table_free(w->table);
+    config_errors_clear(&w->errs);
+    free(w->path);
+    free(w);
+}
+
+/* On the thread pool: read and parse (a 100,000-line table takes tens of ms). */
+static void watch_work(uv_work_t *req)
+{
+    struct table_watch *w = req->data;
+    w->rc = limits_table_load(w->type, w->path, w->bytes, &w->table, &w->st, &w->errs);
+}
+
+static void watch_after_work(uv_work_t *req, int status)
+{
+    struct table_watch *w = req->data;
+    w->busy = false;
+    if (w->orphan || status != 0) {
+        watch_free(w);
+        return;
+    }
+    struct engine *e = w->e;
+    const struct limits_rule *r = limits_engine_rule(e->limits, w->rule);
+    if (w->rc == 0) {
+        size_t n = limits_table_count(w->table);
+        limits_engine_set_table(e->limits, w->rule, w->table);
+        w->table = NULL;
+        w->seen = w->st;
+        log_info("rule %s: overrides %s reloaded: %zu entries", r ? r->name : "?", w->path, n);
+    } else if (w->rc == -EAGAIN) {
+        /* Replaced while read: the next tick reads it again. */
+        log_debug("rule %s: overrides %s changed while read; reading again", r ? r->name : "?",
+                  w->path);
+    } else {
+        /* Each error of this version once; the previous contents stay in force. */
+        for (size_t i = 0; i < w->errs.n; i++)
+            log_warn("%s", w->errs.msg[i]);
+        log_warn("rule %s: overrides %s not reloaded: keeping the previous contents",
+                 r ? r->name : "?", w->path);
+        w->seen = w->st;
+    }
+    config_errors_clear(&w->errs);
+}
+
+static void watch_tick(uv_timer_t *t)
+{
+    struct engine *e = t->data;
+    for (size_t i = 0; i < LIMITS_MAX_RULES; i++) {
+        struct table_watch *w = e->watch[i];
+        if (w == NULL || w->busy)
+            continue;
+        struct stat st;
+        if (stat(w->path, &st) != 0) {
+            if (!w->stat_failed)
+                log_warn("rule %s: overrides %s: %s; keeping the previous contents",
+                         limits_engine_rule(e->limits, i)->name, w->path, strerror(errno));
+            w->stat_failed = true;
+            continue;
+        }
+        w->stat_failed = false;
+        if (!stat_differs(&st, &w->seen))
+            continue;
+        w->st = st; /* reported as seen if the load fails before its own stat */
+        w->work.data = w;
+        if (uv_queue_work(e->srv->loop, &w->work, watch_work, watch_after_work) == 0)
+            w->busy = true;
+    }
+}
+
+/* Follows the override tables of e->limits (after start and every swap). */
+static void watch_rebuild(struct engine *e)
+{
+    for (size_t i = 0; i < LIMITS_MAX_RULES; i++) {
+        struct table_watch *w = e->watch[i];
+        e->watch[i] = NULL;
+        if (w != NULL && w->busy)
+            w->orphan = true;
+        else
+            watch_free(w);
+    }
+    bool any = false;
+    for (size_t i = 0; i < limits_engine_rule_count(e->limits); i++) {
+        const struct limits_rule *r = limits_engine_rule(e->limits, i);
+        if (r->overrides == NULL)
+            continue;
+        struct table_watch *w = calloc(1, sizeof(*w));
+        if (w == NULL || (w->path = strdup(r->table_path)) == NULL) {
+            free(w);
+            log_error("rule %s: overrides %s will not be followed (out of memory)", r->name,
+                      r->table_path);
+            continue;
+        }
+        w->e = e;
+        w->rule = i;
+        w->type = r->table_type;
+        w->bytes = r->measure == LIMITS_BYTES;
+        /* Just read by limits_engine_new. */
+        if (stat(w->path, &w->seen) != 0)
+            memset(&w->seen, 0, sizeof(w->seen));
+        e->watch[i] = w;
+        any = true;
+    }
+    if (any && !e->table_timer_on && !e->stopping) {
+        if (uv_timer_init(e->srv->loop, &e->table_timer) == 0) {
+            e->table_timer.data = e;
+            uv_timer_start(&e->table_timer, watch_tick, ENGINE_TABLE_POLL_MS, ENGINE_TABLE_POLL_MS);
+            e->table_timer_on = true;
+        }
+    }
+}
+
+static void watch_stop(struct engine *e)
+{
+    if (e->table_timer_on) {
+        uv_close((uv_handle_t *)&e->table_timer, NULL);
+        e->table_timer_on = false;
+    }
+}
+
 /* ---- hooks ---- */
 
 static int engine_on_check(struct server *srv, const struct config *cfg, struct config_errors *errs,
@@ -483,6 +642,7 @@ static void engine_on_reload(struct server *srv, const struct config *old_cfg, v
     } else {
         limits_engine_free(e->limits);
         e->limits = le;
+        watch_rebuild(e);
         e->stats.reloads++;
         log_info("reload: %zu rate-limit rules%s", limits_engine_rule_count(le),
                  srv->cfg->limit_dry_run ? " (limit_dry_run)" : "");
@@ -510,6 +670,7 @@ static void engine_on_stop(struct server *srv, void *arg)
     struct store *s = e->store;
 
     e->stopping = true;
+    watch_stop(e);
     e->store = NULL;
     server_set_decider(srv, NULL);
     store_close(s, on_store_closed, e);
@@ -580,6 +741,7 @@ int engine_new(struct server *srv, struct engine **out, char *err, size_t errlen
     e->decider.cancel = engine_cancel;
     e->decider.data = e;
     server_set_decider(srv, &e->decider);
+    watch_rebuild(e);
     log_info("%zu rate-limit rules%s", limits_engine_rule_count(e->limits),
              srv->cfg->limit_dry_run ? " (limit_dry_run)" : "");
     *out = e;
@@ -596,6 +758,12 @@ void engine_free(struct engine *e)
         struct pending *p = e->pool;
         e->pool = p->next;
         free(p);
+    }
+    for (size_t i = 0; i < LIMITS_MAX_RULES; i++) {
+        if (e->watch[i] != NULL && e->watch[i]->busy)
+            e->watch[i]->orphan = true;
+        else
+            watch_free(e->watch[i]);
     }
     limits_engine_free(e->prepared);
     limits_engine_free(e->limits);

@@ -4,7 +4,10 @@ exemptions, SIGHUP keeping the counters of unchanged rules, a bad reload refused
 whole, check-config reporting rule errors as FILE:LINE, store_failure_action answers.
 Env: POSTSURGE (the binary), PYTHONPATH=test/pylib."""
 import datetime
+import os
 import re
+import tempfile
+import threading
 import time
 import unittest
 
@@ -80,6 +83,87 @@ class LimitsMemory(unittest.TestCase):
         mx_lines = [l for l in log.splitlines() if "rule=mx " in l]
         self.assertEqual(len(mx_lines), 2, log)
         self.assertNotIn("x y", log)
+
+    def test_limits_memory_overrides_table_edited_under_load(self):
+        # A texthash table is picked up within 2 s of a change, no SIGHUP, while another
+        # connection keeps asking: every request answered. A broken version keeps the
+        # previous contents and logs its FILE:LINE error once.
+        d = tempfile.mkdtemp(prefix="postsurge-quota-")
+        os.chmod(d, 0o755)  # the daemon reads it after dropping privileges
+        self.addCleanup(lambda: [os.unlink(os.path.join(d, f)) for f in os.listdir(d)]
+                        and None or os.rmdir(d))
+        path = os.path.join(d, "quotas")
+
+        def write(text):
+            tmp = path + ".new"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.rename(tmp, path)
+
+        write("# per-user quotas\nalice 2\ncarol unlimited\n")
+        ps = self.start(rules("per_user sasl_username recipients 4/1h "
+                              "overrides texthash:%s action 450 4.7.1 Quota" % path))
+        stop = threading.Event()
+        load = {"asked": 0, "answered": 0}
+
+        def background():
+            with ps.client() as c:
+                i = 0
+                while not stop.is_set():
+                    load["asked"] += 1
+                    if c.ask(request(sasl_username="carol", client_port="9",
+                                     recipient="bg%d@example.com" % i)) == "DUNNO":
+                        load["answered"] += 1
+                    i += 1
+
+        th = threading.Thread(target=background)
+        th.start()
+        try:
+            with ps.client() as c:
+                def alice(n, port):
+                    return [c.ask(request(sasl_username="alice", client_port=str(port),
+                                          recipient="a%d-%d@example.com" % (port, i)))
+                            for i in range(n)]
+                self.assertEqual(alice(3, 1), ["DUNNO"] * 2 + ["450 4.7.1 Quota"])
+                mark = len(ps.log())
+                write("alice 3\ncarol unlimited\n")
+                os.chmod(path, 0o644)
+                t0 = time.monotonic()
+                self.assertTrue(ps.wait_log("overrides %s reloaded: 2 entries" % path,
+                                            since=mark, timeout=5), ps.log()[mark:])
+                self.assertLess(time.monotonic() - t0, 2.5)
+                self.assertEqual(alice(2, 2), ["DUNNO", "450 4.7.1 Quota"])
+                mark = len(ps.log())
+                write("alice 3\ncarol unlimited\nbob three\n")
+                self.assertTrue(ps.wait_log("keeping the previous contents", since=mark,
+                                            timeout=5), ps.log()[mark:])
+                time.sleep(2.5)
+                errs = [l for l in ps.log()[mark:].splitlines()
+                        if "%s:3: \"three\": bad value" % path in l]
+                self.assertEqual(len(errs), 1, ps.log()[mark:])
+                self.assertEqual(alice(1, 3), ["450 4.7.1 Quota"])
+                # Missing: logged once, previous contents kept.
+                mark = len(ps.log())
+                os.unlink(path)
+                self.assertTrue(ps.wait_log("No such file or directory", since=mark, timeout=5))
+                self.assertEqual(alice(1, 4), ["450 4.7.1 Quota"])
+        finally:
+            stop.set()
+            th.join()
+        self.assertGreater(load["asked"], 50)
+        self.assertEqual(load["answered"], load["asked"])
+
+    def test_limits_memory_check_config_checks_tables(self):
+        d = tempfile.mkdtemp(prefix="postsurge-quota-")
+        self.addCleanup(lambda: (os.unlink(path), os.rmdir(d)))
+        path = os.path.join(d, "ip-quotas")
+        with open(path, "w") as f:
+            f.write("192.0.2.0/24 10\n192.0.2.1/24 5\n")
+        ps = self.start(rules("per_ip client_address recipients 4/1h overrides cidr:%s" % path),
+                        start=False)
+        r = ps.cli("check-config")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("%s:2: \"192.0.2.1/24\": host bits set" % path, r.stdout + r.stderr)
 
     def test_limits_memory_refusal_lines_bounded(self):
         # A flood refused recipient after recipient logs at most 100 lines per rule per
