@@ -1577,3 +1577,110 @@ int limits_finish(struct limits_engine *e, struct limits_session *s, const struc
     }
     return 0;
 }
+
+static bool safe_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-' ||
+           c == '@' || c == '/' || c == ':' || c == '+' || c == '=';
+}
+
+static bool hex_upper(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F');
+}
+
+int limits_value_check(const struct limits_rule *r, const char *in, char *out, size_t outsz,
+                       char *why, size_t whysz)
+{
+    size_t n = strlen(in);
+    if (n == 0 || n > LIMITS_MAX_VALUE) {
+        snprintf(why, whysz, "a key value has 1 to %d characters", LIMITS_MAX_VALUE);
+        return -EINVAL;
+    }
+    if (n + 1 > outsz)
+        return -ENOSPC;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = lower(in[i]);
+    }
+    out[n] = '\0';
+    for (size_t i = 0; i < n; i++) /* %XX: hex digits upper case */
+        if (out[i] == '%')
+            for (size_t j = i + 1; j < n && j <= i + 2; j++)
+                if (out[j] >= 'a' && out[j] <= 'f')
+                    out[j] = (char)(out[j] - 'a' + 'A');
+    if (out[0] == '#') {
+        bool ok = n == 17;
+        for (size_t i = 1; ok && i < n; i++)
+            ok = (out[i] >= '0' && out[i] <= '9') || (out[i] >= 'a' && out[i] <= 'f');
+        if (!ok) {
+            snprintf(why, whysz, "a hashed key value is '#' and 16 hex digits");
+            return -EINVAL;
+        }
+        return (int)n;
+    }
+    size_t part = 0, start = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && out[i] != '|') {
+            if (out[i] == '%') {
+                if (i + 2 >= n || !hex_upper(out[i + 1]) || !hex_upper(out[i + 2])) {
+                    snprintf(why, whysz, "'%%' must start a %%XX escape");
+                    return -EINVAL;
+                }
+                i += 2;
+            } else if (!safe_char(out[i])) {
+                snprintf(why, whysz,
+                         "character '%c' never occurs in a key value (it is written %%%02X)",
+                         out[i] >= 32 && out[i] < 127 ? out[i] : '?', (unsigned char)out[i]);
+                return -EINVAL;
+            }
+            continue;
+        }
+        if (part >= r->n_parts) {
+            snprintf(why, whysz, "rule %s has %zu key part%s (%s), joined with '|'", r->name,
+                     r->n_parts, r->n_parts == 1 ? "" : "s", r->key_spec);
+            return -EINVAL;
+        }
+        size_t len = i - start;
+        if (len == 0) {
+            snprintf(why, whysz, "empty key part");
+            return -EINVAL;
+        }
+        if (r->part[part] == LIMITS_KEY_CLIENT_ADDRESS) {
+            struct net_cidr c;
+            const char *cw = NULL;
+            bool has_slash = memchr(out + start, '/', len) != NULL;
+            if (net_cidr_parse(out + start, len, &c, &cw) != 0) {
+                snprintf(why, whysz, "\"%.*s\": %s", (int)len, out + start,
+                         cw ? cw : "not an address");
+                return -EINVAL;
+            }
+            unsigned want = c.addr.family == NET_V4 ? r->v4len : r->v6len;
+            unsigned full = c.addr.family == NET_V4 ? 32 : 128;
+            unsigned got = has_slash ? c.prefix : full;
+            if (got != want || (has_slash && want == full)) {
+                snprintf(why, whysz, "rule %s counts %s per %s/%u: \"%.*s\" cannot be one", r->name,
+                         c.addr.family == NET_V4 ? "IPv4" : "IPv6",
+                         c.addr.family == NET_V4 ? "IPv4" : "IPv6", want, (int)len, out + start);
+                return -EINVAL;
+            }
+        }
+        part++;
+        start = i + 1;
+    }
+    if (part != r->n_parts) {
+        snprintf(why, whysz, "rule %s has %zu key parts (%s), joined with '|'", r->name, r->n_parts,
+                 r->key_spec);
+        return -EINVAL;
+    }
+    return (int)n;
+}
+
+int limits_counter_key(const struct limits_rule *r, bool stress, const char *value, char *out,
+                       size_t outsz)
+{
+    size_t vl = strlen(value);
+    if (outsz < LIMITS_KEY_MAX || vl > LIMITS_MAX_VALUE)
+        return -ENOSPC;
+    size_t n = key_join(out, outsz, r->name, stress ? r->stress_tag : r->tag, value, vl);
+    return n ? (int)n : -ENOSPC;
+}

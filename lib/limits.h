@@ -240,5 +240,18 @@ int limits_key_value(const struct limits_rule *r, const struct policy_request *r
 
 const char *limits_measure_name(enum limits_measure m);
 
+/* Checks that in could be a key value of rule r, as an administrator types it from a
+ * log line ("192.0.2.0/24", "alice@example.org", "alice|example.com", "#0123..."):
+ * writes the canonical form (lowercase, %XX escapes uppercase) to out and returns its
+ * length, or -EINVAL with a reason in why (wrong number of '|' parts, a character keys
+ * never hold, an address or network that does not fit the rule's grouping), -ENOSPC. */
+int limits_value_check(const struct limits_rule *r, const char *in, char *out, size_t outsz,
+                       char *why, size_t whysz);
+
+/* Writes "NAME:TAG:VALUE" for rule r and a key value (the stress counter's key when
+ * stress is true). Returns its length or -ENOSPC. */
+int limits_counter_key(const struct limits_rule *r, bool stress, const char *value, char *out,
+                       size_t outsz);
+
 /* True when every condition of rule r holds for req (also when r has none). */
 bool limits_conds_hold(const struct limits_rule *r, const struct policy_request *req);

@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "limits.h"
+#include "net.h"
 #include "util/log.h"
 
 /* Plans kept for reuse: one per connection with a request in flight is enough. */
@@ -602,6 +603,158 @@ static void watch_stop(struct engine *e)
     if (e->table_timer_on) {
         uv_close((uv_handle_t *)&e->table_timer, NULL);
         e->table_timer_on = false;
+    }
+}
+
+/* ---- control commands ---- */
+
+static json_t *rule_json(const struct engine *e, const struct limits_rule *r)
+{
+    json_t *conds = json_array();
+    for (size_t k = 0; k < r->n_conds; k++)
+        json_array_append_new(conds, json_string(r->cond[k].text));
+    json_t *o =
+        json_pack("{s:s,s:s,s:s,s:I,s:I,s:b,s:s,s:o,s:I}", "name", r->name, "key", r->key_spec,
+                  "measure", limits_measure_name(r->measure), "limit", (json_int_t)r->limit,
+                  "window_ms", (json_int_t)r->window_ms, "dryrun", r->dryrun, "action",
+                  r->action ? r->action : "", "conditions", conds, "line", (json_int_t)r->line);
+    if (o && r->has_stress) {
+        json_object_set_new(o, "stress_limit", json_integer(r->stress_limit));
+        json_object_set_new(o, "stress_window_ms", json_integer(r->stress_window_ms));
+    }
+    if (o && r->overrides) {
+        json_object_set_new(o, "overrides", json_string(r->overrides));
+        json_object_set_new(o, "override_entries",
+                            json_integer((json_int_t)limits_table_count(r->table)));
+    }
+    (void)e;
+    return o;
+}
+
+struct show_req {
+    engine_reply_fn reply;
+    void *arg;
+    json_t *o;
+    struct limits_engine *le;
+    size_t n_ops;
+    char keys[2][LIMITS_KEY_MAX];
+    struct store_op ops[2];
+};
+
+static void show_done(void *arg, int status, const struct window_result *res, size_t n)
+{
+    struct show_req *q = arg;
+    if (status < 0 || res == NULL || n != q->n_ops) {
+        json_decref(q->o);
+        q->reply(q->arg, json_pack("{s:b,s:s}", "ok", 0, "error",
+                                   status < 0 ? strerror(-status) : "store failed"));
+    } else {
+        int64_t limit = json_integer_value(json_object_get(q->o, "limit"));
+        json_object_set_new(q->o, "count", json_integer(res[0].count));
+        if (q->n_ops > 1)
+            json_object_set_new(q->o, "stress_count", json_integer(res[1].count));
+        json_object_set_new(q->o, "admitted_now", json_boolean(limit < 0 || res[0].count < limit));
+        q->reply(q->arg, q->o);
+    }
+    limits_engine_free(q->le);
+    free(q);
+}
+
+static void limits_show(struct engine *e, const char *rule, const char *value,
+                        engine_reply_fn reply, void *arg)
+{
+    struct limits_engine *le = e->limits;
+    const struct limits_rule *r = NULL;
+    for (size_t i = 0; i < limits_engine_rule_count(le); i++)
+        if (strcmp(limits_engine_rule(le, i)->name, rule) == 0)
+            r = limits_engine_rule(le, i);
+    char why[200], canon[LIMITS_MAX_VALUE + 1];
+    if (r == NULL) {
+        snprintf(why, sizeof(why), "no rule named \"%.32s\" (postsurge limits list)", rule);
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
+        return;
+    }
+    if (limits_value_check(r, value, canon, sizeof(canon), why, sizeof(why)) < 0) {
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
+        return;
+    }
+    /* The limit in force and where it comes from. */
+    int64_t limit = r->limit, window = r->window_ms;
+    const char *source = "rule";
+    if (e->node_stressed && r->has_stress) {
+        limit = r->stress_limit;
+        source = "stress";
+    }
+    if (r->table != NULL) {
+        struct net_addr a, *ap = NULL;
+        struct net_cidr c;
+        if (r->table_type == LIMITS_TABLE_CIDR) {
+            for (size_t k = 0, off = 0; k < r->n_parts; k++) {
+                size_t len = strcspn(canon + off, "|");
+                if (r->part[k] == LIMITS_KEY_CLIENT_ADDRESS &&
+                    net_cidr_parse(canon + off, len, &c, NULL) == 0) {
+                    a = c.addr;
+                    ap = &a;
+                }
+                off += len + 1;
+            }
+        }
+        int64_t tv;
+        if (limits_table_lookup(r->table, canon, strlen(canon), ap, &tv)) {
+            limit = tv;
+            source = "table";
+        }
+    }
+    struct show_req *q = calloc(1, sizeof(*q));
+    if (q == NULL) {
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", "out of memory"));
+        return;
+    }
+    q->reply = reply;
+    q->arg = arg;
+    q->o = json_pack("{s:b,s:s,s:s,s:s,s:I,s:s,s:I}", "ok", 1, "rule", r->name, "value", canon,
+                     "measure", limits_measure_name(r->measure), "window_ms", (json_int_t)window,
+                     "source", source, "limit", (json_int_t)limit);
+    if (limit == LIMITS_TABLE_UNLIMITED)
+        json_object_set_new(q->o, "limit", json_string("unlimited"));
+    q->n_ops = 1;
+    limits_counter_key(r, false, canon, q->keys[0], sizeof(q->keys[0]));
+    /* Amount 0: reads the count, counts nothing. */
+    q->ops[0] = (struct store_op){q->keys[0], r->window_ms, LIMITS_COUNT_ONLY, 0};
+    if (r->has_stress && r->stress_window_ms != r->window_ms) {
+        limits_counter_key(r, true, canon, q->keys[1], sizeof(q->keys[1]));
+        q->ops[1] = (struct store_op){q->keys[1], r->stress_window_ms, LIMITS_COUNT_ONLY, 0};
+        q->n_ops = 2;
+    }
+    q->le = limits_engine_ref(le);
+    int rc = e->store ? store_window_take(e->store, q->ops, q->n_ops, wall_ms(), show_done, q, NULL)
+                      : -ESHUTDOWN;
+    if (rc < 0) {
+        json_decref(q->o);
+        limits_engine_free(q->le);
+        free(q);
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", strerror(-rc)));
+    }
+}
+
+void engine_limits_command(struct engine *e, int argc, char **argv, engine_reply_fn reply,
+                           void *arg)
+{
+    if (e == NULL || e->limits == NULL) {
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", "no rate limits in this daemon"));
+        return;
+    }
+    if (argc >= 2 && strcmp(argv[1], "list") == 0) {
+        json_t *rules = json_array();
+        for (size_t i = 0; i < limits_engine_rule_count(e->limits); i++)
+            json_array_append_new(rules, rule_json(e, limits_engine_rule(e->limits, i)));
+        reply(arg, json_pack("{s:b,s:o,s:b,s:s}", "ok", 1, "rules", rules, "stressed",
+                             e->node_stressed, "store", e->store ? store_kind(e->store) : ""));
+    } else if (argc == 4 && strcmp(argv[1], "show") == 0) {
+        limits_show(e, argv[2], argv[3], reply, arg);
+    } else {
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error",
+                             "usage: limits list | limits show RULE VALUE"));
     }
 }
 

@@ -5,6 +5,8 @@
  * (replaced on SIGHUP when its settings change). Loop thread only. */
 #pragma once
 
+#include <jansson.h>
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -57,3 +59,10 @@ void engine_get_stats(const struct engine *e, struct engine_stats *st);
 
 /* The store in use (borrowed; replaced on reload, NULL once stopped), for metrics. */
 struct store *engine_store(const struct engine *e);
+
+/* The control socket's `limits ...` commands (argv[0] is "limits"): list, show RULE
+ * VALUE. reply(arg, o) runs once with the JSON answer ({"ok":true,...} or
+ * {"ok":false,"error":"..."}; reply takes o), at once or after a store round trip. */
+typedef void (*engine_reply_fn)(void *arg, json_t *o);
+void engine_limits_command(struct engine *e, int argc, char **argv, engine_reply_fn reply,
+                           void *arg);

@@ -4,6 +4,7 @@ exemptions, SIGHUP keeping the counters of unchanged rules, a bad reload refused
 whole, check-config reporting rule errors as FILE:LINE, store_failure_action answers.
 Env: POSTSURGE (the binary), PYTHONPATH=test/pylib."""
 import datetime
+import json
 import os
 import re
 import tempfile
@@ -164,6 +165,57 @@ class LimitsMemory(unittest.TestCase):
         r = ps.cli("check-config")
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("%s:2: \"192.0.2.1/24\": host bits set" % path, r.stdout + r.stderr)
+
+    def test_limits_memory_cli_list_and_show(self):
+        # `limits list` shows the rules as parsed; `limits show` the count a client
+        # experienced and the limit in force with its source; impossible RULE/VALUE are
+        # refused with a reason.
+        d = tempfile.mkdtemp(prefix="postsurge-quota-")
+        os.chmod(d, 0o755)
+        path = os.path.join(d, "quotas")
+        self.addCleanup(lambda: (os.unlink(path), os.rmdir(d)))
+        with open(path, "w") as f:
+            f.write("bob 7\n")
+        ps = self.start(rules(
+            "per_net client_address/24 recipients 3/1m",
+            "per_user sasl_username recipients 5/1h if policy_context!=submission "
+            "overrides texthash:%s" % path))
+        with ps.client() as c:
+            out = [c.ask(request(client_address="198.51.100.7", sasl_username="Bob",
+                                 recipient="r%d@example.com" % i)) for i in range(4)]
+        self.assertEqual(out, ["DUNNO"] * 3 + [DEFER + " (per_net)"])
+        r = ps.cli("limits", "list", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        o = json.loads(r.stdout)
+        self.assertEqual([x["name"] for x in o["rules"]], ["per_net", "per_user"])
+        self.assertEqual(o["rules"][1]["conditions"], ["policy_context!=submission"])
+        self.assertEqual(o["rules"][1]["override_entries"], 1)
+        self.assertEqual(o["rules"][0]["key"], "client_address/24/128")
+        r = ps.cli("limits", "list")
+        self.assertIn("per_user: sasl_username recipients 5/1h if policy_context!=submission "
+                      "overrides texthash:%s (1 entries)" % path, r.stdout)
+        r = ps.cli("limits", "show", "per_net", "198.51.100.0/24", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        o = json.loads(r.stdout)
+        self.assertEqual((o["count"], o["limit"], o["source"], o["admitted_now"]),
+                         (3, 3, "rule", False))
+        r = ps.cli("limits", "show", "per_user", "BOB", "--json")
+        o = json.loads(r.stdout)
+        # 4: the fourth recipient, refused by per_net, was admitted (and so counted) by
+        # per_user: every rule counts what it admits.
+        self.assertEqual((o["count"], o["limit"], o["source"]), (4, 7, "table"))
+        r = ps.cli("limits", "show", "per_user", "bob")
+        self.assertIn("limit: 7 (from the table)", r.stdout)
+        for args, err in [
+                (("nosuch", "x"), 'no rule named "nosuch"'),
+                (("per_net", "198.51.100.7"), "rule per_net counts IPv4 per IPv4/24"),
+                (("per_net", "example.org"), "bad address"),
+                (("per_user", "a|b"), "rule per_user has 1 key part"),
+                (("per_user", "a b"), "blanks and control characters"),
+                (("per_user", "a<b"), "never occurs in a key value")]:
+            r = ps.cli("limits", "show", *args)
+            self.assertNotEqual(r.returncode, 0, args)
+            self.assertIn(err, r.stderr, args)
 
     def test_limits_memory_refusal_lines_bounded(self):
         # A flood refused recipient after recipient logs at most 100 lines per rule per

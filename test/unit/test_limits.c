@@ -869,6 +869,59 @@ static void test_limits_table_precedence(void **state)
     unlink(broken);
 }
 
+/* What `limits show RULE VALUE` accepts: key values as the log writes them. */
+static void test_limits_value_check(void **state)
+{
+    (void)state;
+    struct limits_engine *e =
+        engine_from("limits =\n"
+                    "  net client_address/24/64 connections 9/1m\n"
+                    "  ip client_address recipients 9/1m\n"
+                    "  combo sasl_username+recipient_domain recipients 9/1m\n");
+    static const struct {
+        int rule;
+        const char *in, *want; /* want NULL: refused, then the reason's start */
+        const char *why;
+    } cases[] = {
+        {0, "192.0.2.0/24", "192.0.2.0/24", NULL},
+        {0, "2001:DB8::/64", "2001:db8::/64", NULL},
+        {0, "192.0.2.7", NULL, "rule net counts IPv4 per IPv4/24"},
+        {0, "192.0.2.0/25", NULL, "rule net counts IPv4 per IPv4/24"},
+        {0, "192.0.2.1/24", NULL, "\"192.0.2.1/24\": host bits set"},
+        {1, "192.0.2.7", "192.0.2.7", NULL},
+        {1, "192.0.2.7/32", NULL, "rule ip counts IPv4 per IPv4/32"},
+        {2, "Alice|Example.ORG", "alice|example.org", NULL},
+        {2, "j%c3%b6rg|x", "j%C3%B6rg|x", NULL},
+        {2, "alice", NULL, "rule combo has 2 key parts"},
+        {2, "a|b|c", NULL, "rule combo has 2 key parts"},
+        {2, "a||", NULL, "empty key part"},
+        {2, "a b|c", NULL, "character ' ' never occurs"},
+        {2, "a%2|c", NULL, "'%' must start"},
+        {2, "#0123456789abcdef", "#0123456789abcdef", NULL},
+        {2, "#0123", NULL, "a hashed key value"},
+        {2, "", NULL, "a key value has 1 to 96"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char out[LIMITS_MAX_VALUE + 1], why[200] = "";
+        int n = limits_value_check(limits_engine_rule(e, (size_t)cases[i].rule), cases[i].in, out,
+                                   sizeof(out), why, sizeof(why));
+        if (cases[i].want != NULL) {
+            if (n <= 0 || strcmp(out, cases[i].want) != 0)
+                fail_msg("case %zu (%s): %d %s", i, cases[i].in, n, n > 0 ? out : why);
+        } else if (n != -EINVAL || strncmp(why, cases[i].why, strlen(cases[i].why)) != 0) {
+            fail_msg("case %zu (%s): want refused \"%s\", got %d \"%s\"", i, cases[i].in,
+                     cases[i].why, n, why);
+        }
+    }
+    char key[LIMITS_KEY_MAX];
+    const struct limits_rule *r = limits_engine_rule(e, 1);
+    assert_true(limits_counter_key(r, false, "192.0.2.7", key, sizeof(key)) > 0);
+    char want[LIMITS_KEY_MAX];
+    snprintf(want, sizeof(want), "ip:%s:192.0.2.7", r->tag);
+    assert_string_equal(key, want);
+    limits_engine_free(e);
+}
+
 /* --- deduplication ------------------------------------------------------------------ */
 
 /* Postfix with the policy in four restriction lists sends four identical RCPT
@@ -1370,6 +1423,7 @@ int main(void)
         cmocka_unit_test(test_limits_failing_conditions_neither_count_nor_limit),
         cmocka_unit_test(test_limits_table_parses_and_reports_file_line),
         cmocka_unit_test(test_limits_table_precedence),
+        cmocka_unit_test(test_limits_value_check),
         cmocka_unit_test(test_limits_counts_identical_rcpt_once),
         cmocka_unit_test(test_limits_counts_transaction_once),
         cmocka_unit_test(test_limits_counts_recipient_count_without_rcpt),
