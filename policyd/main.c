@@ -37,8 +37,8 @@ static const struct command commands[] = {
     {"events", cmd_events, "[--since TIME] [--json]", "the event log (stress, overrides)"},
     {"stress", cmd_stress, "enter|exit|auto", "force stress on or off in the daemon"},
     {"restore", cmd_restore, "", "undo the stress overrides from the journal"},
-    {"limits", cmd_limits, "list|show RULE VALUE [--json]",
-     "the rate-limit rules and one key's counter in the daemon"},
+    {"limits", cmd_limits, "list|show RULE VALUE|reset RULE VALUE [--json]",
+     "the rate-limit rules; read or reset one key's counter"},
     {"version", cmd_version, "", "print the version"},
     {"help", cmd_help, "", "this text"},
 };

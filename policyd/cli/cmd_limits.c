@@ -1,5 +1,6 @@
-/* cmd_limits: `postsurge limits list [--json]` and `limits show RULE VALUE [--json]`:
- * the running daemon's rules and one key's counter, asked over the control socket
+/* cmd_limits: `postsurge limits list [--json]`, `limits show RULE VALUE [--json]` and
+ * `limits reset RULE VALUE`: the running daemon's rules and one key's counter (read, or
+ * forgotten on every node sharing the store), asked over the control socket
  * (server/engine.c answers). A RULE or VALUE that cannot exist is refused with the
  * daemon's reason. */
 #define LOG_COMPONENT "cli"
@@ -95,13 +96,15 @@ int cmd_limits(const struct cli *cli, int argc, char **argv)
     }
     bool list = n == 1 && strcmp(args[0], "list") == 0;
     bool show = n == 3 && strcmp(args[0], "show") == 0;
-    if (!list && !show) {
+    bool reset = n == 3 && strcmp(args[0], "reset") == 0;
+    if (!list && !show && !reset) {
         fprintf(stderr, "usage: postsurge limits list [--json]\n"
-                        "       postsurge limits show RULE VALUE [--json]\n");
+                        "       postsurge limits show RULE VALUE [--json]\n"
+                        "       postsurge limits reset RULE VALUE\n");
         return 2;
     }
     char line[512];
-    if (show) {
+    if (show || reset) {
         /* One line to the daemon: a blank or control character cannot be in a rule name
          * or key value anyway. */
         for (int k = 1; k < 3; k++)
@@ -117,7 +120,7 @@ int cmd_limits(const struct cli *cli, int argc, char **argv)
             fprintf(stderr, "postsurge: limits: RULE or VALUE too long\n");
             return 2;
         }
-        snprintf(line, sizeof(line), "limits show %s %s", args[1], args[2]);
+        snprintf(line, sizeof(line), "limits %s %s %s", args[0], args[1], args[2]);
     } else {
         snprintf(line, sizeof(line), "limits list");
     }
@@ -142,6 +145,9 @@ int cmd_limits(const struct cli *cli, int argc, char **argv)
         free(s);
     } else if (list) {
         print_list(o);
+    } else if (reset) {
+        printf("rule %s, key value %s: counter reset (%s store)\n", jstr(o, "rule"),
+               jstr(o, "value"), jstr(o, "store"));
     } else {
         print_show(o);
     }

@@ -660,24 +660,92 @@ static void show_done(void *arg, int status, const struct window_result *res, si
     free(q);
 }
 
+/* The rule named rule and the canonical form of value, or NULL after replying why. */
+static const struct limits_rule *rule_value(struct engine *e, const char *rule, const char *value,
+                                            char *canon, size_t canonsz, engine_reply_fn reply,
+                                            void *arg)
+{
+    struct limits_engine *le = e->limits;
+    const struct limits_rule *r = NULL;
+    char why[200];
+    for (size_t i = 0; i < limits_engine_rule_count(le); i++)
+        if (strcmp(limits_engine_rule(le, i)->name, rule) == 0)
+            r = limits_engine_rule(le, i);
+    if (r == NULL) {
+        snprintf(why, sizeof(why), "no rule named \"%.32s\" (postsurge limits list)", rule);
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
+        return NULL;
+    }
+    if (limits_value_check(r, value, canon, canonsz, why, sizeof(why)) < 0) {
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
+        return NULL;
+    }
+    return r;
+}
+
+struct reset_req {
+    engine_reply_fn reply;
+    void *arg;
+    int pending, status;
+    json_t *o;
+};
+
+static void reset_done(void *arg, int status)
+{
+    struct reset_req *q = arg;
+    if (status < 0 && q->status == 0)
+        q->status = status;
+    if (--q->pending > 0)
+        return;
+    if (q->status < 0) {
+        json_decref(q->o);
+        q->reply(q->arg, json_pack("{s:b,s:s}", "ok", 0, "error", strerror(-q->status)));
+    } else {
+        q->reply(q->arg, q->o);
+    }
+    free(q);
+}
+
+static void limits_reset(struct engine *e, const char *rule, const char *value,
+                         engine_reply_fn reply, void *arg)
+{
+    char canon[LIMITS_MAX_VALUE + 1];
+    const struct limits_rule *r = rule_value(e, rule, value, canon, sizeof(canon), reply, arg);
+    if (r == NULL)
+        return;
+    struct reset_req *q = calloc(1, sizeof(*q));
+    if (q == NULL || e->store == NULL) {
+        free(q);
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", "cannot reset now"));
+        return;
+    }
+    q->reply = reply;
+    q->arg = arg;
+    q->o = json_pack("{s:b,s:s,s:s,s:s}", "ok", 1, "rule", r->name, "value", canon, "store",
+                     store_kind(e->store));
+    q->pending = 1; /* held until both are sent */
+    for (int k = 0; k < 2; k++) {
+        if (k == 1 && !(r->has_stress && r->stress_window_ms != r->window_ms))
+            break;
+        char key[LIMITS_KEY_MAX];
+        limits_counter_key(r, k == 1, canon, key, sizeof(key));
+        q->pending++;
+        int rc = store_counter_reset(e->store, key, reset_done, q);
+        if (rc != 0)
+            reset_done(q, rc < 0 ? rc : 0);
+    }
+    log_info("control: counter %s:%s reset", r->name, canon);
+    reset_done(q, 0);
+}
+
 static void limits_show(struct engine *e, const char *rule, const char *value,
                         engine_reply_fn reply, void *arg)
 {
     struct limits_engine *le = e->limits;
-    const struct limits_rule *r = NULL;
-    for (size_t i = 0; i < limits_engine_rule_count(le); i++)
-        if (strcmp(limits_engine_rule(le, i)->name, rule) == 0)
-            r = limits_engine_rule(le, i);
-    char why[200], canon[LIMITS_MAX_VALUE + 1];
-    if (r == NULL) {
-        snprintf(why, sizeof(why), "no rule named \"%.32s\" (postsurge limits list)", rule);
-        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
+    char canon[LIMITS_MAX_VALUE + 1];
+    const struct limits_rule *r = rule_value(e, rule, value, canon, sizeof(canon), reply, arg);
+    if (r == NULL)
         return;
-    }
-    if (limits_value_check(r, value, canon, sizeof(canon), why, sizeof(why)) < 0) {
-        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
-        return;
-    }
     /* The limit in force and where it comes from. */
     int64_t limit = r->limit, window = r->window_ms;
     const char *source = "rule";
@@ -752,9 +820,11 @@ void engine_limits_command(struct engine *e, int argc, char **argv, engine_reply
                              e->node_stressed, "store", e->store ? store_kind(e->store) : ""));
     } else if (argc == 4 && strcmp(argv[1], "show") == 0) {
         limits_show(e, argv[2], argv[3], reply, arg);
+    } else if (argc == 4 && strcmp(argv[1], "reset") == 0) {
+        limits_reset(e, argv[2], argv[3], reply, arg);
     } else {
         reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error",
-                             "usage: limits list | limits show RULE VALUE"));
+                             "usage: limits list | limits show|reset RULE VALUE"));
     }
 }
 

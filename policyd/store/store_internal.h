@@ -77,6 +77,10 @@ struct store_vtable {
     /* SET or (json NULL) DEL of the node's journal copy. */
     int (*journal_put)(struct store *s, const char *node, const char *json, store_done_cb cb,
                        void *arg);
+    /* Deletes a counter (key with the prefix) where the implementation keeps it; NULL
+     * when the memory table is the only place (store.c clears that itself). */
+    int (*counter_del)(struct store *s, const char *key, size_t keylen, store_done_cb cb,
+                       void *arg);
 };
 
 struct store {
@@ -111,6 +115,8 @@ int mem_table_take(struct mem_table *t, const char *key, size_t keylen, int64_t 
                    int64_t window_ms, int64_t limit, int64_t amount, struct window_result *out);
 /* Examines up to budget entries for expiry at t->now_max. */
 void mem_table_sweep(struct mem_table *t, size_t budget);
+/* Forgets key; true if it was there. */
+bool mem_table_del(struct mem_table *t, const char *key, size_t keylen);
 
 /* Request lists (doubly linked). */
 void store_req_list_push(struct store_req_list *l, struct store_req *r);

@@ -206,6 +206,13 @@ class LimitsMemory(unittest.TestCase):
         self.assertEqual((o["count"], o["limit"], o["source"]), (4, 7, "table"))
         r = ps.cli("limits", "show", "per_user", "bob")
         self.assertIn("limit: 7 (from the table)", r.stdout)
+        r = ps.cli("limits", "reset", "per_net", "198.51.100.0/24")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        o = json.loads(ps.cli("limits", "show", "per_net", "198.51.100.0/24", "--json").stdout)
+        self.assertEqual((o["count"], o["admitted_now"]), (0, True))
+        with ps.client() as c:
+            self.assertEqual(c.ask(request(client_address="198.51.100.8", client_port="2",
+                                           recipient="new@example.com")), "DUNNO")
         for args, err in [
                 (("nosuch", "x"), 'no rule named "nosuch"'),
                 (("per_net", "198.51.100.7"), "rule per_net counts IPv4 per IPv4/24"),

@@ -4,6 +4,7 @@ Redis killed mid-load and restarted: every request answered within redis_timeout
 a margin (README: "within `redis_timeout` with Redis"), then shared counting resumes; SCRIPT FLUSH mid-load survived with
 exact counts; a SIGSTOPped Redis for 5 s: answers from local counters; SIGHUP keeps the
 counters of unchanged rules in Redis. Env: POSTSURGE, PYTHONPATH=test/pylib."""
+import json
 import os
 import sys
 import time
@@ -78,6 +79,34 @@ class LimitsRedis(unittest.TestCase):
         r1, r2 = self.redis(), self.redis()
         with Nutcracker([r1, r2]) as nc:
             self.combined_limit(nc.url)
+
+    def show_reset_cluster_wide(self, url):
+        # Node a exhausts a key; node b shows what a's client experienced and resets it
+        # for both: a admits again at once.
+        a, b = self.daemons(config(url, ["per_ip client_address recipients 5/1h"],
+                                   redis_timeout=SLOW_OK))
+        with a.client() as ca:
+            out = self.alternate([ca], 7, "s", client_address="198.51.100.9")
+            self.assertEqual(out, ["DUNNO"] * 5 + [DEFER + " (per_ip)"] * 2)
+            r = b.cli("limits", "show", "per_ip", "198.51.100.9", "--json")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            o = json.loads(r.stdout)
+            self.assertEqual((o["count"], o["limit"], o["admitted_now"]), (5, 5, False))
+            r = b.cli("limits", "reset", "per_ip", "198.51.100.9")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("counter reset (redis store)", r.stdout)
+            out = self.alternate([ca], 1, "t", client_address="198.51.100.9")
+            self.assertEqual(out, ["DUNNO"])
+        o = json.loads(a.cli("limits", "show", "per_ip", "198.51.100.9", "--json").stdout)
+        self.assertEqual(o["count"], 1)
+
+    def test_limits_redis_show_and_reset_cluster_wide(self):
+        self.show_reset_cluster_wide(self.redis().url)
+
+    def test_limits_redis_show_and_reset_through_nutcracker(self):
+        r1, r2 = self.redis(), self.redis()
+        with Nutcracker([r1, r2]) as nc:
+            self.show_reset_cluster_wide(nc.url)
 
     def test_limits_redis_killed_and_restarted(self):
         r = self.redis()
