@@ -19,6 +19,7 @@
 #include "limits.h"
 #include "net.h"
 #include "util/log.h"
+#include "util/metrics.h"
 
 /* Plans kept for reuse: one per connection with a request in flight is enough. */
 #define ENGINE_POOL_MAX 256
@@ -61,8 +62,23 @@ struct table_watch {
 /* How often override tables are stat()ed: a change is in force within 2 s. */
 #define ENGINE_TABLE_POLL_MS 1000
 
+/* Keys refused in their current window, so only the first refusal is a limit-hit
+ * event: direct-mapped by the counter key's hash (a collision can only repeat an
+ * event, never lose the first one of a key not seen before). */
+#define ENGINE_HIT_SLOTS 4096
+#define ENGINE_HIT_EVENT_BURST 100
+struct hit_slot {
+    uint64_t hash;
+    int64_t until_ms;
+};
+
 struct engine {
     struct server *srv;
+    struct hit_slot hits[ENGINE_HIT_SLOTS];
+    engine_limit_hit_fn on_hit;
+    void *on_hit_arg;
+    struct metric *m_hits; /* postsurge_limit_hits_total{rule} */
+    struct log_ratelimit rl_hit;
     uv_timer_t table_timer;
     bool table_timer_on;
     struct table_watch *watch[LIMITS_MAX_RULES];
@@ -308,6 +324,69 @@ static void pending_fail(struct pending *p, int status)
     pending_answer(p, &d, status);
 }
 
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ULL;
+    }
+    return h ? h : 1;
+}
+
+/* A refusal counted now: the first one of its key in the window is a limit-hit. */
+static void engine_note_hit(struct engine *e, const struct pending *p,
+                            const struct limits_decision *d)
+{
+    if (!d->deny || d->cached || d->key == NULL || d->rule < 0)
+        return;
+    uint64_t h = hash_str(d->key);
+    struct hit_slot *slot = &e->hits[h & (ENGINE_HIT_SLOTS - 1)];
+    if (slot->hash == h && p->now_ms < slot->until_ms)
+        return;
+    slot->hash = h;
+    slot->until_ms = p->now_ms + (d->window_ms > 0 ? d->window_ms : 1000);
+    const char *rule = d->rule_name ? d->rule_name : "?";
+    metrics_inc(metrics_series(e->m_hits, (const char *const[]){rule}));
+    if (e->on_hit == NULL)
+        return;
+    /* Many keys at once (a spammer rotating senders) must not flood the event log:
+     * ENGINE_HIT_EVENT_BURST events per log_repeat_interval, the rest only counted. */
+    uint64_t supp = 0;
+    if (!log_ratelimit_allow_burst(&e->rl_hit, server_now_ms(e->srv), server_repeat_ms(e->srv),
+                                   ENGINE_HIT_EVENT_BURST, &supp))
+        return;
+    if (supp)
+        log_warn("%" PRIu64 " limit-hit events not recorded (more than %d per "
+                 "log_repeat_interval); postsurge_limit_hits_total counts them all",
+                 supp, ENGINE_HIT_EVENT_BURST);
+    /* The key is escaped (limits.c); the client address is shown only if it is one. */
+    const char *ca = p->dec->req->attr[POLICY_CLIENT_ADDRESS];
+    struct net_addr a;
+    if (ca == NULL || net_addr_parse(ca, strlen(ca), &a) != 0)
+        ca = "-";
+    const char *value = d->key;
+    for (int colons = 0; *value && colons < 2; value++)
+        colons += *value == ':';
+    json_t *extra =
+        json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:s,s:b}", "rule", rule, "key", d->key, "value", value,
+                  "limit", (json_int_t)d->limit, "count", (json_int_t)d->count, "window_ms",
+                  (json_int_t)d->window_ms, "client", ca, "dryrun", d->dryrun);
+    char text[400];
+    snprintf(text, sizeof(text),
+             "rule %s: %.200s reached its limit %" PRId64 " (count %" PRId64 ") from client %s%s",
+             rule, value, d->limit, d->count, ca, d->dryrun ? " (dryrun)" : "");
+    e->on_hit(e->on_hit_arg, extra, text);
+}
+
+void engine_set_limit_hit_cb(struct engine *e, engine_limit_hit_fn fn, void *arg)
+{
+    if (e) {
+        e->on_hit = fn;
+        e->on_hit_arg = arg;
+    }
+}
+
 static void on_taken(void *arg, int status, const struct window_result *results, size_t n)
 {
     struct pending *p = arg;
@@ -336,6 +415,7 @@ static void on_taken(void *arg, int status, const struct window_result *results,
         memset(&d, 0, sizeof(d));
         d.action = e->srv->cfg->default_action;
     }
+    engine_note_hit(e, p, &d);
     pending_answer(p, &d, status);
 }
 
@@ -964,6 +1044,10 @@ int engine_new(struct server *srv, struct engine **out, char *err, size_t errlen
     e->decider.cancel = engine_cancel;
     e->decider.data = e;
     server_set_decider(srv, &e->decider);
+    e->m_hits = metrics_counter_new(server_metrics(srv), "postsurge_limit_hits_total",
+                                    "Keys that reached a rate-limit rule's limit: the first "
+                                    "refusal of a key in its window (a limit-hit event).",
+                                    (const char *const[]){"rule", NULL});
     watch_rebuild(e);
     log_info("%zu rate-limit rules%s", limits_engine_rule_count(e->limits),
              srv->cfg->limit_dry_run ? " (limit_dry_run)" : "");

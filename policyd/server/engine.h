@@ -60,6 +60,12 @@ void engine_get_stats(const struct engine *e, struct engine_stats *st);
 /* The store in use (borrowed; replaced on reload, NULL once stopped), for metrics. */
 struct store *engine_store(const struct engine *e);
 
+/* Called on the first refusal of a key by a rule in its window (per node): extra is
+ * {"rule","key","value","limit","count","window_ms","client","dryrun"} (the callee takes
+ * it), text a one-line summary. The event log (overload/controller.c) registers it. */
+typedef void (*engine_limit_hit_fn)(void *arg, json_t *extra, const char *text);
+void engine_set_limit_hit_cb(struct engine *e, engine_limit_hit_fn fn, void *arg);
+
 /* The control socket's `limits ...` commands (argv[0] is "limits"): list, show RULE
  * VALUE. reply(arg, o) runs once with the JSON answer ({"ok":true,...} or
  * {"ok":false,"error":"..."}; reply takes o), at once or after a store round trip. */

@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 
 from ports import free_port
 from postsurge import Postsurge, request
@@ -223,6 +224,26 @@ class LimitsMemory(unittest.TestCase):
             r = ps.cli("limits", "show", *args)
             self.assertNotEqual(r.returncode, 0, args)
             self.assertIn(err, r.stderr, args)
+
+    def test_limits_memory_limit_hit_event_once_per_key_and_window(self):
+        port = free_port()
+        ps = self.start(rules("per_ip client_address recipients 2/1h",
+                              "per_user sasl_username recipients 100/1h",
+                              http_listen="inet:127.0.0.1:%d" % port))
+        with ps.client() as c:
+            for ip, n in (("198.51.100.1", 6), ("198.51.100.2", 3), ("198.51.100.1", 2)):
+                for i in range(n):
+                    c.ask(request(client_address=ip, client_port=str(n),
+                                  recipient="r%d-%d@example.com" % (n, i)))
+        r = ps.cli("events", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        hits = [e for e in json.loads(r.stdout)["events"] if e["kind"] == "limit-hit"]
+        self.assertEqual(sorted(e["value"] for e in hits), ["198.51.100.1", "198.51.100.2"])
+        for e in hits:
+            self.assertEqual((e["rule"], e["limit"], e["count"]), ("per_ip", 2, 2))
+            self.assertEqual(e["client"], e["value"])
+        body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read()
+        self.assertIn(b'postsurge_limit_hits_total{rule="per_ip"} 2', body)
 
     def test_limits_memory_refusal_lines_bounded(self):
         # A flood refused recipient after recipient logs at most 100 lines per rule per
