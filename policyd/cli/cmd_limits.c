@@ -97,8 +97,10 @@ int cmd_limits(const struct cli *cli, int argc, char **argv)
     bool list = n == 1 && strcmp(args[0], "list") == 0;
     bool show = n == 3 && strcmp(args[0], "show") == 0;
     bool reset = n == 3 && strcmp(args[0], "reset") == 0;
-    if (!list && !show && !reset) {
+    bool top = (n == 1 || n == 2) && strcmp(args[0], "top") == 0;
+    if (!list && !show && !reset && !top) {
         fprintf(stderr, "usage: postsurge limits list [--json]\n"
+                        "       postsurge limits top [RULE] [--json]\n"
                         "       postsurge limits show RULE VALUE [--json]\n"
                         "       postsurge limits reset RULE VALUE\n");
         return 2;
@@ -121,6 +123,12 @@ int cmd_limits(const struct cli *cli, int argc, char **argv)
             return 2;
         }
         snprintf(line, sizeof(line), "limits %s %s %s", args[0], args[1], args[2]);
+    } else if (top) {
+        if (n == 2 && (strlen(args[1]) > 64 || strpbrk(args[1], " \t\r\n") != NULL)) {
+            fprintf(stderr, "postsurge: limits top: bad RULE\n");
+            return 2;
+        }
+        snprintf(line, sizeof(line), "limits top%s%s", n == 2 ? " " : "", n == 2 ? args[1] : "");
     } else {
         snprintf(line, sizeof(line), "limits list");
     }
@@ -145,6 +153,16 @@ int cmd_limits(const struct cli *cli, int argc, char **argv)
         free(s);
     } else if (list) {
         print_list(o);
+    } else if (top) {
+        json_t *keys = json_object_get(o, "keys");
+        if (json_array_size(keys) == 0)
+            printf("no key refused in the last hour on this node\n");
+        for (size_t i = 0; i < json_array_size(keys); i++) {
+            json_t *k = json_array_get(keys, i);
+            printf("%8" PRId64 "  %s %s\n",
+                   (int64_t)json_integer_value(json_object_get(k, "refusals")), jstr(k, "rule"),
+                   jstr(k, "value"));
+        }
     } else if (reset) {
         printf("rule %s, key value %s: counter reset (%s store)\n", jstr(o, "rule"),
                jstr(o, "value"), jstr(o, "store"));

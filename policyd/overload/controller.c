@@ -298,7 +298,7 @@ static void ctl_on_limit_hit(void *arg, json_t *extra, const char *text)
         json_decref(extra);
         return;
     }
-    node_event(c->node, "limit-hit", true, extra, "%s", text);
+    node_event(c->node, "limit-hit", false, extra, "%s", text);
 }
 
 int controller_new(struct server *srv, struct engine *engine, struct controller **out, char *err,

@@ -67,6 +67,18 @@ struct table_watch {
  * event, never lose the first one of a key not seen before). */
 #define ENGINE_HIT_SLOTS 4096
 #define ENGINE_HIT_EVENT_BURST 100
+
+/* `limits top`: the most refused keys of the last hour on this node, kept with the
+ * space-saving algorithm (a new key replaces the least counted one and inherits its
+ * count, so a key refused often is never lost; counts may be over by the inherited
+ * part, which the answer shows as "error"). */
+#define ENGINE_TOP_SLOTS 256
+#define ENGINE_TOP_AGE_MS (3600 * 1000)
+struct top_entry {
+    char key[LIMITS_KEY_MAX]; /* "" when free */
+    uint64_t count, error;
+    int64_t last_ms;
+};
 struct hit_slot {
     uint64_t hash;
     int64_t until_ms;
@@ -79,6 +91,7 @@ struct engine {
     void *on_hit_arg;
     struct metric *m_hits; /* postsurge_limit_hits_total{rule} */
     struct log_ratelimit rl_hit;
+    struct top_entry top[ENGINE_TOP_SLOTS];
     uv_timer_t table_timer;
     bool table_timer_on;
     struct table_watch *watch[LIMITS_MAX_RULES];
@@ -334,12 +347,34 @@ static uint64_t hash_str(const char *s)
     return h ? h : 1;
 }
 
+static void top_note(struct engine *e, const char *key, int64_t now_ms)
+{
+    struct top_entry *min = &e->top[0];
+    for (size_t i = 0; i < ENGINE_TOP_SLOTS; i++) {
+        struct top_entry *t = &e->top[i];
+        if (t->key[0] && now_ms - t->last_ms > ENGINE_TOP_AGE_MS)
+            t->key[0] = '\0', t->count = 0;
+        if (t->key[0] && strcmp(t->key, key) == 0) {
+            t->count++;
+            t->last_ms = now_ms;
+            return;
+        }
+        if (t->count < min->count || (min->key[0] && !t->key[0]))
+            min = t;
+    }
+    snprintf(min->key, sizeof(min->key), "%s", key);
+    min->error = min->count;
+    min->count++;
+    min->last_ms = now_ms;
+}
+
 /* A refusal counted now: the first one of its key in the window is a limit-hit. */
 static void engine_note_hit(struct engine *e, const struct pending *p,
                             const struct limits_decision *d)
 {
     if (!d->deny || d->cached || d->key == NULL || d->rule < 0)
         return;
+    top_note(e, d->key, p->now_ms);
     uint64_t h = hash_str(d->key);
     struct hit_slot *slot = &e->hits[h & (ENGINE_HIT_SLOTS - 1)];
     if (slot->hash == h && p->now_ms < slot->until_ms)
@@ -885,6 +920,54 @@ static void limits_show(struct engine *e, const char *rule, const char *value,
     }
 }
 
+static int top_cmp(const void *a, const void *b)
+{
+    const struct top_entry *x = *(const struct top_entry *const *)a;
+    const struct top_entry *y = *(const struct top_entry *const *)b;
+    return x->count < y->count ? 1 : x->count > y->count ? -1 : 0;
+}
+
+static void limits_top(struct engine *e, const char *rule, engine_reply_fn reply, void *arg)
+{
+    if (rule != NULL) {
+        bool found = false;
+        for (size_t i = 0; i < limits_engine_rule_count(e->limits); i++)
+            found |= strcmp(limits_engine_rule(e->limits, i)->name, rule) == 0;
+        if (!found) {
+            char why[120];
+            snprintf(why, sizeof(why), "no rule named \"%.32s\" (postsurge limits list)", rule);
+            reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
+            return;
+        }
+    }
+    const struct top_entry *v[ENGINE_TOP_SLOTS];
+    size_t n = 0, rl = rule ? strlen(rule) : 0;
+    int64_t now = wall_ms();
+    for (size_t i = 0; i < ENGINE_TOP_SLOTS; i++) {
+        const struct top_entry *t = &e->top[i];
+        if (!t->key[0] || now - t->last_ms > ENGINE_TOP_AGE_MS)
+            continue;
+        if (rule && !(strncmp(t->key, rule, rl) == 0 && t->key[rl] == ':'))
+            continue;
+        v[n++] = t;
+    }
+    qsort(v, n, sizeof(v[0]), top_cmp);
+    json_t *keys = json_array();
+    for (size_t i = 0; i < n && i < 50; i++) {
+        const char *k = v[i]->key;
+        size_t nl = strcspn(k, ":");
+        const char *value = k;
+        for (int colons = 0; *value && colons < 2; value++)
+            colons += *value == ':';
+        json_array_append_new(keys, json_pack("{s:s%,s:s,s:I,s:I,s:I}", "rule", k, nl, "value",
+                                              value, "refusals", (json_int_t)v[i]->count, "error",
+                                              (json_int_t)v[i]->error, "last",
+                                              (json_int_t)v[i]->last_ms));
+    }
+    reply(arg, json_pack("{s:b,s:o,s:I}", "ok", 1, "keys", keys, "since_ms",
+                         (json_int_t)(now - ENGINE_TOP_AGE_MS)));
+}
+
 void engine_limits_command(struct engine *e, int argc, char **argv, engine_reply_fn reply,
                            void *arg)
 {
@@ -900,11 +983,14 @@ void engine_limits_command(struct engine *e, int argc, char **argv, engine_reply
                              e->node_stressed, "store", e->store ? store_kind(e->store) : ""));
     } else if (argc == 4 && strcmp(argv[1], "show") == 0) {
         limits_show(e, argv[2], argv[3], reply, arg);
+    } else if ((argc == 2 || argc == 3) && strcmp(argv[1], "top") == 0) {
+        limits_top(e, argc == 3 ? argv[2] : NULL, reply, arg);
     } else if (argc == 4 && strcmp(argv[1], "reset") == 0) {
         limits_reset(e, argv[2], argv[3], reply, arg);
     } else {
-        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error",
-                             "usage: limits list | limits show|reset RULE VALUE"));
+        reply(arg,
+              json_pack("{s:b,s:s}", "ok", 0, "error",
+                        "usage: limits list | limits top [RULE] | limits show|reset RULE VALUE"));
     }
 }
 

@@ -244,6 +244,15 @@ class LimitsMemory(unittest.TestCase):
             self.assertEqual(e["client"], e["value"])
         body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read()
         self.assertIn(b'postsurge_limit_hits_total{rule="per_ip"} 2', body)
+        # `limits top`: .1 refused 4 + 2 times, .2 once; per rule; an unknown rule refused.
+        o = json.loads(ps.cli("limits", "top", "--json").stdout)
+        self.assertEqual([(k["rule"], k["value"], k["refusals"]) for k in o["keys"]],
+                         [("per_ip", "198.51.100.1", 6), ("per_ip", "198.51.100.2", 1)])
+        o = json.loads(ps.cli("limits", "top", "per_user", "--json").stdout)
+        self.assertEqual(o["keys"], [])
+        r = ps.cli("limits", "top", "nosuch")
+        self.assertIn('no rule named "nosuch"', r.stderr)
+        self.assertIn("       6  per_ip 198.51.100.1", ps.cli("limits", "top").stdout)
 
     def test_limits_memory_refusal_lines_bounded(self):
         # A flood refused recipient after recipient logs at most 100 lines per rule per
