@@ -1379,6 +1379,27 @@ static void test_limits_survives_allocation_failures(void **state)
         }
     }
     assert_true(ok);
+    config_free(cfg);
+
+    /* Conditions and an override table: every allocation of theirs may fail too. */
+    const char *path = tmpfile_with(3, "alice 3\nbob unlimited\n");
+    char cf[2048];
+    snprintf(cf, sizeof(cf), "%s    quota sasl_username recipients 9/1h overrides texthash:%s\n",
+             conditions_cf, path);
+    cfg = load_config(cf, &errs);
+    ok = false;
+    for (long n = 1; n < 400 && !ok; n++) {
+        alloc_reset(n);
+        struct limits_engine *e = limits_engine_new(cfg, &errs);
+        alloc_reset(0);
+        assert_int_equal(errs.n, 0);
+        if (e != NULL) {
+            ok = alloc_count < n;
+            limits_engine_free(e);
+        }
+    }
+    assert_true(ok);
+    unlink(path);
 
     struct limits_engine *e = engine_from("limits = a client_address recipients 100/1m\n");
     for (long n = 1; n < 20; n++) {
