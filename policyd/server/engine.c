@@ -203,26 +203,6 @@ static void format_window(int64_t ms, char *out, size_t outsz)
     snprintf(out, outsz, "%" PRId64 "ms", ms);
 }
 
-/* "QUEUEID: " when the request carries Postfix's queue_id, so the decision line reads
- * like Postfix's own lines for that message (grep QUEUEID mail.log finds both). Only a
- * value Postfix could have made (1 to 32 letters and digits) is written: anything else
- * is left out rather than logged. */
-static void queue_id_prefix(const struct policy_request *r, char *out, size_t outsz)
-{
-    const char *q = r->attr[POLICY_QUEUE_ID];
-    size_t n = q ? r->attr_len[POLICY_QUEUE_ID] : 0;
-    out[0] = '\0';
-    if (n == 0 || n > 32 || n + 3 > outsz)
-        return;
-    for (size_t i = 0; i < n; i++) {
-        char c = q[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')))
-            return;
-    }
-    memcpy(out, q, n);
-    memcpy(out + n, ": ", 3);
-}
-
 /* One info line per new limit decision (the connection then logs at debug only), at
  * most ENGINE_DENY_LOG_BURST per rule per log_repeat_interval. */
 static void engine_log_deny(struct engine *e, struct decision *dec, const struct limits_decision *d)
@@ -232,7 +212,7 @@ static void engine_log_deny(struct engine *e, struct decision *dec, const struct
     char more[64] = "";
     char qid[40];
 
-    queue_id_prefix(r, qid, sizeof(qid));
+    policy_queue_id_prefix(r, qid, sizeof(qid));
     if (d->cached) {
         log_debug("%s%s: %s: repeat of a request refused by rule %s: action=%s", qid, dec->peer,
                   r->attr[POLICY_PROTOCOL_STATE] ? r->attr[POLICY_PROTOCOL_STATE] : "",
