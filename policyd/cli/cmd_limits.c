@@ -76,9 +76,12 @@ static void print_show(json_t *o)
     if (json_object_get(o, "stress_count"))
         printf("stress counter: %" PRId64 "\n",
                (int64_t)json_integer_value(json_object_get(o, "stress_count")));
-    printf("next unit: %s\n", json_is_true(json_object_get(o, "admitted_now"))
-                                  ? "admitted now"
-                                  : "refused until older units leave the window");
+    if (json_is_true(json_object_get(o, "admitted_now"))) {
+        printf("next unit: admitted now\n");
+    } else {
+        fmt_window(json_integer_value(json_object_get(o, "admitted_within_ms")), w, sizeof(w));
+        printf("next unit: refused until older units leave the window (within %s at most)\n", w);
+    }
 }
 
 int cmd_limits(const struct cli *cli, int argc, char **argv)

@@ -748,7 +748,15 @@ static void show_done(void *arg, int status, const struct window_result *res, si
         json_object_set_new(q->o, "count", json_integer(res[0].count));
         if (q->n_ops > 1)
             json_object_set_new(q->o, "stress_count", json_integer(res[1].count));
-        json_object_set_new(q->o, "admitted_now", json_boolean(limit < 0 || res[0].count < limit));
+        bool now = limit < 0 || res[0].count < limit;
+        json_object_set_new(q->o, "admitted_now", json_boolean(now));
+        if (!now) {
+            /* The window's bound (lib/window.h): a blocked key is admitted again after
+             * at most W + 2w; the counts per slot are not read back. */
+            int64_t w = json_integer_value(json_object_get(q->o, "window_ms"));
+            json_object_set_new(q->o, "admitted_within_ms",
+                                json_integer(w + 2 * window_slot_width(w)));
+        }
         q->reply(q->arg, q->o);
     }
     limits_engine_free(q->le);

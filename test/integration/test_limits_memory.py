@@ -200,6 +200,9 @@ class LimitsMemory(unittest.TestCase):
         o = json.loads(r.stdout)
         self.assertEqual((o["count"], o["limit"], o["source"], o["admitted_now"]),
                          (3, 3, "rule", False))
+        self.assertEqual(o["admitted_within_ms"], 60000 + 2 * 6000)  # W + 2w
+        self.assertIn("(within 72s at most)",
+                      ps.cli("limits", "show", "per_net", "198.51.100.0/24").stdout)
         r = ps.cli("limits", "show", "per_user", "BOB", "--json")
         o = json.loads(r.stdout)
         # 4: the fourth recipient, refused by per_net, was admitted (and so counted) by
