@@ -15,7 +15,10 @@ static void client_on_close(uv_handle_t *h)
             break;
         }
     c->n_clients--;
-    free(cl);
+    if (cl->waiting)
+        cl->closed = true; /* client_on_limits frees it */
+    else
+        free(cl);
 }
 
 void ctlsock_client_close(struct ctl_client *cl)
@@ -81,7 +84,14 @@ static void client_on_events(void *arg, int status, json_t *events)
 
 static void client_on_limits(void *arg, json_t *o)
 {
-    client_reply(arg, o);
+    struct ctl_client *cl = arg;
+    cl->waiting = false;
+    if (cl->closed) {
+        json_decref(o);
+        free(cl);
+        return;
+    }
+    client_reply(cl, o);
 }
 
 static void ctl_force(struct controller *c, enum stress_force f, struct ctl_client *cl)
@@ -140,6 +150,7 @@ static void client_command(struct ctl_client *cl, char *line)
             argc++;
         if (argc == 4 && strtok_r(NULL, " \t", &save) != NULL)
             argc = 5;
+        cl->waiting = true;
         engine_limits_command(c->engine, argc, argv, client_on_limits, cl);
     } else if (strcmp(w1, "restore") == 0) {
         log_info("control: restore requested");
