@@ -143,7 +143,7 @@ const struct cf_entry cf_table[] = {
 
     {"limits", CF_STRING, "", OFF(limits), .flags = CF_LINES, .group = G_LIMITS,
      .doc = "Rate-limit rules, one per line: `NAME KEY MEASURE COUNT/WINDOW [stress "
-            "COUNT/WINDOW] [dryrun] [action TEXT]` (see Rate limits)."},
+            "COUNT/WINDOW] [dryrun] [if CONDITION]... [action TEXT]` (see Rate limits)."},
     {"limit_exempt_networks", CF_STRING, "", OFF(limit_exempt_networks), .flags = CF_LINES,
      .group = G_LIMITS, .doc = "Clients in these networks (CIDR) are never limited."},
     {"limit_exempt_sasl_users", CF_STRING, "", OFF(limit_exempt_sasl_users),

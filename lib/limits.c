@@ -7,6 +7,7 @@
 #include "limits.h"
 
 #include <errno.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,6 +180,47 @@ static const char *const part_names[] = {
 };
 #define N_PARTS (sizeof(part_names) / sizeof(part_names[0]))
 
+static const char *part_name(const struct limits_rule *r, size_t k)
+{
+    if (r->part[k] == LIMITS_KEY_ATTR)
+        return policy_attr_name((enum policy_attr)r->part_attr[k]);
+    return part_names[r->part[k]];
+}
+
+/* Attributes that stay the same within one SMTP session, so a `connections` key made
+ * of them counts each session once. */
+static bool session_constant(enum limits_key_part part, int pa)
+{
+    if (part == LIMITS_KEY_CLIENT_ADDRESS || part == LIMITS_KEY_SASL_USERNAME)
+        return true;
+    if (part != LIMITS_KEY_ATTR)
+        return false;
+    switch (pa) {
+    case POLICY_PROTOCOL_NAME:
+    case POLICY_CLIENT_NAME:
+    case POLICY_CLIENT_PORT:
+    case POLICY_REVERSE_CLIENT_NAME:
+    case POLICY_SERVER_ADDRESS:
+    case POLICY_SERVER_PORT:
+    case POLICY_HELO_NAME:
+    case POLICY_SASL_METHOD:
+    case POLICY_CCERT_SUBJECT:
+    case POLICY_CCERT_ISSUER:
+    case POLICY_CCERT_FINGERPRINT:
+    case POLICY_CCERT_PUBKEY_FINGERPRINT:
+    case POLICY_ENCRYPTION_PROTOCOL:
+    case POLICY_ENCRYPTION_CIPHER:
+    case POLICY_ENCRYPTION_KEYSIZE:
+    case POLICY_POLICY_CONTEXT:
+    case POLICY_COMPATIBILITY_LEVEL:
+    case POLICY_MAIL_VERSION:
+    case POLICY_TLS_SNI:
+        return true;
+    default:
+        return false;
+    }
+}
+
 static const char *const measure_names[] = {
     [LIMITS_CONNECTIONS] = "connections",
     [LIMITS_MESSAGES] = "messages",
@@ -294,21 +336,23 @@ static bool parse_key(struct tok t, struct limits_rule *r, char *why, size_t why
         const char *slash = memchr(p.p, '/', p.len);
         if (slash != NULL)
             nlen = (size_t)(slash - p.p);
-        int found = -1;
+        int found = -1, pa = -1;
         for (size_t k = 0; k < N_PARTS; k++)
             if (strlen(part_names[k]) == nlen && strncmp(p.p, part_names[k], nlen) == 0)
                 found = (int)k;
+        if (found < 0 && nlen > 0 && (pa = policy_attr_lookup(p.p, nlen)) >= 0)
+            found = LIMITS_KEY_ATTR;
         if (found < 0) {
             snprintf(why, whysz,
-                     "unknown key \"%.*s\": expected client_address[/V4LEN[/V6LEN]], "
-                     "sasl_username, sender, sender_domain, recipient or recipient_domain, "
-                     "joined with '+'",
+                     "unknown key \"%.*s\": expected policy attributes (client_address"
+                     "[/V4LEN[/V6LEN]], sasl_username, helo_name, ...), sender_domain or "
+                     "recipient_domain, joined with '+'",
                      (int)(p.len > 64 ? 64 : p.len), p.p);
             return false;
         }
         for (size_t k = 0; k < r->n_parts; k++) {
-            if ((int)r->part[k] == found) {
-                snprintf(why, whysz, "key part %s given twice", part_names[found]);
+            if ((int)r->part[k] == found && (found != LIMITS_KEY_ATTR || r->part_attr[k] == pa)) {
+                snprintf(why, whysz, "key part %.*s given twice", (int)nlen, p.p);
                 return false;
             }
         }
@@ -336,6 +380,7 @@ static bool parse_key(struct tok t, struct limits_rule *r, char *why, size_t why
             r->v4len = (unsigned)v4;
             r->v6len = (unsigned)v6;
         }
+        r->part_attr[r->n_parts] = pa;
         r->part[r->n_parts++] = (enum limits_key_part)found;
         i = j + 1;
     }
@@ -349,7 +394,7 @@ static bool parse_key(struct tok t, struct limits_rule *r, char *why, size_t why
                          part_names[r->part[k]], r->v4len, r->v6len);
         else
             w = snprintf(r->key_spec + n, sizeof(r->key_spec) - n, "%s%s", k ? "+" : "",
-                         part_names[r->part[k]]);
+                         part_name(r, k));
         n += (size_t)w;
     }
     return true;
@@ -389,7 +434,7 @@ static bool valid_name(struct tok t)
 
 static void make_tag(const struct limits_rule *r, int64_t window_ms, char out[9])
 {
-    char buf[160];
+    char buf[256];
     snprintf(buf, sizeof(buf), "%s|%s|%lld", r->key_spec, measure_names[r->measure],
              (long long)window_ms);
     snprintf(out, 9, "%08x", (unsigned)fnv32(buf));
@@ -409,10 +454,137 @@ static struct tok next_tok(const char **pp, const char *end)
 
 #define TOKF(t) (int)((t).len > 64 ? 64 : (t).len), (t).p
 
+/* ---- conditions ---- */
+
+static bool is_addr_attr(int a)
+{
+    return a == POLICY_CLIENT_ADDRESS || a == POLICY_SERVER_ADDRESS;
+}
+
+static int attr_by_name(const char *p, size_t n)
+{
+    if (n == 13 && strncmp(p, "sender_domain", n) == 0)
+        return LIMITS_ATTR_SENDER_DOMAIN;
+    if (n == 16 && strncmp(p, "recipient_domain", n) == 0)
+        return LIMITS_ATTR_RECIPIENT_DOMAIN;
+    return n ? policy_attr_lookup(p, n) : -1;
+}
+
+static void cond_free(struct limits_cond *c)
+{
+    free(c->text);
+    for (size_t i = 0; i < c->n_values; i++)
+        free(c->values[i]);
+    free(c->values);
+    net_set_free(c->nets);
+    if (c->re != NULL) {
+        regfree(c->re);
+        free(c->re);
+    }
+    memset(c, 0, sizeof(*c));
+}
+
+static void rule_free(struct limits_rule *r)
+{
+    free(r->action);
+    r->action = NULL;
+    free(r->overrides);
+    r->overrides = NULL;
+    r->table_path = NULL;
+    limits_table_free(r->table);
+    r->table = NULL;
+    for (size_t i = 0; i < r->n_conds; i++)
+        cond_free(&r->cond[i]);
+    r->n_conds = 0;
+}
+
+/* Parses "ATTR=V1,V2", "ATTR!=V1,V2" or "ATTR~ERE" (the token after `if`) into c, which
+ * owns what it allocated even on failure. Returns 0, -EINVAL (reason in why) or
+ * -ENOMEM. */
+static int parse_cond(struct tok t, struct limits_cond *c, char *why, size_t whysz)
+{
+    size_t i = 0;
+    while (i < t.len && t.p[i] != '=' && t.p[i] != '!' && t.p[i] != '~')
+        i++;
+    size_t vstart = i + 1;
+    if (i < t.len && t.p[i] == '=') {
+        c->op = LIMITS_COND_EQ;
+    } else if (i < t.len && t.p[i] == '~') {
+        c->op = LIMITS_COND_RE;
+    } else if (i + 1 < t.len && t.p[i] == '!' && t.p[i + 1] == '=') {
+        c->op = LIMITS_COND_NE;
+        vstart = i + 2;
+    } else {
+        snprintf(why, whysz, "if \"%.*s\": expected ATTR=V1,V2, ATTR!=V1,V2 or ATTR~REGEX",
+                 TOKF(t));
+        return -EINVAL;
+    }
+    c->attr = attr_by_name(t.p, i);
+    if (c->attr == -1) {
+        snprintf(why, whysz,
+                 "if \"%.*s\": unknown attribute \"%.*s\": expected a policy attribute, "
+                 "sender_domain or recipient_domain",
+                 TOKF(t), (int)(i > 64 ? 64 : i), t.p);
+        return -EINVAL;
+    }
+    if (vstart >= t.len) {
+        snprintf(why, whysz, "if \"%.*s\": no value", TOKF(t));
+        return -EINVAL;
+    }
+    c->text = dup_n(t.p, t.len);
+    if (c->text == NULL)
+        return -ENOMEM;
+    const char *v = c->text + vstart;
+    if (c->op == LIMITS_COND_RE) {
+        regex_t *re = malloc(sizeof(*re));
+        if (re == NULL)
+            return -ENOMEM;
+        int rc = regcomp(re, v, REG_EXTENDED | REG_ICASE | REG_NOSUB);
+        if (rc != 0) {
+            char msg[128];
+            regerror(rc, re, msg, sizeof(msg));
+            free(re);
+            snprintf(why, whysz, "if \"%.*s\": bad regular expression: %s", TOKF(t), msg);
+            return -EINVAL;
+        }
+        c->re = re;
+        return 0;
+    }
+    if (is_addr_attr(c->attr)) {
+        char err[160];
+        int rc = net_set_parse(v, &c->nets, err, sizeof(err));
+        if (rc == -ENOMEM)
+            return rc;
+        if (rc != 0) {
+            snprintf(why, whysz, "if \"%.*s\": %s", TOKF(t), err);
+            return -EINVAL;
+        }
+        return 0;
+    }
+    for (const char *q = v;;) {
+        size_t n = strcspn(q, ",");
+        if (n == 0) {
+            snprintf(why, whysz, "if \"%.*s\": empty value in the list", TOKF(t));
+            return -EINVAL;
+        }
+        char **nv = realloc(c->values, (c->n_values + 1) * sizeof(*nv));
+        if (nv == NULL)
+            return -ENOMEM;
+        c->values = nv;
+        if ((c->values[c->n_values] = dup_n(q, n)) == NULL)
+            return -ENOMEM;
+        c->n_values++;
+        if (q[n] == '\0')
+            break;
+        q += n + 1;
+    }
+    return 0;
+}
+
 /* Parses one rule line into r (action left NULL when not given). Returns 0, -EINVAL
  * (message appended) or -ENOMEM. */
-static int parse_rule(const char *line, size_t len, struct limits_rule *r, const char *file,
-                      unsigned lineno, struct config_errors *errs)
+static int parse_rule_body(const char *line, size_t len, struct limits_rule *r, const char *file,
+                           unsigned lineno, struct config_errors *errs)
 {
     const char *p = line, *end = line + len;
     char why[256];
@@ -453,11 +625,11 @@ static int parse_rule(const char *line, size_t len, struct limits_rule *r, const
     r->measure = (enum limits_measure)m;
     if (r->measure == LIMITS_CONNECTIONS) {
         for (size_t k = 0; k < r->n_parts; k++) {
-            if (r->part[k] != LIMITS_KEY_CLIENT_ADDRESS && r->part[k] != LIMITS_KEY_SASL_USERNAME) {
+            if (!session_constant(r->part[k], r->part_attr[k])) {
                 errf(errs, file, lineno,
-                     "limits: rule %s: connections can only be keyed by client_address and "
-                     "sasl_username, not %s",
-                     r->name, part_names[r->part[k]]);
+                     "limits: rule %s: connections need a key that stays the same within an "
+                     "SMTP session, not %s",
+                     r->name, part_name(r, k));
                 return -EINVAL;
             }
         }
@@ -494,6 +666,46 @@ static int parse_rule(const char *line, size_t len, struct limits_rule *r, const
             r->has_stress = true;
         } else if (tok_is(opt, "dryrun")) {
             r->dryrun = true;
+        } else if (tok_is(opt, "if")) {
+            struct tok ct = next_tok(&p, end);
+            if (ct.len == 0) {
+                errf(errs, file, lineno,
+                     "limits: rule %s: if needs ATTR=V1,V2, ATTR!=V1,V2 or ATTR~REGEX", r->name);
+                return -EINVAL;
+            }
+            if (r->n_conds == LIMITS_MAX_CONDS) {
+                errf(errs, file, lineno, "limits: rule %s: too many conditions (at most %d)",
+                     r->name, LIMITS_MAX_CONDS);
+                return -EINVAL;
+            }
+            int rc = parse_cond(ct, &r->cond[r->n_conds++], why, sizeof(why));
+            if (rc == -ENOMEM)
+                return rc;
+            if (rc != 0) {
+                errf(errs, file, lineno, "limits: rule %s: %s", r->name, why);
+                return -EINVAL;
+            }
+        } else if (tok_is(opt, "overrides")) {
+            struct tok ot = next_tok(&p, end);
+            if (r->overrides != NULL) {
+                errf(errs, file, lineno, "limits: rule %s: overrides given twice", r->name);
+                return -EINVAL;
+            }
+            if ((r->overrides = dup_n(ot.p, ot.len)) == NULL)
+                return -ENOMEM;
+            if (limits_table_spec(r->overrides, ot.len, &r->table_type, &r->table_path, why,
+                                  sizeof(why)) != 0) {
+                errf(errs, file, lineno, "limits: rule %s: %s", r->name, why);
+                return -EINVAL;
+            }
+            bool has_client = false;
+            for (size_t k = 0; k < r->n_parts; k++)
+                has_client |= r->part[k] == LIMITS_KEY_CLIENT_ADDRESS;
+            if (r->table_type == LIMITS_TABLE_CIDR && !has_client) {
+                errf(errs, file, lineno,
+                     "limits: rule %s: overrides cidr: needs a key with client_address", r->name);
+                return -EINVAL;
+            }
         } else if (tok_is(opt, "action")) {
             while (p < end && (*p == ' ' || *p == '\t'))
                 p++;
@@ -521,7 +733,7 @@ static int parse_rule(const char *line, size_t len, struct limits_rule *r, const
         } else {
             errf(errs, file, lineno,
                  "limits: rule %s: unknown option \"%.*s\": expected stress COUNT/WINDOW, "
-                 "dryrun or action TEXT",
+                 "dryrun, if CONDITION, overrides TYPE:PATH or action TEXT",
                  r->name, TOKF(opt));
             return -EINVAL;
         }
@@ -529,6 +741,16 @@ static int parse_rule(const char *line, size_t len, struct limits_rule *r, const
     make_tag(r, r->window_ms, r->tag);
     make_tag(r, r->stress_window_ms, r->stress_tag);
     return 0;
+}
+
+/* parse_rule_body, and on failure r owns nothing. */
+static int parse_rule(const char *line, size_t len, struct limits_rule *r, const char *file,
+                      unsigned lineno, struct config_errors *errs)
+{
+    int rc = parse_rule_body(line, len, r, file, lineno, errs);
+    if (rc != 0)
+        rule_free(r);
+    return rc;
 }
 
 static const char *source_name(const struct config *cfg)
@@ -617,8 +839,7 @@ struct limits_engine *limits_engine_new(const struct config *cfg, struct config_
                     }
                 }
                 if (dup) {
-                    free(r->action);
-                    r->action = NULL;
+                    rule_free(r);
                     bad = true;
                 } else {
                     if (cfg->limit_dry_run)
@@ -630,6 +851,20 @@ struct limits_engine *limits_engine_new(const struct config *cfg, struct config_
         if (nl == NULL)
             break;
         p = nl + 1;
+    }
+
+    /* Override tables: read now, so a missing or broken one fails check-config, start and
+     * reload with FILE:LINE; the daemon then follows changes (server/engine.c). */
+    for (size_t i = 0; i < e->n_rules && !bad; i++) {
+        struct limits_rule *r = &e->rule[i];
+        if (r->overrides == NULL)
+            continue;
+        int rc = limits_table_load(r->table_type, r->table_path, r->measure == LIMITS_BYTES,
+                                   &r->table, NULL, errs);
+        if (rc == -ENOMEM)
+            goto nomem;
+        if (rc != 0)
+            bad = true;
     }
 
     /* Rules without their own action answer limit_action naming the rule, so the client
@@ -685,7 +920,7 @@ void limits_engine_free(struct limits_engine *e)
     if (e == NULL || --e->refs > 0)
         return;
     for (size_t i = 0; i < LIMITS_MAX_RULES; i++)
-        free(e->rule[i].action);
+        rule_free(&e->rule[i]);
     net_set_free(e->exempt_nets);
     for (size_t i = 0; i < e->n_exempt_users; i++)
         free(e->exempt_users[i]);
@@ -697,6 +932,17 @@ void limits_engine_free(struct limits_engine *e)
 size_t limits_engine_rule_count(const struct limits_engine *e)
 {
     return e ? e->n_rules : 0;
+}
+
+int limits_engine_set_table(struct limits_engine *e, size_t i, struct limits_table *t)
+{
+    if (e == NULL || i >= e->n_rules || e->rule[i].overrides == NULL) {
+        limits_table_free(t);
+        return -EINVAL;
+    }
+    limits_table_free(e->rule[i].table);
+    e->rule[i].table = t;
+    return 0;
 }
 
 const struct limits_rule *limits_engine_rule(const struct limits_engine *e, size_t i)
@@ -754,7 +1000,7 @@ static const char *domain_of(const char *v, size_t len, size_t *dlen)
 
 /* One key component's raw value (before escaping); address parts are formatted into
  * buf. Returns its length, 0 for empty/unusable. */
-static size_t part_value(const struct limits_rule *r, enum limits_key_part part,
+static size_t part_value(const struct limits_rule *r, enum limits_key_part part, int k_attr,
                          const struct policy_request *req, const char **out, char *buf,
                          size_t bufsz)
 {
@@ -791,6 +1037,9 @@ static size_t part_value(const struct limits_rule *r, enum limits_key_part part,
         v = attr(req, POLICY_RECIPIENT, &len);
         v = domain_of(v, len, &len);
         break;
+    case LIMITS_KEY_ATTR:
+        v = attr(req, (enum policy_attr)k_attr, &len);
+        break;
     default:
         return 0;
     }
@@ -809,7 +1058,7 @@ int limits_key_value(const struct limits_rule *r, const struct policy_request *r
 
     for (size_t k = 0; k < r->n_parts; k++) {
         const char *v = NULL;
-        size_t len = part_value(r, r->part[k], req, &v, abuf, sizeof(abuf));
+        size_t len = part_value(r, r->part[k], r->part_attr[k], req, &v, abuf, sizeof(abuf));
         if (len == 0)
             return 0;
         if (k > 0) {
@@ -840,6 +1089,68 @@ int limits_key_value(const struct limits_rule *r, const struct policy_request *r
     memcpy(out, esc, n);
     out[n] = '\0';
     return (int)n;
+}
+
+/* The value a condition tests ("" when absent). */
+static const char *cond_value(const struct policy_request *req, int a, size_t *len)
+{
+    if (a == LIMITS_ATTR_SENDER_DOMAIN || a == LIMITS_ATTR_RECIPIENT_DOMAIN) {
+        size_t l;
+        const char *v =
+            attr(req, a == LIMITS_ATTR_SENDER_DOMAIN ? POLICY_SENDER : POLICY_RECIPIENT, &l);
+        return domain_of(v, l, len);
+    }
+    return attr(req, (enum policy_attr)a, len);
+}
+
+static bool cond_equal(const struct limits_cond *c, const char *v, size_t len)
+{
+    if (len == 0)
+        return false; /* absent or empty equals nothing */
+    if (c->nets != NULL) {
+        struct net_addr a;
+        return net_addr_parse(v, len, &a) == 0 && net_set_contains(c->nets, &a);
+    }
+    for (size_t i = 0; i < c->n_values; i++)
+        if (strlen(c->values[i]) == len && strncasecmp(c->values[i], v, len) == 0)
+            return true;
+    return false;
+}
+
+bool limits_conds_hold(const struct limits_rule *r, const struct policy_request *req)
+{
+    for (size_t i = 0; i < r->n_conds; i++) {
+        const struct limits_cond *c = &r->cond[i];
+        size_t len;
+        const char *v = cond_value(req, c->attr, &len);
+        switch (c->op) {
+        case LIMITS_COND_EQ:
+            if (!cond_equal(c, v, len))
+                return false;
+            break;
+        case LIMITS_COND_NE:
+            if (cond_equal(c, v, len))
+                return false;
+            break;
+        case LIMITS_COND_RE: {
+            if (len == 0)
+                return false;
+            char buf[1024];
+            if (v[len] != '\0') {
+                /* A domain cut before trailing dots: matched on a copy. */
+                if (len >= sizeof(buf))
+                    return false;
+                memcpy(buf, v, len);
+                buf[len] = '\0';
+                v = buf;
+            }
+            if (regexec(c->re, v, 0, NULL, 0) != 0)
+                return false;
+            break;
+        }
+        }
+    }
+    return true;
 }
 
 /* Writes "NAME:TAG:VALUE" to out (outsz >= LIMITS_KEY_MAX, which always fits a rule's
@@ -1107,11 +1418,29 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
         }
         if (amount <= 0)
             continue;
+        if (r->n_conds > 0 && !limits_conds_hold(r, req))
+            continue;
 
         char value[LIMITS_MAX_VALUE + 1];
         int vn = limits_key_value(r, req, value, sizeof(value));
         if (vn <= 0)
             continue;
+        int64_t limit = r->limit, stress_limit = r->stress_limit;
+        if (r->table != NULL) {
+            struct net_addr ca;
+            const struct net_addr *cap = NULL;
+            if (r->table_type == LIMITS_TABLE_CIDR) {
+                v = attr(req, POLICY_CLIENT_ADDRESS, &len);
+                if (net_addr_parse(v, len, &ca) == 0)
+                    cap = &ca;
+            }
+            int64_t tv;
+            if (limits_table_lookup(r->table, value, (size_t)vn, cap, &tv)) {
+                if (tv == LIMITS_TABLE_UNLIMITED)
+                    continue;
+                limit = stress_limit = tv;
+            }
+        }
         struct limits_op *op = &plan->ops[plan->n_ops];
         size_t keylen = key_join(op->key, sizeof(op->key), r->name, r->tag, value, (size_t)vn);
         uint64_t h = fnv64_add(FNV64_OFFSET, op->key, keylen);
@@ -1147,8 +1476,8 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
          * the stress window is the same. */
         op->window_ms = r->window_ms;
         op->limit = (stressed && r->has_stress && r->stress_window_ms == r->window_ms)
-                        ? r->stress_limit
-                        : r->limit;
+                        ? stress_limit
+                        : limit;
         op->amount = amount;
         op->rule = (uint16_t)ri;
         op->enforce = true;
@@ -1161,7 +1490,7 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
             struct limits_op *op2 = &plan->ops[plan->n_ops++];
             key_join(op2->key, sizeof(op2->key), r->name, r->stress_tag, value, (size_t)vn);
             op2->window_ms = r->stress_window_ms;
-            op2->limit = stressed ? r->stress_limit : LIMITS_COUNT_ONLY;
+            op2->limit = stressed ? stress_limit : LIMITS_COUNT_ONLY;
             op2->amount = amount;
             op2->rule = (uint16_t)ri;
             op2->enforce = stressed;
@@ -1247,4 +1576,111 @@ int limits_finish(struct limits_engine *e, struct limits_session *s, const struc
         out->key = op->key;
     }
     return 0;
+}
+
+static bool safe_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-' ||
+           c == '@' || c == '/' || c == ':' || c == '+' || c == '=';
+}
+
+static bool hex_upper(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F');
+}
+
+int limits_value_check(const struct limits_rule *r, const char *in, char *out, size_t outsz,
+                       char *why, size_t whysz)
+{
+    size_t n = strlen(in);
+    if (n == 0 || n > LIMITS_MAX_VALUE) {
+        snprintf(why, whysz, "a key value has 1 to %d characters", LIMITS_MAX_VALUE);
+        return -EINVAL;
+    }
+    if (n + 1 > outsz)
+        return -ENOSPC;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = lower(in[i]);
+    }
+    out[n] = '\0';
+    for (size_t i = 0; i < n; i++) /* %XX: hex digits upper case */
+        if (out[i] == '%')
+            for (size_t j = i + 1; j < n && j <= i + 2; j++)
+                if (out[j] >= 'a' && out[j] <= 'f')
+                    out[j] = (char)(out[j] - 'a' + 'A');
+    if (out[0] == '#') {
+        bool ok = n == 17;
+        for (size_t i = 1; ok && i < n; i++)
+            ok = (out[i] >= '0' && out[i] <= '9') || (out[i] >= 'a' && out[i] <= 'f');
+        if (!ok) {
+            snprintf(why, whysz, "a hashed key value is '#' and 16 hex digits");
+            return -EINVAL;
+        }
+        return (int)n;
+    }
+    size_t part = 0, start = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && out[i] != '|') {
+            if (out[i] == '%') {
+                if (i + 2 >= n || !hex_upper(out[i + 1]) || !hex_upper(out[i + 2])) {
+                    snprintf(why, whysz, "'%%' must start a %%XX escape");
+                    return -EINVAL;
+                }
+                i += 2;
+            } else if (!safe_char(out[i])) {
+                snprintf(why, whysz,
+                         "character '%c' never occurs in a key value (it is written %%%02X)",
+                         out[i] >= 32 && out[i] < 127 ? out[i] : '?', (unsigned char)out[i]);
+                return -EINVAL;
+            }
+            continue;
+        }
+        if (part >= r->n_parts) {
+            snprintf(why, whysz, "rule %s has %zu key part%s (%s), joined with '|'", r->name,
+                     r->n_parts, r->n_parts == 1 ? "" : "s", r->key_spec);
+            return -EINVAL;
+        }
+        size_t len = i - start;
+        if (len == 0) {
+            snprintf(why, whysz, "empty key part");
+            return -EINVAL;
+        }
+        if (r->part[part] == LIMITS_KEY_CLIENT_ADDRESS) {
+            struct net_cidr c;
+            const char *cw = NULL;
+            bool has_slash = memchr(out + start, '/', len) != NULL;
+            if (net_cidr_parse(out + start, len, &c, &cw) != 0) {
+                snprintf(why, whysz, "\"%.*s\": %s", (int)len, out + start,
+                         cw ? cw : "not an address");
+                return -EINVAL;
+            }
+            unsigned want = c.addr.family == NET_V4 ? r->v4len : r->v6len;
+            unsigned full = c.addr.family == NET_V4 ? 32 : 128;
+            unsigned got = has_slash ? c.prefix : full;
+            if (got != want || (has_slash && want == full)) {
+                snprintf(why, whysz, "rule %s counts %s per %s/%u: \"%.*s\" cannot be one", r->name,
+                         c.addr.family == NET_V4 ? "IPv4" : "IPv6",
+                         c.addr.family == NET_V4 ? "IPv4" : "IPv6", want, (int)len, out + start);
+                return -EINVAL;
+            }
+        }
+        part++;
+        start = i + 1;
+    }
+    if (part != r->n_parts) {
+        snprintf(why, whysz, "rule %s has %zu key parts (%s), joined with '|'", r->name, r->n_parts,
+                 r->key_spec);
+        return -EINVAL;
+    }
+    return (int)n;
+}
+
+int limits_counter_key(const struct limits_rule *r, bool stress, const char *value, char *out,
+                       size_t outsz)
+{
+    size_t vl = strlen(value);
+    if (outsz < LIMITS_KEY_MAX || vl > LIMITS_MAX_VALUE)
+        return -ENOSPC;
+    size_t n = key_join(out, outsz, r->name, stress ? r->stress_tag : r->tag, value, vl);
+    return n ? (int)n : -ENOSPC;
 }

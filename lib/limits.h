@@ -12,16 +12,26 @@
  *          limits_finish(engine, session, &plan, results, &decision); answer decision.action
  *
  * Rule syntax (one per line of `limits`; blank lines and '#' lines are skipped):
- *     NAME KEY MEASURE COUNT/WINDOW [stress COUNT/WINDOW] [dryrun] [action TEXT]
- * NAME [A-Za-z0-9_.-]{1,32}, unique. KEY: parts joined by '+' from client_address
- * (optionally client_address/V4LEN or client_address/V4LEN/V6LEN), sasl_username, sender,
- * sender_domain, recipient, recipient_domain. MEASURE: connections, messages,
- * recipients, bytes. COUNT: an integer >= 1 (bytes take K M G, powers of 1024). WINDOW:
- * an integer with unit s m h d (1s .. 366d). `action TEXT` takes the rest of the line
- * and must be an access(5) action: 4NN/5NN [text], DEFER_IF_PERMIT, DEFER_IF_REJECT,
- * DEFER, REJECT, HOLD, DISCARD, WARN or INFO [text]. Without it the rule answers
- * limit_action followed by " (NAME)". See README.md, section "limits", for what is
- * counted in which protocol state. */
+ *     NAME KEY MEASURE COUNT/WINDOW [stress COUNT/WINDOW] [dryrun] [if COND]... [action TEXT]
+ * NAME [A-Za-z0-9_.-]{1,32}, unique. KEY: up to 4 parts joined by '+', each an attribute
+ * of the policy protocol (policy.h: helo_name, policy_context, server_port, ...) or
+ * sender_domain / recipient_domain (the part after the last '@'); client_address may
+ * be grouped as client_address/V4LEN or client_address/V4LEN/V6LEN. A part absent or
+ * empty in a request means the rule does not apply to it. MEASURE: connections,
+ * messages, recipients, bytes; connections need a key that stays the same within an
+ * SMTP session (client, server, HELO, SASL login, TLS and policy_context attributes).
+ * COND: ATTR=V1,V2,... (equal to one of them), ATTR!=V1,... (equal to none) or
+ * ATTR~ERE (POSIX extended regex), all case-insensitive; for client_address and
+ * server_address the values are addresses or CIDR networks. An absent or empty
+ * attribute equals nothing and matches no regex. Every `if` must hold, or the rule
+ * neither counts nor limits the request. `overrides texthash:PATH` or `cidr:PATH`
+ * (cidr only for keys with client_address) gives per-key limits (limits_table.h): the
+ * table's value replaces the rule's limit, stress or not; `unlimited` neither limits
+ * nor counts. COUNT: an integer >= 1 (bytes take K M G, powers of 1024).
+ * WINDOW: an integer with unit s m h d (1s .. 366d). `action TEXT` takes the rest of the line and
+ * must be an access(5) action: 4NN/5NN [text], DEFER_IF_PERMIT, DEFER_IF_REJECT, DEFER, REJECT,
+ * HOLD, DISCARD, WARN or INFO [text]. Without it the rule answers limit_action followed by "
+ * (NAME)". See README.md, section "limits", for what is counted in which protocol state. */
 #pragma once
 
 #include <stdbool.h>
@@ -29,12 +39,14 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "limits_table.h"
 #include "policy.h"
 #include "window.h"
 
 #define LIMITS_MAX_RULES 32
 #define LIMITS_MAX_NAME 32     /* characters of a rule name */
 #define LIMITS_MAX_KEY_PARTS 4 /* parts of a '+' key */
+#define LIMITS_MAX_CONDS 8     /* `if` conditions per rule */
 /* Two ops per rule at most: a rule whose stress window differs from its window keeps a
  * second counter (see struct limits_op). */
 #define LIMITS_MAX_OPS (2 * LIMITS_MAX_RULES)
@@ -62,15 +74,47 @@ enum limits_key_part {
     LIMITS_KEY_SENDER_DOMAIN,
     LIMITS_KEY_RECIPIENT,
     LIMITS_KEY_RECIPIENT_DOMAIN,
+    LIMITS_KEY_ATTR, /* any other policy attribute: limits_rule.part_attr */
+};
+
+/* Attributes a condition tests: enum policy_attr, or these derived ones. */
+#define LIMITS_ATTR_SENDER_DOMAIN (-2)
+#define LIMITS_ATTR_RECIPIENT_DOMAIN (-3)
+
+enum limits_cond_op {
+    LIMITS_COND_EQ, /* ATTR=V1,V2 */
+    LIMITS_COND_NE, /* ATTR!=V1,V2 */
+    LIMITS_COND_RE, /* ATTR~ERE */
+};
+
+struct net_set;
+
+/* One `if`; owned by the engine. */
+struct limits_cond {
+    int attr; /* enum policy_attr or LIMITS_ATTR_* */
+    enum limits_cond_op op;
+    char *text;    /* as written after `if` (for listings) */
+    char **values; /* EQ/NE on other attributes: the values */
+    size_t n_values;
+    struct net_set *nets; /* EQ/NE on client_address, server_address */
+    void *re;             /* RE: a compiled regex_t */
 };
 
 /* One parsed rule; read-only for callers (status pages, logs). */
 struct limits_rule {
     char name[LIMITS_MAX_NAME + 1];
     enum limits_key_part part[LIMITS_MAX_KEY_PARTS];
+    int part_attr[LIMITS_MAX_KEY_PARTS]; /* enum policy_attr of a LIMITS_KEY_ATTR part */
     size_t n_parts;
     unsigned v4len, v6len; /* client_address grouping: 32 and 128 when not grouped */
-    char key_spec[96];     /* canonical KEY text ("client_address/24/64+sasl_username") */
+    char key_spec[160];    /* canonical KEY text ("client_address/24/64+sasl_username") */
+    struct limits_cond cond[LIMITS_MAX_CONDS];
+    size_t n_conds;
+    /* `overrides TYPE:PATH`: per-key limits from a table, or NULL. */
+    char *overrides;                   /* "texthash:/etc/postsurge/quotas" as written */
+    enum limits_table_type table_type; /* of overrides */
+    const char *table_path;            /* inside overrides */
+    struct limits_table *table;        /* current contents (limits_engine_set_table) */
     enum limits_measure measure;
     int64_t limit, window_ms;
     bool has_stress;
@@ -100,6 +144,10 @@ struct limits_engine *limits_engine_ref(struct limits_engine *e);
 void limits_engine_free(struct limits_engine *e);
 
 size_t limits_engine_rule_count(const struct limits_engine *e);
+/* Replaces rule i's override table with t (taken over; NULL empties it) and frees the
+ * previous one. The engine is otherwise immutable: call on the thread that plans.
+ * Returns 0, or -EINVAL if i has no overrides (t is freed). */
+int limits_engine_set_table(struct limits_engine *e, size_t i, struct limits_table *t);
 /* Rule i (borrowed, lives as long as e), or NULL if i is out of range. */
 const struct limits_rule *limits_engine_rule(const struct limits_engine *e, size_t i);
 
@@ -191,3 +239,19 @@ int limits_key_value(const struct limits_rule *r, const struct policy_request *r
                      size_t outsz);
 
 const char *limits_measure_name(enum limits_measure m);
+
+/* Checks that in could be a key value of rule r, as an administrator types it from a
+ * log line ("192.0.2.0/24", "alice@example.org", "alice|example.com", "#0123..."):
+ * writes the canonical form (lowercase, %XX escapes uppercase) to out and returns its
+ * length, or -EINVAL with a reason in why (wrong number of '|' parts, a character keys
+ * never hold, an address or network that does not fit the rule's grouping), -ENOSPC. */
+int limits_value_check(const struct limits_rule *r, const char *in, char *out, size_t outsz,
+                       char *why, size_t whysz);
+
+/* Writes "NAME:TAG:VALUE" for rule r and a key value (the stress counter's key when
+ * stress is true). Returns its length or -ENOSPC. */
+int limits_counter_key(const struct limits_rule *r, bool stress, const char *value, char *out,
+                       size_t outsz);
+
+/* True when every condition of rule r holds for req (also when r has none). */
+bool limits_conds_hold(const struct limits_rule *r, const struct policy_request *req);

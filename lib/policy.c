@@ -505,3 +505,21 @@ int policy_encode_response(const char *action, size_t action_len, char *out, siz
     memcpy(out + plen + action_len, "\n\n", 3);
     return (int)total;
 }
+
+void policy_queue_id_prefix(const struct policy_request *req, char *out, size_t outsz)
+{
+    const char *q = req->attr[POLICY_QUEUE_ID];
+    size_t n = q ? req->attr_len[POLICY_QUEUE_ID] : 0;
+    if (outsz == 0)
+        return;
+    out[0] = '\0';
+    if (n == 0 || n > 32 || n + 3 > outsz)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        char c = q[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')))
+            return;
+    }
+    memcpy(out, q, n);
+    memcpy(out + n, ": ", 3);
+}

@@ -142,6 +142,12 @@ bool policy_parser_pending(const struct policy_parser *p);
 const char *policy_attr_name(enum policy_attr a);
 int policy_attr_lookup(const char *name, size_t len);
 
+/* Writes "QUEUEID: " to out when req carries a queue_id Postfix could have made (1 to 32
+ * letters and digits), else "" (anything else is left out rather than logged), so a log
+ * line that starts with it reads like Postfix's own lines for that message. outsz >= 35
+ * for any queue id. */
+void policy_queue_id_prefix(const struct policy_request *req, char *out, size_t outsz);
+
 /* Human-readable text of a policy_status ("line too long"). */
 const char *policy_strerror(int status);
 

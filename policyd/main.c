@@ -40,6 +40,8 @@ static const struct command commands[] = {
      "the event log (stress, overrides)"},
     {"stress", cmd_stress, "enter|exit|auto", "force stress on or off in the daemon"},
     {"restore", cmd_restore, "", "undo the stress overrides from the journal"},
+    {"limits", cmd_limits, "list|show RULE VALUE|reset RULE VALUE [--json]",
+     "the rate-limit rules; read or reset one key's counter"},
     {"version", cmd_version, "", "print the version"},
     {"help", cmd_help, "[COMMAND]", "this text, or one command's usage"},
 };

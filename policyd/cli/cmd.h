@@ -4,6 +4,8 @@
  * declared here and added to the table with one line. */
 #pragma once
 
+#include <jansson.h>
+
 #include "config.h"
 
 #include <stdbool.h>
@@ -48,3 +50,8 @@ int cmd_stress(const struct cli *cli, int argc, char **argv);
 int cmd_restore(const struct cli *cli, int argc, char **argv);
 /* cmd_top.c: `top`, a live view of the daemon's /status (a snapshot when not a tty). */
 int cmd_top(const struct cli *cli, int argc, char **argv);
+/* cmd_limits.c: `limits list|show` through the control socket. */
+int cmd_limits(const struct cli *cli, int argc, char **argv);
+/* cmd_stress.c: one command line to the daemon and its JSON answer (caller owns *out);
+ * says so on stderr when no daemon answers. Returns 0 or -errno. */
+int daemon_ask(const struct config *cfg, const char *line, json_t **out);

@@ -40,7 +40,7 @@ static void no_daemon(const struct config *cfg, int rc)
 }
 
 /* daemon_request for a command that needs the daemon: says so when none listens. */
-static int daemon_ask(const struct config *cfg, const char *line, json_t **out)
+int daemon_ask(const struct config *cfg, const char *line, json_t **out)
 {
     int rc = daemon_request(cfg, line, 30000, out);
     if (rc == -ENOENT || rc == -ECONNREFUSED)

@@ -305,6 +305,17 @@ struct controller *ctl_alloc(uv_loop_t *loop, const struct config *cfg)
     return c;
 }
 
+/* The engine's limit-hit: an event in the log and the store (for the cluster). */
+static void ctl_on_limit_hit(void *arg, json_t *extra, const char *text)
+{
+    struct controller *c = arg;
+    if (c->node == NULL) {
+        json_decref(extra);
+        return;
+    }
+    node_event(c->node, "limit-hit", false, extra, "%s", text);
+}
+
 int controller_new(struct server *srv, struct engine *engine, struct controller **out, char *err,
                    size_t errlen)
 {
@@ -328,6 +339,7 @@ int controller_new(struct server *srv, struct engine *engine, struct controller 
     }
     c->srv = srv;
     c->engine = engine;
+    engine_set_limit_hit_cb(engine, ctl_on_limit_hit, c);
     /* Opened now, while serve may still be root: the lock is taken only around changes. */
     c->lock_fd = open(c->config_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (c->lock_fd < 0)
@@ -429,6 +441,7 @@ void controller_free(struct controller *c)
 {
     if (!c)
         return;
+    engine_set_limit_hit_cb(c->engine, NULL, NULL);
     stress_free(c->sm);
     overrides_params_free(c->known);
     overrides_services_free(c->svcs);

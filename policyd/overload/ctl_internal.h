@@ -84,6 +84,9 @@ struct ctl_client {
     char buf[CTL_MAX_LINE];
     size_t len;
     bool answered, closing;
+    /* A `limits` command awaits the engine's answer (a store round trip): the client
+     * outlives its handle until then (closed: the handle is gone, free on the answer). */
+    bool waiting, closed;
     struct ctl_client *next;
 };
 

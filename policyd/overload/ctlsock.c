@@ -15,7 +15,10 @@ static void client_on_close(uv_handle_t *h)
             break;
         }
     c->n_clients--;
-    free(cl);
+    if (cl->waiting)
+        cl->closed = true; /* client_on_limits frees it */
+    else
+        free(cl);
 }
 
 void ctlsock_client_close(struct ctl_client *cl)
@@ -79,6 +82,18 @@ static void client_on_events(void *arg, int status, json_t *events)
         client_reply(cl, json_pack("{s:b,s:O}", "ok", 1, "events", events));
 }
 
+static void client_on_limits(void *arg, json_t *o)
+{
+    struct ctl_client *cl = arg;
+    cl->waiting = false;
+    if (cl->closed) {
+        json_decref(o);
+        free(cl);
+        return;
+    }
+    client_reply(cl, o);
+}
+
 static void ctl_force(struct controller *c, enum stress_force f, struct ctl_client *cl)
 {
     struct stress_result r;
@@ -127,6 +142,16 @@ static void client_command(struct ctl_client *cl, char *line)
         ctl_force(c, STRESS_FORCE_EXIT, cl);
     } else if (strcmp(w1, "stress") == 0 && w2 && strcmp(w2, "auto") == 0) {
         ctl_force(c, STRESS_FORCE_AUTO, cl);
+    } else if (strcmp(w1, "limits") == 0) {
+        /* The rate limits' commands belong to the engine (server/engine.c). */
+        char *argv[5] = {w1, w2, w3, w3 ? strtok_r(NULL, " \t", &save) : NULL, NULL};
+        int argc = 0;
+        while (argc < 4 && argv[argc])
+            argc++;
+        if (argc == 4 && strtok_r(NULL, " \t", &save) != NULL)
+            argc = 5;
+        cl->waiting = true;
+        engine_limits_command(c->engine, argc, argv, client_on_limits, cl);
     } else if (strcmp(w1, "restore") == 0) {
         log_info("control: restore requested");
         c->restore_retry_at = 0;

@@ -238,15 +238,17 @@ static void conn_log_decision(struct conn *c, const char *action, size_t len)
     const struct policy_request *r = c->dec.req;
     /* A decider that logged the decision (naming its rule) leaves this line to debug. */
     bool dunno = c->dec.logged || (len == 5 && strncasecmp(action, "DUNNO", 5) == 0);
+    char qid[40];
 
+    policy_queue_id_prefix(r, qid, sizeof(qid));
 #define A(x) (r->attr[x] ? r->attr[x] : "")
     if (!dunno)
-        log_info("%s: %s client=%s sasl_username=%s sender=<%s> recipient=<%s>: action=%.*s",
+        log_info("%s%s: %s client=%s sasl_username=%s sender=<%s> recipient=<%s>: action=%.*s", qid,
                  c->peer, A(POLICY_PROTOCOL_STATE), A(POLICY_CLIENT_ADDRESS),
                  A(POLICY_SASL_USERNAME), A(POLICY_SENDER), A(POLICY_RECIPIENT), (int)len, action);
     else
-        log_debug("%s: %s client=%s sasl_username=%s sender=<%s> recipient=<%s>: action=%.*s",
-                  c->peer, A(POLICY_PROTOCOL_STATE), A(POLICY_CLIENT_ADDRESS),
+        log_debug("%s%s: %s client=%s sasl_username=%s sender=<%s> recipient=<%s>: action=%.*s",
+                  qid, c->peer, A(POLICY_PROTOCOL_STATE), A(POLICY_CLIENT_ADDRESS),
                   A(POLICY_SASL_USERNAME), A(POLICY_SENDER), A(POLICY_RECIPIENT), (int)len, action);
 #undef A
 }

@@ -12,9 +12,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <uv.h>
 
 #include "limits.h"
+#include "net.h"
 #include "util/log.h"
 #include "util/metrics.h"
 
@@ -38,8 +41,61 @@ struct pending {
     struct limits_plan plan;
 };
 
+/* One rule's override table, followed while the daemon runs (see watch_tick). */
+struct table_watch {
+    struct engine *e;
+    uv_work_t work;
+    bool busy;   /* a load is on the thread pool */
+    bool orphan; /* the rules were swapped meanwhile: free when the load ends */
+    size_t rule;
+    char *path;
+    enum limits_table_type type;
+    bool bytes;
+    struct stat seen; /* the version last loaded or reported */
+    bool stat_failed; /* stat's failure was logged */
+    /* the load's result */
+    struct stat st;
+    struct limits_table *table;
+    struct config_errors errs;
+    int rc;
+};
+
+/* How often override tables are stat()ed: a change is in force within 2 s. */
+#define ENGINE_TABLE_POLL_MS 1000
+
+/* Keys refused in their current window, so only the first refusal is a limit-hit
+ * event: direct-mapped by the counter key's hash (a collision can only repeat an
+ * event, never lose the first one of a key not seen before). */
+#define ENGINE_HIT_SLOTS 4096
+#define ENGINE_HIT_EVENT_BURST 100
+
+/* `limits top`: the most refused keys of the last hour on this node, kept with the
+ * space-saving algorithm (a new key replaces the least counted one and inherits its
+ * count, so a key refused often is never lost; counts may be over by the inherited
+ * part, which the answer shows as "error"). */
+#define ENGINE_TOP_SLOTS 256
+#define ENGINE_TOP_AGE_MS (3600 * 1000)
+struct top_entry {
+    char key[LIMITS_KEY_MAX]; /* "" when free */
+    uint64_t count, error;
+    int64_t last_ms;
+};
+struct hit_slot {
+    uint64_t hash;
+    int64_t until_ms;
+};
+
 struct engine {
     struct server *srv;
+    struct hit_slot hits[ENGINE_HIT_SLOTS];
+    engine_limit_hit_fn on_hit;
+    void *on_hit_arg;
+    struct metric *m_hits; /* postsurge_limit_hits_total{rule} */
+    struct log_ratelimit rl_hit;
+    struct top_entry top[ENGINE_TOP_SLOTS];
+    uv_timer_t table_timer;
+    bool table_timer_on;
+    struct table_watch *watch[LIMITS_MAX_RULES];
     bool node_stressed; /* the overload controller's input: rules use their stress limits */
     struct decider decider;
     struct limits_engine *limits;
@@ -162,9 +218,11 @@ static void engine_log_deny(struct engine *e, struct decision *dec, const struct
     const struct policy_request *r = dec->req;
     char win[32] = "";
     char more[64] = "";
+    char qid[40];
 
+    policy_queue_id_prefix(r, qid, sizeof(qid));
     if (d->cached) {
-        log_debug("%s: %s: repeat of a request refused by rule %s: action=%s", dec->peer,
+        log_debug("%s%s: %s: repeat of a request refused by rule %s: action=%s", qid, dec->peer,
                   r->attr[POLICY_PROTOCOL_STATE] ? r->attr[POLICY_PROTOCOL_STATE] : "",
                   d->rule_name ? d->rule_name : "?", d->action ? d->action : "");
         return;
@@ -184,16 +242,16 @@ static void engine_log_deny(struct engine *e, struct decision *dec, const struct
     format_window(d->window_ms, win, sizeof(win));
 #define A(x) (r->attr[x] ? r->attr[x] : "")
     if (d->dryrun)
-        log_info("%s: %s client=%s sasl_username=%s sender=<%s> recipient=<%s>: dryrun rule=%s "
+        log_info("%s%s: %s client=%s sasl_username=%s sender=<%s> recipient=<%s>: dryrun rule=%s "
                  "key=%s count=%" PRId64 "/%" PRId64 " per %s%s: would answer \"%s\"; action=%s%s",
-                 dec->peer, A(POLICY_PROTOCOL_STATE), A(POLICY_CLIENT_ADDRESS),
+                 qid, dec->peer, A(POLICY_PROTOCOL_STATE), A(POLICY_CLIENT_ADDRESS),
                  A(POLICY_SASL_USERNAME), A(POLICY_SENDER), A(POLICY_RECIPIENT), d->rule_name,
                  d->key ? d->key : "-", d->count, d->limit, win, d->stressed ? " (stress)" : "",
                  d->rule_action ? d->rule_action : "", d->action, more);
     else
-        log_info("%s: %s client=%s sasl_username=%s sender=<%s> recipient=<%s>: rule=%s "
+        log_info("%s%s: %s client=%s sasl_username=%s sender=<%s> recipient=<%s>: rule=%s "
                  "key=%s count=%" PRId64 "/%" PRId64 " per %s%s: action=%s%s",
-                 dec->peer, A(POLICY_PROTOCOL_STATE), A(POLICY_CLIENT_ADDRESS),
+                 qid, dec->peer, A(POLICY_PROTOCOL_STATE), A(POLICY_CLIENT_ADDRESS),
                  A(POLICY_SASL_USERNAME), A(POLICY_SENDER), A(POLICY_RECIPIENT), d->rule_name,
                  d->key ? d->key : "-", d->count, d->limit, win, d->stressed ? " (stress)" : "",
                  d->action, more);
@@ -364,6 +422,91 @@ static void pending_fail(struct pending *p, int status)
     pending_answer(p, &d, status);
 }
 
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ULL;
+    }
+    return h ? h : 1;
+}
+
+static void top_note(struct engine *e, const char *key, int64_t now_ms)
+{
+    struct top_entry *min = &e->top[0];
+    for (size_t i = 0; i < ENGINE_TOP_SLOTS; i++) {
+        struct top_entry *t = &e->top[i];
+        if (t->key[0] && now_ms - t->last_ms > ENGINE_TOP_AGE_MS)
+            t->key[0] = '\0', t->count = 0;
+        if (t->key[0] && strcmp(t->key, key) == 0) {
+            t->count++;
+            t->last_ms = now_ms;
+            return;
+        }
+        if (t->count < min->count || (min->key[0] && !t->key[0]))
+            min = t;
+    }
+    snprintf(min->key, sizeof(min->key), "%s", key);
+    min->error = min->count;
+    min->count++;
+    min->last_ms = now_ms;
+}
+
+/* A refusal counted now: the first one of its key in the window is a limit-hit. */
+static void engine_note_hit(struct engine *e, const struct pending *p,
+                            const struct limits_decision *d)
+{
+    if (!d->deny || d->cached || d->key == NULL || d->rule < 0)
+        return;
+    top_note(e, d->key, p->now_ms);
+    uint64_t h = hash_str(d->key);
+    struct hit_slot *slot = &e->hits[h & (ENGINE_HIT_SLOTS - 1)];
+    if (slot->hash == h && p->now_ms < slot->until_ms)
+        return;
+    slot->hash = h;
+    slot->until_ms = p->now_ms + (d->window_ms > 0 ? d->window_ms : 1000);
+    const char *rule = d->rule_name ? d->rule_name : "?";
+    metrics_inc(metrics_series(e->m_hits, (const char *const[]){rule}));
+    if (e->on_hit == NULL)
+        return;
+    /* Many keys at once (a spammer rotating senders) must not flood the event log:
+     * ENGINE_HIT_EVENT_BURST events per log_repeat_interval, the rest only counted. */
+    uint64_t supp = 0;
+    if (!log_ratelimit_allow_burst(&e->rl_hit, server_now_ms(e->srv), server_repeat_ms(e->srv),
+                                   ENGINE_HIT_EVENT_BURST, &supp))
+        return;
+    if (supp)
+        log_warn("%" PRIu64 " limit-hit events not recorded (more than %d per "
+                 "log_repeat_interval); postsurge_limit_hits_total counts them all",
+                 supp, ENGINE_HIT_EVENT_BURST);
+    /* The key is escaped (limits.c); the client address is shown only if it is one. */
+    const char *ca = p->dec->req->attr[POLICY_CLIENT_ADDRESS];
+    struct net_addr a;
+    if (ca == NULL || net_addr_parse(ca, strlen(ca), &a) != 0)
+        ca = "-";
+    const char *value = d->key;
+    for (int colons = 0; *value && colons < 2; value++)
+        colons += *value == ':';
+    json_t *extra =
+        json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:s,s:b}", "rule", rule, "key", d->key, "value", value,
+                  "limit", (json_int_t)d->limit, "count", (json_int_t)d->count, "window_ms",
+                  (json_int_t)d->window_ms, "client", ca, "dryrun", d->dryrun);
+    char text[400];
+    snprintf(text, sizeof(text),
+             "rule %s: %.200s reached its limit %" PRId64 " (count %" PRId64 ") from client %s%s",
+             rule, value, d->limit, d->count, ca, d->dryrun ? " (dryrun)" : "");
+    e->on_hit(e->on_hit_arg, extra, text);
+}
+
+void engine_set_limit_hit_cb(struct engine *e, engine_limit_hit_fn fn, void *arg)
+{
+    if (e) {
+        e->on_hit = fn;
+        e->on_hit_arg = arg;
+    }
+}
+
 static void on_taken(void *arg, int status, const struct window_result *results, size_t n)
 {
     struct pending *p = arg;
@@ -393,6 +536,7 @@ static void on_taken(void *arg, int status, const struct window_result *results,
         memset(&d, 0, sizeof(d));
         d.action = e->srv->cfg->default_action;
     }
+    engine_note_hit(e, p, &d);
     pending_answer(p, &d, status);
 }
 
@@ -573,6 +717,419 @@ static int engine_collect(struct metrics_out *o, void *arg)
     return 0;
 }
 
+/* ---- override tables ---- */
+
+static bool stat_differs(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev != b->st_dev || a->st_ino != b->st_ino || a->st_size != b->st_size ||
+           a->st_mtim.tv_sec != b->st_mtim.tv_sec || a->st_mtim.tv_nsec != b->st_mtim.tv_nsec ||
+           a->st_ctim.tv_sec != b->st_ctim.tv_sec || a->st_ctim.tv_nsec != b->st_ctim.tv_nsec;
+}
+
+static void watch_free(struct table_watch *w)
+{
+    if (w == NULL)
+        return;
+    limits_table_free(w->table);
+    config_errors_clear(&w->errs);
+    free(w->path);
+    free(w);
+}
+
+/* On the thread pool: read and parse (a 100,000-line table takes tens of ms). */
+static void watch_work(uv_work_t *req)
+{
+    struct table_watch *w = req->data;
+    w->rc = limits_table_load(w->type, w->path, w->bytes, &w->table, &w->st, &w->errs);
+}
+
+static void watch_after_work(uv_work_t *req, int status)
+{
+    struct table_watch *w = req->data;
+    w->busy = false;
+    if (w->orphan || status != 0) {
+        watch_free(w);
+        return;
+    }
+    struct engine *e = w->e;
+    const struct limits_rule *r = limits_engine_rule(e->limits, w->rule);
+    if (w->rc == 0) {
+        size_t n = limits_table_count(w->table);
+        limits_engine_set_table(e->limits, w->rule, w->table);
+        w->table = NULL;
+        w->seen = w->st;
+        log_info("rule %s: overrides %s reloaded: %zu entries", r ? r->name : "?", w->path, n);
+    } else if (w->rc == -EAGAIN) {
+        /* Replaced while read: the next tick reads it again. */
+        log_debug("rule %s: overrides %s changed while read; reading again", r ? r->name : "?",
+                  w->path);
+    } else {
+        /* Each error of this version once; the previous contents stay in force. */
+        for (size_t i = 0; i < w->errs.n; i++)
+            log_warn("%s", w->errs.msg[i]);
+        log_warn("rule %s: overrides %s not reloaded: keeping the previous contents",
+                 r ? r->name : "?", w->path);
+        w->seen = w->st;
+    }
+    config_errors_clear(&w->errs);
+}
+
+static void watch_tick(uv_timer_t *t)
+{
+    struct engine *e = t->data;
+    for (size_t i = 0; i < LIMITS_MAX_RULES; i++) {
+        struct table_watch *w = e->watch[i];
+        if (w == NULL || w->busy)
+            continue;
+        struct stat st;
+        if (stat(w->path, &st) != 0) {
+            if (!w->stat_failed)
+                log_warn("rule %s: overrides %s: %s; keeping the previous contents",
+                         limits_engine_rule(e->limits, i)->name, w->path, strerror(errno));
+            w->stat_failed = true;
+            continue;
+        }
+        w->stat_failed = false;
+        if (!stat_differs(&st, &w->seen))
+            continue;
+        w->st = st; /* reported as seen if the load fails before its own stat */
+        w->work.data = w;
+        if (uv_queue_work(e->srv->loop, &w->work, watch_work, watch_after_work) == 0)
+            w->busy = true;
+    }
+}
+
+/* Follows the override tables of e->limits (after start and every swap). */
+static void watch_rebuild(struct engine *e)
+{
+    for (size_t i = 0; i < LIMITS_MAX_RULES; i++) {
+        struct table_watch *w = e->watch[i];
+        e->watch[i] = NULL;
+        if (w != NULL && w->busy)
+            w->orphan = true;
+        else
+            watch_free(w);
+    }
+    bool any = false;
+    for (size_t i = 0; i < limits_engine_rule_count(e->limits); i++) {
+        const struct limits_rule *r = limits_engine_rule(e->limits, i);
+        if (r->overrides == NULL)
+            continue;
+        struct table_watch *w = calloc(1, sizeof(*w));
+        if (w == NULL || (w->path = strdup(r->table_path)) == NULL) {
+            free(w);
+            log_error("rule %s: overrides %s will not be followed (out of memory)", r->name,
+                      r->table_path);
+            continue;
+        }
+        w->e = e;
+        w->rule = i;
+        w->type = r->table_type;
+        w->bytes = r->measure == LIMITS_BYTES;
+        /* Just read by limits_engine_new. */
+        if (stat(w->path, &w->seen) != 0)
+            memset(&w->seen, 0, sizeof(w->seen));
+        e->watch[i] = w;
+        any = true;
+    }
+    if (any && !e->table_timer_on && !e->stopping) {
+        if (uv_timer_init(e->srv->loop, &e->table_timer) == 0) {
+            e->table_timer.data = e;
+            uv_timer_start(&e->table_timer, watch_tick, ENGINE_TABLE_POLL_MS, ENGINE_TABLE_POLL_MS);
+            e->table_timer_on = true;
+        }
+    }
+}
+
+static void watch_stop(struct engine *e)
+{
+    if (e->table_timer_on) {
+        uv_close((uv_handle_t *)&e->table_timer, NULL);
+        e->table_timer_on = false;
+    }
+}
+
+/* ---- control commands ---- */
+
+static json_t *rule_json(const struct engine *e, const struct limits_rule *r)
+{
+    json_t *conds = json_array();
+    for (size_t k = 0; k < r->n_conds; k++)
+        json_array_append_new(conds, json_string(r->cond[k].text));
+    json_t *o =
+        json_pack("{s:s,s:s,s:s,s:I,s:I,s:b,s:s,s:o,s:I}", "name", r->name, "key", r->key_spec,
+                  "measure", limits_measure_name(r->measure), "limit", (json_int_t)r->limit,
+                  "window_ms", (json_int_t)r->window_ms, "dryrun", r->dryrun, "action",
+                  r->action ? r->action : "", "conditions", conds, "line", (json_int_t)r->line);
+    if (o && r->has_stress) {
+        json_object_set_new(o, "stress_limit", json_integer(r->stress_limit));
+        json_object_set_new(o, "stress_window_ms", json_integer(r->stress_window_ms));
+    }
+    if (o && r->overrides) {
+        json_object_set_new(o, "overrides", json_string(r->overrides));
+        json_object_set_new(o, "override_entries",
+                            json_integer((json_int_t)limits_table_count(r->table)));
+    }
+    (void)e;
+    return o;
+}
+
+struct show_req {
+    engine_reply_fn reply;
+    void *arg;
+    json_t *o;
+    struct limits_engine *le;
+    size_t n_ops;
+    char keys[2][LIMITS_KEY_MAX];
+    struct store_op ops[2];
+};
+
+static void show_done(void *arg, int status, const struct window_result *res, size_t n)
+{
+    struct show_req *q = arg;
+    if (status < 0 || res == NULL || n != q->n_ops) {
+        json_decref(q->o);
+        q->reply(q->arg, json_pack("{s:b,s:s}", "ok", 0, "error",
+                                   status < 0 ? strerror(-status) : "store failed"));
+    } else {
+        int64_t limit = json_integer_value(json_object_get(q->o, "limit"));
+        json_object_set_new(q->o, "count", json_integer(res[0].count));
+        if (q->n_ops > 1)
+            json_object_set_new(q->o, "stress_count", json_integer(res[1].count));
+        bool now = limit < 0 || res[0].count < limit;
+        json_object_set_new(q->o, "admitted_now", json_boolean(now));
+        if (!now) {
+            /* The window's bound (lib/window.h): a blocked key is admitted again after
+             * at most W + 2w; the counts per slot are not read back. */
+            int64_t w = json_integer_value(json_object_get(q->o, "window_ms"));
+            json_object_set_new(q->o, "admitted_within_ms",
+                                json_integer(w + 2 * window_slot_width(w)));
+        }
+        q->reply(q->arg, q->o);
+    }
+    limits_engine_free(q->le);
+    free(q);
+}
+
+/* The rule named rule and the canonical form of value, or NULL after replying why. */
+static const struct limits_rule *rule_value(struct engine *e, const char *rule, const char *value,
+                                            char *canon, size_t canonsz, engine_reply_fn reply,
+                                            void *arg)
+{
+    struct limits_engine *le = e->limits;
+    const struct limits_rule *r = NULL;
+    char why[200];
+    for (size_t i = 0; i < limits_engine_rule_count(le); i++)
+        if (strcmp(limits_engine_rule(le, i)->name, rule) == 0)
+            r = limits_engine_rule(le, i);
+    if (r == NULL) {
+        snprintf(why, sizeof(why), "no rule named \"%.32s\" (postsurge limits list)", rule);
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
+        return NULL;
+    }
+    if (limits_value_check(r, value, canon, canonsz, why, sizeof(why)) < 0) {
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
+        return NULL;
+    }
+    return r;
+}
+
+struct reset_req {
+    engine_reply_fn reply;
+    void *arg;
+    int pending, status;
+    json_t *o;
+};
+
+static void reset_done(void *arg, int status)
+{
+    struct reset_req *q = arg;
+    if (status < 0 && q->status == 0)
+        q->status = status;
+    if (--q->pending > 0)
+        return;
+    if (q->status < 0) {
+        json_decref(q->o);
+        q->reply(q->arg, json_pack("{s:b,s:s}", "ok", 0, "error", strerror(-q->status)));
+    } else {
+        q->reply(q->arg, q->o);
+    }
+    free(q);
+}
+
+static void limits_reset(struct engine *e, const char *rule, const char *value,
+                         engine_reply_fn reply, void *arg)
+{
+    char canon[LIMITS_MAX_VALUE + 1];
+    const struct limits_rule *r = rule_value(e, rule, value, canon, sizeof(canon), reply, arg);
+    if (r == NULL)
+        return;
+    struct reset_req *q = calloc(1, sizeof(*q));
+    if (q == NULL || e->store == NULL) {
+        free(q);
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", "cannot reset now"));
+        return;
+    }
+    q->reply = reply;
+    q->arg = arg;
+    q->o = json_pack("{s:b,s:s,s:s,s:s}", "ok", 1, "rule", r->name, "value", canon, "store",
+                     store_kind(e->store));
+    q->pending = 1; /* held until both are sent */
+    for (int k = 0; k < 2; k++) {
+        if (k == 1 && !(r->has_stress && r->stress_window_ms != r->window_ms))
+            break;
+        char key[LIMITS_KEY_MAX];
+        limits_counter_key(r, k == 1, canon, key, sizeof(key));
+        q->pending++;
+        int rc = store_counter_reset(e->store, key, reset_done, q);
+        if (rc != 0)
+            reset_done(q, rc < 0 ? rc : 0);
+    }
+    log_info("control: counter %s:%s reset", r->name, canon);
+    reset_done(q, 0);
+}
+
+static void limits_show(struct engine *e, const char *rule, const char *value,
+                        engine_reply_fn reply, void *arg)
+{
+    struct limits_engine *le = e->limits;
+    char canon[LIMITS_MAX_VALUE + 1];
+    const struct limits_rule *r = rule_value(e, rule, value, canon, sizeof(canon), reply, arg);
+    if (r == NULL)
+        return;
+    /* The limit in force and where it comes from. */
+    int64_t limit = r->limit, window = r->window_ms;
+    const char *source = "rule";
+    if (e->node_stressed && r->has_stress) {
+        limit = r->stress_limit;
+        source = "stress";
+    }
+    if (r->table != NULL) {
+        struct net_addr a, *ap = NULL;
+        struct net_cidr c;
+        if (r->table_type == LIMITS_TABLE_CIDR) {
+            for (size_t k = 0, off = 0; k < r->n_parts; k++) {
+                size_t len = strcspn(canon + off, "|");
+                if (r->part[k] == LIMITS_KEY_CLIENT_ADDRESS &&
+                    net_cidr_parse(canon + off, len, &c, NULL) == 0) {
+                    a = c.addr;
+                    ap = &a;
+                }
+                off += len + 1;
+            }
+        }
+        int64_t tv;
+        if (limits_table_lookup(r->table, canon, strlen(canon), ap, &tv)) {
+            limit = tv;
+            source = "table";
+        }
+    }
+    struct show_req *q = calloc(1, sizeof(*q));
+    if (q == NULL) {
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", "out of memory"));
+        return;
+    }
+    q->reply = reply;
+    q->arg = arg;
+    q->o = json_pack("{s:b,s:s,s:s,s:s,s:I,s:s,s:I}", "ok", 1, "rule", r->name, "value", canon,
+                     "measure", limits_measure_name(r->measure), "window_ms", (json_int_t)window,
+                     "source", source, "limit", (json_int_t)limit);
+    if (limit == LIMITS_TABLE_UNLIMITED)
+        json_object_set_new(q->o, "limit", json_string("unlimited"));
+    q->n_ops = 1;
+    limits_counter_key(r, false, canon, q->keys[0], sizeof(q->keys[0]));
+    /* Amount 0: reads the count, counts nothing. */
+    q->ops[0] = (struct store_op){q->keys[0], r->window_ms, LIMITS_COUNT_ONLY, 0};
+    if (r->has_stress && r->stress_window_ms != r->window_ms) {
+        limits_counter_key(r, true, canon, q->keys[1], sizeof(q->keys[1]));
+        q->ops[1] = (struct store_op){q->keys[1], r->stress_window_ms, LIMITS_COUNT_ONLY, 0};
+        q->n_ops = 2;
+    }
+    q->le = limits_engine_ref(le);
+    int rc = e->store ? store_window_take(e->store, q->ops, q->n_ops, wall_ms(), show_done, q, NULL)
+                      : -ESHUTDOWN;
+    if (rc < 0) {
+        json_decref(q->o);
+        limits_engine_free(q->le);
+        free(q);
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", strerror(-rc)));
+    }
+}
+
+static int top_cmp(const void *a, const void *b)
+{
+    const struct top_entry *x = *(const struct top_entry *const *)a;
+    const struct top_entry *y = *(const struct top_entry *const *)b;
+    return x->count < y->count ? 1 : x->count > y->count ? -1 : 0;
+}
+
+static void limits_top(struct engine *e, const char *rule, engine_reply_fn reply, void *arg)
+{
+    if (rule != NULL) {
+        bool found = false;
+        for (size_t i = 0; i < limits_engine_rule_count(e->limits); i++)
+            found |= strcmp(limits_engine_rule(e->limits, i)->name, rule) == 0;
+        if (!found) {
+            char why[120];
+            snprintf(why, sizeof(why), "no rule named \"%.32s\" (postsurge limits list)", rule);
+            reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
+            return;
+        }
+    }
+    const struct top_entry *v[ENGINE_TOP_SLOTS];
+    size_t n = 0, rl = rule ? strlen(rule) : 0;
+    int64_t now = wall_ms();
+    for (size_t i = 0; i < ENGINE_TOP_SLOTS; i++) {
+        const struct top_entry *t = &e->top[i];
+        if (!t->key[0] || now - t->last_ms > ENGINE_TOP_AGE_MS)
+            continue;
+        if (rule && !(strncmp(t->key, rule, rl) == 0 && t->key[rl] == ':'))
+            continue;
+        v[n++] = t;
+    }
+    qsort(v, n, sizeof(v[0]), top_cmp);
+    json_t *keys = json_array();
+    for (size_t i = 0; i < n && i < 50; i++) {
+        const char *k = v[i]->key;
+        size_t nl = strcspn(k, ":");
+        const char *value = k;
+        for (int colons = 0; *value && colons < 2; value++)
+            colons += *value == ':';
+        json_array_append_new(keys, json_pack("{s:s%,s:s,s:I,s:I,s:I}", "rule", k, nl, "value",
+                                              value, "refusals", (json_int_t)v[i]->count, "error",
+                                              (json_int_t)v[i]->error, "last",
+                                              (json_int_t)v[i]->last_ms));
+    }
+    reply(arg, json_pack("{s:b,s:o,s:I}", "ok", 1, "keys", keys, "since_ms",
+                         (json_int_t)(now - ENGINE_TOP_AGE_MS)));
+}
+
+void engine_limits_command(struct engine *e, int argc, char **argv, engine_reply_fn reply,
+                           void *arg)
+{
+    if (e == NULL || e->limits == NULL) {
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", "no rate limits in this daemon"));
+        return;
+    }
+    if (argc >= 2 && strcmp(argv[1], "list") == 0) {
+        json_t *rules = json_array();
+        for (size_t i = 0; i < limits_engine_rule_count(e->limits); i++)
+            json_array_append_new(rules, rule_json(e, limits_engine_rule(e->limits, i)));
+        reply(arg, json_pack("{s:b,s:o,s:b,s:s}", "ok", 1, "rules", rules, "stressed",
+                             e->node_stressed, "store", e->store ? store_kind(e->store) : ""));
+    } else if (argc == 4 && strcmp(argv[1], "show") == 0) {
+        limits_show(e, argv[2], argv[3], reply, arg);
+    } else if ((argc == 2 || argc == 3) && strcmp(argv[1], "top") == 0) {
+        limits_top(e, argc == 3 ? argv[2] : NULL, reply, arg);
+    } else if (argc == 4 && strcmp(argv[1], "reset") == 0) {
+        limits_reset(e, argv[2], argv[3], reply, arg);
+    } else {
+        reply(arg,
+              json_pack("{s:b,s:s}", "ok", 0, "error",
+                        "usage: limits list | limits top [RULE] | limits show|reset RULE VALUE"));
+    }
+}
+
 /* ---- hooks ---- */
 
 static int engine_on_check(struct server *srv, const struct config *cfg, struct config_errors *errs,
@@ -610,6 +1167,7 @@ static void engine_on_reload(struct server *srv, const struct config *old_cfg, v
     } else {
         limits_engine_free(e->limits);
         e->limits = le;
+        watch_rebuild(e);
         e->stats.reloads++;
         note_rules(e);
         log_info("reload: %zu rate-limit rules%s", limits_engine_rule_count(le),
@@ -642,6 +1200,7 @@ static void engine_on_stop(struct server *srv, void *arg)
     struct store *s = e->store;
 
     e->stopping = true;
+    watch_stop(e);
     e->store = NULL;
     server_set_decider(srv, NULL);
     store_close(s, on_store_closed, e);
@@ -715,6 +1274,11 @@ int engine_new(struct server *srv, struct engine **out, char *err, size_t errlen
     e->decider.cancel = engine_cancel;
     e->decider.data = e;
     server_set_decider(srv, &e->decider);
+    e->m_hits = metrics_counter_new(server_metrics(srv), "postsurge_limit_hits_total",
+                                    "Keys that reached a rate-limit rule's limit: the first "
+                                    "refusal of a key in its window (a limit-hit event).",
+                                    (const char *const[]){"rule", NULL});
+    watch_rebuild(e);
     log_info("%zu rate-limit rules%s", limits_engine_rule_count(e->limits),
              srv->cfg->limit_dry_run ? " (limit_dry_run)" : "");
     *out = e;
@@ -732,6 +1296,12 @@ void engine_free(struct engine *e)
         struct pending *p = e->pool;
         e->pool = p->next;
         free(p);
+    }
+    for (size_t i = 0; i < LIMITS_MAX_RULES; i++) {
+        if (e->watch[i] != NULL && e->watch[i]->busy)
+            e->watch[i]->orphan = true;
+        else
+            watch_free(e->watch[i]);
     }
     limits_engine_free(e->prepared);
     limits_engine_free(e->limits);

@@ -5,6 +5,8 @@
  * (replaced on SIGHUP when its settings change). Loop thread only. */
 #pragma once
 
+#include <jansson.h>
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -100,3 +102,16 @@ struct store *engine_store(const struct engine *e);
 /* The statistics and state of the engine's counter store (for status). 0, or -ENOENT
  * without an engine (e NULL) or once its store is gone. Loop thread. */
 int engine_counters_stats(const struct engine *e, struct store_stats *st);
+
+/* Called on the first refusal of a key by a rule in its window (per node): extra is
+ * {"rule","key","value","limit","count","window_ms","client","dryrun"} (the callee takes
+ * it), text a one-line summary. The event log (overload/controller.c) registers it. */
+typedef void (*engine_limit_hit_fn)(void *arg, json_t *extra, const char *text);
+void engine_set_limit_hit_cb(struct engine *e, engine_limit_hit_fn fn, void *arg);
+
+/* The control socket's `limits ...` commands (argv[0] is "limits"): list, show RULE
+ * VALUE. reply(arg, o) runs once with the JSON answer ({"ok":true,...} or
+ * {"ok":false,"error":"..."}; reply takes o), at once or after a store round trip. */
+typedef void (*engine_reply_fn)(void *arg, json_t *o);
+void engine_limits_command(struct engine *e, int argc, char **argv, engine_reply_fn reply,
+                           void *arg);

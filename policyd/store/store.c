@@ -402,3 +402,24 @@ int store_journal_put(struct store *s, const char *node, const char *json, store
     int rc = cluster_enter(s, req, node && *node && strlen(node) <= STORE_MAX_KEY);
     return rc < 0 ? rc : s->vt->journal_put(s, node, json, cb, arg);
 }
+
+int store_counter_reset(struct store *s, const char *key, store_done_cb cb, void *arg)
+{
+    size_t kl = key ? strlen(key) : 0;
+    if (s->closing)
+        return -ESHUTDOWN;
+    if (kl == 0 || kl > STORE_MAX_KEY)
+        return -EINVAL;
+    char *full = malloc(s->prefixlen + kl + 1);
+    if (!full)
+        return -ENOMEM;
+    memcpy(full, s->prefix, s->prefixlen);
+    memcpy(full + s->prefixlen, key, kl + 1);
+    /* This node's copy: the memory store's counter, or Redis's local fallback. */
+    mem_table_del(&s->mem, full, s->prefixlen + kl);
+    int rc = 1;
+    if (s->vt->counter_del)
+        rc = s->vt->counter_del(s, full, s->prefixlen + kl, cb, arg);
+    free(full);
+    return rc;
+}

@@ -153,3 +153,10 @@ int store_event_read(struct store *s, size_t max, store_events_cb cb, void *arg,
  * called). */
 int store_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
                       void *arg, struct store_req **req);
+
+/* Forgets one rate-limit counter (key as in struct store_op, without store_key_prefix)
+ * everywhere this store keeps it: this node's memory counters (the memory store, or
+ * Redis's local fallback) and Redis (DEL), so every node sharing the Redis starts it
+ * afresh. Returns 1 when done at once (memory store: cb is not called), 0 when
+ * cb(arg, status) will run once, or -EINVAL, -ENOMEM, -ESHUTDOWN. */
+int store_counter_reset(struct store *s, const char *key, store_done_cb cb, void *arg);

@@ -102,6 +102,10 @@ struct store_vtable {
     /* SET or (json NULL) DEL of the node's journal copy. */
     int (*journal_put)(struct store *s, const char *node, const char *json, store_done_cb cb,
                        void *arg);
+    /* Deletes a counter (key with the prefix) where the implementation keeps it; NULL
+     * when the memory table is the only place (store.c clears that itself). */
+    int (*counter_del)(struct store *s, const char *key, size_t keylen, store_done_cb cb,
+                       void *arg);
 };
 
 struct store {
@@ -148,6 +152,8 @@ size_t mem_table_sweep(struct mem_table *t, size_t budget);
 /* Halves the buckets while they are four times the entries, and gives freed heap pages
  * back when many counters went and the table is not full (the sweep's timer calls it). */
 void mem_table_shrink(struct mem_table *t);
+/* Forgets key; true if it was there. */
+bool mem_table_del(struct mem_table *t, const char *key, size_t keylen);
 
 /* Request lists (doubly linked). */
 void store_req_list_push(struct store_req_list *l, struct store_req *r);

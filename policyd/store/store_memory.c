@@ -278,6 +278,18 @@ int mem_table_take(struct mem_table *t, const char *key, size_t keylen, int64_t 
     return 0;
 }
 
+bool mem_table_del(struct mem_table *t, const char *key, size_t keylen)
+{
+    uint32_t h = mem_hash(key, keylen);
+    struct mem_entry *e = t->buckets[h & (t->nbuckets - 1)];
+    while (e && !(e->hash == h && e->keylen == keylen && memcmp(e->key, key, keylen) == 0))
+        e = e->hnext;
+    if (e == NULL)
+        return false;
+    mem_remove(t, e);
+    return true;
+}
+
 size_t mem_table_sweep(struct mem_table *t, size_t budget)
 {
     size_t seen = 0, dropped = 0;

@@ -986,6 +986,9 @@ static int redis_event_read(struct store *s, size_t max, store_events_cb cb, voi
 static int redis_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
                              void *arg);
 
+static int redis_counter_del(struct store *s, const char *key, size_t keylen, store_done_cb cb,
+                             void *arg);
+
 static const struct store_vtable redis_vtable = {
     .name = "redis",
     .submit = redis_submit,
@@ -997,6 +1000,7 @@ static const struct store_vtable redis_vtable = {
     .event_append = redis_event_append,
     .event_read = redis_event_read,
     .journal_put = redis_journal_put,
+    .counter_del = redis_counter_del,
 };
 
 int store_redis_init(struct store *s, const struct config *cfg, const struct config_store_url *u,
@@ -1414,4 +1418,17 @@ static int redis_journal_put(struct store *s, const char *node, const char *json
     const char *a[3] = {json ? "SET" : "DEL", key, json};
     size_t l[3] = {3, (size_t)kl, json ? strlen(json) : 0};
     return redis_cop_started(op, redis_cop_send(op, SIZE_MAX, json ? 3 : 2, a, l));
+}
+
+/* `postsurge limits reset`: DEL of one counter, the same key the script counts in. */
+static int redis_counter_del(struct store *s, const char *key, size_t keylen, store_done_cb cb,
+                             void *arg)
+{
+    struct redis_cop *op = redis_cop_new(s, arg);
+    if (!op)
+        return -ENOMEM;
+    op->done = cb;
+    const char *a[2] = {"DEL", key};
+    size_t l[2] = {3, keylen};
+    return redis_cop_started(op, redis_cop_send(op, SIZE_MAX, 2, a, l));
 }

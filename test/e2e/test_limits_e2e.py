@@ -10,7 +10,7 @@ import smtplib
 import sys
 import unittest
 
-from ports import wait_for
+from ports import free_port, wait_for
 from postfix_instance import PostfixInstance
 from postsurge import Postsurge
 import testmain
@@ -77,6 +77,52 @@ class LimitsE2E(unittest.TestCase):
         lines = [l for l in self.ps.log().splitlines() if "rule=per_ip " in l]
         self.assertEqual(len(lines), 15 - LIMIT, self.ps.log())
         self.assertIn("key=per_ip:", lines[0])
+
+
+class PolicyContextE2E(unittest.TestCase):
+    """Issue 14: Postfix's submission-style service sets
+    `-o smtpd_policy_service_policy_context=submission` (Postfix 3.1+); one rule applies
+    there, another on the port-25 service, to the same client: 2 recipients per hour on
+    25, 4 on submission, each counted on its own."""
+
+    def setUp(self):
+        self.ps = Postsurge(extra=(
+            "monitor = no\nhttp_listen =\nstore = memory\nlimits =\n"
+            "    mx  client_address recipients 2/1h if policy_context!=submission "
+            "action 450 4.7.1 Port 25 quota\n"
+            "    sub client_address recipients 4/1h if policy_context=submission "
+            "action 450 4.7.1 Submission quota\n"))
+        self.addCleanup(self.ps.cleanup)
+        self.sub_port = free_port()
+        self.pf = PostfixInstance(
+            main_extra=["smtpd_recipient_restrictions = check_policy_service { "
+                        "inet:127.0.0.1:%d, timeout=10s, default_action=DUNNO }, "
+                        "permit_mynetworks, reject_unauth_destination" % self.ps.port],
+            master_extra=["127.0.0.1:%d inet n - n - - smtpd" % self.sub_port,
+                          "  -o smtpd_policy_service_policy_context=submission"])
+        self.pf.start()
+        self.addCleanup(self.pf.stop)
+
+    def send(self, port, tag, n):
+        """One message with n recipients on port: the refused recipients' replies."""
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+            rcpts = ["%s%d@%s" % (tag, i, self.pf.sink_domain) for i in range(n)]
+            try:
+                refused = s.sendmail("user@example.org", rcpts, "Subject: %s\r\n\r\nx\r\n" % tag)
+            except smtplib.SMTPRecipientsRefused as e:
+                refused = e.recipients
+        return {r: (code, msg.decode()) for r, (code, msg) in refused.items()}
+
+    def test_limits_e2e_policy_context_submission_vs_port_25(self):
+        mx = self.send(self.pf.port, "mx", 3)
+        sub = self.send(self.sub_port, "sub", 6)
+        self.assertEqual(sorted(mx), ["mx2@" + self.pf.sink_domain], mx)
+        self.assertTrue(all(c == 450 and "Port 25 quota" in m for c, m in mx.values()), mx)
+        self.assertEqual(sorted(sub), ["sub%d@%s" % (i, self.pf.sink_domain) for i in (4, 5)],
+                         sub)
+        self.assertTrue(all(c == 450 and "Submission quota" in m for c, m in sub.values()), sub)
+        # Postfix logged the rule's reply in its own reject line.
+        self.assertTrue(wait_for(lambda: "Submission quota" in self.pf.maillog(), 20))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,14 @@ a flood of distinct clients past memory_store_max_keys evicting no busier counte
 Env: POSTSURGE (the binary), PYTHONPATH=test/pylib."""
 import datetime
 import http.client
+import json
+import os
 import re
+import tempfile
+import threading
 import time
 import unittest
+import urllib.request
 
 from ports import free_port, wait_for
 from postsurge import Postsurge, request
@@ -64,6 +69,207 @@ class LimitsMemory(unittest.TestCase):
         self.assertEqual(len(lines), 20, ps.log())
         self.assertIn("key=per_ip:", lines[0])
         self.assertIn("count=100/100 per 1m", lines[0])
+
+    def test_limits_memory_conditions_and_queue_id(self):
+        # One SASL user, a different limit on submission and on port 25 (policy_context);
+        # a rule keyed by helo_name only for server_port 25; the decision line starts
+        # with Postfix's queue_id when the request has one, a bogus one is left out.
+        ps = self.start(rules(
+            "sub sasl_username recipients 3/1h if policy_context=submission",
+            "mx  sasl_username recipients 1/1h if policy_context!=submission "
+            "action 450 4.7.1 Slow down on 25",
+            "helo helo_name messages 2/1h if server_port=25 if sender_domain~^(news|promo)\\."))
+        with ps.client() as c:
+            sub = [c.ask(request(sasl_username="alice", policy_context="submission",
+                                 server_port="587", client_port="1", queue_id="4ABC123",
+                                 recipient="s%d@example.com" % i)) for i in range(5)]
+            mx = [c.ask(request(sasl_username="alice", client_port="2", queue_id="x y\tz",
+                                recipient="m%d@example.com" % i)) for i in range(3)]
+            news = [c.ask(request(sender="a@News.example.org", helo_name="bulk.example",
+                                  client_port="%d" % (10 + i), instance="n%d" % i))
+                    for i in range(4)]
+        self.assertEqual(sub, ["DUNNO"] * 3 + [DEFER + " (sub)"] * 2)
+        self.assertEqual(mx, ["DUNNO"] + ["450 4.7.1 Slow down on 25"] * 2)
+        self.assertEqual(news, ["DUNNO"] * 2 + [DEFER + " (helo)"] * 2)
+        log = ps.log()
+        sub_lines = [l for l in log.splitlines() if "rule=sub " in l]
+        self.assertEqual(len(sub_lines), 2, log)
+        for l in sub_lines:
+            self.assertRegex(l, r"limits\[\d+\]: (\w+: )?4ABC123: ")
+        mx_lines = [l for l in log.splitlines() if "rule=mx " in l]
+        self.assertEqual(len(mx_lines), 2, log)
+        self.assertNotIn("x y", log)
+
+    def test_limits_memory_overrides_table_edited_under_load(self):
+        # A texthash table is picked up within 2 s of a change, no SIGHUP, while another
+        # connection keeps asking: every request answered. A broken version keeps the
+        # previous contents and logs its FILE:LINE error once.
+        d = tempfile.mkdtemp(prefix="postsurge-quota-")
+        os.chmod(d, 0o755)  # the daemon reads it after dropping privileges
+        self.addCleanup(lambda: [os.unlink(os.path.join(d, f)) for f in os.listdir(d)]
+                        and None or os.rmdir(d))
+        path = os.path.join(d, "quotas")
+
+        def write(text):
+            tmp = path + ".new"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.rename(tmp, path)
+
+        write("# per-user quotas\nalice 2\ncarol unlimited\n")
+        ps = self.start(rules("per_user sasl_username recipients 4/1h "
+                              "overrides texthash:%s action 450 4.7.1 Quota" % path))
+        stop = threading.Event()
+        load = {"asked": 0, "answered": 0}
+
+        def background():
+            with ps.client() as c:
+                i = 0
+                while not stop.is_set():
+                    load["asked"] += 1
+                    if c.ask(request(sasl_username="carol", client_port="9",
+                                     recipient="bg%d@example.com" % i)) == "DUNNO":
+                        load["answered"] += 1
+                    i += 1
+
+        th = threading.Thread(target=background)
+        th.start()
+        try:
+            with ps.client() as c:
+                def alice(n, port):
+                    return [c.ask(request(sasl_username="alice", client_port=str(port),
+                                          recipient="a%d-%d@example.com" % (port, i)))
+                            for i in range(n)]
+                self.assertEqual(alice(3, 1), ["DUNNO"] * 2 + ["450 4.7.1 Quota"])
+                mark = len(ps.log())
+                write("alice 3\ncarol unlimited\n")
+                os.chmod(path, 0o644)
+                t0 = time.monotonic()
+                self.assertTrue(ps.wait_log("overrides %s reloaded: 2 entries" % path,
+                                            since=mark, timeout=5), ps.log()[mark:])
+                self.assertLess(time.monotonic() - t0, 2.5)
+                self.assertEqual(alice(2, 2), ["DUNNO", "450 4.7.1 Quota"])
+                mark = len(ps.log())
+                write("alice 3\ncarol unlimited\nbob three\n")
+                self.assertTrue(ps.wait_log("keeping the previous contents", since=mark,
+                                            timeout=5), ps.log()[mark:])
+                time.sleep(2.5)
+                errs = [l for l in ps.log()[mark:].splitlines()
+                        if "%s:3: \"three\": bad value" % path in l]
+                self.assertEqual(len(errs), 1, ps.log()[mark:])
+                self.assertEqual(alice(1, 3), ["450 4.7.1 Quota"])
+                # Missing: logged once, previous contents kept.
+                mark = len(ps.log())
+                os.unlink(path)
+                self.assertTrue(ps.wait_log("No such file or directory", since=mark, timeout=5))
+                self.assertEqual(alice(1, 4), ["450 4.7.1 Quota"])
+        finally:
+            stop.set()
+            th.join()
+        self.assertGreater(load["asked"], 50)
+        self.assertEqual(load["answered"], load["asked"])
+
+    def test_limits_memory_check_config_checks_tables(self):
+        d = tempfile.mkdtemp(prefix="postsurge-quota-")
+        self.addCleanup(lambda: (os.unlink(path), os.rmdir(d)))
+        path = os.path.join(d, "ip-quotas")
+        with open(path, "w") as f:
+            f.write("192.0.2.0/24 10\n192.0.2.1/24 5\n")
+        ps = self.start(rules("per_ip client_address recipients 4/1h overrides cidr:%s" % path),
+                        start=False)
+        r = ps.cli("check-config")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("%s:2: \"192.0.2.1/24\": host bits set" % path, r.stdout + r.stderr)
+
+    def test_limits_memory_cli_list_and_show(self):
+        # `limits list` shows the rules as parsed; `limits show` the count a client
+        # experienced and the limit in force with its source; impossible RULE/VALUE are
+        # refused with a reason.
+        d = tempfile.mkdtemp(prefix="postsurge-quota-")
+        os.chmod(d, 0o755)
+        path = os.path.join(d, "quotas")
+        self.addCleanup(lambda: (os.unlink(path), os.rmdir(d)))
+        with open(path, "w") as f:
+            f.write("bob 7\n")
+        ps = self.start(rules(
+            "per_net client_address/24 recipients 3/1m",
+            "per_user sasl_username recipients 5/1h if policy_context!=submission "
+            "overrides texthash:%s" % path))
+        with ps.client() as c:
+            out = [c.ask(request(client_address="198.51.100.7", sasl_username="Bob",
+                                 recipient="r%d@example.com" % i)) for i in range(4)]
+        self.assertEqual(out, ["DUNNO"] * 3 + [DEFER + " (per_net)"])
+        r = ps.cli("limits", "list", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        o = json.loads(r.stdout)
+        self.assertEqual([x["name"] for x in o["rules"]], ["per_net", "per_user"])
+        self.assertEqual(o["rules"][1]["conditions"], ["policy_context!=submission"])
+        self.assertEqual(o["rules"][1]["override_entries"], 1)
+        self.assertEqual(o["rules"][0]["key"], "client_address/24/128")
+        r = ps.cli("limits", "list")
+        self.assertIn("per_user: sasl_username recipients 5/1h if policy_context!=submission "
+                      "overrides texthash:%s (1 entries)" % path, r.stdout)
+        r = ps.cli("limits", "show", "per_net", "198.51.100.0/24", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        o = json.loads(r.stdout)
+        self.assertEqual((o["count"], o["limit"], o["source"], o["admitted_now"]),
+                         (3, 3, "rule", False))
+        self.assertEqual(o["admitted_within_ms"], 60000 + 2 * 6000)  # W + 2w
+        self.assertIn("(within 72s at most)",
+                      ps.cli("limits", "show", "per_net", "198.51.100.0/24").stdout)
+        r = ps.cli("limits", "show", "per_user", "BOB", "--json")
+        o = json.loads(r.stdout)
+        # 4: the fourth recipient, refused by per_net, was admitted (and so counted) by
+        # per_user: every rule counts what it admits.
+        self.assertEqual((o["count"], o["limit"], o["source"]), (4, 7, "table"))
+        r = ps.cli("limits", "show", "per_user", "bob")
+        self.assertIn("limit: 7 (from the table)", r.stdout)
+        r = ps.cli("limits", "reset", "per_net", "198.51.100.0/24")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        o = json.loads(ps.cli("limits", "show", "per_net", "198.51.100.0/24", "--json").stdout)
+        self.assertEqual((o["count"], o["admitted_now"]), (0, True))
+        with ps.client() as c:
+            self.assertEqual(c.ask(request(client_address="198.51.100.8", client_port="2",
+                                           recipient="new@example.com")), "DUNNO")
+        for args, err in [
+                (("nosuch", "x"), 'no rule named "nosuch"'),
+                (("per_net", "198.51.100.7"), "rule per_net counts IPv4 per IPv4/24"),
+                (("per_net", "example.org"), "bad address"),
+                (("per_user", "a|b"), "rule per_user has 1 key part"),
+                (("per_user", "a b"), "blanks and control characters"),
+                (("per_user", "a<b"), "never occurs in a key value")]:
+            r = ps.cli("limits", "show", *args)
+            self.assertNotEqual(r.returncode, 0, args)
+            self.assertIn(err, r.stderr, args)
+
+    def test_limits_memory_limit_hit_event_once_per_key_and_window(self):
+        port = free_port()
+        ps = self.start(rules("per_ip client_address recipients 2/1h",
+                              "per_user sasl_username recipients 100/1h",
+                              http_listen="inet:127.0.0.1:%d" % port))
+        with ps.client() as c:
+            for ip, n in (("198.51.100.1", 6), ("198.51.100.2", 3), ("198.51.100.1", 2)):
+                for i in range(n):
+                    c.ask(request(client_address=ip, client_port=str(n),
+                                  recipient="r%d-%d@example.com" % (n, i)))
+        r = ps.cli("events", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        hits = [e for e in json.loads(r.stdout)["events"] if e["kind"] == "limit-hit"]
+        self.assertEqual(sorted(e["value"] for e in hits), ["198.51.100.1", "198.51.100.2"])
+        for e in hits:
+            self.assertEqual((e["rule"], e["limit"], e["count"]), ("per_ip", 2, 2))
+            self.assertEqual(e["client"], e["value"])
+        body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10).read()
+        self.assertIn(b'postsurge_limit_hits_total{rule="per_ip"} 2', body)
+        # `limits top`: .1 refused 4 + 2 times, .2 once; per rule; an unknown rule refused.
+        o = json.loads(ps.cli("limits", "top", "--json").stdout)
+        self.assertEqual([(k["rule"], k["value"], k["refusals"]) for k in o["keys"]],
+                         [("per_ip", "198.51.100.1", 6), ("per_ip", "198.51.100.2", 1)])
+        o = json.loads(ps.cli("limits", "top", "per_user", "--json").stdout)
+        self.assertEqual(o["keys"], [])
+        r = ps.cli("limits", "top", "nosuch")
+        self.assertIn('no rule named "nosuch"', r.stderr)
+        self.assertIn("       6  per_ip 198.51.100.1", ps.cli("limits", "top").stdout)
 
     def test_limits_memory_refusal_lines_bounded(self):
         # A flood refused recipient after recipient logs at most 100 lines per rule per

@@ -160,6 +160,34 @@ class LimitsRedis(unittest.TestCase):
                 c.url(), victim.kill, lambda: replica in c.masters() and c.wait_ok(1))
             print("cluster failover: slowest reply %.1f ms" % (max_us / 1000), file=sys.stderr)
 
+    def show_reset_cluster_wide(self, url):
+        # Node a exhausts a key; node b shows what a's client experienced and resets it
+        # for both: a admits again at once.
+        a, b = self.daemons(config(url, ["per_ip client_address recipients 5/1h"],
+                                   redis_timeout=SLOW_OK))
+        with a.client() as ca:
+            out = self.alternate([ca], 7, "s", client_address="198.51.100.9")
+            self.assertEqual(out, ["DUNNO"] * 5 + [DEFER + " (per_ip)"] * 2)
+            r = b.cli("limits", "show", "per_ip", "198.51.100.9", "--json")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            o = json.loads(r.stdout)
+            self.assertEqual((o["count"], o["limit"], o["admitted_now"]), (5, 5, False))
+            r = b.cli("limits", "reset", "per_ip", "198.51.100.9")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("counter reset (redis store)", r.stdout)
+            out = self.alternate([ca], 1, "t", client_address="198.51.100.9")
+            self.assertEqual(out, ["DUNNO"])
+        o = json.loads(a.cli("limits", "show", "per_ip", "198.51.100.9", "--json").stdout)
+        self.assertEqual(o["count"], 1)
+
+    def test_limits_redis_show_and_reset_cluster_wide(self):
+        self.show_reset_cluster_wide(self.redis().url)
+
+    def test_limits_redis_show_and_reset_through_nutcracker(self):
+        r1, r2 = self.redis(), self.redis()
+        with Nutcracker([r1, r2]) as nc:
+            self.show_reset_cluster_wide(nc.url)
+
     def test_limits_redis_killed_and_restarted(self):
         r = self.redis()
         a, b = self.daemons(config(r.url, ["per_ip client_address recipients 1000/1m",

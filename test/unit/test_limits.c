@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "config.h"
@@ -196,6 +197,18 @@ static const char *example_cf =
     "    big_sender  sasl_username        bytes       500M/1d stress 100M/1h\n"
     "    combo       sasl_username+recipient_domain recipients 50/10m\n";
 
+/* The rules of the README's example (overrides aside). */
+static const char *conditions_cf =
+    "limits =\n"
+    "    sub_user  sasl_username        recipients 1000/1h  if policy_context=submission\n"
+    "    mx_ip     client_address       recipients 200/1m   if policy_context!=submission\n"
+    "    helo      helo_name            connections 60/1m\n"
+    "    bulk      sender_domain        messages   500/1h   if sender_domain~^(news|promo)\\.\n"
+    "    nets      client_address/24/64 connections 300/1m  if "
+    "client_address!=192.0.2.0/24,2001:db8::/32\n"
+    "    port      server_address+server_port connections 10/1s if server_port=25 "
+    "if client_name=unknown action 450 4.7.1 Slow down\n";
+
 static void test_limits_parses_example_rules(void **state)
 {
     (void)state;
@@ -241,6 +254,25 @@ static void test_limits_parses_example_rules(void **state)
     assert_int_equal(r->n_parts, 2);
     assert_string_equal(r->key_spec, "sasl_username+recipient_domain");
     assert_null(limits_engine_rule(e, 6));
+    limits_engine_free(e);
+
+    e = engine_from(conditions_cf);
+    assert_int_equal(limits_engine_rule_count(e), 6);
+    r = limits_engine_rule(e, 0);
+    assert_int_equal(r->n_conds, 1);
+    assert_int_equal(r->cond[0].attr, POLICY_POLICY_CONTEXT);
+    assert_int_equal(r->cond[0].op, LIMITS_COND_EQ);
+    assert_string_equal(r->cond[0].text, "policy_context=submission");
+    assert_int_equal(limits_engine_rule(e, 1)->cond[0].op, LIMITS_COND_NE);
+    assert_int_equal(limits_engine_rule(e, 2)->n_conds, 0);
+    assert_string_equal(limits_engine_rule(e, 2)->key_spec, "helo_name");
+    r = limits_engine_rule(e, 3);
+    assert_int_equal(r->cond[0].attr, LIMITS_ATTR_SENDER_DOMAIN);
+    assert_int_equal(r->cond[0].op, LIMITS_COND_RE);
+    r = limits_engine_rule(e, 5);
+    assert_string_equal(r->key_spec, "server_address+server_port");
+    assert_int_equal(r->n_conds, 2);
+    assert_string_equal(r->action, "450 4.7.1 Slow down");
     limits_engine_free(e);
 }
 
@@ -426,6 +458,166 @@ static void test_limits_derives_keys(void **state)
     }
 }
 
+/* Every attribute of the policy protocol can be a key part, alone or joined with '+';
+ * an absent or empty one means the rule does not apply. */
+static void test_limits_keys_from_every_attribute(void **state)
+{
+    (void)state;
+    for (int a = 0; a < POLICY_ATTR_COUNT; a++) {
+        const char *name = policy_attr_name((enum policy_attr)a);
+        if (a == POLICY_CLIENT_ADDRESS)
+            continue; /* grouped: test_limits_derives_keys */
+        char cf[256], want[128];
+        snprintf(cf, sizeof(cf), "limits = r %s+policy_context messages 10/1m\n", name);
+        if (a == POLICY_POLICY_CONTEXT) {
+            struct config_errors errs = {0};
+            struct config *cfg = load_config(cf, &errs);
+            assert_null(limits_engine_new(cfg, &errs));
+            assert_string_equal(errs.msg[0],
+                                "test.cf:1: limits: rule r: key part policy_context given twice");
+            config_errors_clear(&errs);
+            config_free(cfg);
+            continue;
+        }
+        struct limits_engine *e = engine_from(cf);
+        const struct limits_rule *r = limits_engine_rule(e, 0);
+        assert_non_null(r);
+        assert_int_equal(r->n_parts, 2);
+        char spec[160];
+        snprintf(spec, sizeof(spec), "%s+policy_context", name);
+        assert_string_equal(r->key_spec, spec);
+        const struct policy_request *req = mkreq(
+            "request=smtpd_access_policy\nprotocol_state=RCPT\ninstance=i\npolicy_context=Sub\n"
+            "%s=Val %s",
+            name, name);
+        char out[LIMITS_MAX_VALUE + 1];
+        int n = limits_key_value(r, req, out, sizeof(out));
+        snprintf(want, sizeof(want), "val%%20%s|sub", name);
+        if (n <= 0 || strcmp(out, want) != 0)
+            fail_msg("%s: want \"%s\" got \"%s\" (%d)", name, want, n > 0 ? out : "", n);
+        /* Absent, and sent empty: the rule does not apply. */
+        req = mkreq("request=smtpd_access_policy\nprotocol_state=RCPT\npolicy_context=sub");
+        if (a != POLICY_REQUEST && a != POLICY_PROTOCOL_STATE)
+            assert_int_equal(limits_key_value(r, req, out, sizeof(out)), 0);
+        req = mkreq("request=smtpd_access_policy\nprotocol_state=RCPT\npolicy_context=sub\n%s=",
+                    name);
+        assert_int_equal(limits_key_value(r, req, out, sizeof(out)), 0);
+        limits_engine_free(e);
+    }
+}
+
+/* Conditions, one rule per case, against one request each. */
+static const struct cond_case {
+    const char *conds;
+    const char *attrs; /* extra request lines */
+    bool hold;
+} cond_cases[] = {
+    {"if policy_context=submission", "policy_context=submission", true},
+    {"if policy_context=submission", "policy_context=SUBMISSION", true},
+    {"if policy_context=submission", "policy_context=submissionx", false},
+    {"if policy_context=submission", "", false},                /* absent equals nothing */
+    {"if policy_context=submission", "policy_context=", false}, /* empty too */
+    {"if policy_context!=submission", "", true},
+    {"if policy_context!=submission", "policy_context=submission", false},
+    {"if policy_context!=submission", "policy_context=smtp", true},
+    {"if server_port=587,465", "server_port=465", true},
+    {"if server_port=587,465", "server_port=25", false},
+    {"if server_port!=587,465", "server_port=25", true},
+    {"if server_port!=587,465", "server_port=587", false},
+    {"if sender_domain~^(news|promo)\\.", "sender=x@News.example.com", true},
+    {"if sender_domain~^(news|promo)\\.", "sender=x@promo.example.com.", true},
+    {"if sender_domain~^(news|promo)\\.", "sender=news@example.com", false},
+    {"if sender_domain~^(news|promo)\\.", "sender=", false},
+    {"if sender_domain~.*", "", false}, /* absent matches no regex */
+    {"if recipient_domain=example.org", "recipient=a@EXAMPLE.org", true},
+    {"if recipient_domain=example.org", "recipient=example.org", false},
+    {"if helo_name~^[^.]+$", "helo_name=localhost", true},
+    {"if helo_name~^[^.]+$", "helo_name=mx.example.org", false},
+    {"if client_address!=192.0.2.0/24,2001:db8::/32", "client_address=192.0.2.9", false},
+    {"if client_address!=192.0.2.0/24,2001:db8::/32", "client_address=2001:db8::1", false},
+    {"if client_address!=192.0.2.0/24,2001:db8::/32", "client_address=198.51.100.1", true},
+    {"if client_address!=192.0.2.0/24,2001:db8::/32", "", true},
+    {"if client_address=192.0.2.0/24", "client_address=192.0.2.200", true},
+    {"if client_address=192.0.2.0/24", "client_address=::ffff:192.0.2.200", true},
+    {"if client_address=192.0.2.0/24", "client_address=unknown", false},
+    {"if server_address=10.0.0.1", "server_address=10.0.0.1", true},
+    {"if server_address=10.0.0.1", "server_address=10.0.0.2", false},
+    /* several ifs: all must hold */
+    {"if policy_context=submission if sasl_method=plain,login",
+     "policy_context=submission\nsasl_method=LOGIN", true},
+    {"if policy_context=submission if sasl_method=plain,login",
+     "policy_context=submission\nsasl_method=cram-md5", false},
+    {"if policy_context=submission if sasl_method=plain,login", "sasl_method=plain", false},
+    {"if sasl_username~^[a-z]+@example\\.org$ if sasl_username!=admin@example.org",
+     "sasl_username=Bob@Example.org", true},
+    {"if sasl_username~^[a-z]+@example\\.org$ if sasl_username!=admin@example.org",
+     "sasl_username=admin@example.org", false},
+};
+
+static void test_limits_conditions(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(cond_cases) / sizeof(cond_cases[0]); i++) {
+        const struct cond_case *c = &cond_cases[i];
+        char cf[512];
+        snprintf(cf, sizeof(cf), "limits = r helo_name messages 10/1m %s action 451 4.7.1 x\n",
+                 c->conds);
+        struct limits_engine *e = engine_from(cf);
+        const struct limits_rule *r = limits_engine_rule(e, 0);
+        assert_string_equal(r->action, "451 4.7.1 x");
+        const struct policy_request *req =
+            mkreq("request=smtpd_access_policy\nprotocol_state=RCPT%s%s", *c->attrs ? "\n" : "",
+                  c->attrs);
+        if (limits_conds_hold(r, req) != c->hold)
+            fail_msg("case %zu: \"%s\" with \"%s\": want %s", i, c->conds, c->attrs,
+                     c->hold ? "hold" : "fail");
+        limits_engine_free(e);
+    }
+}
+
+/* A rule whose conditions fail neither counts nor limits; the one whose conditions hold
+ * does: the same user limited differently on port 25 and on submission. */
+static void test_limits_failing_conditions_neither_count_nor_limit(void **state)
+{
+    (void)state;
+    struct limits_engine *e = engine_from(
+        "limits =\n"
+        "  sub sasl_username recipients 3/1h if policy_context=submission\n"
+        "  mx  sasl_username recipients 1/1h if policy_context!=submission action 450 4.7.1 mx\n");
+    struct limits_session *s = limits_session_new();
+    struct tstore t = {.now = 1000000};
+    struct limits_decision d;
+#define fmt                                                                                        \
+    "request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.1\n"                 \
+    "client_port=%d\ninstance=i%d\nsasl_username=alice\nrecipient=r%d@x%s"
+    /* submission: three recipients pass, the fourth is refused by sub; mx not counted */
+    for (int i = 0; i < 4; i++) {
+        decide(&t, e, s, mkreq(fmt, 1, 1, i, "\npolicy_context=submission"), false, &d);
+        assert_int_equal(t.n_last, 1);
+        assert_int_equal(strncmp(t.last[0].key, "sub:", 4), 0);
+        assert_int_equal(d.deny, i == 3);
+    }
+    /* port 25: only mx counts, from zero */
+    decide(&t, e, s, mkreq(fmt, 2, 2, 0, ""), false, &d);
+    assert_int_equal(t.n_last, 1);
+    assert_int_equal(strncmp(t.last[0].key, "mx:", 3), 0);
+    assert_false(d.deny);
+    decide(&t, e, s, mkreq(fmt, 2, 2, 1, ""), false, &d);
+    assert_true(d.deny);
+    assert_string_equal(d.action, "450 4.7.1 mx");
+    /* A request no rule's conditions admit is decided without a store round trip. */
+    struct limits_engine *e2 =
+        engine_from("limits = sub sasl_username recipients 3/1h if policy_context=submission\n");
+    struct limits_plan *plan = malloc(sizeof(*plan));
+    assert_int_equal(limits_plan(e2, s, mkreq(fmt, 3, 3, 0, ""), false, plan), LIMITS_PLAN_DECIDED);
+    assert_false(plan->decision.deny);
+    free(plan);
+#undef fmt
+    limits_engine_free(e2);
+    limits_session_free(s);
+    limits_engine_free(e);
+}
+
 static void test_limits_hashes_long_key_values(void **state)
 {
     (void)state;
@@ -454,6 +646,279 @@ static void test_limits_hashes_long_key_values(void **state)
     req = mkreq(RCPT_FMT, "192.0.2.1", "1", "", local, "i", "", "");
     assert_int_equal(limits_key_value(limits_engine_rule(e, 0), req, out, sizeof(out)),
                      LIMITS_MAX_VALUE);
+    limits_engine_free(e);
+}
+
+/* --- override tables ------------------------------------------------------------- */
+
+/* Writes text to a new temporary file; returns its path (static buffer per slot). */
+static const char *tmpfile_with(int slot, const char *text)
+{
+    static char paths[4][64];
+    snprintf(paths[slot], sizeof(paths[slot]), "/tmp/postsurge-limits-XXXXXX");
+    int fd = mkstemp(paths[slot]);
+    assert_true(fd >= 0);
+    size_t n = strlen(text);
+    assert_int_equal(write(fd, text, n), (ssize_t)n);
+    close(fd);
+    return paths[slot];
+}
+
+static const struct table_case {
+    enum limits_table_type type;
+    bool bytes;
+    const char *text;
+    const char *err; /* NULL: parses; else the first message after "FILE:" */
+} table_cases[] = {
+    {LIMITS_TABLE_TEXTHASH, false, "# quotas\n\nalice@example.org 10\nBob 0\ncarol unlimited\n",
+     NULL},
+    {LIMITS_TABLE_TEXTHASH, false, "alice 10\n  continued\n",
+     "2: a line that starts with blanks (continuation lines are not supported)"},
+    {LIMITS_TABLE_TEXTHASH, false, "alice\n", "1: \"alice\": expected KEY VALUE"},
+    {LIMITS_TABLE_TEXTHASH, false, "a 1\nalice ten\n",
+     "2: \"ten\": bad value: expected a count, 0 or unlimited"},
+    {LIMITS_TABLE_TEXTHASH, false, "alice 10K\n",
+     "1: \"10K\": bad value: expected a count, 0 or unlimited"},
+    {LIMITS_TABLE_TEXTHASH, true, "alice 10K\nbob 5M\n", NULL},
+    {LIMITS_TABLE_TEXTHASH, true, "alice 10T\n",
+     "1: \"10T\": bad value: a count with K, M or G, 0 or unlimited"},
+    {LIMITS_TABLE_TEXTHASH, false, "alice 10 20\n",
+     "1: \"alice 10 20\": the value is one word: a count, 0 or unlimited"},
+    {LIMITS_TABLE_TEXTHASH, false, "alice 99999999999999999\n",
+     "1: \"99999999999999999\": bad value: expected a count, 0 or unlimited"},
+    {LIMITS_TABLE_CIDR, false, "192.0.2.0/24 5\n2001:db8::/32 unlimited\n10.0.0.1 0\n", NULL},
+    {LIMITS_TABLE_CIDR, false, "192.0.2.1/24 5\n", "1: \"192.0.2.1/24\": host bits set"},
+    {LIMITS_TABLE_CIDR, false, "# x\nif 192.0.2.0/24\n",
+     "2: \"192.0.2.0/24\": bad value: expected a count, 0 or unlimited"},
+    {LIMITS_TABLE_CIDR, false, "!192.0.2.0/24 5\n", "1: \"!192.0.2.0/24\": bad address"},
+};
+
+static void test_limits_table_parses_and_reports_file_line(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(table_cases) / sizeof(table_cases[0]); i++) {
+        const struct table_case *c = &table_cases[i];
+        struct config_errors errs = {0};
+        struct limits_table *t = NULL;
+        int rc =
+            limits_table_parse(c->type, "/etc/q", c->text, strlen(c->text), c->bytes, &t, &errs);
+        if (c->err == NULL) {
+            if (rc != 0)
+                fail_msg("case %zu: %s", i, errs.n ? errs.msg[0] : "?");
+            assert_non_null(t);
+        } else {
+            char want[256];
+            snprintf(want, sizeof(want), "/etc/q:%s", c->err);
+            assert_int_equal(rc, -EINVAL);
+            assert_null(t);
+            if (errs.n < 1 || strcmp(errs.msg[0], want) != 0)
+                fail_msg("case %zu: want %s got %s", i, want, errs.n ? errs.msg[0] : "(none)");
+        }
+        limits_table_free(t);
+        config_errors_clear(&errs);
+    }
+    /* Every bad line is reported, up to a bound. */
+    char big[4096] = "";
+    for (int i = 0; i < 30; i++)
+        strcat(big, "x y\n");
+    struct config_errors errs = {0};
+    struct limits_table *t = NULL;
+    assert_int_equal(
+        limits_table_parse(LIMITS_TABLE_TEXTHASH, "f", big, strlen(big), false, &t, &errs),
+        -EINVAL);
+    assert_int_equal(errs.n, LIMITS_TABLE_MAX_ERRORS + 1);
+    assert_string_equal(errs.msg[LIMITS_TABLE_MAX_ERRORS], "f:30: 10 more errors not shown");
+    config_errors_clear(&errs);
+    /* Lookups: texthash by key value (case-insensitive, %XX kept uppercase), cidr first
+     * match. */
+    const char *text = "Alice@Example.org 10\nj%c3%b6rg 3\nbob 0\ncarol unlimited\ncarol 7\n";
+    assert_int_equal(
+        limits_table_parse(LIMITS_TABLE_TEXTHASH, "f", text, strlen(text), false, &t, NULL), 0);
+    assert_int_equal(limits_table_count(t), 4);
+    int64_t v;
+    assert_true(limits_table_lookup(t, "alice@example.org", 17, NULL, &v));
+    assert_int_equal(v, 10);
+    assert_true(limits_table_lookup(t, "j%C3%B6rg", 9, NULL, &v));
+    assert_int_equal(v, 3);
+    assert_true(limits_table_lookup(t, "bob", 3, NULL, &v));
+    assert_int_equal(v, 0);
+    assert_true(limits_table_lookup(t, "carol", 5, NULL, &v)); /* a later line wins */
+    assert_int_equal(v, 7);
+    assert_false(limits_table_lookup(t, "dave", 4, NULL, &v));
+    limits_table_free(t);
+    text = "192.0.2.128/25 1\n192.0.2.0/24 2\n::/0 unlimited\n";
+    assert_int_equal(
+        limits_table_parse(LIMITS_TABLE_CIDR, "f", text, strlen(text), false, &t, NULL), 0);
+    struct net_addr a;
+    assert_int_equal(net_addr_parse("192.0.2.200", 11, &a), 0);
+    assert_true(limits_table_lookup(t, NULL, 0, &a, &v));
+    assert_int_equal(v, 1);
+    assert_int_equal(net_addr_parse("192.0.2.2", 9, &a), 0);
+    assert_true(limits_table_lookup(t, NULL, 0, &a, &v));
+    assert_int_equal(v, 2);
+    assert_int_equal(net_addr_parse("2001:db8::1", 11, &a), 0);
+    assert_true(limits_table_lookup(t, NULL, 0, &a, &v));
+    assert_int_equal(v, LIMITS_TABLE_UNLIMITED);
+    assert_int_equal(net_addr_parse("198.51.100.1", 12, &a), 0);
+    assert_false(limits_table_lookup(t, NULL, 0, &a, &v));
+    limits_table_free(t);
+}
+
+/* The table's value beats the rule's; unlimited neither limits nor counts; 0 refuses
+ * every unit; a key without an entry keeps the rule's limit. */
+static void test_limits_table_precedence(void **state)
+{
+    (void)state;
+    const char *path = tmpfile_with(0, "alice 3\nbob 0\ncarol unlimited\n");
+    const char *cpath = tmpfile_with(1, "192.0.2.0/24 1\n");
+    char cf[512];
+    snprintf(cf, sizeof(cf),
+             "limits =\n  per_user sasl_username recipients 2/1h overrides texthash:%s "
+             "action 450 4.7.1 quota\n  per_ip client_address recipients 5/1h overrides cidr:%s\n",
+             path, cpath);
+    struct limits_engine *e = engine_from(cf);
+    assert_int_equal(limits_table_count(limits_engine_rule(e, 0)->table), 3);
+    struct limits_session *s = limits_session_new();
+    struct tstore t = {.now = 1000000};
+    struct limits_decision d;
+    static const struct {
+        const char *user, *client;
+        int admitted; /* of 6 recipients */
+        int user_ops; /* ops of per_user on the first */
+    } cases[] = {
+        {"alice", "198.51.100.1", 3, 1}, /* table: 3 */
+        {"bob", "198.51.100.2", 0, 1},   /* table: 0 */
+        {"carol", "198.51.100.3", 5, 0}, /* unlimited: per_ip's 5 decide, carol not counted */
+        {"dave", "198.51.100.4", 2, 1},  /* no entry: the rule's 2 */
+        {"erin", "192.0.2.9", 1, 1},     /* cidr: 1 */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int ok = 0;
+        for (int k = 0; k < 6; k++) {
+            char to[32];
+            snprintf(to, sizeof(to), "r%d@x", k);
+            decide(&t, e, s,
+                   mkreq(RCPT_FMT, cases[i].client, "1", "s@x", to, "i", cases[i].user, ""), false,
+                   &d);
+            if (!d.deny)
+                ok++;
+            if (k == 0) {
+                int n = 0;
+                for (size_t j = 0; j < t.n_last; j++)
+                    n += strncmp(t.last[j].key, "per_user:", 9) == 0;
+                if (n != cases[i].user_ops)
+                    fail_msg("%s: %d per_user ops", cases[i].user, n);
+            }
+        }
+        if (ok != cases[i].admitted)
+            fail_msg("%s: admitted %d, want %d", cases[i].user, ok, cases[i].admitted);
+    }
+    /* A swapped table takes effect at the next request. */
+    struct limits_table *nt = NULL;
+    assert_int_equal(
+        limits_table_parse(LIMITS_TABLE_TEXTHASH, "f", "dave 4\n", 7, false, &nt, NULL), 0);
+    assert_int_equal(limits_engine_set_table(e, 0, nt), 0);
+    decide(&t, e, s, mkreq(RCPT_FMT, "198.51.100.5", "1", "s@x", "new@x", "i", "dave", ""), false,
+           &d);
+    assert_false(d.deny);
+    assert_int_equal(d.limit, 0);
+    assert_int_equal(t.last[0].limit, 4);
+    assert_int_equal(limits_engine_set_table(e, 1 + 1, NULL), -EINVAL);
+    limits_session_free(s);
+    limits_engine_free(e);
+
+    /* Missing, bad and misplaced tables: FILE:LINE errors, no engine. */
+    static const char *bad[] = {
+        "limits = r sasl_username recipients 2/1h overrides texthash:/nonexistent/q\n",
+        "limits = r sasl_username recipients 2/1h overrides hash:/etc/q\n",
+        "limits = r sasl_username recipients 2/1h overrides texthash:relative\n",
+        "limits = r sasl_username recipients 2/1h overrides cidr:/etc/q\n",
+        "limits = r sasl_username recipients 2/1h overrides texthash:/a overrides texthash:/b\n",
+        NULL,
+    };
+    static const char *want[] = {
+        "/nonexistent/q:0: cannot open: No such file or directory",
+        "test.cf:1: limits: rule r: overrides \"hash:/etc/q\": expected texthash:PATH or cidr:PATH",
+        "test.cf:1: limits: rule r: overrides \"texthash:relative\": the path must be absolute",
+        "test.cf:1: limits: rule r: overrides cidr: needs a key with client_address",
+        "test.cf:1: limits: rule r: overrides given twice",
+        "",
+    };
+    const char *broken = tmpfile_with(2, "ok 1\nbad line here\n");
+    char bcf[256];
+    snprintf(bcf, sizeof(bcf), "limits = r sasl_username recipients 2/1h overrides texthash:%s\n",
+             broken);
+    char bwant[256];
+    snprintf(bwant, sizeof(bwant),
+             "%s:2: \"bad line here\": the value is one word: a count, 0 or "
+             "unlimited",
+             broken);
+    bad[5] = bcf;
+    want[5] = bwant;
+    for (size_t i = 0; i < 6; i++) {
+        struct config_errors errs = {0};
+        struct config *cfg = load_config(bad[i], &errs);
+        assert_null(limits_engine_new(cfg, &errs));
+        if (errs.n != 1 || strcmp(errs.msg[0], want[i]) != 0)
+            fail_msg("case %zu: want %s got %s", i, want[i], errs.n ? errs.msg[0] : "(none)");
+        config_errors_clear(&errs);
+        config_free(cfg);
+    }
+    unlink(path);
+    unlink(cpath);
+    unlink(broken);
+}
+
+/* What `limits show RULE VALUE` accepts: key values as the log writes them. */
+static void test_limits_value_check(void **state)
+{
+    (void)state;
+    struct limits_engine *e =
+        engine_from("limits =\n"
+                    "  net client_address/24/64 connections 9/1m\n"
+                    "  ip client_address recipients 9/1m\n"
+                    "  combo sasl_username+recipient_domain recipients 9/1m\n");
+    static const struct {
+        int rule;
+        const char *in, *want; /* want NULL: refused, then the reason's start */
+        const char *why;
+    } cases[] = {
+        {0, "192.0.2.0/24", "192.0.2.0/24", NULL},
+        {0, "2001:DB8::/64", "2001:db8::/64", NULL},
+        {0, "192.0.2.7", NULL, "rule net counts IPv4 per IPv4/24"},
+        {0, "192.0.2.0/25", NULL, "rule net counts IPv4 per IPv4/24"},
+        {0, "192.0.2.1/24", NULL, "\"192.0.2.1/24\": host bits set"},
+        {1, "192.0.2.7", "192.0.2.7", NULL},
+        {1, "192.0.2.7/32", NULL, "rule ip counts IPv4 per IPv4/32"},
+        {2, "Alice|Example.ORG", "alice|example.org", NULL},
+        {2, "j%c3%b6rg|x", "j%C3%B6rg|x", NULL},
+        {2, "alice", NULL, "rule combo has 2 key parts"},
+        {2, "a|b|c", NULL, "rule combo has 2 key parts"},
+        {2, "a||", NULL, "empty key part"},
+        {2, "a b|c", NULL, "character ' ' never occurs"},
+        {2, "a%2|c", NULL, "'%' must start"},
+        {2, "#0123456789abcdef", "#0123456789abcdef", NULL},
+        {2, "#0123", NULL, "a hashed key value"},
+        {2, "", NULL, "a key value has 1 to 96"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char out[LIMITS_MAX_VALUE + 1], why[200] = "";
+        int n = limits_value_check(limits_engine_rule(e, (size_t)cases[i].rule), cases[i].in, out,
+                                   sizeof(out), why, sizeof(why));
+        if (cases[i].want != NULL) {
+            if (n <= 0 || strcmp(out, cases[i].want) != 0)
+                fail_msg("case %zu (%s): %d %s", i, cases[i].in, n, n > 0 ? out : why);
+        } else if (n != -EINVAL || strncmp(why, cases[i].why, strlen(cases[i].why)) != 0) {
+            fail_msg("case %zu (%s): want refused \"%s\", got %d \"%s\"", i, cases[i].in,
+                     cases[i].why, n, why);
+        }
+    }
+    char key[LIMITS_KEY_MAX];
+    const struct limits_rule *r = limits_engine_rule(e, 1);
+    assert_true(limits_counter_key(r, false, "192.0.2.7", key, sizeof(key)) > 0);
+    char want[LIMITS_KEY_MAX];
+    snprintf(want, sizeof(want), "ip:%s:192.0.2.7", r->tag);
+    assert_string_equal(key, want);
     limits_engine_free(e);
 }
 
@@ -914,6 +1379,27 @@ static void test_limits_survives_allocation_failures(void **state)
         }
     }
     assert_true(ok);
+    config_free(cfg);
+
+    /* Conditions and an override table: every allocation of theirs may fail too. */
+    const char *path = tmpfile_with(3, "alice 3\nbob unlimited\n");
+    char cf[2048];
+    snprintf(cf, sizeof(cf), "%s    quota sasl_username recipients 9/1h overrides texthash:%s\n",
+             conditions_cf, path);
+    cfg = load_config(cf, &errs);
+    ok = false;
+    for (long n = 1; n < 400 && !ok; n++) {
+        alloc_reset(n);
+        struct limits_engine *e = limits_engine_new(cfg, &errs);
+        alloc_reset(0);
+        assert_int_equal(errs.n, 0);
+        if (e != NULL) {
+            ok = alloc_count < n;
+            limits_engine_free(e);
+        }
+    }
+    assert_true(ok);
+    unlink(path);
 
     struct limits_engine *e = engine_from("limits = a client_address recipients 100/1m\n");
     for (long n = 1; n < 20; n++) {
@@ -953,6 +1439,12 @@ int main(void)
         cmocka_unit_test(test_limits_keys_stable_across_reload),
         cmocka_unit_test(test_limits_derives_keys),
         cmocka_unit_test(test_limits_hashes_long_key_values),
+        cmocka_unit_test(test_limits_keys_from_every_attribute),
+        cmocka_unit_test(test_limits_conditions),
+        cmocka_unit_test(test_limits_failing_conditions_neither_count_nor_limit),
+        cmocka_unit_test(test_limits_table_parses_and_reports_file_line),
+        cmocka_unit_test(test_limits_table_precedence),
+        cmocka_unit_test(test_limits_value_check),
         cmocka_unit_test(test_limits_counts_identical_rcpt_once),
         cmocka_unit_test(test_limits_counts_transaction_once),
         cmocka_unit_test(test_limits_counts_recipient_count_without_rcpt),

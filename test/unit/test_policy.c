@@ -149,6 +149,34 @@ static const struct policy_request *parse_one(struct policy_parser *p, const cha
 
 #define PARSE_ONE(p, lit) parse_one((p), (lit), sizeof(lit) - 1)
 
+/* The "QUEUEID: " prefix of decision log lines: only what Postfix could have made. */
+static void test_policy_queue_id_prefix(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *req, *want;
+    } cases[] = {
+        {"queue_id=4ABC123DEF\n\n", "4ABC123DEF: "},
+        {"queue_id=3Qx9LM0s1Bz4kJ7\n\n", "3Qx9LM0s1Bz4kJ7: "}, /* long queue ids */
+        {"queue_id=\n\n", ""},
+        {"sender=a@b\n\n", ""},
+        {"queue_id=4ABC 123\n\n", ""},
+        {"queue_id=4ABC\x1b[31m\n\n", ""},
+        {"queue_id=123456789012345678901234567890123\n\n", ""}, /* 33 characters */
+    };
+    char out[40];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct policy_parser *p = policy_parser_new(NULL);
+        const struct policy_request *r = parse_one(p, cases[i].req, strlen(cases[i].req));
+        policy_queue_id_prefix(r, out, sizeof(out));
+        assert_string_equal(out, cases[i].want);
+        policy_queue_id_prefix(r, out, 5); /* too small: nothing */
+        if (cases[i].want[0])
+            assert_string_equal(out, "");
+        policy_parser_free(p);
+    }
+}
+
 /* --- attribute names --------------------------------------------------------------- */
 
 static void test_policy_attr_lookup_every_name(void **state)
@@ -823,6 +851,7 @@ int main(void)
         cmocka_unit_test(test_policy_no_allocation_in_steady_state),
         cmocka_unit_test(test_policy_survives_malloc_failure),
         cmocka_unit_test(test_policy_encode_response),
+        cmocka_unit_test(test_policy_queue_id_prefix),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

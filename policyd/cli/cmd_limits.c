@@ -1,0 +1,177 @@
+/* cmd_limits: `postsurge limits list [--json]`, `limits show RULE VALUE [--json]` and
+ * `limits reset RULE VALUE`: the running daemon's rules and one key's counter (read, or
+ * forgotten on every node sharing the store), asked over the control socket
+ * (server/engine.c answers). A RULE or VALUE that cannot exist is refused with the
+ * daemon's reason. */
+#define LOG_COMPONENT "cli"
+#include "cmd.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *jstr(json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+static void fmt_window(int64_t ms, char *out, size_t outsz)
+{
+    static const struct {
+        int64_t ms;
+        char unit;
+    } units[] = {{86400000, 'd'}, {3600000, 'h'}, {60000, 'm'}, {1000, 's'}};
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+        if (ms >= units[i].ms && ms % units[i].ms == 0) {
+            snprintf(out, outsz, "%" PRId64 "%c", ms / units[i].ms, units[i].unit);
+            return;
+        }
+    snprintf(out, outsz, "%" PRId64 "ms", ms);
+}
+
+static void print_list(json_t *o)
+{
+    json_t *rules = json_object_get(o, "rules");
+    printf("%zu rules, store %s%s\n", json_array_size(rules), jstr(o, "store"),
+           json_is_true(json_object_get(o, "stressed")) ? ", node stressed (stress limits)" : "");
+    for (size_t i = 0; i < json_array_size(rules); i++) {
+        json_t *r = json_array_get(rules, i);
+        char w[32];
+        fmt_window(json_integer_value(json_object_get(r, "window_ms")), w, sizeof(w));
+        printf("%s: %s %s %" PRId64 "/%s", jstr(r, "name"), jstr(r, "key"), jstr(r, "measure"),
+               (int64_t)json_integer_value(json_object_get(r, "limit")), w);
+        if (json_object_get(r, "stress_limit")) {
+            fmt_window(json_integer_value(json_object_get(r, "stress_window_ms")), w, sizeof(w));
+            printf(" stress %" PRId64 "/%s",
+                   (int64_t)json_integer_value(json_object_get(r, "stress_limit")), w);
+        }
+        json_t *c = json_object_get(r, "conditions");
+        for (size_t k = 0; k < json_array_size(c); k++)
+            printf(" if %s", json_string_value(json_array_get(c, k)));
+        if (json_object_get(r, "overrides"))
+            printf(" overrides %s (%" PRId64 " entries)", jstr(r, "overrides"),
+                   (int64_t)json_integer_value(json_object_get(r, "override_entries")));
+        if (json_is_true(json_object_get(r, "dryrun")))
+            printf(" dryrun");
+        printf("\n    action %s\n", jstr(r, "action"));
+    }
+}
+
+static void print_show(json_t *o)
+{
+    char w[32];
+    fmt_window(json_integer_value(json_object_get(o, "window_ms")), w, sizeof(w));
+    json_t *lim = json_object_get(o, "limit");
+    printf("rule %s, key value %s: %" PRId64 " %s counted in the last %s\n", jstr(o, "rule"),
+           jstr(o, "value"), (int64_t)json_integer_value(json_object_get(o, "count")),
+           jstr(o, "measure"), w);
+    if (json_is_string(lim))
+        printf("limit: %s (from the %s)\n", json_string_value(lim), jstr(o, "source"));
+    else
+        printf("limit: %" PRId64 " (from the %s)\n", (int64_t)json_integer_value(lim),
+               jstr(o, "source"));
+    if (json_object_get(o, "stress_count"))
+        printf("stress counter: %" PRId64 "\n",
+               (int64_t)json_integer_value(json_object_get(o, "stress_count")));
+    if (json_is_true(json_object_get(o, "admitted_now"))) {
+        printf("next unit: admitted now\n");
+    } else {
+        fmt_window(json_integer_value(json_object_get(o, "admitted_within_ms")), w, sizeof(w));
+        printf("next unit: refused until older units leave the window (within %s at most)\n", w);
+    }
+}
+
+int cmd_limits(const struct cli *cli, int argc, char **argv)
+{
+    bool as_json = false;
+    const char *args[4];
+    int n = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0)
+            as_json = true;
+        else if (n < 4)
+            args[n++] = argv[i];
+        else
+            n = 5;
+    }
+    bool list = n == 1 && strcmp(args[0], "list") == 0;
+    bool show = n == 3 && strcmp(args[0], "show") == 0;
+    bool reset = n == 3 && strcmp(args[0], "reset") == 0;
+    bool top = (n == 1 || n == 2) && strcmp(args[0], "top") == 0;
+    if (!list && !show && !reset && !top) {
+        fprintf(stderr, "usage: postsurge limits list [--json]\n"
+                        "       postsurge limits top [RULE] [--json]\n"
+                        "       postsurge limits show RULE VALUE [--json]\n"
+                        "       postsurge limits reset RULE VALUE\n");
+        return 2;
+    }
+    char line[512];
+    if (show || reset) {
+        /* One line to the daemon: a blank or control character cannot be in a rule name
+         * or key value anyway. */
+        for (int k = 1; k < 3; k++)
+            for (const char *p = args[k]; *p; p++)
+                if ((unsigned char)*p <= ' ' || *p == 0x7f) {
+                    fprintf(stderr,
+                            "postsurge: limits: \"%s\": blanks and control characters "
+                            "never occur in a rule name or key value (write %%XX)\n",
+                            k == 1 ? "RULE" : "VALUE");
+                    return 2;
+                }
+        if (strlen(args[1]) > 64 || strlen(args[2]) > 200) {
+            fprintf(stderr, "postsurge: limits: RULE or VALUE too long\n");
+            return 2;
+        }
+        snprintf(line, sizeof(line), "limits %s %s %s", args[0], args[1], args[2]);
+    } else if (top) {
+        if (n == 2 && (strlen(args[1]) > 64 || strpbrk(args[1], " \t\r\n") != NULL)) {
+            fprintf(stderr, "postsurge: limits top: bad RULE\n");
+            return 2;
+        }
+        snprintf(line, sizeof(line), "limits top%s%s", n == 2 ? " " : "", n == 2 ? args[1] : "");
+    } else {
+        snprintf(line, sizeof(line), "limits list");
+    }
+    struct config *cfg;
+    if (cli_load_config(cli, &cfg) < 0)
+        return 1;
+    json_t *o;
+    int rc = daemon_ask(cfg, line, &o);
+    config_free(cfg);
+    if (rc < 0)
+        return 1;
+    if (!json_is_true(json_object_get(o, "ok"))) {
+        fprintf(stderr, "postsurge: limits: %s\n", jstr(o, "error"));
+        json_decref(o);
+        return 1;
+    }
+    json_object_del(o, "ok");
+    if (as_json) {
+        char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
+        if (s)
+            printf("%s\n", s);
+        free(s);
+    } else if (list) {
+        print_list(o);
+    } else if (top) {
+        json_t *keys = json_object_get(o, "keys");
+        if (json_array_size(keys) == 0)
+            printf("no key refused in the last hour on this node\n");
+        for (size_t i = 0; i < json_array_size(keys); i++) {
+            json_t *k = json_array_get(keys, i);
+            printf("%8" PRId64 "  %s %s\n",
+                   (int64_t)json_integer_value(json_object_get(k, "refusals")), jstr(k, "rule"),
+                   jstr(k, "value"));
+        }
+    } else if (reset) {
+        printf("rule %s, key value %s: counter reset (%s store)\n", jstr(o, "rule"),
+               jstr(o, "value"), jstr(o, "store"));
+    } else {
+        print_show(o);
+    }
+    json_decref(o);
+    return 0;
+}
