@@ -104,7 +104,7 @@ static void attack_on_take(void *arg, int status, const struct window_result *re
     else if (!res)
         log_warn_ratelimited(&n->rl_take, node_mono(n), 60000,
                              "attack detector: store failed (%s); rejects not counted",
-                             strerror(-status));
+                             node_store_error(status));
     free(t);
 }
 

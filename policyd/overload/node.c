@@ -197,6 +197,17 @@ struct node_get {
     int64_t now;
 };
 
+/* A store failure for a log line: an error reply is named by the store's own line
+ * (NOAUTH, OOM, LOADING, ...), so it is not called a "Protocol error" here. */
+const char *node_store_error(int status)
+{
+    if (status == -EPROTO)
+        return "the store answered with an error (named in the store's log line)";
+    if (status == -ETIMEDOUT)
+        return "no answer within redis_timeout";
+    return strerror(-status);
+}
+
 static void node_on_nodes(void *arg, int status, const struct store_node_status *nodes, size_t cnt)
 {
     struct node_get *g = arg;
@@ -206,7 +217,7 @@ static void node_on_nodes(void *arg, int status, const struct store_node_status 
     if (status < 0) {
         log_warn_ratelimited(&n->rl_get, node_mono(n), 60000,
                              "cannot read the cluster's node status from the store: %s",
-                             strerror(-status));
+                             node_store_error(status));
     }
     for (size_t i = 0; peers && status == 0 && i < cnt; i++) {
         if (strcmp(nodes[i].node, n->name) == 0)
@@ -251,7 +262,7 @@ static void node_on_put(void *arg, int status)
     if (status < 0)
         log_warn_ratelimited(&n->rl_put, node_mono(n), 60000,
                              "cannot publish this node's status to the store: %s",
-                             strerror(-status));
+                             node_store_error(status));
 }
 
 static void node_journal_retry(struct node *n);
@@ -341,7 +352,8 @@ static void node_on_event_stored(void *arg, int status)
     struct node *n = arg;
     if (status < 0 && !n->closing)
         log_warn_ratelimited(&n->rl_event, node_mono(n), 60000,
-                             "cannot append to the event log in the store: %s", strerror(-status));
+                             "cannot append to the event log in the store: %s",
+                             node_store_error(status));
 }
 
 void node_event(struct node *n, const char *kind, bool warn, json_t *extra, const char *fmt, ...)
@@ -419,7 +431,7 @@ static void node_on_journal_put(void *arg, int status)
             log_warn_ratelimited(&n->rl_journal, node_mono(n), 60000,
                                  "cannot %s the override journal's copy in the store: %s "
                                  "(the file in state_directory is what restores; retrying)",
-                                 p->set ? "write" : "delete", strerror(-status));
+                                 p->set ? "write" : "delete", node_store_error(status));
     }
     free(p);
 }

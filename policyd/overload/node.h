@@ -43,6 +43,10 @@ void node_store_stats(const struct node *n, struct store_stats *st);
  * refresh are in flight: a tick that finds the previous one pending skips (logged). */
 void node_publish(struct node *n, json_t *status);
 
+/* A store operation's negative errno for a log line; an error reply (-EPROTO) is named
+ * by the store's own log line, not called a protocol error. Static text. */
+const char *node_store_error(int status);
+
 /* The last view of the cluster: a JSON array of node status objects, this node first
  * (as last published), then every other live node, sorted by name. Borrowed; valid
  * until the next publish. Never NULL (an empty array before the first publish). */
