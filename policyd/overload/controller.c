@@ -412,6 +412,7 @@ void controller_free(struct controller *c)
     overrides_services_free(c->svcs);
     overrides_profile_free(c->resolved);
     overrides_journal_free(c->journal);
+    confedit_free(c->ce);
     free(c->config_dir);
     free(c->state_dir);
     free(c->journal_path);
