@@ -210,6 +210,9 @@ struct overrides_restore {
     /* Write the journal's original bytes over the file (tmp + fsync + rename): the file
      * still holds exactly what postsurge left. Borrowed from the journal. */
     bool write_main, write_master;
+    /* The file holds its original bytes already (a restore that was interrupted after it
+     * wrote them, or an apply that never got as far): nothing to do for it. */
+    bool main_is_original, master_is_original;
     /* Per-setting commands for a file someone else edited (or, after a crash in the
      * middle of applying, whose expected bytes are unknown), then one reload. */
     struct overrides_plan plan;

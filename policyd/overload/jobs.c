@@ -398,6 +398,12 @@ static void job_step_apply(struct job *jb)
     job_end(jb);
 }
 
+/* How a file came back, for the overrides-restored event. */
+static const char *restored_how(bool was_original, bool written)
+{
+    return was_original ? "already original" : written ? "byte-exact" : "per setting";
+}
+
 /* Restore: the executor reads the journal itself (root's, through the helper), puts the
  * files back and reloads; we log its conflicts. */
 static void job_step_restore(struct job *jb)
@@ -447,18 +453,21 @@ static void job_step_restore(struct job *jb)
         }
         bool wm = json_is_true(json_object_get(jb->reply, "write_main"));
         bool ws = json_is_true(json_object_get(jb->reply, "write_master"));
+        bool om = json_is_true(json_object_get(jb->reply, "main_was_original"));
+        bool os = json_is_true(json_object_get(jb->reply, "master_was_original"));
         struct overrides_journal *j = reply_journal(c, jb);
         size_t n = j ? j->n : (c->journal ? c->journal->n : 0);
         json_int_t ms = json_integer_value(json_object_get(jb->reply, "elapsed_ms"));
         c->restores++;
         ctl_event(c, "overrides-restored", false,
-                  json_pack("{s:o,s:b,s:b,s:I,s:I}", "settings",
+                  json_pack("{s:o,s:b,s:b,s:b,s:b,s:I,s:I}", "settings",
                             j ? ctl_settings_json(j) : json_array(), "main_cf_bytes_restored", wm,
-                            "master_cf_bytes_restored", ws, "conflicts",
+                            "master_cf_bytes_restored", ws, "main_cf_was_original", om,
+                            "master_cf_was_original", os, "conflicts",
                             (json_int_t)json_array_size(cf), "elapsed_ms", ms),
                   "%zu settings restored (main.cf %s, master.cf %s), postfix reloaded, "
                   "%zu conflicts, in %" PRId64 " ms",
-                  n, wm ? "byte-exact" : "per setting", ws ? "byte-exact" : "per setting",
+                  n, restored_how(om, wm), restored_how(os, ws),
                   json_array_size(cf), (int64_t)ms);
         overrides_journal_free(j);
     }

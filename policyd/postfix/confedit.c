@@ -852,6 +852,13 @@ out:
 
 /* --------------------------------------------------------------- restore ---- */
 
+static const char *restore_how(bool is_original, bool write_original)
+{
+    return is_original      ? "holds its original bytes already"
+           : write_original ? "gets its original bytes back"
+                            : "setting by setting";
+}
+
 json_t *confedit_restore(struct confedit *ce)
 {
     char err[1024] = "", perr[600];
@@ -883,9 +890,8 @@ json_t *confedit_restore(struct confedit *ce)
     for (size_t i = 0; i < rs->plan.n; i++)
         edits += is_edit(&rs->plan.cmds[i]);
     ce_log(ce, LOG_LVL_INFO, "restore: main.cf %s, master.cf %s, %zu commands, %zu conflicts",
-           rs->write_main ? "gets its original bytes back" : "setting by setting",
-           rs->write_master ? "gets its original bytes back" : "setting by setting", rs->plan.n,
-           rs->n_conflicts);
+           restore_how(rs->main_is_original, rs->write_main),
+           restore_how(rs->master_is_original, rs->write_master), rs->plan.n, rs->n_conflicts);
     /* Setting by setting on a copy, then the results, like the originals, by rename. */
     if (edits && edit_copy(ce, &rs->plan, f.main_buf, f.main_len, f.master_buf, f.master_len,
                            &nf, err, sizeof(err)) < 0)
@@ -933,6 +939,8 @@ json_t *confedit_restore(struct confedit *ce)
     json_object_set_new(r, "conflicts", cf);
     json_object_set_new(r, "write_main", json_boolean(rs->write_main));
     json_object_set_new(r, "write_master", json_boolean(rs->write_master));
+    json_object_set_new(r, "main_was_original", json_boolean(rs->main_is_original));
+    json_object_set_new(r, "master_was_original", json_boolean(rs->master_is_original));
     json_object_set_new(r, "settings", privmsg_settings_json(j));
     json_object_set_new(r, "elapsed_ms", json_integer((json_int_t)(mono_ms() - t0)));
 out:
