@@ -89,7 +89,7 @@ struct controller {
     /* The executor run in the thread pool when no helper does it (user = root, dry run,
      * offline restore); created at its first use. */
     struct confedit *ce;
-    bool unavailable;   /* overrides cannot run (started as non-root, helper gone) */
+    bool unavailable; /* overrides cannot run (started as non-root, helper gone) */
     char unavailable_why[256];
     struct stress_machine *sm;
     struct node *node;

@@ -165,8 +165,8 @@ static void job_call(struct job *jb, enum privmsg_op op, const char *payload, si
         return;
     }
     if (!c->ce)
-        c->ce = confedit_new(c->config_dir, c->state_dir, c->postconf, c->postfix,
-                             c->cmd_timeout_ms);
+        c->ce =
+            confedit_new(c->config_dir, c->state_dir, c->postconf, c->postfix, c->cmd_timeout_ms);
     jb->payload = c->ce ? strndup(payload, len) : NULL;
     if (!jb->payload) {
         jb->reply_status = -ENOMEM;
@@ -388,8 +388,7 @@ static void job_step_apply(struct job *jb)
                       c->last_error);
         else if (strcmp(fail, "command") == 0)
             ctl_event(c, "command-failed", true, json_pack("{s:s}", "error", c->last_error),
-                      "%s; %s", c->last_error,
-                      c->journal ? "rolling back" : "nothing was changed");
+                      "%s; %s", c->last_error, c->journal ? "rolling back" : "nothing was changed");
         if (c->journal)
             log_error("overrides apply failed: %s; restoring from the journal", c->last_error);
         else
@@ -467,8 +466,7 @@ static void job_step_restore(struct job *jb)
                             (json_int_t)json_array_size(cf), "elapsed_ms", ms),
                   "%zu settings restored (main.cf %s, master.cf %s), postfix reloaded, "
                   "%zu conflicts, in %" PRId64 " ms",
-                  n, restored_how(om, wm), restored_how(os, ws),
-                  json_array_size(cf), (int64_t)ms);
+                  n, restored_how(om, wm), restored_how(os, ws), json_array_size(cf), (int64_t)ms);
         overrides_journal_free(j);
     }
     c->last_error[0] = '\0';

@@ -236,8 +236,7 @@ static int journal_read(struct confedit *ce, char **buf, size_t *len, bool *foun
 }
 
 /* Reads and parses the journal, checking it is for this instance. *j NULL when none. */
-static int journal_load(struct confedit *ce, struct overrides_journal **j, char *err,
-                        size_t errlen)
+static int journal_load(struct confedit *ce, struct overrides_journal **j, char *err, size_t errlen)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -322,8 +321,7 @@ static int journal_unlink(struct confedit *ce, char *err, size_t errlen)
 
 /* Puts data in place of a Postfix file (temp file + fsync + rename + directory fsync),
  * keeping the file's owner and mode. */
-static int install_file(const char *path, const char *data, size_t len, char *err,
-                        size_t errlen)
+static int install_file(const char *path, const char *data, size_t len, char *err, size_t errlen)
 {
     struct stat st;
     if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode)) {
@@ -438,16 +436,16 @@ static int scratch_new(struct confedit *ce, const char *main_cf, size_t main_len
     const char *parent = scratch_parent();
     *dir = NULL;
     if (!parent) {
-        snprintf(err, errlen, "no directory for a scratch copy (TMPDIR and /tmp are writable "
-                              "by others and not sticky)");
+        snprintf(err, errlen,
+                 "no directory for a scratch copy (TMPDIR and /tmp are writable "
+                 "by others and not sticky)");
         return -EPERM;
     }
     char tmpl[4200];
     snprintf(tmpl, sizeof(tmpl), "%s/" SCRATCH_PREFIX "%s.XXXXXX", parent, ce->tag);
     if (!mkdtemp(tmpl)) {
         int e = -errno;
-        snprintf(err, errlen, "cannot create a scratch directory in %s: %s", parent,
-                 strerror(-e));
+        snprintf(err, errlen, "cannot create a scratch directory in %s: %s", parent, strerror(-e));
         return e;
     }
     *dir = strdup(tmpl);
@@ -674,8 +672,8 @@ static int apply_validate(struct confedit *ce, const char *payload, size_t plen,
     }
     free(text);
     char verr[600];
-    if (rc == 0 && privmsg_apply_decode(payload, plen, known, svcs, prof, now_ms, verr,
-                                        sizeof(verr)) < 0) {
+    if (rc == 0 &&
+        privmsg_apply_decode(payload, plen, known, svcs, prof, now_ms, verr, sizeof(verr)) < 0) {
         snprintf(err, errlen, "request rejected: %s", verr);
         ce_log(ce, LOG_LVL_ERROR, "apply %s", err);
         *fail = "rejected";
@@ -787,8 +785,9 @@ json_t *confedit_apply(struct confedit *ce, const char *payload, size_t plen, bo
     rc = read_files(ce->main_path, ce->master_path, &now, err, sizeof(err));
     if (rc == 0 && (!same_bytes(now.main_buf, now.main_len, f.main_buf, f.main_len) ||
                     !same_bytes(now.master_buf, now.master_len, f.master_buf, f.master_len))) {
-        snprintf(err, sizeof(err), "main.cf or master.cf changed while the overrides were "
-                                   "prepared: nothing applied");
+        snprintf(err, sizeof(err),
+                 "main.cf or master.cf changed while the overrides were "
+                 "prepared: nothing applied");
         rc = -EAGAIN;
     }
     files_clear(&now);
@@ -803,9 +802,9 @@ json_t *confedit_apply(struct confedit *ce, const char *payload, size_t plen, bo
         const char *path, *name;
         const char *old_, *new_;
         size_t old_len, new_len;
-    } inst[2] = {{ce->main_path, "main.cf", f.main_buf, nf.main_buf, f.main_len, nf.main_len},
-                 {ce->master_path, "master.cf", f.master_buf, nf.master_buf, f.master_len,
-                  nf.master_len}};
+    } inst[2] = {
+        {ce->main_path, "main.cf", f.main_buf, nf.main_buf, f.main_len, nf.main_len},
+        {ce->master_path, "master.cf", f.master_buf, nf.master_buf, f.master_len, nf.master_len}};
     for (int i = 0; i < 2; i++) {
         if (same_bytes(inst[i].old_, inst[i].old_len, inst[i].new_, inst[i].new_len))
             continue;
@@ -880,8 +879,8 @@ json_t *confedit_restore(struct confedit *ce)
     if (read_files(ce->main_path, ce->master_path, &f, err, sizeof(err)) < 0 ||
         read_settings(ce, &f, err, sizeof(err)) < 0)
         goto out;
-    int rc = overrides_restore_plan(j, f.main_buf, f.main_len, f.master_buf, f.master_len,
-                                    f.n_text, f.n_len, f.P_text, f.P_len, &rs);
+    int rc = overrides_restore_plan(j, f.main_buf, f.main_len, f.master_buf, f.master_len, f.n_text,
+                                    f.n_len, f.P_text, f.P_len, &rs);
     if (rc < 0) {
         snprintf(err, sizeof(err), "cannot plan: %s", strerror(-rc));
         goto out;
@@ -893,8 +892,8 @@ json_t *confedit_restore(struct confedit *ce)
            restore_how(rs->main_is_original, rs->write_main),
            restore_how(rs->master_is_original, rs->write_master), rs->plan.n, rs->n_conflicts);
     /* Setting by setting on a copy, then the results, like the originals, by rename. */
-    if (edits && edit_copy(ce, &rs->plan, f.main_buf, f.main_len, f.master_buf, f.master_len,
-                           &nf, err, sizeof(err)) < 0)
+    if (edits && edit_copy(ce, &rs->plan, f.main_buf, f.main_len, f.master_buf, f.master_len, &nf,
+                           err, sizeof(err)) < 0)
         goto out;
     const struct {
         const char *path;

@@ -76,8 +76,8 @@ static void capture_read(int fd, struct capture *c, bool *open_)
     c->buf[c->len] = '\0';
 }
 
-int pfcmd_run(char *const *argv, const char *line, uint64_t timeout_ms, char **out,
-              size_t *out_len, char *err, size_t errlen)
+int pfcmd_run(char *const *argv, const char *line, uint64_t timeout_ms, char **out, size_t *out_len,
+              char *err, size_t errlen)
 {
     struct capture co = {.buf = malloc(PFCMD_MAX_STDOUT + 1), .cap = PFCMD_MAX_STDOUT};
     struct capture ce = {.buf = malloc(PFCMD_MAX_STDERR + 1), .cap = PFCMD_MAX_STDERR};

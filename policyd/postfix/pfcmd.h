@@ -17,5 +17,5 @@ char *pfcmd_resolve(const char *name);
 /* Runs argv. On success (exit 0, stdout within its cap) returns 0 and, when out is not
  * NULL, *out is the stdout (new, NUL-terminated). Otherwise -EIO (or -ENOMEM) with the
  * reason and the start of stderr in err; line names the command in that message. */
-int pfcmd_run(char *const *argv, const char *line, uint64_t timeout_ms, char **out,
-              size_t *out_len, char *err, size_t errlen);
+int pfcmd_run(char *const *argv, const char *line, uint64_t timeout_ms, char **out, size_t *out_len,
+              char *err, size_t errlen);

@@ -297,9 +297,8 @@ int privsep_init(const struct config *cfg, char *err, size_t errlen)
     struct helper h = {.timeout_ms = (uint64_t)cfg->command_timeout};
     h.config_dir = strdup(cfg->postfix_config_directory);
     h.postconf = pfcmd_resolve(cfg->postconf_command);
-    h.ce = confedit_new(cfg->postfix_config_directory, cfg->state_directory,
-                        cfg->postconf_command, cfg->postfix_command,
-                        (uint64_t)cfg->command_timeout);
+    h.ce = confedit_new(cfg->postfix_config_directory, cfg->state_directory, cfg->postconf_command,
+                        cfg->postfix_command, (uint64_t)cfg->command_timeout);
     if (!h.config_dir || !h.postconf || !h.ce) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
