@@ -44,6 +44,8 @@ struct confedit {
     char tag[16];
     bool defer;
     struct logline *log_head, **log_tail;
+    bool (*guard)(void *arg);
+    void *guard_arg;
 };
 
 /* ---------------------------------------------------------------- logging ---- */
@@ -73,6 +75,22 @@ static void ce_log(struct confedit *ce, enum log_level level, const char *fmt, .
     memcpy(l->text, line, n);
     *ce->log_tail = l;
     ce->log_tail = &l->next;
+}
+
+void confedit_set_guard(struct confedit *ce, bool (*guard)(void *arg), void *arg)
+{
+    ce->guard = guard;
+    ce->guard_arg = arg;
+}
+
+/* Whether the requester still waits for this operation (see confedit_set_guard). */
+static bool wanted(struct confedit *ce, char *err, size_t errlen)
+{
+    if (!ce->guard || ce->guard(ce->guard_arg))
+        return true;
+    snprintf(err, errlen, "the daemon that asked is gone: not started");
+    ce_log(ce, LOG_LVL_WARN, "%s", err);
+    return false;
 }
 
 void confedit_defer_log(struct confedit *ce, bool defer)
@@ -718,6 +736,8 @@ json_t *confedit_apply(struct confedit *ce, const char *payload, size_t plen, bo
     ce->commands = ce->failures = 0;
     int lk = dry_run ? -1 : op_lock(ce);
 
+    if (!wanted(ce, err, sizeof(err)))
+        goto out;
     if (!dry_run && (journal_read(ce, &jbuf, &jlen, &found, err, sizeof(err)) < 0 || found)) {
         if (found)
             snprintf(err, sizeof(err), "a journal is in force already (%s): restore first",
@@ -869,7 +889,7 @@ json_t *confedit_restore(struct confedit *ce)
     ce->commands = ce->failures = 0;
     int lk = op_lock(ce);
 
-    if (journal_load(ce, &j, err, sizeof(err)) < 0)
+    if (!wanted(ce, err, sizeof(err)) || journal_load(ce, &j, err, sizeof(err)) < 0)
         goto out;
     if (!j) {
         r = reply_new(ce, true, NULL);

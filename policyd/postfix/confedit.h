@@ -41,6 +41,12 @@ void confedit_free(struct confedit *ce);
 void confedit_defer_log(struct confedit *ce, bool defer);
 void confedit_flush_log(struct confedit *ce);
 
+/* guard, when set, is asked once the operation holds the state_directory lock, before it
+ * changes anything: false means the requester is gone (a daemon killed after it sent the
+ * request), and the operation is not started, so a new daemon's journal check can never
+ * come before an operation of the old one that then changes Postfix. */
+void confedit_set_guard(struct confedit *ce, bool (*guard)(void *arg), void *arg);
+
 /* J: removes what a crash left (scratch directories of this state_directory, temporary
  * files beside main.cf/master.cf), then reads the journal: "found", and "settings"
  * (lib/privmsg's list) when one is there. As root only a journal root wrote is trusted

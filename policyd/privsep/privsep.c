@@ -162,6 +162,14 @@ static json_t *json_empty_check(struct helper *h, const char *p, size_t len)
     return ok ? NULL : reply_error("request rejected: payload must be {}");
 }
 
+/* confedit's guard: the daemon still holds its end of the socketpair. */
+static bool daemon_alive(void *arg)
+{
+    struct helper *h = arg;
+    struct pollfd pf = {.fd = h->fd, .events = POLLRDHUP};
+    return !(poll(&pf, 1, 0) == 1 && (pf.revents & (POLLRDHUP | POLLHUP | POLLERR)));
+}
+
 /* The helper's life: one request at a time until the socketpair closes. */
 static void __attribute__((noreturn)) helper_main(struct helper *h)
 {
@@ -169,6 +177,7 @@ static void __attribute__((noreturn)) helper_main(struct helper *h)
     if (!buf)
         _exit(1);
     log_debug("privileged helper running (pid %ld)", (long)getpid());
+    confedit_set_guard(h->ce, daemon_alive, h);
     for (;;) {
         ssize_t n = recv(h->fd, buf, PRIVMSG_MAX + 1, MSG_TRUNC);
         if (n < 0 && errno == EINTR)

@@ -273,9 +273,15 @@ class CrashE2E(unittest.TestCase):
         changed = (read_bytes(self.main), read_bytes(self.master)) != (self.main0, self.master0)
         mark = len(ps.log())
         ps.start()
+        # Daemon only: the old helper finishes its operation meanwhile (the new helper's
+        # journal check waits for it); judge the result once it is gone.
+        self.assertTrue(wait_for(lambda: comm(helper) != "postsurge-priv", 120, 0.05))
         self.wait_state("none")
         self.assertTrue(wait_for(lambda: not os.path.exists(self.journal), 60, 0.05),
                         ps.log()[mark:])
+        if "event journal-found" in ps.log()[mark:]:
+            self.assertTrue(ps.wait_log("event overrides-restored", since=mark, timeout=60),
+                            ps.log()[mark:])
         after = ps.log()[mark:]
         restored = re.search(r"event overrides-restored: .*?\((main\.cf [^,]+, master\.cf [^)]+)\)",
                              after)
