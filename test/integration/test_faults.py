@@ -368,8 +368,8 @@ class StateDirectoryFull(test_controller.ControllerTest):
     def test_faults_state_directory_full_mid_episode_restores(self):
         # The overrides are in force (journal written) when state_directory fills up: the
         # restore needs no space there, so main.cf and master.cf come back byte for byte
-        # and the journal goes; the next episode then applies nothing (no room for its
-        # journal), with an error saying so.
+        # and the journal goes; the next episode, still full, then applies nothing (no room
+        # for its journal), with an error saying so.
         ps, mnt = self.full_state_daemon()
         ps.cli("stress", "enter")
         self.wait_state(ps, "applied")
@@ -381,6 +381,7 @@ class StateDirectoryFull(test_controller.ControllerTest):
         self.assertEqual(test_controller.read_bytes(self.master), self.master0)
         self.assertFalse(os.path.exists(os.path.join(mnt, "journal.json")))
         self.assertIn("(main.cf byte-exact, master.cf byte-exact)", ps.log())
+        self.fill(mnt)  # the journal's removal gave its room back
         mark = len(ps.log())
         ps.cli("stress", "enter")
         self.assertTrue(wait_for(lambda: "journal" in self.me(ps)["error"], 30), ps.log())
