@@ -15,6 +15,7 @@ or temporary file is left. Every run and its outcome is printed. Natively only.
 Needs root, postfix. Env: POSTSURGE, PYTHONPATH=test/pylib; POSTSURGE_CRASH_RUNS (runs
 per phase and kill mode, default 10).
 """
+import datetime
 import glob
 import json
 import os
@@ -241,12 +242,33 @@ class CrashE2E(unittest.TestCase):
         found += glob.glob(os.path.join(self.pf.dir, "*.postsurge-tmp"))
         return found
 
-    def timed(self, verb, state):
-        """Duration of a whole `stress VERB` until overrides_state is state (ms)."""
+    def timed(self, verb, state, first, last):
+        """A whole `stress VERB` until overrides_state is state: its duration (ms), and
+        the window from the log line matching first to the one matching last, in ms after
+        the command returned (the moments where the files change)."""
+        mark = len(self.ps.log())
         t0 = time.monotonic()
         self.assertEqual(self.ps.cli("stress", verb).returncode, 0)
+        wall0 = time.time()
         self.wait_state(state)
-        return (time.monotonic() - t0) * 1000
+        span = (time.monotonic() - t0) * 1000
+
+        def at(pattern):
+            for line in self.ps.log()[mark:].splitlines():
+                if re.search(pattern, line):
+                    stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%dT%H:%M:%S.%f")
+                    return (stamp.timestamp() - wall0) * 1000
+            return None
+        a, b = at(first), at(last)
+        window = (max(0.0, a - 100), b + 100) if a is not None and b is not None else None
+        return span, window
+
+    @staticmethod
+    def pick_delay(span, window):
+        """Half the kills anywhere in the operation, half where the files change."""
+        if window and random.random() < 0.5:
+            return random.uniform(*window)
+        return random.uniform(0, span)
 
     def one_run(self, n, phase, mode, span_ms):
         ps = self.ps
@@ -255,7 +277,7 @@ class CrashE2E(unittest.TestCase):
             self.wait_state("applied")
         helper = self.helper()
         mark = len(ps.log())
-        delay = random.uniform(0, span_ms)
+        delay = self.pick_delay(*span_ms)
         self.assertEqual(ps.cli("stress", "enter" if phase == "apply" else "exit").returncode, 0)
         time.sleep(delay / 1000.0)
         os.kill(ps.pid, signal.SIGKILL)
@@ -312,19 +334,25 @@ class CrashE2E(unittest.TestCase):
         random.seed(int(os.environ.get("POSTSURGE_CRASH_SEED", str(int(time.time())))))
         self.assertTrue(self.ps.wait_log("override profile:", timeout=60), self.ps.log())
         # One undisturbed episode: it works, and it measures how long apply and restore
-        # take (the kills fall anywhere in 0 .. 1.2 x that).
-        apply_ms = self.timed("enter", "applied")
+        # take and when in them the files change; half the kills fall anywhere in 0 .. 1.2
+        # x the duration, half in that window (from the first scratch edit, or the restore's
+        # plan, to the reload).
+        apply_ms, apply_win = self.timed("enter", "applied", r"editing a copy",
+                                         r"running: \S+ -c \S+ reload")
         self.assertIn("-o stress=yes", read_bytes(self.master).decode())
         self.assertIn("127.0.0.1:%d inet n - n - 5 smtpd\n  -o stress=\n" % self.filter_port,
                       read_bytes(self.master).decode())
-        restore_ms = self.timed("exit", "none")
+        restore_ms, restore_win = self.timed("exit", "none", r"confedit.*: restore: ",
+                                             r"running: \S+ -c \S+ reload")
         self.assertEqual((read_bytes(self.main), read_bytes(self.master)),
                          (self.main0, self.master0))
-        print("\nundisturbed: apply %.0f ms, restore %.0f ms; %d runs per phase and kill mode"
-              % (apply_ms, restore_ms, CRASH_RUNS), flush=True)
+        print("\nundisturbed: apply %.0f ms (files change in %s), restore %.0f ms (in %s); "
+              "%d runs per phase and kill mode" % (apply_ms, apply_win, restore_ms, restore_win,
+                                                   CRASH_RUNS), flush=True)
         failures = []
         n = 0
-        for phase, span in (("apply", apply_ms * 1.2), ("restore", restore_ms * 1.2)):
+        for phase, span in (("apply", (apply_ms * 1.2, apply_win)),
+                            ("restore", (restore_ms * 1.2, restore_win))):
             for mode in ("daemon", "daemon+helper"):
                 for _ in range(CRASH_RUNS):
                     n += 1
