@@ -1,22 +1,25 @@
 /* overrides: the stress override profile, its validation against what Postfix knows,
  * the journal of what postsurge changed, and the exact postconf/postfix argv lists to
- * apply and undo it. The controller (policyd/controller.c) runs postconf, reads files
+ * apply and undo it. The executor (policyd/postfix/confedit.c) runs postconf, reads files
  * and hands their text and bytes in; this module decides. Pure: no spawning, no I/O.
  *
- * Flow for the controller:
+ * Flow for the executor:
  *   start-up:  K = overrides_known_params_parse(`postconf -c DIR -d`)
  *              S = overrides_services_parse(`postconf -c DIR -F`)
  *              overrides_profile_parse(cfg->stress_main_cf, cfg->stress_master_cf, &p)
  *              overrides_profile_resolve(p, K, S, &r)            (reject bad config)
  *   enter:     read main.cf, master.cf bytes; run `postconf -c DIR -n` and `-P`;
- *              overrides_journal_new(r, DIR, bytes..., n_text, P_text, now, &j)
- *              write overrides_journal_serialize(j) (tmp + fsync + rename), then
- *              run every argv of overrides_apply_plan(j); read the files back,
- *              overrides_journal_set_expected(j, ...), write the journal again;
- *              run `postconf -n`/`-P` and overrides_verify(j, ...).
+ *              overrides_journal_new(r, DIR, bytes..., n_text, P_text, now, &j);
+ *              run the postconf argv of overrides_apply_plan(j) on a scratch copy of
+ *              the two files (-c SCRATCH), read the copies back,
+ *              overrides_journal_set_expected(j, ...), write
+ *              overrides_journal_serialize(j) (tmp + fsync + rename); only then put the
+ *              new files in place (tmp + fsync + rename), run the reload, then `postconf
+ *              -n`/`-P` and overrides_verify(j, ...).
  *   exit:      read the files, `postconf -n`/`-P`; overrides_restore_plan(j, ...);
  *              write the original bytes where write_main/write_master say (tmp + fsync
- *              + rename), run the argv lists, log each conflict; delete the journal.
+ *              + rename), run the per-setting argv on a scratch copy and put it in place
+ *              the same way, reload, log each conflict; delete the journal.
  *   crash:     on start, overrides_journal_parse() the file left behind; when it is
  *              corrupt, change nothing and alert (never half-apply). */
 #pragma once
@@ -210,6 +213,9 @@ struct overrides_restore {
     /* Write the journal's original bytes over the file (tmp + fsync + rename): the file
      * still holds exactly what postsurge left. Borrowed from the journal. */
     bool write_main, write_master;
+    /* The file holds its original bytes already (a restore that was interrupted after it
+     * wrote them, or an apply that never got as far): nothing to do for it. */
+    bool main_is_original, master_is_original;
     /* Per-setting commands for a file someone else edited (or, after a crash in the
      * middle of applying, whose expected bytes are unknown), then one reload. */
     struct overrides_plan plan;

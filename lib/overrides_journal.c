@@ -825,8 +825,13 @@ int overrides_restore_plan(const struct overrides_journal *j, const char *main_c
             cur = "";
             cur_len = 0;
         }
-        if (blob_equal(orig, cur, cur_len))
+        if (blob_equal(orig, cur, cur_len)) {
+            if (f == OVERRIDES_MAIN)
+                r->main_is_original = true;
+            else
+                r->master_is_original = true;
             continue;
+        }
         if (j->have_expected && blob_equal(exp, cur, cur_len)) {
             /* Nobody touched the file since postsurge wrote it: put it back byte for
              * byte, which postconf -X / -PX alone cannot do. */

@@ -1,10 +1,11 @@
 /* controller: monitor samples -> lib/stress -> override apply/restore, journaled.
- * Every postconf/postfix run is a spawn (with command_timeout); file reads, the journal
- * and the restored files are written in libuv's thread pool (write tmp, fsync, rename,
- * fsync the directory), so the loop never blocks. One job (init, apply or restore) runs
- * at a time; after each job the wanted state (overrides in force while stressed) is
- * compared with the journal and the next job starts. The journal is on disk before the
- * first command that changes Postfix, and is removed only after a restore finished. */
+ * The apply and restore are postfix/confedit's operations (journal with the files' bytes
+ * before and after, edit on a scratch copy, install by rename, reload, verify), run by
+ * the privileged helper or in libuv's thread pool, so the loop never blocks. One job
+ * (init, apply or restore) runs at a time; after each job the wanted state (overrides in
+ * force while stressed) is compared with the journal and the next job starts. The journal
+ * is on disk before the first change to Postfix, and is removed only after a restore
+ * finished. */
 #define LOG_COMPONENT "controller"
 #include "ctl_internal.h"
 
@@ -447,6 +448,7 @@ void controller_free(struct controller *c)
     overrides_services_free(c->svcs);
     overrides_profile_free(c->resolved);
     overrides_journal_free(c->journal);
+    confedit_free(c->ce);
     free(c->config_dir);
     free(c->state_dir);
     free(c->journal_path);

@@ -9,6 +9,7 @@
 #include "server/engine.h"
 #include "util/log.h"
 #include "util/metrics.h"
+#include "postfix/confedit.h"
 #include "postfix/monitor.h"
 #include "attack.h"
 #include "node.h"
@@ -38,41 +39,23 @@
 
 enum job_kind { JOB_INIT, JOB_APPLY, JOB_RESTORE };
 
-enum work_kind {
-    WK_READ_FILES,
-    WK_WRITE_JOURNAL,
-    WK_WRITE_ORIGINALS,
-    WK_UNLINK_JOURNAL,
-    WK_READ_JOURNAL
-};
-
 struct job {
     struct controller *c;
     enum job_kind kind;
     int step;
     uint64_t t0;
-    /* file bytes: main.cf, master.cf (WK_READ_FILES), the journal (WK_READ_JOURNAL) */
-    char *main_buf, *master_buf, *journal_buf;
-    size_t main_len, master_len, journal_len;
-    bool journal_found;
-    char *n_text, *P_text;
-    size_t n_len, P_len;
-    struct overrides_journal *j; /* apply: the new journal (moved to c->journal) */
-    char *jtext;                 /* serialized journal to write */
-    size_t jtext_len;
-    struct overrides_plan *plan;
-    struct overrides_restore *restore;
-    size_t cmd_idx;
-    bool failed;
-    /* thread pool work */
-    uv_work_t work;
-    enum work_kind wk;
-    int work_rc;
-    char work_err[512];
-    /* privileged helper: the last reply (NULL with reply_status < 0 when none came) */
+    /* The executor's answer (postfix/confedit's JSON, from the privileged helper or the
+     * thread pool); NULL with reply_status < 0 when none came. */
     json_t *reply;
     int reply_status;
-    /* last command */
+    /* thread-pool run of the executor: the operation, its payload, its answer */
+    uv_work_t work;
+    enum privmsg_op op;
+    char *payload;
+    size_t plen;
+    json_t *work_reply;
+    /* last command (init: postconf -d, -F) */
+    bool failed;
     struct spawn *sp;
     char *out;
     size_t out_len;
@@ -106,7 +89,10 @@ struct controller {
 
     struct monitor *mon;
     struct privsep *ps; /* the privileged helper (serve started as root), or NULL */
-    bool unavailable;   /* overrides cannot run (started as non-root, helper gone) */
+    /* The executor run in the thread pool when no helper does it (user = root, dry run,
+     * offline restore); created at its first use. */
+    struct confedit *ce;
+    bool unavailable; /* overrides cannot run (started as non-root, helper gone) */
     char unavailable_why[256];
     struct stress_machine *sm;
     struct node *node;
@@ -136,8 +122,6 @@ struct controller {
      * on the same instance finds it taken and changes nothing. -1: no lock possible. */
     int lock_fd;
     bool lock_held;
-    /* an apply of ours just failed half-way: the files hold exactly what it left */
-    bool expected_is_current;
     uint64_t restore_retry_at;
     struct job *job;
     char last_error[512];
@@ -188,9 +172,8 @@ void ctl_reconcile(struct controller *c);
 void ctl_on_transition(struct controller *c, const struct stress_result *r);
 struct controller *ctl_alloc(uv_loop_t *loop, const struct config *cfg);
 
-/* jobs.c: the init, apply and restore jobs (thread-pool file work, commands, the helper) */
-void job_work(uv_work_t *w);
-void job_free(struct job *jb);
+/* jobs.c: the init, apply and restore jobs (postconf -d/-F, then postfix/confedit's
+ * operations through the helper or in the thread pool) */
 bool ctl_lock(struct controller *c);
 void job_start(struct controller *c, enum job_kind kind);
 json_t *ctl_settings_json(const struct overrides_journal *j);

@@ -1,155 +1,14 @@
 /* jobs: the controller's jobs, one at a time: init (postconf -d/-F, the profile, a
- * journal left behind), apply and restore. Every postconf/postfix run is a spawn (with
- * command_timeout); file reads, the journal and the restored files are written in libuv's
- * thread pool, so the loop never blocks; as root the privileged helper does the journaled
- * steps. The journal is on disk before the first command that changes Postfix, and is
- * removed only after a restore finished. */
+ * journal left behind), apply and restore. postconf -d/-F at init are spawns on the loop;
+ * apply, restore and the journal check are postfix/confedit's operations (journal, edit
+ * on a scratch copy, install, reload, verify), run by the privileged helper when there is
+ * one, else in libuv's thread pool, so the loop never blocks. Both answer the same JSON,
+ * read by one code path here. */
 #define LOG_COMPONENT "controller"
 #include "ctl_internal.h"
 
 static void job_step(struct job *jb);
 static void job_end(struct job *jb);
-
-/* ---- synchronous file helpers, run in the thread pool (or by the CLI) ---- */
-
-/* Reads a whole file. trusted_only: the file must be a regular file owned by the
- * effective user, with one link and no group or other write bit (-EPERM otherwise), so a
- * root process never restores from a journal the unprivileged daemon user could forge. */
-static int read_all_checked(const char *path, bool trusted_only, char **buf, size_t *len)
-{
-    /* O_NONBLOCK: a FIFO planted at the name must not hang a root restore; it fails the
-     * regular-file check below instead. */
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | (trusted_only ? O_NOFOLLOW : 0));
-    if (fd < 0)
-        return -errno;
-    struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-        (trusted_only && (st.st_uid != geteuid() || st.st_nlink != 1 || (st.st_mode & 022)))) {
-        close(fd);
-        return -EPERM;
-    }
-    int rc = fsutil_read_fd(fd, buf, len);
-    close(fd);
-    return rc;
-}
-
-static int read_all(const char *path, char **buf, size_t *len)
-{
-    return read_all_checked(path, false, buf, len);
-}
-
-/* Writes data to path atomically: PATH.postsurge-tmp, fsync, rename, fsync the
- * directory. like: a file whose owner and mode the new file takes (NULL: mode 0600). */
-static int write_atomic(const char *path, const char *data, size_t len, const struct stat *like,
-                        char *err, size_t errlen)
-{
-    int e = fsutil_replace(path, data, len, like, 0, err, errlen);
-    if (e == 0 && (e = fsutil_fsync_dir_of(path)) < 0)
-        snprintf(err, errlen, "cannot fsync the directory of %s: %s", path, strerror(-e));
-    return e;
-}
-
-void job_work(uv_work_t *w)
-{
-    struct job *jb = w->data;
-    struct controller *c = jb->c;
-    int rc = 0;
-    jb->work_err[0] = '\0';
-    switch (jb->wk) {
-    case WK_READ_FILES:
-        free(jb->main_buf);
-        free(jb->master_buf);
-        jb->main_buf = jb->master_buf = NULL;
-        rc = read_all(c->main_path, &jb->main_buf, &jb->main_len);
-        if (rc < 0) {
-            snprintf(jb->work_err, sizeof(jb->work_err), "cannot read %s: %s", c->main_path,
-                     strerror(-rc));
-            break;
-        }
-        rc = read_all(c->master_path, &jb->master_buf, &jb->master_len);
-        if (rc < 0)
-            snprintf(jb->work_err, sizeof(jb->work_err), "cannot read %s: %s", c->master_path,
-                     strerror(-rc));
-        break;
-    case WK_WRITE_JOURNAL:
-        rc = write_atomic(c->journal_path, jb->jtext, jb->jtext_len, NULL, jb->work_err,
-                          sizeof(jb->work_err));
-        break;
-    case WK_WRITE_ORIGINALS: {
-        const struct overrides_journal *j = c->journal;
-        struct {
-            bool on;
-            const char *path;
-            const struct overrides_blob *b;
-        } f[2] = {{jb->restore->write_main, c->main_path, &j->main_original},
-                  {jb->restore->write_master, c->master_path, &j->master_original}};
-        for (int i = 0; i < 2 && rc == 0; i++) {
-            struct stat st;
-            if (!f[i].on)
-                continue;
-            if (stat(f[i].path, &st) < 0) {
-                rc = -errno;
-                snprintf(jb->work_err, sizeof(jb->work_err), "cannot stat %s: %s", f[i].path,
-                         strerror(errno));
-                break;
-            }
-            rc = write_atomic(f[i].path, f[i].b->data ? f[i].b->data : "", f[i].b->size, &st,
-                              jb->work_err, sizeof(jb->work_err));
-        }
-        break;
-    }
-    case WK_UNLINK_JOURNAL:
-        if (unlink(c->journal_path) < 0 && errno != ENOENT) {
-            rc = -errno;
-            snprintf(jb->work_err, sizeof(jb->work_err), "cannot remove %s: %s", c->journal_path,
-                     strerror(errno));
-        } else {
-            rc = fsutil_fsync_dir_of(c->journal_path);
-            if (rc < 0)
-                snprintf(jb->work_err, sizeof(jb->work_err), "cannot fsync %.400s: %s",
-                         c->state_dir, strerror(-rc));
-        }
-        break;
-    case WK_READ_JOURNAL:
-        /* As root (offline restore, user = root), trust only a journal root wrote, like
-         * the privileged helper does. */
-        rc = read_all_checked(c->journal_path, geteuid() == 0, &jb->journal_buf, &jb->journal_len);
-        jb->journal_found = rc == 0;
-        if (rc == -ENOENT)
-            rc = 0;
-        else if (rc == -EPERM)
-            snprintf(jb->work_err, sizeof(jb->work_err),
-                     "%s is not a journal root wrote (owner, links or mode differ): refused",
-                     c->journal_path);
-        else if (rc < 0)
-            snprintf(jb->work_err, sizeof(jb->work_err), "cannot read %s: %s", c->journal_path,
-                     strerror(-rc));
-        break;
-    }
-    jb->work_rc = rc;
-}
-
-static void job_after_work(uv_work_t *w, int status)
-{
-    struct job *jb = w->data;
-    if (status < 0 && jb->work_rc == 0) {
-        jb->work_rc = status;
-        snprintf(jb->work_err, sizeof(jb->work_err), "thread pool: %s", uv_strerror(status));
-    }
-    job_step(jb);
-}
-
-static void job_queue_work(struct job *jb, enum work_kind wk)
-{
-    jb->wk = wk;
-    jb->work.data = jb;
-    int rc = uv_queue_work(jb->c->loop, &jb->work, job_work, job_after_work);
-    if (rc < 0) {
-        jb->work_rc = rc;
-        snprintf(jb->work_err, sizeof(jb->work_err), "uv_queue_work: %s", uv_strerror(rc));
-        job_step(jb);
-    }
-}
 
 /* ---- commands ---- */
 
@@ -245,16 +104,7 @@ static void job_run_postconf(struct job *jb, const char *flag)
     job_run(jb, argv, false);
 }
 
-static void job_take_out(struct job *jb, char **text, size_t *len)
-{
-    free(*text);
-    *text = jb->out ? jb->out : strdup("");
-    *len = jb->out ? jb->out_len : 0;
-    jb->out = NULL;
-    jb->out_len = 0;
-}
-
-/* ---- the privileged helper (serve started as root) ---- */
+/* ---- the executor: the privileged helper, or confedit in the thread pool ---- */
 
 static void job_on_reply(void *arg, int status, json_t *reply)
 {
@@ -265,14 +115,72 @@ static void job_on_reply(void *arg, int status, json_t *reply)
     job_step(jb);
 }
 
-/* Sends op to the helper; job_step() runs with jb->reply (or reply_status < 0). */
-static void job_helper(struct job *jb, enum privmsg_op op, const char *payload, size_t len)
+static void job_work(uv_work_t *w)
 {
+    struct job *jb = w->data;
+    struct confedit *ce = jb->c->ce;
+    switch (jb->op) {
+    case PRIVMSG_JOURNAL:
+        jb->work_reply = confedit_journal(ce);
+        break;
+    case PRIVMSG_APPLY:
+        jb->work_reply = confedit_apply(ce, jb->payload, jb->plen, ctl_log_only(jb->c), SIZE_MAX);
+        break;
+    case PRIVMSG_RESTORE:
+        jb->work_reply = confedit_restore(ce);
+        break;
+    default:
+        break;
+    }
+}
+
+static void job_after_work(uv_work_t *w, int status)
+{
+    struct job *jb = w->data;
+    confedit_flush_log(jb->c->ce);
+    free(jb->payload);
+    jb->payload = NULL;
+    jb->reply = jb->work_reply;
+    jb->work_reply = NULL;
+    jb->reply_status = jb->reply ? 0 : (status < 0 ? status : -ENOMEM);
+    job_step(jb);
+}
+
+/* Runs op (PRIVMSG_JOURNAL, _APPLY, _RESTORE) with payload; job_step() runs later with
+ * jb->reply (or reply_status < 0). Through the helper when there is one (a dry run needs
+ * no privilege: it stays in this process), else in the thread pool. */
+static void job_call(struct job *jb, enum privmsg_op op, const char *payload, size_t len)
+{
+    struct controller *c = jb->c;
+    int rc;
     json_decref(jb->reply);
     jb->reply = NULL;
     jb->reply_status = 0;
-    int rc = privsep_call(jb->c->ps, op, payload, len, job_on_reply, jb);
+    if (c->ps && !(op == PRIVMSG_APPLY && ctl_log_only(c))) {
+        rc = privsep_call(c->ps, op, payload, len, job_on_reply, jb);
+        if (rc < 0) {
+            jb->reply_status = rc;
+            job_step(jb);
+        }
+        return;
+    }
+    if (!c->ce)
+        c->ce =
+            confedit_new(c->config_dir, c->state_dir, c->postconf, c->postfix, c->cmd_timeout_ms);
+    jb->payload = c->ce ? strndup(payload, len) : NULL;
+    if (!jb->payload) {
+        jb->reply_status = -ENOMEM;
+        job_step(jb);
+        return;
+    }
+    confedit_defer_log(c->ce, true);
+    jb->op = op;
+    jb->plen = len;
+    jb->work.data = jb;
+    rc = uv_queue_work(c->loop, &jb->work, job_work, job_after_work);
     if (rc < 0) {
+        free(jb->payload);
+        jb->payload = NULL;
         jb->reply_status = rc;
         job_step(jb);
     }
@@ -283,7 +191,8 @@ static const char *reply_error(const struct job *jb)
 {
     if (jb->reply_status < 0)
         return jb->reply_status == -ECANCELED ? "cancelled (stopping)"
-                                              : "the privileged helper does not answer";
+               : jb->c->ps                    ? "the privileged helper does not answer"
+                                              : "the thread pool could not run it";
     const char *e = json_string_value(json_object_get(jb->reply, "error"));
     return e && *e ? e : "unknown error";
 }
@@ -293,45 +202,28 @@ static bool reply_ok(const struct job *jb)
     return jb->reply_status == 0 && json_is_true(json_object_get(jb->reply, "ok"));
 }
 
-/* Commands the helper ran for a request count as ours (status, metrics). */
+/* Commands the executor ran for a request count as ours (status, metrics). */
 static void reply_count(struct controller *c, const struct job *jb)
 {
     c->commands_run += (uint64_t)json_integer_value(json_object_get(jb->reply, "commands"));
     c->command_failures += (uint64_t)json_integer_value(json_object_get(jb->reply, "failures"));
 }
 
-/* The journal's settings as the helper reported them (the helper keeps the journal). */
+/* The journal's settings as the executor reported them (it keeps the journal). */
 static struct overrides_journal *reply_journal(struct controller *c, const struct job *jb)
 {
     struct overrides_journal *j = NULL;
     if (privmsg_settings_decode(json_object_get(jb->reply, "settings"), c->config_dir, &j) < 0)
-        log_error("privileged helper: unreadable settings in its reply");
+        log_error("unreadable settings in the executor's reply");
     return j;
-}
-
-/* The journal a crash left: the helper reads it (root's file, 0600); else the thread
- * pool. */
-static void job_read_journal(struct job *jb)
-{
-    if (jb->c->ps)
-        job_helper(jb, PRIVMSG_JOURNAL, "{}", 2);
-    else
-        job_queue_work(jb, WK_READ_JOURNAL);
 }
 
 /* ---- jobs ---- */
 
-void job_free(struct job *jb)
+static void job_free(struct job *jb)
 {
-    free(jb->main_buf);
-    free(jb->master_buf);
-    free(jb->journal_buf);
-    free(jb->n_text);
-    free(jb->P_text);
-    overrides_journal_free(jb->j);
-    free(jb->jtext);
-    overrides_plan_free(jb->plan);
-    overrides_restore_free(jb->restore);
+    free(jb->payload);
+    json_decref(jb->work_reply);
     json_decref(jb->reply);
     free(jb->out);
     free(jb);
@@ -408,18 +300,6 @@ json_t *ctl_settings_json(const struct overrides_journal *j)
     return a;
 }
 
-static bool plan_log(const struct overrides_plan *p, const char *prefix)
-{
-    for (size_t i = 0; i < p->n; i++) {
-        char *line = NULL;
-        if (overrides_cmd_format(&p->cmds[i], &line) == 0) {
-            log_info("%s%s", prefix, line);
-            free(line);
-        }
-    }
-    return true;
-}
-
 /* The apply found nothing to change. Without a journal the wanted state ("overrides in
  * force") and the journal always disagree, so without this flag every job end would start
  * the same apply again: two postconf runs each time, thousands a minute. */
@@ -434,307 +314,9 @@ static void ctl_already_in_force(struct controller *c)
               c->config_dir);
 }
 
-/* Runs the plan's next command (step 5 again when it ends), or reads the files back
- * (step 6) after the last one. */
-static void apply_next(struct job *jb)
-{
-    if (jb->cmd_idx < jb->plan->n) {
-        jb->step = 5;
-        job_run(jb, jb->plan->cmds[jb->cmd_idx++].argv, true);
-        return;
-    }
-    jb->step = 6;
-    job_queue_work(jb, WK_READ_FILES);
-}
-
-/* Steps 0 to 3 of apply and restore, up to their decision: read main.cf and master.cf,
- * postconf -n, postconf -P, each output taken into jb. Nothing here changes Postfix.
- * step: the step being run (0-3); what: "apply" or "restore", for the error. Returns 1
- * when it started the next piece (the caller returns; job_step comes back with step + 1),
- * 0 at step 3 with the snapshot complete, -1 when a piece failed (last_error set). */
-static int job_snapshot_step(struct job *jb, int step, const char *what)
-{
-    switch (step) {
-    case 0:
-        job_queue_work(jb, WK_READ_FILES);
-        return 1;
-    case 1:
-        if (jb->work_rc < 0) {
-            ctl_set_error(jb->c, "%s: %s", what, jb->work_err);
-            return -1;
-        }
-        job_run_postconf(jb, "-n");
-        return 1;
-    case 2:
-        if (jb->failed)
-            return -1;
-        job_take_out(jb, &jb->n_text, &jb->n_len);
-        job_run_postconf(jb, "-P");
-        return 1;
-    default:
-        if (jb->failed)
-            return -1;
-        job_take_out(jb, &jb->P_text, &jb->P_len);
-        return 0;
-    }
-}
-
-/* Apply: read files, postconf -n, -P, journal (written before anything changes), the
- * plan's commands, read back, journal again with the files as we left them, verify. */
+/* Apply: the executor re-validates the profile, edits a scratch copy, journals, installs,
+ * reloads and verifies; we keep the settings it reports. */
 static void job_step_apply(struct job *jb)
-{
-    struct controller *c = jb->c;
-    char err[512];
-    int rc;
-    int step = jb->step++;
-    if (step <= 3 && (rc = job_snapshot_step(jb, step, "apply")) != 0) {
-        if (rc < 0)
-            goto fail_unchanged;
-        return;
-    }
-    switch (step) {
-    case 3:
-        rc = overrides_journal_new(c->resolved, c->config_dir, jb->main_buf, jb->main_len,
-                                   jb->master_buf, jb->master_len, jb->n_text, jb->n_len,
-                                   jb->P_text, jb->P_len, node_wall_ms(), &jb->j);
-        if (rc == 0)
-            rc = overrides_apply_plan(jb->j, &jb->plan);
-        if (rc < 0) {
-            ctl_set_error(c, "apply: cannot build the journal: %s", strerror(-rc));
-            goto fail_unchanged;
-        }
-        if (jb->plan->n == 0) {
-            ctl_already_in_force(c);
-            break;
-        }
-        if (ctl_log_only(c)) {
-            plan_log(jb->plan, "dry run: would run: ");
-            c->dry_applied = true;
-            ctl_event(c, "overrides-dry-run", false,
-                      json_pack("{s:o}", "settings", ctl_settings_json(jb->j)),
-                      "%s: %zu commands logged, nothing changed", ctl_log_only_why(c), jb->plan->n);
-            break;
-        }
-        rc = overrides_journal_serialize(jb->j, &jb->jtext, &jb->jtext_len);
-        if (rc < 0) {
-            ctl_set_error(c, "apply: cannot serialize the journal: %s", strerror(-rc));
-            goto fail_unchanged;
-        }
-        job_queue_work(jb, WK_WRITE_JOURNAL);
-        return;
-    case 4:
-        if (jb->work_rc < 0) {
-            ctl_set_error(c, "journal: %s; overrides not applied", jb->work_err);
-            ctl_event(c, "journal-error", true, json_pack("{s:s}", "path", c->journal_path),
-                      "%s; nothing applied", jb->work_err);
-            goto fail_unchanged;
-        }
-        log_info("journal written: %s (%zu settings, prior state of main.cf %zu bytes, "
-                 "master.cf %zu bytes)",
-                 c->journal_path, jb->j->n, jb->main_len, jb->master_len);
-        ctl_journal_to_store(c, jb->jtext);
-        /* From here on Postfix may change: the journal is what undoes it. */
-        c->journal = jb->j;
-        jb->j = NULL;
-        jb->cmd_idx = 0;
-        apply_next(jb);
-        return;
-    case 5: /* a command of the plan finished */
-        if (jb->failed) {
-            ctl_event(c, "command-failed", true, json_pack("{s:s}", "error", c->last_error),
-                      "apply: %s; rolling back", c->last_error);
-            goto fail_changed;
-        }
-        apply_next(jb);
-        return;
-    case 6:
-        if (jb->work_rc < 0) {
-            ctl_set_error(c, "apply: %s", jb->work_err);
-            goto fail_changed;
-        }
-        rc = overrides_journal_set_expected(c->journal, jb->main_buf, jb->main_len, jb->master_buf,
-                                            jb->master_len);
-        free(jb->jtext);
-        jb->jtext = NULL;
-        if (rc == 0)
-            rc = overrides_journal_serialize(c->journal, &jb->jtext, &jb->jtext_len);
-        if (rc < 0) {
-            ctl_set_error(c, "apply: cannot update the journal: %s", strerror(-rc));
-            goto fail_changed;
-        }
-        job_queue_work(jb, WK_WRITE_JOURNAL);
-        return;
-    case 7:
-        if (jb->work_rc < 0) {
-            /* The first journal (without the expected bytes) still undoes everything,
-             * setting by setting. */
-            log_warn("journal update: %s; the restore will go setting by setting", jb->work_err);
-        } else {
-            ctl_journal_to_store(c, jb->jtext);
-        }
-        job_run_postconf(jb, "-n");
-        return;
-    case 8:
-        if (jb->failed)
-            goto fail_changed;
-        job_take_out(jb, &jb->n_text, &jb->n_len);
-        job_run_postconf(jb, "-P");
-        return;
-    case 9:
-        if (jb->failed)
-            goto fail_changed;
-        job_take_out(jb, &jb->P_text, &jb->P_len);
-        if (overrides_verify(c->journal, jb->n_text, jb->n_len, jb->P_text, jb->P_len, err,
-                             sizeof(err)) < 0) {
-            ctl_set_error(c, "apply: read-back differs: %s", err);
-            ctl_event(c, "verify-failed", true, NULL, "overrides read back wrong: %s", err);
-            goto fail_changed;
-        }
-        c->applies++;
-        c->last_error[0] = '\0';
-        ctl_event(c, "overrides-applied", false,
-                  json_pack("{s:o,s:I}", "settings", ctl_settings_json(c->journal), "elapsed_ms",
-                            (json_int_t)(uv_now(c->loop) - jb->t0)),
-                  "%zu settings applied and verified, postfix reloaded, in %" PRIu64 " ms",
-                  c->journal->n, uv_now(c->loop) - jb->t0);
-        if (c->mon)
-            monitor_refresh_limits(c->mon);
-        break;
-    default:
-        break;
-    }
-    job_end(jb);
-    return;
-fail_unchanged:
-    c->apply_failed = true;
-    log_error("overrides not applied: %s", c->last_error);
-    job_end(jb);
-    return;
-fail_changed:
-    c->apply_failed = true;
-    c->expected_is_current = true;
-    log_error("overrides apply failed: %s; restoring from the journal", c->last_error);
-    job_end(jb);
-}
-
-/* Restore: read files, postconf -n, -P, decide (original bytes or per setting), write the
- * originals, run the per-setting commands and the reload, log conflicts, drop the
- * journal. */
-static void job_step_restore(struct job *jb)
-{
-    struct controller *c = jb->c;
-    int rc;
-    int step = jb->step++;
-    if (step <= 3 && (rc = job_snapshot_step(jb, step, "restore")) != 0) {
-        if (rc < 0)
-            goto fail;
-        return;
-    }
-    switch (step) {
-    case 3:
-        if (c->expected_is_current && !c->journal->have_expected) {
-            /* Our own apply failed moments ago: nobody else edited in between, so the
-             * files as they are now are what postsurge left, and the original bytes
-             * can go back exactly. */
-            rc = overrides_journal_set_expected(c->journal, jb->main_buf, jb->main_len,
-                                                jb->master_buf, jb->master_len);
-            if (rc < 0) {
-                ctl_set_error(c, "restore: %s", strerror(-rc));
-                goto fail;
-            }
-        }
-        c->expected_is_current = false;
-        rc = overrides_restore_plan(c->journal, jb->main_buf, jb->main_len, jb->master_buf,
-                                    jb->master_len, jb->n_text, jb->n_len, jb->P_text, jb->P_len,
-                                    &jb->restore);
-        if (rc < 0) {
-            ctl_set_error(c, "restore: cannot plan: %s", strerror(-rc));
-            goto fail;
-        }
-        log_info("restore: main.cf %s, master.cf %s, %zu commands, %zu conflicts",
-                 jb->restore->write_main ? "gets its original bytes back" : "setting by setting",
-                 jb->restore->write_master ? "gets its original bytes back" : "setting by setting",
-                 jb->restore->plan.n, jb->restore->n_conflicts);
-        if (jb->restore->write_main || jb->restore->write_master) {
-            job_queue_work(jb, WK_WRITE_ORIGINALS);
-            return;
-        }
-        jb->work_rc = 0;
-        /* fall through */
-    case 4:
-        if (jb->work_rc < 0) {
-            ctl_set_error(c, "restore: %s", jb->work_err);
-            goto fail;
-        }
-        jb->cmd_idx = 0;
-        jb->step = 5;
-        /* fall through */
-    case 5:
-        if (jb->failed)
-            goto fail;
-        if (jb->cmd_idx < jb->restore->plan.n) {
-            jb->step = 5;
-            job_run(jb, jb->restore->plan.cmds[jb->cmd_idx++].argv, true);
-            return;
-        }
-        for (size_t i = 0; i < jb->restore->n_conflicts; i++) {
-            const struct overrides_conflict *k = &jb->restore->conflicts[i];
-            c->conflicts++;
-            ctl_event(c, "restore-conflict", true,
-                      json_pack("{s:s,s:s?,s:s?,s:s?}", "setting", k->setting, "prior", k->prior,
-                                "ours", k->ours, "current", k->current),
-                      "%s: changed by someone else since stress began (now %s, was %s, "
-                      "postsurge set %s): the administrator's value stays (%s)",
-                      k->setting, k->current ? k->current : "(not set)",
-                      k->prior ? k->prior : "(not set)", k->ours ? k->ours : "?",
-                      k->why ? k->why : "");
-        }
-        jb->step = 6;
-        job_queue_work(jb, WK_UNLINK_JOURNAL);
-        return;
-    case 6:
-        if (jb->work_rc < 0)
-            log_warn("restore: %s (Postfix is restored; the stale journal will be "
-                     "found identical next time)",
-                     jb->work_err);
-        c->restores++;
-        c->last_error[0] = '\0';
-        ctl_event(c, "overrides-restored", false,
-                  json_pack("{s:o,s:b,s:b,s:I,s:I}", "settings", ctl_settings_json(c->journal),
-                            "main_cf_bytes_restored", jb->restore->write_main,
-                            "master_cf_bytes_restored", jb->restore->write_master, "conflicts",
-                            (json_int_t)jb->restore->n_conflicts, "elapsed_ms",
-                            (json_int_t)(uv_now(c->loop) - jb->t0)),
-                  "%zu settings restored (main.cf %s, master.cf %s), postfix reloaded, "
-                  "%zu conflicts, in %" PRIu64 " ms",
-                  c->journal->n, jb->restore->write_main ? "byte-exact" : "per setting",
-                  jb->restore->write_master ? "byte-exact" : "per setting",
-                  jb->restore->n_conflicts, uv_now(c->loop) - jb->t0);
-        overrides_journal_free(c->journal);
-        c->journal = NULL;
-        ctl_journal_to_store(c, NULL);
-        c->recovering = false;
-        if (c->mon)
-            monitor_refresh_limits(c->mon);
-        break;
-    default:
-        break;
-    }
-    job_end(jb);
-    return;
-fail:
-    ctl_event(c, "restore-failed", true, json_pack("{s:s}", "error", c->last_error),
-              "restore failed: %s; the journal stays, retry in %d s", c->last_error,
-              RESTORE_RETRY_MS / 1000);
-    c->restore_retry_at = uv_now(c->loop) + RESTORE_RETRY_MS;
-    if (c->offline)
-        c->offline_rc = -EIO;
-    job_end(jb);
-}
-
-/* Apply through the helper: it re-validates the profile, journals (as root), runs the
- * commands, reads back and verifies; we keep the settings it reports. */
-static void job_step_apply_helper(struct job *jb)
 {
     struct controller *c = jb->c;
     switch (jb->step++) {
@@ -748,7 +330,7 @@ static void job_step_apply_helper(struct job *jb)
             job_end(jb);
             return;
         }
-        job_helper(jb, PRIVMSG_APPLY, req, len);
+        job_call(jb, PRIVMSG_APPLY, req, len);
         free(req);
         return;
     }
@@ -771,6 +353,14 @@ static void job_step_apply_helper(struct job *jb)
     }
     if (reply_ok(jb) && json_is_true(json_object_get(jb->reply, "nothing"))) {
         ctl_already_in_force(c);
+    } else if (reply_ok(jb) && json_is_true(json_object_get(jb->reply, "dry_run"))) {
+        struct overrides_journal *j = reply_journal(c, jb);
+        c->dry_applied = true;
+        ctl_event(c, "overrides-dry-run", false,
+                  json_pack("{s:o}", "settings", j ? ctl_settings_json(j) : json_array()),
+                  "%s: %" PRId64 " commands logged, nothing changed", ctl_log_only_why(c),
+                  (int64_t)json_integer_value(json_object_get(jb->reply, "planned")));
+        overrides_journal_free(j);
     } else if (reply_ok(jb)) {
         c->applies++;
         c->last_error[0] = '\0';
@@ -798,7 +388,7 @@ static void job_step_apply_helper(struct job *jb)
                       c->last_error);
         else if (strcmp(fail, "command") == 0)
             ctl_event(c, "command-failed", true, json_pack("{s:s}", "error", c->last_error),
-                      "apply: %s; rolling back", c->last_error);
+                      "%s; %s", c->last_error, c->journal ? "rolling back" : "nothing was changed");
         if (c->journal)
             log_error("overrides apply failed: %s; restoring from the journal", c->last_error);
         else
@@ -807,17 +397,28 @@ static void job_step_apply_helper(struct job *jb)
     job_end(jb);
 }
 
-/* Restore through the helper (it reads its own journal, never ours). */
-static void job_step_restore_helper(struct job *jb)
+/* How a file came back, for the overrides-restored event. */
+static const char *restored_how(bool was_original, bool written)
+{
+    return was_original ? "already original" : written ? "byte-exact" : "per setting";
+}
+
+/* Restore: the executor reads the journal itself (root's, through the helper), puts the
+ * files back and reloads; we log its conflicts. */
+static void job_step_restore(struct job *jb)
 {
     struct controller *c = jb->c;
     if (jb->step++ == 0) {
-        job_helper(jb, PRIVMSG_RESTORE, "{}", 2);
+        job_call(jb, PRIVMSG_RESTORE, "{}", 2);
         return;
     }
     reply_count(c, jb);
     if (!reply_ok(jb)) {
         ctl_set_error(c, "restore: %s", reply_error(jb));
+        if (c->offline) {
+            fprintf(stderr, "postsurge: %s; nothing changed\n", c->last_error);
+            c->offline_rc = -EIO;
+        }
         ctl_event(c, "restore-failed", true, json_pack("{s:s}", "error", c->last_error),
                   "restore failed: %s; the journal stays, retry in %d s", c->last_error,
                   RESTORE_RETRY_MS / 1000);
@@ -825,8 +426,12 @@ static void job_step_restore_helper(struct job *jb)
         job_end(jb);
         return;
     }
+    if (c->offline)
+        c->offline_rc = 0;
     if (json_is_true(json_object_get(jb->reply, "nothing"))) {
-        log_info("restore: the privileged helper holds no journal; nothing to undo");
+        log_info("restore: no journal on disk; nothing to undo");
+        if (c->offline)
+            c->offline_rc = 1;
     } else {
         json_t *cf = json_object_get(jb->reply, "conflicts");
         size_t i;
@@ -847,19 +452,21 @@ static void job_step_restore_helper(struct job *jb)
         }
         bool wm = json_is_true(json_object_get(jb->reply, "write_main"));
         bool ws = json_is_true(json_object_get(jb->reply, "write_master"));
+        bool om = json_is_true(json_object_get(jb->reply, "main_was_original"));
+        bool os = json_is_true(json_object_get(jb->reply, "master_was_original"));
         struct overrides_journal *j = reply_journal(c, jb);
         size_t n = j ? j->n : (c->journal ? c->journal->n : 0);
         json_int_t ms = json_integer_value(json_object_get(jb->reply, "elapsed_ms"));
         c->restores++;
         ctl_event(c, "overrides-restored", false,
-                  json_pack("{s:o,s:b,s:b,s:I,s:I}", "settings",
+                  json_pack("{s:o,s:b,s:b,s:b,s:b,s:I,s:I}", "settings",
                             j ? ctl_settings_json(j) : json_array(), "main_cf_bytes_restored", wm,
-                            "master_cf_bytes_restored", ws, "conflicts",
+                            "master_cf_bytes_restored", ws, "main_cf_was_original", om,
+                            "master_cf_was_original", os, "conflicts",
                             (json_int_t)json_array_size(cf), "elapsed_ms", ms),
                   "%zu settings restored (main.cf %s, master.cf %s), postfix reloaded, "
                   "%zu conflicts, in %" PRId64 " ms",
-                  n, wm ? "byte-exact" : "per setting", ws ? "byte-exact" : "per setting",
-                  json_array_size(cf), (int64_t)ms);
+                  n, restored_how(om, wm), restored_how(os, ws), json_array_size(cf), (int64_t)ms);
         overrides_journal_free(j);
     }
     c->last_error[0] = '\0';
@@ -892,7 +499,7 @@ static void job_step_init(struct job *jb)
                      c->last_error);
             jb->step = 3;
             jb->failed = false;
-            job_read_journal(jb);
+            job_call(jb, PRIVMSG_JOURNAL, "{}", 2);
             return;
         }
         overrides_params_free(c->known);
@@ -901,7 +508,7 @@ static void job_step_init(struct job *jb)
             snprintf(c->profile_error, sizeof(c->profile_error),
                      "postconf -d gave no parameter names");
             jb->step = 3;
-            job_read_journal(jb);
+            job_call(jb, PRIVMSG_JOURNAL, "{}", 2);
             return;
         }
         job_run_postconf(jb, "-F");
@@ -911,7 +518,7 @@ static void job_step_init(struct job *jb)
             snprintf(c->profile_error, sizeof(c->profile_error), "postconf -F: %.450s",
                      c->last_error);
             jb->failed = false;
-            job_read_journal(jb);
+            job_call(jb, PRIVMSG_JOURNAL, "{}", 2);
             return;
         }
         overrides_services_free(c->svcs);
@@ -932,59 +539,30 @@ static void job_step_init(struct job *jb)
         }
         if (!c->profile_ready)
             log_error("%s; stress overrides are off", c->profile_error);
-        job_read_journal(jb);
+        job_call(jb, PRIVMSG_JOURNAL, "{}", 2);
         return;
     }
-    case 3:
-        if (c->ps) {
-            json_t *settings = json_object_get(jb->reply, "settings");
-            if (!reply_ok(jb)) {
-                c->journal_bad = true;
-                ctl_set_error(c, "journal: %s", reply_error(jb));
-                ctl_event(c, "journal-error", true, json_pack("{s:s}", "path", c->journal_path),
-                          "%s; nothing is changed until an administrator checks it", c->last_error);
-            } else if (json_is_true(json_object_get(jb->reply, "found")) && settings) {
-                c->journal = reply_journal(c, jb);
-                if (c->journal) {
-                    c->recovering = true;
-                    ctl_event(c, "journal-found", true, json_pack("{s:s}", "path", c->journal_path),
-                              "a journal from an earlier run holds %zu settings; restoring it "
-                              "unless this node is in stress",
-                              c->journal->n);
-                }
-            }
-            c->init_done = true;
-            break;
-        }
-        if (jb->work_rc < 0) {
+    case 3: {
+        json_t *settings = json_object_get(jb->reply, "settings");
+        reply_count(c, jb);
+        if (!reply_ok(jb)) {
             c->journal_bad = true;
-            ctl_set_error(c, "journal: %s", jb->work_err);
-            log_error("%s; overrides are off until it can be read", c->last_error);
-        } else if (jb->journal_found) {
-            struct overrides_journal *j = NULL;
-            if (overrides_journal_parse(jb->journal_buf, jb->journal_len, &j, err, sizeof(err)) <
-                0) {
-                c->journal_bad = true;
-                ctl_set_error(c, "journal %s is corrupt: %s", c->journal_path, err);
-                ctl_event(c, "journal-error", true, json_pack("{s:s}", "path", c->journal_path),
-                          "%s; nothing is changed until an administrator checks it", c->last_error);
-            } else if (strcmp(j->config_dir, c->config_dir) != 0) {
-                c->journal_bad = true;
-                ctl_set_error(c, "journal %s is for %s, not %s", c->journal_path, j->config_dir,
-                              c->config_dir);
-                log_error("%s; nothing is changed", c->last_error);
-                overrides_journal_free(j);
-            } else {
-                c->journal = j;
+            ctl_set_error(c, "journal: %s", reply_error(jb));
+            ctl_event(c, "journal-error", true, json_pack("{s:s}", "path", c->journal_path),
+                      "%s; nothing is changed until an administrator checks it", c->last_error);
+        } else if (json_is_true(json_object_get(jb->reply, "found")) && settings) {
+            c->journal = reply_journal(c, jb);
+            if (c->journal) {
                 c->recovering = true;
                 ctl_event(c, "journal-found", true, json_pack("{s:s}", "path", c->journal_path),
                           "a journal from an earlier run holds %zu settings; restoring it "
                           "unless this node is in stress",
-                          j->n);
+                          c->journal->n);
             }
         }
         c->init_done = true;
         break;
+    }
     default:
         break;
     }
@@ -1003,16 +581,10 @@ static void job_step(struct job *jb)
         job_step_init(jb);
         break;
     case JOB_APPLY:
-        if (jb->c->ps && !ctl_log_only(jb->c))
-            job_step_apply_helper(jb);
-        else
-            job_step_apply(jb);
+        job_step_apply(jb);
         break;
     case JOB_RESTORE:
-        if (jb->c->ps)
-            job_step_restore_helper(jb);
-        else
-            job_step_restore(jb);
+        job_step_restore(jb);
         break;
     }
 }

@@ -1,19 +1,19 @@
 /* privsep: the privilege drop of `serve` and the privileged helper. The helper is forked
  * before the loop exists (no libuv state, no listening sockets in it) and works
- * synchronously: one request, its commands (fork + execve with a timeout, never a
- * shell), one reply. The journal is the helper's: written by root (0600, owner root) in
- * state_directory and trusted on reading only when root owns it, so the unprivileged
- * process can neither forge the bytes a restore writes back nor apply anything without
- * its journal. The daemon's side is a uv_poll on the socketpair with a FIFO of
- * requests, one in flight. */
-/* setresuid, setresgid, pipe2 */
+ * synchronously: one request, one reply. Apply, restore and the journal check are
+ * postfix/confedit's operations, run here as root: the journal is the helper's (written
+ * by root, 0600, in state_directory, trusted on reading only when root owns it), so the
+ * unprivileged process can neither forge the bytes a restore writes back nor apply
+ * anything without its journal. The daemon's side is a uv_poll on the socketpair with a
+ * FIFO of requests, one in flight. */
+/* setresuid, setresgid */
 #define _GNU_SOURCE
 #define LOG_COMPONENT "privsep"
 #include "privsep.h"
 
-#include "util/fsutil.h"
+#include "postfix/confedit.h"
+#include "postfix/pfcmd.h"
 #include "util/log.h"
-#include "overrides.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -31,13 +31,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-#define JOURNAL_NAME "journal.json"
-#define CMD_MAX_STDOUT (4u << 20)
-#define CMD_MAX_STDERR (64u << 10)
-#define CMD_KILL_GRACE_MS 2000
-
-extern char **environ;
 
 static struct {
     enum privsep_mode mode;
@@ -76,15 +69,11 @@ pid_t privsep_helper_pid(void)
 
 struct helper {
     int fd;
-    char *config_dir, *state_dir, *journal_path, *main_path, *master_path;
-    char *postconf, *postfix;             /* absolute paths, resolved before the fork */
-    char *postconf_shown, *postfix_shown; /* as configured, for log lines */
+    /* The journaled edit of this Postfix instance (postfix/confedit), fixed for the
+     * helper's life: the requests name no path and no command. */
+    struct confedit *ce;
+    char *config_dir, *postconf; /* for the scan's queue_directory */
     uint64_t timeout_ms;
-    /* An apply of ours failed half-way and nothing ran since: the files hold what it
-     * left, so the restore may put the original bytes back (controller.c's
-     * expected_is_current, kept here because the helper trusts only itself). */
-    bool half_applied;
-    unsigned commands, failures; /* of the current request */
     /* queue_directory from the helper's own postconf (never from a request), for the
      * scan's master.pid; read again at most once a minute. */
     char queue_dir[1024];
@@ -98,632 +87,9 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static int read_path(const char *path, char **buf, size_t *len)
+static json_t *reply_error(const char *error)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    int rc = fsutil_read_fd(fd, buf, len);
-    close(fd);
-    return rc;
-}
-
-/* The journal, only when root wrote it: a regular file (not a symlink) owned by us with
- * one link and no group/other write bit. Anything else in its place was put there by
- * someone else (the state directory belongs to the unprivileged user). Returns 0 with
- * *found, or a negative errno with err. */
-static int journal_read_trusted(struct helper *h, char **buf, size_t *len, bool *found, char *err,
-                                size_t errlen)
-{
-    *found = false;
-    int fd = open(h->journal_path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT)
-            return 0;
-        snprintf(err, errlen, "cannot open %s: %s", h->journal_path, strerror(errno));
-        return -errno;
-    }
-    struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || st.st_nlink != 1 ||
-        (st.st_mode & 022)) {
-        snprintf(err, errlen,
-                 "%s is not a journal the privileged helper wrote (owner, links or mode "
-                 "differ): refused",
-                 h->journal_path);
-        close(fd);
-        return -EPERM;
-    }
-    int rc = fsutil_read_fd(fd, buf, len);
-    close(fd);
-    if (rc < 0) {
-        snprintf(err, errlen, "cannot read %s: %s", h->journal_path, strerror(-rc));
-        return rc;
-    }
-    *found = true;
-    return 0;
-}
-
-static int fsync_dirfd(int dfd)
-{
-    return fsync(dfd) < 0 ? -errno : 0;
-}
-
-/* Writes the journal as root: JOURNAL.postsurge-tmp created fresh (O_EXCL, O_NOFOLLOW:
- * the unprivileged user may have left a symlink there), fsync, rename, fsync the
- * directory. Mode 0600. */
-static int journal_write_trusted(struct helper *h, const char *data, size_t len, char *err,
-                                 size_t errlen)
-{
-    static const char tmpname[] = JOURNAL_NAME ".postsurge-tmp";
-    int dfd = open(h->state_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (dfd < 0) {
-        int e = -errno;
-        snprintf(err, errlen, "cannot open %s: %s", h->state_dir, strerror(-e));
-        return e;
-    }
-    unlinkat(dfd, tmpname, 0);
-    int fd = openat(dfd, tmpname, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    int e = 0;
-    if (fd < 0) {
-        e = -errno;
-        snprintf(err, errlen, "cannot create %s/%s: %s", h->state_dir, tmpname, strerror(-e));
-        close(dfd);
-        return e;
-    }
-    if (fchmod(fd, 0600) < 0) {
-        e = -errno;
-        snprintf(err, errlen, "cannot chmod the journal: %s", strerror(-e));
-    }
-    if (e == 0) {
-        char name[4200];
-        snprintf(name, sizeof(name), "%s/%s", h->state_dir, tmpname);
-        e = fsutil_write_close(fd, data, len, name, err, errlen);
-    } else {
-        close(fd);
-    }
-    if (e == 0 && renameat(dfd, tmpname, dfd, JOURNAL_NAME) < 0) {
-        e = -errno;
-        snprintf(err, errlen, "cannot rename the journal into place in %s: %s", h->state_dir,
-                 strerror(-e));
-    }
-    if (e < 0)
-        unlinkat(dfd, tmpname, 0);
-    else if ((e = fsync_dirfd(dfd)) < 0)
-        snprintf(err, errlen, "cannot fsync %s: %s", h->state_dir, strerror(-e));
-    close(dfd);
-    return e;
-}
-
-static int journal_unlink(struct helper *h, char *err, size_t errlen)
-{
-    if (unlink(h->journal_path) < 0 && errno != ENOENT) {
-        int e = -errno;
-        snprintf(err, errlen, "cannot remove %s: %s", h->journal_path, strerror(-e));
-        return e;
-    }
-    int dfd = open(h->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync_dirfd(dfd);
-        close(dfd);
-    }
-    return 0;
-}
-
-/* Writes a Postfix file back as it was (tmp + fsync + rename + fsync the directory),
- * keeping the current file's owner and mode. The config directory is root's. */
-static int write_config_file(const char *path, const char *data, size_t len, char *err,
-                             size_t errlen)
-{
-    struct stat st;
-    if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "%s: not a regular file", path);
-        return -EINVAL;
-    }
-    int e = fsutil_replace(path, data, len, &st, FSUTIL_FRESH_TMP, err, errlen);
-    if (e < 0)
-        return e;
-    /* Best effort: the file is in place; a failing directory fsync does not undo that. */
-    (void)fsutil_fsync_dir_of(path);
-    return 0;
-}
-
-/* Reads a pipe into a bounded buffer; over the cap the rest is read and dropped. */
-struct capture {
-    char *buf;
-    size_t len, cap;
-    bool truncated;
-};
-
-static void capture_read(int fd, struct capture *c, bool *open_)
-{
-    char tmp[16384];
-    ssize_t r = read(fd, tmp, sizeof(tmp));
-    if (r < 0 && (errno == EINTR || errno == EAGAIN))
-        return;
-    if (r <= 0) {
-        *open_ = false;
-        return;
-    }
-    size_t n = (size_t)r;
-    if (c->len + n > c->cap) {
-        c->truncated = true;
-        n = c->cap - c->len;
-    }
-    memcpy(c->buf + c->len, tmp, n);
-    c->len += n;
-    c->buf[c->len] = '\0';
-}
-
-/* Runs argv (argv[0] an absolute path; execve, no shell, no PATH search) with stdin
- * from /dev/null in its own session; a timeout sends SIGTERM, then SIGKILL, to the
- * session. On success *out is the stdout (new, NUL-terminated). Returns 0, or -EIO with
- * the reason and stderr in err. */
-static int run_cmd(struct helper *h, char *const *argv, bool log_it, char **out, size_t *out_len,
-                   char *err, size_t errlen)
-{
-    char line[2048];
-    size_t o = 0;
-    line[0] = '\0';
-    for (size_t i = 0; argv[i] && o < sizeof(line) - 1; i++) {
-        const char *w = argv[i];
-        if (i == 0 && w == h->postconf)
-            w = h->postconf_shown;
-        else if (i == 0 && w == h->postfix)
-            w = h->postfix_shown;
-        o += (size_t)snprintf(line + o, sizeof(line) - o, "%s%s", i ? " " : "", w);
-    }
-    if (log_it)
-        log_info("running: %s", line);
-    else
-        log_debug("running: %s", line);
-    h->commands++;
-    struct capture co = {.buf = malloc(CMD_MAX_STDOUT + 1), .cap = CMD_MAX_STDOUT};
-    struct capture ce = {.buf = malloc(CMD_MAX_STDERR + 1), .cap = CMD_MAX_STDERR};
-    int po[2] = {-1, -1}, pe[2] = {-1, -1};
-    int rc = -EIO;
-    if (!co.buf || !ce.buf) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
-    }
-    co.buf[0] = ce.buf[0] = '\0';
-    if (pipe2(po, O_CLOEXEC) < 0 || pipe2(pe, O_CLOEXEC) < 0) {
-        snprintf(err, errlen, "pipe: %s", strerror(errno));
-        goto out;
-    }
-    pid_t pid = fork();
-    if (pid < 0) {
-        snprintf(err, errlen, "fork: %s", strerror(errno));
-        goto out;
-    }
-    if (pid == 0) {
-        int dn = open("/dev/null", O_RDONLY);
-        if (dn < 0 || dup2(dn, 0) < 0 || dup2(po[1], 1) < 0 || dup2(pe[1], 2) < 0)
-            _exit(127);
-        setsid();
-        signal(SIGPIPE, SIG_DFL);
-        signal(SIGTERM, SIG_DFL);
-        signal(SIGINT, SIG_DFL);
-        signal(SIGHUP, SIG_DFL);
-        execve(argv[0], argv, environ);
-        _exit(127);
-    }
-    close(po[1]);
-    close(pe[1]);
-    po[1] = pe[1] = -1;
-    bool oo = true, eo = true, timed_out = false, killed = false;
-    uint64_t deadline = mono_ms() + h->timeout_ms, kill_at = 0;
-    while (oo || eo) {
-        struct pollfd pf[2] = {{.fd = oo ? po[0] : -1, .events = POLLIN},
-                               {.fd = eo ? pe[0] : -1, .events = POLLIN}};
-        uint64_t now = mono_ms();
-        if (!timed_out && now >= deadline) {
-            timed_out = true;
-            kill(-pid, SIGTERM);
-            kill(pid, SIGTERM);
-            kill_at = now + CMD_KILL_GRACE_MS;
-        }
-        if (timed_out && !killed && now >= kill_at) {
-            killed = true;
-            kill(-pid, SIGKILL);
-            kill(pid, SIGKILL);
-        }
-        uint64_t until = timed_out ? (killed ? now + 1000 : kill_at) : deadline;
-        int wait = until > now ? (int)(until - now) : 0;
-        int n = poll(pf, 2, wait);
-        if (n < 0 && errno != EINTR)
-            break;
-        if (n <= 0)
-            continue;
-        if (pf[0].revents)
-            capture_read(po[0], &co, &oo);
-        if (pf[1].revents)
-            capture_read(pe[0], &ce, &eo);
-        if (killed && mono_ms() > kill_at + 5000)
-            break; /* a grandchild keeps the pipes open: stop reading */
-    }
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-        ;
-    char why[96];
-    if (timed_out)
-        snprintf(why, sizeof(why), "timed out after %" PRIu64 " ms", h->timeout_ms);
-    else if (WIFSIGNALED(status))
-        snprintf(why, sizeof(why), "killed by signal %d", WTERMSIG(status));
-    else if (WEXITSTATUS(status) != 0)
-        snprintf(why, sizeof(why), "exit status %d", WEXITSTATUS(status));
-    else if (co.truncated)
-        snprintf(why, sizeof(why), "output over %u bytes", CMD_MAX_STDOUT);
-    else
-        why[0] = '\0';
-    if (why[0]) {
-        char output[600];
-        snprintf(output, sizeof(output), "%.400s%s%.150s", ce.buf, ce.len && co.len ? " | " : "",
-                 co.buf);
-        for (char *p = output; *p; p++)
-            if (*p == '\n' || *p == '\r')
-                *p = ' ';
-        snprintf(err, errlen, "command failed (%s): %s: %s", why, line, output);
-        h->failures++;
-        goto out;
-    }
-    rc = 0;
-    if (out) {
-        *out = co.buf;
-        *out_len = co.len;
-        co.buf = NULL;
-    }
-out:
-    for (int i = 0; i < 2; i++) {
-        if (po[i] >= 0)
-            close(po[i]);
-        if (pe[i] >= 0)
-            close(pe[i]);
-    }
-    free(co.buf);
-    free(ce.buf);
-    return rc;
-}
-
-static int run_postconf(struct helper *h, const char *flag, char **out, size_t *len, char *err,
-                        size_t errlen)
-{
-    char *argv[] = {h->postconf, "-c", h->config_dir, (char *)flag, NULL};
-    return run_cmd(h, argv, false, out, len, err, errlen);
-}
-
-/* Runs a plan's argv: argv[0] "postconf" or "postfix" becomes the fixed path; anything
- * else is refused (lib/overrides only builds those two). */
-static int run_plan_cmd(struct helper *h, const struct overrides_cmd *c, char *err, size_t errlen)
-{
-    if (c->argc < 1 || c->argc > 4096)
-        return -EINVAL;
-    char **av = calloc(c->argc + 1, sizeof(char *));
-    if (!av) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
-    for (size_t i = 0; i < c->argc; i++)
-        av[i] = c->argv[i];
-    int rc = 0;
-    if (strcmp(c->argv[0], "postconf") == 0) {
-        av[0] = h->postconf;
-    } else if (strcmp(c->argv[0], "postfix") == 0) {
-        av[0] = h->postfix;
-    } else {
-        snprintf(err, errlen, "refused to run %s", c->argv[0]);
-        rc = -EPERM;
-    }
-    if (rc == 0)
-        rc = run_cmd(h, av, true, NULL, NULL, err, errlen);
-    free(av);
-    return rc;
-}
-
-struct files {
-    char *main_buf, *master_buf, *n_text, *P_text;
-    size_t main_len, master_len, n_len, P_len;
-};
-
-static void files_clear(struct files *f)
-{
-    free(f->main_buf);
-    free(f->master_buf);
-    free(f->n_text);
-    free(f->P_text);
-    memset(f, 0, sizeof(*f));
-}
-
-/* main.cf and master.cf bytes, then postconf -n and -P. */
-static int read_state(struct helper *h, struct files *f, bool files, char *err, size_t errlen)
-{
-    files_clear(f);
-    int rc;
-    if (files) {
-        if ((rc = read_path(h->main_path, &f->main_buf, &f->main_len)) < 0) {
-            snprintf(err, errlen, "cannot read %s: %s", h->main_path, strerror(-rc));
-            return rc;
-        }
-        if ((rc = read_path(h->master_path, &f->master_buf, &f->master_len)) < 0) {
-            snprintf(err, errlen, "cannot read %s: %s", h->master_path, strerror(-rc));
-            return rc;
-        }
-    }
-    if ((rc = run_postconf(h, "-n", &f->n_text, &f->n_len, err, errlen)) < 0)
-        return rc;
-    return run_postconf(h, "-P", &f->P_text, &f->P_len, err, errlen);
-}
-
-static json_t *reply_new(struct helper *h, bool ok, const char *error)
-{
-    return json_pack("{s:b,s:s,s:i,s:i}", "ok", ok, "error", error ? error : "", "commands",
-                     (int)h->commands, "failures", (int)h->failures);
-}
-
-/* J: is there a journal, and what does it hold? */
-static json_t *op_journal(struct helper *h)
-{
-    char err[600] = "";
-    char *buf = NULL;
-    size_t len = 0;
-    bool found = false;
-    struct overrides_journal *j = NULL;
-    json_t *r;
-    int rc = journal_read_trusted(h, &buf, &len, &found, err, sizeof(err));
-    if (rc == 0 && found) {
-        char perr[400];
-        if (overrides_journal_parse(buf, len, &j, perr, sizeof(perr)) < 0) {
-            snprintf(err, sizeof(err), "journal %s is corrupt: %s", h->journal_path, perr);
-            rc = -EINVAL;
-        } else if (strcmp(j->config_dir, h->config_dir) != 0) {
-            snprintf(err, sizeof(err), "journal %.200s is for %.150s, not %.150s", h->journal_path,
-                     j->config_dir, h->config_dir);
-            rc = -EINVAL;
-        }
-    }
-    r = reply_new(h, rc == 0, err);
-    json_object_set_new(r, "found", json_boolean(found));
-    if (rc == 0 && j)
-        json_object_set_new(r, "settings", privmsg_settings_json(j));
-    overrides_journal_free(j);
-    free(buf);
-    return r;
-}
-
-/* A: learn Postfix's names, re-validate the profile, journal (by root), apply, read
- * back, journal again with the files as left, verify. */
-static json_t *op_apply(struct helper *h, const char *payload, size_t plen)
-{
-    char err[1024] = "";
-    struct files f = {0};
-    struct overrides_params *known = NULL;
-    struct overrides_services *svcs = NULL;
-    struct overrides_profile *prof = NULL;
-    struct overrides_journal *j = NULL;
-    struct overrides_plan *plan = NULL;
-    char *text = NULL, *jbuf = NULL, *written = NULL;
-    size_t len = 0, jlen = 0;
-    bool found = false, changed = false, journaled = false;
-    json_t *r = NULL;
-    const char *fail_kind = "";
-    int64_t now_ms = 0;
-    uint64_t t0 = mono_ms();
-
-    if (journal_read_trusted(h, &jbuf, &jlen, &found, err, sizeof(err)) < 0 || found) {
-        if (found)
-            snprintf(err, sizeof(err), "a journal is in force already (%s): restore first",
-                     h->journal_path);
-        fail_kind = "journal";
-        goto out;
-    }
-    if (run_postconf(h, "-d", &text, &len, err, sizeof(err)) < 0 ||
-        overrides_known_params_parse(text, len, &known) < 0) {
-        if (!err[0])
-            snprintf(err, sizeof(err), "postconf -d gave no parameter names");
-        goto out;
-    }
-    free(text);
-    text = NULL;
-    if (run_postconf(h, "-F", &text, &len, err, sizeof(err)) < 0 ||
-        overrides_services_parse(text, len, &svcs) < 0) {
-        if (!err[0])
-            snprintf(err, sizeof(err), "postconf -F: no services");
-        goto out;
-    }
-    char verr[600];
-    if (privmsg_apply_decode(payload, plen, known, svcs, &prof, &now_ms, verr, sizeof(verr)) < 0) {
-        snprintf(err, sizeof(err), "request rejected: %s", verr);
-        log_error("apply %s", err);
-        fail_kind = "rejected";
-        goto out;
-    }
-    if (read_state(h, &f, true, err, sizeof(err)) < 0)
-        goto out;
-    int rc = overrides_journal_new(prof, h->config_dir, f.main_buf, f.main_len, f.master_buf,
-                                   f.master_len, f.n_text, f.n_len, f.P_text, f.P_len, now_ms, &j);
-    if (rc == 0)
-        rc = overrides_apply_plan(j, &plan);
-    if (rc < 0) {
-        snprintf(err, sizeof(err), "cannot build the journal: %s", strerror(-rc));
-        goto out;
-    }
-    if (plan->n == 0) {
-        r = reply_new(h, true, NULL);
-        json_object_set_new(r, "nothing", json_true());
-        goto out;
-    }
-    free(text);
-    text = NULL;
-    if ((rc = overrides_journal_serialize(j, &text, &len)) < 0 ||
-        (rc = journal_write_trusted(h, text, len, err, sizeof(err))) < 0) {
-        if (rc == -ENOMEM)
-            snprintf(err, sizeof(err), "out of memory");
-        char e2[1100];
-        snprintf(e2, sizeof(e2), "journal: %.900s; overrides not applied", err);
-        snprintf(err, sizeof(err), "%.1000s", e2);
-        fail_kind = "journal";
-        goto out;
-    }
-    journaled = true;
-    free(written);
-    written = strndup(text, len);
-    log_info("journal written: %s (%zu settings, prior state of main.cf %zu bytes, master.cf %zu "
-             "bytes)",
-             h->journal_path, j->n, f.main_len, f.master_len);
-    /* From here on Postfix may change: the journal is what undoes it. */
-    for (size_t i = 0; i < plan->n; i++) {
-        changed = true;
-        if (run_plan_cmd(h, &plan->cmds[i], err, sizeof(err)) < 0) {
-            fail_kind = "command";
-            h->half_applied = true;
-            goto out;
-        }
-    }
-    /* The files as the plan left them: what a byte-exact restore expects to find. */
-    free(f.main_buf);
-    free(f.master_buf);
-    f.main_buf = f.master_buf = NULL;
-    f.main_len = f.master_len = 0;
-    free(text);
-    text = NULL;
-    if (read_path(h->main_path, &f.main_buf, &f.main_len) < 0 ||
-        read_path(h->master_path, &f.master_buf, &f.master_len) < 0 ||
-        overrides_journal_set_expected(j, f.main_buf, f.main_len, f.master_buf, f.master_len) < 0 ||
-        overrides_journal_serialize(j, &text, &len) < 0 ||
-        journal_write_trusted(h, text, len, verr, sizeof(verr)) < 0) {
-        log_warn("journal update failed; the restore will go setting by setting");
-    } else {
-        free(written);
-        written = strndup(text, len);
-    }
-    if (read_state(h, &f, false, err, sizeof(err)) < 0) {
-        h->half_applied = true;
-        fail_kind = "command";
-        goto out;
-    }
-    if (overrides_verify(j, f.n_text, f.n_len, f.P_text, f.P_len, verr, sizeof(verr)) < 0) {
-        snprintf(err, sizeof(err), "read-back differs: %s", verr);
-        h->half_applied = true;
-        fail_kind = "verify";
-        goto out;
-    }
-    h->half_applied = false;
-    r = reply_new(h, true, NULL);
-    json_object_set_new(r, "elapsed_ms", json_integer((json_int_t)(mono_ms() - t0)));
-out:
-    if (!r)
-        r = reply_new(h, false, err);
-    json_object_set_new(r, "changed", json_boolean(changed));
-    json_object_set_new(r, "journaled", json_boolean(journaled));
-    json_object_set_new(r, "fail", json_string(fail_kind));
-    if (journaled && j)
-        json_object_set_new(r, "settings", privmsg_settings_json(j));
-    if (written) {
-        /* The journal as last written, for the copy the daemon keeps in the store (it
-         * cannot read root's file). Left out when the reply would not fit a message. */
-        char *d = json_dumps(r, JSON_COMPACT);
-        size_t esc = 0;
-        for (const char *q = written; *q; q++)
-            esc += (*q == '"' || *q == '\\' || (unsigned char)*q < 0x20) ? 6 : 1;
-        if (d && strlen(d) + esc + 64 < PRIVMSG_MAX)
-            json_object_set_new(r, "journal_text", json_string(written));
-        else
-            json_object_set_new(r, "journal_text_omitted", json_true());
-        free(d);
-    }
-    files_clear(&f);
-    overrides_params_free(known);
-    overrides_services_free(svcs);
-    overrides_profile_free(prof);
-    overrides_journal_free(j);
-    overrides_plan_free(plan);
-    free(text);
-    free(jbuf);
-    free(written);
-    return r;
-}
-
-/* R: undo the journal exactly (original bytes where the files are as we left them,
- * setting by setting otherwise), reload, report conflicts, drop the journal. */
-static json_t *op_restore(struct helper *h)
-{
-    char err[1024] = "", perr[600];
-    char *jbuf = NULL;
-    size_t jlen = 0;
-    bool found = false;
-    struct overrides_journal *j = NULL;
-    struct overrides_restore *rs = NULL;
-    struct files f = {0};
-    json_t *r = NULL;
-    uint64_t t0 = mono_ms();
-
-    if (journal_read_trusted(h, &jbuf, &jlen, &found, err, sizeof(err)) < 0)
-        goto out;
-    if (!found) {
-        r = reply_new(h, true, NULL);
-        json_object_set_new(r, "nothing", json_true());
-        goto out;
-    }
-    if (overrides_journal_parse(jbuf, jlen, &j, perr, sizeof(perr)) < 0) {
-        snprintf(err, sizeof(err), "journal %s is corrupt: %s", h->journal_path, perr);
-        goto out;
-    }
-    if (strcmp(j->config_dir, h->config_dir) != 0) {
-        snprintf(err, sizeof(err), "journal is for %.300s, not %.300s", j->config_dir,
-                 h->config_dir);
-        goto out;
-    }
-    if (read_state(h, &f, true, err, sizeof(err)) < 0)
-        goto out;
-    if (h->half_applied && !j->have_expected &&
-        overrides_journal_set_expected(j, f.main_buf, f.main_len, f.master_buf, f.master_len) < 0) {
-        snprintf(err, sizeof(err), "out of memory");
-        goto out;
-    }
-    int rc = overrides_restore_plan(j, f.main_buf, f.main_len, f.master_buf, f.master_len, f.n_text,
-                                    f.n_len, f.P_text, f.P_len, &rs);
-    if (rc < 0) {
-        snprintf(err, sizeof(err), "cannot plan: %s", strerror(-rc));
-        goto out;
-    }
-    log_info("restore: main.cf %s, master.cf %s, %zu commands, %zu conflicts",
-             rs->write_main ? "gets its original bytes back" : "setting by setting",
-             rs->write_master ? "gets its original bytes back" : "setting by setting", rs->plan.n,
-             rs->n_conflicts);
-    if (rs->write_main &&
-        write_config_file(h->main_path, j->main_original.data ? j->main_original.data : "",
-                          j->main_original.size, err, sizeof(err)) < 0)
-        goto out;
-    if (rs->write_master &&
-        write_config_file(h->master_path, j->master_original.data ? j->master_original.data : "",
-                          j->master_original.size, err, sizeof(err)) < 0)
-        goto out;
-    for (size_t i = 0; i < rs->plan.n; i++)
-        if (run_plan_cmd(h, &rs->plan.cmds[i], err, sizeof(err)) < 0)
-            goto out;
-    h->half_applied = false;
-    if (journal_unlink(h, perr, sizeof(perr)) < 0)
-        log_warn("restore: %s (Postfix is restored)", perr);
-    r = reply_new(h, true, NULL);
-    json_t *cf = json_array();
-    for (size_t i = 0; i < rs->n_conflicts; i++) {
-        const struct overrides_conflict *k = &rs->conflicts[i];
-        json_array_append_new(cf, json_pack("{s:s,s:s?,s:s?,s:s?,s:s}", "setting", k->setting,
-                                            "prior", k->prior, "ours", k->ours, "current",
-                                            k->current, "why", k->why ? k->why : ""));
-    }
-    json_object_set_new(r, "conflicts", cf);
-    json_object_set_new(r, "write_main", json_boolean(rs->write_main));
-    json_object_set_new(r, "write_master", json_boolean(rs->write_master));
-    json_object_set_new(r, "settings", privmsg_settings_json(j));
-    json_object_set_new(r, "elapsed_ms", json_integer((json_int_t)(mono_ms() - t0)));
-out:
-    if (!r)
-        r = reply_new(h, false, err);
-    files_clear(&f);
-    overrides_journal_free(j);
-    overrides_restore_free(rs);
-    free(jbuf);
-    return r;
+    return json_pack("{s:b,s:s,s:i,s:i}", "ok", 0, "error", error, "commands", 0, "failures", 0);
 }
 
 /* S: the monitor's scan. Only bounds and paths are checked: the scan reads, never
@@ -744,7 +110,8 @@ static bool sample_valid(struct helper *h, struct monitor_scan *sc)
         size_t len = 0;
         char *argv[] = {h->postconf, "-c", h->config_dir, "-h", "queue_directory", NULL};
         h->queue_dir_ms = now;
-        if (run_cmd(h, argv, false, &out, &len, err, sizeof(err)) == 0) {
+        if (pfcmd_run(argv, "postconf -h queue_directory", h->timeout_ms, &out, &len, err,
+                      sizeof(err)) == 0) {
             out[strcspn(out, "\n")] = '\0';
             if (out[0] == '/' && !strstr(out, "/..") && strlen(out) < sizeof(h->queue_dir))
                 snprintf(h->queue_dir, sizeof(h->queue_dir), "%s", out);
@@ -792,7 +159,15 @@ static json_t *json_empty_check(struct helper *h, const char *p, size_t len)
     json_t *o = json_loadb(p, len, 0, NULL);
     bool ok = json_is_object(o) && json_object_size(o) == 0;
     json_decref(o);
-    return ok ? NULL : reply_new(h, false, "request rejected: payload must be {}");
+    return ok ? NULL : reply_error("request rejected: payload must be {}");
+}
+
+/* confedit's guard: the daemon still holds its end of the socketpair. */
+static bool daemon_alive(void *arg)
+{
+    struct helper *h = arg;
+    struct pollfd pf = {.fd = h->fd, .events = POLLRDHUP};
+    return !(poll(&pf, 1, 0) == 1 && (pf.revents & (POLLRDHUP | POLLHUP | POLLERR)));
 }
 
 /* The helper's life: one request at a time until the socketpair closes. */
@@ -802,13 +177,13 @@ static void __attribute__((noreturn)) helper_main(struct helper *h)
     if (!buf)
         _exit(1);
     log_debug("privileged helper running (pid %ld)", (long)getpid());
+    confedit_set_guard(h->ce, daemon_alive, h);
     for (;;) {
         ssize_t n = recv(h->fd, buf, PRIVMSG_MAX + 1, MSG_TRUNC);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             break; /* the daemon closed its end (or died): nothing more to do */
-        h->commands = h->failures = 0;
         enum privmsg_op op;
         const char *payload;
         size_t plen;
@@ -816,21 +191,21 @@ static void __attribute__((noreturn)) helper_main(struct helper *h)
         if (rc < 0) {
             log_error("request refused: %s (%zd bytes)", rc == -EMSGSIZE ? "size" : "unknown op",
                       n);
-            helper_reply_json(h, reply_new(h, false, "request rejected: bad frame"));
+            helper_reply_json(h, reply_error("request rejected: bad frame"));
             continue;
         }
         json_t *bad;
         switch (op) {
         case PRIVMSG_JOURNAL:
             bad = json_empty_check(h, payload, plen);
-            helper_reply_json(h, bad ? bad : op_journal(h));
+            helper_reply_json(h, bad ? bad : confedit_journal(h->ce));
             break;
         case PRIVMSG_APPLY:
-            helper_reply_json(h, op_apply(h, payload, plen));
+            helper_reply_json(h, confedit_apply(h->ce, payload, plen, false, PRIVMSG_MAX));
             break;
         case PRIVMSG_RESTORE:
             bad = json_empty_check(h, payload, plen);
-            helper_reply_json(h, bad ? bad : op_restore(h));
+            helper_reply_json(h, bad ? bad : confedit_restore(h->ce));
             break;
         case PRIVMSG_SAMPLE: {
             struct monitor_scan sc;
@@ -848,45 +223,12 @@ static void __attribute__((noreturn)) helper_main(struct helper *h)
             break;
         }
         default:
-            helper_reply_json(h, reply_new(h, false, "request rejected: not a request"));
+            helper_reply_json(h, reply_error("request rejected: not a request"));
             break;
         }
     }
     free(buf);
     _exit(0);
-}
-
-/* An absolute path for a command: as given when it has a '/', else the first
- * executable in PATH (the helper never searches PATH and never runs a shell). */
-static char *resolve_cmd(const char *name)
-{
-    if (strchr(name, '/'))
-        return strdup(name);
-    const char *path = getenv("PATH");
-    if (!path || !*path)
-        path = "/usr/sbin:/usr/bin:/sbin:/bin";
-    char *copy = strdup(path), *save = NULL;
-    for (char *d = copy ? strtok_r(copy, ":", &save) : NULL; d; d = strtok_r(NULL, ":", &save)) {
-        char cand[4096];
-        snprintf(cand, sizeof(cand), "%s/%s", d, name);
-        if (d[0] == '/' && access(cand, X_OK) == 0) {
-            free(copy);
-            return strdup(cand);
-        }
-    }
-    free(copy);
-    char def[300];
-    snprintf(def, sizeof(def), "/usr/sbin/%s", name);
-    return strdup(def);
-}
-
-static char *join(const char *dir, const char *name)
-{
-    size_t l = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(l);
-    if (p)
-        snprintf(p, l, "%s/%s", dir, name);
-    return p;
 }
 
 /* state_directory for the unprivileged user: created 0750 when missing; a root-owned
@@ -963,16 +305,10 @@ int privsep_init(const struct config *cfg, char *err, size_t errlen)
 
     struct helper h = {.timeout_ms = (uint64_t)cfg->command_timeout};
     h.config_dir = strdup(cfg->postfix_config_directory);
-    h.state_dir = strdup(cfg->state_directory);
-    h.journal_path = join(cfg->state_directory, JOURNAL_NAME);
-    h.main_path = join(cfg->postfix_config_directory, "main.cf");
-    h.master_path = join(cfg->postfix_config_directory, "master.cf");
-    h.postconf = resolve_cmd(cfg->postconf_command);
-    h.postfix = resolve_cmd(cfg->postfix_command);
-    h.postconf_shown = strdup(cfg->postconf_command);
-    h.postfix_shown = strdup(cfg->postfix_command);
-    if (!h.config_dir || !h.state_dir || !h.journal_path || !h.main_path || !h.master_path ||
-        !h.postconf || !h.postfix || !h.postconf_shown || !h.postfix_shown) {
+    h.postconf = pfcmd_resolve(cfg->postconf_command);
+    h.ce = confedit_new(cfg->postfix_config_directory, cfg->state_directory, cfg->postconf_command,
+                        cfg->postfix_command, (uint64_t)cfg->command_timeout);
+    if (!h.config_dir || !h.postconf || !h.ce) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
@@ -1003,14 +339,8 @@ int privsep_init(const struct config *cfg, char *err, size_t errlen)
     }
     close(sv[1]);
     free(h.config_dir);
-    free(h.state_dir);
-    free(h.journal_path);
-    free(h.main_path);
-    free(h.master_path);
     free(h.postconf);
-    free(h.postfix);
-    free(h.postconf_shown);
-    free(h.postfix_shown);
+    confedit_free(h.ce);
     ps_global.fd = sv[0];
     ps_global.helper_pid = pid;
     ps_global.mode = PRIVSEP_HELPER;

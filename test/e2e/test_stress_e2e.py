@@ -74,7 +74,8 @@ class StressE2E(unittest.TestCase):
 
     def episode_log(self, ps, title):
         """Prints the stress episode as postsurge logged it (for the closing note)."""
-        keep = re.compile(r"event |running: |journal written|restore: ")
+        keep = re.compile(r"event |running: |editing a copy: |installed: |journal written|"
+                          r"restore: ")
         lines = [l for l in ps.log().splitlines() if keep.search(l)]
         print("\n--- %s ---\n%s" % (title, "\n".join(lines)), flush=True)
 
@@ -117,9 +118,14 @@ class StressE2E(unittest.TestCase):
             self.assertIn(k, kinds)
         self.assertLess(kinds.index("stress-enter"), kinds.index("overrides-applied"))
         self.assertLess(kinds.index("stress-exit"), kinds.index("overrides-restored"))
-        # The journal went to disk before the first command that changed Postfix.
+        # The journal went to disk before the first change to Postfix: the new files are
+        # made on a scratch copy, journaled, then put in place and Postfix reloaded.
         log = ps.log()
-        self.assertLess(log.index("journal written"), log.index("running: postconf -c"))
+        self.assertLess(log.index("editing a copy: postconf -c"), log.index("journal written"))
+        self.assertLess(log.index("journal written"),
+                        log.index("installed: %s" % os.path.join(pf.dir, "main.cf")))
+        self.assertLess(log.index("installed: %s" % os.path.join(pf.dir, "main.cf")),
+                        log.index("running: postfix -c"))
         st = json.loads(ps.cli("status", "--json").stdout)
         self.assertFalse(st["nodes"][0]["stress"])
         self.assertEqual(st["nodes"][0]["overrides"], [])

@@ -130,8 +130,15 @@ class ControllerTest(unittest.TestCase):
         self.assertIn("smtp/inet/stress=yes", me["overrides"])
         self.assertIn("smtpd_soft_error_limit = 3", read_bytes(self.main).decode())
         self.assertTrue(os.path.exists(os.path.join(ps.dir, "journal.json")))
+        # The new files were made on a scratch copy; the journal (with the bytes before
+        # and after) was on disk before the first of them was put in place.
         log = ps.log()
-        self.assertLess(log.index("journal written"), log.index("running: %s -c" % POSTCONF))
+        self.assertLess(log.index("editing a copy: %s -c " % POSTCONF),
+                        log.index("journal written"))
+        self.assertNotIn("editing a copy: %s -c %s " % (POSTCONF, self.pfdir), log)
+        self.assertLess(log.index("journal written"), log.index("installed: %s" % self.main))
+        self.assertLess(log.index("installed: %s" % self.main),
+                        log.index("running: %s -c" % self.fake_postfix))
         with open(self.reloads) as f:
             self.assertEqual(f.read(), "-c %s reload\n" % self.pfdir)
         r = ps.cli("stress", "exit")
@@ -261,30 +268,58 @@ class ControllerTest(unittest.TestCase):
         self.assertTrue(me["stress"])
         self.assertEqual(me["overrides"], [])
         self.assertEqual(me["overrides_state"], "none")
-        self.assertNotIn(" -e ", ps.log())
+        self.assertNotIn("installed:", ps.log())  # only the scratch copy was edited
         self.assertFalse(os.path.exists(self.reloads))
         self.assertEqual(read_bytes(self.main), self.main0)
         self.assertEqual(read_bytes(self.master), self.master0)
         self.assertIn("journal-error", [e["kind"] for e in self.events(ps)])
 
-    def test_controller_failing_postconf_rolls_back(self):
+    def test_controller_failing_postconf_changes_nothing(self):
         wrapper = os.path.join(self.tmp, "postconf.sh")
-        # postconf that fails every edit (-P) after the main.cf edit went through.
+        # postconf that fails every edit (-P) after the main.cf edit went through: the
+        # edits are made on a scratch copy, so nothing of the instance changed.
         write_script(wrapper, 'for a in "$@"; do [ "$a" = -P ] && [ $# -gt 3 ] && '
                               '{ echo "postconf: fatal: simulated failure" >&2; exit 1; }; done\n'
                               'exec %s "$@"\n' % POSTCONF)
         ps = self.daemon(postconf_command=wrapper)
         self.wait_init(ps)
         ps.cli("stress", "enter")
-        self.assertTrue(ps.wait_log("event overrides-restored", timeout=60), ps.log())
-        self.assertIn("simulated failure", ps.log())
+        self.assertTrue(ps.wait_log("event command-failed", timeout=60), ps.log())
         self.assertIn("simulated failure", self.me(ps)["error"] + ps.log())
-        kinds = [e["kind"] for e in self.events(ps)]
-        self.assertIn("command-failed", kinds)
+        self.assertIn("nothing was changed", ps.log())
+        self.assertNotIn("installed:", ps.log())
+        self.assertNotIn("overrides-restored", [e["kind"] for e in self.events(ps)])
+        self.assertFalse(os.path.exists(os.path.join(ps.dir, "journal.json")))
+        self.assertFalse(os.path.exists(self.reloads))
         self.assertEqual(read_bytes(self.main), self.main0)
         self.assertEqual(read_bytes(self.master), self.master0)
         self.assertEqual(self.me(ps)["overrides"], [])
         self.assertGreaterEqual(self.me(ps)["commands"]["failed"], 1)
+
+    def test_controller_failing_reload_rolls_back(self):
+        # The new files are in place and `postfix reload` fails (once): the apply is
+        # rolled back from the journal, byte for byte, and the restore's reload works.
+        failing = os.path.join(self.tmp, "postfix-fails-once.sh")
+        flag = os.path.join(self.tmp, "failed-once")
+        write_script(failing, '[ -e %s ] || { touch %s; echo "postfix: fatal: simulated '
+                              'failure" >&2; exit 1; }\necho "$@" >> %s\n'
+                     % (flag, flag, self.reloads))
+        ps = self.daemon(postfix_command=failing)
+        self.wait_init(ps)
+        ps.cli("stress", "enter")
+        self.assertTrue(ps.wait_log("event overrides-restored", timeout=60), ps.log())
+        self.assertIn("simulated failure", ps.log())
+        self.assertIn("rolling back", ps.log())
+        kinds = [e["kind"] for e in self.events(ps)]
+        self.assertIn("command-failed", kinds)
+        self.assertIn("(main.cf byte-exact, master.cf byte-exact)", ps.log())
+        self.assertEqual(read_bytes(self.main), self.main0)
+        self.assertEqual(read_bytes(self.master), self.master0)
+        self.assertFalse(os.path.exists(os.path.join(ps.dir, "journal.json")))
+        self.assertEqual(self.me(ps)["overrides"], [])
+        self.assertGreaterEqual(self.me(ps)["commands"]["failed"], 1)
+        with open(self.reloads) as f:
+            self.assertEqual(f.read(), "-c %s reload\n" % self.pfdir)
 
     def test_controller_hanging_reload_times_out_journal_consistent(self):
         hang = os.path.join(self.tmp, "postfix-hang.sh")

@@ -331,7 +331,8 @@ class StateDirectoryFull(test_controller.ControllerTest):
     """The controller fixture (a Postfix config dir, a fake `postfix` that records reloads)
     with state_directory on a tmpfs that is full when stress begins."""
 
-    def test_faults_state_directory_full_applies_nothing(self):
+    def full_state_daemon(self):
+        """A daemon whose state_directory is a 64 KiB tmpfs; returns (ps, mount point)."""
         mnt = os.path.join(self.tmp, "state")
         os.mkdir(mnt)
         r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", mnt],
@@ -351,6 +352,10 @@ class StateDirectoryFull(test_controller.ControllerTest):
         os.chown(d, pw.pw_uid, pw.pw_gid)
         ps = self.daemon(tmpdir=d, state_directory=mnt)
         self.wait_init(ps)
+        return ps, mnt
+
+    @staticmethod
+    def fill(mnt):
         fd = os.open(os.path.join(mnt, "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             while os.write(fd, b"\0" * 4096) > 0:
@@ -359,6 +364,36 @@ class StateDirectoryFull(test_controller.ControllerTest):
             pass
         finally:
             os.close(fd)
+
+    def test_faults_state_directory_full_mid_episode_restores(self):
+        # The overrides are in force (journal written) when state_directory fills up: the
+        # restore needs no space there, so main.cf and master.cf come back byte for byte
+        # and the journal goes; the next episode, still full, then applies nothing (no room
+        # for its journal), with an error saying so.
+        ps, mnt = self.full_state_daemon()
+        ps.cli("stress", "enter")
+        self.wait_state(ps, "applied")
+        self.assertNotEqual(test_controller.read_bytes(self.main), self.main0)
+        self.fill(mnt)
+        ps.cli("stress", "exit")
+        self.wait_state(ps, "none")
+        self.assertEqual(test_controller.read_bytes(self.main), self.main0)
+        self.assertEqual(test_controller.read_bytes(self.master), self.master0)
+        self.assertFalse(os.path.exists(os.path.join(mnt, "journal.json")))
+        self.assertIn("(main.cf byte-exact, master.cf byte-exact)", ps.log())
+        self.fill(mnt)  # the journal's removal gave its room back
+        mark = len(ps.log())
+        ps.cli("stress", "enter")
+        self.assertTrue(wait_for(lambda: "journal" in self.me(ps)["error"], 30), ps.log())
+        self.assertIn("No space left on device", ps.log()[mark:])
+        self.assertNotIn("installed:", ps.log()[mark:])
+        self.assertEqual(test_controller.read_bytes(self.main), self.main0)
+        self.assertEqual(test_controller.read_bytes(self.master), self.master0)
+        self.assertEqual(self.me(ps)["overrides"], [])
+
+    def test_faults_state_directory_full_applies_nothing(self):
+        ps, mnt = self.full_state_daemon()
+        self.fill(mnt)
         mark = len(ps.log())
         ps.cli("stress", "enter")
         self.assertTrue(wait_for(lambda: "journal" in self.me(ps)["error"], 30), ps.log())
@@ -366,7 +401,7 @@ class StateDirectoryFull(test_controller.ControllerTest):
         self.assertEqual(me["overrides"], [])
         self.assertEqual(me["overrides_state"], "none")
         self.assertIn("No space left on device", ps.log()[mark:])
-        self.assertNotIn(" -e ", ps.log()[mark:])
+        self.assertNotIn("installed:", ps.log()[mark:])  # only a scratch copy was edited
         self.assertFalse(os.path.exists(self.reloads))
         self.assertEqual(test_controller.read_bytes(self.main), self.main0)
         self.assertEqual(test_controller.read_bytes(self.master), self.master0)
@@ -377,6 +412,7 @@ def load_tests(loader, tests, pattern):
     """This file's tests only (not the inherited controller tests)."""
     suite = unittest.TestSuite(loader.loadTestsFromTestCase(Faults))
     suite.addTest(StateDirectoryFull("test_faults_state_directory_full_applies_nothing"))
+    suite.addTest(StateDirectoryFull("test_faults_state_directory_full_mid_episode_restores"))
     return suite
 
 

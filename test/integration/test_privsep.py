@@ -229,7 +229,11 @@ class PrivsepTest(unittest.TestCase):
         self.assertIn("overrides-restored", kinds)
         self.assertEqual(mode_problems(ps.dir), [])
         log = ps.log()
-        self.assertLess(log.index("journal written"), log.index("running: %s -c" % POSTCONF))
+        self.assertLess(log.index("editing a copy: %s -c " % POSTCONF),
+                        log.index("journal written"))
+        self.assertLess(log.index("journal written"), log.index("installed: %s" % self.main))
+        self.assertLess(log.index("installed: %s" % self.main),
+                        log.index("running: %s -c" % self.fake_postfix))
 
     def test_privsep_forged_journal_refused(self):
         ps = self.daemon()

@@ -517,6 +517,8 @@ static void test_overrides_restore_untouched_is_byte_exact(void **state)
                                                "postconf-n.applied.txt", "postconf-P.applied.txt");
     assert_true(r->write_main);
     assert_true(r->write_master);
+    assert_false(r->main_is_original);
+    assert_false(r->master_is_original);
     assert_int_equal(r->n_conflicts, 0);
     char *text = plan_text(&r->plan);
     assert_string_equal(text, "postfix -c /etc/postfix-test reload\n");
@@ -533,6 +535,8 @@ static void test_overrides_restore_untouched_is_byte_exact(void **state)
     r = restore_with(j, "main.cf", "master.cf", "postconf-n.txt", "postconf-P.txt");
     assert_false(r->write_main);
     assert_false(r->write_master);
+    assert_true(r->main_is_original);
+    assert_true(r->master_is_original);
     assert_int_equal(r->plan.n, 1);
     assert_int_equal(r->n_conflicts, 0);
     overrides_restore_free(r);
