@@ -531,7 +531,7 @@ static int redis_save_baseline(redisContext *c, const char *key, struct baseline
     return rc;
 }
 
-/* Reads from the store's Redis, with the keys store_redis.c writes (store/redis_keys.h,
+/* Reads from the store's Redis, with the keys redis_cluster_ops.c writes (store/redis_keys.h,
  * after store_key_prefix): the live nodes (sorted set "nodes" scored by expiry, "node:NAME" =
  * "UPDATED_MS JSON") into *status (created when NULL) unless it has "nodes" already, and,
  * when events is not NULL, the event log (list "events", newest first) into *events (a new

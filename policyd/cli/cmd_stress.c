@@ -7,6 +7,7 @@
 #include "cmd.h"
 #include "ctlclient.h"
 #include "overload/controller.h"
+#include "util/jsonget.h"
 #include "util/log.h"
 
 #include <errno.h>
@@ -56,15 +57,9 @@ static void fmt_time(int64_t ms, char *buf, size_t size)
     strftime(buf, size, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-static const char *jstr(json_t *o, const char *k)
-{
-    const char *s = json_string_value(json_object_get(o, k));
-    return s ? s : "";
-}
-
 static void print_node(json_t *nd, const char *self, int64_t now)
 {
-    const char *name = jstr(nd, "name");
+    const char *name = jget_str(nd, "name");
     bool stress = json_is_true(json_object_get(nd, "stress"));
     int64_t since = json_integer_value(json_object_get(nd, "since"));
     printf("node %s%s: stress %s", name, strcmp(name, self) == 0 ? " (this node)" : "",
@@ -73,9 +68,9 @@ static void print_node(json_t *nd, const char *self, int64_t now)
         printf(" since %" PRId64 "s", (now - since) / 1000);
     printf(", saturation %" PRId64 "%%",
            (int64_t)json_integer_value(json_object_get(nd, "saturation")));
-    if (*jstr(nd, "busiest"))
-        printf(" (%s)", jstr(nd, "busiest"));
-    printf(", overrides %s", jstr(nd, "overrides_state"));
+    if (*jget_str(nd, "busiest"))
+        printf(" (%s)", jget_str(nd, "busiest"));
+    printf(", overrides %s", jget_str(nd, "overrides_state"));
     if (json_is_true(json_object_get(nd, "dry_run")))
         printf(" [dry run]");
     if (json_is_true(json_object_get(nd, "imbalance")))
@@ -87,7 +82,7 @@ static void print_node(json_t *nd, const char *self, int64_t now)
     {
         printf("  service %-28s busy %" PRId64 "/%" PRId64 " alive %" PRId64 " waiting %" PRId64
                " saturation %" PRId64 "%%\n",
-               jstr(v, "name"), (int64_t)json_integer_value(json_object_get(v, "busy")),
+               jget_str(v, "name"), (int64_t)json_integer_value(json_object_get(v, "busy")),
                (int64_t)json_integer_value(json_object_get(v, "limit")),
                (int64_t)json_integer_value(json_object_get(v, "alive")),
                (int64_t)json_integer_value(json_object_get(v, "waiting")),
@@ -99,12 +94,12 @@ static void print_node(json_t *nd, const char *self, int64_t now)
         json_array_foreach(ov, i, v) printf(" %s", json_string_value(v));
         printf("\n");
     }
-    if (*jstr(nd, "error"))
-        printf("  error: %s\n", jstr(nd, "error"));
-    if (*jstr(nd, "profile_error"))
-        printf("  profile: %s\n", jstr(nd, "profile_error"));
-    if (*jstr(nd, "maillog"))
-        printf("  mail log: %s\n", jstr(nd, "maillog"));
+    if (*jget_str(nd, "error"))
+        printf("  error: %s\n", jget_str(nd, "error"));
+    if (*jget_str(nd, "profile_error"))
+        printf("  profile: %s\n", jget_str(nd, "profile_error"));
+    if (*jget_str(nd, "maillog"))
+        printf("  mail log: %s\n", jget_str(nd, "maillog"));
 }
 
 int cmd_status(const struct cli *cli, int argc, char **argv)
@@ -139,24 +134,26 @@ int cmd_status(const struct cli *cli, int argc, char **argv)
         int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
         size_t i;
         json_t *nd;
-        json_array_foreach(json_object_get(o, "nodes"), i, nd) print_node(nd, jstr(o, "node"), now);
+        json_array_foreach(json_object_get(o, "nodes"), i, nd)
+            print_node(nd, jget_str(o, "node"), now);
         printf("cluster: %zu node(s), %" PRId64 " stressed, store %s\n",
                json_array_size(json_object_get(o, "nodes")),
-               (int64_t)json_integer_value(json_object_get(o, "stressed_nodes")), jstr(o, "store"));
+               (int64_t)json_integer_value(json_object_get(o, "stressed_nodes")),
+               jget_str(o, "store"));
         json_t *ss = json_object_get(o, "store_state");
-        if (ss && strcmp(jstr(ss, "state"), "ok") != 0) {
+        if (ss && strcmp(jget_str(ss, "state"), "ok") != 0) {
             char when[32] = "?";
             int64_t since = json_integer_value(json_object_get(ss, "since"));
             if (since > 0)
                 fmt_time(since, when, sizeof(when));
-            printf("store %s: %s since %s (%" PRId64 "s)%s%s\n", jstr(o, "store"),
-                   jstr(ss, "state"), when, since > 0 ? (now - since) / 1000 : 0,
-                   *jstr(ss, "reason") ? ": " : "", jstr(ss, "reason"));
+            printf("store %s: %s since %s (%" PRId64 "s)%s%s\n", jget_str(o, "store"),
+                   jget_str(ss, "state"), when, since > 0 ? (now - since) / 1000 : 0,
+                   *jget_str(ss, "reason") ? ": " : "", jget_str(ss, "reason"));
         } else if (ss) {
-            printf("store %s: ok\n", jstr(o, "store"));
+            printf("store %s: ok\n", jget_str(o, "store"));
         }
         if (json_is_true(json_object_get(o, "imbalance")))
-            printf("imbalance: %s\n", jstr(o, "advice"));
+            printf("imbalance: %s\n", jget_str(o, "advice"));
     }
     json_decref(o);
     config_free(cfg);
@@ -235,7 +232,7 @@ int cmd_events(const struct cli *cli, int argc, char **argv)
     if (rc < 0)
         return 1;
     if (!json_is_true(json_object_get(o, "ok"))) {
-        fprintf(stderr, "postsurge: events: %s\n", jstr(o, "error"));
+        fprintf(stderr, "postsurge: events: %s\n", jget_str(o, "error"));
         json_decref(o);
         return 1;
     }
@@ -255,7 +252,8 @@ int cmd_events(const struct cli *cli, int argc, char **argv)
             json_t *e = json_array_get(ev, i);
             char t[32];
             fmt_time(json_integer_value(json_object_get(e, "time")), t, sizeof(t));
-            printf("%s %s %s: %s\n", t, jstr(e, "node"), jstr(e, "kind"), jstr(e, "text"));
+            printf("%s %s %s: %s\n", t, jget_str(e, "node"), jget_str(e, "kind"),
+                   jget_str(e, "text"));
         }
     }
     json_decref(o);
@@ -284,10 +282,10 @@ int cmd_stress(const struct cli *cli, int argc, char **argv)
         return 1;
     int status = 0;
     if (json_is_true(json_object_get(o, "ok"))) {
-        printf("stress %s: node is %s (%s)\n", argv[1], jstr(o, "state"),
-               strcmp(jstr(o, "event"), "none") == 0 ? "no transition" : "transition started");
+        printf("stress %s: node is %s (%s)\n", argv[1], jget_str(o, "state"),
+               strcmp(jget_str(o, "event"), "none") == 0 ? "no transition" : "transition started");
     } else {
-        fprintf(stderr, "postsurge: stress %s: %s\n", argv[1], jstr(o, "error"));
+        fprintf(stderr, "postsurge: stress %s: %s\n", argv[1], jget_str(o, "error"));
         status = 1;
     }
     json_decref(o);
@@ -328,7 +326,7 @@ int cmd_restore(const struct cli *cli, int argc, char **argv)
             break;
         json_t *self = json_array_get(json_object_get(o, "nodes"), 0);
         bool journal = json_is_true(json_object_get(self, "journal"));
-        const char *st = jstr(self, "overrides_state");
+        const char *st = jget_str(self, "overrides_state");
         bool busy = strcmp(st, "applying") == 0 || strcmp(st, "restoring") == 0;
         if (!journal && !busy) {
             printf("restored\n");
@@ -336,8 +334,9 @@ int cmd_restore(const struct cli *cli, int argc, char **argv)
             json_decref(o);
             break;
         }
-        if (!busy && *jstr(self, "error") && strcmp(st, "pending-restore") == 0 && waited > 2000) {
-            fprintf(stderr, "postsurge: restore: %s\n", jstr(self, "error"));
+        if (!busy && *jget_str(self, "error") && strcmp(st, "pending-restore") == 0 &&
+            waited > 2000) {
+            fprintf(stderr, "postsurge: restore: %s\n", jget_str(self, "error"));
             json_decref(o);
             break;
         }

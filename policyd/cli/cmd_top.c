@@ -19,18 +19,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/jsonget.h"
+
 #define TOP_EVENTS 8
-
-static const char *jstr(json_t *o, const char *k)
-{
-    const char *s = json_string_value(json_object_get(o, k));
-    return s ? s : "";
-}
-
-static json_int_t jint(json_t *o, const char *k)
-{
-    return json_integer_value(json_object_get(o, k));
-}
 
 /* s with every byte below 0x20 and DEL shown as '?', cut to width columns (bytes). */
 static void put_text(const char *s, int width)
@@ -80,7 +71,7 @@ static void render(json_t *st, bool tty)
     if (tty)
         fputs("\033[H\033[2J", stdout);
     fputs("postsurge top: node ", stdout);
-    put_text(jstr(st, "node"), 64);
+    put_text(jget_str(st, "node"), 64);
     fputs("  ", stdout);
     put_clock((json_int_t)now.tv_sec * 1000, true);
     printf(" UTC%s\n", tty ? "   (q quits)" : "");
@@ -90,12 +81,12 @@ static void render(json_t *st, bool tty)
            "OVERRIDES");
     json_array_foreach(nodes, i, n)
     {
-        put_padded(jstr(n, "name"), 24);
+        put_padded(jget_str(n, "name"), 24);
         printf(" %-6s %4lld%%  ", json_is_true(json_object_get(n, "stress")) ? "Y" : "N",
-               (long long)jint(n, "saturation"));
-        put_padded(jstr(n, "state"), 10);
+               (long long)jget_int(n, "saturation"));
+        put_padded(jget_str(n, "state"), 10);
         putchar(' ');
-        put_clock(jint(n, "since"), true);
+        put_clock(jget_int(n, "since"), true);
         printf(" %zu%s\n", json_array_size(json_object_get(n, "overrides")),
                json_is_true(json_object_get(n, "imbalance")) ? "  imbalance" : "");
     }
@@ -108,7 +99,7 @@ static void render(json_t *st, bool tty)
         printf("%-32s %s\n", "RULE", "REFUSALS/S");
         json_array_foreach(json_object_get(tr, "rules"), i, v)
         {
-            put_padded(jstr(v, "name"), 32);
+            put_padded(jget_str(v, "name"), 32);
             printf(" %.2f\n", json_real_value(json_object_get(v, "refusals_per_s")));
         }
     } else {
@@ -118,11 +109,11 @@ static void render(json_t *st, bool tty)
     json_array_foreach(json_object_get(json_object_get(st, "limits"), "recent_refusals"), i, v)
     {
         fputs("  ", stdout);
-        put_clock(jint(v, "time"), false);
+        put_clock(jget_int(v, "time"), false);
         putchar(' ');
-        put_padded(jstr(v, "rule"), 16);
+        put_padded(jget_str(v, "rule"), 16);
         putchar(' ');
-        put_text(jstr(v, "key"), 80);
+        put_text(jget_str(v, "key"), 80);
         putchar('\n');
     }
     struct ev evs[64];
@@ -132,8 +123,8 @@ static void render(json_t *st, bool tty)
         json_array_foreach(json_object_get(n, "events"), k, v)
         {
             if (nev < sizeof(evs) / sizeof(evs[0]))
-                evs[nev++] =
-                    (struct ev){jint(v, "time"), jstr(n, "name"), jstr(v, "kind"), jstr(v, "text")};
+                evs[nev++] = (struct ev){jget_int(v, "time"), jget_str(n, "name"),
+                                         jget_str(v, "kind"), jget_str(v, "text")};
         }
     }
     qsort(evs, nev, sizeof(evs[0]), ev_newest_first);

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "util/jsonget.h"
 #include "util/log.h"
 
 #define PAGE_MAX_NODES 16
@@ -344,17 +345,6 @@ static void esc(struct buf *b, const char *s)
     }
 }
 
-static const char *str(json_t *o, const char *key)
-{
-    const char *s = json_string_value(json_object_get(o, key));
-    return s ? s : "";
-}
-
-static json_int_t num(json_t *o, const char *key)
-{
-    return json_integer_value(json_object_get(o, key));
-}
-
 /* "2026-12-02 07:18:37 UTC" for wall ms; "-" for 0. */
 static void put_time(struct buf *b, json_int_t ms)
 {
@@ -377,7 +367,7 @@ static void put_plot(struct buf *b, json_t *history, const char *name)
     size_t i;
     json_array_foreach(hn, i, h)
     {
-        if (strcmp(str(h, "name"), name) == 0)
+        if (strcmp(jget_str(h, "name"), name) == 0)
             series = json_object_get(h, "saturation");
     }
     puts_(b, "<svg class=\"plot\" viewBox=\"0 0 360 60\" width=\"360\" height=\"60\" role=\"img\" "
@@ -405,54 +395,55 @@ static void put_node(struct buf *b, json_t *n, json_t *history)
     size_t i;
 
     puts_(b, "<section class=\"node\" data-node=\"");
-    esc(b, str(n, "name"));
+    esc(b, jget_str(n, "name"));
     puts_(b, "\"><h2><span class=\"name\">");
-    esc(b, str(n, "name"));
+    esc(b, jget_str(n, "name"));
     putf(b,
          "</span> <span class=\"stress %s\">Stress %s</span> <span class=\"sat\">saturation "
          "%lld%%</span>",
-         stress ? "on" : "off", stress ? "Y" : "N", (long long)num(n, "saturation"));
+         stress ? "on" : "off", stress ? "Y" : "N", (long long)jget_int(n, "saturation"));
     if (json_is_true(json_object_get(n, "imbalance")))
         puts_(b, " <span class=\"flag\">imbalance</span>");
     puts_(b, "</h2><p class=\"since\">state ");
-    esc(b, str(n, "state"));
+    esc(b, jget_str(n, "state"));
     puts_(b, " since ");
-    put_time(b, num(n, "since"));
+    put_time(b, jget_int(n, "since"));
     puts_(b, "</p><table class=\"services\"><tr><th>service</th><th>busy / limit</th><th></th>"
              "<th>waiting</th></tr>");
     json_array_foreach(json_object_get(n, "services"), i, v)
     {
         puts_(b, "<tr><td>");
-        esc(b, str(v, "name"));
+        esc(b, jget_str(v, "name"));
         putf(b,
              "</td><td><meter min=\"0\" max=\"%lld\" value=\"%lld\"></meter></td><td>%lld / "
              "%lld</td><td>%lld</td></tr>",
-             (long long)(num(v, "limit") > 0 ? num(v, "limit") : 1), (long long)num(v, "busy"),
-             (long long)num(v, "busy"), (long long)num(v, "limit"), (long long)num(v, "waiting"));
+             (long long)(jget_int(v, "limit") > 0 ? jget_int(v, "limit") : 1),
+             (long long)jget_int(v, "busy"), (long long)jget_int(v, "busy"),
+             (long long)jget_int(v, "limit"), (long long)jget_int(v, "waiting"));
     }
     puts_(b, "</table><h3>Overrides in force</h3><ul class=\"overrides\">");
     json_array_foreach(json_object_get(n, "overrides_detail"), i, v)
     {
         puts_(b, "<li>");
-        esc(b, str(v, "setting"));
+        esc(b, jget_str(v, "setting"));
         puts_(b, ": ");
         json_t *before = json_object_get(v, "before");
         esc(b, json_is_string(before) ? json_string_value(before) : "(default)");
         puts_(b, " \xe2\x86\x92 ");
-        esc(b, str(v, "during"));
+        esc(b, jget_str(v, "during"));
         puts_(b, "</li>");
     }
     puts_(b, "</ul><h3>Saturation, last hour</h3>");
-    put_plot(b, history, str(n, "name"));
+    put_plot(b, history, jget_str(n, "name"));
     puts_(b, "<h3>Latest events</h3><ul class=\"events\">");
     json_array_foreach(json_object_get(n, "events"), i, v)
     {
         puts_(b, "<li><time>");
-        put_time(b, num(v, "time"));
+        put_time(b, jget_int(v, "time"));
         puts_(b, "</time> <b>");
-        esc(b, str(v, "kind"));
+        esc(b, jget_str(v, "kind"));
         puts_(b, "</b> ");
-        esc(b, str(v, "text"));
+        esc(b, jget_str(v, "text"));
         puts_(b, "</li>");
     }
     puts_(b, "</ul></section>");
@@ -464,16 +455,16 @@ static void put_local(struct buf *b, json_t *st)
     size_t i;
 
     puts_(b, "<section id=\"local\"><h2>This node: <span class=\"name\">");
-    esc(b, str(st, "node"));
+    esc(b, jget_str(st, "node"));
     puts_(b, "</span></h2><p class=\"store\">store ");
-    esc(b, str(ss, "kind"));
+    esc(b, jget_str(ss, "kind"));
     puts_(b, ", ");
-    esc(b, str(ss, "up"));
+    esc(b, jget_str(ss, "up"));
     if (json_is_true(json_object_get(ss, "degraded"))) {
         puts_(b, ", <span class=\"flag\">degraded</span> since ");
-        put_time(b, num(ss, "degraded_since"));
+        put_time(b, jget_int(ss, "degraded_since"));
     }
-    putf(b, ", %lld counter keys in memory</p>", (long long)num(ss, "entries"));
+    putf(b, ", %lld counter keys in memory</p>", (long long)jget_int(ss, "entries"));
     puts_(b, "<h3>Policy traffic</h3><p class=\"traffic\">");
     if (json_is_object(tr))
         putf(b, "%.2f requests/s, %.2f refusals/s over the last %.0f s</p>",
@@ -486,21 +477,21 @@ static void put_local(struct buf *b, json_t *st)
     json_array_foreach(json_object_get(tr, "rules"), i, v)
     {
         puts_(b, "<tr><td>");
-        esc(b, str(v, "name"));
+        esc(b, jget_str(v, "name"));
         putf(b, "</td><td>%.2f</td></tr>", json_real_value(json_object_get(v, "refusals_per_s")));
     }
     puts_(b, "</table><h3>Latest refusals</h3><ul class=\"refusals\">");
     json_array_foreach(json_object_get(json_object_get(st, "limits"), "recent_refusals"), i, v)
     {
         puts_(b, "<li><time>");
-        put_time(b, num(v, "time"));
+        put_time(b, jget_int(v, "time"));
         puts_(b, "</time> <b>");
-        esc(b, str(v, "rule"));
+        esc(b, jget_str(v, "rule"));
         puts_(b, "</b> ");
         if (json_is_true(json_object_get(v, "dryrun")))
             puts_(b, "(dryrun) ");
         puts_(b, "<span class=\"key\">");
-        esc(b, str(v, "key"));
+        esc(b, jget_str(v, "key"));
         puts_(b, "</span></li>");
     }
     puts_(b, "</ul><h3>Health report</h3><div class=\"report\">");
@@ -509,18 +500,18 @@ static void put_local(struct buf *b, json_t *st)
         puts_(b, "<p>no report yet (postsurge report leaves its last result here)</p>");
     } else {
         puts_(b, "<p>status <b class=\"rstatus\">");
-        esc(b, str(rp, "status"));
+        esc(b, jget_str(rp, "status"));
         puts_(b, "</b>, generated ");
-        put_time(b, num(rp, "generated_at") * 1000);
+        put_time(b, jget_int(rp, "generated_at") * 1000);
         puts_(b, "</p><ul class=\"findings\">");
         json_array_foreach(json_object_get(rp, "findings"), i, v)
         {
             puts_(b, "<li><b>");
-            esc(b, str(v, "severity"));
+            esc(b, jget_str(v, "severity"));
             puts_(b, "</b> ");
-            esc(b, str(v, "message"));
+            esc(b, jget_str(v, "message"));
             puts_(b, "<br><i>advice:</i> ");
-            esc(b, str(v, "advice"));
+            esc(b, jget_str(v, "advice"));
             puts_(b, "</li>");
         }
         puts_(b, "</ul>");
@@ -626,7 +617,7 @@ char *page_html(json_t *status, size_t *len)
 
     puts_(&b, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
               "<meta name=\"viewport\" content=\"width=device-width\"><title>postsurge: ");
-    esc(&b, str(status, "node"));
+    esc(&b, jget_str(status, "node"));
     puts_(&b, "</title><link rel=\"icon\" href=\"data:,\"><style>");
     puts_(&b, page_style);
     puts_(&b, "</style></head><body><h1>postsurge status</h1><p class=\"meta\">updated "

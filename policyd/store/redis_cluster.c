@@ -21,7 +21,6 @@
 
 #include "util/log.h"
 #include "crc16.h"
-#include "redis_keys.h"
 #include "sha1.h"
 
 #define CLUSTER_MAX_NODES 64
@@ -792,317 +791,43 @@ static void cluster_free(struct store *s)
 }
 
 /* --- cluster operations: node status, events, journal copy ---
- * The single-key commands of store_redis.c (key layout: redis_keys.h), each sent to the
- * master of its key's slot. A redirect or a lost node fails the operation (status < 0)
- * and refreshes the map: its callers publish and read again at their next interval. */
+ * redis_cluster_ops.c's, each command sent to the master of its key's slot. A redirect
+ * or a lost node fails the operation (status < 0) and refreshes the map: its callers
+ * publish and read again at their next interval. */
 
-#define CLUSTER_NODES_PRUNE_MS 3600000
-
-struct cluster_cop {
-    struct cluster *c;
-    int pending;
-    int status;
-    store_done_cb done;
-    store_nodes_cb nodes_cb;
-    store_events_cb events_cb;
-    void *arg;
-    size_t n;
-    char **names, **values, **events;
-    bool names_done;
-};
-
-struct cluster_cop_cmd {
-    struct cluster_cop *op;
-    size_t idx;
-};
-
-static void cluster_cop_free(struct cluster_cop *op)
+static int cluster_cop_send(struct store *s,
+                            void (*fn)(struct redisAsyncContext *ac, void *reply, void *privdata),
+                            void *privdata, int argc, const char **argv, const size_t *len)
 {
-    for (size_t i = 0; i < op->n; i++) {
-        free(op->names ? op->names[i] : NULL);
-        free(op->values ? op->values[i] : NULL);
-        free(op->events ? op->events[i] : NULL);
-    }
-    free(op->names);
-    free(op->values);
-    free(op->events);
-    free(op);
-}
-
-static void cluster_on_cop_reply(redisAsyncContext *ac, void *reply, void *privdata);
-
-/* Sends argv (argv[1] is the key) to its slot's master. */
-static int cluster_cop_send(struct cluster_cop *op, size_t idx, int argc, const char **argv,
-                            const size_t *len)
-{
-    struct cluster *c = op->c;
+    struct cluster *c = s->impl;
     unsigned slot = crc16_key_slot(argv[1], len[1]);
     if (c->slots[slot] == CLUSTER_NO_NODE)
         return -ENOTCONN;
     struct cluster_node *n = c->nodes[c->slots[slot]];
     redisAsyncContext *ac = cluster_node_ac(n);
-    if (!ac)
+    if (!ac || redisAsyncCommandArgv(ac, fn, privdata, argc, argv, len) != REDIS_OK)
         return -ENOTCONN;
-    struct cluster_cop_cmd *cmd = malloc(sizeof(*cmd));
-    if (!cmd)
-        return -ENOMEM;
-    cmd->op = op;
-    cmd->idx = idx;
-    if (redisAsyncCommandArgv(ac, cluster_on_cop_reply, cmd, argc, argv, len) != REDIS_OK) {
-        free(cmd);
-        return -ENOTCONN;
-    }
     if (n->outstanding++ == 0)
         n->last_progress = cluster_now(c);
-    op->pending++;
     return 0;
 }
 
-static void cluster_cop_finish(struct cluster_cop *op)
+static void cluster_cop_reply(redisAsyncContext *ac, const redisReply *rep, bool write)
 {
-    if (op->done) {
-        op->done(op->arg, op->status);
-    } else if (op->nodes_cb) {
-        struct store_node_status *v = NULL;
-        size_t k = 0;
-        if (op->status == 0 && op->n && !(v = calloc(op->n, sizeof(*v))))
-            op->status = -ENOMEM;
-        for (size_t i = 0; v && i < op->n; i++) {
-            char *val = op->values[i], *sp;
-            if (!val || !(sp = strchr(val, ' ')))
-                continue; /* expired between the two reads */
-            *sp = '\0';
-            v[k].node = op->names[i];
-            v[k].updated_ms = strtoll(val, NULL, 10);
-            v[k].json = sp + 1;
-            k++;
-        }
-        op->nodes_cb(op->arg, op->status, op->status == 0 ? v : NULL, op->status == 0 ? k : 0);
-        free(v);
-    } else if (op->events_cb) {
-        op->events_cb(op->arg, op->status, op->status == 0 ? (const char *const *)op->events : NULL,
-                      op->status == 0 ? op->n : 0);
-    }
-    cluster_cop_free(op);
-}
-
-static void cluster_cop_get_values(struct cluster_cop *o)
-{
-    struct store *s = o->c->s;
-    if (!(o->values = calloc(o->n ? o->n : 1, sizeof(char *)))) {
-        o->status = -ENOMEM;
-        return;
-    }
-    for (size_t i = 0; i < o->n; i++) {
-        char key[STORE_MAX_KEY + 64];
-        int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_NODE "%s", s->prefix, o->names[i]);
-        if (kl < 0 || (size_t)kl >= sizeof(key))
-            continue;
-        const char *argv[2] = {"GET", key};
-        size_t len[2] = {3, (size_t)kl};
-        int rc = cluster_cop_send(o, i, 2, argv, len);
-        if (rc < 0) {
-            o->status = rc;
-            return;
-        }
-    }
-}
-
-/* Copies the strings of an array reply into a new vector (at most max). */
-static char **cluster_strings(const redisReply *rep, size_t max, size_t *n, int *status)
-{
-    size_t k = rep->elements < max ? rep->elements : max;
-    char **v = calloc(k ? k : 1, sizeof(char *));
-    if (!v) {
-        *status = -ENOMEM;
-        return NULL;
-    }
-    for (size_t i = 0; i < k; i++) {
-        const redisReply *e = rep->element[i];
-        if (e->type == REDIS_REPLY_STRING && (v[*n] = strndup(e->str, (size_t)e->len)))
-            (*n)++;
-    }
-    return v;
-}
-
-static void cluster_on_cop_reply(redisAsyncContext *ac, void *reply, void *privdata)
-{
-    struct cluster_cop_cmd *cmd = privdata;
-    struct cluster_cop *op = cmd->op;
-    size_t idx = cmd->idx;
-    free(cmd);
+    (void)write;
     struct cluster_node *n = ac->data;
-    redisReply *rep = reply;
-    if (n) {
-        if (n->outstanding > 0)
-            n->outstanding--;
-        if (rep)
-            n->last_progress = cluster_now(n->c);
+    if (!n)
+        return;
+    if (n->outstanding > 0)
+        n->outstanding--;
+    if (rep)
+        n->last_progress = cluster_now(n->c);
+    if (rep && rep->type == REDIS_REPLY_ERROR && !n->c->s->closing) {
+        log_warn_ratelimited(&n->c->rl, cluster_now(n->c), (uint64_t)n->c->s->log_interval_ms,
+                             "redis cluster %s: cluster command failed: %.150s", n->where,
+                             rep->str);
+        cluster_schedule_refresh(n->c);
     }
-    op->pending--;
-    if (!rep) {
-        if (op->status == 0)
-            op->status = -ECONNRESET;
-    } else if (rep->type == REDIS_REPLY_ERROR) {
-        if (op->status == 0)
-            op->status = -EPROTO;
-        if (n && !n->c->s->closing) {
-            log_warn_ratelimited(&n->c->rl, cluster_now(n->c), (uint64_t)n->c->s->log_interval_ms,
-                                 "redis cluster %s: cluster command failed: %.150s", n->where,
-                                 rep->str);
-            cluster_schedule_refresh(n->c);
-        }
-    } else if (op->nodes_cb && !op->names_done) {
-        op->names_done = true;
-        if (rep->type == REDIS_REPLY_ARRAY) {
-            op->names = cluster_strings(rep, REDIS_NODES_MAX, &op->n, &op->status);
-            if (op->names && op->n)
-                cluster_cop_get_values(op);
-        } else {
-            op->status = -EPROTO;
-        }
-    } else if (op->nodes_cb) {
-        if (rep->type == REDIS_REPLY_STRING && idx < op->n && !op->values[idx])
-            op->values[idx] = strndup(rep->str, (size_t)rep->len);
-    } else if (op->events_cb) {
-        if (rep->type == REDIS_REPLY_ARRAY)
-            op->events = cluster_strings(rep, SIZE_MAX, &op->n, &op->status);
-        else
-            op->status = -EPROTO;
-    }
-    if (op->pending == 0)
-        cluster_cop_finish(op);
-}
-
-static struct cluster_cop *cluster_cop_new(struct store *s, void *arg)
-{
-    struct cluster_cop *op = calloc(1, sizeof(*op));
-    if (op) {
-        op->c = s->impl;
-        op->arg = arg;
-    }
-    return op;
-}
-
-/* As redis_cop_started in store_redis.c: 0 when the callback will run. */
-static int cluster_cop_started(struct cluster_cop *op, int rc)
-{
-    if (rc == 0)
-        return 0;
-    if (op->pending == 0) {
-        cluster_cop_free(op);
-        return rc;
-    }
-    op->status = rc;
-    return 0;
-}
-
-static int cluster_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
-                            int64_t ttl_ms, store_done_cb cb, void *arg)
-{
-    char key[STORE_MAX_KEY + 64], nodes[STORE_MAX_KEY + 16], px[24], score[24], prune[32];
-    int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_NODE "%s", s->prefix, node);
-    int nl = snprintf(nodes, sizeof(nodes), "%s" REDIS_KEY_NODES, s->prefix);
-    if (kl < 0 || (size_t)kl >= sizeof(key) || nl < 0 || (size_t)nl >= sizeof(nodes))
-        return -ENAMETOOLONG;
-    size_t jl = strlen(json);
-    char *val = malloc(jl + 32);
-    if (!val)
-        return -ENOMEM;
-    int vl = snprintf(val, jl + 32, "%" PRId64 " %s", now_ms, json);
-    snprintf(px, sizeof(px), "%" PRId64, ttl_ms > 0 ? ttl_ms : 1);
-    snprintf(score, sizeof(score), "%" PRId64, now_ms + ttl_ms);
-    snprintf(prune, sizeof(prune), "(%" PRId64, now_ms - CLUSTER_NODES_PRUNE_MS);
-    struct cluster_cop *op = cluster_cop_new(s, arg);
-    if (!op) {
-        free(val);
-        return -ENOMEM;
-    }
-    op->done = cb;
-    const char *a1[5] = {"SET", key, val, "PX", px};
-    size_t l1[5] = {3, (size_t)kl, (size_t)vl, 2, strlen(px)};
-    const char *a2[4] = {"ZADD", nodes, score, node};
-    size_t l2[4] = {4, (size_t)nl, strlen(score), strlen(node)};
-    const char *a3[4] = {"ZREMRANGEBYSCORE", nodes, "-inf", prune};
-    size_t l3[4] = {16, (size_t)nl, 4, strlen(prune)};
-    int rc = cluster_cop_send(op, SIZE_MAX, 5, a1, l1);
-    if (rc == 0)
-        rc = cluster_cop_send(op, SIZE_MAX, 4, a2, l2);
-    if (rc == 0)
-        rc = cluster_cop_send(op, SIZE_MAX, 4, a3, l3);
-    free(val);
-    return cluster_cop_started(op, rc);
-}
-
-static int cluster_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg)
-{
-    char nodes[STORE_MAX_KEY + 16], min[24], lim[24];
-    int nl = snprintf(nodes, sizeof(nodes), "%s" REDIS_KEY_NODES, s->prefix);
-    if (nl < 0 || (size_t)nl >= sizeof(nodes))
-        return -ENAMETOOLONG;
-    snprintf(min, sizeof(min), "%" PRId64, now_ms);
-    snprintf(lim, sizeof(lim), "%d", REDIS_NODES_MAX);
-    struct cluster_cop *op = cluster_cop_new(s, arg);
-    if (!op)
-        return -ENOMEM;
-    op->nodes_cb = cb;
-    const char *a[7] = {"ZRANGEBYSCORE", nodes, min, "+inf", "LIMIT", "0", lim};
-    size_t l[7] = {13, (size_t)nl, strlen(min), 4, 5, 1, strlen(lim)};
-    return cluster_cop_started(op, cluster_cop_send(op, SIZE_MAX, 7, a, l));
-}
-
-static int cluster_event_append(struct store *s, const char *json, int64_t max_entries,
-                                store_done_cb cb, void *arg)
-{
-    char key[STORE_MAX_KEY + 16], stop[24];
-    int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_EVENTS, s->prefix);
-    if (kl < 0 || (size_t)kl >= sizeof(key))
-        return -ENAMETOOLONG;
-    snprintf(stop, sizeof(stop), "%" PRId64, (max_entries > 0 ? max_entries : 1) - 1);
-    struct cluster_cop *op = cluster_cop_new(s, arg);
-    if (!op)
-        return -ENOMEM;
-    op->done = cb;
-    const char *a1[3] = {"LPUSH", key, json};
-    size_t l1[3] = {5, (size_t)kl, strlen(json)};
-    const char *a2[4] = {"LTRIM", key, "0", stop};
-    size_t l2[4] = {5, (size_t)kl, 1, strlen(stop)};
-    int rc = cluster_cop_send(op, SIZE_MAX, 3, a1, l1);
-    if (rc == 0)
-        rc = cluster_cop_send(op, SIZE_MAX, 4, a2, l2);
-    return cluster_cop_started(op, rc);
-}
-
-static int cluster_event_read(struct store *s, size_t max, store_events_cb cb, void *arg)
-{
-    char key[STORE_MAX_KEY + 16], stop[24];
-    int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_EVENTS, s->prefix);
-    if (kl < 0 || (size_t)kl >= sizeof(key))
-        return -ENAMETOOLONG;
-    snprintf(stop, sizeof(stop), "%zu", (max ? max : 1) - 1);
-    struct cluster_cop *op = cluster_cop_new(s, arg);
-    if (!op)
-        return -ENOMEM;
-    op->events_cb = cb;
-    const char *a[4] = {"LRANGE", key, "0", stop};
-    size_t l[4] = {6, (size_t)kl, 1, strlen(stop)};
-    return cluster_cop_started(op, cluster_cop_send(op, SIZE_MAX, 4, a, l));
-}
-
-static int cluster_journal_put(struct store *s, const char *node, const char *json,
-                               store_done_cb cb, void *arg)
-{
-    char key[STORE_MAX_KEY + 64];
-    int kl = snprintf(key, sizeof(key), "%s" REDIS_KEY_JOURNAL "%s", s->prefix, node);
-    if (kl < 0 || (size_t)kl >= sizeof(key))
-        return -ENAMETOOLONG;
-    struct cluster_cop *op = cluster_cop_new(s, arg);
-    if (!op)
-        return -ENOMEM;
-    op->done = cb;
-    const char *a[3] = {json ? "SET" : "DEL", key, json};
-    size_t l[3] = {3, (size_t)kl, json ? strlen(json) : 0};
-    return cluster_cop_started(op, cluster_cop_send(op, SIZE_MAX, json ? 3 : 2, a, l));
 }
 
 static const struct store_vtable cluster_vtable = {
@@ -1111,11 +836,14 @@ static const struct store_vtable cluster_vtable = {
     .unlink = cluster_unlink,
     .close = cluster_close,
     .free = cluster_free,
-    .node_put = cluster_node_put,
-    .node_get_all = cluster_node_get_all,
-    .event_append = cluster_event_append,
-    .event_read = cluster_event_read,
-    .journal_put = cluster_journal_put,
+    .node_put = redis_cop_node_put,
+    .node_get_all = redis_cop_node_get_all,
+    .event_append = redis_cop_event_append,
+    .event_read = redis_cop_event_read,
+    .journal_put = redis_cop_journal_put,
+    .counter_del = redis_cop_counter_del,
+    .cop_send = cluster_cop_send,
+    .cop_reply = cluster_cop_reply,
 };
 
 int store_redis_cluster_init(struct store *s, const struct config *cfg,

@@ -1,5 +1,5 @@
 /* redis_keys: the Redis key layout of the cluster data, in one place for the writer
- * (store_redis.c) and the reader (the report, cli/cmd_report.c). Every key starts
+ * (redis_cluster_ops.c) and the reader (the report, cli/cmd_report.c). Every key starts
  * with store_key_prefix (PREFIX below):
  *   PREFIXnodes         sorted set of node names, scored by their status entry's expiry
  *                       time in ms (readers ask for scores >= now; stale ones are pruned)

@@ -117,7 +117,7 @@ void store_close(struct store *s, void (*on_closed)(void *arg), void *arg);
 
 /* --- Cluster operations (node status, events). Memory: kept in this process, the
  * callback runs before the call returns. Redis: single-key commands a sharding proxy
- * forwards (see store_redis.c), the callback runs later, with status < 0 when Redis
+ * forwards (see redis_cluster_ops.c), the callback runs later, with status < 0 when Redis
  * failed. *req is always set to NULL: these cannot be cancelled; the callback runs at
  * the latest while store_close() closes the connection. --- */
 

@@ -81,6 +81,9 @@ struct store_req_list {
     struct store_req *head, *tail;
 };
 
+struct redisAsyncContext;
+struct redisReply;
+
 struct store_vtable {
     const char *name;
     /* Sends or answers a request; may call store_req_done() or store_req_fail(). */
@@ -106,6 +109,15 @@ struct store_vtable {
      * when the memory table is the only place (store.c clears that itself). */
     int (*counter_del)(struct store *s, const char *key, size_t keylen, store_done_cb cb,
                        void *arg);
+    /* Redis backends, whose cluster operations are redis_cluster_ops.c's: sends one
+     * command (argv[1] is its key) with fn and privdata as hiredis's callback; 0 when fn
+     * will be called, or -errno (-ENOTCONN: no connection for the key) ... */
+    int (*cop_send)(struct store *s,
+                    void (*fn)(struct redisAsyncContext *ac, void *reply, void *privdata),
+                    void *privdata, int argc, const char **argv, const size_t *len);
+    /* ... and notes each of their replies on its connection before the operation reads
+     * it (rep NULL: the connection dropped the command; write: the command writes). */
+    void (*cop_reply)(struct redisAsyncContext *ac, const struct redisReply *rep, bool write);
 };
 
 struct store {
@@ -185,9 +197,23 @@ void store_redis_master_found(struct store *s, const char *ip, int port, bool sw
 /* Called by the sentinel resolver: no sentinel named the master (why). */
 void store_redis_master_unknown(struct store *s, const char *why);
 
+/* The cluster operations of the Redis backends (redis_cluster_ops.c), for their vtables:
+ * the commands go out through the vtable's cop_send and cop_reply. */
+int redis_cop_node_put(struct store *s, const char *node, const char *json, int64_t now_ms,
+                       int64_t ttl_ms, store_done_cb cb, void *arg);
+int redis_cop_node_get_all(struct store *s, int64_t now_ms, store_nodes_cb cb, void *arg);
+int redis_cop_event_append(struct store *s, const char *json, int64_t max_entries, store_done_cb cb,
+                           void *arg);
+int redis_cop_event_read(struct store *s, size_t max, store_events_cb cb, void *arg);
+/* `postsurge limits reset`: DEL of one counter (key with the prefix, as the script
+ * counts it). */
+int redis_cop_counter_del(struct store *s, const char *key, size_t keylen, store_done_cb cb,
+                          void *arg);
+int redis_cop_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
+                          void *arg);
+
 /* Attaches a hiredis async context to loop (redis_uv.c): 0, -EEXIST, -ENOMEM or a uv
  * error. The adapter's handle closes itself when hiredis frees the context. */
-struct redisAsyncContext;
 int redis_uv_attach_simple(struct redisAsyncContext *ac, uv_loop_t *loop);
 
 /* The Redis Cluster implementation (redis_cluster.c): sets s->vt and s->impl and starts

@@ -68,11 +68,12 @@ bool log_ratelimit_allow(struct log_ratelimit *rl, uint64_t now_ms, uint64_t int
 bool log_ratelimit_allow_burst(struct log_ratelimit *rl, uint64_t now_ms, uint64_t interval_ms,
                                uint64_t burst, uint64_t *suppressed);
 
-#define log_warn_burst_limited(rl, now_ms, interval_ms, burst, fmt, ...)                           \
+/* A warning written when allow, an expression that may set log_supp_ to the lines
+ * suppressed since the last one, lets it through; the count is appended to the line. */
+#define log_warn_limited_(allow, fmt, ...)                                                         \
     do {                                                                                           \
         uint64_t log_supp_;                                                                        \
-        if (log_threshold >= LOG_LVL_WARN &&                                                       \
-            log_ratelimit_allow_burst((rl), (now_ms), (interval_ms), (burst), &log_supp_)) {       \
+        if (log_threshold >= LOG_LVL_WARN && (allow)) {                                            \
             if (log_supp_)                                                                         \
                 log_write(LOG_LVL_WARN, LOG_COMPONENT, fmt " (%llu similar suppressed)",           \
                           __VA_ARGS__, (unsigned long long)log_supp_);                             \
@@ -81,15 +82,11 @@ bool log_ratelimit_allow_burst(struct log_ratelimit *rl, uint64_t now_ms, uint64
         }                                                                                          \
     } while (0)
 
+#define log_warn_burst_limited(rl, now_ms, interval_ms, burst, fmt, ...)                           \
+    log_warn_limited_(                                                                             \
+        log_ratelimit_allow_burst((rl), (now_ms), (interval_ms), (burst), &log_supp_), fmt,        \
+        __VA_ARGS__)
+
 #define log_warn_ratelimited(rl, now_ms, interval_ms, fmt, ...)                                    \
-    do {                                                                                           \
-        uint64_t log_supp_;                                                                        \
-        if (log_threshold >= LOG_LVL_WARN &&                                                       \
-            log_ratelimit_allow((rl), (now_ms), (interval_ms), &log_supp_)) {                      \
-            if (log_supp_)                                                                         \
-                log_write(LOG_LVL_WARN, LOG_COMPONENT, fmt " (%llu similar suppressed)",           \
-                          __VA_ARGS__, (unsigned long long)log_supp_);                             \
-            else                                                                                   \
-                log_write(LOG_LVL_WARN, LOG_COMPONENT, fmt, __VA_ARGS__);                          \
-        }                                                                                          \
-    } while (0)
+    log_warn_limited_(log_ratelimit_allow((rl), (now_ms), (interval_ms), &log_supp_), fmt,         \
+                      __VA_ARGS__)
