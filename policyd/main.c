@@ -366,8 +366,9 @@ int cmd_serve(const struct cli *cli, int argc, char **argv)
     if (start_rc >= 0)
         sdnotify_serve(srv);
     uv_run(&loop, UV_RUN_DEFAULT);
-    engine_free(engine);
+    /* The controller first: it unregisters its callbacks from the engine. */
     controller_free(controller);
+    engine_free(engine);
     http_free(srv);
     server_free(srv);
     rc = uv_loop_close(&loop);
