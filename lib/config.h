@@ -35,7 +35,7 @@ struct config {
     char *group;                 /* "postsurge" */
 
     /* rate limits (issue 3) */
-    char *limits;                /* rule lines, see limits.h */
+    char *limits;                /* rule lines, see limits_engine.h */
     char *limit_exempt_networks; /* CIDRs, blank/comma separated; "" */
     char *limit_exempt_sasl_users;
     bool limit_dry_run;
@@ -156,6 +156,11 @@ int config_parse_buffer_all(const char *name, const char *buf, size_t len, struc
 int config_load_file(const char *path, struct config **out, struct config_errors *errs);
 
 void config_errors_clear(struct config_errors *errs);
+/* Appends "FILE:LINE: text" to errs (a NULL errs is a no-op). Without memory the message
+ * is lost; callers count failures themselves. For the parsers of other modules (rules,
+ * override tables) that report into the same list. */
+void config_errors_addf(struct config_errors *errs, const char *file, unsigned line,
+                        const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* Prints settings as "name = value" lines like postconf, sorted by name: all of them, or
  * only those that differ from the defaults (and, like postconf -n, those the file sets
@@ -171,12 +176,12 @@ int config_print_one(const struct config *cfg, FILE *out, const char *name);
 int config_print_value(const struct config *cfg, FILE *out, const char *name);
 
 /* Parses a time ("100ms", "5s", "2m", "1h", "7d", bare seconds) into ms; a size
- * ("500M", "10K", bare bytes) into bytes. Return 0 or -EINVAL. Shared with limits.c. */
+ * ("500M", "10K", bare bytes) into bytes. Return 0 or -EINVAL. Shared with limits_parse.c. */
 int config_parse_time_ms(const char *s, int64_t *out);
 int config_parse_size(const char *s, int64_t *out);
 
 /* The multiplier of a size suffix: K, M, G (either case) are 1024, 1024^2, 1024^3;
- * any other character gives 0. For parsers of sizes inside longer tokens (limits.c). */
+ * any other character gives 0. For parsers of sizes inside longer tokens (limits_parse.c). */
 int64_t config_size_suffix(char c);
 
 /* Where a setting was defined: the line of its (last) definition, 0 when it has its

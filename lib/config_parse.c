@@ -56,6 +56,24 @@ static int errs_push(struct config_errors *errs, char *msg)
     return 0;
 }
 
+void config_errors_addf(struct config_errors *errs, const char *file, unsigned line,
+                        const char *fmt, ...)
+{
+    char text[512];
+    va_list ap;
+    if (errs == NULL)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    size_t need = strlen(file) + strlen(text) + 16;
+    char *msg = cf_malloc(need);
+    if (msg == NULL)
+        return; /* the message is lost, but the caller still sees the failure */
+    snprintf(msg, need, "%s:%u: %s", file, line, text);
+    errs_push(errs, msg);
+}
+
 __attribute__((format(printf, 4, 5))) static void report(struct cf_parse *ps, bool warning,
                                                          unsigned line, const char *fmt, ...)
 {

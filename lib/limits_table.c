@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,30 +29,6 @@ struct limits_table {
     /* cidr */
     struct cidr_entry *cidr;
 };
-
-static void terr(struct config_errors *errs, const char *file, unsigned line, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void terr(struct config_errors *errs, const char *file, unsigned line, const char *fmt, ...)
-{
-    char text[300];
-    va_list ap;
-    if (errs == NULL)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
-    va_end(ap);
-    size_t need = strlen(file) + strlen(text) + 16;
-    char *msg = malloc(need);
-    char **nv = msg ? realloc(errs->msg, (errs->n + 1) * sizeof(*nv)) : NULL;
-    if (nv == NULL) {
-        free(msg);
-        return;
-    }
-    errs->msg = nv;
-    snprintf(msg, need, "%s:%u: %s", file, line, text);
-    errs->msg[errs->n++] = msg;
-}
 
 int limits_table_spec(const char *spec, size_t len, enum limits_table_type *type, const char **path,
                       char *why, size_t whysz)
@@ -256,10 +231,10 @@ int limits_table_parse(enum limits_table_type type, const char *file, const char
 #define BAD(...)                                                                                   \
     do {                                                                                           \
         if (n_err++ < LIMITS_TABLE_MAX_ERRORS)                                                     \
-            terr(errs, file, lineno, __VA_ARGS__);                                                 \
+            config_errors_addf(errs, file, lineno, __VA_ARGS__);                                   \
     } while (0)
     if (memchr(text, '\0', len) != NULL) {
-        terr(errs, file, 0, "not a text file (NUL byte)");
+        config_errors_addf(errs, file, 0, "not a text file (NUL byte)");
         limits_table_free(t);
         return -EINVAL;
     }
@@ -332,7 +307,8 @@ int limits_table_parse(enum limits_table_type type, const char *file, const char
     }
 #undef BAD
     if (n_err > LIMITS_TABLE_MAX_ERRORS)
-        terr(errs, file, lineno, "%u more errors not shown", n_err - LIMITS_TABLE_MAX_ERRORS);
+        config_errors_addf(errs, file, lineno, "%u more errors not shown",
+                           n_err - LIMITS_TABLE_MAX_ERRORS);
     if (n_err > 0) {
         limits_table_free(t);
         return -EINVAL;
@@ -348,18 +324,18 @@ int limits_table_load(enum limits_table_type type, const char *path, bool bytes,
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         int e = errno;
-        terr(errs, path, 0, "cannot open: %s", strerror(e));
+        config_errors_addf(errs, path, 0, "cannot open: %s", strerror(e));
         return -e;
     }
     struct stat before, after;
     if (fstat(fd, &before) != 0 || !S_ISREG(before.st_mode)) {
-        terr(errs, path, 0, "not a regular file");
+        config_errors_addf(errs, path, 0, "not a regular file");
         close(fd);
         return -EINVAL;
     }
     if ((uint64_t)before.st_size > LIMITS_TABLE_MAX_BYTES) {
-        terr(errs, path, 0, "too large (%lld bytes; at most %u)", (long long)before.st_size,
-             LIMITS_TABLE_MAX_BYTES);
+        config_errors_addf(errs, path, 0, "too large (%lld bytes; at most %u)",
+                           (long long)before.st_size, LIMITS_TABLE_MAX_BYTES);
         close(fd);
         return -EFBIG;
     }
@@ -373,7 +349,7 @@ int limits_table_load(enum limits_table_type type, const char *path, bool bytes,
         if (len == cap) { /* grew while read */
             free(buf);
             close(fd);
-            terr(errs, path, 0, "changed while being read; trying again later");
+            config_errors_addf(errs, path, 0, "changed while being read; trying again later");
             return -EAGAIN;
         }
         ssize_t r = read(fd, buf + len, cap - len);
@@ -383,7 +359,7 @@ int limits_table_load(enum limits_table_type type, const char *path, bool bytes,
             int e = errno;
             free(buf);
             close(fd);
-            terr(errs, path, 0, "cannot read: %s", strerror(e));
+            config_errors_addf(errs, path, 0, "cannot read: %s", strerror(e));
             return -e;
         }
         if (r == 0)
@@ -396,7 +372,7 @@ int limits_table_load(enum limits_table_type type, const char *path, bool bytes,
         after.st_mtim.tv_sec != before.st_mtim.tv_sec ||
         after.st_mtim.tv_nsec != before.st_mtim.tv_nsec) {
         free(buf);
-        terr(errs, path, 0, "changed while being read; trying again later");
+        config_errors_addf(errs, path, 0, "changed while being read; trying again later");
         return -EAGAIN;
     }
     int rc = limits_table_parse(type, path, buf, len, bytes, out, errs);

@@ -12,24 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "limits_engine.h"
+
 static const char *jstr(json_t *o, const char *k)
 {
     const char *s = json_string_value(json_object_get(o, k));
     return s ? s : "";
-}
-
-static void fmt_window(int64_t ms, char *out, size_t outsz)
-{
-    static const struct {
-        int64_t ms;
-        char unit;
-    } units[] = {{86400000, 'd'}, {3600000, 'h'}, {60000, 'm'}, {1000, 's'}};
-    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
-        if (ms >= units[i].ms && ms % units[i].ms == 0) {
-            snprintf(out, outsz, "%" PRId64 "%c", ms / units[i].ms, units[i].unit);
-            return;
-        }
-    snprintf(out, outsz, "%" PRId64 "ms", ms);
 }
 
 static void print_list(json_t *o)
@@ -40,11 +28,12 @@ static void print_list(json_t *o)
     for (size_t i = 0; i < json_array_size(rules); i++) {
         json_t *r = json_array_get(rules, i);
         char w[32];
-        fmt_window(json_integer_value(json_object_get(r, "window_ms")), w, sizeof(w));
+        limits_window_text(json_integer_value(json_object_get(r, "window_ms")), w, sizeof(w));
         printf("%s: %s %s %" PRId64 "/%s", jstr(r, "name"), jstr(r, "key"), jstr(r, "measure"),
                (int64_t)json_integer_value(json_object_get(r, "limit")), w);
         if (json_object_get(r, "stress_limit")) {
-            fmt_window(json_integer_value(json_object_get(r, "stress_window_ms")), w, sizeof(w));
+            limits_window_text(json_integer_value(json_object_get(r, "stress_window_ms")), w,
+                               sizeof(w));
             printf(" stress %" PRId64 "/%s",
                    (int64_t)json_integer_value(json_object_get(r, "stress_limit")), w);
         }
@@ -63,7 +52,7 @@ static void print_list(json_t *o)
 static void print_show(json_t *o)
 {
     char w[32];
-    fmt_window(json_integer_value(json_object_get(o, "window_ms")), w, sizeof(w));
+    limits_window_text(json_integer_value(json_object_get(o, "window_ms")), w, sizeof(w));
     json_t *lim = json_object_get(o, "limit");
     printf("rule %s, key value %s: %" PRId64 " %s counted in the last %s\n", jstr(o, "rule"),
            jstr(o, "value"), (int64_t)json_integer_value(json_object_get(o, "count")),
@@ -79,7 +68,8 @@ static void print_show(json_t *o)
     if (json_is_true(json_object_get(o, "admitted_now"))) {
         printf("next unit: admitted now\n");
     } else {
-        fmt_window(json_integer_value(json_object_get(o, "admitted_within_ms")), w, sizeof(w));
+        limits_window_text(json_integer_value(json_object_get(o, "admitted_within_ms")), w,
+                           sizeof(w));
         printf("next unit: refused until older units leave the window (within %s at most)\n", w);
     }
 }

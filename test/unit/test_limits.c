@@ -16,7 +16,7 @@
 #include <cmocka.h>
 
 #include "config.h"
-#include "limits.h"
+#include "limits_engine.h"
 #include "policy.h"
 #include "window.h"
 

@@ -1,4 +1,4 @@
-/* limits: the rate-limit engine. Parses the `limits` rules and exemptions of a config
+/* limits_engine: the rate-limit engine. Parses the `limits` rules and exemptions of a config
  * into an immutable engine; for each policy request it derives the counter keys
  * ("per_ip:1f3a9c07:192.0.2.0/24"), drops what Postfix asks again (identical RCPT
  * requests from several restriction lists, RCPT/DATA/END-OF-MESSAGE of one transaction)
@@ -255,3 +255,10 @@ int limits_counter_key(const struct limits_rule *r, bool stress, const char *val
 
 /* True when every condition of rule r holds for req (also when r has none). */
 bool limits_conds_hold(const struct limits_rule *r, const struct policy_request *req);
+
+/* A window for people: "1h", "30s", "1500ms" (the largest unit that divides it). */
+void limits_window_text(int64_t ms, char *out, size_t outsz);
+/* The value part of a counter key ("RULE:TAG:VALUE", the value %-encoded) decoded as the
+ * client sent it, for people to read (the caller escapes it for its medium). A key
+ * without two ':' is taken whole. out always ends in NUL. */
+void limits_key_text(const char *key, char *out, size_t outsz);

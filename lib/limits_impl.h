@@ -1,0 +1,141 @@
+/* limits_impl: what the sources of the limits module share (limits_parse.c builds the
+ * engine from rules, limits_key.c derives keys and checks conditions, limits_engine.c plans
+ * and finishes decisions). Not for other modules: they go through limits_engine.h. */
+#pragma once
+
+#include "limits_engine.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "net.h"
+
+/* Units remembered per SMTP session (connections) and per transaction (messages,
+ * bytes, recipients). Past the cap a repeat counts again: over-counting is the safe
+ * side for a limiter. */
+#define MAX_UNITS (4 * LIMITS_MAX_RCPT_CACHE)
+
+#define MIN_WINDOW_MS 1000LL
+#define MAX_WINDOW_MS (366LL * 24 * 3600 * 1000)
+
+struct limits_engine {
+    unsigned refs;
+    struct limits_rule rule[LIMITS_MAX_RULES];
+    size_t n_rules;
+    struct net_set *exempt_nets;
+    char **exempt_users; /* lowercased */
+    size_t n_exempt_users;
+    char *default_action;
+};
+
+enum { SCOPE_SESSION = 0, SCOPE_INSTANCE = 1 };
+
+struct unit_entry {
+    uint64_t id; /* 0: free slot */
+    int64_t amount;
+    bool denied;
+};
+
+struct unit_set {
+    struct unit_entry *v;
+    size_t cap; /* power of two, or 0 */
+    size_t n;
+};
+
+struct limits_session {
+    uint64_t epoch; /* changes whenever the remembered units are dropped */
+    bool have_client;
+    uint64_t client; /* hash of client_address and client_port */
+    bool have_instance;
+    uint64_t instance;
+    bool rcpt_seen;           /* an RCPT request of this transaction reached us */
+    struct unit_set units[2]; /* SCOPE_SESSION, SCOPE_INSTANCE */
+};
+
+/* ---- small helpers ---- */
+
+#define FNV64_OFFSET 0xcbf29ce484222325ULL
+#define FNV64_PRIME 0x100000001b3ULL
+
+static inline uint64_t fnv64_add(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= FNV64_PRIME;
+    }
+    return h;
+}
+
+static inline uint64_t fnv64_add_lower(uint64_t h, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (unsigned char)(c - 'A' + 'a');
+        h ^= c;
+        h *= FNV64_PRIME;
+    }
+    return h;
+}
+
+static inline uint32_t fnv32(const char *s)
+{
+    uint32_t h = 0x811c9dc5u;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x01000193u;
+    }
+    return h;
+}
+
+static inline char lower(char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+}
+
+static inline const char *attr(const struct policy_request *req, enum policy_attr a, size_t *len)
+{
+    const char *v = req->attr[a];
+    if (v == NULL) {
+        *len = 0;
+        return "";
+    }
+    *len = req->attr_len[a];
+    return v;
+}
+
+/* A decimal attribute (size, recipient_count); 0 when absent or malformed. */
+static inline int64_t attr_num(const struct policy_request *req, enum policy_attr a)
+{
+    size_t len;
+    const char *v = attr(req, a, &len);
+    int64_t n = 0;
+    if (len == 0 || len > 15)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+        n = n * 10 + (v[i] - '0');
+    }
+    return n;
+}
+
+/* strndup through malloc, so a test that fails the Nth malloc reaches every path. */
+static inline char *dup_n(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d != NULL) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+/* Writes "NAME:TAG:VALUE" to out (outsz >= LIMITS_KEY_MAX); returns its length, 0 and an
+ * empty key if it did not fit (limits_key.c). */
+size_t limits_key_join(char *out, size_t outsz, const char *name, const char *tag,
+                       const char *value, size_t vlen);

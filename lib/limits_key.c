@@ -1,0 +1,381 @@
+/* limits_key: counter keys from a request (escaped, so an attacker-chosen value never
+ * holds a blank, newline or separator), conditions, and the checks of key values typed by
+ * an administrator. */
+#include "limits_impl.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "textutil.h"
+
+/* ---- keys ---- */
+
+/* Appends the escaped form of v[0..len) (lowercased when fold) to out at *n. Safe
+ * characters pass; everything else (blanks, '%', '|', '#', controls, non-ASCII) becomes
+ * %XX, so a key never holds a space or newline and '|' only separates parts. Returns
+ * false when out is full. */
+static bool put_escaped(char *out, size_t outsz, size_t *n, const char *v, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < len; i++) {
+        char c = lower(v[i]);
+        bool safe = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+                    c == '-' || c == '@' || c == '/' || c == ':' || c == '+' || c == '=';
+        if (safe) {
+            if (*n + 1 >= outsz)
+                return false;
+            out[(*n)++] = c;
+        } else {
+            if (*n + 3 >= outsz)
+                return false;
+            out[(*n)++] = '%';
+            out[(*n)++] = hex[(unsigned char)c >> 4];
+            out[(*n)++] = hex[(unsigned char)c & 15];
+        }
+    }
+    out[*n] = '\0';
+    return true;
+}
+
+/* The domain of an address: after the last '@', without a trailing dot. */
+static const char *domain_of(const char *v, size_t len, size_t *dlen)
+{
+    const char *at = NULL;
+    for (size_t i = 0; i < len; i++)
+        if (v[i] == '@')
+            at = v + i;
+    if (at == NULL) {
+        *dlen = 0;
+        return v;
+    }
+    const char *d = at + 1;
+    size_t n = (size_t)(v + len - d);
+    while (n > 0 && d[n - 1] == '.')
+        n--;
+    *dlen = n;
+    return d;
+}
+
+/* One key component's raw value (before escaping); address parts are formatted into
+ * buf. Returns its length, 0 for empty/unusable. */
+static size_t part_value(const struct limits_rule *r, enum limits_key_part part, int k_attr,
+                         const struct policy_request *req, const char **out, char *buf,
+                         size_t bufsz)
+{
+    size_t len;
+    const char *v;
+    switch (part) {
+    case LIMITS_KEY_CLIENT_ADDRESS: {
+        v = attr(req, POLICY_CLIENT_ADDRESS, &len);
+        struct net_addr a;
+        /* Postfix always sends a numeric address; anything else cannot be grouped and
+         * is not counted (rather than lumping unparsable values into one key). */
+        if (len == 0 || net_addr_parse(v, len, &a) != 0)
+            return 0;
+        int n = net_prefix_format(&a, a.family == NET_V4 ? r->v4len : r->v6len, buf, bufsz);
+        if (n <= 0)
+            return 0;
+        *out = buf;
+        return (size_t)n;
+    }
+    case LIMITS_KEY_SASL_USERNAME:
+        v = attr(req, POLICY_SASL_USERNAME, &len);
+        break;
+    case LIMITS_KEY_SENDER:
+        v = attr(req, POLICY_SENDER, &len);
+        break;
+    case LIMITS_KEY_RECIPIENT:
+        v = attr(req, POLICY_RECIPIENT, &len);
+        break;
+    case LIMITS_KEY_SENDER_DOMAIN:
+        v = attr(req, POLICY_SENDER, &len);
+        v = domain_of(v, len, &len);
+        break;
+    case LIMITS_KEY_RECIPIENT_DOMAIN:
+        v = attr(req, POLICY_RECIPIENT, &len);
+        v = domain_of(v, len, &len);
+        break;
+    case LIMITS_KEY_ATTR:
+        v = attr(req, (enum policy_attr)k_attr, &len);
+        break;
+    default:
+        return 0;
+    }
+    *out = v;
+    return len;
+}
+
+int limits_key_value(const struct limits_rule *r, const struct policy_request *req, char *out,
+                     size_t outsz)
+{
+    char esc[LIMITS_MAX_VALUE + 1];
+    size_t n = 0;
+    bool fits = true;
+    uint64_t h = FNV64_OFFSET;
+    char abuf[NET_ADDR_STRLEN];
+
+    for (size_t k = 0; k < r->n_parts; k++) {
+        const char *v = NULL;
+        size_t len = part_value(r, r->part[k], r->part_attr[k], req, &v, abuf, sizeof(abuf));
+        if (len == 0)
+            return 0;
+        if (k > 0) {
+            h = fnv64_add(h, "|", 1);
+            if (fits && n + 1 < sizeof(esc)) {
+                esc[n++] = '|';
+                esc[n] = '\0';
+            } else {
+                fits = false;
+            }
+        }
+        h = fnv64_add_lower(h, v, len);
+        if (fits && !put_escaped(esc, sizeof(esc), &n, v, len))
+            fits = false;
+    }
+    if (!fits) {
+        /* Long values (a 254-character address, a long combination) are hashed so keys
+         * stay bounded; '#' never occurs in an escaped value, so no clash. */
+        static const char hex[] = "0123456789abcdef";
+        esc[0] = '#';
+        for (int i = 0; i < 16; i++)
+            esc[1 + i] = hex[(h >> (60 - 4 * i)) & 15];
+        n = 17;
+    }
+    /* On the request path: no stdio. */
+    if (n + 1 > outsz)
+        return -ENOSPC;
+    memcpy(out, esc, n);
+    out[n] = '\0';
+    return (int)n;
+}
+
+/* The value a condition tests ("" when absent). */
+static const char *cond_value(const struct policy_request *req, int a, size_t *len)
+{
+    if (a == LIMITS_ATTR_SENDER_DOMAIN || a == LIMITS_ATTR_RECIPIENT_DOMAIN) {
+        size_t l;
+        const char *v =
+            attr(req, a == LIMITS_ATTR_SENDER_DOMAIN ? POLICY_SENDER : POLICY_RECIPIENT, &l);
+        return domain_of(v, l, len);
+    }
+    return attr(req, (enum policy_attr)a, len);
+}
+
+static bool cond_equal(const struct limits_cond *c, const char *v, size_t len)
+{
+    if (len == 0)
+        return false; /* absent or empty equals nothing */
+    if (c->nets != NULL) {
+        struct net_addr a;
+        return net_addr_parse(v, len, &a) == 0 && net_set_contains(c->nets, &a);
+    }
+    for (size_t i = 0; i < c->n_values; i++)
+        if (strlen(c->values[i]) == len && strncasecmp(c->values[i], v, len) == 0)
+            return true;
+    return false;
+}
+
+bool limits_conds_hold(const struct limits_rule *r, const struct policy_request *req)
+{
+    for (size_t i = 0; i < r->n_conds; i++) {
+        const struct limits_cond *c = &r->cond[i];
+        size_t len;
+        const char *v = cond_value(req, c->attr, &len);
+        switch (c->op) {
+        case LIMITS_COND_EQ:
+            if (!cond_equal(c, v, len))
+                return false;
+            break;
+        case LIMITS_COND_NE:
+            if (cond_equal(c, v, len))
+                return false;
+            break;
+        case LIMITS_COND_RE: {
+            if (len == 0)
+                return false;
+            char buf[1024];
+            if (v[len] != '\0') {
+                /* A domain cut before trailing dots: matched on a copy. */
+                if (len >= sizeof(buf))
+                    return false;
+                memcpy(buf, v, len);
+                buf[len] = '\0';
+                v = buf;
+            }
+            if (regexec(c->re, v, 0, NULL, 0) != 0)
+                return false;
+            break;
+        }
+        }
+    }
+    return true;
+}
+
+/* Writes "NAME:TAG:VALUE" to out (outsz >= LIMITS_KEY_MAX, which always fits a rule's
+ * name, a tag and a key value); returns its length (0 and an empty key if it did not
+ * fit). snprintf cost more than the rest of
+ * the plan. */
+size_t limits_key_join(char *out, size_t outsz, const char *name, const char *tag,
+                       const char *value, size_t vlen)
+{
+    size_t nl = strlen(name), tl = strlen(tag);
+    if (nl + 1 + tl + 1 + vlen + 1 > outsz) { /* cannot happen with the bounds above */
+        out[0] = '\0';
+        return 0;
+    }
+    char *p = out;
+    memcpy(p, name, nl);
+    p += nl;
+    *p++ = ':';
+    memcpy(p, tag, tl);
+    p += tl;
+    *p++ = ':';
+    memcpy(p, value, vlen);
+    p += vlen;
+    *p = '\0';
+    return (size_t)(p - out);
+}
+
+static bool safe_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-' ||
+           c == '@' || c == '/' || c == ':' || c == '+' || c == '=';
+}
+
+static bool hex_upper(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F');
+}
+
+int limits_value_check(const struct limits_rule *r, const char *in, char *out, size_t outsz,
+                       char *why, size_t whysz)
+{
+    size_t n = strlen(in);
+    if (n == 0 || n > LIMITS_MAX_VALUE) {
+        snprintf(why, whysz, "a key value has 1 to %d characters", LIMITS_MAX_VALUE);
+        return -EINVAL;
+    }
+    if (n + 1 > outsz)
+        return -ENOSPC;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = lower(in[i]);
+    }
+    out[n] = '\0';
+    for (size_t i = 0; i < n; i++) /* %XX: hex digits upper case */
+        if (out[i] == '%')
+            for (size_t j = i + 1; j < n && j <= i + 2; j++)
+                if (out[j] >= 'a' && out[j] <= 'f')
+                    out[j] = (char)(out[j] - 'a' + 'A');
+    if (out[0] == '#') {
+        bool ok = n == 17;
+        for (size_t i = 1; ok && i < n; i++)
+            ok = (out[i] >= '0' && out[i] <= '9') || (out[i] >= 'a' && out[i] <= 'f');
+        if (!ok) {
+            snprintf(why, whysz, "a hashed key value is '#' and 16 hex digits");
+            return -EINVAL;
+        }
+        return (int)n;
+    }
+    size_t part = 0, start = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && out[i] != '|') {
+            if (out[i] == '%') {
+                if (i + 2 >= n || !hex_upper(out[i + 1]) || !hex_upper(out[i + 2])) {
+                    snprintf(why, whysz, "'%%' must start a %%XX escape");
+                    return -EINVAL;
+                }
+                i += 2;
+            } else if (!safe_char(out[i])) {
+                snprintf(why, whysz,
+                         "character '%c' never occurs in a key value (it is written %%%02X)",
+                         out[i] >= 32 && out[i] < 127 ? out[i] : '?', (unsigned char)out[i]);
+                return -EINVAL;
+            }
+            continue;
+        }
+        if (part >= r->n_parts) {
+            snprintf(why, whysz, "rule %s has %zu key part%s (%s), joined with '|'", r->name,
+                     r->n_parts, r->n_parts == 1 ? "" : "s", r->key_spec);
+            return -EINVAL;
+        }
+        size_t len = i - start;
+        if (len == 0) {
+            snprintf(why, whysz, "empty key part");
+            return -EINVAL;
+        }
+        if (r->part[part] == LIMITS_KEY_CLIENT_ADDRESS) {
+            struct net_cidr c;
+            const char *cw = NULL;
+            bool has_slash = memchr(out + start, '/', len) != NULL;
+            if (net_cidr_parse(out + start, len, &c, &cw) != 0) {
+                snprintf(why, whysz, "\"%.*s\": %s", (int)len, out + start,
+                         cw ? cw : "not an address");
+                return -EINVAL;
+            }
+            unsigned want = c.addr.family == NET_V4 ? r->v4len : r->v6len;
+            unsigned full = c.addr.family == NET_V4 ? 32 : 128;
+            unsigned got = has_slash ? c.prefix : full;
+            if (got != want || (has_slash && want == full)) {
+                snprintf(why, whysz, "rule %s counts %s per %s/%u: \"%.*s\" cannot be one", r->name,
+                         c.addr.family == NET_V4 ? "IPv4" : "IPv6",
+                         c.addr.family == NET_V4 ? "IPv4" : "IPv6", want, (int)len, out + start);
+                return -EINVAL;
+            }
+        }
+        part++;
+        start = i + 1;
+    }
+    if (part != r->n_parts) {
+        snprintf(why, whysz, "rule %s has %zu key parts (%s), joined with '|'", r->name, r->n_parts,
+                 r->key_spec);
+        return -EINVAL;
+    }
+    return (int)n;
+}
+
+int limits_counter_key(const struct limits_rule *r, bool stress, const char *value, char *out,
+                       size_t outsz)
+{
+    size_t vl = strlen(value);
+    if (outsz < LIMITS_KEY_MAX || vl > LIMITS_MAX_VALUE)
+        return -ENOSPC;
+    size_t n = limits_key_join(out, outsz, r->name, stress ? r->stress_tag : r->tag, value, vl);
+    return n ? (int)n : -ENOSPC;
+}
+
+void limits_window_text(int64_t ms, char *out, size_t outsz)
+{
+    static const struct {
+        int64_t ms;
+        char unit;
+    } units[] = {{86400000, 'd'}, {3600000, 'h'}, {60000, 'm'}, {1000, 's'}};
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+        if (ms >= units[i].ms && ms % units[i].ms == 0) {
+            snprintf(out, outsz, "%" PRId64 "%c", ms / units[i].ms, units[i].unit);
+            return;
+        }
+    snprintf(out, outsz, "%" PRId64 "ms", ms);
+}
+
+void limits_key_text(const char *key, char *out, size_t outsz)
+{
+    const char *v = key ? strchr(key, ':') : NULL;
+    v = v ? strchr(v + 1, ':') : NULL;
+    v = v ? v + 1 : key ? key : "";
+    size_t o = 0;
+    for (; *v && o + 1 < outsz; v++) {
+        int hi, lo;
+        if (*v == '%' && (hi = hexval(v[1])) >= 0 && (lo = hexval(v[2])) >= 0) {
+            out[o++] = (char)(hi * 16 + lo);
+            v += 2;
+        } else {
+            out[o++] = *v;
+        }
+    }
+    out[o] = '\0';
+}
