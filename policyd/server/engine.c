@@ -16,115 +16,12 @@
 #include <time.h>
 #include <uv.h>
 
-#include "limits.h"
+#include "limits_engine.h"
 #include "net.h"
 #include "util/log.h"
 #include "util/metrics.h"
 
-/* Plans kept for reuse: one per connection with a request in flight is enough. */
-#define ENGINE_POOL_MAX 256
-
-enum failure_action { FA_LOCAL, FA_DUNNO, FA_DEFER };
-
-/* One request between limits_plan and the reply. About 14 KB, pooled. */
-struct pending {
-    struct pending *next; /* free list */
-    struct engine *e;
-    struct decision *dec;
-    struct limits_session *session; /* the connection's (borrowed) */
-    struct limits_engine *le;       /* a reference: the rules that planned */
-    struct store *store;            /* where ops went */
-    struct store_req *sreq;         /* until the store's callback */
-    int64_t now_ms;
-    uint64_t sent_ns; /* uv_hrtime() when the ops went to the store */
-    struct store_op ops[LIMITS_MAX_OPS];
-    struct limits_plan plan;
-};
-
-/* One rule's override table, followed while the daemon runs (see watch_tick). */
-struct table_watch {
-    struct engine *e;
-    uv_work_t work;
-    bool busy;   /* a load is on the thread pool */
-    bool orphan; /* the rules were swapped meanwhile: free when the load ends */
-    size_t rule;
-    char *path;
-    enum limits_table_type type;
-    bool bytes;
-    struct stat seen; /* the version last loaded or reported */
-    bool stat_failed; /* stat's failure was logged */
-    /* the load's result */
-    struct stat st;
-    struct limits_table *table;
-    struct config_errors errs;
-    int rc;
-};
-
-/* How often override tables are stat()ed: a change is in force within 2 s. */
-#define ENGINE_TABLE_POLL_MS 1000
-
-/* Keys refused in their current window, so only the first refusal is a limit-hit
- * event: direct-mapped by the counter key's hash (a collision can only repeat an
- * event, never lose the first one of a key not seen before). */
-#define ENGINE_HIT_SLOTS 4096
-#define ENGINE_HIT_EVENT_BURST 100
-
-/* `limits top`: the most refused keys of the last hour on this node, kept with the
- * space-saving algorithm (a new key replaces the least counted one and inherits its
- * count, so a key refused often is never lost; counts may be over by the inherited
- * part, which the answer shows as "error"). */
-#define ENGINE_TOP_SLOTS 256
-#define ENGINE_TOP_AGE_MS (3600 * 1000)
-struct top_entry {
-    char key[LIMITS_KEY_MAX]; /* "" when free */
-    uint64_t count, error;
-    int64_t last_ms;
-};
-struct hit_slot {
-    uint64_t hash;
-    int64_t until_ms;
-};
-
-struct engine {
-    struct server *srv;
-    struct hit_slot hits[ENGINE_HIT_SLOTS];
-    engine_limit_hit_fn on_hit;
-    void *on_hit_arg;
-    struct metric *m_hits; /* postsurge_limit_hits_total{rule} */
-    struct log_ratelimit rl_hit;
-    struct top_entry top[ENGINE_TOP_SLOTS];
-    uv_timer_t table_timer;
-    bool table_timer_on;
-    struct table_watch *watch[LIMITS_MAX_RULES];
-    bool node_stressed; /* the overload controller's input: rules use their stress limits */
-    struct decider decider;
-    struct limits_engine *limits;
-    /* Built by on_check from the configuration about to be swapped in. */
-    struct limits_engine *prepared;
-    const struct config *prepared_for;
-    struct store *store;
-    int stores_open; /* stores not yet closed (an old one may still be closing) */
-    enum failure_action failure_action;
-    bool stopping;
-    struct pending *pool;
-    size_t pool_n;
-    struct engine_stats stats;
-    struct log_ratelimit rl_fail, rl_err;
-    /* Refusal lines per rule (by index): a flood refused at thousands of recipients a
-     * second must not become thousands of log lines a second (a soak wrote 8.5 GB in 30
-     * minutes). Postfix logs every reject with our action text anyway. */
-    struct log_ratelimit rl_deny[LIMITS_MAX_RULES];
-    /* For metrics and the status page (engine_metrics.c). */
-    struct engine_rule_count rule_counts[ENGINE_RULE_COUNTS];
-    size_t n_rule_counts;
-    struct metrics_series *store_latency;
-    struct engine_refusal recent[ENGINE_RECENT_REFUSALS]; /* a ring */
-    size_t n_recent, recent_next;
-};
-
-/* Refusal lines each rule may log per log_repeat_interval; the next line after a pause
- * says how many were left out. Every refusal is still counted in the metrics. */
-#define ENGINE_DENY_LOG_BURST 100
+#include "engine_impl.h"
 
 void engine_set_node_stressed(struct engine *e, bool stressed)
 {
@@ -139,14 +36,6 @@ void engine_set_node_stressed(struct engine *e, bool stressed)
 bool engine_node_stressed(const struct engine *e)
 {
     return e && e->node_stressed;
-}
-
-/* Wall clock ms: nodes sharing a Redis must agree on it (window.h). */
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static enum failure_action failure_action_of(const struct config *cfg)
@@ -197,20 +86,6 @@ static void pending_put(struct engine *e, struct pending *p)
 
 /* ---- answers and their log lines ---- */
 
-static void format_window(int64_t ms, char *out, size_t outsz)
-{
-    static const struct {
-        int64_t ms;
-        char unit;
-    } units[] = {{86400000, 'd'}, {3600000, 'h'}, {60000, 'm'}, {1000, 's'}};
-    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
-        if (ms >= units[i].ms && ms % units[i].ms == 0) {
-            snprintf(out, outsz, "%" PRId64 "%c", ms / units[i].ms, units[i].unit);
-            return;
-        }
-    snprintf(out, outsz, "%" PRId64 "ms", ms);
-}
-
 /* One info line per new limit decision (the connection then logs at debug only), at
  * most ENGINE_DENY_LOG_BURST per rule per log_repeat_interval. */
 static void engine_log_deny(struct engine *e, struct decision *dec, const struct limits_decision *d)
@@ -239,7 +114,7 @@ static void engine_log_deny(struct engine *e, struct decision *dec, const struct
         return;
     if (supp)
         snprintf(more, sizeof(more), " (%" PRIu64 " more refusals by this rule not logged)", supp);
-    format_window(d->window_ms, win, sizeof(win));
+    limits_window_text(d->window_ms, win, sizeof(win));
 #define A(x) (r->attr[x] ? r->attr[x] : "")
     if (d->dryrun)
         log_info("%s%s: %s client=%s sasl_username=%s sender=<%s> recipient=<%s>: dryrun rule=%s "
@@ -257,37 +132,6 @@ static void engine_log_deny(struct engine *e, struct decision *dec, const struct
                  d->action, more);
 #undef A
     dec->logged = true;
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* The value part of a counter key ("RULE:HASH:VALUE", the value %-encoded) as the
- * client sent it, for people to read. */
-static void key_text(const char *key, char *out, size_t outsz)
-{
-    const char *v = key ? strchr(key, ':') : NULL;
-    v = v ? strchr(v + 1, ':') : NULL;
-    v = v ? v + 1 : key ? key : "";
-    size_t o = 0;
-    for (; *v && o + 1 < outsz; v++) {
-        int hi, lo;
-        if (*v == '%' && (hi = hexval(v[1])) >= 0 && (lo = hexval(v[2])) >= 0) {
-            out[o++] = (char)(hi * 16 + lo);
-            v += 2;
-        } else {
-            out[o++] = *v;
-        }
-    }
-    out[o] = '\0';
 }
 
 /* The refusal counters of rule name (NULL when the table is full). */
@@ -377,7 +221,7 @@ static const char *decision_action(struct engine *e, struct decision *dec,
             r->time_ms = wall_ms();
             r->dryrun = d->dryrun;
             snprintf(r->rule, sizeof(r->rule), "%s", d->rule_name ? d->rule_name : "?");
-            key_text(d->key, r->key, sizeof(r->key));
+            limits_key_text(d->key, r->key, sizeof(r->key));
         }
         engine_log_deny(e, dec, d);
     }
@@ -846,287 +690,6 @@ static void watch_stop(struct engine *e)
     if (e->table_timer_on) {
         uv_close((uv_handle_t *)&e->table_timer, NULL);
         e->table_timer_on = false;
-    }
-}
-
-/* ---- control commands ---- */
-
-static json_t *rule_json(const struct engine *e, const struct limits_rule *r)
-{
-    json_t *conds = json_array();
-    for (size_t k = 0; k < r->n_conds; k++)
-        json_array_append_new(conds, json_string(r->cond[k].text));
-    json_t *o =
-        json_pack("{s:s,s:s,s:s,s:I,s:I,s:b,s:s,s:o,s:I}", "name", r->name, "key", r->key_spec,
-                  "measure", limits_measure_name(r->measure), "limit", (json_int_t)r->limit,
-                  "window_ms", (json_int_t)r->window_ms, "dryrun", r->dryrun, "action",
-                  r->action ? r->action : "", "conditions", conds, "line", (json_int_t)r->line);
-    if (o && r->has_stress) {
-        json_object_set_new(o, "stress_limit", json_integer(r->stress_limit));
-        json_object_set_new(o, "stress_window_ms", json_integer(r->stress_window_ms));
-    }
-    if (o && r->overrides) {
-        json_object_set_new(o, "overrides", json_string(r->overrides));
-        json_object_set_new(o, "override_entries",
-                            json_integer((json_int_t)limits_table_count(r->table)));
-    }
-    (void)e;
-    return o;
-}
-
-struct show_req {
-    engine_reply_fn reply;
-    void *arg;
-    json_t *o;
-    struct limits_engine *le;
-    size_t n_ops;
-    char keys[2][LIMITS_KEY_MAX];
-    struct store_op ops[2];
-};
-
-static void show_done(void *arg, int status, const struct window_result *res, size_t n)
-{
-    struct show_req *q = arg;
-    if (status < 0 || res == NULL || n != q->n_ops) {
-        json_decref(q->o);
-        q->reply(q->arg, json_pack("{s:b,s:s}", "ok", 0, "error",
-                                   status < 0 ? strerror(-status) : "store failed"));
-    } else {
-        int64_t limit = json_integer_value(json_object_get(q->o, "limit"));
-        json_object_set_new(q->o, "count", json_integer(res[0].count));
-        if (q->n_ops > 1)
-            json_object_set_new(q->o, "stress_count", json_integer(res[1].count));
-        bool now = limit < 0 || res[0].count < limit;
-        json_object_set_new(q->o, "admitted_now", json_boolean(now));
-        if (!now) {
-            /* The window's bound (lib/window.h): a blocked key is admitted again after
-             * at most W + 2w; the counts per slot are not read back. */
-            int64_t w = json_integer_value(json_object_get(q->o, "window_ms"));
-            json_object_set_new(q->o, "admitted_within_ms",
-                                json_integer(w + 2 * window_slot_width(w)));
-        }
-        q->reply(q->arg, q->o);
-    }
-    limits_engine_free(q->le);
-    free(q);
-}
-
-/* The rule named rule and the canonical form of value, or NULL after replying why. */
-static const struct limits_rule *rule_value(struct engine *e, const char *rule, const char *value,
-                                            char *canon, size_t canonsz, engine_reply_fn reply,
-                                            void *arg)
-{
-    struct limits_engine *le = e->limits;
-    const struct limits_rule *r = NULL;
-    char why[200];
-    for (size_t i = 0; i < limits_engine_rule_count(le); i++)
-        if (strcmp(limits_engine_rule(le, i)->name, rule) == 0)
-            r = limits_engine_rule(le, i);
-    if (r == NULL) {
-        snprintf(why, sizeof(why), "no rule named \"%.32s\" (postsurge limits list)", rule);
-        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
-        return NULL;
-    }
-    if (limits_value_check(r, value, canon, canonsz, why, sizeof(why)) < 0) {
-        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
-        return NULL;
-    }
-    return r;
-}
-
-struct reset_req {
-    engine_reply_fn reply;
-    void *arg;
-    int pending, status;
-    json_t *o;
-};
-
-static void reset_done(void *arg, int status)
-{
-    struct reset_req *q = arg;
-    if (status < 0 && q->status == 0)
-        q->status = status;
-    if (--q->pending > 0)
-        return;
-    if (q->status < 0) {
-        json_decref(q->o);
-        q->reply(q->arg, json_pack("{s:b,s:s}", "ok", 0, "error", strerror(-q->status)));
-    } else {
-        q->reply(q->arg, q->o);
-    }
-    free(q);
-}
-
-static void limits_reset(struct engine *e, const char *rule, const char *value,
-                         engine_reply_fn reply, void *arg)
-{
-    char canon[LIMITS_MAX_VALUE + 1];
-    const struct limits_rule *r = rule_value(e, rule, value, canon, sizeof(canon), reply, arg);
-    if (r == NULL)
-        return;
-    struct reset_req *q = calloc(1, sizeof(*q));
-    if (q == NULL || e->store == NULL) {
-        free(q);
-        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", "cannot reset now"));
-        return;
-    }
-    q->reply = reply;
-    q->arg = arg;
-    q->o = json_pack("{s:b,s:s,s:s,s:s}", "ok", 1, "rule", r->name, "value", canon, "store",
-                     store_kind(e->store));
-    q->pending = 1; /* held until both are sent */
-    for (int k = 0; k < 2; k++) {
-        if (k == 1 && !(r->has_stress && r->stress_window_ms != r->window_ms))
-            break;
-        char key[LIMITS_KEY_MAX];
-        limits_counter_key(r, k == 1, canon, key, sizeof(key));
-        q->pending++;
-        int rc = store_counter_reset(e->store, key, reset_done, q);
-        if (rc != 0)
-            reset_done(q, rc < 0 ? rc : 0);
-    }
-    log_info("control: counter %s:%s reset", r->name, canon);
-    reset_done(q, 0);
-}
-
-static void limits_show(struct engine *e, const char *rule, const char *value,
-                        engine_reply_fn reply, void *arg)
-{
-    struct limits_engine *le = e->limits;
-    char canon[LIMITS_MAX_VALUE + 1];
-    const struct limits_rule *r = rule_value(e, rule, value, canon, sizeof(canon), reply, arg);
-    if (r == NULL)
-        return;
-    /* The limit in force and where it comes from. */
-    int64_t limit = r->limit, window = r->window_ms;
-    const char *source = "rule";
-    if (e->node_stressed && r->has_stress) {
-        limit = r->stress_limit;
-        source = "stress";
-    }
-    if (r->table != NULL) {
-        struct net_addr a, *ap = NULL;
-        struct net_cidr c;
-        if (r->table_type == LIMITS_TABLE_CIDR) {
-            for (size_t k = 0, off = 0; k < r->n_parts; k++) {
-                size_t len = strcspn(canon + off, "|");
-                if (r->part[k] == LIMITS_KEY_CLIENT_ADDRESS &&
-                    net_cidr_parse(canon + off, len, &c, NULL) == 0) {
-                    a = c.addr;
-                    ap = &a;
-                }
-                off += len + 1;
-            }
-        }
-        int64_t tv;
-        if (limits_table_lookup(r->table, canon, strlen(canon), ap, &tv)) {
-            limit = tv;
-            source = "table";
-        }
-    }
-    struct show_req *q = calloc(1, sizeof(*q));
-    if (q == NULL) {
-        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", "out of memory"));
-        return;
-    }
-    q->reply = reply;
-    q->arg = arg;
-    q->o = json_pack("{s:b,s:s,s:s,s:s,s:I,s:s,s:I}", "ok", 1, "rule", r->name, "value", canon,
-                     "measure", limits_measure_name(r->measure), "window_ms", (json_int_t)window,
-                     "source", source, "limit", (json_int_t)limit);
-    if (limit == LIMITS_TABLE_UNLIMITED)
-        json_object_set_new(q->o, "limit", json_string("unlimited"));
-    q->n_ops = 1;
-    limits_counter_key(r, false, canon, q->keys[0], sizeof(q->keys[0]));
-    /* Amount 0: reads the count, counts nothing. */
-    q->ops[0] = (struct store_op){q->keys[0], r->window_ms, LIMITS_COUNT_ONLY, 0};
-    if (r->has_stress && r->stress_window_ms != r->window_ms) {
-        limits_counter_key(r, true, canon, q->keys[1], sizeof(q->keys[1]));
-        q->ops[1] = (struct store_op){q->keys[1], r->stress_window_ms, LIMITS_COUNT_ONLY, 0};
-        q->n_ops = 2;
-    }
-    q->le = limits_engine_ref(le);
-    int rc = e->store ? store_window_take(e->store, q->ops, q->n_ops, wall_ms(), show_done, q, NULL)
-                      : -ESHUTDOWN;
-    if (rc < 0) {
-        json_decref(q->o);
-        limits_engine_free(q->le);
-        free(q);
-        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", strerror(-rc)));
-    }
-}
-
-static int top_cmp(const void *a, const void *b)
-{
-    const struct top_entry *x = *(const struct top_entry *const *)a;
-    const struct top_entry *y = *(const struct top_entry *const *)b;
-    return x->count < y->count ? 1 : x->count > y->count ? -1 : 0;
-}
-
-static void limits_top(struct engine *e, const char *rule, engine_reply_fn reply, void *arg)
-{
-    if (rule != NULL) {
-        bool found = false;
-        for (size_t i = 0; i < limits_engine_rule_count(e->limits); i++)
-            found |= strcmp(limits_engine_rule(e->limits, i)->name, rule) == 0;
-        if (!found) {
-            char why[120];
-            snprintf(why, sizeof(why), "no rule named \"%.32s\" (postsurge limits list)", rule);
-            reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
-            return;
-        }
-    }
-    const struct top_entry *v[ENGINE_TOP_SLOTS];
-    size_t n = 0, rl = rule ? strlen(rule) : 0;
-    int64_t now = wall_ms();
-    for (size_t i = 0; i < ENGINE_TOP_SLOTS; i++) {
-        const struct top_entry *t = &e->top[i];
-        if (!t->key[0] || now - t->last_ms > ENGINE_TOP_AGE_MS)
-            continue;
-        if (rule && !(strncmp(t->key, rule, rl) == 0 && t->key[rl] == ':'))
-            continue;
-        v[n++] = t;
-    }
-    qsort(v, n, sizeof(v[0]), top_cmp);
-    json_t *keys = json_array();
-    for (size_t i = 0; i < n && i < 50; i++) {
-        const char *k = v[i]->key;
-        size_t nl = strcspn(k, ":");
-        const char *value = k;
-        for (int colons = 0; *value && colons < 2; value++)
-            colons += *value == ':';
-        json_array_append_new(keys, json_pack("{s:s%,s:s,s:I,s:I,s:I}", "rule", k, nl, "value",
-                                              value, "refusals", (json_int_t)v[i]->count, "error",
-                                              (json_int_t)v[i]->error, "last",
-                                              (json_int_t)v[i]->last_ms));
-    }
-    reply(arg, json_pack("{s:b,s:o,s:I}", "ok", 1, "keys", keys, "since_ms",
-                         (json_int_t)(now - ENGINE_TOP_AGE_MS)));
-}
-
-void engine_limits_command(struct engine *e, int argc, char **argv, engine_reply_fn reply,
-                           void *arg)
-{
-    if (e == NULL || e->limits == NULL) {
-        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", "no rate limits in this daemon"));
-        return;
-    }
-    if (argc >= 2 && strcmp(argv[1], "list") == 0) {
-        json_t *rules = json_array();
-        for (size_t i = 0; i < limits_engine_rule_count(e->limits); i++)
-            json_array_append_new(rules, rule_json(e, limits_engine_rule(e->limits, i)));
-        reply(arg, json_pack("{s:b,s:o,s:b,s:s}", "ok", 1, "rules", rules, "stressed",
-                             e->node_stressed, "store", e->store ? store_kind(e->store) : ""));
-    } else if (argc == 4 && strcmp(argv[1], "show") == 0) {
-        limits_show(e, argv[2], argv[3], reply, arg);
-    } else if ((argc == 2 || argc == 3) && strcmp(argv[1], "top") == 0) {
-        limits_top(e, argc == 3 ? argv[2] : NULL, reply, arg);
-    } else if (argc == 4 && strcmp(argv[1], "reset") == 0) {
-        limits_reset(e, argv[2], argv[3], reply, arg);
-    } else {
-        reply(arg,
-              json_pack("{s:b,s:s}", "ok", 0, "error",
-                        "usage: limits list | limits top [RULE] | limits show|reset RULE VALUE"));
     }
 }
 
