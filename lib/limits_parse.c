@@ -278,7 +278,7 @@ static void make_tag(const struct limits_rule *r, int64_t window_ms, char out[9]
     char buf[256];
     snprintf(buf, sizeof(buf), "%s|%s|%lld", r->key_spec, measure_names[r->measure],
              (long long)window_ms);
-    snprintf(out, 9, "%08x", (unsigned)fnv32(buf));
+    snprintf(out, 9, "%08x", (unsigned)fnv32(buf, strlen(buf)));
 }
 
 static struct tok next_tok(const char **pp, const char *end)
