@@ -111,15 +111,6 @@ void confedit_flush_log(struct confedit *ce)
 
 /* ---------------------------------------------------------------- set-up ---- */
 
-static char *join(const char *dir, const char *name)
-{
-    size_t l = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(l);
-    if (p)
-        snprintf(p, l, "%s/%s", dir, name);
-    return p;
-}
-
 struct confedit *confedit_new(const char *config_dir, const char *state_dir,
                               const char *postconf_cmd, const char *postfix_cmd,
                               uint64_t timeout_ms)
@@ -131,9 +122,9 @@ struct confedit *confedit_new(const char *config_dir, const char *state_dir,
     ce->timeout_ms = timeout_ms;
     ce->config_dir = strdup(config_dir);
     ce->state_dir = strdup(state_dir);
-    ce->journal_path = join(state_dir, JOURNAL_NAME);
-    ce->main_path = join(config_dir, "main.cf");
-    ce->master_path = join(config_dir, "master.cf");
+    ce->journal_path = fsutil_path_join(state_dir, JOURNAL_NAME);
+    ce->main_path = fsutil_path_join(config_dir, "main.cf");
+    ce->master_path = fsutil_path_join(config_dir, "master.cf");
     ce->postconf = pfcmd_resolve(postconf_cmd);
     ce->postfix = pfcmd_resolve(postfix_cmd);
     ce->postconf_shown = strdup(postconf_cmd);

@@ -30,12 +30,7 @@
 #define RELOAD_CHUNK 65536
 
 struct listener {
-    union {
-        uv_handle_t handle;
-        uv_stream_t stream;
-        uv_tcp_t tcp;
-        uv_pipe_t pipe;
-    } h;
+    union stream_handle h;
     struct server *srv;
     struct listener *next;
     char *spec;
@@ -743,6 +738,15 @@ static void reload_on_close(uv_fs_t *req)
     reload_done(srv);
 }
 
+/* A SIGHUP that cannot read the file: counted, logged, and the running configuration
+ * stays. */
+static void reload_failed(struct server *srv, const char *what, int err)
+{
+    srv->stats.reload_failures++;
+    log_error("reload: cannot %s %s: %s; keeping the current configuration", what, srv->config_path,
+              uv_strerror(err));
+}
+
 static void reload_finish(struct server *srv, bool ok)
 {
     if (!ok) {
@@ -760,9 +764,7 @@ static void reload_on_read(uv_fs_t *req)
 
     uv_fs_req_cleanup(req);
     if (n < 0) {
-        srv->stats.reload_failures++;
-        log_error("reload: cannot read %s: %s; keeping the current configuration", srv->config_path,
-                  uv_strerror((int)n));
+        reload_failed(srv, "read", (int)n);
         reload_finish(srv, false);
         return;
     }
@@ -799,7 +801,7 @@ static void reload_read(struct server *srv)
     int rc = uv_fs_read(srv->loop, &srv->reload_req, srv->reload_fd, &b, 1,
                         (int64_t)srv->reload_len, reload_on_read);
     if (rc < 0) {
-        log_error("reload: cannot read %s: %s", srv->config_path, uv_strerror(rc));
+        reload_failed(srv, "read", rc);
         reload_finish(srv, false);
     }
 }
@@ -811,9 +813,7 @@ static void reload_on_open(uv_fs_t *req)
 
     uv_fs_req_cleanup(req);
     if (fd < 0) {
-        srv->stats.reload_failures++;
-        log_error("reload: cannot open %s: %s; keeping the current configuration", srv->config_path,
-                  uv_strerror((int)fd));
+        reload_failed(srv, "open", (int)fd);
         reload_done(srv);
         return;
     }

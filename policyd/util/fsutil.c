@@ -129,3 +129,12 @@ int fsutil_read_fd(int fd, char **buf, size_t *len)
     *len = n;
     return 0;
 }
+
+char *fsutil_path_join(const char *dir, const char *name)
+{
+    size_t l = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(l);
+    if (p)
+        snprintf(p, l, "%s/%s", dir, name);
+    return p;
+}

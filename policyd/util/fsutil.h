@@ -34,3 +34,6 @@ int fsutil_fsync_dir_of(const char *path);
 /* Reads fd to its end into *buf (new, NUL-terminated; *len bytes without the NUL). EINTR
  * retried; fd stays open. Returns 0, -ENOMEM or a negative errno from read. */
 int fsutil_read_fd(int fd, char **buf, size_t *len);
+
+/* "DIR/NAME", new (caller frees), or NULL without memory. */
+char *fsutil_path_join(const char *dir, const char *name);
