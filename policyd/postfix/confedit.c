@@ -171,14 +171,9 @@ static uint64_t mono_ms(void)
 
 static int read_path(const char *path, char **buf, size_t *len)
 {
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    int fd = fsutil_open_regular(path, 0);
     if (fd < 0)
-        return -errno;
-    struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return -EINVAL;
-    }
+        return fd;
     int rc = fsutil_read_fd(fd, buf, len);
     close(fd);
     return rc;

@@ -138,3 +138,16 @@ char *fsutil_path_join(const char *dir, const char *name)
         snprintf(p, l, "%s/%s", dir, name);
     return p;
 }
+
+int fsutil_open_regular(const char *path, int extra_flags)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | extra_flags);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return -EINVAL;
+    }
+    return fd;
+}

@@ -37,3 +37,8 @@ int fsutil_read_fd(int fd, char **buf, size_t *len);
 
 /* "DIR/NAME", new (caller frees), or NULL without memory. */
 char *fsutil_path_join(const char *dir, const char *name);
+
+/* Opens path read-only, close-on-exec and non-blocking (a FIFO is never waited on),
+ * plus extra flags (O_NOFOLLOW), and checks it is a regular file. Returns the fd, or a
+ * negative errno (-EINVAL when it is not a regular file, which is then closed). */
+int fsutil_open_regular(const char *path, int extra_flags);
