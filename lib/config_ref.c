@@ -105,7 +105,33 @@ static void md_text(FILE *out, const char *s)
     }
 }
 
-int config_write_reference(FILE *out)
+/* The range a time, size or number setting allows, as "1s to 1h" (strings have none,
+ * enums a word list). */
+static void allowed_range(const struct cf_entry *e, char *out, size_t outsz)
+{
+    char a[32], b[32];
+    if (e->type == CF_TIME) {
+        cf_fmt_time(e->min, a, sizeof(a));
+        cf_fmt_time(e->max, b, sizeof(b));
+        snprintf(out, outsz, "%s to %s", a, b);
+    } else if (e->type == CF_SIZE) {
+        cf_fmt_size(e->min, a, sizeof(a));
+        cf_fmt_size(e->max, b, sizeof(b));
+        snprintf(out, outsz, "%s to %s", a, b);
+    } else {
+        cf_fmt_range(e, out, outsz);
+    }
+}
+
+/* One writer of the settings reference: called at each new group and for each setting
+ * with its default as text ("" when empty) and, but for strings, what it allows (a
+ * range, or an enum's words joined by '|'). */
+struct ref_writer {
+    void (*group)(FILE *out, const char *group, bool first);
+    void (*setting)(FILE *out, const struct cf_entry *e, const char *def, const char *allowed);
+};
+
+static int write_settings(FILE *out, const struct ref_writer *w)
 {
     const char *group = NULL;
     struct config *def = config_new_defaults();
@@ -113,48 +139,54 @@ int config_write_reference(FILE *out)
         return -ENOMEM;
     for (size_t i = 0; i < CF_COUNT; i++) {
         const struct cf_entry *e = &cf_table[i];
-        char range[160], tmp[64];
+        char range[160] = "", tmp[64];
         const char *v = cf_format(def, e, tmp, sizeof(tmp));
         if (!group || strcmp(group, e->group) != 0) {
             group = e->group;
-            fprintf(out, "%s**%s**\n\n", i ? "\n" : "", group);
-            fputs("| setting | default | meaning |\n| --- | --- | --- |\n", out);
+            w->group(out, group, i == 0);
         }
-        fprintf(out, "| `%s` | ", e->name);
-        if (*v) {
-            fputc('`', out);
-            md_text(out, v);
-            fputc('`', out);
-        } else {
-            fputs("(empty)", out);
-        }
-        fputs(" | ", out);
-        md_text(out, e->doc);
-        if (e->type != CF_STRING) {
-            char a[32], b[32];
-            fputs(" Allowed: ", out);
-            if (e->type == CF_TIME) {
-                cf_fmt_time(e->min, a, sizeof(a));
-                cf_fmt_time(e->max, b, sizeof(b));
-                fprintf(out, "%s to %s.", a, b);
-            } else if (e->type == CF_SIZE) {
-                cf_fmt_size(e->min, a, sizeof(a));
-                cf_fmt_size(e->max, b, sizeof(b));
-                fprintf(out, "%s to %s.", a, b);
-            } else if (e->type == CF_ENUM) {
-                fputc('`', out);
-                md_text(out, e->words);
-                fputs("`.", out);
-            } else {
-                cf_fmt_range(e, range, sizeof(range));
-                md_text(out, range);
-                fputc('.', out);
-            }
-        }
-        fputs(" |\n", out);
+        if (e->type == CF_ENUM)
+            snprintf(range, sizeof(range), "%s", e->words);
+        else if (e->type != CF_STRING)
+            allowed_range(e, range, sizeof(range));
+        w->setting(out, e, v, e->type == CF_STRING ? NULL : range);
     }
     config_free(def);
     return ferror(out) ? -EIO : 0;
+}
+
+static void md_group(FILE *out, const char *group, bool first)
+{
+    fprintf(out, "%s**%s**\n\n", first ? "" : "\n", group);
+    fputs("| setting | default | meaning |\n| --- | --- | --- |\n", out);
+}
+
+static void md_setting(FILE *out, const struct cf_entry *e, const char *v, const char *allowed)
+{
+    fprintf(out, "| `%s` | ", e->name);
+    if (*v) {
+        fputc('`', out);
+        md_text(out, v);
+        fputc('`', out);
+    } else {
+        fputs("(empty)", out);
+    }
+    fputs(" | ", out);
+    md_text(out, e->doc);
+    if (allowed) {
+        fputs(" Allowed: ", out);
+        if (e->type == CF_ENUM)
+            fputc('`', out);
+        md_text(out, allowed);
+        fputs(e->type == CF_ENUM ? "`." : ".", out);
+    }
+    fputs(" |\n", out);
+}
+
+int config_write_reference(FILE *out)
+{
+    static const struct ref_writer md = {md_group, md_setting};
+    return write_settings(out, &md);
 }
 
 /* Writes s as troff text: `code` spans in bold, backslashes and leading dots escaped,
@@ -181,65 +213,51 @@ static void man_text(FILE *out, const char *s, bool *code)
     }
 }
 
+static void man_group(FILE *out, const char *group, bool first)
+{
+    (void)first;
+    fprintf(out, ".SS %s\n", group);
+}
+
+static void man_setting(FILE *out, const struct cf_entry *e, const char *v, const char *allowed)
+{
+    bool code = false;
+    fputs(".TP\n\\fB", out);
+    man_text(out, e->name, &code);
+    fputs("\\fR (default: ", out);
+    if (*v) {
+        code = true;
+        fputs("\\fB", out);
+        man_text(out, v, &code);
+        code = false;
+        fputs("\\fR)\n", out);
+    } else {
+        fputs("empty)\n", out);
+    }
+    man_text(out, e->doc, &code);
+    if (code)
+        fputs("\\fR", out);
+    code = false;
+    if (allowed && e->type == CF_ENUM) {
+        /* Enum words are plain identifiers: only the separator needs rewriting. */
+        fputs(" Allowed: \\fB", out);
+        for (const char *w = allowed; *w; w++) {
+            if (*w == '|')
+                fputs("\\fR, \\fB", out);
+            else
+                fputc(*w, out);
+        }
+        fputs("\\fR.", out);
+    } else if (allowed) {
+        fputs(" Allowed: ", out);
+        man_text(out, allowed, &code);
+        fputc('.', out);
+    }
+    fputc('\n', out);
+}
+
 int config_write_man(FILE *out)
 {
-    const char *group = NULL;
-    struct config *def = config_new_defaults();
-    if (!def)
-        return -ENOMEM;
-    for (size_t i = 0; i < CF_COUNT; i++) {
-        const struct cf_entry *e = &cf_table[i];
-        char range[160], tmp[64], a[32], b[32];
-        const char *v = cf_format(def, e, tmp, sizeof(tmp));
-        bool code = false;
-        if (!group || strcmp(group, e->group) != 0) {
-            group = e->group;
-            fprintf(out, ".SS %s\n", group);
-        }
-        fputs(".TP\n\\fB", out);
-        man_text(out, e->name, &code);
-        fputs("\\fR (default: ", out);
-        if (*v) {
-            code = true;
-            fputs("\\fB", out);
-            man_text(out, v, &code);
-            code = false;
-            fputs("\\fR)\n", out);
-        } else {
-            fputs("empty)\n", out);
-        }
-        man_text(out, e->doc, &code);
-        if (code)
-            fputs("\\fR", out);
-        code = false;
-        if (e->type != CF_STRING) {
-            fputs(" Allowed: ", out);
-            if (e->type == CF_TIME) {
-                cf_fmt_time(e->min, a, sizeof(a));
-                cf_fmt_time(e->max, b, sizeof(b));
-                fprintf(out, "%s to %s.", a, b);
-            } else if (e->type == CF_SIZE) {
-                cf_fmt_size(e->min, a, sizeof(a));
-                cf_fmt_size(e->max, b, sizeof(b));
-                fprintf(out, "%s to %s.", a, b);
-            } else if (e->type == CF_ENUM) {
-                /* Enum words are plain identifiers: only the separator needs rewriting. */
-                fputs("\\fB", out);
-                for (const char *w = e->words; *w; w++) {
-                    if (*w == '|')
-                        fputs("\\fR, \\fB", out);
-                    else
-                        fputc(*w, out);
-                }
-                fputs("\\fR.", out);
-            } else {
-                cf_fmt_range(e, range, sizeof(range));
-                man_text(out, range, &code);
-                fputc('.', out);
-            }
-        }
-        fputc('\n', out);
-    }
-    config_free(def);
-    return ferror(out) ? -EIO : 0;
+    static const struct ref_writer man = {man_group, man_setting};
+    return write_settings(out, &man);
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "net.h"
+#include "textutil.h"
 
 /* Units remembered per SMTP session (connections) and per transaction (messages,
  * bytes, recipients). Past the cap a repeat counts again: over-counting is the safe
@@ -57,19 +58,6 @@ struct limits_session {
 
 /* ---- small helpers ---- */
 
-#define FNV64_OFFSET 0xcbf29ce484222325ULL
-#define FNV64_PRIME 0x100000001b3ULL
-
-static inline uint64_t fnv64_add(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= FNV64_PRIME;
-    }
-    return h;
-}
-
 static inline uint64_t fnv64_add_lower(uint64_t h, const char *p, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -78,16 +66,6 @@ static inline uint64_t fnv64_add_lower(uint64_t h, const char *p, size_t n)
             c = (unsigned char)(c - 'A' + 'a');
         h ^= c;
         h *= FNV64_PRIME;
-    }
-    return h;
-}
-
-static inline uint32_t fnv32(const char *s)
-{
-    uint32_t h = 0x811c9dc5u;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x01000193u;
     }
     return h;
 }

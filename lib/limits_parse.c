@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <regex.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -278,7 +279,7 @@ static void make_tag(const struct limits_rule *r, int64_t window_ms, char out[9]
     char buf[256];
     snprintf(buf, sizeof(buf), "%s|%s|%lld", r->key_spec, measure_names[r->measure],
              (long long)window_ms);
-    snprintf(out, 9, "%08x", (unsigned)fnv32(buf));
+    snprintf(out, 9, "%08x", (unsigned)fnv32(buf, strlen(buf)));
 }
 
 static struct tok next_tok(const char **pp, const char *end)
@@ -424,6 +425,20 @@ static int parse_cond(struct tok t, struct limits_cond *c, char *why, size_t why
 
 /* Parses one rule line into r (action left NULL when not given). Returns 0, -EINVAL
  * (message appended) or -ENOMEM. */
+/* Appends "FILE:LINE: limits: rule NAME: text" to errs. */
+__attribute__((format(printf, 5, 6))) static void rule_err(struct config_errors *errs,
+                                                           const char *file, unsigned line,
+                                                           const struct limits_rule *r,
+                                                           const char *fmt, ...)
+{
+    char text[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    config_errors_addf(errs, file, line, "limits: rule %s: %s", r->name, text);
+}
+
 static int parse_rule_body(const char *line, size_t len, struct limits_rule *r, const char *file,
                            unsigned lineno, struct config_errors *errs)
 {
@@ -445,13 +460,11 @@ static int parse_rule_body(const char *line, size_t len, struct limits_rule *r, 
     memcpy(r->name, name.p, name.len);
     r->name[name.len] = '\0';
     if (rate.len == 0) {
-        config_errors_addf(
-            errs, file, lineno,
-            "limits: rule %s: missing fields: expected NAME KEY MEASURE COUNT/WINDOW", r->name);
+        rule_err(errs, file, lineno, r, "missing fields: expected NAME KEY MEASURE COUNT/WINDOW");
         return -EINVAL;
     }
     if (!parse_key(key, r, why, sizeof(why))) {
-        config_errors_addf(errs, file, lineno, "limits: rule %s: %s", r->name, why);
+        rule_err(errs, file, lineno, r, "%s", why);
         return -EINVAL;
     }
     int m = -1;
@@ -459,30 +472,27 @@ static int parse_rule_body(const char *line, size_t len, struct limits_rule *r, 
         if (tok_is(measure, measure_names[k]))
             m = (int)k;
     if (m < 0) {
-        config_errors_addf(
-            errs, file, lineno,
-            "limits: rule %s: unknown measure \"%.*s\": expected connections, messages, "
-            "recipients or bytes",
-            r->name, TOKF(measure));
+        rule_err(errs, file, lineno, r,
+                 "unknown measure \"%.*s\": expected connections, messages, "
+                 "recipients or bytes",
+                 TOKF(measure));
         return -EINVAL;
     }
     r->measure = (enum limits_measure)m;
     if (r->measure == LIMITS_CONNECTIONS) {
         for (size_t k = 0; k < r->n_parts; k++) {
             if (!session_constant(r->part[k], r->part_attr[k])) {
-                config_errors_addf(
-                    errs, file, lineno,
-                    "limits: rule %s: connections need a key that stays the same within an "
-                    "SMTP session, not %s",
-                    r->name, part_name(r, k));
+                rule_err(errs, file, lineno, r,
+                         "connections need a key that stays the same within an "
+                         "SMTP session, not %s",
+                         part_name(r, k));
                 return -EINVAL;
             }
         }
     }
     const char *reason = parse_rate(rate, r->measure == LIMITS_BYTES, &r->limit, &r->window_ms);
     if (reason != NULL) {
-        config_errors_addf(errs, file, lineno, "limits: rule %s: \"%.*s\": %s", r->name, TOKF(rate),
-                           reason);
+        rule_err(errs, file, lineno, r, "\"%.*s\": %s", TOKF(rate), reason);
         return -EINVAL;
     }
     r->stress_limit = r->limit;
@@ -495,20 +505,17 @@ static int parse_rule_body(const char *line, size_t len, struct limits_rule *r, 
         if (tok_is(opt, "stress")) {
             struct tok sr = next_tok(&p, end);
             if (r->has_stress) {
-                config_errors_addf(errs, file, lineno, "limits: rule %s: stress given twice",
-                                   r->name);
+                rule_err(errs, file, lineno, r, "stress given twice");
                 return -EINVAL;
             }
             if (sr.len == 0) {
-                config_errors_addf(errs, file, lineno, "limits: rule %s: stress needs COUNT/WINDOW",
-                                   r->name);
+                rule_err(errs, file, lineno, r, "stress needs COUNT/WINDOW");
                 return -EINVAL;
             }
             reason =
                 parse_rate(sr, r->measure == LIMITS_BYTES, &r->stress_limit, &r->stress_window_ms);
             if (reason != NULL) {
-                config_errors_addf(errs, file, lineno, "limits: rule %s: stress \"%.*s\": %s",
-                                   r->name, TOKF(sr), reason);
+                rule_err(errs, file, lineno, r, "stress \"%.*s\": %s", TOKF(sr), reason);
                 return -EINVAL;
             }
             r->has_stress = true;
@@ -517,45 +524,39 @@ static int parse_rule_body(const char *line, size_t len, struct limits_rule *r, 
         } else if (tok_is(opt, "if")) {
             struct tok ct = next_tok(&p, end);
             if (ct.len == 0) {
-                config_errors_addf(
-                    errs, file, lineno,
-                    "limits: rule %s: if needs ATTR=V1,V2, ATTR!=V1,V2 or ATTR~REGEX", r->name);
+                rule_err(errs, file, lineno, r, "if needs ATTR=V1,V2, ATTR!=V1,V2 or ATTR~REGEX");
                 return -EINVAL;
             }
             if (r->n_conds == LIMITS_MAX_CONDS) {
-                config_errors_addf(errs, file, lineno,
-                                   "limits: rule %s: too many conditions (at most %d)", r->name,
-                                   LIMITS_MAX_CONDS);
+                rule_err(errs, file, lineno, r, "too many conditions (at most %d)",
+                         LIMITS_MAX_CONDS);
                 return -EINVAL;
             }
             int rc = parse_cond(ct, &r->cond[r->n_conds++], why, sizeof(why));
             if (rc == -ENOMEM)
                 return rc;
             if (rc != 0) {
-                config_errors_addf(errs, file, lineno, "limits: rule %s: %s", r->name, why);
+                rule_err(errs, file, lineno, r, "%s", why);
                 return -EINVAL;
             }
         } else if (tok_is(opt, "overrides")) {
             struct tok ot = next_tok(&p, end);
             if (r->overrides != NULL) {
-                config_errors_addf(errs, file, lineno, "limits: rule %s: overrides given twice",
-                                   r->name);
+                rule_err(errs, file, lineno, r, "overrides given twice");
                 return -EINVAL;
             }
             if ((r->overrides = dup_n(ot.p, ot.len)) == NULL)
                 return -ENOMEM;
             if (limits_table_spec(r->overrides, ot.len, &r->table_type, &r->table_path, why,
                                   sizeof(why)) != 0) {
-                config_errors_addf(errs, file, lineno, "limits: rule %s: %s", r->name, why);
+                rule_err(errs, file, lineno, r, "%s", why);
                 return -EINVAL;
             }
             bool has_client = false;
             for (size_t k = 0; k < r->n_parts; k++)
                 has_client |= r->part[k] == LIMITS_KEY_CLIENT_ADDRESS;
             if (r->table_type == LIMITS_TABLE_CIDR && !has_client) {
-                config_errors_addf(
-                    errs, file, lineno,
-                    "limits: rule %s: overrides cidr: needs a key with client_address", r->name);
+                rule_err(errs, file, lineno, r, "overrides cidr: needs a key with client_address");
                 return -EINVAL;
             }
         } else if (tok_is(opt, "action")) {
@@ -565,31 +566,28 @@ static int parse_rule_body(const char *line, size_t len, struct limits_rule *r, 
             while (alen > 0 && (p[alen - 1] == ' ' || p[alen - 1] == '\t'))
                 alen--;
             if (alen == 0) {
-                config_errors_addf(errs, file, lineno, "limits: rule %s: action needs text",
-                                   r->name);
+                rule_err(errs, file, lineno, r, "action needs text");
                 return -EINVAL;
             }
             r->action = dup_n(p, alen);
             if (r->action == NULL)
                 return -ENOMEM;
             if (!valid_action(r->action)) {
-                config_errors_addf(
-                    errs, file, lineno,
-                    "limits: rule %s: bad action \"%.*s\": expected an access(5) action: "
-                    "4NN/5NN text, DEFER_IF_PERMIT, DEFER_IF_REJECT, DEFER, REJECT, HOLD, "
-                    "DISCARD, WARN or INFO",
-                    r->name, (int)(alen > 64 ? 64 : alen), p);
+                rule_err(errs, file, lineno, r,
+                         "bad action \"%.*s\": expected an access(5) action: "
+                         "4NN/5NN text, DEFER_IF_PERMIT, DEFER_IF_REJECT, DEFER, REJECT, HOLD, "
+                         "DISCARD, WARN or INFO",
+                         (int)(alen > 64 ? 64 : alen), p);
                 free(r->action);
                 r->action = NULL;
                 return -EINVAL;
             }
             break;
         } else {
-            config_errors_addf(
-                errs, file, lineno,
-                "limits: rule %s: unknown option \"%.*s\": expected stress COUNT/WINDOW, "
-                "dryrun, if CONDITION, overrides TYPE:PATH or action TEXT",
-                r->name, TOKF(opt));
+            rule_err(errs, file, lineno, r,
+                     "unknown option \"%.*s\": expected stress COUNT/WINDOW, "
+                     "dryrun, if CONDITION, overrides TYPE:PATH or action TEXT",
+                     TOKF(opt));
             return -EINVAL;
         }
     }

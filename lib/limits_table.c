@@ -3,6 +3,8 @@
  * in order, as Postfix does. */
 #include "limits_table.h"
 
+#include "textutil.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -50,16 +52,6 @@ int limits_table_spec(const char *spec, size_t len, enum limits_table_type *type
         return -EINVAL;
     }
     return 0;
-}
-
-static uint64_t hash_key(const char *s, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
 }
 
 /* The key as limits_key_value writes values: lowercase, except the two hex digits of a
@@ -137,7 +129,7 @@ static const char *key_at(const struct limits_table *t, size_t i)
 /* Slot of key (existing or free). */
 static size_t hash_slot(const struct limits_table *t, const char *k, size_t n)
 {
-    size_t i = (size_t)hash_key(k, n) & (t->cap - 1);
+    size_t i = (size_t)fnv64_add(FNV64_OFFSET, k, n) & (t->cap - 1);
     for (;; i = (i + 1) & (t->cap - 1)) {
         uint32_t e = t->slot[i];
         if (e == 0)

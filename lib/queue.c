@@ -4,6 +4,8 @@
  * Tables are open-addressed hashes capped in size; overflow goes to "(other)". */
 #include "queue.h"
 
+#include "textutil.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
@@ -286,16 +288,6 @@ enum queue_reason_class queue_reason_classify(const char *reason, char *dsn)
 
 /* ---- tables ------------------------------------------------------------------------- */
 
-static uint32_t hash_str(const char *s, size_t n)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 16777619u;
-    }
-    return h;
-}
-
 struct queue_stats *queue_stats_new(const struct queue_limits *lim)
 {
     struct queue_stats *qs = calloc(1, sizeof(*qs));
@@ -399,7 +391,7 @@ static int tab_grow(struct queue_stats *qs)
 /* Finds or creates the entry of a lowercased domain; past the cap returns "(other)". */
 static int dom_get(struct queue_stats *qs, const char *name, size_t len, struct dom_entry **out)
 {
-    uint32_t h = hash_str(name, len);
+    uint32_t h = fnv32(name, len);
     size_t j = h & (qs->tab_size - 1);
     for (struct dom_entry *d; (d = qs->tab[j]) != NULL; j = (j + 1) & (qs->tab_size - 1)) {
         if (d->hash == h && strncmp(d->pub.name, name, len) == 0 && d->pub.name[len] == '\0') {
@@ -838,7 +830,7 @@ const struct queue_domain *queue_stats_domain(const struct queue_stats *qs, cons
     key[n] = '\0';
     if (strcmp(key, QUEUE_OTHER_DOMAIN) == 0)
         return qs->other ? &qs->other->pub : NULL;
-    uint32_t h = hash_str(key, n);
+    uint32_t h = fnv32(key, n);
     for (size_t j = h & (qs->tab_size - 1); qs->tab[j]; j = (j + 1) & (qs->tab_size - 1)) {
         if (qs->tab[j]->hash == h && strcmp(qs->tab[j]->pub.name, key) == 0)
             return qs->tab[j]->pub.recipients ? &qs->tab[j]->pub : NULL;

@@ -55,3 +55,7 @@ int cmd_limits(const struct cli *cli, int argc, char **argv);
 /* cmd_stress.c: one command line to the daemon and its JSON answer (caller owns *out);
  * says so on stderr when no daemon answers. Returns 0 or -errno. */
 int daemon_ask(const struct config *cfg, const char *line, json_t **out);
+/* Loads the configuration, asks the daemon, and returns its answer without "ok"; on a
+ * refusal prints "postsurge: WHAT: ERROR" and returns NULL, as on any failure (already
+ * said). The caller frees the answer. */
+json_t *cli_ask(const struct cli *cli, const char *line, const char *what);

@@ -125,20 +125,9 @@ int cmd_limits(const struct cli *cli, int argc, char **argv)
     } else {
         snprintf(line, sizeof(line), "limits list");
     }
-    struct config *cfg;
-    if (cli_load_config(cli, &cfg) < 0)
+    json_t *o = cli_ask(cli, line, "limits");
+    if (!o)
         return 1;
-    json_t *o;
-    int rc = daemon_ask(cfg, line, &o);
-    config_free(cfg);
-    if (rc < 0)
-        return 1;
-    if (!json_is_true(json_object_get(o, "ok"))) {
-        fprintf(stderr, "postsurge: limits: %s\n", jstr(o, "error"));
-        json_decref(o);
-        return 1;
-    }
-    json_object_del(o, "ok");
     if (as_json) {
         char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
         if (s)

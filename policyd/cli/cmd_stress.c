@@ -49,6 +49,25 @@ int daemon_ask(const struct config *cfg, const char *line, json_t **out)
     return rc;
 }
 
+json_t *cli_ask(const struct cli *cli, const char *line, const char *what)
+{
+    struct config *cfg;
+    if (cli_load_config(cli, &cfg) < 0)
+        return NULL;
+    json_t *o;
+    int rc = daemon_ask(cfg, line, &o);
+    config_free(cfg);
+    if (rc < 0)
+        return NULL;
+    if (!json_is_true(json_object_get(o, "ok"))) {
+        fprintf(stderr, "postsurge: %s: %s\n", what, jget_str(o, "error"));
+        json_decref(o);
+        return NULL;
+    }
+    json_object_del(o, "ok");
+    return o;
+}
+
 static void fmt_time(int64_t ms, char *buf, size_t size)
 {
     time_t t = (time_t)(ms / 1000);
@@ -221,21 +240,11 @@ int cmd_events(const struct cli *cli, int argc, char **argv)
                 since_s);
         return 2;
     }
-    struct config *cfg;
-    if (cli_load_config(cli, &cfg) < 0)
-        return 1;
     char line[128];
     snprintf(line, sizeof(line), "events %" PRId64 " %lu", since, max ? max : 1000);
-    json_t *o;
-    int rc = daemon_ask(cfg, line, &o);
-    config_free(cfg);
-    if (rc < 0)
+    json_t *o = cli_ask(cli, line, "events");
+    if (!o)
         return 1;
-    if (!json_is_true(json_object_get(o, "ok"))) {
-        fprintf(stderr, "postsurge: events: %s\n", jget_str(o, "error"));
-        json_decref(o);
-        return 1;
-    }
     json_t *ev = json_object_get(o, "events");
     if (as_json) {
         json_t *w = json_pack("{s:O}", "events", ev);

@@ -9,15 +9,6 @@
 #define LOG_COMPONENT "controller"
 #include "ctl_internal.h"
 
-static char *path_join(const char *dir, const char *name)
-{
-    size_t l = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(l);
-    if (p)
-        snprintf(p, l, "%s/%s", dir, name);
-    return p;
-}
-
 void ctl_event(struct controller *c, const char *kind, bool warn, json_t *extra, const char *fmt,
                ...)
 {
@@ -281,10 +272,10 @@ struct controller *ctl_alloc(uv_loop_t *loop, const struct config *cfg)
     c->loop = loop;
     c->config_dir = strdup(cfg->postfix_config_directory);
     c->state_dir = strdup(cfg->state_directory);
-    c->journal_path = path_join(cfg->state_directory, CONTROLLER_JOURNAL_NAME);
-    c->socket_path = path_join(cfg->state_directory, CONTROLLER_SOCKET_NAME);
-    c->main_path = path_join(cfg->postfix_config_directory, "main.cf");
-    c->master_path = path_join(cfg->postfix_config_directory, "master.cf");
+    c->journal_path = fsutil_path_join(cfg->state_directory, CONTROLLER_JOURNAL_NAME);
+    c->socket_path = fsutil_path_join(cfg->state_directory, CONTROLLER_SOCKET_NAME);
+    c->main_path = fsutil_path_join(cfg->postfix_config_directory, "main.cf");
+    c->master_path = fsutil_path_join(cfg->postfix_config_directory, "master.cf");
     c->postconf = strdup(cfg->postconf_command);
     c->postfix = strdup(cfg->postfix_command);
     c->attack_action = strdup(cfg->attack_action);

@@ -111,15 +111,6 @@ void confedit_flush_log(struct confedit *ce)
 
 /* ---------------------------------------------------------------- set-up ---- */
 
-static char *join(const char *dir, const char *name)
-{
-    size_t l = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(l);
-    if (p)
-        snprintf(p, l, "%s/%s", dir, name);
-    return p;
-}
-
 struct confedit *confedit_new(const char *config_dir, const char *state_dir,
                               const char *postconf_cmd, const char *postfix_cmd,
                               uint64_t timeout_ms)
@@ -131,9 +122,9 @@ struct confedit *confedit_new(const char *config_dir, const char *state_dir,
     ce->timeout_ms = timeout_ms;
     ce->config_dir = strdup(config_dir);
     ce->state_dir = strdup(state_dir);
-    ce->journal_path = join(state_dir, JOURNAL_NAME);
-    ce->main_path = join(config_dir, "main.cf");
-    ce->master_path = join(config_dir, "master.cf");
+    ce->journal_path = fsutil_path_join(state_dir, JOURNAL_NAME);
+    ce->main_path = fsutil_path_join(config_dir, "main.cf");
+    ce->master_path = fsutil_path_join(config_dir, "master.cf");
     ce->postconf = pfcmd_resolve(postconf_cmd);
     ce->postfix = pfcmd_resolve(postfix_cmd);
     ce->postconf_shown = strdup(postconf_cmd);
@@ -180,14 +171,9 @@ static uint64_t mono_ms(void)
 
 static int read_path(const char *path, char **buf, size_t *len)
 {
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    int fd = fsutil_open_regular(path, 0);
     if (fd < 0)
-        return -errno;
-    struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return -EINVAL;
-    }
+        return fd;
     int rc = fsutil_read_fd(fd, buf, len);
     close(fd);
     return rc;

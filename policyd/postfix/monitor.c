@@ -9,6 +9,7 @@
 
 #include "monitor.h"
 #include "util/container.h"
+#include "util/fsutil.h"
 #include "util/log.h"
 #include "util/spawn.h"
 #include "util/tail.h"
@@ -219,14 +220,9 @@ int monitor_parse_postconf_F(const char *text, size_t len, unsigned default_limi
  * symlink or FIFO put in the queue directory's pid/ is neither followed nor waited on. */
 static ssize_t read_small(const char *path, char *buf, size_t cap)
 {
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    int fd = fsutil_open_regular(path, O_NOFOLLOW);
     if (fd < 0)
-        return -errno;
-    struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return -EINVAL;
-    }
+        return fd;
     size_t off = 0;
     while (off + 1 < cap) {
         ssize_t r = read(fd, buf + off, cap - 1 - off);

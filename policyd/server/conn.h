@@ -14,13 +14,16 @@
 /* Bytes read per read callback; what a pending decision holds back stays here. */
 #define CONN_READ_BUF 8192
 
+/* A TCP or unix stream, seen as the handle or stream it is (connections and listeners). */
+union stream_handle {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+};
+
 struct conn {
-    union {
-        uv_handle_t handle;
-        uv_stream_t stream;
-        uv_tcp_t tcp;
-        uv_pipe_t pipe;
-    } h;
+    union stream_handle h;
     uv_timer_t idle;
     uv_write_t write_req;
     struct server *srv;

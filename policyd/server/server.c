@@ -30,12 +30,7 @@
 #define RELOAD_CHUNK 65536
 
 struct listener {
-    union {
-        uv_handle_t handle;
-        uv_stream_t stream;
-        uv_tcp_t tcp;
-        uv_pipe_t pipe;
-    } h;
+    union stream_handle h;
     struct server *srv;
     struct listener *next;
     char *spec;
@@ -743,6 +738,15 @@ static void reload_on_close(uv_fs_t *req)
     reload_done(srv);
 }
 
+/* A SIGHUP that cannot read the file: counted, logged, and the running configuration
+ * stays. */
+static void reload_failed(struct server *srv, const char *what, int err)
+{
+    srv->stats.reload_failures++;
+    log_error("reload: cannot %s %s: %s; keeping the current configuration", what, srv->config_path,
+              uv_strerror(err));
+}
+
 static void reload_finish(struct server *srv, bool ok)
 {
     if (!ok) {
@@ -753,24 +757,30 @@ static void reload_finish(struct server *srv, bool ok)
         reload_done(srv);
 }
 
-static void reload_on_read(uv_fs_t *req)
+/* The open and each read of the configuration file end here. */
+static void reload_on_fs(uv_fs_t *req)
 {
     struct server *srv = container_of(req, struct server, reload_req);
     ssize_t n = req->result;
+    bool opened = req->fs_type == UV_FS_OPEN;
 
     uv_fs_req_cleanup(req);
     if (n < 0) {
-        srv->stats.reload_failures++;
-        log_error("reload: cannot read %s: %s; keeping the current configuration", srv->config_path,
-                  uv_strerror((int)n));
-        reload_finish(srv, false);
+        reload_failed(srv, opened ? "open" : "read", (int)n);
+        if (opened)
+            reload_done(srv);
+        else
+            reload_finish(srv, false);
         return;
     }
-    if (n == 0) {
+    if (opened) {
+        srv->reload_fd = (uv_file)n;
+    } else if (n == 0) {
         reload_finish(srv, true);
         return;
+    } else {
+        srv->reload_len += (size_t)n;
     }
-    srv->reload_len += (size_t)n;
     reload_read(srv);
 }
 
@@ -797,28 +807,11 @@ static void reload_read(struct server *srv)
     uv_buf_t b = uv_buf_init(srv->reload_buf + srv->reload_len,
                              (unsigned)(srv->reload_cap - srv->reload_len));
     int rc = uv_fs_read(srv->loop, &srv->reload_req, srv->reload_fd, &b, 1,
-                        (int64_t)srv->reload_len, reload_on_read);
+                        (int64_t)srv->reload_len, reload_on_fs);
     if (rc < 0) {
-        log_error("reload: cannot read %s: %s", srv->config_path, uv_strerror(rc));
+        reload_failed(srv, "read", rc);
         reload_finish(srv, false);
     }
-}
-
-static void reload_on_open(uv_fs_t *req)
-{
-    struct server *srv = container_of(req, struct server, reload_req);
-    ssize_t fd = req->result;
-
-    uv_fs_req_cleanup(req);
-    if (fd < 0) {
-        srv->stats.reload_failures++;
-        log_error("reload: cannot open %s: %s; keeping the current configuration", srv->config_path,
-                  uv_strerror((int)fd));
-        reload_done(srv);
-        return;
-    }
-    srv->reload_fd = (uv_file)fd;
-    reload_read(srv);
 }
 
 void server_reload(struct server *srv)
@@ -833,7 +826,7 @@ void server_reload(struct server *srv)
     srv->reload_busy = true;
     run_hooks(srv, HOOK_RELOAD_BEGIN);
     int rc = uv_fs_open(srv->loop, &srv->reload_req, srv->config_path, O_RDONLY | O_CLOEXEC, 0,
-                        reload_on_open);
+                        reload_on_fs);
     if (rc < 0) {
         log_error("reload: cannot open %s: %s", srv->config_path, uv_strerror(rc));
         srv->reload_busy = false;

@@ -129,3 +129,25 @@ int fsutil_read_fd(int fd, char **buf, size_t *len)
     *len = n;
     return 0;
 }
+
+char *fsutil_path_join(const char *dir, const char *name)
+{
+    size_t l = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(l);
+    if (p)
+        snprintf(p, l, "%s/%s", dir, name);
+    return p;
+}
+
+int fsutil_open_regular(const char *path, int extra_flags)
+{
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | extra_flags);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return -EINVAL;
+    }
+    return fd;
+}

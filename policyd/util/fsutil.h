@@ -34,3 +34,11 @@ int fsutil_fsync_dir_of(const char *path);
 /* Reads fd to its end into *buf (new, NUL-terminated; *len bytes without the NUL). EINTR
  * retried; fd stays open. Returns 0, -ENOMEM or a negative errno from read. */
 int fsutil_read_fd(int fd, char **buf, size_t *len);
+
+/* "DIR/NAME", new (caller frees), or NULL without memory. */
+char *fsutil_path_join(const char *dir, const char *name);
+
+/* Opens path read-only, close-on-exec and non-blocking (a FIFO is never waited on),
+ * plus extra flags (O_NOFOLLOW), and checks it is a regular file. Returns the fd, or a
+ * negative errno (-EINVAL when it is not a regular file, which is then closed). */
+int fsutil_open_regular(const char *path, int extra_flags);
