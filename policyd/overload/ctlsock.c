@@ -73,18 +73,11 @@ static void client_reply(struct ctl_client *cl, json_t *o)
     }
 }
 
-static void client_on_events(void *arg, int status, json_t *events)
+/* The answer to a command that waited for the store (events, limits). The client may
+ * have been closed meanwhile (a stop, or the peer went away): it was kept for this
+ * callback, which frees it instead of answering. */
+static void client_reply_later(struct ctl_client *cl, json_t *o)
 {
-    struct ctl_client *cl = arg;
-    if (status < 0)
-        client_reply(cl, json_pack("{s:b,s:s}", "ok", 0, "error", strerror(-status)));
-    else
-        client_reply(cl, json_pack("{s:b,s:O}", "ok", 1, "events", events));
-}
-
-static void client_on_limits(void *arg, json_t *o)
-{
-    struct ctl_client *cl = arg;
     cl->waiting = false;
     if (cl->closed) {
         json_decref(o);
@@ -92,6 +85,20 @@ static void client_on_limits(void *arg, json_t *o)
         return;
     }
     client_reply(cl, o);
+}
+
+static void client_on_events(void *arg, int status, json_t *events)
+{
+    struct ctl_client *cl = arg;
+    if (status < 0)
+        client_reply_later(cl, json_pack("{s:b,s:s}", "ok", 0, "error", strerror(-status)));
+    else
+        client_reply_later(cl, json_pack("{s:b,s:O}", "ok", 1, "events", events));
+}
+
+static void client_on_limits(void *arg, json_t *o)
+{
+    client_reply_later(arg, o);
 }
 
 static void ctl_force(struct controller *c, enum stress_force f, struct ctl_client *cl)
@@ -131,9 +138,12 @@ static void client_command(struct ctl_client *cl, char *line)
     } else if (strcmp(w1, "events") == 0) {
         int64_t since = w2 ? strtoll(w2, NULL, 10) : 0;
         size_t max = w3 ? (size_t)strtoull(w3, NULL, 10) : 1000;
+        cl->waiting = true;
         if (!c->node ||
-            node_events_read(c->node, since, max ? max : 1000, client_on_events, cl) < 0)
+            node_events_read(c->node, since, max ? max : 1000, client_on_events, cl) < 0) {
+            cl->waiting = false;
             client_reply(cl, json_pack("{s:b,s:s}", "ok", 0, "error", "event log unavailable"));
+        }
     } else if (strcmp(w1, "stress") == 0 && w2 && strcmp(w2, "enter") == 0) {
         log_info("control: stress enter requested");
         ctl_force(c, STRESS_FORCE_ENTER, cl);

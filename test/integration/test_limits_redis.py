@@ -282,6 +282,38 @@ class LimitsRedis(unittest.TestCase):
                 time.sleep(0.05)
             self.assertIn("is back", a.log())
 
+    def test_control_client_gone_while_the_store_answers(self):
+        """`events` and `limits show` wait for a store round trip. A control client that
+        hangs up meanwhile (or a stop that closes it) must not be answered through freed
+        memory when the store's reply comes: the client is kept until then. Redis is
+        stopped so the replies come at redis_timeout; the memory checkers of the asan and
+        valgrind stages see any use after free, and every stage sees the daemon answer
+        the same commands afterwards and stop cleanly."""
+        import socket
+        r = self.redis()
+        (a,) = self.daemons(config(r.url, ["per_ip client_address recipients 10/1m"],
+                                   redis_timeout="1s", redis_reconnect_max="500ms"), n=1)
+        ctl = os.path.join(a.dir, "control.sock")
+        self.assertTrue(wait_for(lambda: os.path.exists(ctl), 15 * SLOW))
+        r.pause()
+        try:
+            for line in (b"events 0 10\n", b"limits show per_ip 192.0.2.7\n"):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(ctl)
+                s.sendall(line)
+                time.sleep(0.2)  # the daemon has read the line and asked the store
+                s.close()
+        finally:
+            r.resume()
+        # Redis answers one connection in order (or the requests time out in order): once
+        # these are answered, the two abandoned ones have had their callbacks.
+        self.assertTrue(a.running(), a.log())
+        ev = a.cli("events", "--json")
+        self.assertEqual(ev.returncode, 0, ev.stdout + ev.stderr)
+        show = a.cli("limits", "show", "per_ip", "192.0.2.7")
+        self.assertEqual(show.returncode, 0, show.stdout + show.stderr)
+        self.assertEqual(a.stop(), 0, a.log())
+
     def test_limits_redis_reload_keeps_counters(self):
         r = self.redis()
         url = r.url
