@@ -499,6 +499,11 @@ class PrivsepTest(unittest.TestCase):
             return [e["kind"] for e in json.loads(r.stdout)["events"]] if r.returncode == 0 \
                 else []
         self.assertTrue(wait_for(lambda: "stress-enter" in kinds(), 15), log())
+        # Then five more samples evaluated, each ending with the reconcile that would
+        # start an apply: the proof the daemon got as far as it would have acted.
+        s0 = status()["samples"]
+        self.assertTrue(wait_for(lambda: (status() or {}).get("samples", 0) >= s0 + 5, 60),
+                        log())
         self.assertEqual(read_bytes(self.main), self.main0)
         self.assertEqual(status()["overrides_state"], "none")
         self.assertEqual(mode_problems(d), [])
