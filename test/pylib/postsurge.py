@@ -183,6 +183,24 @@ class PolicyClient:
         self.close()
 
 
+def children(pid):
+    """The PIDs of pid's children (from /proc), [] once it is gone."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def comm(pid):
+    """pid's command name, "" once it is gone."""
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 class Postsurge:
     """A postsurge daemon in a temp dir.
 
