@@ -242,6 +242,18 @@ class ControllerTest(unittest.TestCase):
         self.assertTrue(wait_for(lambda: 'postsurge_service_limit{service="smtp/inet"} 4'
                                  in metrics(), 10), metrics())
         self.assertIn("\npostsurge_stress 0\n", metrics())
+        # The samples counter (what tests wait for): in /status, in status --json, and a
+        # counter family on /metrics, all growing with the monitor's samples.
+        self.assertIsInstance(hs["samples"], int)
+        self.assertIn("\n# TYPE postsurge_controller_samples_total counter\n", metrics())
+        self.assertIn("\n# HELP postsurge_controller_samples_total ", metrics())
+        n0 = ps.samples()
+        ps.wait_samples(3)
+        self.assertGreaterEqual(self.me(ps)["samples"], n0 + 3)
+        m = [ln for ln in metrics().splitlines()
+             if ln.startswith("postsurge_controller_samples_total ")]
+        self.assertEqual(len(m), 1, metrics())
+        self.assertGreaterEqual(float(m[0].split()[1]), n0 + 3)
         st = self.status(ps)
         self.assertEqual(st["node"], "n1")
         self.assertIsInstance(st["nodes"], list)
