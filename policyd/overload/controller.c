@@ -183,6 +183,7 @@ static void ctl_on_sample(struct monitor *m, const struct monitor_sample *s, voi
         }
     }
     ctl_reconcile(c);
+    c->samples++;
 }
 
 static void ctl_on_idle_tick(uv_timer_t *t)

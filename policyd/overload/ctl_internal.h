@@ -126,6 +126,10 @@ struct controller {
     struct job *job;
     char last_error[512];
     uint64_t commands_run, command_failures, applies, restores, conflicts;
+    /* Samples evaluated (monitor samples or idle ticks), counted after the reconcile each
+     * one leads to: a test that waits for it to advance knows the controller had that
+     * many chances to act. */
+    uint64_t samples;
 
     uv_pipe_t ctl;
     bool ctl_open;

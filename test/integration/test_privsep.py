@@ -19,7 +19,7 @@ import time
 import unittest
 
 from ports import free_port, tcp_listening, wait_for
-from postsurge import POSTSURGE, Postsurge, PolicyClient, request
+from postsurge import POSTSURGE, Postsurge, PolicyClient, children, comm, request
 import testmain
 
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
@@ -51,23 +51,6 @@ def proc_ids(pid):
             out[k] = v.split()
     return ([int(x) for x in out["Uid"]], [int(x) for x in out["Gid"]],
             [int(x) for x in out.get("Groups", [])])
-
-
-def children(pid):
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
-def comm(pid):
-    """pid's command name, "" once it is gone."""
-    try:
-        with open("/proc/%d/comm" % pid) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def base_is(p, name):
@@ -499,6 +482,11 @@ class PrivsepTest(unittest.TestCase):
             return [e["kind"] for e in json.loads(r.stdout)["events"]] if r.returncode == 0 \
                 else []
         self.assertTrue(wait_for(lambda: "stress-enter" in kinds(), 15), log())
+        # Then five more samples evaluated, each ending with the reconcile that would
+        # start an apply: the proof the daemon got as far as it would have acted.
+        s0 = status()["samples"]
+        self.assertTrue(wait_for(lambda: (status() or {}).get("samples", 0) >= s0 + 5, 60),
+                        log())
         self.assertEqual(read_bytes(self.main), self.main0)
         self.assertEqual(status()["overrides_state"], "none")
         self.assertEqual(mode_problems(d), [])
