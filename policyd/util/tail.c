@@ -54,7 +54,7 @@ struct tail {
      * that does not exist at start while a journal does. */
     bool use_journal;
     char *journal_dir; /* NULL: the system journal */
-    char *syslog_name; /* the journal entries read: this Postfix syslog_name; NULL: not yet */
+    char *syslog_name; /* until the journal is open: its syslog_name (NULL: none yet) */
     struct journal *jr;
 };
 
@@ -426,12 +426,20 @@ struct tail *tail_new(uv_loop_t *loop, const char *path, const struct tail_opts 
     return t;
 }
 
+const char *tail_syslog_name(const struct tail *t)
+{
+    if (t->jr)
+        return journal_syslog_name(t->jr);
+    return t->use_journal && t->syslog_name ? t->syslog_name : "";
+}
+
 /* Says which journal entries are read (at start, and when the syslog_name changes). */
 static void tail_log_filter(const struct tail *t)
 {
-    if (t->syslog_name)
-        log_info("mail log: journal entries of syslog_name %s (identifiers %s and %s/...)",
-                 t->syslog_name, t->syslog_name, t->syslog_name);
+    const char *name = tail_syslog_name(t);
+    if (name[0])
+        log_info("mail log: journal entries of syslog_name %s (identifiers %s and %s/...)", name,
+                 name, name);
     else
         log_info("mail log: journal entries wait until Postfix's syslog_name is known");
 }
@@ -440,24 +448,21 @@ int tail_set_syslog_name(struct tail *t, const char *syslog_name)
 {
     if (!t || t->closing || !syslog_name || !syslog_name[0])
         return -EINVAL;
-    if (t->syslog_name && strcmp(t->syslog_name, syslog_name) == 0)
+    if (strcmp(tail_syslog_name(t), syslog_name) == 0)
         return 0;
+    if (t->jr) {
+        /* The journal keeps the name from its open on. */
+        int rc = journal_set_syslog_name(t->jr, syslog_name);
+        if (rc == 0)
+            tail_log_filter(t);
+        return rc;
+    }
     char *copy = strdup(syslog_name);
     if (!copy)
         return -ENOMEM;
     free(t->syslog_name);
     t->syslog_name = copy;
-    if (!t->jr)
-        return 0;
-    int rc = journal_set_syslog_name(t->jr, copy);
-    if (rc == 0)
-        tail_log_filter(t);
-    return rc;
-}
-
-const char *tail_syslog_name(const struct tail *t)
-{
-    return t->use_journal && t->syslog_name ? t->syslog_name : "";
+    return 0;
 }
 
 /* Opens the journal as the source (start-up only: the open is synchronous). */

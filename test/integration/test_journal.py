@@ -116,13 +116,17 @@ class JournalTest(unittest.TestCase):
         self.addCleanup(shutil.rmtree, pf, True)
         with open(os.path.join(pf, "main.cf"), "w") as f:
             f.write("compatibility_level = 3.6\n" + main_cf)
+        with open(os.path.join(pf, "master.cf"), "w") as f:
+            f.write("smtp inet n - n - - smtpd\n")
         past = time.time() - 60  # postconf stalls on a main.cf younger than a few seconds
-        os.utime(os.path.join(pf, "main.cf"), (past, past))
+        for name in ("main.cf", "master.cf"):
+            os.utime(os.path.join(pf, name), (past, past))
         settings = {"maillog_file": "journal:" + self.jd.directory,
                     "postfix_config_directory": pf, "monitor_interval": "200ms"}
         settings.update(extra)
         ps = Postsurge(extra=settings)
         self.addCleanup(ps.cleanup)
+        ps.pfdir = pf
         return ps
 
     def test_daemon_and_check_config_take_journal(self):
