@@ -191,9 +191,16 @@ const struct cf_entry cf_table[] = {
     {"maillog_file", CF_STRING, "/var/log/mail.log", OFF(maillog_file),
      .check = check_maillog, .group = G_NODE,
      .doc = "Postfix's log, followed across rotation; empty: do not read it. `journal` reads "
-            "the systemd journal (mail facility), `journal:DIRECTORY` the journal files of "
-            "a directory (a copied journal); a file that does not exist at start while a "
-            "journal does means the journal."},
+            "the systemd journal, `journal:DIRECTORY` the journal files of a directory (a "
+            "copied journal); a file that does not exist at start while a journal does "
+            "means the journal. From the journal only this instance's entries are read "
+            "(see `maillog_syslog_name`)."},
+    {"maillog_syslog_name", CF_STRING, "", OFF(maillog_syslog_name), .check = check_word,
+     .group = G_NODE,
+     .doc = "The journal entries read: those whose identifier is NAME or starts with "
+            "`NAME/` (`postfix/smtpd`, `postfix/submission/smtpd`; not `postfix-out/qmgr`). "
+            "Empty: the `syslog_name` of `postfix_config_directory` (`postconf -xh "
+            "syslog_name`; `postfix` when postconf fails). A file is read whole."},
     {"state_directory", CF_STRING, "/var/lib/postsurge", OFF(state_directory),
      .check = check_abs_path, .group = G_NODE,
      .doc = "postsurge's own state: override journal, memory store snapshot, report position."},

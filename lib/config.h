@@ -57,6 +57,7 @@ struct config {
     char *node_name;                /* "" means the host name */
     char *postfix_config_directory; /* "/etc/postfix" */
     char *maillog_file;             /* "/var/log/mail.log" */
+    char *maillog_syslog_name;      /* "": the instance's syslog_name (postconf) */
     char *state_directory;          /* "/var/lib/postsurge" */
     bool monitor;                   /* yes: watch Postfix */
     int64_t monitor_interval;       /* ms, 1 s */

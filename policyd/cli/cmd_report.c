@@ -384,6 +384,27 @@ static int save_state(const char *path, const struct report_state *s, struct bas
 
 /* ---- the mail log: a file, or the systemd journal ---- */
 
+/* `postconf -c DIR -xh NAME` (queue_directory, syslog_name), expanded (syslog_name's
+ * default is ${multi_instance_name?...}); "" when it fails (why in err). */
+static void postconf_value(const struct config *cfg, const char *name, char *out, size_t size,
+                           char *err, size_t errlen)
+{
+    const char *argv[] = {
+        cfg->postconf_command, "-c", cfg->postfix_config_directory, "-xh", name, NULL};
+    struct run r = {0};
+    out[0] = '\0';
+    int rc = run_command(argv, POSTCONF_TIMEOUT_MS, &r);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot run postconf: %s", uv_strerror(rc));
+    } else if (r.exit_status != 0 || !r.out[0]) {
+        char why[600];
+        run_describe(&r, why, sizeof(why));
+        snprintf(err, errlen, "postconf -xh %s failed: %s", name, why);
+    } else {
+        snprintf(out, size, "%s", r.out);
+    }
+}
+
 static void journal_to_traffic(struct journal *j, const char *line, size_t len, void *arg)
 {
     (void)j;
@@ -392,7 +413,8 @@ static void journal_to_traffic(struct journal *j, const char *line, size_t len, 
 
 /* Traffic since the last report from maillog_file: from the saved file position, or, for
  * `journal`/`journal:DIR` (or a missing file while a journal exists, as serve does),
- * from the saved journal cursor (a first report reads the last 10 minutes). */
+ * from the saved journal cursor (a first report reads the last 10 minutes), the entries
+ * of maillog_syslog_name or else of the instance's syslog_name. */
 static int report_read_maillog(const struct config *cfg, struct traffic *tr,
                                struct report_state *st)
 {
@@ -402,9 +424,17 @@ static int report_read_maillog(const struct config *cfg, struct traffic *tr,
         journal = true;
     if (!journal)
         return traffic_read_log(tr, f, &st->pos);
+    char name[256], why[700] = "";
+    snprintf(name, sizeof(name), "%s", cfg->maillog_syslog_name);
+    if (!name[0])
+        postconf_value(cfg, "syslog_name", name, sizeof(name), why, sizeof(why));
+    if (!name[0]) {
+        fprintf(stderr, "postsurge: warning: %s; reading the journal entries of postfix\n", why);
+        snprintf(name, sizeof(name), "postfix");
+    }
     char *next = NULL;
-    long n = journal_read_since(strncmp(f, "journal:", 8) == 0 ? f + 8 : NULL, st->journal_cursor,
-                                600, journal_to_traffic, tr, &next);
+    long n = journal_read_since(strncmp(f, "journal:", 8) == 0 ? f + 8 : NULL, name,
+                                st->journal_cursor, 600, journal_to_traffic, tr, &next);
     if (n < 0)
         return (int)n;
     free(st->journal_cursor);
@@ -623,26 +653,6 @@ static void thresholds_from_config(const struct config *cfg, struct report_thres
     t->top_reasons = (size_t)cfg->report_top_reasons;
 }
 
-/* `postconf -c DIR -h queue_directory`; "" when it fails (why in err). */
-static void find_queue_dir(const struct config *cfg, char *out, size_t size, char *err,
-                           size_t errlen)
-{
-    const char *argv[] = {cfg->postconf_command, "-c", cfg->postfix_config_directory, "-h",
-                          "queue_directory",     NULL};
-    struct run r = {0};
-    out[0] = '\0';
-    int rc = run_command(argv, POSTCONF_TIMEOUT_MS, &r);
-    if (rc < 0) {
-        snprintf(err, errlen, "cannot run postconf: %s", uv_strerror(rc));
-    } else if (r.exit_status != 0 || !r.out[0]) {
-        char why[600];
-        run_describe(&r, why, sizeof(why));
-        snprintf(err, errlen, "postconf -h queue_directory failed: %s", why);
-    } else {
-        snprintf(out, size, "%s", r.out);
-    }
-}
-
 /* Streams postqueue -j into qs. Returns 0, or -1 with why in err. */
 static int read_queue(const struct config *cfg, struct queue_stats *qs, char *err, size_t errlen)
 {
@@ -814,7 +824,7 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
 
     /* Local Postfix: its queue directory names master.pid. */
     char pcerr[700] = "";
-    find_queue_dir(cfg, qdir, sizeof(qdir), pcerr, sizeof(pcerr));
+    postconf_value(cfg, "queue_directory", qdir, sizeof(qdir), pcerr, sizeof(pcerr));
     int master_up, qmgr_up;
     procs_postfix(qdir, &master_up, &qmgr_up);
 

@@ -117,7 +117,10 @@ static void print_node(json_t *nd, const char *self, int64_t now)
         printf("  error: %s\n", jget_str(nd, "error"));
     if (*jget_str(nd, "profile_error"))
         printf("  profile: %s\n", jget_str(nd, "profile_error"));
-    if (*jget_str(nd, "maillog"))
+    if (*jget_str(nd, "maillog_syslog_name"))
+        printf("  mail log: %s, syslog_name %s\n", jget_str(nd, "maillog"),
+               jget_str(nd, "maillog_syslog_name"));
+    else if (*jget_str(nd, "maillog"))
         printf("  mail log: %s\n", jget_str(nd, "maillog"));
 }
 

@@ -370,6 +370,7 @@ int controller_new(struct server *srv, struct engine *engine, struct controller 
     if (c->monitor_on) {
         struct monitor_opts mo = {.config_dir = c->config_dir,
                                   .maillog_file = cfg->maillog_file,
+                                  .syslog_name = cfg->maillog_syslog_name,
                                   .interval_ms = (uint64_t)cfg->monitor_interval,
                                   .command_timeout_ms = c->cmd_timeout_ms,
                                   .postconf = c->postconf,

@@ -76,6 +76,7 @@ json_t *ctl_status_json(struct controller *c)
         json_object_set_new(o, "privileges", json_string(privsep_mode_name(privsep_mode())));
         json_object_set_new(o, "maillog", json_string(monitor_log_source(c->mon)));
         json_object_set_new(o, "samples", json_integer((json_int_t)c->samples));
+        json_object_set_new(o, "maillog_syslog_name", json_string(monitor_log_filter(c->mon)));
     }
     if (o && c->node)
         json_object_set_new(o, "events", node_recent_events(c->node));

@@ -8,7 +8,11 @@ test/data/report/schema.json, --prometheus must write a file (atomically, mode 0
 when all is well; report.lock keeps two reports apart, a first run reads at most the
 log's last 64 MiB, report_quiet_windows silences anomalies unless the backlog is over
 report_quiet_backlog_limit. Also prints (does not assert) the time of a report on a generated
-100,000-message queue. Needs root, postfix, swaks, promtool.
+100,000-message queue. ReportJournalE2E: the same Postfix logging to a systemd-journald of
+the test's own (its /dev/log in a private mount namespace), the report reading it
+(`maillog_file = journal:DIR`): each delivery counted once across report runs and journal
+rotations and a vacuum, and the journal reader gets Postfix's lines in the order logged.
+Needs root, postfix, swaks, promtool (journald and unshare for the journal class).
 Env: POSTSURGE (the binary), PYTHONPATH=test/pylib, TEST_DATA or SOURCE_ROOT.
 """
 import fcntl
@@ -25,6 +29,7 @@ import threading
 import time
 import unittest
 
+from journald import Journald, dev_log_unavailable, unavailable as journald_unavailable
 from ports import free_port, wait_for
 from postfix_instance import PostfixInstance
 from postsurge import Postsurge
@@ -38,6 +43,9 @@ REPORT_DATA = os.path.join(os.environ.get("TEST_DATA", os.path.join(SOURCE_ROOT,
                            "report")
 sys.path.insert(0, REPORT_DATA)
 from check_outputs import validate  # noqa: E402  (the report tests' stdlib validator)
+# The journal reader as a child process (monitor_probe tail), as the journal tests use it.
+sys.path.insert(0, os.path.join(SOURCE_ROOT, "test", "integration"))
+from test_monitor import Probe  # noqa: E402
 
 QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
 
@@ -607,6 +615,109 @@ class ReportE2E(unittest.TestCase):
               % (os.path.getsize(data) / 1e6, elapsed), file=sys.stderr)
         self.assertEqual(sum(doc["queues"][q]["messages"] for q in QUEUES), 100000)
         self.assertEqual(doc["queues"]["hold"]["messages"], 25000)
+
+
+JOURNAL_UNAVAILABLE = journald_unavailable() or dev_log_unavailable()
+
+
+@unittest.skipIf(JOURNAL_UNAVAILABLE, "journal input not tested: %s" % JOURNAL_UNAVAILABLE)
+class ReportJournalE2E(unittest.TestCase):
+    """A real Postfix logging to the test's journald; the report reads that journal."""
+
+    def setUp(self):
+        self.jd = Journald()
+        self.addCleanup(self.jd.stop)
+        self.pf = PostfixInstance(journald=self.jd)
+        self.pf.start()
+        self.addCleanup(self.pf.stop)
+        self.tmp = tempfile.mkdtemp(prefix="postsurge-report-journal-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.sent = 0
+
+    def config(self):
+        path = os.path.join(self.tmp, "postsurge.cf")
+        with open(path, "w") as f:
+            f.write("".join("%s = %s\n" % kv for kv in {
+                "postfix_config_directory": self.pf.dir,
+                "maillog_file": "journal:" + self.jd.directory,
+                "state_directory": os.path.join(self.tmp, "state"),
+                "http_listen": "inet:127.0.0.1:%d" % free_port(),
+                "log_destination": "stderr",
+                "node_name": "mx-test"}.items()))
+        return path
+
+    def send(self, n):
+        """n messages to the sink, delivered and in the journal."""
+        for _ in range(n):
+            to = "j%d@%s" % (self.sent, self.pf.sink_domain)
+            r = self.pf.send_swaks(to=to)
+            self.assertEqual(r.returncode, 0, r.stdout)
+            self.sent += 1
+            self.assertTrue(self.pf.wait_maillog(r"to=<%s>.*status=sent" % to, 60),
+                            self.pf.maillog())
+
+    def delivered(self, cfg):
+        r = subprocess.run([POSTSURGE, "-c", cfg, "report", "--json"], capture_output=True,
+                           text=True, timeout=120)
+        self.assertIn(r.returncode, (0, 1, 2, 3), r.stderr)
+        return json.loads(r.stdout)["traffic"]["totals"]["delivered"]
+
+    def test_each_delivery_counted_once_across_runs_and_rotation(self):
+        cfg = self.config()
+        # A second instance (syslog_name postfix-out) logs to the same journal: its
+        # deliveries are not this instance's.
+        out = PostfixInstance(journald=self.jd, syslog_name="postfix-out")
+        out.start()
+        self.addCleanup(out.stop)
+        for i in range(2):
+            self.assertEqual(out.send_swaks(to="o%d@%s" % (i, out.sink_domain)).returncode, 0)
+        self.assertEqual(len(out.wait_maillog(r"status=sent", 60, count=2)), 2, out.maillog())
+        self.send(2)
+        self.assertEqual(self.delivered(cfg), 2)  # a first run reads the recent journal
+        self.assertEqual(self.delivered(cfg), 0)
+        self.send(1)
+        self.jd.rotate()
+        self.send(2)
+        self.assertEqual(self.delivered(cfg), 3)
+        self.jd.rotate()
+        self.jd.vacuum()  # the file of the saved cursor's entry is gone
+        self.assertEqual(self.delivered(cfg), 0)
+        self.send(1)
+        self.assertEqual(self.delivered(cfg), 1)
+        self.assertEqual(self.delivered(cfg), 0)
+        print("\n%d deliveries by a real Postfix through the journal, each counted once "
+              "over 6 report runs and 2 rotations" % self.sent, file=sys.stderr)
+
+    def test_journal_lines_arrive_in_order(self):
+        p = Probe("tail", "journal:" + self.jd.directory, "--interval", "50",
+                  "--syslog-name", "postfix")
+        self.addCleanup(p.stop)
+        self.assertTrue(p.wait(lambda ls: any(o.get("started") for o in ls)), "".join(p.err))
+        self.send(3)
+        self.jd.sync()
+        # journalctl's view of the same entries (journal order), as "ident[pid]: message".
+        r = self.jd.journalctl("-q", "-o", "short-iso", "--no-pager")
+        want = [l.split(" ", 2)[2] for l in r.stdout.splitlines()
+                if l.split(" ", 3)[2].startswith("postfix/")]
+        want = want[next(i for i, l in enumerate(want) if "connect from" in l):]
+
+        def got(ls):
+            return [o["line"].split(" ", 2)[2] for o in ls if "line" in o]
+        p.wait(lambda ls: len(got(ls)) >= len(want), 30)
+        self.assertEqual(p.stop(), 0)
+        lines = got(p.lines)
+        # All of them, each once, in journal order (before them, at most Postfix's own
+        # start-up lines).
+        self.assertEqual(lines[-len(want):], want)
+        self.assertFalse([l for l in lines[:-len(want)] if "connect from" in l], lines)
+        # Each message's life in the order Postfix lived it.
+        steps = ("client=", "message-id=", "from=<", "status=sent", "removed")
+        ids = sorted({l.split(": ")[1] for l in lines if "status=sent" in l})
+        self.assertEqual(len(ids), 3, lines)
+        for qid in ids:
+            pos = [next(i for i, l in enumerate(lines) if ": %s: " % qid in l and s in l)
+                   for s in steps]
+            self.assertEqual(pos, sorted(pos), (qid, lines))
 
 
 if __name__ == "__main__":
