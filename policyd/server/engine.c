@@ -336,6 +336,9 @@ static void engine_note_hit(struct engine *e, const struct pending *p,
         json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:s,s:b}", "rule", rule, "key", d->key, "value", value,
                   "limit", (json_int_t)d->limit, "count", (json_int_t)d->count, "window_ms",
                   (json_int_t)d->window_ms, "client", ca, "dryrun", d->dryrun);
+    const struct limits_rule *lr = limits_engine_rule(p->le, (size_t)d->rule);
+    if (extra && lr)
+        json_object_set_new(extra, "key_spec", json_string(lr->key_spec));
     char text[400];
     snprintf(text, sizeof(text),
              "rule %s: %.200s reached its limit %" PRId64 " (count %" PRId64 ") from client %s%s",
