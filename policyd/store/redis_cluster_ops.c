@@ -384,21 +384,29 @@ int redis_cop_journal_put(struct store *s, const char *node, const char *json, s
     return redis_cop_started(op, redis_cop_send(op, SIZE_MAX, json ? 3 : 2, a, l));
 }
 
-static int redis_cop_overrides_key(struct store *s, char *key, size_t keysz)
+/* A new operation on the overrides' hash, its key in key (*kl bytes); NULL with *kl a
+ * negative errno. */
+static struct redis_cop *redis_cop_overrides_new(struct store *s, void *arg, char *key,
+                                                 size_t keysz, int *kl)
 {
-    int kl = snprintf(key, keysz, "%s" REDIS_KEY_OVERRIDES, s->prefix);
-    return kl < 0 || (size_t)kl >= keysz ? -ENAMETOOLONG : kl;
+    *kl = snprintf(key, keysz, "%s" REDIS_KEY_OVERRIDES, s->prefix);
+    if (*kl < 0 || (size_t)*kl >= keysz) {
+        *kl = -ENAMETOOLONG;
+        return NULL;
+    }
+    struct redis_cop *op = redis_cop_new(s, arg);
+    if (!op)
+        *kl = -ENOMEM;
+    return op;
 }
 
 int redis_cop_overrides_get(struct store *s, const char *field, store_hash_cb cb, void *arg)
 {
     char key[STORE_MAX_KEY + 16];
-    int kl = redis_cop_overrides_key(s, key, sizeof(key));
-    if (kl < 0)
-        return kl;
-    struct redis_cop *op = redis_cop_new(s, arg);
+    int kl;
+    struct redis_cop *op = redis_cop_overrides_new(s, arg, key, sizeof(key), &kl);
     if (!op)
-        return -ENOMEM;
+        return kl;
     op->hash_cb = cb;
     op->hash_field = field;
     const char *a[3] = {field ? "HGET" : "HGETALL", key, field};
@@ -410,12 +418,10 @@ int redis_cop_overrides_put(struct store *s, const char *field, const char *valu
                             void *arg)
 {
     char key[STORE_MAX_KEY + 16];
-    int kl = redis_cop_overrides_key(s, key, sizeof(key));
-    if (kl < 0)
-        return kl;
-    struct redis_cop *op = redis_cop_new(s, arg);
+    int kl;
+    struct redis_cop *op = redis_cop_overrides_new(s, arg, key, sizeof(key), &kl);
     if (!op)
-        return -ENOMEM;
+        return kl;
     op->done = cb;
     /* Two commands on one key and one connection: Redis runs them in order, so a node
      * that sees the new version also sees the change. */

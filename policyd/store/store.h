@@ -173,7 +173,8 @@ int store_counter_reset(struct store *s, const char *key, store_done_cb cb, void
 #define STORE_OVERRIDES_MAX 20001
 typedef void (*store_hash_cb)(void *arg, int status, const char *const *fields,
                               const char *const *values, size_t n);
-/* Reads field (HGET: n is 0 or 1) or, with field NULL, the whole hash (HGETALL). Returns 0
+/* Reads field (HGET: n is 0 or 1; field must live until cb runs, e.g. a literal) or, with
+ * field NULL, the whole hash (HGETALL). Returns 0
  * (cb runs once; status < 0 when Redis failed), or -EOPNOTSUPP, -ENOMEM, -ESHUTDOWN. */
 int store_overrides_get(struct store *s, const char *field, store_hash_cb cb, void *arg);
 /* Sets field to value (HSET), or deletes it (HDEL, value NULL), then raises the version.

@@ -54,6 +54,17 @@ class LimitsMemory(unittest.TestCase):
         self.addCleanup(ps.cleanup)
         return ps
 
+    def quota_table(self, text):
+        """A texthash table holding text, in a directory the daemon's user can read; its
+        path (removed after the test)."""
+        d = tempfile.mkdtemp(prefix="postsurge-quota-")
+        os.chmod(d, 0o755)
+        path = os.path.join(d, "quotas")
+        self.addCleanup(lambda: (os.unlink(path), os.rmdir(d)))
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
     def test_limits_memory_exact_count(self):
         ps = self.start(rules("per_ip client_address recipients 100/1m"))
         with ps.client() as a, ps.client() as b:
@@ -185,12 +196,7 @@ class LimitsMemory(unittest.TestCase):
         # `limits list` shows the rules as parsed; `limits show` the count a client
         # experienced and the limit in force with its source; impossible RULE/VALUE are
         # refused with a reason.
-        d = tempfile.mkdtemp(prefix="postsurge-quota-")
-        os.chmod(d, 0o755)
-        path = os.path.join(d, "quotas")
-        self.addCleanup(lambda: (os.unlink(path), os.rmdir(d)))
-        with open(path, "w") as f:
-            f.write("bob 7\n")
+        path = self.quota_table("bob 7\n")
         ps = self.start(rules(
             "per_net client_address/24 recipients 3/1m",
             "per_user sasl_username recipients 5/1h if policy_context!=submission "
@@ -478,12 +484,7 @@ class LimitsMemory(unittest.TestCase):
         # `limits set` beats the rule and the table at once (source "run-time override"),
         # is written to state_directory, is in force again after a restart, and `unset`
         # gives the table back; bad RULE, VALUE, COUNT and DURATION are refused.
-        d = tempfile.mkdtemp(prefix="postsurge-quota-")
-        os.chmod(d, 0o755)
-        path = os.path.join(d, "quotas")
-        self.addCleanup(lambda: (os.unlink(path), os.rmdir(d)))
-        with open(path, "w") as f:
-            f.write("bob 7\n")
+        path = self.quota_table("bob 7\n")
         ps = self.start(rules("per_user sasl_username recipients 5/1h "
                               "overrides texthash:%s" % path))
         r = ps.cli("limits", "set", "per_user", "BOB", "2")
