@@ -166,6 +166,7 @@ void report_free(struct report *r)
     if (!r)
         return;
     free(r->host);
+    report_limits_free(r);
     for (size_t i = 0; i < r->n_nodes; i++)
         node_clear(&r->nodes[i]);
     free(r->nodes);
@@ -1154,6 +1155,8 @@ int report_evaluate(struct report *r, const struct report_thresholds *t)
         rc = eval_queue(r, t);
     if (rc == 0)
         rc = eval_traffic(r, t);
+    if (rc == 0)
+        rc = report_limits_evaluate(r);
     /* Worst first; a stable pass per severity keeps the order of equal findings. */
     if (r->n_findings > 1) {
         size_t n = r->n_findings;

@@ -213,6 +213,7 @@ static int write_text(const struct report *r, FILE *out)
         for (size_t i = 0; i < rows(r->n_auth_users, r->t.top_clients); i++)
             fprintf(out, "  %-40s %8" PRIu64 "\n", r->auth_users[i].key, r->auth_users[i].failures);
     }
+    report_limits_write_text(r, out);
     if (r->n_anvil) {
         fputs("\nAnvil statistics (peaks):\n", out);
         for (size_t i = 0; i < r->n_anvil; i++) {
@@ -556,7 +557,7 @@ int report_to_json(const struct report *r, json_t **out)
         write_summary(r, mem);
         fclose(mem);
     }
-    put(root, "schema_version", json_integer(2), &ok);
+    put(root, "schema_version", json_integer(3), &ok);
     put(root, "generated_at", json_integer(r->now), &ok);
     put(root, "host", json_string(r->host), &ok);
     put(root, "status", json_string(report_status_str(r->status)), &ok);
@@ -596,6 +597,8 @@ int report_to_json(const struct report *r, json_t **out)
     put(root, "nodes", json_nodes(r, &ok), &ok);
     put(root, "traffic", json_traffic(r, &ok), &ok);
     put(root, "authentication", json_auth(r, &ok), &ok);
+    if (r->limit_hit_events)
+        put(root, "limit_hits", report_limits_json(r), &ok);
 
     json_t *an = json_array();
     put(root, "anomalies", an, &ok);
@@ -943,5 +946,16 @@ int report_write_prometheus(const struct report *r, FILE *out)
     }
     prom_head(out, "postsurge_report_anomalies", "Figures beyond their rolling baseline.");
     prom_sample(out, "postsurge_report_anomalies", NULL, (double)r->n_anomalies);
+    report_limits_write_prometheus(r, out);
     return ferror(out) ? -EIO : 0;
+}
+
+void report_prom_head(FILE *out, const char *name, const char *help)
+{
+    prom_head(out, name, help);
+}
+
+void report_prom_sample(FILE *out, const char *name, const char *const *labels, double v)
+{
+    prom_sample(out, name, labels, v);
 }

@@ -168,6 +168,33 @@ static void build_node(const json_t *o, const json_t *events, const char *fallba
     nb->info.events = nb->ev;
 }
 
+/* The limit-hit events of the event log (newest first) at or after since_ms. */
+static int add_limit_hits(struct report *r, const json_t *events, int64_t since_ms)
+{
+    size_t i;
+    const json_t *s;
+    json_array_foreach(events, i, s)
+    {
+        const json_t *t = json_object_get(s, "time"), *k = json_object_get(s, "kind");
+        if (!json_is_integer(t) || json_integer_value(t) < since_ms || !json_is_string(k) ||
+            strcmp(json_string_value(k), "limit-hit") != 0)
+            continue;
+        struct report_limit_hit h = {
+            .node = json_string_value(json_object_get(s, "node")),
+            .rule = json_string_value(json_object_get(s, "rule")),
+            .key_spec = json_string_value(json_object_get(s, "key_spec")),
+            .value = json_string_value(json_object_get(s, "value")),
+            .client = json_string_value(json_object_get(s, "client")),
+            .limit = json_integer_value(json_object_get(s, "limit")),
+            .count = json_integer_value(json_object_get(s, "count")),
+            .time = json_integer_value(t) / 1000,
+        };
+        if (report_add_limit_hit(r, &h) == -ENOMEM)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
 /* What add_status_nodes saw for the imbalance check. */
 struct cluster_view {
     size_t nodes, stressed;
@@ -890,6 +917,8 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     rc = status ? add_status_nodes(r, status, events, host, events_since, daemon_up, master_up,
                                    qmgr_up, (int)cfg->stress_exit_threshold, &self_added, &cv)
                 : 0;
+    if (rc == 0)
+        rc = add_limit_hits(r, events, events_since);
     json_decref(events);
     if (rc < 0)
         goto oom;

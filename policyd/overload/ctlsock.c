@@ -154,12 +154,11 @@ static void client_command(struct ctl_client *cl, char *line)
         ctl_force(c, STRESS_FORCE_AUTO, cl);
     } else if (strcmp(w1, "limits") == 0) {
         /* The rate limits' commands belong to the engine (server/engine.c). */
-        char *argv[5] = {w1, w2, w3, w3 ? strtok_r(NULL, " \t", &save) : NULL, NULL};
-        int argc = 0;
-        while (argc < 4 && argv[argc])
+        /* Up to 7 words (limits set RULE VALUE COUNT for DURATION); 8 means too many. */
+        char *argv[8] = {w1, w2, w3};
+        int argc = w2 ? (w3 ? 3 : 2) : 1;
+        while (w3 && argc < 8 && (argv[argc] = strtok_r(NULL, " \t", &save)) != NULL)
             argc++;
-        if (argc == 4 && strtok_r(NULL, " \t", &save) != NULL)
-            argc = 5;
         cl->waiting = true;
         engine_limits_command(c->engine, argc, argv, client_on_limits, cl);
     } else if (strcmp(w1, "restore") == 0) {

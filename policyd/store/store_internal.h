@@ -211,6 +211,10 @@ int redis_cop_counter_del(struct store *s, const char *key, size_t keylen, store
                           void *arg);
 int redis_cop_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
                           void *arg);
+/* The run-time overrides' hash (store.h): HGET or HGETALL, and HSET or HDEL then HINCRBY. */
+int redis_cop_overrides_get(struct store *s, const char *field, store_hash_cb cb, void *arg);
+int redis_cop_overrides_put(struct store *s, const char *field, const char *value, store_done_cb cb,
+                            void *arg);
 
 /* Attaches a hiredis async context to loop (redis_uv.c): 0, -EEXIST, -ENOMEM or a uv
  * error. The adapter's handle closes itself when hiredis frees the context. */

@@ -560,6 +560,119 @@ static void test_report_writers_escape_attacker_values(void **state)
     report_free(r);
 }
 
+/* The keys that hit limits, from nine limit-hit events counted by hand: per_user alice
+ * (a SASL login) 3 on nodes a, b, a: a finding for two nodes; per_snd news@x (a sender)
+ * 3 on a: a finding for 3 hits; per_ip 192.0.2.9 2 on a and per_ip 198.51.100.1 1 on b:
+ * no finding, no advice line. Worst first; every output names them; a report without
+ * events has no section at all. */
+static void test_report_limit_hits(void **state)
+{
+    (void)state;
+    struct report *r = report_new(NOW, "a");
+    assert_non_null(r);
+    static const struct {
+        const char *node, *rule, *spec, *value;
+        int64_t ago, count;
+    } ev[] = {
+        {"a", "per_user", "sasl_username", "alice", 600, 100},
+        {"b", "per_user", "sasl_username", "alice", 300, 100},
+        {"a", "per_user", "sasl_username", "alice", 60, 101},
+        {"a", "per_snd", "sender", "news@x", 900, 50},
+        {"a", "per_snd", "sender", "news@x", 500, 50},
+        {"a", "per_snd", "sender", "news@x", 100, 50},
+        {"a", "per_ip", "client_address", "192.0.2.9", 700, 20},
+        {"a", "per_ip", "client_address", "192.0.2.9", 200, 20},
+        {"b", "per_ip", "client_address", "198.51.100.1", 30, 20},
+    };
+    for (size_t i = 0; i < sizeof(ev) / sizeof(ev[0]); i++) {
+        struct report_limit_hit h = {ev[i].node,  ev[i].rule,  ev[i].spec,      ev[i].value,
+                                     "192.0.2.9", ev[i].count, ev[i].count + 1, NOW - ev[i].ago};
+        h.limit = ev[i].count;
+        assert_int_equal(report_add_limit_hit(r, &h), 0);
+    }
+    struct report_limit_hit bad = {"a", NULL, NULL, "x", NULL, 1, 1, NOW};
+    assert_int_equal(report_add_limit_hit(r, &bad), -EINVAL);
+    assert_int_equal(report_evaluate(r, NULL), 0);
+
+    json_t *j;
+    assert_int_equal(report_to_json(r, &j), 0);
+    json_t *lh = json_object_get(j, "limit_hits");
+    assert_int_equal(json_integer_value(json_object_get(lh, "events")), 9);
+    json_t *keys = json_object_get(lh, "keys");
+    assert_int_equal(json_array_size(keys), 4);
+    static const struct {
+        const char *rule, *value, *kind;
+        int hits, nodes, limit;
+        int64_t last;
+    } want[] = {
+        {"per_user", "alice", "sasl", 3, 2, 101, NOW - 60},
+        {"per_snd", "news@x", "sender", 3, 1, 50, NOW - 100},
+        {"per_ip", "192.0.2.9", "other", 2, 1, 20, NOW - 200},
+        {"per_ip", "198.51.100.1", "other", 1, 1, 20, NOW - 30},
+    };
+    for (size_t i = 0; i < 4; i++) {
+        json_t *k = json_array_get(keys, i);
+        assert_string_equal(json_string_value(json_object_get(k, "rule")), want[i].rule);
+        assert_string_equal(json_string_value(json_object_get(k, "value")), want[i].value);
+        assert_string_equal(json_string_value(json_object_get(k, "kind")), want[i].kind);
+        assert_int_equal(json_integer_value(json_object_get(k, "hits")), want[i].hits);
+        assert_int_equal(json_array_size(json_object_get(k, "nodes")), want[i].nodes);
+        assert_int_equal(json_integer_value(json_object_get(k, "limit")), want[i].limit);
+        assert_int_equal(json_integer_value(json_object_get(k, "last")), want[i].last);
+    }
+    assert_non_null(strstr(json_string_value(json_object_get(json_array_get(keys, 0), "advice")),
+                           "account may be compromised: check its logins"));
+    int nodes_f = 0, repeated_f = 0;
+    json_t *fs = json_object_get(j, "findings");
+    for (size_t i = 0; i < json_array_size(fs); i++) {
+        const char *code = json_string_value(json_object_get(json_array_get(fs, i), "code"));
+        const char *subj = json_string_value(json_object_get(json_array_get(fs, i), "subject"));
+        if (!strcmp(code, "limit_hit_nodes")) {
+            nodes_f++;
+            assert_string_equal(subj, "per_user alice");
+        } else if (!strcmp(code, "limit_hit_repeated")) {
+            repeated_f++;
+            assert_string_equal(subj, "per_snd news@x");
+        }
+    }
+    assert_int_equal(nodes_f, 1);
+    assert_int_equal(repeated_f, 1);
+    assert_int_equal(report_status(r), REPORT_UNKNOWN); /* no queue figures: UNKNOWN wins */
+    json_decref(j);
+
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    assert_int_equal(report_write_text(r, mem), 0);
+    fclose(mem);
+    assert_non_null(strstr(buf, "Keys that hit rate limits: 9 limit-hit events, 4 keys\n"));
+    assert_non_null(strstr(buf, "key alice of rule per_user hit its limit 3 times on 2 nodes"));
+    assert_non_null(strstr(buf, "key news@x of rule per_snd hit its limit 3 times on 1 node "
+                                "since the last report (3 or more is a finding)"));
+    const char *row = strstr(buf, "  per_ip           192.0.2.9");
+    assert_non_null(row);
+    assert_true(strncmp(strchr(row, '\n') + 1, "           -> ", 14) != 0); /* no advice */
+    free(buf);
+    check_writer(r, report_write_json, "limits.json");
+    check_writer(r, report_write_prometheus, "limits.prom");
+    buf = NULL;
+    mem = open_memstream(&buf, &len);
+    assert_int_equal(report_write_prometheus(r, mem), 0);
+    fclose(mem);
+    assert_non_null(strstr(buf, "\npostsurge_report_limit_hit_events 9\n"));
+    assert_non_null(
+        strstr(buf, "\npostsurge_report_limit_hits{rule=\"per_user\",key=\"alice\"} 3\n"));
+    free(buf);
+    report_free(r);
+
+    r = report_new(NOW, "a");
+    assert_int_equal(report_evaluate(r, NULL), 0);
+    assert_int_equal(report_to_json(r, &j), 0);
+    assert_null(json_object_get(j, "limit_hits"));
+    json_decref(j);
+    report_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -570,6 +683,7 @@ int main(void)
         cmocka_unit_test(test_report_status_and_exit_codes),
         cmocka_unit_test(test_report_rejects_bad_arguments),
         cmocka_unit_test(test_report_writers_escape_attacker_values),
+        cmocka_unit_test(test_report_limit_hits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
