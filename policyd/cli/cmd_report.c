@@ -13,10 +13,10 @@
 #include "procs.h"
 #include "run.h"
 #include "overload/controller.h"
-#include "store/redis_keys.h"
 #include "util/fsutil.h"
 #include "util/journal.h"
 #include "util/log.h"
+#include "report_store.h"
 #include "report_traffic.h"
 #include "util/spawn.h"
 
@@ -29,7 +29,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <limits.h>
 #include <netdb.h>
@@ -469,183 +468,6 @@ static int report_read_maillog(const struct config *cfg, struct traffic *tr,
     return 0;
 }
 
-/* ---- baselines in Redis (store = redis...): shared, and kept when a host is rebuilt ---- */
-
-#define REDIS_CLI_TIMEOUT_MS 2000
-
-/* redis-sentinel://: asks the sentinels in turn for the master's address and puts it in
- * u->host and u->port. 0, or -1 with why in err. */
-static int redis_sentinel_master(const struct config *cfg, struct config_store_url *u, char *err,
-                                 size_t errlen)
-{
-    struct timeval tv = {REDIS_CLI_TIMEOUT_MS / 1000, (REDIS_CLI_TIMEOUT_MS % 1000) * 1000};
-    snprintf(err, errlen, "no sentinel named the master '%s'", u->master_name);
-    for (int i = 0; i < u->nseeds; i++) {
-        redisContext *c = redisConnectWithTimeout(u->seeds[i].host, u->seeds[i].port, tv);
-        redisReply *rep = NULL;
-        if (c && !c->err) {
-            redisSetTimeout(c, tv);
-            const char *pw = cfg->redis_sentinel_password;
-            if (pw && pw[0])
-                freeReplyObject(redisCommand(c, "AUTH %s", pw));
-            rep = redisCommand(c, "SENTINEL get-master-addr-by-name %s", u->master_name);
-        }
-        bool ok = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
-                  rep->element[0]->type == REDIS_REPLY_STRING &&
-                  rep->element[1]->type == REDIS_REPLY_STRING;
-        if (ok) {
-            snprintf(u->host, sizeof(u->host), "%s", rep->element[0]->str);
-            u->port = atoi(rep->element[1]->str);
-        }
-        freeReplyObject(rep);
-        if (c)
-            redisFree(c);
-        if (ok)
-            return 0;
-    }
-    return -1;
-}
-
-/* A synchronous connection to the store's Redis, or NULL (memory store, or trouble: then
- * why is in err). Only GET and SET are sent, which a sharding proxy forwards. With
- * Sentinel, the master the sentinels name; a Redis Cluster is not read yet. */
-static redisContext *redis_open(const struct config *cfg, char *err, size_t errlen)
-{
-    struct config_store_url u;
-    struct timeval tv = {REDIS_CLI_TIMEOUT_MS / 1000, (REDIS_CLI_TIMEOUT_MS % 1000) * 1000};
-    redisContext *c = NULL;
-    redisReply *rep;
-
-    err[0] = '\0';
-    if (config_parse_store_url(cfg->store, &u) < 0 || u.kind == CONFIG_STORE_MEMORY)
-        return NULL;
-    if (u.kind == CONFIG_STORE_REDIS_CLUSTER) {
-        snprintf(err, errlen, "the report does not read a Redis Cluster store yet");
-        return NULL;
-    }
-    if (u.kind == CONFIG_STORE_REDIS_SENTINEL && redis_sentinel_master(cfg, &u, err, errlen) < 0)
-        return NULL;
-    err[0] = '\0';
-    c = u.kind != CONFIG_STORE_REDIS_UNIX ? redisConnectWithTimeout(u.host, u.port, tv)
-                                          : redisConnectUnixWithTimeout(u.path, tv);
-    if (!c || c->err) {
-        snprintf(err, errlen, "cannot connect to Redis: %s", c ? c->errstr : "out of memory");
-        goto fail;
-    }
-    redisSetTimeout(c, tv);
-    if (u.password[0]) {
-        rep = redisCommand(c, "AUTH %s", u.password);
-        bool ok = rep && rep->type != REDIS_REPLY_ERROR;
-        freeReplyObject(rep);
-        if (!ok) {
-            snprintf(err, errlen, "Redis AUTH failed");
-            goto fail;
-        }
-    }
-    if (u.db) {
-        rep = redisCommand(c, "SELECT %d", u.db);
-        bool ok = rep && rep->type != REDIS_REPLY_ERROR;
-        freeReplyObject(rep);
-        if (!ok) {
-            snprintf(err, errlen, "Redis SELECT %d failed", u.db);
-            goto fail;
-        }
-    }
-    return c;
-fail:
-    if (c)
-        redisFree(c);
-    return NULL;
-}
-
-/* The saved baseline state (new reference), or NULL when absent or unreadable. */
-static json_t *redis_load_baseline(redisContext *c, const char *key)
-{
-    redisReply *rep = redisCommand(c, "GET %s", key);
-    json_t *j = NULL;
-    if (rep && rep->type == REDIS_REPLY_STRING)
-        j = json_loadb(rep->str, rep->len, 0, NULL);
-    freeReplyObject(rep);
-    return j;
-}
-
-/* Saves the baseline state with a TTL of the window plus a day. Returns 0 or -EIO. */
-static int redis_save_baseline(redisContext *c, const char *key, struct baseline *b, int64_t now,
-                               int64_t window_s)
-{
-    json_t *j = NULL;
-    if (baseline_to_json(b, now, &j) < 0)
-        return -ENOMEM;
-    char *text = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
-    if (!text)
-        return -ENOMEM;
-    redisReply *rep =
-        redisCommand(c, "SET %s %s EX %lld", key, text, (long long)(window_s + 86400));
-    free(text);
-    int rc = rep && rep->type == REDIS_REPLY_STATUS ? 0 : -EIO;
-    freeReplyObject(rep);
-    return rc;
-}
-
-/* Reads from the store's Redis, with the keys redis_cluster_ops.c writes (store/redis_keys.h,
- * after store_key_prefix): the live nodes (sorted set "nodes" scored by expiry, "node:NAME" =
- * "UPDATED_MS JSON") into *status (created when NULL) unless it has "nodes" already, and,
- * when events is not NULL, the event log (list "events", newest first) into *events (a new
- * array; left NULL when it cannot be read). Read errors leave things as they are. Returns 0
- * or -ENOMEM. */
-static int redis_cluster(redisContext *c, const char *prefix, int64_t now_ms, json_t **status,
-                         json_t **events)
-{
-    json_t *nodes = json_array();
-    if (!nodes)
-        return -ENOMEM;
-    redisReply *rep = NULL;
-    if (!json_is_array(json_object_get(*status, "nodes")))
-        rep = redisCommand(c, "ZRANGEBYSCORE %s" REDIS_KEY_NODES " %lld +inf LIMIT 0 %d", prefix,
-                           (long long)now_ms, REDIS_NODES_MAX);
-    for (size_t i = 0; rep && rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
-        const redisReply *m = rep->element[i];
-        if (m->type != REDIS_REPLY_STRING)
-            continue;
-        redisReply *v = redisCommand(c, "GET %s" REDIS_KEY_NODE "%b", prefix, m->str, m->len);
-        const char *sp = v && v->type == REDIS_REPLY_STRING ? memchr(v->str, ' ', v->len) : NULL;
-        json_t *o = sp ? json_loadb(sp + 1, v->len - (size_t)(sp + 1 - v->str), 0, NULL) : NULL;
-        freeReplyObject(v);
-        if (!json_is_object(o)) {
-            json_decref(o);
-            continue;
-        }
-        /* The key names the node; the status inside says it too ("name"). */
-        if (!json_is_string(json_object_get(o, "name")))
-            json_object_set_new(o, "name", json_stringn(m->str, m->len));
-        json_array_append_new(nodes, o);
-    }
-    freeReplyObject(rep);
-    int rc = 0;
-    if (json_array_size(nodes)) {
-        if (!*status && !(*status = json_object()))
-            rc = -ENOMEM;
-        else
-            json_object_set(*status, "nodes", nodes);
-    }
-    json_decref(nodes);
-    if (rc < 0 || !events)
-        return rc;
-    rep = redisCommand(c, "LRANGE %s" REDIS_KEY_EVENTS " 0 999", prefix);
-    if (rep && rep->type == REDIS_REPLY_ARRAY && !(*events = json_array()))
-        rc = -ENOMEM;
-    for (size_t i = 0; *events && i < rep->elements; i++) {
-        const redisReply *e = rep->element[i];
-        json_t *o = e->type == REDIS_REPLY_STRING ? json_loadb(e->str, e->len, 0, NULL) : NULL;
-        if (json_is_object(o))
-            json_array_append(*events, o);
-        json_decref(o);
-    }
-    freeReplyObject(rep);
-    return rc;
-}
-
 /* ---- the command ---- */
 
 static void usage(FILE *out)
@@ -805,7 +627,7 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     char host[256], state_path[PATH_MAX], qdir[PATH_MAX], err[1024];
     int lockfd = -1, exit_code = 3, rc;
     json_t *status = NULL;
-    redisContext *redis = NULL;
+    struct report_store *redis = NULL;
 
     rc = parse_opts(argc, argv, &o);
     if (rc != 0)
@@ -897,12 +719,12 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     /* With a Redis store the cluster's nodes and events are there too: they fill what
      * the daemon did not give, and stand in for it when the daemon is down. */
     char rkey[STORE_KEY_MAX], rerr[300];
-    redis = redis_open(cfg, rerr, sizeof(rerr));
+    redis = report_store_open(cfg, rerr, sizeof(rerr));
     if (rerr[0])
         fprintf(stderr, "postsurge: warning: %s: no cluster view; baselines only in %s\n", rerr,
                 state_path);
-    if (redis && redis_cluster(redis, cfg->store_key_prefix, events_read_ms, &status,
-                               events ? NULL : &events) < 0) {
+    if (redis && report_store_cluster_view(redis, cfg->store_key_prefix, events_read_ms, &status,
+                                           events ? NULL : &events) < 0) {
         json_decref(events);
         goto oom;
     }
@@ -994,7 +816,7 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     /* With a Redis store the baselines live there too, per node; Redis wins over the
      * state file (another host may have run this node's reports before). */
     snprintf(rkey, sizeof(rkey), "%sreport:baseline:%s", cfg->store_key_prefix, host);
-    json_t *rb = redis ? redis_load_baseline(redis, rkey) : NULL;
+    json_t *rb = redis ? report_store_load(redis, rkey) : NULL;
     if (rb) {
         json_decref(st.baseline);
         st.baseline = rb;
@@ -1035,9 +857,18 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     if (rc < 0 || fflush(stdout) != 0)
         exit_code = 3;
 
-    if (redis && redis_save_baseline(redis, rkey, bl, now, bp.window) < 0)
-        fprintf(stderr, "postsurge: warning: cannot save the baselines in Redis: %s\n",
-                redis->err ? redis->errstr : "bad reply");
+    if (redis) {
+        /* Kept for the window plus a day. */
+        json_t *bj = NULL;
+        rc = baseline_to_json(bl, now, &bj);
+        if (rc < 0)
+            snprintf(rerr, sizeof(rerr), "out of memory");
+        else
+            rc = report_store_save(redis, rkey, bj, bp.window + 86400, rerr, sizeof(rerr));
+        json_decref(bj);
+        if (rc < 0)
+            fprintf(stderr, "postsurge: warning: cannot save the baselines in Redis: %s\n", rerr);
+    }
     if (state_ok && (rc = write_last_result(cfg, r)) < 0)
         fprintf(stderr, "postsurge: warning: cannot save report-last.json in %s: %s\n",
                 cfg->state_directory, strerror(-rc));
@@ -1051,8 +882,7 @@ oom:
     printf("UNKNOWN - out of memory\n");
     exit_code = 3;
 out:
-    if (redis)
-        redisFree(redis);
+    report_store_free(redis);
     json_decref(status);
     json_decref(st.baseline);
     free(st.journal_cursor);

@@ -62,8 +62,8 @@ struct store_stats {
     bool connected;         /* redis: the last command got a reply; memory: true */
     uint64_t repaired;      /* redis: counter keys of another type or size replaced */
     /* redis: what is wrong now ("ok", "unreachable", "timeout", "auth", "oom", "readonly",
-     * "loading", "masterdown", "busy", "error"; empty for memory), the last message about
-     * it, and since when (wall clock ms) the store has been in this state. */
+     * "loading", "masterdown", "busy", "clusterdown", "error"; empty for memory), the last
+     * message about it, and since when (wall clock ms) the store has been in this state. */
     char state[16];
     char reason[240];
     int64_t state_since_ms;

@@ -33,7 +33,8 @@ from journald import Journald, dev_log_unavailable, unavailable as journald_unav
 from ports import free_port, wait_for
 from postfix_instance import PostfixInstance
 from postsurge import Postsurge
-from redis_server import RedisServer, SentinelSet
+from redis_server import RedisCluster, RedisServer, SentinelSet
+from store_driver import FakeRedis
 import testmain
 
 POSTSURGE = os.environ.get("POSTSURGE", "postsurge")
@@ -533,18 +534,22 @@ class ReportE2E(unittest.TestCase):
         self.assertEqual(nodes["mx-peer"]["stress_episodes"], 0)
         self.assertEqual(nodes["mx-peer"]["events"], [])
 
+    def baselines_kept(self, url, redis):
+        """The baselines are saved per node in the store at url and read back from there,
+        even when the state file is gone (a rebuilt host); redis.command reads them."""
+        cfg = self.config(store=url, store_key_prefix="ps:")
+        _, r = self.report_json(cfg)
+        self.assertNotIn("no cluster view", r.stderr)
+        shutil.rmtree(os.path.join(self.tmp, "postsurge.cf.state"))
+        self.report_json(cfg)
+        saved = json.loads(redis.command("GET", "ps:report:baseline:mx-test"))
+        buckets = saved["metrics"]["mx-test/queue.hold.messages"]
+        self.assertEqual(sum(b[1] for b in buckets), 2)
+        self.assertGreater(int(redis.command("TTL", "ps:report:baseline:mx-test")), 86400)
+
     def test_baselines_kept_in_redis(self):
-        """store = redis: the baselines are saved per node in Redis and read back from
-        there, even when the state file is gone (a rebuilt host)."""
         with RedisServer() as rs:
-            cfg = self.config(store=rs.url, store_key_prefix="ps:")
-            self.report_json(cfg)
-            shutil.rmtree(os.path.join(self.tmp, "postsurge.cf.state"))
-            self.report_json(cfg)
-            saved = json.loads(rs.command("GET", "ps:report:baseline:mx-test"))
-            buckets = saved["metrics"]["mx-test/queue.hold.messages"]
-            self.assertEqual(sum(b[1] for b in buckets), 2)
-            self.assertGreater(int(rs.command("TTL", "ps:report:baseline:mx-test")), 86400)
+            self.baselines_kept(rs.url, rs)
 
     def test_baselines_kept_in_redis_through_sentinel(self):
         """store = redis-sentinel: the report asks the sentinels for the master and keeps
@@ -553,6 +558,41 @@ class ReportE2E(unittest.TestCase):
             cfg = self.config(store=ss.url(), store_key_prefix="ps:")
             self.report_json(cfg)
             self.assertTrue(ss.master.command("GET", "ps:report:baseline:mx-test"))
+
+    def test_baselines_kept_in_redis_cluster(self):
+        """store = redis-cluster: the baselines are kept on the master of their key's slot
+        (the report follows the slot map and MOVED)."""
+        with RedisCluster() as c:
+            self.baselines_kept(c.url(), c)
+            spread = c.keys("ps:report:baseline:*")
+            self.assertEqual(sum(len(v) for v in spread.values()), 1, spread)
+
+    def test_cluster_from_redis_cluster_when_daemon_down(self):
+        """Daemon down, store = redis-cluster: the peers' status and the event log come
+        from their keys, which live on different masters."""
+        now_ms = int(time.time() * 1000)
+        peer = {"stress": True, "state": "stressed", "saturation": 90, "time": now_ms,
+                "store": "redis", "flagged": [],
+                "services": [{"name": "smtpd", "busy": 90, "limit": 100, "waiting": 2}]}
+        with RedisCluster() as c:
+            for name in ("mx-peer", "mx-peer2"):
+                c.command("SET", "ps:node:" + name, "%d %s" % (now_ms, json.dumps(peer)),
+                          "PX", "60000")
+                c.command("ZADD", "ps:nodes", str(now_ms + 60000), name)
+            c.command("LPUSH", "ps:events", json.dumps(
+                {"time": now_ms - 5000, "node": "mx-peer", "kind": "stress-enter",
+                 "text": "saturation 90%"}))
+            masters = {p for p, keys in c.keys("ps:*").items() if keys}
+            self.assertGreater(len(masters), 1)
+            cfg = self.config(store=c.url(), store_key_prefix="ps:")
+            doc, r = self.report_json(cfg)
+        self.assertNotIn("no cluster view", r.stderr)
+        nodes = {n["name"]: n for n in doc["nodes"]}
+        self.assertEqual(sorted(nodes), ["mx-peer", "mx-peer2", "mx-test"])
+        self.assertEqual((nodes["mx-peer"]["stressed"], nodes["mx-peer"]["saturation"]),
+                         (True, 90))
+        self.assertEqual(nodes["mx-peer"]["stress_episodes"], 1)
+        self.assertIs(nodes["mx-test"]["daemon_up"], False)
 
     def test_cluster_from_redis_when_daemon_down(self):
         """Daemon down, store = redis: the peers' status and the event log come from the
@@ -580,6 +620,47 @@ class ReportE2E(unittest.TestCase):
         self.assertEqual(nodes["mx-peer"]["stress_episodes"], 1)
         self.assertIs(nodes["mx-test"]["daemon_up"], False)
         self.assertEqual(self.finding(doc, "daemon_down")["subject"], "mx-test")
+
+    def test_report_follows_moved_and_ask_and_bounds_them(self):
+        """store = redis-cluster with a node that claims every slot but sends each key on:
+        the report follows MOVED and ASK to where the keys are (a plain redis-server that
+        takes the ASKING in its stride), and gives up after 5 redirects of one key."""
+        now_ms = int(time.time() * 1000)
+        peer = {"stress": False, "state": "normal", "saturation": 10, "time": now_ms,
+                "store": "redis", "flagged": [], "services": []}
+
+        class Redirector(FakeRedis):
+            target = None
+
+            def answer(self, args):
+                if args[0] == b"CLUSTER":
+                    return (b"*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n"
+                            b":%d\r\n$2\r\nid\r\n" % self.port)
+                if len(args) < 2:
+                    return b"+OK\r\n"  # ASKING, when sent round in a circle
+                port = self.target or self.port
+                # The node list and the events are being migrated (ASK), the rest moved.
+                kind = b"ASK" if args[1] in (b"ps:nodes", b"ps:events") else b"MOVED"
+                return b"-%s 1 127.0.0.1:%d\r\n" % (kind, port)
+
+        with RedisServer() as rs:
+            rs.command("SET", "ps:node:mx-peer", "%d %s" % (now_ms, json.dumps(peer)),
+                       "PX", "60000")
+            rs.command("ZADD", "ps:nodes", str(now_ms + 60000), "mx-peer")
+            node = Redirector()
+            self.addCleanup(node.close)
+            node.target = rs.port
+            cfg = self.config(store="redis-cluster://127.0.0.1:%d" % node.port,
+                              store_key_prefix="ps:")
+            doc, r = self.report_json(cfg)
+            self.assertEqual(sorted(n["name"] for n in doc["nodes"]), ["mx-peer", "mx-test"])
+            self.assertTrue(rs.command("GET", "ps:report:baseline:mx-test"))
+            # Sent round in a circle: bounded, said, and the report still comes.
+            node.target = None
+            doc, r = self.report_json(self.config(name="loop.cf", store=(
+                "redis-cluster://127.0.0.1:%d" % node.port), store_key_prefix="ps:"))
+            self.assertIn("more than 5 redirects", r.stderr)
+            self.assertEqual([n["name"] for n in doc["nodes"]], ["mx-test"])
 
     def test_postqueue_failure_is_unknown(self):
         doc, r = self.report_json(self.config(postqueue_command="/nonexistent/postqueue",

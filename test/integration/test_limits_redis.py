@@ -160,9 +160,10 @@ class LimitsRedis(unittest.TestCase):
                 c.url(), victim.kill, lambda: replica in c.masters() and c.wait_ok(1))
             print("cluster failover: slowest reply %.1f ms" % (max_us / 1000), file=sys.stderr)
 
-    def show_reset_cluster_wide(self, url):
+    def show_reset_cluster_wide(self, url, counter_keys=None):
         # Node a exhausts a key; node b shows what a's client experienced and resets it
-        # for both: a admits again at once.
+        # for both: a admits again at once. counter_keys(), if given, lists the rule's
+        # keys in the store: one before the reset, none right after it.
         a, b = self.daemons(config(url, ["per_ip client_address recipients 5/1h"],
                                    redis_timeout=SLOW_OK))
         with a.client() as ca:
@@ -172,16 +173,31 @@ class LimitsRedis(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             o = json.loads(r.stdout)
             self.assertEqual((o["count"], o["limit"], o["admitted_now"]), (5, 5, False))
+            if counter_keys:
+                self.assertEqual(len(counter_keys()), 1)
             r = b.cli("limits", "reset", "per_ip", "198.51.100.9")
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertIn("counter reset (redis store)", r.stdout)
+            if counter_keys:
+                self.assertEqual(counter_keys(), [])
             out = self.alternate([ca], 1, "t", client_address="198.51.100.9")
             self.assertEqual(out, ["DUNNO"])
-        o = json.loads(a.cli("limits", "show", "per_ip", "198.51.100.9", "--json").stdout)
-        self.assertEqual(o["count"], 1)
+        # Forgotten on both nodes: each counts the one request since the reset.
+        for ps in (a, b):
+            o = json.loads(ps.cli("limits", "show", "per_ip", "198.51.100.9", "--json").stdout)
+            self.assertEqual((o["count"], o["admitted_now"]), (1, True))
 
     def test_limits_redis_show_and_reset_cluster_wide(self):
         self.show_reset_cluster_wide(self.redis().url)
+
+    def test_limits_redis_show_and_reset_through_cluster(self):
+        with RedisCluster() as c:
+            self.show_reset_cluster_wide(
+                c.url(), lambda: [k for v in c.keys("*per_ip*").values() for k in v])
+
+    def test_limits_redis_show_and_reset_through_sentinel(self):
+        with SentinelSet() as ss:
+            self.show_reset_cluster_wide(ss.url(), lambda: ss.master.command("KEYS", "*per_ip*"))
 
     def test_limits_redis_show_and_reset_through_nutcracker(self):
         r1, r2 = self.redis(), self.redis()
