@@ -715,6 +715,19 @@ const char *maillog_kind_name(enum maillog_kind kind)
     return "other";
 }
 
+enum maillog_attack maillog_attack_class(const struct maillog_record *rec)
+{
+    static const char lost[] = "Connection lost to authentication server";
+    if (!rec->client_addr[0])
+        return MAILLOG_ATTACK_NONE;
+    if (rec->kind == MAILLOG_REJECT)
+        return rec->reject_class == MAILLOG_REJECT_UNKNOWN_USER ? MAILLOG_ATTACK_UNKNOWN_USER
+                                                                : MAILLOG_ATTACK_ERROR;
+    if (rec->kind == MAILLOG_AUTH_FAILED && strncmp(rec->text, lost, sizeof(lost) - 1) != 0)
+        return MAILLOG_ATTACK_AUTH;
+    return MAILLOG_ATTACK_NONE;
+}
+
 /* --- line splitter --------------------------------------------------------------- */
 
 struct maillog_splitter {
