@@ -13,7 +13,7 @@ import time
 import unittest
 
 from journald import Journald, unavailable, USER, WARNING
-from postsurge import Postsurge
+from postsurge import Postsurge, request
 from test_monitor import Probe
 
 LINE_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00) (\S+) (\S+?)(\[\d+\])?: (.*)$")
@@ -114,6 +114,30 @@ class JournalTest(unittest.TestCase):
         self.assertIn("journal:DIRECTORY needs an absolute path", r.stderr)
         ps.write_config(ps.config_text({"maillog_file": "journal"}))
         self.assertEqual(ps.cli("check-config").returncode, 0)
+
+    def test_daemon_flags_sasl_failures_from_journal(self):
+        # The live reader on the journal feeds the attack detector as the file reader does.
+        pf = tempfile.mkdtemp(prefix="postsurge-journal-pf-")
+        self.addCleanup(shutil.rmtree, pf, True)
+        with open(os.path.join(pf, "main.cf"), "w") as f:
+            f.write("compatibility_level = 3.6\n")
+        ps = Postsurge(extra={"maillog_file": "journal:" + self.jd.directory,
+                              "postfix_config_directory": pf, "monitor_interval": "200ms",
+                              "attack_auth_failure_limit": "3"})
+        self.addCleanup(ps.cleanup)
+        self.assertTrue(ps.wait_log("mail log: reading the systemd journal", timeout=15),
+                        ps.log())
+        for i in range(3):
+            self.jd.syslog("postfix/submission/smtpd",
+                           "warning: unknown[198.51.100.9]: SASL LOGIN authentication failed: "
+                           "UGFzc3dvcmQ6, sasl_username=u%d@example.org" % i, pid=400 + i,
+                           severity=WARNING)
+        self.jd.sync()
+        self.assertTrue(ps.wait_log("event attack-flagged: client 198.51.100.9", timeout=20),
+                        ps.log())
+        with ps.client() as c:
+            self.assertTrue(c.ask(request(client_address="198.51.100.9",
+                                          protocol_state="CONNECT")).startswith("421 4.7.0"))
 
     def test_report_reads_from_saved_cursor_once(self):
         # The report's traffic from the journal: a first run reads the recent journal,
