@@ -273,6 +273,15 @@ const struct cf_entry cf_table[] = {
      .doc = "When a client flagged for SASL failures is answered `attack_action`: at its "
             "next policy request at any time (`always`), only while the node is stressed "
             "(`stress`, as the reject flags), or never (`off`: flagged and logged only)."},
+    {"attack_stress_unknown_user_rate", CF_INT, "0", OFF(attack_stress_unknown_user_rate), 0,
+     1000000000, .group = G_ATTACK,
+     .doc = "`User unknown` rejects per minute across the cluster (every node's mail log, "
+            "counted in the shared store) that put the node in stress, the attack named in "
+            "the `stress-enter` event (a dictionary harvest from many addresses); 0 = off."},
+    {"attack_stress_auth_failure_rate", CF_INT, "0", OFF(attack_stress_auth_failure_rate), 0,
+     1000000000, .group = G_ATTACK,
+     .doc = "The same for SASL authentication failures (password guessing from many "
+            "addresses); 0 = off."},
 
     {"http_listen", CF_STRING, "inet:127.0.0.1:10041", OFF(http_listen),
      .check = check_listen_optional, .flags = CF_LINES, .group = G_HTTP,

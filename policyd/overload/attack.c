@@ -119,6 +119,71 @@ static void attack_on_take(void *arg, int status, const struct window_result *re
     free(t);
 }
 
+/* ---- attack stress signal ---- */
+
+/* The attack stress signal counts per minute. */
+#define ATTACK_RATE_WINDOW_MS 60000
+
+struct attack_rate_take {
+    struct node *n;
+    int which; /* 0 `User unknown`, 1 SASL failures */
+    int64_t limit;
+};
+
+static void attack_on_rate(void *arg, int status, const struct window_result *res, size_t cnt)
+{
+    struct attack_rate_take *t = arg;
+    struct node *n = t->n;
+    n->pending_takes--;
+    if (status != -ECANCELED && !n->closing && res && cnt == 1 &&
+        (res[0].count >= t->limit || !res[0].allowed)) {
+        /* Over the rate: the signal holds for a window after the last line over it. */
+        n->rate_hot_until[t->which] = node_wall_ms() + ATTACK_RATE_WINDOW_MS;
+    }
+    free(t);
+}
+
+/* Counts one line toward the cluster-wide rate of its kind (one key every node shares). */
+static void attack_count_rate(struct node *n, int which)
+{
+    int64_t limit = n->stress_rate[which];
+    if (limit <= 0 || n->pending_takes > 1000)
+        return;
+    struct attack_rate_take *t = calloc(1, sizeof(*t));
+    if (!t)
+        return;
+    *t = (struct attack_rate_take){.n = n, .which = which, .limit = limit};
+    struct store_op op = {.key = which ? "attack:rate:auth" : "attack:rate:uu",
+                          .window_ms = ATTACK_RATE_WINDOW_MS,
+                          .limit = limit,
+                          .amount = 1};
+    n->pending_takes++;
+    if (store_window_take(n->store, &op, 1, node_wall_ms(), attack_on_rate, t, NULL) < 0) {
+        n->pending_takes--;
+        free(t);
+    }
+}
+
+bool attack_stress_signal(const struct node *n, char *buf, size_t cap)
+{
+    static const char *const what[] = {"dictionary harvest", "password guessing"};
+    static const char *const lines[] = {"\"User unknown\" rejects", "SASL authentication failures"};
+    static const char *const setting[] = {"attack_stress_unknown_user_rate",
+                                          "attack_stress_auth_failure_rate"};
+    int64_t now = node_wall_ms();
+    buf[0] = '\0';
+    for (int i = 0; n && !n->closing && i < 2; i++) {
+        if (n->stress_rate[i] <= 0 || n->rate_hot_until[i] < now)
+            continue;
+        size_t len = strlen(buf);
+        snprintf(buf + len, cap - len,
+                 "%s%s: %s across the cluster reached %" PRId64 " within %d s (%s)",
+                 len ? ", " : "", what[i], lines[i], n->stress_rate[i],
+                 ATTACK_RATE_WINDOW_MS / 1000, setting[i]);
+    }
+    return buf[0] != '\0';
+}
+
 void attack_on_log(struct node *n, const struct maillog_record *rec)
 {
     if (n->closing)
@@ -136,14 +201,16 @@ void attack_on_log(struct node *n, const struct maillog_record *rec)
         return;
     /* The address goes into a store key and an event: only a well-formed one. */
     struct net_addr a;
-    if (net_addr_parse(rec->client_addr, strlen(rec->client_addr), &a) < 0)
+    if (net_addr_parse(rec->client_addr, strlen(rec->client_addr), &a) < 0 ||
+        attack_exempt(n, rec->client_addr))
         return;
+    if (cls != MAILLOG_ATTACK_ERROR)
+        attack_count_rate(n, cls == MAILLOG_ATTACK_AUTH);
     int64_t limit = cls == MAILLOG_ATTACK_AUTH           ? n->auth_limit
                     : cls == MAILLOG_ATTACK_UNKNOWN_USER ? n->unknown_limit
                                                          : n->error_limit;
     unsigned kind = cls == MAILLOG_ATTACK_AUTH ? NODE_FLAG_AUTH : NODE_FLAG_REJECTS;
-    if (limit <= 0 || attack_exempt(n, rec->client_addr) ||
-        attack_flagged_local(n, rec->client_addr, kind, node_wall_ms()))
+    if (limit <= 0 || attack_flagged_local(n, rec->client_addr, kind, node_wall_ms()))
         return;
     if (n->pending_takes > 1000)
         return; /* a store that does not answer: do not pile up requests */

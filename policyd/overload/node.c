@@ -38,6 +38,8 @@ static void node_take_settings(struct node *n, const struct config *cfg)
     n->flag_ms = cfg->attack_flag_time;
     n->auth_limit = cfg->attack_auth_failure_limit;
     n->auth_window_ms = cfg->attack_auth_window;
+    n->stress_rate[0] = cfg->attack_stress_unknown_user_rate;
+    n->stress_rate[1] = cfg->attack_stress_auth_failure_rate;
     const char *mode = cfg->attack_auth_mode ? cfg->attack_auth_mode : "always";
     n->auth_mode = strcmp(mode, "off") == 0      ? NODE_AUTH_OFF
                    : strcmp(mode, "stress") == 0 ? NODE_AUTH_STRESS

@@ -53,6 +53,10 @@ struct node {
     int64_t unknown_limit, error_limit, window_ms, flag_ms;
     int64_t auth_limit, auth_window_ms;
     enum node_auth_mode auth_mode;
+    /* The attack stress signal: per kind (0 `User unknown`, 1 SASL failures) the rate per
+     * minute across the cluster (0 = off), and until when (wall ms) the last line that
+     * reached it holds the signal. */
+    int64_t stress_rate[2], rate_hot_until[2];
     struct net_set *exempt;
     char *attack_action;
 

@@ -1,17 +1,25 @@
-"""End to end (issue 16): password guessing against a real Postfix 3.7 whose submission
-service authenticates with Dovecot SASL (a passwd-file user database in the test's
-directory, Dovecot on a private auth socket, stopped by PID). The submission service is
+"""End to end (issue 16): attacks against a real Postfix 3.7 whose submission service
+authenticates with Dovecot SASL (a passwd-file user database in the test's directory,
+Dovecot on a private auth socket, stopped by PID). The submission service is
 postfix-snippets/master.cf's example 4 (less TLS: no certificate here) with
 postfix-snippets/main.cf's $mua_client_restrictions pointed at the test's postsurge.
-A client on 127.0.0.2 fails AUTH (swaks, wrong password) attack_auth_failure_limit times:
-postsurge reads the failures in the mail log, flags it, and smtpd hangs up on its next
-connection with attack_action at CONNECT, without any stress. A client on 127.0.0.3 that
-authenticates correctly is unaffected: its mail reaches smtp-sink. Skips loudly without
-root, postfix, swaks or dovecot-core.
+
+- Password guessing from one address: a client on 127.0.0.2 fails AUTH (swaks, wrong
+  password) attack_auth_failure_limit times; postsurge reads the failures in the mail log,
+  flags it, and smtpd hangs up on its next connection with attack_action at CONNECT,
+  without any stress. A client on 127.0.0.3 that authenticates correctly is unaffected:
+  its mail reaches smtp-sink.
+- Attacks from many addresses as a stress signal: `User unknown` rejects (RCPTs to
+  unknown local users) or AUTH failures from 127.0.0.2-127.0.0.6, none of them enough to
+  flag one client, go over attack_stress_*_rate per minute: the node enters stress and
+  the stress-enter event names the attack.
+
+Skips loudly without root, postfix, swaks or dovecot-core.
 """
 import json
 import os
 import re
+import smtplib
 import sys
 import unittest
 
@@ -78,15 +86,20 @@ class SaslE2E(unittest.TestCase):
             master_extra=["127.0.0.1:%d inet n - n - - smtpd" % self.sub_port] + opts)
         self.pf.start()
         self.addCleanup(self.pf.stop)
-        self.ps.write_config({
+
+    def start_postsurge(self, **settings):
+        cfg = {
             "postfix_config_directory": self.pf.dir,
             "maillog_file": self.pf.maillog_path,
             "monitor_interval": "250ms",
             "stress_overrides": "no",
-            "attack_auth_failure_limit": str(LIMIT),
-            "node_name": "sasl-e2e",
-        })
+            "node_name": "attack-e2e",
+        }
+        cfg.update({k: str(v) for k, v in settings.items()})
+        self.ps.write_config(cfg)
         self.ps.start()
+        # The monitor has seen master (log signals count only while it runs).
+        self.assertTrue(self.ps.wait_log("override profile:", timeout=30), self.ps.log())
 
     def tearDown(self):
         res = getattr(self._outcome, "result", None)
@@ -102,7 +115,8 @@ class SaslE2E(unittest.TestCase):
             "--from", USER, "--to", to or "rcpt@" + self.pf.sink_domain,
             "--helo", "client.example.org", "--timeout", "30s"], check=False, timeout=60)
 
-    def test_sasl_e2e_guesser_refused_at_next_connection(self):
+    def test_attack_e2e_guesser_refused_at_next_connection(self):
+        self.start_postsurge(attack_auth_failure_limit=LIMIT)
         pf, ps = self.pf, self.ps
         # The good client before the attack: authenticated (235), its mail delivered.
         r = self.swaks("127.0.0.3", PASSWORD, to="before@" + pf.sink_domain)
@@ -146,6 +160,50 @@ class SaslE2E(unittest.TestCase):
         print("\nguesser flagged after %d failures; refused at CONNECT: %s"
               % (LIMIT, [l for l in pf.maillog().splitlines() if "reject: CONNECT" in l][0]))
 
+    def check_attack_stress(self, what, lines, rate, setting):
+        """The node entered stress once, at once, the event naming the attack, and no
+        single client was flagged."""
+        ps = self.ps
+        self.assertTrue(ps.wait_log("event stress-enter", timeout=30), ps.log())
+        evs = json.loads(ps.cli("events", "--json").stdout)["events"]
+        ev = [e for e in evs if e["kind"] == "stress-enter"]
+        self.assertEqual(len(ev), 1, ev)
+        self.assertIn("enter: attack: %s: %s across the cluster reached %d within 60 s (%s)"
+                      % (what, lines, rate, setting), ev[0]["text"])
+        self.assertTrue(ev[0]["attack"].startswith(what + ": "), ev[0])
+        self.assertNotIn("event attack-flagged", ps.log())
+        self.assertTrue(json.loads(ps.cli("status", "--json").stdout)["nodes"][0]["stress"])
+        print("\n" + ev[0]["text"])
+
+    def test_attack_e2e_unknown_user_flood_enters_stress(self):
+        # 5 addresses x 6 RCPTs to unknown local users: 30 rejects within a minute, over
+        # a rate of 20; no client reaches attack_unknown_user_limit (20).
+        self.start_postsurge(attack_stress_unknown_user_rate=20)
+        pf, ps = self.pf, self.ps
+        for k in range(2, 7):
+            with smtplib.SMTP("127.0.0.1", pf.port, source_address=("127.0.0.%d" % k, 0),
+                              timeout=30) as s:
+                s.ehlo("harvester.example")
+                s.mail("probe@example.org")
+                for i in range(6):
+                    code, _ = s.rcpt("nobody%d-%d@mx.postsurge.test" % (k, i))
+                    self.assertEqual(code, 550)
+        self.assertEqual(len(pf.wait_maillog(r"reject: RCPT from \S+\[127\.0\.0\.[2-6]\]: "
+                                             r"550 5\.1\.1 .*User unknown", count=30)), 30)
+        self.check_attack_stress("dictionary harvest", '"User unknown" rejects', 20,
+                                 "attack_stress_unknown_user_rate")
+
+    def test_attack_e2e_auth_failure_flood_enters_stress(self):
+        # 5 addresses x 2 AUTH failures: 10 within a minute, over a rate of 8; no client
+        # reaches attack_auth_failure_limit (3).
+        self.start_postsurge(attack_stress_auth_failure_rate=8, attack_auth_failure_limit=LIMIT)
+        pf, ps = self.pf, self.ps
+        for k in range(2, 7):
+            for i in range(2):
+                r = self.swaks("127.0.0.%d" % k, "guess-%d" % i)
+                self.assertIn("535 5.7.8 Error: authentication failed", r.stdout)
+        self.check_attack_stress("password guessing", "SASL authentication failures", 8,
+                                 "attack_stress_auth_failure_rate")
 
 if __name__ == "__main__":
     testmain.main()

@@ -92,11 +92,16 @@ class JournalTest(unittest.TestCase):
         self.assertEqual(self.messages(p.lines), want)
         self.assertEqual(p.stop(), 0)
 
-    def test_daemon_and_check_config_take_journal(self):
+    def postfix_dir(self):
+        """A Postfix config directory with a main.cf only (removed after the test)."""
         pf = tempfile.mkdtemp(prefix="postsurge-journal-pf-")
         self.addCleanup(shutil.rmtree, pf, True)
         with open(os.path.join(pf, "main.cf"), "w") as f:
             f.write("compatibility_level = 3.6\n")
+        return pf
+
+    def test_daemon_and_check_config_take_journal(self):
+        pf = self.postfix_dir()
         ps = Postsurge(extra={"maillog_file": "journal:" + self.jd.directory,
                               "postfix_config_directory": pf, "monitor_interval": "200ms"})
         self.addCleanup(ps.cleanup)
@@ -117,10 +122,7 @@ class JournalTest(unittest.TestCase):
 
     def test_daemon_flags_sasl_failures_from_journal(self):
         # The live reader on the journal feeds the attack detector as the file reader does.
-        pf = tempfile.mkdtemp(prefix="postsurge-journal-pf-")
-        self.addCleanup(shutil.rmtree, pf, True)
-        with open(os.path.join(pf, "main.cf"), "w") as f:
-            f.write("compatibility_level = 3.6\n")
+        pf = self.postfix_dir()
         ps = Postsurge(extra={"maillog_file": "journal:" + self.jd.directory,
                               "postfix_config_directory": pf, "monitor_interval": "200ms",
                               "attack_auth_failure_limit": "3"})
@@ -143,10 +145,7 @@ class JournalTest(unittest.TestCase):
         # The report's traffic from the journal: a first run reads the recent journal,
         # each later one from the cursor saved in state_directory; a rotation and a
         # vacuum in between lose and repeat nothing.
-        pf = tempfile.mkdtemp(prefix="postsurge-journal-pf-")
-        self.addCleanup(shutil.rmtree, pf, True)
-        with open(os.path.join(pf, "main.cf"), "w") as f:
-            f.write("compatibility_level = 3.6\n")
+        pf = self.postfix_dir()
         ps = Postsurge(start=False, extra={"maillog_file": "journal:" + self.jd.directory,
                                            "postfix_config_directory": pf})
         self.addCleanup(ps.cleanup)

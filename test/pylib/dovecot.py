@@ -3,8 +3,9 @@ passwd-file user database and its auth socket in a temporary directory, started 
 foreground (`dovecot -F`) and stopped by PID. Postfix uses it with `smtpd_sasl_type =
 dovecot` and `smtpd_sasl_path = <Dovecot.socket>`. Needs root and dovecot-core; stdlib only.
 
-    with Dovecot({"alice@postsurge.test": "secret"}) as dv:
-        PostfixInstance(main_extra=dv.postfix_main_cf())
+    dv = Dovecot({"alice@postsurge.test": "secret"}).start()
+    test.addCleanup(dv.stop)
+    PostfixInstance(main_extra=dv.postfix_main_cf())
 """
 import os
 import shutil
@@ -34,14 +35,6 @@ class Dovecot:
         self.socket = None
         self.log_path = None
         self.proc = None
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
 
     def start(self, timeout=20.0):
         self.dir = tempfile.mkdtemp(prefix="postsurge-dovecot-")
