@@ -392,6 +392,9 @@ static bool parse_auth_failed(struct cur *c, struct maillog_record *rec)
         if (memcmp(q, key, sizeof(key) - 1) == 0) {
             text_end = q;
             PUT(rec, sasl_username, q + sizeof(key) - 1, (size_t)(c->end - q) - (sizeof(key) - 1));
+            /* Postfix writes this when the client sent no name (smtpd_sasl_glue.c). */
+            if (strcmp(rec->sasl_username, "(unavailable)") == 0)
+                rec->sasl_username[0] = '\0';
             break;
         }
     }

@@ -452,6 +452,14 @@ static void test_maillog_auth_failed(void **state)
                            &r),
                      MAILLOG_AUTH_FAILED);
     assert_string_equal(r.client_addr, "2001:db8::1");
+    /* No name sent: Postfix writes "(unavailable)", which is no user name. */
+    assert_int_equal(parse("Dec  2 09:58:09 mx postfix/smtpd[4711]: warning: unknown[127.0.0.2]: "
+                           "SASL LOGIN authentication failed: (reason unavailable), "
+                           "sasl_username=(unavailable)",
+                           &r),
+                     MAILLOG_AUTH_FAILED);
+    assert_string_equal(r.sasl_username, "");
+    assert_string_equal(r.text, "(reason unavailable)");
     /* Other SASL warnings are not failures. */
     assert_int_equal(parse("Jan  1 00:00:00 host postfix/smtpd[1]: warning: "
                            "unknown[192.0.2.1]: SASL LOGIN authentication aborted",
