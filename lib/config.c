@@ -267,7 +267,28 @@ const struct cf_entry cf_table[] = {
      .group = G_ATTACK, .doc = "How long a client stays flagged."},
     {"attack_action", CF_STRING, "421 4.7.0 Too many errors from your address, try again later",
      OFF(attack_action), .check = check_action, .group = G_ATTACK,
-     .doc = "Reply to a flagged client during stress; 421/521 also hang up."},
+     .doc = "Reply to a flagged client: during stress, or as `attack_auth_mode` says for "
+            "a client flagged for SASL failures; 421/521 also hang up."},
+    {"attack_auth_failure_limit", CF_INT, "10", OFF(attack_auth_failure_limit), 0, 1000000,
+     .group = G_ATTACK,
+     .doc = "SASL authentication failures of one client per `attack_auth_window` that flag "
+            "it (password guessing); 0 = off."},
+    {"attack_auth_window", CF_TIME, "10m", OFF(attack_auth_window), 1 * SEC, DAY,
+     .group = G_ATTACK, .doc = "Window over which SASL authentication failures are counted."},
+    {"attack_auth_mode", CF_ENUM, "always", OFF(attack_auth_mode), .words = "always|stress|off",
+     .group = G_ATTACK,
+     .doc = "When a client flagged for SASL failures is answered `attack_action`: at its "
+            "next policy request at any time (`always`), only while the node is stressed "
+            "(`stress`, as the reject flags), or never (`off`: flagged and logged only)."},
+    {"attack_stress_unknown_user_rate", CF_INT, "0", OFF(attack_stress_unknown_user_rate), 0,
+     1000000000, .group = G_ATTACK,
+     .doc = "`User unknown` rejects per minute across the cluster (every node's mail log, "
+            "counted in the shared store) that put the node in stress, the attack named in "
+            "the `stress-enter` event (a dictionary harvest from many addresses); 0 = off."},
+    {"attack_stress_auth_failure_rate", CF_INT, "0", OFF(attack_stress_auth_failure_rate), 0,
+     1000000000, .group = G_ATTACK,
+     .doc = "The same for SASL authentication failures (password guessing from many "
+            "addresses); 0 = off."},
 
     {"http_listen", CF_STRING, "inet:127.0.0.1:10041", OFF(http_listen),
      .check = check_listen_optional, .flags = CF_LINES, .group = G_HTTP,

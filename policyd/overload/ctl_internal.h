@@ -145,6 +145,8 @@ struct controller {
     struct decider decider;
     struct decider *inner;
     uint64_t attack_answers;
+    /* The attack stress signal of the last sample ("" when none), for stress-enter. */
+    char attack[256];
 
     bool stopping;
     int closing_parts;

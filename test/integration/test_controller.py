@@ -11,6 +11,7 @@ a number of samples (`samples` in status), never after a fixed sleep.
 """
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -566,6 +567,95 @@ class ControllerTest(unittest.TestCase):
             self.assertEqual(c.ask(request(client_address="192.0.2.10")), "DUNNO")
             self.assertEqual(c.ask(request(client_address="192.0.2.11")), "DUNNO")
 
+    SASL_FAIL = ("Dec  2 09:58:09 mx postfix/submission/smtpd[4711]: warning: "
+                 "unknown[{a}]: SASL PLAIN authentication failed: {why}, "
+                 "sasl_username=u{i}@postsurge.test\n")
+
+    def test_controller_auth_flag_answers_without_stress(self):
+        # Postfix's wording (smtpd_sasl_glue.c); the lost-Dovecot form (454, the server's
+        # fault) and an exempt network never flag; a client under the limit is not flagged.
+        ps = self.daemon(attack_auth_failure_limit=3, limit_exempt_networks="192.0.2.10")
+        self.wait_init(ps)
+        with open(self.maillog, "a") as f:
+            for i in range(3):
+                f.write(self.SASL_FAIL.format(a="192.0.2.20", i=i, why="UGFzc3dvcmQ6"))
+                f.write(self.SASL_FAIL.format(a="192.0.2.10", i=i, why="UGFzc3dvcmQ6"))
+                f.write(self.SASL_FAIL.format(
+                    a="192.0.2.21", i=i, why="Connection lost to authentication server"))
+            f.write(self.SASL_FAIL.format(a="192.0.2.22", i=0, why="(reason unavailable)"))
+            f.write("Dec  2 09:58:10 mx postfix/smtpd[4712]: warning: unknown[192.0.2.22]: "
+                    "SASL LOGIN authentication failed: authentication failure\n")
+        self.assertTrue(ps.wait_log("event attack-flagged", timeout=30), ps.log())
+        flagged = [e for e in self.events(ps) if e["kind"] == "attack-flagged"]
+        self.assertEqual([(e["client"], e["reason"], e["count"]) for e in flagged],
+                         [("192.0.2.20", "auth-failures", 3)], flagged)
+        self.assertIn("3 SASL authentication failures within 600 s", flagged[0]["text"])
+        # attack_auth_mode = always (the default): answered at once, not only in stress;
+        # a 421 makes smtpd hang up, at CONNECT with smtpd_delay_reject = no.
+        with ps.client() as c:
+            self.assertTrue(c.ask(request(client_address="192.0.2.20",
+                                          protocol_state="CONNECT")).startswith("421 4.7.0"))
+            for a in ("192.0.2.10", "192.0.2.21", "192.0.2.22", "192.0.2.23"):
+                self.assertEqual(c.ask(request(client_address=a)), "DUNNO", a)
+        with open(ps.config_path) as f:
+            base = f.read()
+
+        def reload_with(mode):
+            ps.write_config(text=base + "attack_auth_mode = %s\n" % mode)
+            self.assertTrue(ps.wait_log("configuration reloaded", ps.reload(), 10), ps.log())
+        # stress: as the reject flags, only while the node is stressed.
+        reload_with("stress")
+        with ps.client() as c:
+            self.assertEqual(c.ask(request(client_address="192.0.2.20")), "DUNNO")
+        ps.cli("stress", "enter")
+        with ps.client() as c:
+            self.assertTrue(c.ask(request(client_address="192.0.2.20")).startswith("421 4.7.0"))
+        # off: flagged and logged, never answered.
+        reload_with("off")
+        with ps.client() as c:
+            self.assertEqual(c.ask(request(client_address="192.0.2.20")), "DUNNO")
+
+    def test_controller_auth_flags_from_shared_logs(self):
+        # Every SASL failure line of the shared real logs, fed at once: the clients
+        # flagged are those the lines name at least attack_auth_failure_limit times
+        # (counted here with a regex of Postfix's format, the lost-server form left out).
+        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                           "shared", "real-logs", "maillog")
+        if not os.path.isdir(src):
+            self.skipTest("../shared/real-logs/maillog is absent")
+        rx = re.compile(r" warning: [^\[ ]*\[([^\] ]+)\](?::\d+)?: SASL \S+ authentication "
+                        r"failed:(?! Connection lost to authentication server)")
+        lines, count = [], {}
+        for name in sorted(os.listdir(src)):
+            if not name.endswith((".log", ".txt")):
+                continue
+            with open(os.path.join(src, name), errors="replace") as f:
+                for line in f:
+                    m = rx.search(line)
+                    if m:
+                        lines.append(line if line.endswith("\n") else line + "\n")
+                        count[m.group(1)] = count.get(m.group(1), 0) + 1
+        want = sorted(a for a, n in count.items() if n >= 3)
+        if not want:
+            self.skipTest("no client with 3 SASL failures in ../shared/real-logs")
+        ps = self.daemon(attack_auth_failure_limit=3)
+        self.wait_init(ps)
+        with open(self.maillog, "a") as f:
+            f.writelines(lines)
+
+        def flagged():
+            return sorted(e["client"] for e in self.events(ps) if e["kind"] == "attack-flagged")
+        wait_for(lambda: len(flagged()) >= len(want), 30, 0.2)
+        time.sleep(1)  # two more monitor ticks: nothing else gets flagged
+        self.assertEqual(flagged(), want, "%d lines, counts %s" % (len(lines), count))
+        print("\n%d SASL failure lines of the shared logs, %d clients, flagged: %s"
+              % (len(lines), len(count), ", ".join(want)))
+        with ps.client() as c:
+            for a in want:
+                self.assertTrue(c.ask(request(client_address=a)).startswith("421 4.7.0"), a)
+            for a in set(count) - set(want):
+                self.assertEqual(c.ask(request(client_address=a)), "DUNNO", a)
+
 
 class ClusterTest(unittest.TestCase):
     def setUp(self):
@@ -735,6 +825,36 @@ class ClusterTest(unittest.TestCase):
         r = a.cli("events", "--json")
         nodes = {e["node"] for e in json.loads(r.stdout)["events"]}
         self.assertEqual(nodes, {"a", "b"})
+
+    def test_cluster_auth_flag_shared(self):
+        # Node a reads the SASL failures in its mail log; node b, on the same Redis, answers
+        # the client attack_action without stress (attack_auth_mode = always), and still
+        # answers a client a flagged for rejects only while stressed.
+        logdir = tempfile.mkdtemp(prefix="postsurge-log-")
+        os.chmod(logdir, 0o755)  # read by the daemon's unprivileged user
+        self.addCleanup(shutil.rmtree, logdir, True)
+        maillog = os.path.join(logdir, "maillog")
+        open(maillog, "w").close()
+        a = self.node("a", 0, maillog_file=maillog, attack_auth_failure_limit=2,
+                      attack_unknown_user_limit=2)
+        b = self.node("b", 0)
+        with open(maillog, "a") as f:
+            for i in range(2):
+                f.write(ControllerTest.SASL_FAIL.format(a="198.51.100.7", i=i, why="x"))
+                f.write("Dec  2 09:58:09 mx postfix/smtpd[6826]: NOQUEUE: reject: RCPT from "
+                        "unknown[198.51.100.8]: 550 5.1.1 <u%d@postsurge.test>: Recipient "
+                        "address rejected: User unknown in local recipient table; "
+                        "from=<s@example.org> to=<u%d@postsurge.test> proto=ESMTP "
+                        "helo=<x>\n" % (i, i))
+
+        def b_answers(addr):
+            with b.client() as c:
+                return c.ask(request(client_address=addr))
+        self.assertTrue(wait_for(lambda: b_answers("198.51.100.7").startswith("421"), 20),
+                        a.log())
+        self.assertEqual(b_answers("198.51.100.8"), "DUNNO")
+        b.cli("stress", "enter")
+        self.assertTrue(b_answers("198.51.100.8").startswith("421 4.7.0"))
 
     def test_cluster_quorum_set_by_reload(self):
         # stress_* settings take effect on SIGHUP: quorum off, a peer stressed, this node

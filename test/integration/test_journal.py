@@ -14,7 +14,7 @@ import time
 import unittest
 
 from journald import Journald, unavailable, USER, WARNING
-from postsurge import Postsurge
+from postsurge import Postsurge, request
 from test_monitor import Probe
 import testmain
 
@@ -110,7 +110,8 @@ class JournalTest(unittest.TestCase):
         self.assertEqual(self.messages(p.lines), want)
         self.assertEqual(p.stop(), 0)
 
-    def daemon(self, main_cf="", **extra):
+    def postfix_dir(self, main_cf=""):
+        """A Postfix config directory with main.cf and master.cf (removed after the test)."""
         pf = tempfile.mkdtemp(prefix="postsurge-journal-pf-")
         os.chmod(pf, 0o755)  # serve's postconf runs as its unprivileged user
         self.addCleanup(shutil.rmtree, pf, True)
@@ -121,6 +122,10 @@ class JournalTest(unittest.TestCase):
         past = time.time() - 60  # postconf stalls on a main.cf younger than a few seconds
         for name in ("main.cf", "master.cf"):
             os.utime(os.path.join(pf, name), (past, past))
+        return pf
+
+    def daemon(self, main_cf="", **extra):
+        pf = self.postfix_dir(main_cf)
         settings = {"maillog_file": "journal:" + self.jd.directory,
                     "postfix_config_directory": pf, "monitor_interval": "200ms"}
         settings.update(extra)
@@ -186,14 +191,28 @@ class JournalTest(unittest.TestCase):
                 self.assertEqual([e["service"] for e in events], ["this%d" % i], events)
                 ps.cleanup()
 
+    def test_daemon_flags_sasl_failures_from_journal(self):
+        # The live reader on the journal feeds the attack detector as the file reader does.
+        ps = self.daemon(attack_auth_failure_limit="3")
+        self.assertTrue(ps.wait_log("mail log: reading the systemd journal", timeout=15),
+                        ps.log())
+        for i in range(3):
+            self.jd.syslog("postfix/submission/smtpd",
+                           "warning: unknown[198.51.100.9]: SASL LOGIN authentication failed: "
+                           "UGFzc3dvcmQ6, sasl_username=u%d@example.org" % i, pid=400 + i,
+                           severity=WARNING)
+        self.jd.sync()
+        self.assertTrue(ps.wait_log("event attack-flagged: client 198.51.100.9", timeout=20),
+                        ps.log())
+        with ps.client() as c:
+            self.assertTrue(c.ask(request(client_address="198.51.100.9",
+                                          protocol_state="CONNECT")).startswith("421 4.7.0"))
+
     def test_report_reads_from_saved_cursor_once(self):
         # The report's traffic from the journal: a first run reads the recent journal,
         # each later one from the cursor saved in state_directory; a rotation and a
         # vacuum in between lose and repeat nothing.
-        pf = tempfile.mkdtemp(prefix="postsurge-journal-pf-")
-        self.addCleanup(shutil.rmtree, pf, True)
-        with open(os.path.join(pf, "main.cf"), "w") as f:
-            f.write("compatibility_level = 3.6\n")
+        pf = self.postfix_dir()
         ps = Postsurge(start=False, extra={"maillog_file": "journal:" + self.jd.directory,
                                            "postfix_config_directory": pf})
         self.addCleanup(ps.cleanup)

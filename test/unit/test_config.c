@@ -131,6 +131,11 @@ static void test_config_defaults_match_header(void **state)
     assert_int_equal(c->attack_window, 600000);
     assert_int_equal(c->attack_flag_time, 3600000);
     assert_int_equal(strncmp(c->attack_action, "421 4.7.0 ", 10), 0);
+    assert_int_equal(c->attack_auth_failure_limit, 10);
+    assert_int_equal(c->attack_auth_window, 600000);
+    assert_string_equal(c->attack_auth_mode, "always");
+    assert_int_equal(c->attack_stress_unknown_user_rate, 0);
+    assert_int_equal(c->attack_stress_auth_failure_rate, 0);
     assert_string_equal(c->http_listen, "inet:127.0.0.1:10041");
     assert_int_equal(c->http_max_connections, 64);
     assert_true(c->report_anomaly_sigma == 2.0);
