@@ -405,14 +405,16 @@ static void test_report_master_and_qmgr_down(void **state)
     }
 
     /* The text report's first line, by hand: the status, the finding's message, then the
-     * performance data of an empty queue with the default deferred (100, 1000) and hold
-     * (1, 0) levels. */
+     * performance data of an empty queue with the default levels in range syntax: deferred
+     * 100 and 1000 alert above 99 and 999, hold's warning 1 above 0, its critical (off) is
+     * empty; the node's saturation is unknown, so it has none. */
     struct report_node_info n = {
         .name = "mx1.example.org", .daemon_up = 1, .master_up = 0, .qmgr_up = 0, .saturation = -1};
     struct report *r = nodes_report(&n, 1);
     char *text = text_of(r);
-    const char *want = "CRITICAL - Postfix master is not running on mx1.example.org | incoming=0 "
-                       "active=0 deferred=0;100;1000 hold=0;1;0\n";
+    const char *want = "CRITICAL - Postfix master is not running on mx1.example.org | "
+                       "incoming=0;;;0; active=0;;;0; deferred=0;99;999;0; hold=0;0;;0; "
+                       "backlog=0;1999;9999;0; oldest_age=0s;86399;345599;0; stressed=0;0;;0;1\n";
     if (strncmp(text, want, strlen(want)) != 0)
         fail_msg("text report starts with \"%.*s\", expected \"%s\"", (int)strlen(want), text,
                  want);
