@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "report.h"
+#include "report_text.h"
 
 #define NOW 1795407720
 
@@ -223,32 +224,10 @@ static const struct perf_case cases[] = {
     {"failures at critical", 0, 0, 0, 0, 0, 10, 10, {-2, -2}, 0, NULL, REPORT_CRITICAL},
     {"failures of a small sample", 0, 0, 0, 0, 0, 0, 19, {-2, -2}, 0, NULL, REPORT_OK},
     {"failures just below, rounding up", 0, 0, 0, 0, 0, 80001, 19999, {-2, -2}, 0, NULL, REPORT_OK},
-    {"failures just below a third",
-     0,
-     0,
-     0,
-     0,
-     0,
-     66668,
-     33332,
-     {-2, -2},
-     0,
-     t_rate_third,
-     REPORT_OK},
+    {"rate under 1/3", 0, 0, 0, 0, 0, 66668, 33332, {-2, -2}, 0, t_rate_third, REPORT_OK},
     {"failures at a third", 0, 0, 0, 0, 0, 66667, 33333, {-2, -2}, 0, t_rate_third, REPORT_WARNING},
     {"failures at two thirds", 0, 0, 0, 0, 0, 1, 2, {-2, -2}, 0, t_rate_third, REPORT_OK},
-    {"failures two thirds of 30",
-     0,
-     0,
-     0,
-     0,
-     0,
-     10,
-     20,
-     {-2, -2},
-     0,
-     t_rate_third,
-     REPORT_CRITICAL},
+    {"rate 2/3 of 30", 0, 0, 0, 0, 0, 10, 20, {-2, -2}, 0, t_rate_third, REPORT_CRITICAL},
     {"saturation below", 0, 0, 0, 0, 0, 0, 0, {79, -2}, 0, NULL, REPORT_OK},
     {"saturation at warning", 0, 0, 0, 0, 0, 0, 0, {80, -2}, 0, NULL, REPORT_WARNING},
     {"saturation at critical", 0, 0, 0, 0, 0, 0, 0, {95, -2}, 0, NULL, REPORT_CRITICAL},
@@ -296,17 +275,11 @@ static struct report *case_report(const struct perf_case *c)
     return r;
 }
 
+/* The text report's first line (the status, the summary and the perfdata). */
 static char *first_line(const struct report *r)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    assert_non_null(f);
-    assert_int_equal(report_write_text(r, f), 0);
-    fclose(f);
-    char *nl = strchr(buf, '\n');
-    if (nl)
-        *nl = '\0';
+    char *buf = report_text(r);
+    buf[strcspn(buf, "\n")] = '\0';
     return buf;
 }
 
