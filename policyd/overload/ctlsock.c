@@ -144,15 +144,16 @@ static void client_command(struct ctl_client *cl, char *line)
     char *w2 = strtok_r(NULL, " \t", &save);
     char *w3 = strtok_r(NULL, " \t", &save);
     if (w1 && !cl->may_change && command_changes(w1, w2)) {
+        /* Named by the command alone: no byte of the peer's line reaches the log. */
+        const char *what = strcmp(w1, "stress") == 0    ? "stress"
+                           : strcmp(w1, "restore") == 0 ? "restore"
+                                                        : "limits reset";
         char msg[400];
         snprintf(msg, sizeof(msg),
-                 "%s%s%s changes the daemon: only root and the user %s may; uid %ld may read "
+                 "%s changes the daemon: only root and the user %s may; uid %ld may read "
                  "(status, events, limits list/show/top) as a member of group %s",
-                 w1, w2 && strcmp(w1, "restore") != 0 ? " " : "",
-                 w2 && strcmp(w1, "restore") != 0 ? w2 : "", c->ctl_user, cl->peer_uid,
-                 c->ctl_group);
-        log_info("control: %s%s%s refused to uid %ld (read-only)", w1, w2 ? " " : "", w2 ? w2 : "",
-                 cl->peer_uid);
+                 what, c->ctl_user, cl->peer_uid, c->ctl_group);
+        log_info("control: %s refused to uid %ld (read-only)", what, cl->peer_uid);
         client_reply(cl, json_pack("{s:b,s:s,s:b}", "ok", 0, "error", msg, "read_only", 1));
         return;
     }
