@@ -136,6 +136,14 @@ struct report {
 
 /* Sums of the traffic rows: what 0 delivered, 1 deferred, 2 bounced. */
 uint64_t report_traffic_sum(const struct report *r, int what);
+/* The oldest message of the incoming, active and deferred queues: false when they are
+ * empty; else its age at the report time in *age (negative when its arrival lies ahead of
+ * the clock) and its queue in *q. The age finding and the perfdata both read it. */
+bool report_oldest_age(const struct report *r, int64_t *age, enum queue_name *q);
+/* True when x has enough deliveries (t->failure_min_messages, at least one) for its
+ * failure rate to be judged; the rate (deferred + bounced) / all in *rate. */
+bool report_failure_judged(const struct r_traffic *x, const struct report_thresholds *t,
+                           double *rate);
 /* Sum of the authentication failures by client. */
 uint64_t report_auth_sum(const struct report *r);
 /* Sum of the client rows: rejects, or connections. */

@@ -296,7 +296,7 @@ static int load_state(const char *path, struct report_state *s)
      * read. */
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
-        return errno == ENOENT ? -ENOENT : -EINVAL;
+        return errno == ENOENT || errno == EACCES ? -errno : -EINVAL;
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
         close(fd);
@@ -324,9 +324,10 @@ static int load_state(const char *path, struct report_state *s)
 }
 
 /* Replaces path by what writer puts into a FILE: rendered in memory, then written
- * through util/fsutil (PATH.postsurge-tmp, fsync, rename) with mode, owned by us. */
-static int write_file_atomic(const char *path, mode_t mode, int (*writer)(FILE *f, void *arg),
-                             void *arg)
+ * through util/fsutil (PATH.postsurge-tmp, fsync, rename) with mode, owned by us and
+ * group gid. */
+static int write_file_atomic(const char *path, mode_t mode, gid_t gid,
+                             int (*writer)(FILE *f, void *arg), void *arg)
 {
     char *data = NULL;
     size_t len = 0;
@@ -337,7 +338,7 @@ static int write_file_atomic(const char *path, mode_t mode, int (*writer)(FILE *
     if (fclose(f) != 0 && rc == 0)
         rc = -ENOMEM;
     if (rc == 0) {
-        struct stat like = {.st_mode = mode, .st_uid = geteuid(), .st_gid = getegid()};
+        struct stat like = {.st_mode = mode, .st_uid = geteuid(), .st_gid = gid};
         char err[512];
         rc = fsutil_replace(path, data, len, &like, FSUTIL_FRESH_TMP, err, sizeof(err));
     }
@@ -383,8 +384,10 @@ static int write_prom(FILE *f, void *arg)
     return report_write_prometheus(arg, f);
 }
 
+/* Saves the state to path, mode 0640 in group gid (state_directory's: the daemon's group
+ * reads it, and a read-only report of one of its members starts from it). */
 static int save_state(const char *path, const struct report_state *s, struct baseline *b,
-                      int64_t now)
+                      int64_t now, gid_t gid)
 {
     json_t *bj = NULL;
     if (b && baseline_to_json(b, now, &bj) < 0)
@@ -403,7 +406,7 @@ static int save_state(const char *path, const struct report_state *s, struct bas
         json_decref(bj);
     if (!j)
         return -ENOMEM;
-    int rc = write_file_atomic(path, 0600, write_json_doc, j);
+    int rc = write_file_atomic(path, 0640, gid, write_json_doc, j);
     json_decref(j);
     return rc;
 }
@@ -644,11 +647,25 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     host[sizeof(host) - 1] = '\0';
 
     /* State: position, baselines, last run. Without it the report still runs (it just
-     * cannot say what is new), so problems are warnings on stderr. */
-    bool state_ok = true;
+     * cannot say what is new), so problems are warnings on stderr. A user that may read
+     * state_directory but not write it (a member of the daemon's group) runs read-only:
+     * from the saved state, saving nothing, so the next full run still counts from the
+     * last full run's position. */
+    bool state_ok = true, read_only = false;
+    struct stat sdir;
     if (mkdir(cfg->state_directory, 0750) < 0 && errno != EEXIST)
         state_ok = false;
-    if (state_ok) {
+    if (state_ok && stat(cfg->state_directory, &sdir) < 0)
+        state_ok = false;
+    if (state_ok && access(cfg->state_directory, W_OK) < 0 && (errno == EACCES || errno == EROFS)) {
+        read_only = true;
+        fprintf(stderr,
+                "postsurge: note: state_directory %s is not writable by uid %ld: read-only "
+                "report (from the last saved state; the mail log position, baselines and "
+                "last result are not saved)\n",
+                cfg->state_directory, (long)geteuid());
+    }
+    if (state_ok && !read_only) {
         lockfd = lock_state(cfg->state_directory);
         if (lockfd < 0) {
             fprintf(stderr, "postsurge: warning: %s/" LOCK_FILE ": %s\n", cfg->state_directory,
@@ -666,6 +683,9 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     snprintf(state_path, sizeof(state_path), "%s/" STATE_FILE, cfg->state_directory);
     if (state_ok && (rc = load_state(state_path, &st)) == -EINVAL)
         fprintf(stderr, "postsurge: warning: %s is damaged; starting afresh\n", state_path);
+    else if (state_ok && rc == -EACCES)
+        fprintf(stderr, "postsurge: warning: %s: %s; starting afresh\n", state_path,
+                strerror(EACCES));
 
     r = report_new(now, host);
     if (!r)
@@ -842,7 +862,7 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     exit_code = report_exit_code(report_status(r));
 
     if (o.prometheus) {
-        rc = write_file_atomic(o.prometheus, 0644, write_prom, r);
+        rc = write_file_atomic(o.prometheus, 0644, getegid(), write_prom, r);
         if (rc < 0) {
             fprintf(stderr, "postsurge: %s: %s\n", o.prometheus, strerror(-rc));
             exit_code = 3;
@@ -857,6 +877,8 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     if (rc < 0 || fflush(stdout) != 0)
         exit_code = 3;
 
+    if (read_only)
+        goto out;
     if (redis) {
         /* Kept for the window plus a day. */
         json_t *bj = NULL;
@@ -873,7 +895,7 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
         fprintf(stderr, "postsurge: warning: cannot save report-last.json in %s: %s\n",
                 cfg->state_directory, strerror(-rc));
     if (state_ok) {
-        rc = save_state(state_path, &st, bl, now);
+        rc = save_state(state_path, &st, bl, now, sdir.st_gid);
         if (rc < 0)
             fprintf(stderr, "postsurge: warning: cannot save %s: %s\n", state_path, strerror(-rc));
     }

@@ -329,6 +329,13 @@ int cmd_restore(const struct cli *cli, int argc, char **argv)
         config_free(cfg);
         return 1;
     }
+    if (!json_is_true(json_object_get(o, "ok"))) {
+        /* Refused: a member of the daemon's group only reads. */
+        fprintf(stderr, "postsurge: restore: %s\n", jget_str(o, "error"));
+        json_decref(o);
+        config_free(cfg);
+        return 1;
+    }
     json_decref(o);
     /* The daemon restores asynchronously: wait until no journal is left. */
     int64_t waited = 0, limit = cfg->command_timeout * 8 + 10000;

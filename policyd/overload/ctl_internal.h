@@ -67,6 +67,10 @@ struct ctl_client {
     char buf[CTL_MAX_LINE];
     size_t len;
     bool answered, closing;
+    /* From SO_PEERCRED at accept: root or the daemon's user may change things; a member of
+     * the daemon's group only reads. */
+    bool may_change;
+    long peer_uid;
     /* A `limits` command awaits the engine's answer (a store round trip): the client
      * outlives its handle until then (closed: the handle is gone, free on the answer). */
     bool waiting, closed;
@@ -133,6 +137,12 @@ struct controller {
 
     uv_pipe_t ctl;
     bool ctl_open;
+    /* Who may change things through the control socket (root and this user) and the
+     * group whose members may read (status, events, limits list/show/top): the daemon's
+     * own ids, with their names for the refusal message, looked up at ctlsock_open. */
+    uid_t ctl_uid;
+    gid_t ctl_gid;
+    char ctl_user[64], ctl_group[64];
     /* Without the monitor (monitor = no, or no Postfix on this host): a tick at
      * monitor_interval that feeds the state machine an empty sample, so forced stress,
      * the node status in the store and the cluster view still work. */
