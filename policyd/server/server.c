@@ -523,6 +523,20 @@ static int lookup_ids(const struct config *cfg, uid_t *uid, gid_t *gid)
     return 0;
 }
 
+/* Links l into the server's listeners once its handle is initialised (init_rc from
+ * uv_*_init); on a failed init frees it instead. Returns init_rc. */
+static int listener_link(struct server *srv, struct listener *l, int init_rc)
+{
+    if (init_rc < 0) {
+        free(l->spec);
+        free(l);
+        return init_rc;
+    }
+    l->h.handle.data = l;
+    l->next = srv->listeners;
+    srv->listeners = l;
+    return 0;
+}
 static int listener_open(struct server *srv, const char *spec)
 {
     struct endpoint ep;
@@ -549,14 +563,8 @@ static int listener_open(struct server *srv, const char *spec)
             free(l);
             return rc;
         }
-        if ((rc = uv_pipe_init(srv->loop, &l->h.pipe, 0)) < 0) {
-            free(l->spec);
-            free(l);
+        if ((rc = listener_link(srv, l, uv_pipe_init(srv->loop, &l->h.pipe, 0))) < 0)
             return rc;
-        }
-        l->h.handle.data = l;
-        l->next = srv->listeners;
-        srv->listeners = l;
         /* The socket is born with its mode: bind under a umask that leaves exactly
          * listen_unix_mode, so no chmod by path follows (the directory may belong to
          * someone who could swap the name for a symlink between bind and chmod). This
@@ -586,14 +594,8 @@ static int listener_open(struct server *srv, const char *spec)
             return rc;
         }
     } else {
-        if ((rc = uv_tcp_init(srv->loop, &l->h.tcp)) < 0) {
-            free(l->spec);
-            free(l);
+        if ((rc = listener_link(srv, l, uv_tcp_init(srv->loop, &l->h.tcp))) < 0)
             return rc;
-        }
-        l->h.handle.data = l;
-        l->next = srv->listeners;
-        srv->listeners = l;
         unsigned flags = ep.addr.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
         if ((rc = uv_tcp_bind(&l->h.tcp, (struct sockaddr *)&ep.addr, flags)) < 0) {
             log_error("%s: bind: %s", spec, uv_strerror(rc));
