@@ -537,6 +537,7 @@ static int listener_link(struct server *srv, struct listener *l, int init_rc)
     srv->listeners = l;
     return 0;
 }
+
 static int listener_open(struct server *srv, const char *spec)
 {
     struct endpoint ep;
