@@ -278,7 +278,7 @@ const struct cf_entry cf_table[] = {
     {"attack_auth_mode", CF_ENUM, "always", OFF(attack_auth_mode), .words = "always|stress|off",
      .group = G_ATTACK,
      .doc = "When a client flagged for SASL failures is answered `attack_action`: at its "
-            "next policy request at any time (`always`), only while the node is stressed "
+            "next policy request whenever it comes (`always`), only while the node is stressed "
             "(`stress`, as the reject flags), or never (`off`: flagged and logged only)."},
     {"attack_stress_unknown_user_rate", CF_INT, "0", OFF(attack_stress_unknown_user_rate), 0,
      1000000000, .group = G_ATTACK,
