@@ -147,6 +147,36 @@ int report_add_anvil(struct report *r, const char *statistic, uint64_t value, ui
  * (by_username false: key is "ADDR" or "NAME[ADDR]", keyed by address like clients) or for
  * one username (by_username true). Calls add up. */
 int report_add_auth_failures(struct report *r, bool by_username, const char *key, uint64_t count);
+/* Rejects (smtpd and postscreen "reject:" lines with an SMTP code) grouped by what
+ * rejected them (report_classes.c). */
+enum report_reject_class {
+    REPORT_REJECT_DNSBL,             /* "blocked using LIST" (reject_rbl_client, postscreen) */
+    REPORT_REJECT_UNKNOWN_RECIPIENT, /* "User unknown", "Recipient address rejected: ...
+                                        unknown" */
+    REPORT_REJECT_RELAY,             /* "Relay access denied" */
+    REPORT_REJECT_HELO,              /* "Helo command rejected: ..." */
+    REPORT_REJECT_SENDER_DOMAIN,     /* "Sender address rejected: Domain not found", need
+                                        fully-qualified address, nullMX, malformed DNS reply */
+    REPORT_REJECT_OWN_LIMIT,         /* postsurge's own replies (limit_action, attack_action,
+                                        their defaults, texts the caller names) */
+    REPORT_REJECT_GREYLIST,          /* "Greylisted", "greylisting", or a 4xx "try again
+                                        later" (postgrey, sqlgrey) */
+    REPORT_REJECT_OTHER,
+    REPORT_REJECT_CLASS_COUNT
+};
+/* "dnsbl", "unknown_recipient", "relay", "helo", "sender_domain", "postsurge_limit",
+ * "greylist", "other". Static. */
+const char *report_reject_class_str(enum report_reject_class c);
+/* Classifies a reject's reply text (after the code and DSN, as maillog's text holds it);
+ * code is the SMTP code (0 unknown). own is a NULL-terminated list of postsurge's reply
+ * texts without their code and DSN (may be NULL: the defaults are always known). */
+enum report_reject_class report_reject_classify(unsigned code, const char *text,
+                                                const char *const *own);
+/* Adds n rejects of class c. 0 or -EINVAL. */
+int report_add_rejects(struct report *r, enum report_reject_class c, uint64_t n);
+/* Adds n postscreen verdicts named verdict (one of maillog_ps_verdicts). 0 or -EINVAL. */
+int report_add_postscreen(struct report *r, const char *verdict, uint64_t n);
+
 /* Postfix warnings counted in the maillog: kind "process_limit" (detail: the service),
  * "connection_rate_limit", "anvil" ...; detail may be NULL. Calls add up. */
 int report_add_warning(struct report *r, const char *kind, const char *detail, uint64_t count);

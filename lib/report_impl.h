@@ -3,6 +3,7 @@
  * they go through report.h. */
 #pragma once
 
+#include "maillog.h"
 #include "report.h"
 
 #include <stdbool.h>
@@ -116,6 +117,8 @@ struct report {
     size_t n_anvil, cap_anvil;
     struct r_auth *auth_clients, *auth_users;
     size_t n_auth_clients, cap_auth_clients, n_auth_users, cap_auth_users;
+    uint64_t reject_classes[REPORT_REJECT_CLASS_COUNT];
+    uint64_t ps_verdicts[MAILLOG_PS_VERDICT_COUNT]; /* in maillog_ps_verdicts order */
     struct r_anomaly *anomalies;
     size_t n_anomalies, cap_anomalies;
     struct r_finding *findings;
@@ -132,3 +135,12 @@ uint64_t report_clients_sum(const struct report *r, bool rejects);
 void report_fmt_age(char *buf, size_t len, int64_t s);
 /* one when n is 1, else many. */
 const char *report_plural(uint64_t n, const char *one, const char *many);
+
+/* report_classes.c: rejects by class and postscreen verdicts in the three formats. The
+ * JSON goes into the traffic object o as "rejects_by_class" and "postscreen_verdicts". */
+void report_classes_text(const struct report *r, FILE *out);
+void report_classes_json(const struct report *r, json_t *o, bool *ok);
+void report_classes_prometheus(const struct report *r, FILE *out);
+/* report_write.c's Prometheus helpers, for the other writers of the module. */
+void report_prom_head(FILE *out, const char *name, const char *help);
+void report_prom_sample(FILE *out, const char *name, const char *const *labels, double v);

@@ -213,6 +213,7 @@ static int write_text(const struct report *r, FILE *out)
         for (size_t i = 0; i < rows(r->n_auth_users, r->t.top_clients); i++)
             fprintf(out, "  %-40s %8" PRIu64 "\n", r->auth_users[i].key, r->auth_users[i].failures);
     }
+    report_classes_text(r, out);
     if (r->n_anvil) {
         fputs("\nAnvil statistics (peaks):\n", out);
         for (size_t i = 0; i < r->n_anvil; i++) {
@@ -505,6 +506,7 @@ static json_t *json_traffic(const struct report *r, bool *ok)
         put(e, "detail", jstr_opt(r->warnings[i].detail), ok);
         put(e, "count", jint(r->warnings[i].count), ok);
     }
+    report_classes_json(r, o, ok);
     return o;
 }
 
@@ -556,7 +558,7 @@ int report_to_json(const struct report *r, json_t **out)
         write_summary(r, mem);
         fclose(mem);
     }
-    put(root, "schema_version", json_integer(2), &ok);
+    put(root, "schema_version", json_integer(3), &ok);
     put(root, "generated_at", json_integer(r->now), &ok);
     put(root, "host", json_string(r->host), &ok);
     put(root, "status", json_string(report_status_str(r->status)), &ok);
@@ -941,7 +943,18 @@ int report_write_prometheus(const struct report *r, FILE *out)
             prom_sample(out, "postsurge_report_log_warnings", l, (double)r->warnings[i].count);
         }
     }
+    report_classes_prometheus(r, out);
     prom_head(out, "postsurge_report_anomalies", "Figures beyond their rolling baseline.");
     prom_sample(out, "postsurge_report_anomalies", NULL, (double)r->n_anomalies);
     return ferror(out) ? -EIO : 0;
+}
+
+void report_prom_head(FILE *out, const char *name, const char *help)
+{
+    prom_head(out, name, help);
+}
+
+void report_prom_sample(FILE *out, const char *name, const char *const *labels, double v)
+{
+    prom_sample(out, name, labels, v);
 }

@@ -58,6 +58,9 @@ struct traffic {
     struct twarn warnings[MAX_WARNINGS];
     size_t n_warnings;
     struct tanvil anvil[MAILLOG_ANVIL_CACHE_SIZE + 1];
+    uint64_t reject_classes[REPORT_REJECT_CLASS_COUNT];
+    uint64_t ps_verdicts[MAILLOG_PS_VERDICT_COUNT]; /* in maillog_ps_verdicts order */
+    const char *const *own_texts;                   /* borrowed, NULL-terminated, may be NULL */
     uint64_t lines, bytes;
     unsigned files;
 };
@@ -246,6 +249,21 @@ static struct tkey *client_get(struct traffic *t, const struct maillog_record *r
     return e;
 }
 
+void traffic_set_own_texts(struct traffic *t, const char *const *texts)
+{
+    t->own_texts = texts;
+}
+
+static void count_verdict(struct traffic *t, const char *verdict)
+{
+    for (size_t i = 0; i < MAILLOG_PS_VERDICT_COUNT; i++) {
+        if (strcmp(maillog_ps_verdicts[i], verdict) == 0) {
+            t->ps_verdicts[i]++;
+            return;
+        }
+    }
+}
+
 int traffic_add_line(struct traffic *t, const char *line, size_t len)
 {
     struct maillog_record rec;
@@ -293,6 +311,7 @@ int traffic_add_line(struct traffic *t, const char *line, size_t len)
             return -ENOMEM;
         break;
     case MAILLOG_REJECT:
+        t->reject_classes[report_reject_classify(rec.code, rec.text, t->own_texts)]++;
         e = client_get(t, &rec);
         if (e)
             e->b++;
@@ -322,6 +341,9 @@ int traffic_add_line(struct traffic *t, const char *line, size_t len)
                 return -ENOMEM;
             e->a++;
         }
+        break;
+    case MAILLOG_POSTSCREEN_VERDICT:
+        count_verdict(t, rec.stage);
         break;
     case MAILLOG_PROCESS_LIMIT:
         warn_add(t, "process_limit", rec.service, 1);
@@ -750,5 +772,9 @@ int traffic_to_report(const struct traffic *t, struct report *r, size_t max_clie
         rc = lost_to_report(&t->lost, r, max_clients);
     if (rc == 0)
         rc = auth_to_report(t, r, max_clients);
+    for (int c = 0; rc == 0 && c < REPORT_REJECT_CLASS_COUNT; c++)
+        rc = report_add_rejects(r, (enum report_reject_class)c, t->reject_classes[c]);
+    for (size_t i = 0; rc == 0 && i < MAILLOG_PS_VERDICT_COUNT; i++)
+        rc = report_add_postscreen(r, maillog_ps_verdicts[i], t->ps_verdicts[i]);
     return rc;
 }

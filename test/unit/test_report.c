@@ -177,6 +177,13 @@ static struct report *problem_report(void)
     /* smtpd's "name[ADDR]" and postscreen's bare "ADDR" are one client row, with the name. */
     assert_int_equal(report_add_client(r, "203.0.113.5", 0, 3), 0);
     assert_int_equal(report_add_client(r, "mx.example.org[203.0.113.5]", 10, 0), 0);
+    /* The 253 rejects by class (calls add up) and some postscreen verdicts. */
+    assert_int_equal(report_add_rejects(r, REPORT_REJECT_UNKNOWN_RECIPIENT, 200), 0);
+    assert_int_equal(report_add_rejects(r, REPORT_REJECT_UNKNOWN_RECIPIENT, 40), 0);
+    assert_int_equal(report_add_rejects(r, REPORT_REJECT_DNSBL, 3), 0);
+    assert_int_equal(report_add_rejects(r, REPORT_REJECT_OWN_LIMIT, 10), 0);
+    assert_int_equal(report_add_postscreen(r, "pregreet", 7), 0);
+    assert_int_equal(report_add_postscreen(r, "pass_new", 2), 0);
     const struct report_log_totals lt = {.probes_deliverable = 4,
                                          .probes_undeliverable = 2,
                                          .expired = 1,
@@ -560,6 +567,127 @@ static void test_report_writers_escape_attacker_values(void **state)
     report_free(r);
 }
 
+/* Rejects by class: reply texts as lib/maillog keeps them (after the code and DSN, before
+ * "; from=<"), from the production log in ../shared/real-logs (helga), fail2ban's and
+ * Postfix's own smtpd_check tests, the grok patterns' postgrey deferral and postsurge's own
+ * default replies. */
+static void test_report_reject_classes(void **state)
+{
+    (void)state;
+    static const struct {
+        unsigned code;
+        const char *text;
+        enum report_reject_class want;
+    } cases[] = {
+        {550,
+         "Service unavailable; client [185.246.220.193] blocked using zen.spamhaus.org; "
+         "from=<ripe@uhu-banane.de>, to=<zzzzzzzzzzzzzzzzzezihe@hotmail.com>, proto=ESMTP",
+         REPORT_REJECT_DNSBL},
+        {554, "Service unavailable; Client host [192.0.2.1] blocked using sbl.spamhaus.org",
+         REPORT_REJECT_DNSBL},
+        {550,
+         "<nobody@example.test>: Recipient address rejected: User unknown in local recipient "
+         "table",
+         REPORT_REJECT_UNKNOWN_RECIPIENT},
+        {550, "<x@example.test>: Recipient address rejected: User unknown in virtual mailbox table",
+         REPORT_REJECT_UNKNOWN_RECIPIENT},
+        {550, "<x@example.test>: Recipient address rejected: unknown user",
+         REPORT_REJECT_UNKNOWN_RECIPIENT},
+        {554, "<x@relay.test>: Relay access denied", REPORT_REJECT_RELAY},
+        {554, "<x@relay.test>: Recipient address rejected: Relay access denied",
+         REPORT_REJECT_RELAY},
+        {504, "<foo>: Helo command rejected: need fully-qualified hostname", REPORT_REJECT_HELO},
+        {444, "<foobar>: Helo command rejected: Try again later", REPORT_REJECT_HELO},
+        {450, "<sabrina@S510.gigasys>: Sender address rejected: Domain not found",
+         REPORT_REJECT_SENDER_DOMAIN},
+        {504, "<foo>: Sender address rejected: need fully-qualified address",
+         REPORT_REJECT_SENDER_DOMAIN},
+        {554,
+         "<u@nullmx.porcupine.org>: Sender address rejected: Domain nullmx.porcupine.org does "
+         "not accept mail (nullMX)",
+         REPORT_REJECT_SENDER_DOMAIN},
+        {550, "<a@b>: Sender address rejected: User unknown in local recipient table",
+         REPORT_REJECT_OTHER},
+        {450, "<u@example.com>: Recipient address rejected: Rate limit exceeded, try again later",
+         REPORT_REJECT_OWN_LIMIT},
+        {421,
+         "<u@example.com>: Recipient address rejected: Too many errors from your address, "
+         "try again later",
+         REPORT_REJECT_OWN_LIMIT},
+        {450, "<u@example.com>: Recipient address rejected: Daily quota reached",
+         REPORT_REJECT_OWN_LIMIT},
+        {450,
+         "<whatever-user@lists.example.org>: Recipient address rejected: Greylisted, see "
+         "http://postgrey.schweikert.ch/help/lists.example.org.html",
+         REPORT_REJECT_GREYLIST},
+        {450, "<user@example.com>: Recipient address rejected: Greylisted for 5 minutes",
+         REPORT_REJECT_GREYLIST},
+        {451, "<u@example.com>: Recipient address rejected: Temporary failure, try again later",
+         REPORT_REJECT_GREYLIST},
+        {550, "<u@example.com>: Recipient address rejected: try again later", REPORT_REJECT_OTHER},
+        {450, "Client host rejected: cannot find your hostname, [93.184.216.34]",
+         REPORT_REJECT_OTHER},
+        {554, "<DATA>: Data command rejected: Multi-recipient bounce", REPORT_REJECT_OTHER},
+        {550, NULL, REPORT_REJECT_OTHER},
+    };
+    /* A rule's own action (the README's per_user example) and the default limit_action. */
+    const char *own[] = {"450 4.7.1 Rate limit exceeded, try again later",
+                         "450 4.7.1 Daily quota reached", NULL};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        enum report_reject_class c = report_reject_classify(cases[i].code, cases[i].text, own);
+        if (c != cases[i].want)
+            fail_msg("case %zu (%s): %s, expected %s", i, cases[i].text ? cases[i].text : "NULL",
+                     report_reject_class_str(c), report_reject_class_str(cases[i].want));
+    }
+    /* Without the caller's list only the defaults are postsurge's. */
+    assert_int_equal(report_reject_classify(450, cases[15].text, NULL), REPORT_REJECT_OTHER);
+    assert_string_equal(report_reject_class_str(REPORT_REJECT_OWN_LIMIT), "postsurge_limit");
+    assert_string_equal(report_reject_class_str(REPORT_REJECT_CLASS_COUNT), "other");
+
+    /* The counts in the three formats. */
+    struct report *r = report_new(NOW, "mx1");
+    assert_non_null(r);
+    struct report_log_totals lt = {0};
+    assert_int_equal(report_add_log_totals(r, &lt), 0);
+    assert_int_equal(report_add_rejects(r, REPORT_REJECT_DNSBL, 90), 0);
+    assert_int_equal(report_add_rejects(r, REPORT_REJECT_HELO, 4), 0);
+    assert_int_equal(report_add_rejects(r, REPORT_REJECT_CLASS_COUNT, 1), -EINVAL);
+    assert_int_equal(report_add_postscreen(r, "pregreet", 3872), 0);
+    assert_int_equal(report_add_postscreen(r, "pass_old", 4477), 0);
+    assert_int_equal(report_add_postscreen(r, "PASS OLD", 1), -EINVAL);
+    assert_int_equal(report_add_postscreen(r, NULL, 1), -EINVAL);
+    assert_int_equal(report_evaluate(r, NULL), 0);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    assert_non_null(mem);
+    assert_int_equal(report_write_text(r, mem), 0);
+    fclose(mem);
+    assert_non_null(strstr(buf, "\nRejects by class: 94\n  dnsbl 90 helo 4\n"));
+    assert_non_null(strstr(buf, "\npostscreen verdicts: 8349\n  pregreet 3872 pass_old 4477\n"));
+    free(buf);
+    json_t *j = NULL;
+    assert_int_equal(report_to_json(r, &j), 0);
+    json_t *rc = json_object_get(json_object_get(j, "traffic"), "rejects_by_class");
+    assert_int_equal(json_object_size(rc), REPORT_REJECT_CLASS_COUNT);
+    assert_int_equal(json_integer_value(json_object_get(rc, "dnsbl")), 90);
+    assert_int_equal(json_integer_value(json_object_get(rc, "greylist")), 0);
+    json_t *ps = json_object_get(json_object_get(j, "traffic"), "postscreen_verdicts");
+    assert_int_equal(json_integer_value(json_object_get(ps, "pass_old")), 4477);
+    assert_int_equal(json_integer_value(json_object_get(ps, "hangup")), 0);
+    json_decref(j);
+    mem = open_memstream(&buf, &len);
+    assert_non_null(mem);
+    assert_int_equal(report_write_prometheus(r, mem), 0);
+    fclose(mem);
+    assert_non_null(strstr(buf, "\npostsurge_report_rejects{class=\"dnsbl\"} 90\n"));
+    assert_non_null(strstr(buf, "\npostsurge_report_rejects{class=\"postsurge_limit\"} 0\n"));
+    assert_non_null(strstr(buf, "\npostsurge_report_postscreen_verdicts{verdict=\"pregreet\"} "
+                                "3872\n"));
+    free(buf);
+    report_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -570,6 +698,7 @@ int main(void)
         cmocka_unit_test(test_report_status_and_exit_codes),
         cmocka_unit_test(test_report_rejects_bad_arguments),
         cmocka_unit_test(test_report_writers_escape_attacker_values),
+        cmocka_unit_test(test_report_reject_classes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -135,6 +135,14 @@ PROBLEMS = {
     "traffic.domains[throttle.test].deferred": 30,
     "traffic.domains[throttle.test].failure_rate": 30 / 35,
     "traffic.domains[example.com].failure_rate": 3 / 103,
+    # Rejects by class: unknown recipient 200 + 40, blocklist 3, postsurge's limits 10.
+    "traffic.rejects_by_class.unknown_recipient": 240,
+    "traffic.rejects_by_class.dnsbl": 3,
+    "traffic.rejects_by_class.postsurge_limit": 10,
+    "traffic.rejects_by_class.other": 0,
+    "traffic.postscreen_verdicts.pregreet": 7,
+    "traffic.postscreen_verdicts.pass_new": 2,
+    "traffic.postscreen_verdicts.hangup": 0,
     "traffic.clients[192.0.2.7].rejects": 250,
     "traffic.clients[mx.example.org[203.0.113.5]].connections": 10,
     "traffic.clients[mx.example.org[203.0.113.5]].rejects": 3,
@@ -239,6 +247,9 @@ def check_numbers(d):
                 'postsurge_report_service_waiting{node="mx2.example.org",service="smtpd"}': 12,
                 'postsurge_report_traffic_messages{domain="throttle.test",result="deferred"}': 30,
                 'postsurge_report_traffic_messages{domain="example.com",result="bounced"}': 1,
+                'postsurge_report_rejects{class="unknown_recipient"}': 240,
+                'postsurge_report_rejects{class="postsurge_limit"}': 10,
+                'postsurge_report_postscreen_verdicts{verdict="pregreet"}': 7,
             })
         else:
             pw['postsurge_report_node_saturation_ratio{node="mx1.example.org"}'] = 0.03
