@@ -210,6 +210,7 @@ void report_free(struct report *r)
         free(r->anomalies[i].cause);
     }
     free(r->anomalies);
+    report_domains_free(r);
     for (size_t i = 0; i < r->n_findings; i++) {
         free(r->findings[i].code);
         free(r->findings[i].subject);
@@ -769,7 +770,8 @@ int report_apply_baseline(struct report *r, struct baseline *b, bool quiet)
         if (rc == -ENOMEM)
             return rc;
     }
-    return added;
+    int dom = report_domain_baselines(r, b, quiet);
+    return dom < 0 ? dom : added + dom;
 }
 
 /* ---- findings ----------------------------------------------------------------------- */

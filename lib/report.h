@@ -187,12 +187,26 @@ int report_add_anomaly(struct report *r, const char *metric, double value, doubl
 int report_add_finding(struct report *r, enum report_status severity, const char *code,
                        const char *subject, const char *message, const char *advice);
 
+/* Receiving domains whose deferrals get baselines of their own: the top N by volume
+ * (delivered + deferred + bounced) of the traffic rows (report_domains.c). */
+#define REPORT_BASELINE_DOMAINS 20
+/* Deferrals of domain in the maillog with reason class cls and reply ("421 4.7.0", or just
+ * the DSN when the remote said nothing): count recipients. Calls for one (domain, class)
+ * add up and keep the reply with the biggest count. Only domains that are among the top
+ * REPORT_BASELINE_DOMAINS need them. 0, -EINVAL, -ENOMEM. */
+int report_add_domain_reason(struct report *r, const char *domain, enum queue_reason_class cls,
+                             const char *reply, uint64_t count);
+
 /* Compares the report's figures (queue sizes, traffic totals, rejects, warnings, node
  * saturation) with baseline b under keys "NODE/METRIC" (node: the report host), adds an
  * anomaly for each deviation unless quiet is true, then records every figure as a new
- * sample at the report time. The caller computes quiet from report_quiet_windows and its
- * backlog override. Call after the figures are in and before report_evaluate().
- * Returns the number of anomalies added, or -ENOMEM. */
+ * sample at the report time. The top REPORT_BASELINE_DOMAINS receiving domains also get
+ * "NODE/domain/DOMAIN/deferral_pct" (only judged at 20 messages or more), ".../deferred"
+ * and ".../deferred.CLASS" per reason class; a rise of the first two is an anomaly
+ * "domain/DOMAIN/..." whose cause names the figure, the baseline, the delta and the reason
+ * class that grew most against its own baseline. The caller computes quiet from
+ * report_quiet_windows and its backlog override. Call after the figures are in and before
+ * report_evaluate(). Returns the number of anomalies added, or -ENOMEM. */
 int report_apply_baseline(struct report *r, struct baseline *b, bool quiet);
 
 /* Turns figures into findings against t (NULL: defaults) and sets the status. Call once,

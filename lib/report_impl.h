@@ -68,6 +68,13 @@ struct r_auth {
     uint64_t failures;
 };
 
+/* Deferrals of one tracked domain in one reason class, with the commonest reply. */
+struct r_dreason {
+    char *domain, *reply;
+    enum queue_reason_class cls;
+    uint64_t count, reply_count;
+};
+
 struct r_warning {
     char *kind, *detail;
     uint64_t count;
@@ -119,6 +126,8 @@ struct report {
     size_t n_auth_clients, cap_auth_clients, n_auth_users, cap_auth_users;
     uint64_t reject_classes[REPORT_REJECT_CLASS_COUNT];
     uint64_t ps_verdicts[MAILLOG_PS_VERDICT_COUNT]; /* in maillog_ps_verdicts order */
+    struct r_dreason *dreasons;
+    size_t n_dreasons;
     struct r_anomaly *anomalies;
     size_t n_anomalies, cap_anomalies;
     struct r_finding *findings;
@@ -144,3 +153,8 @@ void report_classes_prometheus(const struct report *r, FILE *out);
 /* report_write.c's Prometheus helpers, for the other writers of the module. */
 void report_prom_head(FILE *out, const char *name, const char *help);
 void report_prom_sample(FILE *out, const char *name, const char *const *labels, double v);
+
+/* report_domains.c: frees the domain reasons; adds the per-domain anomalies (see
+ * report_apply_baseline). Returns the anomalies added or -ENOMEM. */
+void report_domains_free(struct report *r);
+int report_domain_baselines(struct report *r, struct baseline *b, bool quiet);

@@ -306,6 +306,25 @@ class ReportConformance(unittest.TestCase):
                          "of %s\n" % (best, ", ".join("%.2f" % x for x in times)))
         self.assertLess(best, 2.0)
 
+    def test_domain_deferral_baselines(self):
+        """The four deferrals of the docker-hosted log reach the per-domain baselines by
+        reason class (`grep status=deferred`: yahoo.com twice `said: 421 4.7.0` (throttle),
+        icloud.se `Connection timed out`, gafe.se `Connection refused`); each tracked domain
+        has its deferral share in percent."""
+        name = "postfix_exporter-kumina-history-tests.log"
+        self.check_log(name)
+        with open(os.path.join(self.tmp, "state-" + name, "report-state.json")) as f:
+            metrics = json.load(f)["baseline"]["metrics"]
+
+        def value(key):
+            return metrics["conformance/domain/" + key][-1][2]
+        self.assertEqual(value("yahoo.com/deferred.throttle"), 2)
+        self.assertEqual(value("yahoo.com/deferred.connection_timeout"), 0)
+        self.assertEqual(value("icloud.se/deferred.connection_timeout"), 1)
+        self.assertEqual(value("gafe.se/deferred.connection_refused"), 1)
+        self.assertEqual(value("yahoo.com/deferred"), 2)
+        self.assertEqual(value("gafe.se/deferral_pct"), 100)
+
     def test_postqueue_records(self):
         log = os.path.join(self.tmp, "empty.log")
         open(log, "w").close()

@@ -688,6 +688,93 @@ static void test_report_reject_classes(void **state)
     report_free(r);
 }
 
+/* The anomaly cause of metric in r's JSON, or NULL. */
+static const char *anomaly_cause(json_t *doc, const char *metric)
+{
+    size_t i;
+    json_t *a;
+    json_array_foreach(json_object_get(doc, "anomalies"), i, a)
+    {
+        if (strcmp(json_string_value(json_object_get(a, "metric")), metric) == 0)
+            return json_string_value(json_object_get(a, "cause"));
+    }
+    return NULL;
+}
+
+/* Per-domain baselines from a hand-built history: a day of hourly reports in which
+ * yahoo.com defers 12 of 100 messages (connection timeouts, 4.4.1), then an hour with 38 of
+ * 100 deferred, 30 of them Yahoo's "421 4.7.0 [TSS04]" throttle (the wording of the real
+ * deferrals in ../shared/real-logs). Only the top REPORT_BASELINE_DOMAINS domains by
+ * volume get baselines. */
+static void test_report_domain_anomalies(void **state)
+{
+    (void)state;
+    struct baseline *b = baseline_new(NULL);
+    assert_non_null(b);
+    const int64_t t0 = NOW - NOW % 3600;
+    char name[64];
+    for (int h = 0; h < 24; h++) {
+        struct report *r = report_new(t0 + h * 3600, "mx1");
+        assert_non_null(r);
+        assert_int_equal(report_add_traffic(r, "yahoo.com", 88, 12, 0), 0);
+        assert_int_equal(
+            report_add_domain_reason(r, "yahoo.com", QUEUE_REASON_CONN_TIMEOUT, "4.4.1", 12), 0);
+        /* 24 more domains, each smaller than the last; small.test has 5 messages. */
+        for (int d = 0; d < 24; d++) {
+            snprintf(name, sizeof(name), "d%02d.test", d);
+            assert_int_equal(report_add_traffic(r, name, (uint64_t)(90 - d), 0, 0), 0);
+        }
+        assert_int_equal(report_add_traffic(r, "small.test", 5, 0, 0), 0);
+        assert_true(report_apply_baseline(r, b, false) >= 0);
+        report_free(r);
+    }
+    struct baseline_stat st;
+    assert_int_equal(baseline_get(b, "mx1/domain/yahoo.com/deferral_pct", t0 + 86400, &st), 0);
+    assert_int_equal(st.n, 24);
+    assert_true(st.mean > 11.99 && st.mean < 12.01);
+    assert_int_equal(
+        baseline_get(b, "mx1/domain/yahoo.com/deferred.connection_timeout", t0 + 86400, &st), 0);
+    /* yahoo.com and d00..d18 are the top 20; d19..d23 and small.test have no baseline. */
+    assert_int_equal(baseline_get(b, "mx1/domain/d18.test/deferred", t0 + 86400, &st), 0);
+    assert_int_equal(baseline_get(b, "mx1/domain/d19.test/deferred", t0 + 86400, &st), -ENOENT);
+    assert_int_equal(baseline_get(b, "mx1/domain/small.test/deferred", t0 + 86400, &st), -ENOENT);
+
+    struct report *r = report_new(t0 + 24 * 3600, "mx1");
+    assert_non_null(r);
+    assert_int_equal(report_add_traffic(r, "yahoo.com", 62, 38, 0), 0);
+    assert_int_equal(
+        report_add_domain_reason(r, "yahoo.com", QUEUE_REASON_CONN_TIMEOUT, "4.4.1", 8), 0);
+    assert_int_equal(
+        report_add_domain_reason(r, "yahoo.com", QUEUE_REASON_THROTTLE, "421 4.7.0", 28), 0);
+    /* Calls add up; the reply with the biggest count stays. */
+    assert_int_equal(report_add_domain_reason(r, "yahoo.com", QUEUE_REASON_THROTTLE, "4.7.0", 2),
+                     0);
+    assert_int_equal(report_add_domain_reason(r, "", QUEUE_REASON_THROTTLE, "x", 1), -EINVAL);
+    assert_int_equal(report_add_domain_reason(r, "a.test", QUEUE_REASON_COUNT, "x", 1), -EINVAL);
+    assert_int_equal(report_add_traffic(r, "d00.test", 90, 0, 0), 0);
+    assert_true(report_apply_baseline(r, b, false) >= 1);
+    assert_int_equal(report_evaluate(r, NULL), 0);
+    json_t *doc = NULL;
+    assert_int_equal(report_to_json(r, &doc), 0);
+    const char *cause = anomaly_cause(doc, "domain/yahoo.com/deferral_pct");
+    assert_non_null(cause);
+    assert_string_equal(cause, "yahoo.com: deferral rate 12 % \u2192 38 % (+26 points), mostly "
+                               "421 4.7.0 throttle (30 of 38 deferrals)");
+    /* One anomaly per domain: the rate, not also the count. */
+    assert_null(anomaly_cause(doc, "domain/yahoo.com/deferred"));
+    assert_null(anomaly_cause(doc, "domain/d00.test/deferral_pct"));
+    json_decref(doc);
+    report_free(r);
+
+    /* Quiet: recorded, not reported. */
+    r = report_new(t0 + 25 * 3600, "mx1");
+    assert_non_null(r);
+    assert_int_equal(report_add_traffic(r, "yahoo.com", 10, 90, 0), 0);
+    assert_int_equal(report_apply_baseline(r, b, true), 0);
+    report_free(r);
+    baseline_free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -699,6 +786,7 @@ int main(void)
         cmocka_unit_test(test_report_rejects_bad_arguments),
         cmocka_unit_test(test_report_writers_escape_attacker_values),
         cmocka_unit_test(test_report_reject_classes),
+        cmocka_unit_test(test_report_domain_anomalies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
