@@ -331,15 +331,21 @@ static struct report *nodes_report(const struct report_node_info *nodes, size_t 
     return r;
 }
 
-static char *text_of(const struct report *r)
+/* What writer w writes for r (a new string). */
+static char *output_of(const struct report *r, writer_fn w)
 {
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     assert_non_null(f);
-    assert_int_equal(report_write_text(r, f), 0);
+    assert_int_equal(w(r, f), 0);
     fclose(f);
     return buf;
+}
+
+static char *text_of(const struct report *r)
+{
+    return output_of(r, report_write_text);
 }
 
 /* Postfix's master or qmgr not running. The master's absence is the cause and stops
@@ -657,12 +663,7 @@ static void test_report_reject_classes(void **state)
     assert_int_equal(report_add_postscreen(r, "PASS OLD", 1), -EINVAL);
     assert_int_equal(report_add_postscreen(r, NULL, 1), -EINVAL);
     assert_int_equal(report_evaluate(r, NULL), 0);
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&buf, &len);
-    assert_non_null(mem);
-    assert_int_equal(report_write_text(r, mem), 0);
-    fclose(mem);
+    char *buf = text_of(r);
     assert_non_null(strstr(buf, "\nRejects by class: 94\n  dnsbl 90 helo 4\n"));
     assert_non_null(strstr(buf, "\npostscreen verdicts: 8349\n  pregreet 3872 pass_old 4477\n"));
     free(buf);
@@ -676,10 +677,7 @@ static void test_report_reject_classes(void **state)
     assert_int_equal(json_integer_value(json_object_get(ps, "pass_old")), 4477);
     assert_int_equal(json_integer_value(json_object_get(ps, "hangup")), 0);
     json_decref(j);
-    mem = open_memstream(&buf, &len);
-    assert_non_null(mem);
-    assert_int_equal(report_write_prometheus(r, mem), 0);
-    fclose(mem);
+    buf = output_of(r, report_write_prometheus);
     assert_non_null(strstr(buf, "\npostsurge_report_rejects{class=\"dnsbl\"} 90\n"));
     assert_non_null(strstr(buf, "\npostsurge_report_rejects{class=\"postsurge_limit\"} 0\n"));
     assert_non_null(strstr(buf, "\npostsurge_report_postscreen_verdicts{verdict=\"pregreet\"} "
