@@ -119,6 +119,11 @@ static char *dup_clean(const char *s)
     return dup_opt(s, &ok);
 }
 
+char *report_dup_escaped(const char *s)
+{
+    return dup_clean(s);
+}
+
 struct report *report_new(int64_t now, const char *host)
 {
     struct report *r = calloc(1, sizeof(*r));
@@ -211,6 +216,7 @@ void report_free(struct report *r)
     }
     free(r->anomalies);
     report_domains_free(r);
+    report_senders_free(r);
     for (size_t i = 0; i < r->n_findings; i++) {
         free(r->findings[i].code);
         free(r->findings[i].subject);
@@ -326,6 +332,8 @@ int report_set_queue(struct report *r, const struct queue_stats *qs, size_t top_
         o->n_reasons = k;
     }
     r->have_queue = true;
+    if (rc == 0)
+        rc = report_senders_set(r, qs, top_domains);
 out:
     free(top);
     free(doms);
@@ -1156,6 +1164,8 @@ int report_evaluate(struct report *r, const struct report_thresholds *t)
         rc = eval_queue(r, t);
     if (rc == 0)
         rc = eval_traffic(r, t);
+    if (rc == 0)
+        rc = report_senders_evaluate(r);
     /* Worst first; a stable pass per severity keeps the order of equal findings. */
     if (r->n_findings > 1) {
         size_t n = r->n_findings;

@@ -75,6 +75,12 @@ struct r_dreason {
     uint64_t count, reply_count;
 };
 
+/* A sender domain of the queue (QUEUE_NULL_SENDER for bounces). */
+struct r_sender {
+    char *domain;
+    uint64_t messages, deferred;
+};
+
 struct r_warning {
     char *kind, *detail;
     uint64_t count;
@@ -127,6 +133,9 @@ struct report {
     uint64_t reject_classes[REPORT_REJECT_CLASS_COUNT];
     uint64_t ps_verdicts[MAILLOG_PS_VERDICT_COUNT]; /* in maillog_ps_verdicts order */
     struct r_dreason *dreasons;
+    uint64_t null_sender[QUEUE_COUNT]; /* null-sender messages per queue */
+    struct r_sender *senders;          /* top sender domains by messages */
+    size_t n_senders;
     size_t n_dreasons;
     struct r_anomaly *anomalies;
     size_t n_anomalies, cap_anomalies;
@@ -158,3 +167,16 @@ void report_prom_sample(FILE *out, const char *name, const char *const *labels, 
  * report_apply_baseline). Returns the anomalies added or -ENOMEM. */
 void report_domains_free(struct report *r);
 int report_domain_baselines(struct report *r, struct baseline *b, bool quiet);
+
+/* A new copy of s with control characters and invalid UTF-8 escaped (printable.h); NULL
+ * on ENOMEM. */
+char *report_dup_escaped(const char *s);
+
+/* report_senders.c: the queue by sender (report_set_queue copies the top rows and the
+ * null sender's counts), the backscatter finding (report_evaluate) and the writers. */
+int report_senders_set(struct report *r, const struct queue_stats *qs, size_t top);
+void report_senders_free(struct report *r);
+int report_senders_evaluate(struct report *r);
+void report_senders_text(const struct report *r, FILE *out);
+json_t *report_senders_json(const struct report *r, bool *ok);
+void report_senders_prometheus(const struct report *r, FILE *out);

@@ -214,6 +214,7 @@ static int write_text(const struct report *r, FILE *out)
             fprintf(out, "  %-40s %8" PRIu64 "\n", r->auth_users[i].key, r->auth_users[i].failures);
     }
     report_classes_text(r, out);
+    report_senders_text(r, out);
     if (r->n_anvil) {
         fputs("\nAnvil statistics (peaks):\n", out);
         for (size_t i = 0; i < r->n_anvil; i++) {
@@ -598,6 +599,7 @@ int report_to_json(const struct report *r, json_t **out)
     put(root, "nodes", json_nodes(r, &ok), &ok);
     put(root, "traffic", json_traffic(r, &ok), &ok);
     put(root, "authentication", json_auth(r, &ok), &ok);
+    put(root, "senders", report_senders_json(r, &ok), &ok);
 
     json_t *an = json_array();
     put(root, "anomalies", an, &ok);
@@ -944,6 +946,7 @@ int report_write_prometheus(const struct report *r, FILE *out)
         }
     }
     report_classes_prometheus(r, out);
+    report_senders_prometheus(r, out);
     prom_head(out, "postsurge_report_anomalies", "Figures beyond their rolling baseline.");
     prom_sample(out, "postsurge_report_anomalies", NULL, (double)r->n_anomalies);
     return ferror(out) ? -EIO : 0;

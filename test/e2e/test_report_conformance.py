@@ -160,14 +160,19 @@ EXPECTED = {
 }
 
 # postqueue -j records: records and recipients by `grep -o '"queue_name": *"[a-z]*"'` and
-# `grep -o '"address": *"'`, reasons by `grep -o '"delay_reason": *"'`.
+# `grep -o '"address": *"'`, reasons by `grep -o '"delay_reason": *"'`, senders by
+# `grep -oE '"queue_name": *"[a-z]+"|"sender": *"[^"]*"' FILE | paste - - | sort | uniq -c`
+# (messages per sender domain; MAILER-DAEMON is the null sender).
 QUEUE_EXPECTED = {
     # 5 active messages, 98 recipients, 19 delay_reasons on active mail, 1,647,179 bytes.
-    "postqf-qdata.jsonl": {"records": 5, "queues": {"active": (5, 98)}, "reasons": 19},
+    "postqf-qdata.jsonl": {"records": 5, "queues": {"active": (5, 98)}, "reasons": 19,
+                           "senders": {"example.org": (5, 0)}, "null_sender": {}},
     # Postfix 3.11 records ("orig_address": "" everywhere): one active, one deferred
     # (MAILER-DAEMON, "alias database unavailable"), one hold with a delay_reason.
     "snclient-check_mailq_test.jsonl": {"records": 3, "reasons": 2, "queues": {
-        "active": (1, 1), "deferred": (1, 1), "hold": (1, 1)}},
+        "active": (1, 1), "deferred": (1, 1), "hold": (1, 1)},
+        "senders": {"MAILER-DAEMON": (2, 1), "example.invalid": (1, 0)},
+        "null_sender": {"deferred": 1, "hold": 1}},
 }
 
 
@@ -340,6 +345,10 @@ class ReportConformance(unittest.TestCase):
                                       doc["queues"][q]["recipients"]), (msgs, rcpts), q)
                 self.assertEqual(sum(doc["deferral_reasons"]["by_class"].values()),
                                  want["reasons"])
+                self.assertEqual({x["domain"]: (x["messages"], x["deferred"])
+                                  for x in doc["senders"]["top"]}, want["senders"])
+                self.assertEqual({k: v for k, v in doc["senders"]["null_sender"].items() if v},
+                                 want["null_sender"])
 
 
 if __name__ == "__main__":

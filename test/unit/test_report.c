@@ -773,6 +773,61 @@ static void test_report_domain_anomalies(void **state)
     baseline_free(b);
 }
 
+/* Backscatter: a deferred queue made mostly of bounces (null sender) is a WARNING once it
+ * holds report_failure_min_messages (20) messages; 19 are not judged, and half is not
+ * "mostly". */
+static void test_report_backscatter(void **state)
+{
+    (void)state;
+    static const struct {
+        int bounces, others;
+        bool finding;
+    } cases[] = {{15, 5, true}, {14, 5, false}, {10, 10, false}, {11, 10, true}};
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        struct queue_stats *qs = queue_stats_new(&(struct queue_limits){.now = NOW});
+        assert_non_null(qs);
+        for (int i = 0; i < cases[c].bounces + cases[c].others; i++) {
+            char line[512];
+            int n =
+                snprintf(line, sizeof(line),
+                         "{\"queue_name\": \"deferred\", \"queue_id\": \"Q%d\", "
+                         "\"arrival_time\": %d, \"message_size\": 2552, \"sender\": \"%s\", "
+                         "\"recipients\": [{\"address\": \"forged%d@victim.example\", "
+                         "\"delay_reason\": \"host mx.victim.example[192.0.2.5] said: 550 "
+                         "5.1.1 <forged@victim.example>: Recipient address rejected: User "
+                         "unknown\"}]}",
+                         i, ARRIVAL, i < cases[c].bounces ? "MAILER-DAEMON" : "a@spam.example", i);
+            assert_int_equal(queue_stats_add_line(qs, line, (size_t)n), 0);
+        }
+        struct report *r = report_new(NOW, "mx1");
+        assert_non_null(r);
+        assert_int_equal(report_set_queue(r, qs, 10, 3), 0);
+        queue_stats_free(qs);
+        assert_int_equal(report_evaluate(r, NULL), 0);
+        json_t *doc = NULL;
+        assert_int_equal(report_to_json(r, &doc), 0);
+        bool found = false;
+        size_t i;
+        json_t *f;
+        json_array_foreach(json_object_get(doc, "findings"), i, f)
+        {
+            if (strcmp(json_string_value(json_object_get(f, "code")), "backscatter") == 0) {
+                found = true;
+                char want[128];
+                snprintf(want, sizeof(want),
+                         "%d of %d deferred messages are bounces (null sender): backscatter",
+                         cases[c].bounces, cases[c].bounces + cases[c].others);
+                assert_string_equal(json_string_value(json_object_get(f, "message")), want);
+            }
+        }
+        assert_int_equal(found, cases[c].finding);
+        json_t *ns = json_object_get(json_object_get(doc, "senders"), "null_sender");
+        assert_int_equal(json_integer_value(json_object_get(ns, "deferred")), cases[c].bounces);
+        json_decref(doc);
+        report_free(r);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -785,6 +840,7 @@ int main(void)
         cmocka_unit_test(test_report_writers_escape_attacker_values),
         cmocka_unit_test(test_report_reject_classes),
         cmocka_unit_test(test_report_domain_anomalies),
+        cmocka_unit_test(test_report_backscatter),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
