@@ -57,6 +57,7 @@ struct config {
     char *node_name;                /* "" means the host name */
     char *postfix_config_directory; /* "/etc/postfix" */
     char *maillog_file;             /* "/var/log/mail.log" */
+    char *maillog_syslog_name;      /* "": the instance's syslog_name (postconf) */
     char *state_directory;          /* "/var/lib/postsurge" */
     bool monitor;                   /* yes: watch Postfix */
     int64_t monitor_interval;       /* ms, 1 s */
@@ -77,11 +78,16 @@ struct config {
     int64_t event_log_max;         /* entries kept, 10000 */
 
     /* attack detection */
-    int64_t attack_unknown_user_limit; /* "User unknown" rejects per window, 20 */
-    int64_t attack_error_limit;        /* other rejects per window, 50 */
-    int64_t attack_window;             /* ms, 10 min */
-    int64_t attack_flag_time;          /* ms, 1 h */
-    char *attack_action;               /* "421 4.7.0 ..." during stress */
+    int64_t attack_unknown_user_limit;       /* "User unknown" rejects per window, 20 */
+    int64_t attack_error_limit;              /* other rejects per window, 50 */
+    int64_t attack_window;                   /* ms, 10 min */
+    int64_t attack_flag_time;                /* ms, 1 h */
+    char *attack_action;                     /* "421 4.7.0 ..." during stress */
+    int64_t attack_auth_failure_limit;       /* SASL failures per attack_auth_window, 10 */
+    int64_t attack_auth_window;              /* ms, 10 min */
+    char *attack_auth_mode;                  /* "always", "stress" or "off" */
+    int64_t attack_stress_unknown_user_rate; /* per minute across the cluster, 0 = off */
+    int64_t attack_stress_auth_failure_rate; /* per minute across the cluster, 0 = off */
 
     /* HTTP metrics/status endpoint (issue 5) */
     char *http_listen;            /* "inet:127.0.0.1:10041", "" = off */

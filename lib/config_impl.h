@@ -68,3 +68,6 @@ const char *cf_format(const struct config *cfg, const struct cf_entry *e, char *
 bool cf_entry_equal(const struct config *a, const struct config *b, const struct cf_entry *e);
 /* A config holding every default, named after source; NULL when out of memory. */
 struct config *config_alloc(const char *source);
+
+/* Parses s[0..n) as a decimal integer from 0 to max (no sign, no blanks). */
+bool cf_parse_uint_n(const char *s, size_t n, int64_t max, int64_t *out);

@@ -262,16 +262,16 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
         if (vn <= 0)
             continue;
         int64_t limit = r->limit, stress_limit = r->stress_limit;
-        if (r->table != NULL) {
+        if (r->table != NULL || e->rt != NULL) {
             struct net_addr ca;
             const struct net_addr *cap = NULL;
-            if (r->table_type == LIMITS_TABLE_CIDR) {
+            if (r->table != NULL && r->table_type == LIMITS_TABLE_CIDR) {
                 v = attr(req, POLICY_CLIENT_ADDRESS, &len);
                 if (net_addr_parse(v, len, &ca) == 0)
                     cap = &ca;
             }
             int64_t tv;
-            if (limits_table_lookup(r->table, value, (size_t)vn, cap, &tv)) {
+            if (limits_override(e, ri, value, (size_t)vn, cap, &tv) != LIMITS_SOURCE_RULE) {
                 if (tv == LIMITS_TABLE_UNLIMITED)
                     continue;
                 limit = stress_limit = tv;

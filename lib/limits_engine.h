@@ -148,6 +148,26 @@ size_t limits_engine_rule_count(const struct limits_engine *e);
  * previous one. The engine is otherwise immutable: call on the thread that plans.
  * Returns 0, or -EINVAL if i has no overrides (t is freed). */
 int limits_engine_set_table(struct limits_engine *e, size_t i, struct limits_table *t);
+struct limits_rt;
+/* Puts the run-time overrides rt (limits_rt.h; a reference is taken, NULL: none) in
+ * force, replacing the previous set. Call on the thread that plans. */
+void limits_engine_set_runtime(struct limits_engine *e, struct limits_rt *rt);
+/* The run-time overrides in force (borrowed), or NULL. */
+const struct limits_rt *limits_engine_runtime(const struct limits_engine *e);
+
+/* Where the limit in force for a key value comes from. */
+enum limits_source {
+    LIMITS_SOURCE_RULE,    /* the rule's limit (or its stress limit) */
+    LIMITS_SOURCE_TABLE,   /* its `overrides` table */
+    LIMITS_SOURCE_RUNTIME, /* `postsurge limits set` */
+};
+/* The override of rule i for a key value (vlen bytes, as limits_key_value writes it;
+ * client: the client address for cidr tables, may be NULL): the run-time one first, then
+ * the table's. Sets *limit (a count, 0 or LIMITS_TABLE_UNLIMITED) unless it returns
+ * LIMITS_SOURCE_RULE. i must be a valid rule index. */
+enum limits_source limits_override(const struct limits_engine *e, size_t i, const char *value,
+                                   size_t vlen, const struct net_addr *client, int64_t *limit);
+
 /* Rule i (borrowed, lives as long as e), or NULL if i is out of range. */
 const struct limits_rule *limits_engine_rule(const struct limits_engine *e, size_t i);
 

@@ -30,6 +30,7 @@ struct limits_engine {
     char **exempt_users; /* lowercased */
     size_t n_exempt_users;
     char *default_action;
+    struct limits_rt *rt; /* run-time overrides (a reference), or NULL */
 };
 
 enum { SCOPE_SESSION = 0, SCOPE_INSTANCE = 1 };

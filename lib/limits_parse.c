@@ -1,6 +1,7 @@
 /* limits_parse: the `limits` rules and exemptions of a config, parsed into an immutable
  * engine (see limits_engine.h for the syntax). */
 #include "limits_impl.h"
+#include "limits_rt.h"
 
 #include <errno.h>
 #include <regex.h>
@@ -780,6 +781,7 @@ void limits_engine_free(struct limits_engine *e)
         free(e->exempt_users[i]);
     free(e->exempt_users);
     free(e->default_action);
+    limits_rt_free(e->rt);
     free(e);
 }
 
@@ -797,6 +799,36 @@ int limits_engine_set_table(struct limits_engine *e, size_t i, struct limits_tab
     limits_table_free(e->rule[i].table);
     e->rule[i].table = t;
     return 0;
+}
+
+void limits_engine_set_runtime(struct limits_engine *e, struct limits_rt *rt)
+{
+    if (e == NULL)
+        return;
+    if (limits_rt_count(rt) == 0)
+        rt = NULL; /* the request path then skips the lookup */
+    limits_rt_ref(rt);
+    limits_rt_free(e->rt);
+    e->rt = rt;
+}
+
+const struct limits_rt *limits_engine_runtime(const struct limits_engine *e)
+{
+    return e ? e->rt : NULL;
+}
+
+enum limits_source limits_override(const struct limits_engine *e, size_t i, const char *value,
+                                   size_t vlen, const struct net_addr *client, int64_t *limit)
+{
+    const struct limits_rule *r = &e->rule[i];
+    const struct limits_rt_entry *rte = limits_rt_lookup(e->rt, r->name, value, vlen);
+    if (rte != NULL) {
+        *limit = rte->count;
+        return LIMITS_SOURCE_RUNTIME;
+    }
+    if (r->table != NULL && limits_table_lookup(r->table, value, vlen, client, limit))
+        return LIMITS_SOURCE_TABLE;
+    return LIMITS_SOURCE_RULE;
 }
 
 const struct limits_rule *limits_engine_rule(const struct limits_engine *e, size_t i)

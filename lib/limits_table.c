@@ -96,6 +96,11 @@ static const char *parse_value(const char *p, size_t n, bool bytes, int64_t *out
     return NULL;
 }
 
+const char *limits_table_value_parse(const char *p, size_t n, bool bytes, int64_t *out)
+{
+    return parse_value(p, n, bytes, out);
+}
+
 static struct limits_table *table_new(enum limits_table_type type)
 {
     struct limits_table *t = calloc(1, sizeof(*t));

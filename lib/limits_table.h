@@ -62,3 +62,7 @@ size_t limits_table_count(const struct limits_table *t);
  * matches. */
 bool limits_table_lookup(const struct limits_table *t, const char *value, size_t vlen,
                          const struct net_addr *client, int64_t *limit);
+
+/* Parses one VALUE as a table line holds it (n bytes): a COUNT (K, M, G when bytes), 0 or
+ * "unlimited" (LIMITS_TABLE_UNLIMITED). Returns NULL and *out, or a static reason. */
+const char *limits_table_value_parse(const char *p, size_t n, bool bytes, int64_t *out);

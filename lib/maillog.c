@@ -447,6 +447,9 @@ static bool parse_auth_failed(struct cur *c, struct maillog_record *rec)
         if (memcmp(q, key, sizeof(key) - 1) == 0) {
             text_end = q;
             PUT(rec, sasl_username, q + sizeof(key) - 1, (size_t)(c->end - q) - (sizeof(key) - 1));
+            /* Postfix writes this when the client sent no name (smtpd_sasl_glue.c). */
+            if (strcmp(rec->sasl_username, "(unavailable)") == 0)
+                rec->sasl_username[0] = '\0';
             break;
         }
     }
@@ -774,6 +777,19 @@ const char *maillog_kind_name(enum maillog_kind kind)
         break;
     }
     return "other";
+}
+
+enum maillog_attack maillog_attack_class(const struct maillog_record *rec)
+{
+    static const char lost[] = "Connection lost to authentication server";
+    if (!rec->client_addr[0])
+        return MAILLOG_ATTACK_NONE;
+    if (rec->kind == MAILLOG_REJECT)
+        return rec->reject_class == MAILLOG_REJECT_UNKNOWN_USER ? MAILLOG_ATTACK_UNKNOWN_USER
+                                                                : MAILLOG_ATTACK_ERROR;
+    if (rec->kind == MAILLOG_AUTH_FAILED && strncmp(rec->text, lost, sizeof(lost) - 1) != 0)
+        return MAILLOG_ATTACK_AUTH;
+    return MAILLOG_ATTACK_NONE;
 }
 
 /* --- line splitter --------------------------------------------------------------- */

@@ -147,6 +147,19 @@ extern const char *const maillog_ps_verdicts[MAILLOG_PS_VERDICT_COUNT + 1];
 /* "process-limit", "connect", ..., "other". */
 const char *maillog_kind_name(enum maillog_kind kind);
 
+/* What a record counts toward in the attack detector. */
+enum maillog_attack {
+    MAILLOG_ATTACK_NONE = 0,
+    MAILLOG_ATTACK_UNKNOWN_USER, /* a `User unknown` reject (dictionary harvest) */
+    MAILLOG_ATTACK_ERROR,        /* any other reject */
+    MAILLOG_ATTACK_AUTH,         /* a SASL authentication failure the client caused */
+};
+
+/* The attack counter rec (parsed) feeds, NONE for a record without a client address
+ * and for an AUTH_FAILED that the server caused (smtpd lost its SASL server: "Connection
+ * lost to authentication server", answered 454, not the client's guess). */
+enum maillog_attack maillog_attack_class(const struct maillog_record *rec);
+
 /* Line splitter: chunks in, complete lines out, memory bounded by max_line plus the
  * chunk being fed. A line longer than max_line is yielded once, cut to max_line and
  * flagged truncated; the rest of it up to the newline is dropped. */

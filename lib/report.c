@@ -171,6 +171,7 @@ void report_free(struct report *r)
     if (!r)
         return;
     free(r->host);
+    report_limits_free(r);
     for (size_t i = 0; i < r->n_nodes; i++)
         node_clear(&r->nodes[i]);
     free(r->nodes);
@@ -842,6 +843,31 @@ static const struct queue_reason *main_reason(const struct r_domain *d)
     return d->n_reasons ? &d->reasons[0] : NULL;
 }
 
+bool report_oldest_age(const struct report *r, int64_t *age, enum queue_name *q)
+{
+    int64_t oldest = 0;
+    *q = QUEUE_DEFERRED;
+    for (int i = QUEUE_INCOMING; i <= QUEUE_DEFERRED; i++) {
+        int64_t a = r->totals[i].oldest_arrival;
+        if (a && (!oldest || a < oldest)) {
+            oldest = a;
+            *q = (enum queue_name)i;
+        }
+    }
+    *age = oldest ? r->now - oldest : 0;
+    return oldest != 0;
+}
+
+bool report_failure_judged(const struct r_traffic *x, const struct report_thresholds *t,
+                           double *rate)
+{
+    uint64_t all = x->delivered + x->deferred + x->bounced;
+    if (!all || all < t->failure_min_messages)
+        return false;
+    *rate = (double)(x->deferred + x->bounced) / (double)all;
+    return true;
+}
+
 static int eval_nodes(struct report *r, const struct report_thresholds *t)
 {
     int rc = 0;
@@ -967,16 +993,9 @@ static int eval_queue(struct report *r, const struct report_thresholds *t)
                           fmt("deliveries lag behind arrivals: check `qshape active` for the "
                               "destination and qmgr warnings in the maillog"));
 
-    int64_t oldest = 0;
-    enum queue_name oq = QUEUE_DEFERRED;
-    for (int q = QUEUE_INCOMING; q <= QUEUE_DEFERRED; q++) {
-        int64_t a = r->totals[q].oldest_arrival;
-        if (a && (!oldest || a < oldest)) {
-            oldest = a;
-            oq = (enum queue_name)q;
-        }
-    }
-    int64_t age = oldest ? r->now - oldest : 0;
+    enum queue_name oq;
+    int64_t age;
+    bool oldest = report_oldest_age(r, &age, &oq);
     sev = t->age_critical && oldest && age >= t->age_critical ? REPORT_CRITICAL
           : t->age_warning && oldest && age >= t->age_warning ? REPORT_WARNING
                                                               : REPORT_OK;
@@ -1011,9 +1030,9 @@ static int eval_traffic(struct report *r, const struct report_thresholds *t)
     for (size_t i = 0; rc == 0 && i < r->n_traffic; i++) {
         const struct r_traffic *x = &r->traffic[i];
         uint64_t all = x->delivered + x->deferred + x->bounced;
-        if (!all || all < t->failure_min_messages)
+        double rate;
+        if (!report_failure_judged(x, t, &rate))
             continue;
-        double rate = (double)(x->deferred + x->bounced) / (double)all;
         enum report_status sev =
             t->failure_rate_critical > 0 && rate >= t->failure_rate_critical ? REPORT_CRITICAL
             : t->failure_rate_warning > 0 && rate >= t->failure_rate_warning ? REPORT_WARNING
@@ -1166,6 +1185,8 @@ int report_evaluate(struct report *r, const struct report_thresholds *t)
         rc = eval_traffic(r, t);
     if (rc == 0)
         rc = report_senders_evaluate(r);
+    if (rc == 0)
+        rc = report_limits_evaluate(r);
     /* Worst first; a stable pass per severity keeps the order of equal findings. */
     if (r->n_findings > 1) {
         size_t n = r->n_findings;

@@ -196,6 +196,23 @@ int report_add_finding(struct report *r, enum report_status severity, const char
  * REPORT_BASELINE_DOMAINS need them. 0, -EINVAL, -ENOMEM. */
 int report_add_domain_reason(struct report *r, const char *domain, enum queue_reason_class cls,
                              const char *reply, uint64_t count);
+/* One limit-hit event (the first refusal of a key by a rate-limit rule in its window on
+ * one node) since the last report. Strings are copied; key_spec ("sasl_username",
+ * "client_address/24/64+sender", NULL if unknown) and client may be NULL. */
+struct report_limit_hit {
+    const char *node, *rule, *key_spec, *value, *client;
+    int64_t limit, count;
+    int64_t time; /* Unix seconds */
+};
+/* Adds one event to the row of its (rule, value) key: rows count events and the distinct
+ * nodes (up to REPORT_LIMIT_NODES names). At most REPORT_LIMIT_KEYS rows; events of
+ * further keys are only counted. */
+int report_add_limit_hit(struct report *r, const struct report_limit_hit *h);
+/* A key that hit limits this often since the last report (a limit-hit is at most one per
+ * key, window and node) is a WARNING finding, as is one that hit them on two nodes. */
+#define REPORT_LIMIT_HIT_REPEAT 3
+#define REPORT_LIMIT_NODES 8
+#define REPORT_LIMIT_KEYS 1000
 
 /* Compares the report's figures (queue sizes, traffic totals, rejects, warnings, node
  * saturation) with baseline b under keys "NODE/METRIC" (node: the report host), adds an

@@ -92,6 +92,15 @@ struct r_anomaly {
     uint64_t samples;
 };
 
+/* Keys that hit rate limits (report_limits.c). */
+struct r_limit_key {
+    char *rule, *value, *key_spec, *client;
+    char *nodes[REPORT_LIMIT_NODES];
+    size_t n_nodes;
+    uint64_t hits;
+    int64_t limit, count, last;
+};
+
 struct r_finding {
     enum report_status severity;
     char *code, *subject, *message, *advice;
@@ -141,16 +150,39 @@ struct report {
     size_t n_anomalies, cap_anomalies;
     struct r_finding *findings;
     size_t n_findings, cap_findings;
+    struct r_limit_key *limit_keys;
+    size_t n_limit_keys, cap_limit_keys;
+    uint64_t limit_hit_events;
 };
 
 /* Sums of the traffic rows: what 0 delivered, 1 deferred, 2 bounced. */
 uint64_t report_traffic_sum(const struct report *r, int what);
+/* The oldest message of the incoming, active and deferred queues: false when they are
+ * empty; else its age at the report time in *age (negative when its arrival lies ahead of
+ * the clock) and its queue in *q. The age finding and the perfdata both read it. */
+bool report_oldest_age(const struct report *r, int64_t *age, enum queue_name *q);
+/* True when x has enough deliveries (t->failure_min_messages, at least one) for its
+ * failure rate to be judged; the rate (deferred + bounced) / all in *rate. */
+bool report_failure_judged(const struct r_traffic *x, const struct report_thresholds *t,
+                           double *rate);
 /* Sum of the authentication failures by client. */
 uint64_t report_auth_sum(const struct report *r);
 /* Sum of the client rows: rejects, or connections. */
 uint64_t report_clients_sum(const struct report *r, bool rejects);
 /* An age in seconds as "45s", "12m", "5h" or "3d" (negative reads as 0). */
 void report_fmt_age(char *buf, size_t len, int64_t s);
+/* The limit-hit section (report_limits.c): free the rows; sort them and add the findings
+ * (from report_evaluate); the text section, the JSON member (NULL when there are no
+ * events: the member is left out), the Prometheus samples. */
+void report_limits_free(struct report *r);
+int report_limits_evaluate(struct report *r);
+void report_limits_write_text(const struct report *r, FILE *out);
+json_t *report_limits_json(const struct report *r);
+void report_limits_write_prometheus(const struct report *r, FILE *out);
+/* report_write.c's Prometheus helpers: HELP and TYPE lines, and one sample whose labels
+ * are a NULL-terminated key/value list (values escaped). */
+void report_prom_head(FILE *out, const char *name, const char *help);
+void report_prom_sample(FILE *out, const char *name, const char *const *labels, double v);
 /* one when n is 1, else many. */
 const char *report_plural(uint64_t n, const char *one, const char *many);
 
@@ -159,9 +191,6 @@ const char *report_plural(uint64_t n, const char *one, const char *many);
 void report_classes_text(const struct report *r, FILE *out);
 void report_classes_json(const struct report *r, json_t *o, bool *ok);
 void report_classes_prometheus(const struct report *r, FILE *out);
-/* report_write.c's Prometheus helpers, for the other writers of the module. */
-void report_prom_head(FILE *out, const char *name, const char *help);
-void report_prom_sample(FILE *out, const char *name, const char *const *labels, double v);
 
 /* report_domains.c: frees the domain reasons; adds the per-domain anomalies (see
  * report_apply_baseline). Returns the anomalies added or -ENOMEM. */

@@ -44,26 +44,166 @@ static void write_summary(const struct report *r, FILE *out)
         fprintf(out, "; %zu more", r->n_findings - shown);
 }
 
-/* Nagios performance data: label=value[UOM];warn;crit */
+/* ---- performance data ----------------------------------------------------------------
+ * Monitoring Plugins guidelines: 'label'=value[UOM];warn;crit;min;max, thresholds in their
+ * range syntax. A plain range "N" alerts when the value is outside 0..N (both ends
+ * included), "@A:" when it is A or more. postsurge alerts when a figure reaches its
+ * threshold (>=), so a count threshold W is written "W-1" (an integer count is >= W exactly
+ * when it is > W-1) and a ratio threshold R as "@R:". A threshold that is off is left
+ * empty: "0" would mean "alert above 0". */
+
+/* The shortest "%.*g" of v that strtod() reads back as v itself. */
+static void fmt_real(char *buf, size_t len, double v)
+{
+    for (int p = 1; p <= 17; p++) {
+        snprintf(buf, len, "%.*g", p, v);
+        if (strtod(buf, NULL) == v)
+            return;
+    }
+}
+
+/* A value for a ratio judged against w and c (<= 0: off): at least three significant
+ * digits, more when fewer would move it across a threshold, so the value as written
+ * compares with the thresholds as written exactly as v compares with them. */
+static void fmt_ratio_value(char *buf, size_t len, double v, double w, double c)
+{
+    for (int p = 3; p <= 17; p++) {
+        snprintf(buf, len, "%.*g", p, v);
+        double back = strtod(buf, NULL);
+        if ((w <= 0 || (back >= w) == (v >= w)) && (c <= 0 || (back >= c) == (v >= c)))
+            return;
+    }
+}
+
+/* Writes " " and the label, quoted when it holds a space, '=' or a quote (a quote is
+ * doubled). '|' and control bytes, which would end the perfdata or the line for a
+ * checker, become '_'. */
+static void write_label(FILE *out, const char *label)
+{
+    bool quote = strpbrk(label, " ='") != NULL;
+    fputs(quote ? " '" : " ", out);
+    for (const unsigned char *p = (const unsigned char *)label; *p; p++) {
+        if (*p == '\'')
+            fputs("''", out);
+        else
+            fputc(*p < 0x20 || *p == 0x7f || *p == '|' ? '_' : *p, out);
+    }
+    fputs(quote ? "'=" : "=", out);
+}
+
+/* The range text alerting when an integer figure is >= w (0: off, empty). */
+static void fmt_count_range(char *buf, size_t len, int64_t w)
+{
+    if (w > 0)
+        snprintf(buf, len, "%" PRId64, w - 1);
+    else
+        buf[0] = '\0';
+}
+
+/* The range text alerting when a ratio is >= w (<= 0: off, empty). */
+static void fmt_ratio_range(char *buf, size_t len, double w)
+{
+    if (w > 0) {
+        buf[0] = '@';
+        fmt_real(buf + 1, len - 2, w);
+        strcat(buf, ":");
+    } else {
+        buf[0] = '\0';
+    }
+}
+
+/* One count: label=value;warn;crit;0; */
+static void write_count(FILE *out, const char *label, uint64_t v, uint64_t w, uint64_t c,
+                        const char *uom, const char *max)
+{
+    char ws[32], cs[32];
+    fmt_count_range(ws, sizeof(ws), w > INT64_MAX ? INT64_MAX : (int64_t)w);
+    fmt_count_range(cs, sizeof(cs), c > INT64_MAX ? INT64_MAX : (int64_t)c);
+    write_label(out, label);
+    fprintf(out, "%" PRIu64 "%s;%s;%s;0;%s", v, uom, ws, cs, max);
+}
+
+/* One ratio: label=value;@warn:;@crit:;0;max (w, c <= 0: off). */
+static void write_ratio(FILE *out, const char *label, double v, double w, double c, const char *max)
+{
+    char vs[40], ws[40], cs[40];
+    fmt_ratio_value(vs, sizeof(vs), v, w, c);
+    fmt_ratio_range(ws, sizeof(ws), w);
+    fmt_ratio_range(cs, sizeof(cs), c);
+    write_label(out, label);
+    fprintf(out, "%s;%s;%s;0;%s", vs, ws, cs, max);
+}
+
+/* The performance data after " |": the queues, the backlog and the oldest message's age
+ * (with the queue), the highest judged failure rate (with traffic), the stressed nodes,
+ * each node's saturation and the imbalance between nodes (with nodes), each carrying the
+ * thresholds report_evaluate() applies to it. Saturation has no max: clients waiting
+ * for a process take it above 1. */
 static void write_perfdata(const struct report *r, FILE *out)
 {
-    if (!r->have_queue)
+    const struct report_thresholds *t = &r->t;
+    if (!r->have_queue && !r->n_traffic && !r->n_nodes)
         return;
-    static const struct {
-        const char *label;
-        enum queue_name q;
-    } pd[] = {{"incoming", QUEUE_INCOMING},
-              {"active", QUEUE_ACTIVE},
-              {"deferred", QUEUE_DEFERRED},
-              {"hold", QUEUE_HOLD}};
     fputs(" |", out);
-    for (size_t i = 0; i < 4; i++) {
-        fprintf(out, " %s=%" PRIu64, pd[i].label, r->totals[pd[i].q].messages);
-        if (pd[i].q == QUEUE_DEFERRED)
-            fprintf(out, ";%" PRIu64 ";%" PRIu64, r->t.deferred_warning, r->t.deferred_critical);
-        else if (pd[i].q == QUEUE_HOLD)
-            fprintf(out, ";%" PRIu64 ";%" PRIu64, r->t.hold_warning, r->t.hold_critical);
+    if (r->have_queue) {
+        const struct queue_totals *q = r->totals;
+        write_count(out, "incoming", q[QUEUE_INCOMING].messages, 0, 0, "", "");
+        write_count(out, "active", q[QUEUE_ACTIVE].messages, 0, 0, "", "");
+        write_count(out, "deferred", q[QUEUE_DEFERRED].messages, t->deferred_warning,
+                    t->deferred_critical, "", "");
+        write_count(out, "hold", q[QUEUE_HOLD].messages, t->hold_warning, t->hold_critical, "", "");
+        write_count(out, "backlog", q[QUEUE_INCOMING].messages + q[QUEUE_ACTIVE].messages,
+                    t->backlog_warning, t->backlog_critical, "", "");
+        /* No message reads as age 0; an arrival ahead of the clock too (a negative value
+         * is outside every range and would alert). */
+        int64_t age;
+        enum queue_name oq;
+        if (!report_oldest_age(r, &age, &oq) || age < 0)
+            age = 0;
+        write_count(out, "oldest_age", (uint64_t)age,
+                    t->age_warning > 0 ? (uint64_t)t->age_warning : 0,
+                    t->age_critical > 0 ? (uint64_t)t->age_critical : 0, "s", "");
     }
+    if (r->n_traffic) {
+        double worst = 0.0, rate;
+        for (size_t i = 0; i < r->n_traffic; i++) {
+            if (report_failure_judged(&r->traffic[i], t, &rate) && rate > worst)
+                worst = rate;
+        }
+        write_ratio(out, "failure_rate", worst, t->failure_rate_warning, t->failure_rate_critical,
+                    "1");
+    }
+    if (!r->n_nodes)
+        return;
+    uint64_t stressed = 0;
+    int sat_min = -1, sat_max = -1;
+    size_t n_sat = 0;
+    for (size_t i = 0; i < r->n_nodes; i++) {
+        const struct r_node *n = &r->nodes[i];
+        stressed += n->stressed == 1;
+        if (n->saturation < 0)
+            continue;
+        n_sat++;
+        if (sat_min < 0 || n->saturation < sat_min)
+            sat_min = n->saturation;
+        if (n->saturation > sat_max)
+            sat_max = n->saturation;
+    }
+    char max[24];
+    snprintf(max, sizeof(max), "%zu", r->n_nodes);
+    write_count(out, "stressed", stressed, 1, 0, "", max);
+    for (size_t i = 0; i < r->n_nodes; i++) {
+        const struct r_node *n = &r->nodes[i];
+        if (n->saturation < 0)
+            continue;
+        char label[300];
+        snprintf(label, sizeof(label), "saturation %s", n->name);
+        write_ratio(out, label, n->saturation / 100.0, t->saturation_warning / 100.0,
+                    t->saturation_critical / 100.0, "");
+    }
+    if (n_sat >= 2)
+        write_ratio(out, "imbalance", (sat_max - sat_min) / 100.0, t->imbalance_warning / 100.0, 0,
+                    "");
 }
 
 /* How many of n rows to show under a cap (0: all). */
@@ -90,7 +230,22 @@ static int write_text(const struct report *r, FILE *out)
 {
     char a[32];
     fprintf(out, "%s - ", report_status_str(r->status));
-    write_summary(r, out);
+    /* A checker reads the perfdata from the first '|' on: one in a domain or client name
+     * of the summary becomes '/'. */
+    char *sum = NULL;
+    size_t sum_len = 0;
+    FILE *mem = open_memstream(&sum, &sum_len);
+    if (!mem)
+        return -ENOMEM;
+    write_summary(r, mem);
+    if (fclose(mem) != 0 || !sum) {
+        free(sum);
+        return -ENOMEM;
+    }
+    for (char *p = strchr(sum, '|'); p; p = strchr(p + 1, '|'))
+        *p = '/';
+    fputs(sum, out);
+    free(sum);
     write_perfdata(r, out);
     fputc('\n', out);
     if (r->n_findings == 0)
@@ -215,6 +370,7 @@ static int write_text(const struct report *r, FILE *out)
     }
     report_classes_text(r, out);
     report_senders_text(r, out);
+    report_limits_write_text(r, out);
     if (r->n_anvil) {
         fputs("\nAnvil statistics (peaks):\n", out);
         for (size_t i = 0; i < r->n_anvil; i++) {
@@ -559,7 +715,7 @@ int report_to_json(const struct report *r, json_t **out)
         write_summary(r, mem);
         fclose(mem);
     }
-    put(root, "schema_version", json_integer(3), &ok);
+    put(root, "schema_version", json_integer(4), &ok);
     put(root, "generated_at", json_integer(r->now), &ok);
     put(root, "host", json_string(r->host), &ok);
     put(root, "status", json_string(report_status_str(r->status)), &ok);
@@ -600,6 +756,8 @@ int report_to_json(const struct report *r, json_t **out)
     put(root, "traffic", json_traffic(r, &ok), &ok);
     put(root, "authentication", json_auth(r, &ok), &ok);
     put(root, "senders", report_senders_json(r, &ok), &ok);
+    if (r->limit_hit_events)
+        put(root, "limit_hits", report_limits_json(r), &ok);
 
     json_t *an = json_array();
     put(root, "anomalies", an, &ok);
@@ -949,6 +1107,7 @@ int report_write_prometheus(const struct report *r, FILE *out)
     report_senders_prometheus(r, out);
     prom_head(out, "postsurge_report_anomalies", "Figures beyond their rolling baseline.");
     prom_sample(out, "postsurge_report_anomalies", NULL, (double)r->n_anomalies);
+    report_limits_write_prometheus(r, out);
     return ferror(out) ? -EIO : 0;
 }
 

@@ -165,6 +165,7 @@ struct view {
     const struct stress_service_sample *busiest;
     const struct stress_service_sample *overflow;
     bool plw, postscreen, immediate, quorum;
+    const char *attack; /* NULL when no attack signal */
 };
 
 static void compute_view(const struct stress_machine *sm, const struct stress_sample *s,
@@ -186,11 +187,12 @@ static void compute_view(const struct stress_machine *sm, const struct stress_sa
         }
         v->plw = s->process_limit_warning;
         v->postscreen = s->postscreen_stress;
+        v->attack = s->attack && s->attack[0] ? s->attack : NULL;
     }
     /* stress=yes in policy requests is not a trigger: master sets it for 1000 s after a
      * process-limit warning and our own profile forces it, so it would hold stress long
      * after the overload ended. It is reported as a signal only. */
-    v->immediate = v->plw || v->overflow || v->postscreen;
+    v->immediate = v->plw || v->overflow || v->postscreen || v->attack;
     v->quorum = sm->p.cluster_quorum > 0 && s->cluster_stressed_pct >= 0 &&
                 (unsigned)s->cluster_stressed_pct >= sm->p.cluster_quorum;
 }
@@ -213,6 +215,8 @@ static void describe_signals(char *buf, size_t cap, const struct stress_sample *
         bappend(buf, cap, " postscreen-stress");
     if (v->overflow)
         bappend(buf, cap, " waiting-clients");
+    if (v->attack)
+        bappend(buf, cap, " attack");
     if (s->policy_stress_pct > 0)
         bappend(buf, cap, " policy-stress=%d%%", s->policy_stress_pct);
     if (!s->master_running)
@@ -230,7 +234,10 @@ static void latch_on_reason(struct stress_machine *sm, const struct view *v, int
     char *r = sm->local_reason;
     size_t cap = sizeof(sm->local_reason);
     r[0] = '\0';
-    if (v->overflow) {
+    /* An attack first: it is the cause when it also fills the process slots. */
+    if (v->attack) {
+        bappend(r, cap, "attack: %.400s", v->attack);
+    } else if (v->overflow) {
         bappend(r, cap, "clients waiting for a process (");
         describe_service(r, cap, v->overflow);
         bappend(r, cap, ")");

@@ -51,6 +51,12 @@ struct stress_sample {
     /* percent of cluster nodes (this one included) whose *local* signals say stress
      * (struct stress_result.local_stress, as published by each node); -1 unknown. */
     int cluster_stressed_pct;
+    /* An attack across the cluster over its configured rate (the attack detector's
+     * attack_stress_* settings), named for the event log, e.g. "dictionary harvest:
+     * `User unknown` rejects across the cluster reached 100 within 60 s"; NULL or "" when
+     * none.
+     * Borrowed for the call. An immediate signal, like a process-limit warning. */
+    const char *attack;
 };
 
 /* Tunables; times in ms, thresholds in percent. */

@@ -40,8 +40,9 @@ static const struct command commands[] = {
      "the event log (stress, overrides)"},
     {"stress", cmd_stress, "enter|exit|auto", "force stress on or off in the daemon"},
     {"restore", cmd_restore, "", "undo the stress overrides from the journal"},
-    {"limits", cmd_limits, "list|show RULE VALUE|reset RULE VALUE [--json]",
-     "the rate-limit rules; read or reset one key's counter"},
+    {"limits", cmd_limits, "list|top|show|reset|set|unset ... [--json]",
+     "the rate-limit rules; read or reset one key's counter; set or unset a run-time "
+     "override for the cluster"},
     {"version", cmd_version, "", "print the version"},
     {"help", cmd_help, "[COMMAND]", "this text, or one command's usage"},
 };

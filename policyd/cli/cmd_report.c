@@ -13,10 +13,10 @@
 #include "procs.h"
 #include "run.h"
 #include "overload/controller.h"
-#include "store/redis_keys.h"
 #include "util/fsutil.h"
 #include "util/journal.h"
 #include "util/log.h"
+#include "report_store.h"
 #include "report_traffic.h"
 #include "util/spawn.h"
 
@@ -29,7 +29,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <hiredis/hiredis.h>
 #include <jansson.h>
 #include <limits.h>
 #include <netdb.h>
@@ -168,6 +167,33 @@ static void build_node(const json_t *o, const json_t *events, const char *fallba
     nb->info.events = nb->ev;
 }
 
+/* The limit-hit events of the event log (newest first) at or after since_ms. */
+static int add_limit_hits(struct report *r, const json_t *events, int64_t since_ms)
+{
+    size_t i;
+    const json_t *s;
+    json_array_foreach(events, i, s)
+    {
+        const json_t *t = json_object_get(s, "time"), *k = json_object_get(s, "kind");
+        if (!json_is_integer(t) || json_integer_value(t) < since_ms || !json_is_string(k) ||
+            strcmp(json_string_value(k), "limit-hit") != 0)
+            continue;
+        struct report_limit_hit h = {
+            .node = json_string_value(json_object_get(s, "node")),
+            .rule = json_string_value(json_object_get(s, "rule")),
+            .key_spec = json_string_value(json_object_get(s, "key_spec")),
+            .value = json_string_value(json_object_get(s, "value")),
+            .client = json_string_value(json_object_get(s, "client")),
+            .limit = json_integer_value(json_object_get(s, "limit")),
+            .count = json_integer_value(json_object_get(s, "count")),
+            .time = json_integer_value(t) / 1000,
+        };
+        if (report_add_limit_hit(r, &h) == -ENOMEM)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
 /* What add_status_nodes saw for the imbalance check. */
 struct cluster_view {
     size_t nodes, stressed;
@@ -270,7 +296,7 @@ static int load_state(const char *path, struct report_state *s)
      * read. */
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
-        return errno == ENOENT ? -ENOENT : -EINVAL;
+        return errno == ENOENT || errno == EACCES ? -errno : -EINVAL;
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
         close(fd);
@@ -298,9 +324,10 @@ static int load_state(const char *path, struct report_state *s)
 }
 
 /* Replaces path by what writer puts into a FILE: rendered in memory, then written
- * through util/fsutil (PATH.postsurge-tmp, fsync, rename) with mode, owned by us. */
-static int write_file_atomic(const char *path, mode_t mode, int (*writer)(FILE *f, void *arg),
-                             void *arg)
+ * through util/fsutil (PATH.postsurge-tmp, fsync, rename) with mode, owned by us and
+ * group gid. */
+static int write_file_atomic(const char *path, mode_t mode, gid_t gid,
+                             int (*writer)(FILE *f, void *arg), void *arg)
 {
     char *data = NULL;
     size_t len = 0;
@@ -311,7 +338,7 @@ static int write_file_atomic(const char *path, mode_t mode, int (*writer)(FILE *
     if (fclose(f) != 0 && rc == 0)
         rc = -ENOMEM;
     if (rc == 0) {
-        struct stat like = {.st_mode = mode, .st_uid = geteuid(), .st_gid = getegid()};
+        struct stat like = {.st_mode = mode, .st_uid = geteuid(), .st_gid = gid};
         char err[512];
         rc = fsutil_replace(path, data, len, &like, FSUTIL_FRESH_TMP, err, sizeof(err));
     }
@@ -357,8 +384,10 @@ static int write_prom(FILE *f, void *arg)
     return report_write_prometheus(arg, f);
 }
 
+/* Saves the state to path, mode 0640 in group gid (state_directory's: the daemon's group
+ * reads it, and a read-only report of one of its members starts from it). */
 static int save_state(const char *path, const struct report_state *s, struct baseline *b,
-                      int64_t now)
+                      int64_t now, gid_t gid)
 {
     json_t *bj = NULL;
     if (b && baseline_to_json(b, now, &bj) < 0)
@@ -377,12 +406,33 @@ static int save_state(const char *path, const struct report_state *s, struct bas
         json_decref(bj);
     if (!j)
         return -ENOMEM;
-    int rc = write_file_atomic(path, 0600, write_json_doc, j);
+    int rc = write_file_atomic(path, 0640, gid, write_json_doc, j);
     json_decref(j);
     return rc;
 }
 
 /* ---- the mail log: a file, or the systemd journal ---- */
+
+/* `postconf -c DIR -xh NAME` (queue_directory, syslog_name), expanded (syslog_name's
+ * default is ${multi_instance_name?...}); "" when it fails (why in err). */
+static void postconf_value(const struct config *cfg, const char *name, char *out, size_t size,
+                           char *err, size_t errlen)
+{
+    const char *argv[] = {
+        cfg->postconf_command, "-c", cfg->postfix_config_directory, "-xh", name, NULL};
+    struct run r = {0};
+    out[0] = '\0';
+    int rc = run_command(argv, POSTCONF_TIMEOUT_MS, &r);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot run postconf: %s", uv_strerror(rc));
+    } else if (r.exit_status != 0 || !r.out[0]) {
+        char why[600];
+        run_describe(&r, why, sizeof(why));
+        snprintf(err, errlen, "postconf -xh %s failed: %s", name, why);
+    } else {
+        snprintf(out, size, "%s", r.out);
+    }
+}
 
 static void journal_to_traffic(struct journal *j, const char *line, size_t len, void *arg)
 {
@@ -392,7 +442,8 @@ static void journal_to_traffic(struct journal *j, const char *line, size_t len, 
 
 /* Traffic since the last report from maillog_file: from the saved file position, or, for
  * `journal`/`journal:DIR` (or a missing file while a journal exists, as serve does),
- * from the saved journal cursor (a first report reads the last 10 minutes). */
+ * from the saved journal cursor (a first report reads the last 10 minutes), the entries
+ * of maillog_syslog_name or else of the instance's syslog_name. */
 static int report_read_maillog(const struct config *cfg, struct traffic *tr,
                                struct report_state *st)
 {
@@ -402,191 +453,22 @@ static int report_read_maillog(const struct config *cfg, struct traffic *tr,
         journal = true;
     if (!journal)
         return traffic_read_log(tr, f, &st->pos);
+    char name[256], why[700] = "";
+    snprintf(name, sizeof(name), "%s", cfg->maillog_syslog_name);
+    if (!name[0])
+        postconf_value(cfg, "syslog_name", name, sizeof(name), why, sizeof(why));
+    if (!name[0]) {
+        fprintf(stderr, "postsurge: warning: %s; reading the journal entries of postfix\n", why);
+        snprintf(name, sizeof(name), "postfix");
+    }
     char *next = NULL;
-    long n = journal_read_since(strncmp(f, "journal:", 8) == 0 ? f + 8 : NULL, st->journal_cursor,
-                                600, journal_to_traffic, tr, &next);
+    long n = journal_read_since(strncmp(f, "journal:", 8) == 0 ? f + 8 : NULL, name,
+                                st->journal_cursor, 600, journal_to_traffic, tr, &next);
     if (n < 0)
         return (int)n;
     free(st->journal_cursor);
     st->journal_cursor = next;
     return 0;
-}
-
-/* ---- baselines in Redis (store = redis...): shared, and kept when a host is rebuilt ---- */
-
-#define REDIS_CLI_TIMEOUT_MS 2000
-
-/* redis-sentinel://: asks the sentinels in turn for the master's address and puts it in
- * u->host and u->port. 0, or -1 with why in err. */
-static int redis_sentinel_master(const struct config *cfg, struct config_store_url *u, char *err,
-                                 size_t errlen)
-{
-    struct timeval tv = {REDIS_CLI_TIMEOUT_MS / 1000, (REDIS_CLI_TIMEOUT_MS % 1000) * 1000};
-    snprintf(err, errlen, "no sentinel named the master '%s'", u->master_name);
-    for (int i = 0; i < u->nseeds; i++) {
-        redisContext *c = redisConnectWithTimeout(u->seeds[i].host, u->seeds[i].port, tv);
-        redisReply *rep = NULL;
-        if (c && !c->err) {
-            redisSetTimeout(c, tv);
-            const char *pw = cfg->redis_sentinel_password;
-            if (pw && pw[0])
-                freeReplyObject(redisCommand(c, "AUTH %s", pw));
-            rep = redisCommand(c, "SENTINEL get-master-addr-by-name %s", u->master_name);
-        }
-        bool ok = rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
-                  rep->element[0]->type == REDIS_REPLY_STRING &&
-                  rep->element[1]->type == REDIS_REPLY_STRING;
-        if (ok) {
-            snprintf(u->host, sizeof(u->host), "%s", rep->element[0]->str);
-            u->port = atoi(rep->element[1]->str);
-        }
-        freeReplyObject(rep);
-        if (c)
-            redisFree(c);
-        if (ok)
-            return 0;
-    }
-    return -1;
-}
-
-/* A synchronous connection to the store's Redis, or NULL (memory store, or trouble: then
- * why is in err). Only GET and SET are sent, which a sharding proxy forwards. With
- * Sentinel, the master the sentinels name; a Redis Cluster is not read yet. */
-static redisContext *redis_open(const struct config *cfg, char *err, size_t errlen)
-{
-    struct config_store_url u;
-    struct timeval tv = {REDIS_CLI_TIMEOUT_MS / 1000, (REDIS_CLI_TIMEOUT_MS % 1000) * 1000};
-    redisContext *c = NULL;
-    redisReply *rep;
-
-    err[0] = '\0';
-    if (config_parse_store_url(cfg->store, &u) < 0 || u.kind == CONFIG_STORE_MEMORY)
-        return NULL;
-    if (u.kind == CONFIG_STORE_REDIS_CLUSTER) {
-        snprintf(err, errlen, "the report does not read a Redis Cluster store yet");
-        return NULL;
-    }
-    if (u.kind == CONFIG_STORE_REDIS_SENTINEL && redis_sentinel_master(cfg, &u, err, errlen) < 0)
-        return NULL;
-    err[0] = '\0';
-    c = u.kind != CONFIG_STORE_REDIS_UNIX ? redisConnectWithTimeout(u.host, u.port, tv)
-                                          : redisConnectUnixWithTimeout(u.path, tv);
-    if (!c || c->err) {
-        snprintf(err, errlen, "cannot connect to Redis: %s", c ? c->errstr : "out of memory");
-        goto fail;
-    }
-    redisSetTimeout(c, tv);
-    if (u.password[0]) {
-        rep = redisCommand(c, "AUTH %s", u.password);
-        bool ok = rep && rep->type != REDIS_REPLY_ERROR;
-        freeReplyObject(rep);
-        if (!ok) {
-            snprintf(err, errlen, "Redis AUTH failed");
-            goto fail;
-        }
-    }
-    if (u.db) {
-        rep = redisCommand(c, "SELECT %d", u.db);
-        bool ok = rep && rep->type != REDIS_REPLY_ERROR;
-        freeReplyObject(rep);
-        if (!ok) {
-            snprintf(err, errlen, "Redis SELECT %d failed", u.db);
-            goto fail;
-        }
-    }
-    return c;
-fail:
-    if (c)
-        redisFree(c);
-    return NULL;
-}
-
-/* The saved baseline state (new reference), or NULL when absent or unreadable. */
-static json_t *redis_load_baseline(redisContext *c, const char *key)
-{
-    redisReply *rep = redisCommand(c, "GET %s", key);
-    json_t *j = NULL;
-    if (rep && rep->type == REDIS_REPLY_STRING)
-        j = json_loadb(rep->str, rep->len, 0, NULL);
-    freeReplyObject(rep);
-    return j;
-}
-
-/* Saves the baseline state with a TTL of the window plus a day. Returns 0 or -EIO. */
-static int redis_save_baseline(redisContext *c, const char *key, struct baseline *b, int64_t now,
-                               int64_t window_s)
-{
-    json_t *j = NULL;
-    if (baseline_to_json(b, now, &j) < 0)
-        return -ENOMEM;
-    char *text = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
-    if (!text)
-        return -ENOMEM;
-    redisReply *rep =
-        redisCommand(c, "SET %s %s EX %lld", key, text, (long long)(window_s + 86400));
-    free(text);
-    int rc = rep && rep->type == REDIS_REPLY_STATUS ? 0 : -EIO;
-    freeReplyObject(rep);
-    return rc;
-}
-
-/* Reads from the store's Redis, with the keys redis_cluster_ops.c writes (store/redis_keys.h,
- * after store_key_prefix): the live nodes (sorted set "nodes" scored by expiry, "node:NAME" =
- * "UPDATED_MS JSON") into *status (created when NULL) unless it has "nodes" already, and,
- * when events is not NULL, the event log (list "events", newest first) into *events (a new
- * array; left NULL when it cannot be read). Read errors leave things as they are. Returns 0
- * or -ENOMEM. */
-static int redis_cluster(redisContext *c, const char *prefix, int64_t now_ms, json_t **status,
-                         json_t **events)
-{
-    json_t *nodes = json_array();
-    if (!nodes)
-        return -ENOMEM;
-    redisReply *rep = NULL;
-    if (!json_is_array(json_object_get(*status, "nodes")))
-        rep = redisCommand(c, "ZRANGEBYSCORE %s" REDIS_KEY_NODES " %lld +inf LIMIT 0 %d", prefix,
-                           (long long)now_ms, REDIS_NODES_MAX);
-    for (size_t i = 0; rep && rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
-        const redisReply *m = rep->element[i];
-        if (m->type != REDIS_REPLY_STRING)
-            continue;
-        redisReply *v = redisCommand(c, "GET %s" REDIS_KEY_NODE "%b", prefix, m->str, m->len);
-        const char *sp = v && v->type == REDIS_REPLY_STRING ? memchr(v->str, ' ', v->len) : NULL;
-        json_t *o = sp ? json_loadb(sp + 1, v->len - (size_t)(sp + 1 - v->str), 0, NULL) : NULL;
-        freeReplyObject(v);
-        if (!json_is_object(o)) {
-            json_decref(o);
-            continue;
-        }
-        /* The key names the node; the status inside says it too ("name"). */
-        if (!json_is_string(json_object_get(o, "name")))
-            json_object_set_new(o, "name", json_stringn(m->str, m->len));
-        json_array_append_new(nodes, o);
-    }
-    freeReplyObject(rep);
-    int rc = 0;
-    if (json_array_size(nodes)) {
-        if (!*status && !(*status = json_object()))
-            rc = -ENOMEM;
-        else
-            json_object_set(*status, "nodes", nodes);
-    }
-    json_decref(nodes);
-    if (rc < 0 || !events)
-        return rc;
-    rep = redisCommand(c, "LRANGE %s" REDIS_KEY_EVENTS " 0 999", prefix);
-    if (rep && rep->type == REDIS_REPLY_ARRAY && !(*events = json_array()))
-        rc = -ENOMEM;
-    for (size_t i = 0; *events && i < rep->elements; i++) {
-        const redisReply *e = rep->element[i];
-        json_t *o = e->type == REDIS_REPLY_STRING ? json_loadb(e->str, e->len, 0, NULL) : NULL;
-        if (json_is_object(o))
-            json_array_append(*events, o);
-        json_decref(o);
-    }
-    freeReplyObject(rep);
-    return rc;
 }
 
 /* ---- the command ---- */
@@ -621,26 +503,6 @@ static void thresholds_from_config(const struct config *cfg, struct report_thres
     t->top_domains = (size_t)cfg->report_top_domains;
     t->top_clients = (size_t)cfg->report_top_clients;
     t->top_reasons = (size_t)cfg->report_top_reasons;
-}
-
-/* `postconf -c DIR -h queue_directory`; "" when it fails (why in err). */
-static void find_queue_dir(const struct config *cfg, char *out, size_t size, char *err,
-                           size_t errlen)
-{
-    const char *argv[] = {cfg->postconf_command, "-c", cfg->postfix_config_directory, "-h",
-                          "queue_directory",     NULL};
-    struct run r = {0};
-    out[0] = '\0';
-    int rc = run_command(argv, POSTCONF_TIMEOUT_MS, &r);
-    if (rc < 0) {
-        snprintf(err, errlen, "cannot run postconf: %s", uv_strerror(rc));
-    } else if (r.exit_status != 0 || !r.out[0]) {
-        char why[600];
-        run_describe(&r, why, sizeof(why));
-        snprintf(err, errlen, "postconf -h queue_directory failed: %s", why);
-    } else {
-        snprintf(out, size, "%s", r.out);
-    }
 }
 
 /* Streams postqueue -j into qs. Returns 0, or -1 with why in err. */
@@ -768,7 +630,7 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     char host[256], state_path[PATH_MAX], qdir[PATH_MAX], err[1024];
     int lockfd = -1, exit_code = 3, rc;
     json_t *status = NULL;
-    redisContext *redis = NULL;
+    struct report_store *redis = NULL;
 
     rc = parse_opts(argc, argv, &o);
     if (rc != 0)
@@ -785,11 +647,25 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     host[sizeof(host) - 1] = '\0';
 
     /* State: position, baselines, last run. Without it the report still runs (it just
-     * cannot say what is new), so problems are warnings on stderr. */
-    bool state_ok = true;
+     * cannot say what is new), so problems are warnings on stderr. A user that may read
+     * state_directory but not write it (a member of the daemon's group) runs read-only:
+     * from the saved state, saving nothing, so the next full run still counts from the
+     * last full run's position. */
+    bool state_ok = true, read_only = false;
+    struct stat sdir;
     if (mkdir(cfg->state_directory, 0750) < 0 && errno != EEXIST)
         state_ok = false;
-    if (state_ok) {
+    if (state_ok && stat(cfg->state_directory, &sdir) < 0)
+        state_ok = false;
+    if (state_ok && access(cfg->state_directory, W_OK) < 0 && (errno == EACCES || errno == EROFS)) {
+        read_only = true;
+        fprintf(stderr,
+                "postsurge: note: state_directory %s is not writable by uid %ld: read-only "
+                "report (from the last saved state; the mail log position, baselines and "
+                "last result are not saved)\n",
+                cfg->state_directory, (long)geteuid());
+    }
+    if (state_ok && !read_only) {
         lockfd = lock_state(cfg->state_directory);
         if (lockfd < 0) {
             fprintf(stderr, "postsurge: warning: %s/" LOCK_FILE ": %s\n", cfg->state_directory,
@@ -807,6 +683,9 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     snprintf(state_path, sizeof(state_path), "%s/" STATE_FILE, cfg->state_directory);
     if (state_ok && (rc = load_state(state_path, &st)) == -EINVAL)
         fprintf(stderr, "postsurge: warning: %s is damaged; starting afresh\n", state_path);
+    else if (state_ok && rc == -EACCES)
+        fprintf(stderr, "postsurge: warning: %s: %s; starting afresh\n", state_path,
+                strerror(EACCES));
 
     r = report_new(now, host);
     if (!r)
@@ -814,7 +693,7 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
 
     /* Local Postfix: its queue directory names master.pid. */
     char pcerr[700] = "";
-    find_queue_dir(cfg, qdir, sizeof(qdir), pcerr, sizeof(pcerr));
+    postconf_value(cfg, "queue_directory", qdir, sizeof(qdir), pcerr, sizeof(pcerr));
     int master_up, qmgr_up;
     procs_postfix(qdir, &master_up, &qmgr_up);
 
@@ -860,12 +739,12 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     /* With a Redis store the cluster's nodes and events are there too: they fill what
      * the daemon did not give, and stand in for it when the daemon is down. */
     char rkey[STORE_KEY_MAX], rerr[300];
-    redis = redis_open(cfg, rerr, sizeof(rerr));
+    redis = report_store_open(cfg, rerr, sizeof(rerr));
     if (rerr[0])
         fprintf(stderr, "postsurge: warning: %s: no cluster view; baselines only in %s\n", rerr,
                 state_path);
-    if (redis && redis_cluster(redis, cfg->store_key_prefix, events_read_ms, &status,
-                               events ? NULL : &events) < 0) {
+    if (redis && report_store_cluster_view(redis, cfg->store_key_prefix, events_read_ms, &status,
+                                           events ? NULL : &events) < 0) {
         json_decref(events);
         goto oom;
     }
@@ -880,6 +759,8 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     rc = status ? add_status_nodes(r, status, events, host, events_since, daemon_up, master_up,
                                    qmgr_up, (int)cfg->stress_exit_threshold, &self_added, &cv)
                 : 0;
+    if (rc == 0)
+        rc = add_limit_hits(r, events, events_since);
     json_decref(events);
     if (rc < 0)
         goto oom;
@@ -957,7 +838,7 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     /* With a Redis store the baselines live there too, per node; Redis wins over the
      * state file (another host may have run this node's reports before). */
     snprintf(rkey, sizeof(rkey), "%sreport:baseline:%s", cfg->store_key_prefix, host);
-    json_t *rb = redis ? redis_load_baseline(redis, rkey) : NULL;
+    json_t *rb = redis ? report_store_load(redis, rkey) : NULL;
     if (rb) {
         json_decref(st.baseline);
         st.baseline = rb;
@@ -983,7 +864,7 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     exit_code = report_exit_code(report_status(r));
 
     if (o.prometheus) {
-        rc = write_file_atomic(o.prometheus, 0644, write_prom, r);
+        rc = write_file_atomic(o.prometheus, 0644, getegid(), write_prom, r);
         if (rc < 0) {
             fprintf(stderr, "postsurge: %s: %s\n", o.prometheus, strerror(-rc));
             exit_code = 3;
@@ -998,14 +879,25 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
     if (rc < 0 || fflush(stdout) != 0)
         exit_code = 3;
 
-    if (redis && redis_save_baseline(redis, rkey, bl, now, bp.window) < 0)
-        fprintf(stderr, "postsurge: warning: cannot save the baselines in Redis: %s\n",
-                redis->err ? redis->errstr : "bad reply");
+    if (read_only)
+        goto out;
+    if (redis) {
+        /* Kept for the window plus a day. */
+        json_t *bj = NULL;
+        rc = baseline_to_json(bl, now, &bj);
+        if (rc < 0)
+            snprintf(rerr, sizeof(rerr), "out of memory");
+        else
+            rc = report_store_save(redis, rkey, bj, bp.window + 86400, rerr, sizeof(rerr));
+        json_decref(bj);
+        if (rc < 0)
+            fprintf(stderr, "postsurge: warning: cannot save the baselines in Redis: %s\n", rerr);
+    }
     if (state_ok && (rc = write_last_result(cfg, r)) < 0)
         fprintf(stderr, "postsurge: warning: cannot save report-last.json in %s: %s\n",
                 cfg->state_directory, strerror(-rc));
     if (state_ok) {
-        rc = save_state(state_path, &st, bl, now);
+        rc = save_state(state_path, &st, bl, now, sdir.st_gid);
         if (rc < 0)
             fprintf(stderr, "postsurge: warning: cannot save %s: %s\n", state_path, strerror(-rc));
     }
@@ -1014,8 +906,7 @@ oom:
     printf("UNKNOWN - out of memory\n");
     exit_code = 3;
 out:
-    if (redis)
-        redisFree(redis);
+    report_store_free(redis);
     json_decref(status);
     json_decref(st.baseline);
     free(st.journal_cursor);

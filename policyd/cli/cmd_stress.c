@@ -117,7 +117,10 @@ static void print_node(json_t *nd, const char *self, int64_t now)
         printf("  error: %s\n", jget_str(nd, "error"));
     if (*jget_str(nd, "profile_error"))
         printf("  profile: %s\n", jget_str(nd, "profile_error"));
-    if (*jget_str(nd, "maillog"))
+    if (*jget_str(nd, "maillog_syslog_name"))
+        printf("  mail log: %s, syslog_name %s\n", jget_str(nd, "maillog"),
+               jget_str(nd, "maillog_syslog_name"));
+    else if (*jget_str(nd, "maillog"))
         printf("  mail log: %s\n", jget_str(nd, "maillog"));
 }
 
@@ -323,6 +326,13 @@ int cmd_restore(const struct cli *cli, int argc, char **argv)
         return rc == 0 ? 0 : 1;
     }
     if (rc < 0) {
+        config_free(cfg);
+        return 1;
+    }
+    if (!json_is_true(json_object_get(o, "ok"))) {
+        /* Refused: a member of the daemon's group only reads. */
+        fprintf(stderr, "postsurge: restore: %s\n", jget_str(o, "error"));
+        json_decref(o);
         config_free(cfg);
         return 1;
     }

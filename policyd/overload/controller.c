@@ -119,10 +119,11 @@ void ctl_on_transition(struct controller *c, const struct stress_result *r)
         c->apply_failed = false;
         c->already_in_force = false;
         engine_set_node_stressed(c->engine, true);
-        ctl_event(c, "stress-enter", true,
-                  json_pack("{s:I,s:s,s:b}", "saturation", (json_int_t)r->saturation, "busiest",
-                            r->busiest, "forced", r->event_forced),
-                  "%s", r->reason);
+        json_t *extra = json_pack("{s:I,s:s,s:b}", "saturation", (json_int_t)r->saturation,
+                                  "busiest", r->busiest, "forced", r->event_forced);
+        if (extra && c->attack[0])
+            json_object_set_new(extra, "attack", json_string(c->attack));
+        ctl_event(c, "stress-enter", true, extra, "%s", r->reason);
     } else if (r->event == STRESS_EVENT_EXIT) {
         engine_set_node_stressed(c->engine, false);
         /* Leaving stress is logged, not alerted. */
@@ -149,6 +150,10 @@ static void ctl_on_sample(struct monitor *m, const struct monitor_sample *s, voi
     struct stress_sample st;
     monitor_sample_to_stress(s, ss, MONITOR_MAX_SERVICES, &st);
     st.now_ms = (int64_t)uv_now(c->loop);
+    if (c->node && attack_stress_signal(c->node, c->attack, sizeof(c->attack)))
+        st.attack = c->attack;
+    else
+        c->attack[0] = '\0';
     if (c->node && c->params.cluster_quorum > 0)
         st.cluster_stressed_pct = node_cluster_stressed_pct(
             c->node, c->have_result && (c->last.local_stress || c->last.forced));
@@ -183,6 +188,7 @@ static void ctl_on_sample(struct monitor *m, const struct monitor_sample *s, voi
         }
     }
     ctl_reconcile(c);
+    c->samples++;
 }
 
 static void ctl_on_idle_tick(uv_timer_t *t)
@@ -369,6 +375,7 @@ int controller_new(struct server *srv, struct engine *engine, struct controller 
     if (c->monitor_on) {
         struct monitor_opts mo = {.config_dir = c->config_dir,
                                   .maillog_file = cfg->maillog_file,
+                                  .syslog_name = cfg->maillog_syslog_name,
                                   .interval_ms = (uint64_t)cfg->monitor_interval,
                                   .command_timeout_ms = c->cmd_timeout_ms,
                                   .postconf = c->postconf,

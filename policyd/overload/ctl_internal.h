@@ -67,6 +67,10 @@ struct ctl_client {
     char buf[CTL_MAX_LINE];
     size_t len;
     bool answered, closing;
+    /* From SO_PEERCRED at accept: root or the daemon's user may change things; a member of
+     * the daemon's group only reads. */
+    bool may_change;
+    long peer_uid;
     /* A `limits` command awaits the engine's answer (a store round trip): the client
      * outlives its handle until then (closed: the handle is gone, free on the answer). */
     bool waiting, closed;
@@ -126,9 +130,19 @@ struct controller {
     struct job *job;
     char last_error[512];
     uint64_t commands_run, command_failures, applies, restores, conflicts;
+    /* Samples evaluated (monitor samples or idle ticks), counted after the reconcile each
+     * one leads to: a test that waits for it to advance knows the controller had that
+     * many chances to act. */
+    uint64_t samples;
 
     uv_pipe_t ctl;
     bool ctl_open;
+    /* Who may change things through the control socket (root and this user) and the
+     * group whose members may read (status, events, limits list/show/top): the daemon's
+     * own ids, with their names for the refusal message, looked up at ctlsock_open. */
+    uid_t ctl_uid;
+    gid_t ctl_gid;
+    char ctl_user[64], ctl_group[64];
     /* Without the monitor (monitor = no, or no Postfix on this host): a tick at
      * monitor_interval that feeds the state machine an empty sample, so forced stress,
      * the node status in the store and the cluster view still work. */
@@ -141,6 +155,8 @@ struct controller {
     struct decider decider;
     struct decider *inner;
     uint64_t attack_answers;
+    /* The attack stress signal of the last sample ("" when none), for stress-enter. */
+    char attack[256];
 
     bool stopping;
     int closing_parts;

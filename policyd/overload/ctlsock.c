@@ -1,7 +1,14 @@
 /* ctlsock: the control socket server (state_directory/control.sock): one line command,
- * one JSON answer, then close. */
+ * one JSON answer, then close. The socket is 0660 in the daemon's group: root and the
+ * daemon's user may change things (stress, restore, limits reset), the group's members
+ * only read (status, events, limits list/show/top), told apart by SO_PEERCRED. */
+/* struct ucred, SO_PEERCRED */
+#define _GNU_SOURCE
 #define LOG_COMPONENT "controller"
 #include "ctl_internal.h"
+
+#include <grp.h>
+#include <pwd.h>
 
 /* ---- control socket ---- */
 
@@ -73,18 +80,11 @@ static void client_reply(struct ctl_client *cl, json_t *o)
     }
 }
 
-static void client_on_events(void *arg, int status, json_t *events)
+/* The answer to a command that waited for the store (events, limits). The client may
+ * have been closed meanwhile (a stop, or the peer went away): it was kept for this
+ * callback, which frees it instead of answering. */
+static void client_reply_later(struct ctl_client *cl, json_t *o)
 {
-    struct ctl_client *cl = arg;
-    if (status < 0)
-        client_reply(cl, json_pack("{s:b,s:s}", "ok", 0, "error", strerror(-status)));
-    else
-        client_reply(cl, json_pack("{s:b,s:O}", "ok", 1, "events", events));
-}
-
-static void client_on_limits(void *arg, json_t *o)
-{
-    struct ctl_client *cl = arg;
     cl->waiting = false;
     if (cl->closed) {
         json_decref(o);
@@ -92,6 +92,20 @@ static void client_on_limits(void *arg, json_t *o)
         return;
     }
     client_reply(cl, o);
+}
+
+static void client_on_events(void *arg, int status, json_t *events)
+{
+    struct ctl_client *cl = arg;
+    if (status < 0)
+        client_reply_later(cl, json_pack("{s:b,s:s}", "ok", 0, "error", strerror(-status)));
+    else
+        client_reply_later(cl, json_pack("{s:b,s:O}", "ok", 1, "events", events));
+}
+
+static void client_on_limits(void *arg, json_t *o)
+{
+    client_reply_later(arg, o);
 }
 
 static void ctl_force(struct controller *c, enum stress_force f, struct ctl_client *cl)
@@ -115,6 +129,35 @@ static void ctl_force(struct controller *c, enum stress_force f, struct ctl_clie
                                "event", stress_event_name(r.event)));
 }
 
+/* True for the commands a member of the daemon's group may run: they read and change
+ * nothing (status, events, limits list/show/top). Every other command (stress, restore,
+ * limits reset/set/unset, and whatever is added later) is a change: an allow-list, so a
+ * new command is closed to the group until it is put here. */
+static bool command_reads_only(const char *w1, const char *w2)
+{
+    if (strcmp(w1, "status") == 0 || strcmp(w1, "events") == 0)
+        return true;
+    return strcmp(w1, "limits") == 0 &&
+           (!w2 || strcmp(w2, "list") == 0 || strcmp(w2, "show") == 0 || strcmp(w2, "top") == 0);
+}
+
+/* The refused command's name for the message, from fixed texts: no byte of the peer's
+ * line reaches the log. */
+static const char *command_name(const char *w1, const char *w2)
+{
+    if (strcmp(w1, "stress") == 0 || strcmp(w1, "restore") == 0)
+        return strcmp(w1, "stress") == 0 ? "stress" : "restore";
+    if (strcmp(w1, "limits") == 0 && w2) {
+        if (strcmp(w2, "reset") == 0)
+            return "limits reset";
+        if (strcmp(w2, "set") == 0)
+            return "limits set";
+        if (strcmp(w2, "unset") == 0)
+            return "limits unset";
+    }
+    return "this command";
+}
+
 static void client_command(struct ctl_client *cl, char *line)
 {
     struct controller *c = cl->c;
@@ -122,6 +165,17 @@ static void client_command(struct ctl_client *cl, char *line)
     char *w1 = strtok_r(line, " \t", &save);
     char *w2 = strtok_r(NULL, " \t", &save);
     char *w3 = strtok_r(NULL, " \t", &save);
+    if (w1 && !cl->may_change && !command_reads_only(w1, w2)) {
+        const char *what = command_name(w1, w2);
+        char msg[400];
+        snprintf(msg, sizeof(msg),
+                 "%s changes the daemon: only root and the user %s may; uid %ld may read "
+                 "(status, events, limits list/show/top) as a member of group %s",
+                 what, c->ctl_user, cl->peer_uid, c->ctl_group);
+        log_info("control: %s refused to uid %ld (read-only)", what, cl->peer_uid);
+        client_reply(cl, json_pack("{s:b,s:s,s:b}", "ok", 0, "error", msg, "read_only", 1));
+        return;
+    }
     if (!w1) {
         client_reply(cl, json_pack("{s:b,s:s}", "ok", 0, "error", "empty command"));
     } else if (strcmp(w1, "status") == 0) {
@@ -131,9 +185,12 @@ static void client_command(struct ctl_client *cl, char *line)
     } else if (strcmp(w1, "events") == 0) {
         int64_t since = w2 ? strtoll(w2, NULL, 10) : 0;
         size_t max = w3 ? (size_t)strtoull(w3, NULL, 10) : 1000;
+        cl->waiting = true;
         if (!c->node ||
-            node_events_read(c->node, since, max ? max : 1000, client_on_events, cl) < 0)
+            node_events_read(c->node, since, max ? max : 1000, client_on_events, cl) < 0) {
+            cl->waiting = false;
             client_reply(cl, json_pack("{s:b,s:s}", "ok", 0, "error", "event log unavailable"));
+        }
     } else if (strcmp(w1, "stress") == 0 && w2 && strcmp(w2, "enter") == 0) {
         log_info("control: stress enter requested");
         ctl_force(c, STRESS_FORCE_ENTER, cl);
@@ -144,12 +201,11 @@ static void client_command(struct ctl_client *cl, char *line)
         ctl_force(c, STRESS_FORCE_AUTO, cl);
     } else if (strcmp(w1, "limits") == 0) {
         /* The rate limits' commands belong to the engine (server/engine.c). */
-        char *argv[5] = {w1, w2, w3, w3 ? strtok_r(NULL, " \t", &save) : NULL, NULL};
-        int argc = 0;
-        while (argc < 4 && argv[argc])
+        /* Up to 7 words (limits set RULE VALUE COUNT for DURATION); 8 means too many. */
+        char *argv[8] = {w1, w2, w3};
+        int argc = w2 ? (w3 ? 3 : 2) : 1;
+        while (w3 && argc < 8 && (argv[argc] = strtok_r(NULL, " \t", &save)) != NULL)
             argc++;
-        if (argc == 4 && strtok_r(NULL, " \t", &save) != NULL)
-            argc = 5;
         cl->waiting = true;
         engine_limits_command(c->engine, argc, argv, client_on_limits, cl);
     } else if (strcmp(w1, "restore") == 0) {
@@ -200,6 +256,35 @@ static void client_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
+/* Sorts the peer out by SO_PEERCRED: root and the daemon's user may change; a member of
+ * the daemon's group (primary, or supplementary by SO_PEERGROUPS) reads; anyone else is
+ * refused (-EACCES). The socket's mode keeps others out already: this holds should it be
+ * widened. */
+static int peer_access(struct controller *c, struct ctl_client *cl)
+{
+    uv_os_fd_t fd;
+    struct ucred cr;
+    socklen_t len = sizeof(cr);
+    if (uv_fileno((uv_handle_t *)&cl->h, &fd) < 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+        return -EACCES;
+    cl->peer_uid = (long)cr.uid;
+    cl->may_change = cr.uid == 0 || cr.uid == c->ctl_uid;
+    if (cl->may_change || cr.gid == c->ctl_gid)
+        return 0;
+    gid_t groups[256];
+    len = sizeof(groups);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0) {
+        for (size_t i = 0; i < len / sizeof(groups[0]); i++) {
+            if (groups[i] == c->ctl_gid)
+                return 0;
+        }
+    }
+    log_warn("control: uid %ld refused: neither root, the daemon's user nor in group %s",
+             cl->peer_uid, c->ctl_group);
+    return -EACCES;
+}
+
 static void ctl_on_connection(uv_stream_t *server, int status)
 {
     struct controller *c = server->data;
@@ -215,7 +300,7 @@ static void ctl_on_connection(uv_stream_t *server, int status)
     c->clients = cl;
     c->n_clients++;
     if (uv_accept(server, (uv_stream_t *)&cl->h) < 0 || c->n_clients > CTL_MAX_CLIENTS ||
-        c->stopping) {
+        c->stopping || peer_access(c, cl) < 0) {
         ctlsock_client_close(cl);
         return;
     }
@@ -250,11 +335,26 @@ int ctlsock_open(struct controller *c)
         return rc;
     c->ctl.data = c;
     c->ctl_open = true;
-    mode_t old = umask(0177);
+    /* Start-up: the name lookups may block. */
+    c->ctl_uid = geteuid();
+    c->ctl_gid = getegid();
+    struct passwd *pw = getpwuid(c->ctl_uid);
+    struct group *gr = getgrgid(c->ctl_gid);
+    if (pw)
+        snprintf(c->ctl_user, sizeof(c->ctl_user), "%s", pw->pw_name);
+    else
+        snprintf(c->ctl_user, sizeof(c->ctl_user), "uid %ld", (long)c->ctl_uid);
+    if (gr)
+        snprintf(c->ctl_group, sizeof(c->ctl_group), "%s", gr->gr_name);
+    else
+        snprintf(c->ctl_group, sizeof(c->ctl_group), "gid %ld", (long)c->ctl_gid);
+    /* 0660 in the daemon's group (the process's, after the privilege drop): the group's
+     * members may connect, and peer_access() lets them read only. */
+    mode_t old = umask(0117);
     rc = uv_pipe_bind(&c->ctl, c->socket_path);
     umask(old);
     if (rc == 0)
-        rc = chmod(c->socket_path, 0600) < 0 ? -errno : 0;
+        rc = chmod(c->socket_path, 0660) < 0 ? -errno : 0;
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&c->ctl, 8, ctl_on_connection);
     if (rc < 0)

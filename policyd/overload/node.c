@@ -36,6 +36,14 @@ static void node_take_settings(struct node *n, const struct config *cfg)
     n->error_limit = cfg->attack_error_limit;
     n->window_ms = cfg->attack_window;
     n->flag_ms = cfg->attack_flag_time;
+    n->auth_limit = cfg->attack_auth_failure_limit;
+    n->auth_window_ms = cfg->attack_auth_window;
+    n->stress_rate[0] = cfg->attack_stress_unknown_user_rate;
+    n->stress_rate[1] = cfg->attack_stress_auth_failure_rate;
+    const char *mode = cfg->attack_auth_mode ? cfg->attack_auth_mode : "always";
+    n->auth_mode = strcmp(mode, "off") == 0      ? NODE_AUTH_OFF
+                   : strcmp(mode, "stress") == 0 ? NODE_AUTH_STRESS
+                                                 : NODE_AUTH_ALWAYS;
     n->event_max = cfg->event_log_max > 0 ? cfg->event_log_max : 10000;
     n->ttl_ms = cfg->node_status_ttl > 0 ? cfg->node_status_ttl : 5000;
     /* A few sample periods, so one late tick does not make the node vanish. */
@@ -112,7 +120,7 @@ void node_store_stats(const struct node *n, struct store_stats *st)
 void node_free_merged(struct node *n)
 {
     for (size_t i = 0; i < n->n_merged; i++)
-        free(n->merged[i]);
+        free(n->merged[i].addr);
     free(n->merged);
     n->merged = NULL;
     n->n_merged = 0;
@@ -149,9 +157,49 @@ void node_close(struct node *n, void (*closed)(void *arg), void *arg)
 
 /* ---- status and cluster view ---- */
 
-int node_cmp_str(const void *a, const void *b)
+int node_cmp_merged(const void *a, const void *b)
 {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+    return strcmp(((const struct node_merged *)a)->addr, ((const struct node_merged *)b)->addr);
+}
+
+/* Sorts v[0..k) by address and folds repeats of one address into one entry with every
+ * kind; returns the new count. */
+static size_t node_merged_fold(struct node_merged *v, size_t k)
+{
+    if (k > 1)
+        qsort(v, k, sizeof(*v), node_cmp_merged);
+    size_t out = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (out > 0 && strcmp(v[out - 1].addr, v[i].addr) == 0) {
+            v[out - 1].kinds |= v[i].kinds;
+            free(v[i].addr);
+            continue;
+        }
+        v[out++] = v[i];
+    }
+    return out;
+}
+
+void node_merged_add(struct node *n, const char *addr, unsigned kind)
+{
+    struct node_merged key = {.addr = (char *)addr};
+    struct node_merged *m =
+        n->n_merged ? bsearch(&key, n->merged, n->n_merged, sizeof(*n->merged), node_cmp_merged)
+                    : NULL;
+    if (m) {
+        m->kinds |= kind;
+        return;
+    }
+    if (n->n_merged >= NODE_MAX_MERGED)
+        return;
+    struct node_merged *v = realloc(n->merged, (n->n_merged + 1) * sizeof(*v));
+    if (!v)
+        return;
+    n->merged = v;
+    if (!(v[n->n_merged].addr = strdup(addr)))
+        return;
+    v[n->n_merged++].kinds = kind;
+    n->n_merged = node_merged_fold(v, n->n_merged);
 }
 
 static int cmp_node(const void *a, const void *b)
@@ -164,7 +212,7 @@ static int cmp_node(const void *a, const void *b)
 /* Rebuilds the sorted set of flagged clients from every node's "flagged" list. */
 static void node_rebuild_flags(struct node *n, int64_t now)
 {
-    char **v = calloc(NODE_MAX_MERGED, sizeof(char *));
+    struct node_merged *v = calloc(NODE_MAX_MERGED, sizeof(*v));
     size_t k = 0;
     if (!v)
         return; /* keep the previous set */
@@ -180,12 +228,14 @@ static void node_rebuild_flags(struct node *n, int64_t now)
             json_int_t until = json_integer_value(json_object_get(f, "until"));
             if (!addr || until < now || k == NODE_MAX_MERGED)
                 continue;
-            if ((v[k] = strdup(addr)))
+            /* A flag without a reason (a node of an earlier version) is a reject flag. */
+            const char *why = json_string_value(json_object_get(f, "reason"));
+            v[k].kinds = why && strcmp(why, "auth") == 0 ? NODE_FLAG_AUTH : NODE_FLAG_REJECTS;
+            if ((v[k].addr = strdup(addr)))
                 k++;
         }
     }
-    if (k > 1)
-        qsort(v, k, sizeof(char *), node_cmp_str);
+    k = node_merged_fold(v, k);
     node_free_merged(n);
     n->merged = v;
     n->n_merged = k;
@@ -285,8 +335,11 @@ void node_publish(struct node *n, json_t *status)
         if (n->flags[i].until_ms < now)
             continue;
         n->flags[k++] = n->flags[i];
-        json_array_append_new(fl, json_pack("{s:s,s:I}", "addr", n->flags[i].addr, "until",
-                                            (json_int_t)n->flags[i].until_ms));
+        json_t *f = json_pack("{s:s,s:I}", "addr", n->flags[i].addr, "until",
+                              (json_int_t)n->flags[i].until_ms);
+        if (f && n->flags[i].kind == NODE_FLAG_AUTH)
+            json_object_set_new(f, "reason", json_string("auth"));
+        json_array_append_new(fl, f);
     }
     n->n_flags = k;
     json_object_set_new(self, "flagged", fl);

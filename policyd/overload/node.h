@@ -39,8 +39,9 @@ const char *node_store_kind(const struct node *n);
 void node_store_stats(const struct node *n, struct store_stats *st);
 
 /* Publishes status (borrowed; this function adds "flagged", the clients this node
- * flagged) and then refreshes the view of every node. At most one publish and one
- * refresh are in flight: a tick that finds the previous one pending skips (logged). */
+ * flagged: {"addr", "until", and "reason": "auth" for SASL failures}) and then refreshes
+ * the view of every node. At most one publish and one refresh are in flight: a tick that
+ * finds the previous one pending skips (logged). */
 void node_publish(struct node *n, json_t *status);
 
 /* A store operation's negative errno for a log line; an error reply (-EPROTO) is named

@@ -75,6 +75,8 @@ json_t *ctl_status_json(struct controller *c)
                             json_string(avail ? "" : c->unavailable_why));
         json_object_set_new(o, "privileges", json_string(privsep_mode_name(privsep_mode())));
         json_object_set_new(o, "maillog", json_string(monitor_log_source(c->mon)));
+        json_object_set_new(o, "samples", json_integer((json_int_t)c->samples));
+        json_object_set_new(o, "maillog_syslog_name", json_string(monitor_log_filter(c->mon)));
     }
     if (o && c->node)
         json_object_set_new(o, "events", node_recent_events(c->node));
@@ -165,7 +167,7 @@ int ctl_http_status(struct server *srv, json_t *status, void *arg)
         "stress",     "state",   "since",    "local_stress", "forced",
         "saturation", "busiest", "services", "overrides",    "overrides_state",
         "journal",    "dry_run", "error",    "commands",     "overrides_available",
-        "privileges"};
+        "privileges", "samples"};
     for (size_t i = 0; self && i < sizeof(keys) / sizeof(keys[0]); i++)
         json_object_set(status, keys[i], json_object_get(self, keys[i]));
     json_object_set(status, "nodes", json_object_get(cl, "nodes"));
@@ -237,6 +239,9 @@ int ctl_collect(struct metrics_out *o, void *arg)
         {METRIC_COUNTER, "postsurge_restore_conflicts_total",
          "settings an administrator changed during stress (left as they are)",
          (double)c->conflicts},
+        {METRIC_COUNTER, "postsurge_controller_samples_total",
+         "monitor samples (idle ticks with monitor = no) the stress controller evaluated",
+         (double)c->samples},
         {METRIC_COUNTER, "postsurge_commands_total", "postconf/postfix runs",
          (double)c->commands_run},
         {METRIC_COUNTER, "postsurge_command_failures_total",

@@ -39,6 +39,7 @@ struct monitor {
     uv_loop_t *loop;
     char *config_dir;
     char *maillog_file;
+    char *syslog_name; /* maillog_syslog_name; NULL: Postfix's own (postconf -h syslog_name) */
     char *postconf;
     uint64_t interval_ms;
     uint64_t command_timeout_ms;
@@ -718,6 +719,7 @@ static void monitor_maybe_free(struct monitor *m)
     void *arg = m->closed_arg;
     free(m->config_dir);
     free(m->maillog_file);
+    free(m->syslog_name);
     free(m->postconf);
     free(m);
     if (closed)
@@ -823,7 +825,7 @@ static void monitor_on_tick(uv_timer_t *timer)
     monitor_deliver(m);
 }
 
-/* ---- postconf rounds: -h (default_process_limit, queue_directory), then -F ---------- */
+/* ---- postconf rounds: -h (default_process_limit, queue_directory, syslog_name), then -F - */
 
 static void monitor_postconf_F_done(struct spawn *sp, const struct spawn_result *r, void *arg);
 
@@ -854,24 +856,50 @@ static void monitor_refresh_end(struct monitor *m)
     }
 }
 
+/* The journal's entries are this instance's: from the setting, else from postconf (name),
+ * else, while postconf fails, Postfix's default. */
+static void monitor_set_syslog_name(struct monitor *m, const char *name, size_t len)
+{
+    char buf[256];
+    if (!m->tail || m->syslog_name || strcmp(tail_source(m->tail), "journal") != 0)
+        return;
+    if (len == 0 || len >= sizeof(buf)) {
+        if (tail_syslog_name(m->tail)[0])
+            return;
+        log_warn("syslog_name of %s unknown: reading the journal entries of postfix, "
+                 "Postfix's default (set maillog_syslog_name to choose)",
+                 m->config_dir);
+        name = "postfix";
+        len = 7;
+    }
+    snprintf(buf, sizeof(buf), "%.*s", (int)len, name);
+    if (tail_set_syslog_name(m->tail, buf) < 0)
+        log_warn("cannot set the journal filter to %s", buf);
+}
+
 static void monitor_postconf_h_done(struct spawn *sp, const struct spawn_result *r, void *arg)
 {
     struct monitor *m = arg;
     (void)sp;
     if (m->closing || monitor_postconf_failed(m, "-h", r)) {
+        if (!m->closing)
+            monitor_set_syslog_name(m, NULL, 0);
         monitor_refresh_end(m);
         return;
     }
-    /* Two lines, in the order asked: default_process_limit, queue_directory. */
+    /* Three lines, in the order asked: default_process_limit, queue_directory,
+     * syslog_name. */
     const char *nl = memchr(r->out, '\n', r->out_len);
-    if (!nl) {
+    const char *nl2 = nl ? memchr(nl + 1, '\n', r->out_len - (size_t)(nl + 1 - r->out)) : NULL;
+    if (!nl2) {
         log_warn("postconf -h for %s: unexpected output", m->config_dir);
+        monitor_set_syslog_name(m, NULL, 0);
         monitor_refresh_end(m);
         return;
     }
     m->default_limit = (unsigned)strtoul(r->out, NULL, 10);
-    size_t ql = strcspn(nl + 1, "\n");
-    snprintf(m->queue_dir, sizeof(m->queue_dir), "%.*s", (int)ql, nl + 1);
+    snprintf(m->queue_dir, sizeof(m->queue_dir), "%.*s", (int)(nl2 - nl - 1), nl + 1);
+    monitor_set_syslog_name(m, nl2 + 1, strcspn(nl2 + 1, "\n"));
     const char *argv[] = {m->postconf, "-c", m->config_dir, "-F", NULL};
     struct spawn_opts o = {.timeout_ms = m->command_timeout_ms};
     int rc = spawn_start(m->loop, argv, &o, monitor_postconf_F_done, m, &m->spawn);
@@ -920,12 +948,15 @@ void monitor_refresh_limits(struct monitor *m)
         m->refresh_wanted = true;
         return;
     }
-    const char *argv[] = {m->postconf,       "-c", m->config_dir, "-h", "default_process_limit",
-                          "queue_directory", NULL};
+    /* -x: syslog_name's default is ${multi_instance_name?{$multi_instance_name}:{postfix}}. */
+    const char *argv[] = {
+        m->postconf,       "-c",          m->config_dir, "-xh", "default_process_limit",
+        "queue_directory", "syslog_name", NULL};
     struct spawn_opts o = {.timeout_ms = m->command_timeout_ms};
     int rc = spawn_start(m->loop, argv, &o, monitor_postconf_h_done, m, &m->spawn);
     if (rc < 0) {
         m->spawn = NULL;
+        monitor_set_syslog_name(m, NULL, 0);
         log_warn_ratelimited(&m->rl_postconf, uv_now(m->loop), 60000, "cannot run %s: %s",
                              m->postconf, uv_strerror(rc));
     }
@@ -992,11 +1023,15 @@ struct monitor *monitor_new(uv_loop_t *loop, const struct monitor_opts *opts, mo
     m->postconf = strdup(opts->postconf ? opts->postconf : "postconf");
     if (opts->maillog_file && opts->maillog_file[0])
         m->maillog_file = strdup(opts->maillog_file);
+    if (opts->syslog_name && opts->syslog_name[0])
+        m->syslog_name = strdup(opts->syslog_name);
     if (!m->config_dir || !m->postconf ||
-        (opts->maillog_file && opts->maillog_file[0] && !m->maillog_file)) {
+        (opts->maillog_file && opts->maillog_file[0] && !m->maillog_file) ||
+        (opts->syslog_name && opts->syslog_name[0] && !m->syslog_name)) {
         free(m->config_dir);
         free(m->postconf);
         free(m->maillog_file);
+        free(m->syslog_name);
         free(m);
         return NULL;
     }
@@ -1022,7 +1057,7 @@ int monitor_start(struct monitor *m)
     if (m->maillog_file) {
         /* The monitor's ticks drive the tail (interval 0), so a sample's log counts
          * cover the log up to that tick. */
-        struct tail_opts to = {.from_start = m->log_from_start};
+        struct tail_opts to = {.from_start = m->log_from_start, .syslog_name = m->syslog_name};
         m->tail = tail_new(m->loop, m->maillog_file, &to, monitor_on_line, m);
         if (!m->tail)
             return -ENOMEM;
@@ -1040,6 +1075,11 @@ int monitor_start(struct monitor *m)
 const char *monitor_log_source(const struct monitor *m)
 {
     return m && m->tail && m->started ? tail_source(m->tail) : "";
+}
+
+const char *monitor_log_filter(const struct monitor *m)
+{
+    return m && m->tail && m->started ? tail_syslog_name(m->tail) : "";
 }
 
 static void monitor_timer_on_close(uv_handle_t *h)

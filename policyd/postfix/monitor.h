@@ -102,6 +102,8 @@ typedef void (*monitor_closed_cb)(void *arg);
 struct monitor_opts {
     const char *config_dir;      /* postfix_config_directory (copied); required */
     const char *maillog_file;    /* maillog_file (copied); NULL or "": no log tailing */
+    const char *syslog_name;     /* maillog_syslog_name (copied): the journal entries read;
+                                    NULL or "": Postfix's syslog_name, from postconf */
     uint64_t interval_ms;        /* monitor_interval; 0: 1000 */
     uint64_t command_timeout_ms; /* command_timeout for postconf; 0: 30000 */
     const char *postconf;        /* postconf program; NULL: "postconf" looked up in PATH */
@@ -121,6 +123,9 @@ int monitor_start(struct monitor *m);
 /* What the mail log is read from: "journal" (the systemd journal), the file's path, or ""
  * (no mail log, or not started yet). Borrowed; valid until monitor_close(). */
 const char *monitor_log_source(const struct monitor *m);
+/* The syslog_name the journal is filtered on ("postfix"); "" for a file, no mail log, or
+ * before it is known. Borrowed; valid until monitor_close(). */
+const char *monitor_log_filter(const struct monitor *m);
 /* Re-reads master.cf services and limits (after a reload or an override). The monitor
  * also does this by itself when main.cf or master.cf change or master restarts. */
 void monitor_refresh_limits(struct monitor *m);

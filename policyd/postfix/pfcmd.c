@@ -108,6 +108,7 @@ int pfcmd_run(char *const *argv, const char *line, uint64_t timeout_ms, char **o
         signal(SIGTERM, SIG_DFL);
         signal(SIGINT, SIG_DFL);
         signal(SIGHUP, SIG_DFL);
+        signal(SIGXFSZ, SIG_DFL);
         /* A thread-pool thread blocks signals; the command must not inherit that. */
         sigset_t none;
         sigemptyset(&none);

@@ -334,6 +334,8 @@ int privsep_init(const struct config *cfg, char *err, size_t errlen)
         signal(SIGTERM, SIG_IGN);
         signal(SIGHUP, SIG_IGN);
         signal(SIGPIPE, SIG_IGN);
+        /* Over RLIMIT_FSIZE a journal write fails with EFBIG, answered like ENOSPC. */
+        signal(SIGXFSZ, SIG_IGN);
         prctl(PR_SET_NAME, "postsurge-priv", 0, 0, 0);
         helper_main(&h);
     }

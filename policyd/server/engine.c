@@ -336,6 +336,9 @@ static void engine_note_hit(struct engine *e, const struct pending *p,
         json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:s,s:b}", "rule", rule, "key", d->key, "value", value,
                   "limit", (json_int_t)d->limit, "count", (json_int_t)d->count, "window_ms",
                   (json_int_t)d->window_ms, "client", ca, "dryrun", d->dryrun);
+    const struct limits_rule *lr = limits_engine_rule(p->le, (size_t)d->rule);
+    if (extra && lr)
+        json_object_set_new(extra, "key_spec", json_string(lr->key_spec));
     char text[400];
     snprintf(text, sizeof(text),
              "rule %s: %.200s reached its limit %" PRId64 " (count %" PRId64 ") from client %s%s",
@@ -730,6 +733,7 @@ static void engine_on_reload(struct server *srv, const struct config *old_cfg, v
     } else {
         limits_engine_free(e->limits);
         e->limits = le;
+        engine_rt_apply(e);
         watch_rebuild(e);
         e->stats.reloads++;
         note_rules(e);
@@ -764,6 +768,7 @@ static void engine_on_stop(struct server *srv, void *arg)
 
     e->stopping = true;
     watch_stop(e);
+    engine_rt_stop(e);
     e->store = NULL;
     server_set_decider(srv, NULL);
     store_close(s, on_store_closed, e);
@@ -842,6 +847,7 @@ int engine_new(struct server *srv, struct engine **out, char *err, size_t errlen
                                     "refusal of a key in its window (a limit-hit event).",
                                     (const char *const[]){"rule", NULL});
     watch_rebuild(e);
+    engine_rt_start(e);
     log_info("%zu rate-limit rules%s", limits_engine_rule_count(e->limits),
              srv->cfg->limit_dry_run ? " (limit_dry_run)" : "");
     *out = e;
@@ -868,6 +874,7 @@ void engine_free(struct engine *e)
     }
     limits_engine_free(e->prepared);
     limits_engine_free(e->limits);
+    engine_rt_free(e);
     free(e);
 }
 

@@ -1,5 +1,6 @@
-/* engine_cmd: the control socket's `limits` commands (list, show, reset, top), answered
- * from the running engine: its rules, the store's counters and the recent refusals.
+/* engine_cmd: the control socket's `limits` commands (list, show, reset, top, and set and
+ * unset, whose run-time overrides engine_rt.c keeps), answered from the running engine:
+ * its rules, the store's counters and the recent refusals.
  * A RULE or VALUE that cannot exist is refused with the reason. */
 #define LOG_COMPONENT "limits"
 #include "engine_impl.h"
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "limits_rt.h"
 #include "net.h"
 
 static json_t *rule_json(const struct engine *e, const struct limits_rule *r)
@@ -31,7 +33,9 @@ static json_t *rule_json(const struct engine *e, const struct limits_rule *r)
         json_object_set_new(o, "override_entries",
                             json_integer((json_int_t)limits_table_count(r->table)));
     }
-    (void)e;
+    size_t nrt = limits_rt_rule_count(e->rt, r->name);
+    if (o && nrt > 0)
+        json_object_set_new(o, "runtime_overrides", json_integer((json_int_t)nrt));
     return o;
 }
 
@@ -158,32 +162,37 @@ static void engine_cmd_show(struct engine *e, const char *rule, const char *valu
     const struct limits_rule *r = rule_value(e, rule, value, canon, sizeof(canon), reply, arg);
     if (r == NULL)
         return;
-    /* The limit in force and where it comes from. */
+    /* The limit in force and where it comes from (limits_override's precedence). */
     int64_t limit = r->limit, window = r->window_ms;
     const char *source = "rule";
     if (e->node_stressed && r->has_stress) {
         limit = r->stress_limit;
         source = "stress";
     }
-    if (r->table != NULL) {
-        struct net_addr a, *ap = NULL;
-        struct net_cidr c;
-        if (r->table_type == LIMITS_TABLE_CIDR) {
-            for (size_t k = 0, off = 0; k < r->n_parts; k++) {
-                size_t len = strcspn(canon + off, "|");
-                if (r->part[k] == LIMITS_KEY_CLIENT_ADDRESS &&
-                    net_cidr_parse(canon + off, len, &c, NULL) == 0) {
-                    a = c.addr;
-                    ap = &a;
-                }
-                off += len + 1;
-            }
+    struct net_addr a, *ap = NULL;
+    struct net_cidr c;
+    for (size_t k = 0, off = 0; r->table_type == LIMITS_TABLE_CIDR && k < r->n_parts; k++) {
+        size_t len = strcspn(canon + off, "|");
+        if (r->part[k] == LIMITS_KEY_CLIENT_ADDRESS &&
+            net_cidr_parse(canon + off, len, &c, NULL) == 0) {
+            a = c.addr;
+            ap = &a;
         }
-        int64_t tv;
-        if (limits_table_lookup(r->table, canon, strlen(canon), ap, &tv)) {
-            limit = tv;
-            source = "table";
-        }
+        off += len + 1;
+    }
+    int64_t ov;
+    size_t ri = (size_t)(r - limits_engine_rule(le, 0));
+    switch (limits_override(le, ri, canon, strlen(canon), ap, &ov)) {
+    case LIMITS_SOURCE_RUNTIME:
+        limit = ov;
+        source = "run-time override";
+        break;
+    case LIMITS_SOURCE_TABLE:
+        limit = ov;
+        source = "table";
+        break;
+    case LIMITS_SOURCE_RULE:
+        break;
     }
     struct show_req *q = calloc(1, sizeof(*q));
     if (q == NULL) {
@@ -197,6 +206,9 @@ static void engine_cmd_show(struct engine *e, const char *rule, const char *valu
                      "source", source, "limit", (json_int_t)limit);
     if (limit == LIMITS_TABLE_UNLIMITED)
         json_object_set_new(q->o, "limit", json_string("unlimited"));
+    const struct limits_rt_entry *rte = limits_rt_lookup(e->rt, r->name, canon, strlen(canon));
+    if (rte != NULL && rte->expires_ms > 0 && strcmp(source, "run-time override") == 0)
+        json_object_set_new(q->o, "expires_ms", json_integer(rte->expires_ms));
     q->n_ops = 1;
     limits_counter_key(r, false, canon, q->keys[0], sizeof(q->keys[0]));
     /* Amount 0: reads the count, counts nothing. */
@@ -265,6 +277,50 @@ static void engine_cmd_top(struct engine *e, const char *rule, engine_reply_fn r
                          (json_int_t)(now - ENGINE_TOP_AGE_MS)));
 }
 
+/* The run-time overrides for `limits list`: at most ENGINE_RT_LIST of them. */
+#define ENGINE_RT_LIST 100
+static json_t *rt_json(const struct engine *e)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a != NULL && i < limits_rt_count(e->rt) && i < ENGINE_RT_LIST; i++) {
+        const struct limits_rt_entry *en = limits_rt_entry(e->rt, i);
+        json_t *o = json_pack("{s:s,s:s,s:I}", "rule", en->rule, "value", en->value, "expires_ms",
+                              (json_int_t)en->expires_ms);
+        if (o)
+            json_object_set_new(o, "limit",
+                                en->count == LIMITS_TABLE_UNLIMITED ? json_string("unlimited")
+                                                                    : json_integer(en->count));
+        json_array_append_new(a, o);
+    }
+    return a;
+}
+
+/* The longest `for DURATION` of a run-time override. */
+#define ENGINE_RT_MAX_DURATION_MS (366LL * 24 * 3600 * 1000)
+
+static void engine_cmd_set(struct engine *e, const char *rule, const char *value,
+                           const char *count_text, const char *duration, engine_reply_fn reply,
+                           void *arg)
+{
+    char canon[LIMITS_MAX_VALUE + 1], why[200];
+    const struct limits_rule *r = rule_value(e, rule, value, canon, sizeof(canon), reply, arg);
+    if (r == NULL)
+        return;
+    int64_t count, ms = 0;
+    if (limits_rt_count_parse(r, count_text, &count, why, sizeof(why)) < 0) {
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
+        return;
+    }
+    if (duration != NULL &&
+        (config_parse_time_ms(duration, &ms) < 0 || ms < 1000 || ms > ENGINE_RT_MAX_DURATION_MS)) {
+        snprintf(why, sizeof(why), "DURATION \"%.20s\": expected 1s to 366d (30s, 10m, 2h, 1d)",
+                 duration);
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error", why));
+        return;
+    }
+    engine_rt_set(e, r, canon, count, ms ? wall_ms() + ms : 0, reply, arg);
+}
+
 void engine_limits_command(struct engine *e, int argc, char **argv, engine_reply_fn reply,
                            void *arg)
 {
@@ -276,17 +332,28 @@ void engine_limits_command(struct engine *e, int argc, char **argv, engine_reply
         json_t *rules = json_array();
         for (size_t i = 0; i < limits_engine_rule_count(e->limits); i++)
             json_array_append_new(rules, rule_json(e, limits_engine_rule(e->limits, i)));
-        reply(arg, json_pack("{s:b,s:o,s:b,s:s}", "ok", 1, "rules", rules, "stressed",
-                             e->node_stressed, "store", e->store ? store_kind(e->store) : ""));
+        reply(arg, json_pack("{s:b,s:o,s:b,s:s,s:o,s:I}", "ok", 1, "rules", rules, "stressed",
+                             e->node_stressed, "store", e->store ? store_kind(e->store) : "",
+                             "runtime_overrides", rt_json(e), "runtime_override_count",
+                             (json_int_t)limits_rt_count(e->rt)));
     } else if (argc == 4 && strcmp(argv[1], "show") == 0) {
         engine_cmd_show(e, argv[2], argv[3], reply, arg);
     } else if ((argc == 2 || argc == 3) && strcmp(argv[1], "top") == 0) {
         engine_cmd_top(e, argc == 3 ? argv[2] : NULL, reply, arg);
     } else if (argc == 4 && strcmp(argv[1], "reset") == 0) {
         engine_cmd_reset(e, argv[2], argv[3], reply, arg);
+    } else if ((argc == 5 || (argc == 7 && strcmp(argv[5], "for") == 0)) &&
+               strcmp(argv[1], "set") == 0) {
+        engine_cmd_set(e, argv[2], argv[3], argv[4], argc == 7 ? argv[6] : NULL, reply, arg);
+    } else if (argc == 4 && strcmp(argv[1], "unset") == 0) {
+        char canon[LIMITS_MAX_VALUE + 1];
+        const struct limits_rule *r =
+            rule_value(e, argv[2], argv[3], canon, sizeof(canon), reply, arg);
+        if (r != NULL)
+            engine_rt_unset(e, r, canon, reply, arg);
     } else {
-        reply(arg,
-              json_pack("{s:b,s:s}", "ok", 0, "error",
-                        "usage: limits list | limits top [RULE] | limits show|reset RULE VALUE"));
+        reply(arg, json_pack("{s:b,s:s}", "ok", 0, "error",
+                             "usage: limits list | limits top [RULE] | limits show|reset|unset "
+                             "RULE VALUE | limits set RULE VALUE COUNT|unlimited [for DURATION]"));
     }
 }

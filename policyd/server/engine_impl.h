@@ -80,6 +80,16 @@ struct hit_slot {
 
 struct engine {
     struct server *srv;
+    /* Run-time overrides (engine_rt.c): the set in force on this node (a reference), its
+     * refresh timer, and where it comes from. */
+    struct limits_rt *rt;
+    uv_timer_t rt_timer;
+    bool rt_timer_on;
+    bool rt_busy;        /* a read from Redis is in flight */
+    bool rt_file_loaded; /* memory store: state_directory's file was read */
+    bool rt_logged_bad;  /* a malformed entry in the store was logged */
+    char rt_version[24]; /* Redis: the version of the set last read, "" to read again */
+    char *rt_path;       /* state_directory/ENGINE_RT_FILE */
     struct hit_slot hits[ENGINE_HIT_SLOTS];
     engine_limit_hit_fn on_hit;
     void *on_hit_arg;
@@ -126,3 +136,25 @@ static inline int64_t wall_ms(void)
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+/* ---- run-time overrides (engine_rt.c) ---- */
+
+/* The memory store's overrides, in state_directory. */
+#define ENGINE_RT_FILE "limits-overrides"
+/* How often each node refreshes its copy (and drops expired entries): a change on
+ * another node is in force here within 2 s. */
+#define ENGINE_RT_POLL_MS 1000
+
+/* Reads the overrides (the file for the memory store; Redis in the background) and
+ * starts the refresh timer. Call once the store is open. */
+void engine_rt_start(struct engine *e);
+/* Puts e->rt in force in e->limits (after a swap of the rules). */
+void engine_rt_apply(struct engine *e);
+void engine_rt_stop(struct engine *e);
+void engine_rt_free(struct engine *e);
+/* `limits set` (count LIMITS_TABLE_UNLIMITED for unlimited; expires_ms 0: no end) and
+ * `limits unset` of rule r's canonical value; reply runs once. */
+void engine_rt_set(struct engine *e, const struct limits_rule *r, const char *value, int64_t count,
+                   int64_t expires_ms, engine_reply_fn reply, void *arg);
+void engine_rt_unset(struct engine *e, const struct limits_rule *r, const char *value,
+                     engine_reply_fn reply, void *arg);

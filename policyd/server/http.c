@@ -225,13 +225,36 @@ static int sample(struct metrics_out *o, enum metric_type t, const char *name, c
     return rc < 0 ? rc : metrics_out_sample(o, name, NULL, NULL, 0, v);
 }
 
+static const char *action_name(int i)
+{
+    return server_action_class_name((enum server_action_class)i);
+}
+
+static const char *err_name(int i)
+{
+    return server_err_class_name((enum server_err_class)i);
+}
+
+/* A counter family with one label: values[from..to) under label = name_of(i). */
+static int counter_by_class(struct metrics_out *o, const char *family, const char *help,
+                            const char *label, const char *(*name_of)(int), const uint64_t *values,
+                            int from, int to)
+{
+    const char *const labels[] = {label};
+    int rc = metrics_out_family(o, METRIC_COUNTER, family, help);
+    for (int i = from; rc >= 0 && i < to; i++) {
+        const char *v[] = {name_of(i)};
+        rc = metrics_out_sample(o, family, labels, v, 1, (double)values[i]);
+    }
+    return rc < 0 ? rc : 0;
+}
+
 /* Figures kept in struct server_stats, read at scrape time. */
 static int collect_server(struct metrics_out *o, void *arg)
 {
     struct http_server *hs = arg;
     const struct server *srv = hs->srv;
     const struct server_stats *st = &srv->stats;
-    static const char *const action_l[] = {"action"}, *const class_l[] = {"class"};
     static const char *const version_l[] = {"version"};
     int rc = 0;
 
@@ -243,23 +266,15 @@ static int collect_server(struct metrics_out *o, void *arg)
     TRY(sample(o, METRIC_COUNTER, "postsurge_requests_total",
                "Policy requests received (complete requests handed to the decision engine).",
                (double)st->requests));
-    TRY(metrics_out_family(o, METRIC_COUNTER, "postsurge_replies_total",
-                           "Policy replies sent, by access(5) action class."));
-    for (int i = 0; i < SERVER_ACT_COUNT; i++) {
-        const char *v[] = {server_action_class_name(i)};
-        TRY(metrics_out_sample(o, "postsurge_replies_total", action_l, v, 1,
-                               (double)st->replies[i]));
-    }
+    TRY(counter_by_class(o, "postsurge_replies_total",
+                         "Policy replies sent, by access(5) action class.", "action", action_name,
+                         st->replies, 0, SERVER_ACT_COUNT));
     TRY(sample(o, METRIC_COUNTER, "postsurge_decide_failures_total",
                "Requests the decision engine could not start; answered default_action.",
                (double)st->decide_failures));
-    TRY(metrics_out_family(o, METRIC_COUNTER, "postsurge_protocol_errors_total",
-                           "Policy connections closed for a protocol error, by class."));
-    for (int i = 1; i < SERVER_ERR_COUNT; i++) {
-        const char *v[] = {server_err_class_name(i)};
-        TRY(metrics_out_sample(o, "postsurge_protocol_errors_total", class_l, v, 1,
-                               (double)st->protocol_errors[i]));
-    }
+    TRY(counter_by_class(o, "postsurge_protocol_errors_total",
+                         "Policy connections closed for a protocol error, by class.", "class",
+                         err_name, st->protocol_errors, 1, SERVER_ERR_COUNT));
     TRY(sample(o, METRIC_COUNTER, "postsurge_connections_accepted_total",
                "Policy client connections accepted.", (double)st->conn_accepted));
     TRY(sample(o, METRIC_GAUGE, "postsurge_connections_open", "Policy client connections open.",

@@ -359,6 +359,25 @@ static void put_time(struct buf *b, json_int_t ms)
     puts_(b, out);
 }
 
+/* One item of a list of timed entries (events, refusals): "<li><time>TIME</time>
+ * <b>WHAT</b> NOTE TEXT</li>", the text in a span of class text_class when one is given.
+ * what and text are escaped; note (may be NULL) and text_class are the page's own. */
+static void put_timed_item(struct buf *b, json_int_t ms, const char *what, const char *note,
+                           const char *text_class, const char *text)
+{
+    puts_(b, "<li><time>");
+    put_time(b, ms);
+    puts_(b, "</time> <b>");
+    esc(b, what);
+    puts_(b, "</b> ");
+    if (note)
+        puts_(b, note);
+    if (text_class)
+        putf(b, "<span class=\"%s\">", text_class);
+    esc(b, text);
+    puts_(b, text_class ? "</span></li>" : "</li>");
+}
+
 /* The saturation plot of one node as SVG: 0..100 % over the last hour, gaps where no
  * sample was taken. The script draws the same path. */
 static void put_plot(struct buf *b, json_t *history, const char *name)
@@ -436,16 +455,8 @@ static void put_node(struct buf *b, json_t *n, json_t *history)
     puts_(b, "</ul><h3>Saturation, last hour</h3>");
     put_plot(b, history, jget_str(n, "name"));
     puts_(b, "<h3>Latest events</h3><ul class=\"events\">");
-    json_array_foreach(json_object_get(n, "events"), i, v)
-    {
-        puts_(b, "<li><time>");
-        put_time(b, jget_int(v, "time"));
-        puts_(b, "</time> <b>");
-        esc(b, jget_str(v, "kind"));
-        puts_(b, "</b> ");
-        esc(b, jget_str(v, "text"));
-        puts_(b, "</li>");
-    }
+    json_array_foreach(json_object_get(n, "events"), i, v) put_timed_item(
+        b, jget_int(v, "time"), jget_str(v, "kind"), NULL, NULL, jget_str(v, "text"));
     puts_(b, "</ul></section>");
 }
 
@@ -482,18 +493,9 @@ static void put_local(struct buf *b, json_t *st)
     }
     puts_(b, "</table><h3>Latest refusals</h3><ul class=\"refusals\">");
     json_array_foreach(json_object_get(json_object_get(st, "limits"), "recent_refusals"), i, v)
-    {
-        puts_(b, "<li><time>");
-        put_time(b, jget_int(v, "time"));
-        puts_(b, "</time> <b>");
-        esc(b, jget_str(v, "rule"));
-        puts_(b, "</b> ");
-        if (json_is_true(json_object_get(v, "dryrun")))
-            puts_(b, "(dryrun) ");
-        puts_(b, "<span class=\"key\">");
-        esc(b, jget_str(v, "key"));
-        puts_(b, "</span></li>");
-    }
+        put_timed_item(b, jget_int(v, "time"), jget_str(v, "rule"),
+                       json_is_true(json_object_get(v, "dryrun")) ? "(dryrun) " : NULL, "key",
+                       jget_str(v, "key"));
     puts_(b, "</ul><h3>Health report</h3><div class=\"report\">");
     json_t *rp = json_object_get(st, "report");
     if (!json_is_object(rp)) {

@@ -957,6 +957,9 @@ int server_start(struct server *srv)
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = SIG_IGN;
     sigaction(SIGPIPE, &sa, NULL);
+    /* A file over RLIMIT_FSIZE (set by an administrator or a container) must fail the
+     * write with EFBIG, handled like a full disk, instead of killing the daemon. */
+    sigaction(SIGXFSZ, &sa, NULL);
 
     uv_signal_start(&srv->sig_term, on_signal, SIGTERM);
     uv_signal_start(&srv->sig_int, on_signal, SIGINT);

@@ -20,6 +20,7 @@
 #include <hiredis/hiredis.h>
 
 #include "util/log.h"
+#include "cluster_map.h"
 #include "crc16.h"
 #include "sha1.h"
 
@@ -35,7 +36,6 @@
 /* A node that does not answer CLUSTER SLOTS is given up after this long at the least. */
 #define CLUSTER_QUERY_MIN_MS 500
 #define CLUSTER_BACKOFF_MIN_MS 50
-#define CLUSTER_STALL_MIN_MS 1000
 /* privdata of a counter command: request id << 12 | redirects << 8 | asking << 7 | op
  * index (below STORE_MAX_OPS, 64). */
 #define CLUSTER_PD(id, redirects, asking, idx)                                                     \
@@ -55,7 +55,7 @@ struct cluster_node {
     int64_t backoff_ms;
     bool in_map; /* a master in the latest slot map */
     bool failed; /* lost since it last answered */
-    uint64_t outstanding, last_progress;
+    struct redis_progress prog;
 };
 
 struct cluster {
@@ -66,10 +66,10 @@ struct cluster {
     struct cluster_node *nodes[CLUSTER_MAX_NODES];
     int nnodes;
     bool have_map;
-    struct store_req_list inflight;
+    struct redis_health h;
+    struct redis_inflight in;
     uint64_t next_id;
-    int64_t timeout_ms, backoff_max_ms;
-    uv_timer_t timeout_timer;
+    int64_t backoff_max_ms;
     /* slot map refresh: one query connection, to a known master or a seed */
     uv_timer_t refresh_timer;
     uv_timer_t query_timer;
@@ -80,10 +80,6 @@ struct cluster {
     uint64_t last_refresh;
     int64_t refresh_backoff_ms;
     char reasons[600];
-    bool degraded;
-    bool down; /* CLUSTERDOWN seen since the last answer: logged once, not rate-limited */
-    uint64_t degraded_count;
-    struct log_ratelimit rl;
 };
 
 static uint64_t cluster_now(struct cluster *c)
@@ -91,13 +87,12 @@ static uint64_t cluster_now(struct cluster *c)
     return uv_now(c->s->loop);
 }
 
-static void cluster_note_failure(struct cluster *c, const char *where, const char *what)
+/* A failure at node where (empty: the cluster): requests are answered without it. */
+static void cluster_note_failure(struct cluster *c, const char *where, enum redis_trouble k,
+                                 const char *what)
 {
-    c->degraded = true;
     c->s->stats.connected = false;
-    log_warn_ratelimited(&c->rl, cluster_now(c), (uint64_t)c->s->log_interval_ms,
-                         "redis cluster %s: %s; answering %s", where, what,
-                         c->s->local_fallback ? "from local counters" : "per store_failure_action");
+    redis_health_trouble(&c->h, where, k, what, true);
 }
 
 /* True when every master of the map is connected and none failed since it answered. */
@@ -114,56 +109,10 @@ static void cluster_note_success(struct cluster *c, struct cluster_node *n)
     n->failed = false;
     n->backoff_ms = CLUSTER_BACKOFF_MIN_MS;
     c->s->stats.connected = true;
-    c->down = false;
-    if (c->degraded && cluster_all_up(c)) {
-        log_info("redis cluster is back; %" PRIu64 " requests were answered without it",
-                 c->degraded_count);
-        c->degraded = false;
-        c->degraded_count = 0;
-        /* As with a single Redis: shared counting resumes, local counts are dropped. */
-        mem_table_clear(&c->s->mem);
-        c->rl.last_ms = 0;
-        c->rl.suppressed = 0;
-    }
-}
-
-static void cluster_finish_failed(struct cluster *c, struct store_req *req, int status)
-{
-    if (status != -ECANCELED)
-        c->degraded_count++;
-    store_req_finish(req, status);
-}
-
-static void cluster_on_timeout(uv_timer_t *h);
-
-static void cluster_arm_timer(struct cluster *c)
-{
-    struct store_req *head = c->inflight.head;
-    if (!head) {
-        uv_timer_stop(&c->timeout_timer);
-        return;
-    }
-    uint64_t now = cluster_now(c);
-    uv_timer_start(&c->timeout_timer, cluster_on_timeout,
-                   head->deadline > now ? head->deadline - now : 0, 0);
-}
-
-/* Fails req (already in the inflight list) with status. */
-static void cluster_fail_req(struct cluster *c, struct store_req *req, int status)
-{
-    store_req_list_remove(&c->inflight, req);
-    if (status == -ETIMEDOUT)
-        c->s->stats.timeouts++;
-    cluster_finish_failed(c, req, status);
-    cluster_arm_timer(c);
-}
-
-static struct store_req *cluster_find(struct cluster *c, uint64_t id)
-{
-    for (struct store_req *req = c->inflight.head; req; req = req->next)
-        if (req->id == id)
-            return req;
-    return NULL;
+    /* As with a single Redis: once every master answers, shared counting resumes. */
+    if ((c->h.degraded || c->h.trouble != REDIS_OK_NOW || !c->s->stats.state[0]) &&
+        cluster_all_up(c))
+        redis_health_ok(&c->h);
 }
 
 static void cluster_schedule_refresh(struct cluster *c);
@@ -197,7 +146,7 @@ static void cluster_node_lost(struct cluster_node *n, const char *why)
 {
     struct cluster *c = n->c;
     n->ac = NULL;
-    n->outstanding = 0;
+    n->prog.outstanding = 0;
     n->failed = true;
     n->retry_at = cluster_now(c) + (uint64_t)n->backoff_ms;
     n->backoff_ms *= 2;
@@ -205,7 +154,7 @@ static void cluster_node_lost(struct cluster_node *n, const char *why)
         n->backoff_ms = c->backoff_max_ms;
     if (c->s->closing)
         return;
-    cluster_note_failure(c, n->where, why);
+    cluster_note_failure(c, n->where, REDIS_UNREACHABLE, why);
     cluster_schedule_refresh(c);
 }
 
@@ -237,13 +186,9 @@ static void cluster_on_auth(redisAsyncContext *ac, void *reply, void *privdata)
     (void)privdata;
     if (!n || !rep)
         return;
-    if (n->outstanding > 0)
-        n->outstanding--;
-    if (rep->type == REDIS_REPLY_ERROR) {
-        char what[200];
-        snprintf(what, sizeof(what), "AUTH refused: %.150s", rep->str);
-        cluster_note_failure(n->c, n->where, what);
-    }
+    redis_progress_reply(&n->prog, rep, cluster_now(n->c));
+    if (rep->type == REDIS_REPLY_ERROR)
+        redis_health_error_reply(&n->c->h, n->where, "AUTH refused", rep->str, true);
 }
 
 /* The node's connection, made if needed; NULL while it backs off after a failure. */
@@ -255,7 +200,7 @@ static redisAsyncContext *cluster_node_ac(struct cluster_node *n)
     if (c->s->closing || cluster_now(c) < n->retry_at)
         return NULL;
     redisAsyncContext *ac = redisAsyncConnect(n->ip, n->port);
-    if (!ac || ac->err || redis_uv_attach_simple(ac, c->s->loop) < 0) {
+    if (!ac || ac->err || redis_uv_attach(ac, c->s->loop, &n->prog.outstanding) < 0) {
         char what[200];
         snprintf(what, sizeof(what), "cannot connect: %.150s",
                  ac && ac->err ? ac->errstr : "out of memory");
@@ -268,12 +213,11 @@ static redisAsyncContext *cluster_node_ac(struct cluster_node *n)
     redisAsyncSetConnectCallback(ac, cluster_on_node_connect);
     redisAsyncSetDisconnectCallback(ac, cluster_on_node_disconnect);
     n->ac = ac;
-    n->outstanding = 0;
+    n->prog.outstanding = 0;
     if (c->url.password[0]) {
         const char *argv[2] = {"AUTH", c->url.password};
         redisAsyncCommandArgv(ac, cluster_on_auth, NULL, 2, argv, NULL);
-        n->outstanding++;
-        n->last_progress = cluster_now(c);
+        redis_progress_sent(&n->prog, cluster_now(c));
     }
     return ac;
 }
@@ -321,8 +265,7 @@ static int cluster_send_op(struct cluster *c, struct store_req *req, size_t idx,
     if (redisAsyncCommandArgv(ac, cluster_on_reply, CLUSTER_PD(req->id, redirects, asking, idx), 5,
                               argv, len) != REDIS_OK)
         return -ENOTCONN;
-    if (n->outstanding++ == 0)
-        n->last_progress = cluster_now(c);
+    redis_progress_sent(&n->prog, cluster_now(c));
     return 0;
 }
 
@@ -339,27 +282,6 @@ static int cluster_send_req(struct cluster *c, struct store_req *req)
     return 0;
 }
 
-/* Parses "MOVED 3999 127.0.0.1:6381" (or ASK): slot, ip and port. */
-static bool cluster_parse_redirect(const char *str, unsigned *slot, char *ip, size_t iplen,
-                                   int *port)
-{
-    const char *sp = strchr(str, ' ');
-    if (!sp)
-        return false;
-    char *end;
-    unsigned long v = strtoul(sp + 1, &end, 10);
-    if (*end != ' ' || v >= CLUSTER_SLOTS)
-        return false;
-    const char *addr = end + 1, *colon = strrchr(addr, ':');
-    if (!colon || colon == addr || (size_t)(colon - addr) >= iplen)
-        return false;
-    memcpy(ip, addr, (size_t)(colon - addr));
-    ip[colon - addr] = '\0';
-    *port = atoi(colon + 1);
-    *slot = (unsigned)v;
-    return *port > 0 && *port < 65536;
-}
-
 static void cluster_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct cluster_node *n = ac->data;
@@ -367,19 +289,16 @@ static void cluster_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         return; /* the store is closing: its requests were answered */
     struct cluster *c = n->c;
     redisReply *rep = reply;
-    if (n->outstanding > 0)
-        n->outstanding--;
-    if (rep)
-        n->last_progress = cluster_now(c);
+    redis_progress_reply(&n->prog, rep, cluster_now(c));
     uint64_t id = (uint64_t)((uintptr_t)privdata >> 12);
     unsigned redirects = (unsigned)(((uintptr_t)privdata >> 8) & 0xf);
     bool asking = ((uintptr_t)privdata & 0x80) != 0;
     size_t idx = (size_t)((uintptr_t)privdata & 0x7f);
-    struct store_req *req = cluster_find(c, id);
+    struct store_req *req = redis_inflight_find(&c->in, id);
     if (!req || idx >= req->n || req->ops[idx].answered)
         return;
     if (!rep) {
-        cluster_fail_req(c, req, -ECONNRESET);
+        redis_inflight_fail(&c->in, req, -ECONNRESET);
         return;
     }
     if (rep->type == REDIS_REPLY_INTEGER && rep->integer >= 0) {
@@ -389,15 +308,13 @@ static void cluster_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         req->ops[idx].answered = true;
         if (--req->npending > 0)
             return;
-        store_req_list_remove(&c->inflight, req);
-        store_req_finish(req, 0);
-        cluster_arm_timer(c);
+        redis_inflight_answered(&c->in, req);
         return;
     }
     char what[300];
     if (rep->type != REDIS_REPLY_ERROR) {
-        cluster_note_failure(c, n->where, "unexpected reply to the window script");
-        cluster_fail_req(c, req, -EPROTO);
+        cluster_note_failure(c, n->where, REDIS_ERROR, "unexpected reply to the window script");
+        redis_inflight_fail(&c->in, req, -EPROTO);
         return;
     }
     if (strncmp(rep->str, "NOSCRIPT", 8) == 0) {
@@ -405,7 +322,7 @@ static void cluster_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         /* After an ASK the script goes to the importing node again, with ASKING. */
         if (cluster_send_op(c, req, idx, n->idx, redirects, asking, true) == 0)
             return;
-        cluster_fail_req(c, req, -ENOTCONN);
+        redis_inflight_fail(&c->in, req, -ENOTCONN);
         return;
     }
     bool moved = strncmp(rep->str, "MOVED ", 6) == 0, ask = strncmp(rep->str, "ASK ", 4) == 0;
@@ -416,12 +333,12 @@ static void cluster_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         if (redirects >= CLUSTER_MAX_REDIRECTS) {
             snprintf(what, sizeof(what), "more than %d redirects for one key (last: %.100s)",
                      CLUSTER_MAX_REDIRECTS, rep->str);
-            cluster_note_failure(c, n->where, what);
+            cluster_note_failure(c, n->where, REDIS_ERROR, what);
             cluster_schedule_refresh(c);
-            cluster_fail_req(c, req, -EPROTO);
+            redis_inflight_fail(&c->in, req, -EPROTO);
             return;
         }
-        if (cluster_parse_redirect(rep->str, &slot, ip, sizeof(ip), &port) &&
+        if (cluster_map_parse_redirect(rep->str, &slot, ip, sizeof(ip), &port) &&
             (ni = cluster_node_get(c, ip, port)) >= 0) {
             if (moved) {
                 /* The slot has a new owner for good: route there from now on, and read
@@ -431,53 +348,33 @@ static void cluster_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             }
             if (cluster_send_op(c, req, idx, ni, redirects + 1, ask, false) == 0)
                 return;
-            cluster_fail_req(c, req, -ENOTCONN);
+            redis_inflight_fail(&c->in, req, -ENOTCONN);
             return;
         }
         snprintf(what, sizeof(what), "bad redirect: %.150s", rep->str);
-        cluster_note_failure(c, n->where, what);
-        cluster_fail_req(c, req, -EPROTO);
+        cluster_note_failure(c, n->where, REDIS_ERROR, what);
+        redis_inflight_fail(&c->in, req, -EPROTO);
         return;
     }
-    snprintf(what, sizeof(what), "error reply to the window script: %.150s", rep->str);
-    if (strncmp(rep->str, "CLUSTERDOWN", 11) == 0 && !c->down) {
-        /* A state of the whole cluster, not one more failure: said once, whatever the
-         * rate limit of the failure lines. */
-        c->down = true;
-        c->degraded = true;
-        log_warn("redis cluster %s: %s; answering %s until the cluster is up", n->where, what,
-                 c->s->local_fallback ? "from local counters" : "per store_failure_action");
-    } else {
-        cluster_note_failure(c, n->where, what);
-    }
+    c->s->stats.connected = false;
+    redis_health_error_reply(&c->h, n->where, "error reply to the window script", rep->str, true);
     if (strncmp(rep->str, "CLUSTERDOWN", 11) == 0 || strncmp(rep->str, "TRYAGAIN", 8) == 0)
         cluster_schedule_refresh(c);
-    cluster_fail_req(c, req, -EPROTO);
+    redis_inflight_fail(&c->in, req, -EPROTO);
 }
 
-static void cluster_on_timeout(uv_timer_t *h)
+/* The in-flight timer failed the requests past their deadline (any): log, and drop the
+ * nodes that stalled. */
+static void cluster_on_expired(struct redis_inflight *in, uint64_t now, bool any)
 {
-    struct cluster *c = h->data;
-    uint64_t now = cluster_now(c);
-    bool any = false;
-    while (c->inflight.head && c->inflight.head->deadline <= now) {
-        struct store_req *req = c->inflight.head;
-        store_req_list_remove(&c->inflight, req);
-        c->s->stats.timeouts++;
-        cluster_finish_failed(c, req, -ETIMEDOUT);
-        any = true;
-    }
+    struct cluster *c = in->owner;
     if (any)
-        cluster_note_failure(c, "", "no reply within redis_timeout");
-    uint64_t stall = (uint64_t)c->timeout_ms * 4;
-    if (stall < CLUSTER_STALL_MIN_MS)
-        stall = CLUSTER_STALL_MIN_MS;
+        cluster_note_failure(c, "", REDIS_TIMEOUT, "no reply within redis_timeout");
     for (int i = 0; i < c->nnodes; i++) {
         struct cluster_node *n = c->nodes[i];
-        if (n->ac && n->outstanding > 0 && now - n->last_progress >= stall)
+        if (n->ac && redis_progress_stalled(&n->prog, now, in->timeout_ms))
             cluster_node_drop(n, "stalled: no reply");
     }
-    cluster_arm_timer(c);
 }
 
 static void cluster_submit(struct store *s, struct store_req *req)
@@ -485,31 +382,28 @@ static void cluster_submit(struct store *s, struct store_req *req)
     struct cluster *c = s->impl;
     req->id = ++c->next_id;
     if (!c->have_map && !c->refreshing) {
-        cluster_note_failure(c, "", "no slot map (no node answered CLUSTER SLOTS)");
-        cluster_finish_failed(c, req, -ENOTCONN);
+        cluster_note_failure(c, "", REDIS_UNREACHABLE,
+                             "no slot map (no node answered CLUSTER SLOTS)");
+        redis_health_finish_failed(&c->h, req, -ENOTCONN);
         return;
     }
-    req->deadline = cluster_now(c) + (uint64_t)c->timeout_ms;
-    req->where = REQ_INFLIGHT;
-    store_req_list_push(&c->inflight, req);
+    redis_inflight_add(&c->in, req);
     /* Without a map yet, the request waits (up to its deadline) for the first one. */
     if (c->have_map) {
         int rc = cluster_send_req(c, req);
         if (rc < 0) {
-            cluster_note_failure(c, "", "a master of this request is not reachable");
-            cluster_fail_req(c, req, rc);
+            cluster_note_failure(c, "", REDIS_UNREACHABLE,
+                                 "a master of this request is not reachable");
+            redis_inflight_fail(&c->in, req, rc);
             return;
         }
     }
-    if (!uv_is_active((uv_handle_t *)&c->timeout_timer))
-        cluster_arm_timer(c);
 }
 
 static void cluster_unlink(struct store *s, struct store_req *req)
 {
     struct cluster *c = s->impl;
-    store_req_list_remove(&c->inflight, req);
-    cluster_arm_timer(c);
+    redis_inflight_unlink(&c->in, req);
 }
 
 /* --- the slot map --- */
@@ -569,13 +463,13 @@ static void cluster_on_query_timeout(uv_timer_t *h)
 /* Sends the requests that waited for a map. */
 static void cluster_send_waiting(struct cluster *c)
 {
-    struct store_req *req = c->inflight.head;
+    struct store_req *req = c->in.list.head;
     while (req) {
         struct store_req *next = req->next;
         if (!req->sent) {
             int rc = cluster_send_req(c, req);
             if (rc < 0)
-                cluster_fail_req(c, req, rc);
+                redis_inflight_fail(&c->in, req, rc);
         }
         req = next;
     }
@@ -601,27 +495,20 @@ static void cluster_on_slots(redisAsyncContext *ac, void *reply, void *privdata)
     bool used[CLUSTER_MAX_NODES] = {false};
     size_t covered = 0;
     for (size_t i = 0; i < rep->elements; i++) {
-        redisReply *e = rep->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
-            e->element[0]->type != REDIS_REPLY_INTEGER ||
-            e->element[1]->type != REDIS_REPLY_INTEGER ||
-            e->element[2]->type != REDIS_REPLY_ARRAY || e->element[2]->elements < 2 ||
-            e->element[2]->element[0]->type != REDIS_REPLY_STRING ||
-            e->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
+        unsigned from, to;
+        const char *ip;
+        int port;
+        if (!cluster_map_slots_entry(rep->element[i], &from, &to, &ip, &port))
             continue;
-        long long from = e->element[0]->integer, to = e->element[1]->integer;
-        if (from < 0 || to >= CLUSTER_SLOTS || from > to)
-            continue;
-        const char *ip = e->element[2]->element[0]->str;
         if (!ip[0] || strcmp(ip, "?") == 0) {
             /* An empty address is the node we asked. */
             ip = ((redisAsyncContext *)ac)->c.tcp.host;
         }
-        int ni = cluster_node_get(c, ip, (int)e->element[2]->element[1]->integer);
+        int ni = cluster_node_get(c, ip, port);
         if (ni < 0)
             continue;
         used[ni] = true;
-        for (long long sl = from; sl <= to; sl++)
+        for (unsigned sl = from; sl <= to; sl++)
             map[sl] = (uint16_t)ni;
         covered += (size_t)(to - from + 1);
     }
@@ -679,7 +566,7 @@ static void cluster_refresh_next(struct cluster *c)
         }
         snprintf(c->q_where, sizeof(c->q_where), strchr(ip, ':') ? "[%s]:%d" : "%s:%d", ip, port);
         redisAsyncContext *q = redisAsyncConnect(ip, port);
-        if (!q || q->err || redis_uv_attach_simple(q, c->s->loop) < 0) {
+        if (!q || q->err || redis_uv_attach(q, c->s->loop, NULL) < 0) {
             size_t l = strlen(c->reasons);
             snprintf(c->reasons + l, sizeof(c->reasons) - l, "%s%s: cannot connect", l ? "; " : "",
                      c->q_where);
@@ -696,7 +583,8 @@ static void cluster_refresh_next(struct cluster *c)
         }
         redisAsyncCommand(q, cluster_on_slots, NULL, "CLUSTER SLOTS");
         c->q = q;
-        int64_t qms = c->timeout_ms > CLUSTER_QUERY_MIN_MS ? c->timeout_ms : CLUSTER_QUERY_MIN_MS;
+        int64_t qms =
+            c->in.timeout_ms > CLUSTER_QUERY_MIN_MS ? c->in.timeout_ms : CLUSTER_QUERY_MIN_MS;
         uv_timer_start(&c->query_timer, cluster_on_query_timeout, (uint64_t)qms, 0);
         return;
     }
@@ -705,14 +593,14 @@ static void cluster_refresh_next(struct cluster *c)
     c->refreshing = false;
     char what[700];
     snprintf(what, sizeof(what), "cannot read the slot map (%s)", c->reasons);
-    cluster_note_failure(c, "", what);
+    cluster_note_failure(c, "", REDIS_UNREACHABLE, what);
     if (!c->have_map) {
         /* Requests that waited for a first map are answered now. */
-        struct store_req *req = c->inflight.head;
+        struct store_req *req = c->in.list.head;
         while (req) {
             struct store_req *next = req->next;
             if (!req->sent)
-                cluster_fail_req(c, req, -ENOTCONN);
+                redis_inflight_fail(&c->in, req, -ENOTCONN);
             req = next;
         }
     }
@@ -768,13 +656,8 @@ static void cluster_close(struct store *s)
             redisAsyncFree(ac);
         }
     }
-    while (c->inflight.head) {
-        struct store_req *req = c->inflight.head;
-        store_req_list_remove(&c->inflight, req);
-        cluster_finish_failed(c, req, -ECANCELED);
-    }
     s->open_handles += 3;
-    uv_close((uv_handle_t *)&c->timeout_timer, cluster_on_timer_close);
+    redis_inflight_close(&c->in, cluster_on_timer_close);
     uv_close((uv_handle_t *)&c->refresh_timer, cluster_on_timer_close);
     uv_close((uv_handle_t *)&c->query_timer, cluster_on_timer_close);
 }
@@ -807,8 +690,7 @@ static int cluster_cop_send(struct store *s,
     redisAsyncContext *ac = cluster_node_ac(n);
     if (!ac || redisAsyncCommandArgv(ac, fn, privdata, argc, argv, len) != REDIS_OK)
         return -ENOTCONN;
-    if (n->outstanding++ == 0)
-        n->last_progress = cluster_now(c);
+    redis_progress_sent(&n->prog, cluster_now(c));
     return 0;
 }
 
@@ -818,14 +700,9 @@ static void cluster_cop_reply(redisAsyncContext *ac, const redisReply *rep, bool
     struct cluster_node *n = ac->data;
     if (!n)
         return;
-    if (n->outstanding > 0)
-        n->outstanding--;
-    if (rep)
-        n->last_progress = cluster_now(n->c);
+    redis_progress_reply(&n->prog, rep, cluster_now(n->c));
     if (rep && rep->type == REDIS_REPLY_ERROR && !n->c->s->closing) {
-        log_warn_ratelimited(&n->c->rl, cluster_now(n->c), (uint64_t)n->c->s->log_interval_ms,
-                             "redis cluster %s: cluster command failed: %.150s", n->where,
-                             rep->str);
+        redis_health_error_reply(&n->c->h, n->where, "cluster command failed", rep->str, false);
         cluster_schedule_refresh(n->c);
     }
 }
@@ -857,11 +734,11 @@ int store_redis_cluster_init(struct store *s, const struct config *cfg,
     for (size_t i = 0; i < CLUSTER_SLOTS; i++)
         c->slots[i] = CLUSTER_NO_NODE;
     sha1_hex(window_lua_script, strlen(window_lua_script), c->sha);
-    c->timeout_ms = cfg->redis_timeout > 0 ? cfg->redis_timeout : 100;
     c->backoff_max_ms = cfg->redis_reconnect_max > 0 ? cfg->redis_reconnect_max : 5000;
     c->refresh_backoff_ms = CLUSTER_BACKOFF_MIN_MS;
-    uv_timer_init(s->loop, &c->timeout_timer);
-    c->timeout_timer.data = c;
+    redis_health_init(&c->h, s, "cluster");
+    redis_inflight_init(&c->in, &c->h, cfg->redis_timeout > 0 ? cfg->redis_timeout : 100,
+                        cluster_on_expired, c);
     uv_timer_init(s->loop, &c->refresh_timer);
     c->refresh_timer.data = c;
     uv_timer_init(s->loop, &c->query_timer);

@@ -32,6 +32,8 @@ struct redis_cop {
     store_done_cb done;
     store_nodes_cb nodes_cb;
     store_events_cb events_cb;
+    store_hash_cb hash_cb;
+    const char *hash_field; /* HGET: the field asked for (borrowed until the reply) */
     void *arg;
     /* get_all */
     size_t n;
@@ -105,6 +107,10 @@ static void redis_cop_finish(struct redis_cop *op)
     } else if (op->events_cb) {
         op->events_cb(op->arg, op->status, op->status == 0 ? (const char *const *)op->events : NULL,
                       op->status == 0 ? op->n : 0);
+    } else if (op->hash_cb) {
+        bool ok = op->status == 0;
+        op->hash_cb(op->arg, op->status, ok ? (const char *const *)op->names : NULL,
+                    ok ? (const char *const *)op->values : NULL, ok ? op->n : 0);
     }
     redis_cop_free(op);
 }
@@ -148,6 +154,48 @@ static char **redis_cop_strings(const redisReply *rep, size_t max, size_t *n, in
     return v;
 }
 
+/* An HGET reply (a string, or nil: no field) or an HGETALL one (field, value, ...) into
+ * op->names and op->values. */
+static void redis_cop_hash_reply(struct redis_cop *op, const redisReply *rep)
+{
+    size_t pairs = rep->type == REDIS_REPLY_ARRAY ? rep->elements / 2 : 1;
+    if (rep->type == REDIS_REPLY_NIL)
+        return;
+    if (pairs > STORE_OVERRIDES_MAX)
+        pairs = STORE_OVERRIDES_MAX;
+    if ((rep->type != REDIS_REPLY_ARRAY && rep->type != REDIS_REPLY_STRING) ||
+        (rep->type == REDIS_REPLY_STRING && !op->hash_field)) {
+        op->status = -EPROTO;
+        return;
+    }
+    op->names = calloc(pairs ? pairs : 1, sizeof(char *));
+    op->values = calloc(pairs ? pairs : 1, sizeof(char *));
+    if (!op->names || !op->values) {
+        op->status = -ENOMEM;
+        return;
+    }
+    if (rep->type == REDIS_REPLY_STRING) {
+        op->names[0] = strdup(op->hash_field);
+        op->values[0] = strndup(rep->str, (size_t)rep->len);
+        op->n = 1;
+        if (!op->names[0] || !op->values[0])
+            op->status = -ENOMEM;
+        return;
+    }
+    for (size_t i = 0; i < pairs; i++) {
+        const redisReply *f = rep->element[2 * i], *v = rep->element[2 * i + 1];
+        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        op->names[op->n] = strndup(f->str, (size_t)f->len);
+        op->values[op->n] = strndup(v->str, (size_t)v->len);
+        op->n++; /* counted before the check, so both are freed */
+        if (!op->names[op->n - 1] || !op->values[op->n - 1]) {
+            op->status = -ENOMEM;
+            return;
+        }
+    }
+}
+
 static void redis_on_cop_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct redis_cop_cmd *c = privdata;
@@ -183,6 +231,8 @@ static void redis_on_cop_reply(redisAsyncContext *ac, void *reply, void *privdat
             op->events = redis_cop_strings(rep, SIZE_MAX, &op->n, &op->status);
         else
             op->status = -EPROTO;
+    } else if (op->hash_cb) {
+        redis_cop_hash_reply(op, rep);
     }
     if (op->pending == 0)
         redis_cop_finish(op);
@@ -332,4 +382,55 @@ int redis_cop_journal_put(struct store *s, const char *node, const char *json, s
     const char *a[3] = {json ? "SET" : "DEL", key, json};
     size_t l[3] = {3, (size_t)kl, json ? strlen(json) : 0};
     return redis_cop_started(op, redis_cop_send(op, SIZE_MAX, json ? 3 : 2, a, l));
+}
+
+/* A new operation on the overrides' hash, its key in key (*kl bytes); NULL with *kl a
+ * negative errno. */
+static struct redis_cop *redis_cop_overrides_new(struct store *s, void *arg, char *key,
+                                                 size_t keysz, int *kl)
+{
+    *kl = snprintf(key, keysz, "%s" REDIS_KEY_OVERRIDES, s->prefix);
+    if (*kl < 0 || (size_t)*kl >= keysz) {
+        *kl = -ENAMETOOLONG;
+        return NULL;
+    }
+    struct redis_cop *op = redis_cop_new(s, arg);
+    if (!op)
+        *kl = -ENOMEM;
+    return op;
+}
+
+int redis_cop_overrides_get(struct store *s, const char *field, store_hash_cb cb, void *arg)
+{
+    char key[STORE_MAX_KEY + 16];
+    int kl;
+    struct redis_cop *op = redis_cop_overrides_new(s, arg, key, sizeof(key), &kl);
+    if (!op)
+        return kl;
+    op->hash_cb = cb;
+    op->hash_field = field;
+    const char *a[3] = {field ? "HGET" : "HGETALL", key, field};
+    size_t l[3] = {field ? 4 : 7, (size_t)kl, field ? strlen(field) : 0};
+    return redis_cop_started(op, redis_cop_send(op, SIZE_MAX, field ? 3 : 2, a, l));
+}
+
+int redis_cop_overrides_put(struct store *s, const char *field, const char *value, store_done_cb cb,
+                            void *arg)
+{
+    char key[STORE_MAX_KEY + 16];
+    int kl;
+    struct redis_cop *op = redis_cop_overrides_new(s, arg, key, sizeof(key), &kl);
+    if (!op)
+        return kl;
+    op->done = cb;
+    /* Two commands on one key and one connection: Redis runs them in order, so a node
+     * that sees the new version also sees the change. */
+    const char *a1[4] = {value ? "HSET" : "HDEL", key, field, value};
+    size_t l1[4] = {4, (size_t)kl, strlen(field), value ? strlen(value) : 0};
+    const char *a2[4] = {"HINCRBY", key, STORE_OVERRIDES_VERSION, "1"};
+    size_t l2[4] = {7, (size_t)kl, strlen(STORE_OVERRIDES_VERSION), 1};
+    int rc = redis_cop_send(op, SIZE_MAX, value ? 4 : 3, a1, l1);
+    if (rc == 0)
+        rc = redis_cop_send(op, SIZE_MAX, 4, a2, l2);
+    return redis_cop_started(op, rc);
 }

@@ -50,7 +50,7 @@ static redisAsyncContext *sentinel_connect(struct redis_sentinel *st, int i, cha
             redisAsyncFree(ac);
         return NULL;
     }
-    if (redis_uv_attach_simple(ac, st->s->loop) < 0) {
+    if (redis_uv_attach(ac, st->s->loop, NULL) < 0) {
         redisAsyncFree(ac);
         snprintf(why, whylen, "cannot attach to the event loop");
         return NULL;

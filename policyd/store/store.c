@@ -423,3 +423,20 @@ int store_counter_reset(struct store *s, const char *key, store_done_cb cb, void
     free(full);
     return rc;
 }
+
+int store_overrides_get(struct store *s, const char *field, store_hash_cb cb, void *arg)
+{
+    int rc = cluster_enter(s, NULL, cb != NULL);
+    if (rc == 0 && s->vt->cop_send == NULL)
+        rc = -EOPNOTSUPP;
+    return rc < 0 ? rc : redis_cop_overrides_get(s, field, cb, arg);
+}
+
+int store_overrides_put(struct store *s, const char *field, const char *value, store_done_cb cb,
+                        void *arg)
+{
+    int rc = cluster_enter(s, NULL, field != NULL && *field);
+    if (rc == 0 && s->vt->cop_send == NULL)
+        rc = -EOPNOTSUPP;
+    return rc < 0 ? rc : redis_cop_overrides_put(s, field, value, cb, arg);
+}

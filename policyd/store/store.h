@@ -62,8 +62,8 @@ struct store_stats {
     bool connected;         /* redis: the last command got a reply; memory: true */
     uint64_t repaired;      /* redis: counter keys of another type or size replaced */
     /* redis: what is wrong now ("ok", "unreachable", "timeout", "auth", "oom", "readonly",
-     * "loading", "masterdown", "busy", "error"; empty for memory), the last message about
-     * it, and since when (wall clock ms) the store has been in this state. */
+     * "loading", "masterdown", "busy", "clusterdown", "error"; empty for memory), the last
+     * message about it, and since when (wall clock ms) the store has been in this state. */
     char state[16];
     char reason[240];
     int64_t state_since_ms;
@@ -160,3 +160,24 @@ int store_journal_put(struct store *s, const char *node, const char *json, store
  * afresh. Returns 1 when done at once (memory store: cb is not called), 0 when
  * cb(arg, status) will run once, or -EINVAL, -ENOMEM, -ESHUTDOWN. */
 int store_counter_reset(struct store *s, const char *key, store_done_cb cb, void *arg);
+
+/* --- Run-time overrides of the rate limits, for the whole cluster (Redis backends): the
+ * hash PREFIXoverrides (redis_keys.h) whose fields are the overrides' texts
+ * (lib/limits_rt.h) plus STORE_OVERRIDES_VERSION, a counter raised by every write, so a
+ * node polls one field and reads the whole hash only when it changed. Single-key
+ * commands (HGET, HGETALL, HSET, HDEL, HINCRBY) a sharding proxy and Redis Cluster
+ * forward. The memory store keeps none: -EOPNOTSUPP (the daemon keeps them in
+ * state_directory). --- */
+#define STORE_OVERRIDES_VERSION "#version"
+/* Most fields a read returns (the daemon bounds its overrides lower). */
+#define STORE_OVERRIDES_MAX 20001
+typedef void (*store_hash_cb)(void *arg, int status, const char *const *fields,
+                              const char *const *values, size_t n);
+/* Reads field (HGET: n is 0 or 1; field must live until cb runs, e.g. a literal) or, with
+ * field NULL, the whole hash (HGETALL). Returns 0
+ * (cb runs once; status < 0 when Redis failed), or -EOPNOTSUPP, -ENOMEM, -ESHUTDOWN. */
+int store_overrides_get(struct store *s, const char *field, store_hash_cb cb, void *arg);
+/* Sets field to value (HSET), or deletes it (HDEL, value NULL), then raises the version.
+ * Returns as store_overrides_get. */
+int store_overrides_put(struct store *s, const char *field, const char *value, store_done_cb cb,
+                        void *arg);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "store.h"
+#include "util/log.h"
 
 /* Usage steps of the memory table's eviction order: step k (0..15) holds counters whose
  * usage is at least k/16 and under (k+1)/16 of their limit; the last step holds those at
@@ -211,10 +212,131 @@ int redis_cop_counter_del(struct store *s, const char *key, size_t keylen, store
                           void *arg);
 int redis_cop_journal_put(struct store *s, const char *node, const char *json, store_done_cb cb,
                           void *arg);
+/* The run-time overrides' hash (store.h): HGET or HGETALL, and HSET or HDEL then HINCRBY. */
+int redis_cop_overrides_get(struct store *s, const char *field, store_hash_cb cb, void *arg);
+int redis_cop_overrides_put(struct store *s, const char *field, const char *value, store_done_cb cb,
+                            void *arg);
 
-/* Attaches a hiredis async context to loop (redis_uv.c): 0, -EEXIST, -ENOMEM or a uv
- * error. The adapter's handle closes itself when hiredis frees the context. */
-int redis_uv_attach_simple(struct redisAsyncContext *ac, uv_loop_t *loop);
+/* Attaches a hiredis async context to loop (redis_uv.c), with write batching: commands
+ * queued in one loop turn go out in one write. outstanding (may be NULL; borrowed, read
+ * while the context lives) counts the connection's commands without reply: while some of
+ * an earlier write are unanswered, new ones are held back briefly (auto-pipelining).
+ * 0, -EEXIST, -ENOMEM or a uv error. The adapter's handles close themselves when hiredis
+ * frees the context. */
+int redis_uv_attach(struct redisAsyncContext *ac, uv_loop_t *loop, const uint64_t *outstanding);
+
+/* --- what both Redis backends (store_redis.c, redis_cluster.c) share --- */
+
+/* What is wrong with Redis, named from an error reply's first word or a connection's
+ * fate (redis_health.c): each kind has its own log limiter and is shown by `postsurge
+ * status`. */
+enum redis_trouble {
+    REDIS_OK_NOW,
+    REDIS_UNREACHABLE, /* cannot connect, connection lost, name not resolved */
+    REDIS_TIMEOUT,     /* no reply within redis_timeout */
+    REDIS_AUTH,        /* NOAUTH, WRONGPASS, NOPERM */
+    REDIS_OOM,         /* OOM: maxmemory reached with a policy that does not evict */
+    REDIS_READONLY,    /* READONLY: a replica */
+    REDIS_LOADING,     /* LOADING: loading its dataset */
+    REDIS_MASTERDOWN,  /* MASTERDOWN: a replica without its master */
+    REDIS_BUSY,        /* BUSY: another script runs too long */
+    REDIS_CLUSTERDOWN, /* CLUSTERDOWN: the cluster does not serve the slot */
+    REDIS_ERROR,       /* any other error reply */
+    REDIS_TROUBLE_COUNT
+};
+
+/* The kind of trouble an error reply names. */
+enum redis_trouble redis_error_kind(const char *err);
+
+/* A backend's health: what is wrong now, the log lines about it (one limiter per kind, a
+ * "back" line on recovery) and the requests answered without Redis meanwhile. */
+struct redis_health {
+    struct store *s;
+    char name[300]; /* after "redis " in log lines: host:port, "master 'NAME'", "cluster" */
+    bool degraded;  /* requests were answered without Redis since it was last fine */
+    uint64_t degraded_count;
+    enum redis_trouble trouble; /* REDIS_OK_NOW when nothing */
+    uint64_t trouble_since;     /* uv_now() when it began */
+    uint64_t outages_unlogged;  /* recoveries whose "back" line was suppressed */
+    struct log_ratelimit rl[REDIS_TROUBLE_COUNT];
+    struct log_ratelimit rl_back;
+};
+
+void redis_health_init(struct redis_health *h, struct store *s, const char *name);
+/* Records kind k with message what for status (since now if the kind changed). */
+void redis_health_set_state(struct redis_health *h, enum redis_trouble k, const char *what);
+/* Logs trouble of kind k at node (NULL: the store's one Redis), rate-limited per kind
+ * with a count and the kind's advice, records it for status, and, when requests is set,
+ * notes that requests are answered without Redis. */
+void redis_health_trouble(struct redis_health *h, const char *node, enum redis_trouble k,
+                          const char *what, bool requests);
+/* The same for an error reply err (ctx, may be NULL, says to what), named by its kind. */
+void redis_health_error_reply(struct redis_health *h, const char *node, const char *ctx,
+                              const char *err, bool requests);
+/* Another request failed for the trouble already known: counted under that kind. */
+void redis_health_again(struct redis_health *h, const char *node);
+/* Redis took a write: a "back" line if it was in trouble (rate-limited), and the local
+ * counters of an outage dropped, since shared counting resumes. */
+void redis_health_ok(struct redis_health *h);
+/* Finishes a request Redis did not answer (not in any list), counting it for the "back"
+ * line unless it was cancelled. */
+void redis_health_finish_failed(struct redis_health *h, struct store_req *req, int status);
+
+/* One connection's commands without reply, and when it last made progress: a connection
+ * with commands outstanding and no reply for four redis_timeout (at least a second) is
+ * stalled (a stopped or overloaded Redis) and is dropped by its backend. */
+struct redis_progress {
+    uint64_t outstanding; /* queued or written, without reply */
+    uint64_t last;        /* uv_now() of the last reply, or of the first command sent */
+};
+
+static inline void redis_progress_sent(struct redis_progress *p, uint64_t now)
+{
+    if (p->outstanding++ == 0)
+        p->last = now;
+}
+
+/* One reply came (rep NULL: the connection dropped the command). */
+static inline void redis_progress_reply(struct redis_progress *p, const void *rep, uint64_t now)
+{
+    if (p->outstanding > 0)
+        p->outstanding--;
+    if (rep)
+        p->last = now;
+}
+
+bool redis_progress_stalled(const struct redis_progress *p, uint64_t now, int64_t timeout_ms);
+
+/* The requests a backend has sent and waits for, in deadline order (every request has
+ * the same timeout), with the timer that answers those Redis does not answer in time. */
+struct redis_inflight {
+    struct redis_health *h;
+    struct store_req_list list;
+    uv_timer_t timer;
+    int64_t timeout_ms;
+    /* Called by the timer after it failed the requests past their deadline (any: some
+     * were), for the backend to log and to drop stalled connections. */
+    void (*on_expired)(struct redis_inflight *in, uint64_t now, bool any);
+    void *owner; /* the backend, for on_expired */
+};
+
+void redis_inflight_init(struct redis_inflight *in, struct redis_health *h, int64_t timeout_ms,
+                         void (*on_expired)(struct redis_inflight *in, uint64_t now, bool any),
+                         void *owner);
+/* Takes req in, due redis_timeout from now. */
+void redis_inflight_add(struct redis_inflight *in, struct store_req *req);
+/* The request of a reply's id, or NULL (late, cancelled or failed). */
+struct store_req *redis_inflight_find(struct redis_inflight *in, uint64_t id);
+/* Takes req out and finishes it: every op answered ... */
+void redis_inflight_answered(struct redis_inflight *in, struct store_req *req);
+/* ... or failed with status (local answers when configured). */
+void redis_inflight_fail(struct redis_inflight *in, struct store_req *req, int status);
+void redis_inflight_fail_all(struct redis_inflight *in, int status);
+/* Takes req out (cancelled by the caller, who frees it). */
+void redis_inflight_unlink(struct redis_inflight *in, struct store_req *req);
+/* Fails every request with -ECANCELED and closes the timer; close_cb is its close
+ * callback (the timer's data is the owner). */
+void redis_inflight_close(struct redis_inflight *in, uv_close_cb close_cb);
 
 /* The Redis Cluster implementation (redis_cluster.c): sets s->vt and s->impl and starts
  * reading the slot map from the seeds of u. 0 or -ENOMEM. */

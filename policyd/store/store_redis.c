@@ -24,76 +24,14 @@
 #include "sha1.h"
 
 #define REDIS_BACKOFF_MIN_MS 50
-/* A connection with commands outstanding and no reply for this long is stalled (a stopped
- * or overloaded Redis): it is dropped so commands stop piling up in its buffers. */
-#define REDIS_STALL_MIN_MS 1000
 /* Keys up to this length (prefix included) go out preformatted from a stack buffer. */
 #define REDIS_FAST_KEY 1024
 /* privdata of a command: request id << 8 | op index. Id 0 is the handshake. */
 #define REDIS_PD(id, idx) ((void *)(uintptr_t)(((uintptr_t)(id) << 8) | (uintptr_t)(idx)))
 
-/* What is wrong with Redis, named from the error reply's first word or the connection's
- * fate: each has its own log limiter and is shown by `postsurge status`. */
-enum redis_trouble {
-    REDIS_OK_NOW,
-    REDIS_UNREACHABLE, /* cannot connect, connection lost, name not resolved */
-    REDIS_TIMEOUT,     /* no reply within redis_timeout */
-    REDIS_AUTH,        /* NOAUTH, WRONGPASS, NOPERM */
-    REDIS_OOM,         /* OOM: maxmemory reached with a policy that does not evict */
-    REDIS_READONLY,    /* READONLY: a replica */
-    REDIS_LOADING,     /* LOADING: loading its dataset */
-    REDIS_MASTERDOWN,  /* MASTERDOWN: a replica without its master */
-    REDIS_BUSY,        /* BUSY: another script runs too long */
-    REDIS_ERROR,       /* any other error reply */
-    REDIS_TROUBLE_COUNT
-};
-
-static const struct {
-    const char *state;  /* for status */
-    const char *prefix; /* error reply's first word(s) */
-    const char *advice; /* what to do, appended to the log line */
-} redis_troubles[REDIS_TROUBLE_COUNT] = {
-    [REDIS_OK_NOW] = {"ok", NULL, NULL},
-    [REDIS_UNREACHABLE] = {"unreachable", NULL, NULL},
-    [REDIS_TIMEOUT] = {"timeout", NULL, "raise redis_timeout if Redis is merely slow"},
-    [REDIS_AUTH] = {"auth", NULL,
-                    "check the password of the store URL (redis://:PASSWORD@host:port) against "
-                    "Redis's requirepass"},
-    [REDIS_OOM] = {"oom", "OOM",
-                   "Redis is out of memory (maxmemory reached and its policy does not evict): "
-                   "raise maxmemory or use maxmemory-policy volatile-ttl"},
-    [REDIS_READONLY] = {"readonly", "READONLY",
-                        "this Redis is a read-only replica: point store at the master"},
-    [REDIS_LOADING] = {"loading", "LOADING", "Redis is loading its dataset after a restart"},
-    [REDIS_MASTERDOWN] = {"masterdown", "MASTERDOWN",
-                          "this replica lost its master: point store at the master"},
-    [REDIS_BUSY] = {"busy", "BUSY", "another script is running too long in Redis"},
-    [REDIS_ERROR] = {"error", NULL, NULL},
-};
-
-/* The kind of trouble an error reply names (its first word). */
-static enum redis_trouble redis_error_kind(const char *err)
-{
-    if (!strncmp(err, "NOAUTH", 6) || !strncmp(err, "WRONGPASS", 9) || !strncmp(err, "NOPERM", 6) ||
-        !strncmp(err, "ERR invalid password", 20) || !strncmp(err, "ERR AUTH", 8))
-        return REDIS_AUTH;
-    for (int k = REDIS_OOM; k <= REDIS_BUSY; k++) {
-        size_t n = strlen(redis_troubles[k].prefix);
-        if (!strncmp(err, redis_troubles[k].prefix, n) && (err[n] == ' ' || err[n] == '\0'))
-            return (enum redis_trouble)k;
-    }
-    /* Inside a script Redis 7 reports a command's error after the script's own words. */
-    if (strstr(err, "OOM command not allowed"))
-        return REDIS_OOM;
-    if (strstr(err, "READONLY You can't write"))
-        return REDIS_READONLY;
-    return REDIS_ERROR;
-}
-
 struct redis {
     struct store *s;
     struct config_store_url url;
-    char where[300]; /* host:port or path, for log lines */
     char sha[41];
     /* "*8", "EVALSHA", the script's SHA-1 and the key count, in RESP: the fixed start of
      * every counter command. */
@@ -101,27 +39,17 @@ struct redis {
     size_t evalsha_head_len;
     redisAsyncContext *ac;
     bool resolving;
-    bool up;       /* a reply came on the current connection */
-    bool degraded; /* requests were answered locally since Redis was last fine */
-    uint64_t degraded_count;
-    uv_timer_t timeout_timer;
+    bool up; /* a reply came on the current connection */
+    struct redis_health h;
+    struct redis_inflight in;
+    struct redis_progress prog; /* of the current connection */
     uv_timer_t reconnect_timer;
     uv_getaddrinfo_t gai;
-    struct store_req_list inflight;
     uint64_t next_id;
-    uint64_t outstanding;   /* commands sent on the current connection without reply */
-    uint64_t last_progress; /* uv_now() of the last reply, or of the first command sent */
-    int64_t timeout_ms;
     int64_t backoff_ms;
     int64_t backoff_max_ms;
     bool first_connect;
-    enum redis_trouble trouble; /* what is wrong now; REDIS_OK_NOW when nothing */
-    uint64_t trouble_since;     /* uv_now() when it began */
-    uint64_t outages_unlogged;  /* recoveries whose "is back" line was suppressed */
-    /* One limiter per kind of trouble: a new kind is logged at once, a repeated one once
-     * per log_repeat_interval with a count. Recoveries and repaired keys have their own. */
-    struct log_ratelimit rl[REDIS_TROUBLE_COUNT];
-    struct log_ratelimit rl_back, rl_repair;
+    struct log_ratelimit rl_repair; /* repaired keys */
     /* redis-sentinel://: where the master's address comes from, and whether a query
      * for it runs (requests wait for it, as for a name being resolved). */
     struct redis_sentinel *sentinel;
@@ -130,169 +58,6 @@ struct redis {
 };
 
 static void redis_connect(struct redis *r);
-
-/* --- hiredis on libuv ---
- * Our own copy of hiredis's adapters/libuv.h: the 0.14.1 one ignores a poll error
- * (status < 0, e.g. a refused connect or a reset), so hiredis would never notice the
- * failure and the request would wait for its timeout. As in hiredis 1.0, an error is
- * reported as the events we wait for, so hiredis reads or writes and sees the error. */
-struct redis_uv_events {
-    redisAsyncContext *ac;
-    uv_poll_t handle;
-    /* Commands queued during one loop turn go out in one write from the prepare phase
-     * (which runs before the loop blocks, whatever phase queued them), without arming
-     * and disarming write interest: that cost two epoll_ctl calls per batch. Write
-     * interest is armed only when the socket does not take everything. */
-    uv_prepare_t flush;
-    bool in_flush;
-    unsigned unflushed; /* commands queued since the output buffer was last empty */
-    bool holding;
-    uint64_t hold_since; /* uv_now() when the current hold began */
-    int open;            /* handles not yet closed */
-    int events;
-};
-
-static void redis_uv_on_poll(uv_poll_t *h, int status, int events)
-{
-    struct redis_uv_events *p = h->data;
-    int ev = status < 0 ? p->events : events;
-    if (p->ac && (ev & UV_READABLE))
-        redisAsyncHandleRead(p->ac);
-    if (p->ac && (ev & UV_WRITABLE))
-        redisAsyncHandleWrite(p->ac);
-}
-
-static void redis_uv_update(struct redis_uv_events *p, int events)
-{
-    if (events == p->events)
-        return; /* uv_poll_start would re-register the fd with the kernel */
-    p->events = events;
-    if (events)
-        uv_poll_start(&p->handle, events, redis_uv_on_poll);
-    else
-        uv_poll_stop(&p->handle);
-}
-
-static void redis_uv_add_read(void *privdata)
-{
-    struct redis_uv_events *p = privdata;
-    redis_uv_update(p, p->events | UV_READABLE);
-}
-
-static void redis_uv_del_read(void *privdata)
-{
-    struct redis_uv_events *p = privdata;
-    redis_uv_update(p, p->events & ~UV_READABLE);
-}
-
-/* Auto-pipelining: while commands of an earlier write still wait for replies, new ones
- * stay queued and go out in one write when those replies are in (Redis answers a
- * pipeline in order, so they would wait behind it anyway). Under load Redis then reads,
- * runs and answers larger batches, with fewer system calls on both sides; with nothing
- * in flight (one connection, light load) a command goes out at once as before. A hold
- * ends when the earlier replies are in, at the first loop turn after REDIS_HOLD_MAX_MS
- * (no timer of its own: with Redis stalled, a held command waits for the next event,
- * the replies or the calls' own redis_timeout timers, which it could not beat anyway),
- * and when REDIS_HOLD_MAX_CMDS commands are queued (without that cap, 32 connections
- * ran about 5 % slower than with no hold: Redis sat idle while one batch gathered). */
-#define REDIS_HOLD_MAX_MS 2
-#define REDIS_HOLD_MAX_CMDS 32
-static bool redis_uv_hold(struct redis_uv_events *p)
-{
-    const struct redis *r = p->ac->data;
-    /* outstanding counts every command without reply, queued or written. */
-    if (!r || !(p->ac->c.flags & REDIS_CONNECTED) || r->outstanding <= p->unflushed ||
-        p->unflushed >= REDIS_HOLD_MAX_CMDS) {
-        p->holding = false;
-        return false;
-    }
-    uint64_t now = uv_now(r->s->loop);
-    if (!p->holding) {
-        p->holding = true;
-        p->hold_since = now;
-    }
-    if (now - p->hold_since >= REDIS_HOLD_MAX_MS) {
-        p->holding = false;
-        return false;
-    }
-    return true;
-}
-
-static void redis_uv_on_flush(uv_prepare_t *h)
-{
-    struct redis_uv_events *p = h->data;
-    if (p->ac && redis_uv_hold(p))
-        return; /* the prepare handle stays active: checked again at the next loop turn */
-    uv_prepare_stop(h);
-    if (!p->ac)
-        return;
-    p->in_flush = true;
-    redisAsyncHandleWrite(p->ac); /* may free the context (cleanup clears p->ac) */
-    p->in_flush = false;
-}
-
-static void redis_uv_add_write(void *privdata)
-{
-    struct redis_uv_events *p = privdata;
-    p->unflushed++; /* hiredis calls this for every command it queues */
-    /* Connecting, or the socket did not take the last flush: wait until writable. */
-    if (p->in_flush || !p->ac || !(p->ac->c.flags & REDIS_CONNECTED)) {
-        redis_uv_update(p, p->events | UV_WRITABLE);
-        return;
-    }
-    if (!(p->events & UV_WRITABLE))
-        uv_prepare_start(&p->flush, redis_uv_on_flush);
-}
-
-static void redis_uv_del_write(void *privdata)
-{
-    struct redis_uv_events *p = privdata;
-    p->unflushed = 0; /* hiredis calls this when its output buffer is written */
-    p->holding = false;
-    uv_prepare_stop(&p->flush);
-    redis_uv_update(p, p->events & ~UV_WRITABLE);
-}
-
-static void redis_uv_on_close(uv_handle_t *h)
-{
-    struct redis_uv_events *p = h->data;
-    if (--p->open == 0)
-        free(p);
-}
-
-static void redis_uv_cleanup(void *privdata)
-{
-    struct redis_uv_events *p = privdata;
-    p->ac = NULL; /* the context is being freed */
-    uv_close((uv_handle_t *)&p->handle, redis_uv_on_close);
-    uv_close((uv_handle_t *)&p->flush, redis_uv_on_close);
-}
-
-static int redis_uv_attach(redisAsyncContext *ac, uv_loop_t *loop)
-{
-    if (ac->ev.data)
-        return -EEXIST;
-    struct redis_uv_events *p = calloc(1, sizeof(*p));
-    if (!p)
-        return -ENOMEM;
-    int rc = uv_poll_init(loop, &p->handle, ac->c.fd);
-    if (rc < 0) {
-        free(p);
-        return rc;
-    }
-    uv_prepare_init(loop, &p->flush);
-    p->flush.data = p;
-    p->open = 2;
-    p->ac = ac;
-    p->handle.data = p;
-    ac->ev.addRead = redis_uv_add_read;
-    ac->ev.delRead = redis_uv_del_read;
-    ac->ev.addWrite = redis_uv_add_write;
-    ac->ev.delWrite = redis_uv_del_write;
-    ac->ev.cleanup = redis_uv_cleanup;
-    ac->ev.data = p;
-    return 0;
-}
 
 static void redis_on_reconnect_timer(uv_timer_t *h)
 {
@@ -304,105 +69,13 @@ static uint64_t redis_now(struct redis *r)
     return uv_now(r->s->loop);
 }
 
-static int64_t redis_wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Records the store's state for status: kind k with message what (since now if the kind
- * changed). */
-static void redis_set_state(struct redis *r, enum redis_trouble k, const char *what)
-{
-    struct store_stats *st = &r->s->stats;
-    if (k != r->trouble || !st->state[0]) {
-        r->trouble = k;
-        r->trouble_since = redis_now(r);
-        st->state_since_ms = redis_wall_ms();
-        snprintf(st->state, sizeof(st->state), "%s", redis_troubles[k].state);
-    }
-    snprintf(st->reason, sizeof(st->reason), "%s", what ? what : "");
-}
-
-/* Logs trouble of kind k (rate-limited per kind, with a count), records it for status,
- * and, when requests is set, notes that requests are answered without Redis. */
-static void redis_note_trouble(struct redis *r, enum redis_trouble k, const char *what,
-                               bool requests)
-{
-    const char *advice = redis_troubles[k].advice;
-    if (requests)
-        r->degraded = true;
-    redis_set_state(r, k, what);
-    log_warn_ratelimited(&r->rl[k], redis_now(r), (uint64_t)r->s->log_interval_ms,
-                         "redis %s: %s%s%s%s%s", r->where, what, advice ? " (" : "",
-                         advice ? advice : "", advice ? ")" : "",
-                         !requests              ? ""
-                         : r->s->local_fallback ? "; answering from local counters"
-                                                : "; answering per store_failure_action");
-}
-
-/* Logs a failure and notes that Redis is degraded. */
-static void redis_note_failure(struct redis *r, enum redis_trouble k, const char *what)
-{
-    redis_note_trouble(r, k, what, true);
-}
-
-/* Another request failed for the trouble already known (no connection between two
- * attempts): counted under that kind, its message kept. */
-static void redis_note_again(struct redis *r)
-{
-    char what[sizeof(r->s->stats.reason)];
-    enum redis_trouble k = r->trouble != REDIS_OK_NOW ? r->trouble : REDIS_UNREACHABLE;
-    snprintf(what, sizeof(what), "%s",
-             r->s->stats.reason[0] ? r->s->stats.reason : "not connected");
-    redis_note_failure(r, k, what);
-}
-
-/* An error reply: named by its first word. */
-static void redis_note_error_reply(struct redis *r, const char *ctx, const char *err, bool requests)
-{
-    char what[240];
-    snprintf(what, sizeof(what), "%s%s%.180s", ctx ? ctx : "", ctx ? ": " : "", err);
-    redis_note_trouble(r, redis_error_kind(err), what, requests);
-}
-
 static void redis_note_success(struct redis *r)
 {
     if (!r->up) {
         r->up = true;
         r->backoff_ms = REDIS_BACKOFF_MIN_MS;
     }
-    if (r->degraded || r->trouble != REDIS_OK_NOW) {
-        uint64_t supp;
-        double secs = (double)(redis_now(r) - r->trouble_since) / 1000.0;
-        /* Rate-limited too: a Redis that flaps would log a line per recovery. */
-        if (log_threshold >= LOG_LVL_INFO &&
-            log_ratelimit_allow(&r->rl_back, redis_now(r), (uint64_t)r->s->log_interval_ms,
-                                &supp)) {
-            char more[80] = "";
-            if (r->outages_unlogged)
-                snprintf(more, sizeof(more), " (%" PRIu64 " earlier recoveries not logged)",
-                         r->outages_unlogged);
-            log_info("redis %s is back after %.1f s (%s); %" PRIu64
-                     " requests were answered without it%s",
-                     r->where, secs, redis_troubles[r->trouble].state, r->degraded_count, more);
-            r->outages_unlogged = 0;
-        } else {
-            r->outages_unlogged++;
-        }
-        if (r->degraded) {
-            /* Shared counting resumes in Redis: the outage's local counters are not
-             * consulted again (the next outage starts afresh), so free them now rather
-             * than keep them for their windows (a day for a per-day rule). */
-            mem_table_clear(&r->s->mem);
-        }
-        r->degraded = false;
-        r->degraded_count = 0;
-        redis_set_state(r, REDIS_OK_NOW, "");
-    }
-    if (!r->s->stats.state[0])
-        redis_set_state(r, REDIS_OK_NOW, "");
+    redis_health_ok(&r->h);
     r->s->stats.connected = true;
 }
 
@@ -411,33 +84,9 @@ static void redis_note_success(struct redis *r)
  * write (write: a reply to a read does not prove Redis can take writes). */
 static void redis_note_reply(struct redis *r, const redisReply *rep, bool write)
 {
-    if (r->outstanding > 0)
-        r->outstanding--;
-    if (rep) {
-        r->last_progress = redis_now(r);
-        if (rep->type != REDIS_REPLY_ERROR && write)
-            redis_note_success(r);
-    }
-}
-
-/* Answers a request Redis did not answer, counting it for the "back" line. */
-static void redis_finish_failed(struct redis *r, struct store_req *req, int status)
-{
-    if (status != -ECANCELED)
-        r->degraded_count++;
-    store_req_finish(req, status);
-}
-
-/* Fails every in-flight request (local answers when configured). */
-static void redis_fail_inflight(struct redis *r, int status)
-{
-    while (r->inflight.head) {
-        struct store_req *req = r->inflight.head;
-        store_req_list_remove(&r->inflight, req);
-        if (status == -ETIMEDOUT)
-            r->s->stats.timeouts++;
-        redis_finish_failed(r, req, status);
-    }
+    redis_progress_reply(&r->prog, rep, redis_now(r));
+    if (rep && rep->type != REDIS_REPLY_ERROR && write)
+        redis_note_success(r);
 }
 
 static void redis_schedule_reconnect(struct redis *r)
@@ -457,64 +106,27 @@ static void redis_drop(struct redis *r, int status, enum redis_trouble kind, con
     redisAsyncContext *ac = r->ac;
     r->ac = NULL;
     r->up = false;
-    r->outstanding = 0;
+    r->prog.outstanding = 0;
     r->s->stats.connected = false;
     if (ac) {
         ac->data = NULL;
         redisAsyncFree(ac);
     }
     if (why)
-        redis_note_failure(r, kind, why);
-    redis_fail_inflight(r, status);
+        redis_health_trouble(&r->h, NULL, kind, why, true);
+    redis_inflight_fail_all(&r->in, status);
     redis_schedule_reconnect(r);
 }
 
-static struct store_req *redis_find(struct redis *r, uint64_t id)
+/* The in-flight timer failed the requests past their deadline (any): log, and drop a
+ * stalled connection. */
+static void redis_on_expired(struct redis_inflight *in, uint64_t now, bool any)
 {
-    /* Replies come in order, so the request is almost always the oldest. */
-    for (struct store_req *req = r->inflight.head; req; req = req->next)
-        if (req->id == id)
-            return req;
-    return NULL;
-}
-
-static void redis_on_timeout(uv_timer_t *h);
-
-static void redis_arm_timer(struct redis *r)
-{
-    struct store_req *head = r->inflight.head;
-    if (!head) {
-        uv_timer_stop(&r->timeout_timer);
-        return;
-    }
-    uint64_t now = redis_now(r);
-    uint64_t due = head->deadline > now ? head->deadline - now : 0;
-    uv_timer_start(&r->timeout_timer, redis_on_timeout, due, 0);
-}
-
-static void redis_on_timeout(uv_timer_t *h)
-{
-    struct redis *r = h->data;
-    uint64_t now = redis_now(r);
-    bool any = false;
-    /* Every request has the same timeout, so the list is in deadline order. */
-    while (r->inflight.head && r->inflight.head->deadline <= now) {
-        struct store_req *req = r->inflight.head;
-        store_req_list_remove(&r->inflight, req);
-        r->s->stats.timeouts++;
-        redis_finish_failed(r, req, -ETIMEDOUT);
-        any = true;
-    }
+    struct redis *r = in->owner;
     if (any)
-        redis_note_failure(r, REDIS_TIMEOUT, "no reply within redis_timeout");
-    uint64_t stall = (uint64_t)r->timeout_ms * 4;
-    if (stall < REDIS_STALL_MIN_MS)
-        stall = REDIS_STALL_MIN_MS;
-    if (r->ac && r->outstanding > 0 && now - r->last_progress >= stall) {
+        redis_health_trouble(&r->h, NULL, REDIS_TIMEOUT, "no reply within redis_timeout", true);
+    if (r->ac && redis_progress_stalled(&r->prog, now, in->timeout_ms))
         redis_drop(r, -ETIMEDOUT, REDIS_TIMEOUT, NULL);
-        return;
-    }
-    redis_arm_timer(r);
 }
 
 static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata);
@@ -596,8 +208,7 @@ static int redis_send_op(struct redis *r, redisAsyncContext *ac, struct store_re
     }
     if (rc != REDIS_OK)
         return -1;
-    if (r->outstanding++ == 0)
-        r->last_progress = redis_now(r);
+    redis_progress_sent(&r->prog, redis_now(r));
     return 0;
 }
 
@@ -610,7 +221,7 @@ static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     redis_note_reply(r, rep, true); /* the window script writes */
     uint64_t id = (uint64_t)((uintptr_t)privdata >> 8);
     size_t idx = (size_t)((uintptr_t)privdata & 0xff);
-    struct store_req *req = redis_find(r, id);
+    struct store_req *req = redis_inflight_find(&r->in, id);
     if (!req || idx >= req->n || req->ops[idx].answered)
         return; /* late (timed out), cancelled, or already failed */
 
@@ -636,38 +247,33 @@ static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
             log_warn_ratelimited(&r->rl_repair, redis_now(r), (uint64_t)r->s->log_interval_ms,
                                  "redis %s: counter key %.*s held a value of another type or "
                                  "size (WRONGTYPE); deleted it and counted afresh",
-                                 r->where, (int)(op->keylen < 200 ? op->keylen : 200), op->key);
+                                 r->h.name, (int)(op->keylen < 200 ? op->keylen : 200), op->key);
         }
         req->results[idx].allowed = (v & 1) != 0;
         req->results[idx].count = v >> 1;
         req->ops[idx].answered = true;
         if (--req->npending > 0)
             return;
-        store_req_list_remove(&r->inflight, req);
-        store_req_finish(req, 0);
-        redis_arm_timer(r);
+        redis_inflight_answered(&r->in, req);
         return;
     } else if (r->sentinel && rep->type == REDIS_REPLY_ERROR &&
                strncmp(rep->str, "READONLY", 8) == 0) {
         /* The node was demoted: drop it and ask the sentinels where the master is. */
-        store_req_list_remove(&r->inflight, req);
-        redis_finish_failed(r, req, -EPROTO);
+        redis_inflight_fail(&r->in, req, -EPROTO);
         redis_drop(r, -ECONNRESET, REDIS_READONLY,
                    "READONLY: no longer the master; asking the sentinels");
         return;
     } else if (rep->type == REDIS_REPLY_ERROR) {
         status = -EPROTO;
-        redis_note_error_reply(r, NULL, rep->str, true);
+        redis_health_error_reply(&r->h, NULL, NULL, rep->str, true);
     } else {
         status = -EPROTO;
-        redis_note_failure(r, REDIS_ERROR,
-                           "unexpected reply to the window script (not an integer)");
+        redis_health_trouble(&r->h, NULL, REDIS_ERROR,
+                             "unexpected reply to the window script (not an integer)", true);
     }
     if (status == -ECONNRESET)
-        redis_note_failure(r, REDIS_UNREACHABLE, "connection lost");
-    store_req_list_remove(&r->inflight, req);
-    redis_finish_failed(r, req, status);
-    redis_arm_timer(r);
+        redis_health_trouble(&r->h, NULL, REDIS_UNREACHABLE, "connection lost", true);
+    redis_inflight_fail(&r->in, req, status);
 }
 
 /* Queues a request's commands on ac. 0, or -1 if the context is going away (replies to
@@ -687,28 +293,23 @@ static void redis_submit(struct store *s, struct store_req *req)
     redisAsyncContext *ac = r->ac;
     req->id = ++r->next_id;
     if (!ac && !r->resolving && !r->asking) {
-        redis_note_again(r);
-        redis_finish_failed(r, req, -ENOTCONN);
+        redis_health_again(&r->h, NULL);
+        redis_health_finish_failed(&r->h, req, -ENOTCONN);
         return;
     }
     /* While the name resolves, the request waits (up to its deadline) to be sent. */
     if (ac && redis_send_req(r, ac, req) < 0) {
-        redis_note_again(r);
-        redis_finish_failed(r, req, -ENOTCONN);
+        redis_health_again(&r->h, NULL);
+        redis_health_finish_failed(&r->h, req, -ENOTCONN);
         return;
     }
-    req->deadline = redis_now(r) + (uint64_t)r->timeout_ms;
-    req->where = REQ_INFLIGHT;
-    store_req_list_push(&r->inflight, req);
-    if (!uv_is_active((uv_handle_t *)&r->timeout_timer))
-        redis_arm_timer(r);
+    redis_inflight_add(&r->in, req);
 }
 
 static void redis_unlink(struct store *s, struct store_req *req)
 {
     struct redis *r = s->impl;
-    store_req_list_remove(&r->inflight, req);
-    redis_arm_timer(r);
+    redis_inflight_unlink(&r->in, req);
 }
 
 static void redis_on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
@@ -717,9 +318,7 @@ static void redis_on_handshake(redisAsyncContext *ac, void *reply, void *privdat
     redisReply *rep = reply;
     if (!r || !rep)
         return;
-    if (r->outstanding > 0)
-        r->outstanding--;
-    r->last_progress = redis_now(r);
+    redis_progress_reply(&r->prog, rep, redis_now(r));
     if (rep->type == REDIS_REPLY_ERROR) {
         char what[200];
         snprintf(what, sizeof(what), "%s refused: %.150s", (const char *)privdata, rep->str);
@@ -737,9 +336,7 @@ static void redis_on_role(redisAsyncContext *ac, void *reply, void *privdata)
     (void)privdata;
     if (!r || !rep)
         return;
-    if (r->outstanding > 0)
-        r->outstanding--;
-    r->last_progress = redis_now(r);
+    redis_progress_reply(&r->prog, rep, redis_now(r));
     if (rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
         rep->element[0]->type == REDIS_REPLY_STRING &&
         strcmp(rep->element[0]->str, "master") == 0) {
@@ -756,8 +353,8 @@ static void redis_on_role(redisAsyncContext *ac, void *reply, void *privdata)
         /* A wrong answer from the sentinels, not one more failure of Redis: said at once,
          * whatever the rate limit of the failure lines, then rate-limited as they are. */
         r->role_warned = true;
-        log_warn("redis %s at %s:%d: %s", r->where, r->url.host, r->url.port, what);
-        r->degraded = true;
+        log_warn("redis %s at %s:%d: %s", r->h.name, r->url.host, r->url.port, what);
+        r->h.degraded = true;
         redis_drop(r, -ECONNRESET, REDIS_ERROR, NULL);
         return;
     }
@@ -775,11 +372,11 @@ static void redis_on_connect(const redisAsyncContext *ac, int status)
     r->ac = NULL;
     char what[200];
     snprintf(what, sizeof(what), "cannot connect: %.150s", ac->errstr);
-    redis_note_failure(r, REDIS_UNREACHABLE, what);
+    redis_health_trouble(&r->h, NULL, REDIS_UNREACHABLE, what, true);
     r->up = false;
-    r->outstanding = 0;
+    r->prog.outstanding = 0;
     r->s->stats.connected = false;
-    redis_fail_inflight(r, -ECONNREFUSED);
+    redis_inflight_fail_all(&r->in, -ECONNREFUSED);
     redis_schedule_reconnect(r);
 }
 
@@ -791,15 +388,15 @@ static void redis_on_disconnect(const redisAsyncContext *ac, int status)
     ((redisAsyncContext *)ac)->data = NULL;
     r->ac = NULL;
     r->up = false;
-    r->outstanding = 0;
+    r->prog.outstanding = 0;
     r->s->stats.connected = false;
     if (!r->s->closing) {
         char what[200];
         snprintf(what, sizeof(what), "connection lost: %.150s",
                  status == REDIS_OK ? "closed" : ac->errstr);
-        redis_note_failure(r, REDIS_UNREACHABLE, what);
+        redis_health_trouble(&r->h, NULL, REDIS_UNREACHABLE, what, true);
     }
-    redis_fail_inflight(r, -ECONNRESET);
+    redis_inflight_fail_all(&r->in, -ECONNRESET);
     redis_schedule_reconnect(r);
 }
 
@@ -815,15 +412,16 @@ static void redis_connect_to(struct redis *r, const char *ip)
         snprintf(what, sizeof(what), "cannot connect: %.150s", ac ? ac->errstr : "out of memory");
         if (ac)
             redisAsyncFree(ac);
-        redis_note_failure(r, REDIS_UNREACHABLE, what);
-        redis_fail_inflight(r, -ECONNREFUSED);
+        redis_health_trouble(&r->h, NULL, REDIS_UNREACHABLE, what, true);
+        redis_inflight_fail_all(&r->in, -ECONNREFUSED);
         redis_schedule_reconnect(r);
         return;
     }
-    if (redis_uv_attach(ac, r->s->loop) < 0) {
+    if (redis_uv_attach(ac, r->s->loop, &r->prog.outstanding) < 0) {
         redisAsyncFree(ac);
-        redis_note_failure(r, REDIS_UNREACHABLE, "cannot attach to the event loop");
-        redis_fail_inflight(r, -ENOTCONN);
+        redis_health_trouble(&r->h, NULL, REDIS_UNREACHABLE, "cannot attach to the event loop",
+                             true);
+        redis_inflight_fail_all(&r->in, -ENOTCONN);
         redis_schedule_reconnect(r);
         return;
     }
@@ -832,33 +430,32 @@ static void redis_connect_to(struct redis *r, const char *ip)
     redisAsyncSetDisconnectCallback(ac, redis_on_disconnect);
     r->ac = ac;
     r->up = false;
-    r->outstanding = 0;
+    r->prog.outstanding = 0;
     /* Queued now, sent once connected, answered before any window script. */
     if (r->url.password[0]) {
         const char *argv[2] = {"AUTH", r->url.password};
         redisAsyncCommandArgv(ac, redis_on_handshake, (void *)"AUTH", 2, argv, NULL);
-        r->outstanding++;
+        r->prog.outstanding++;
     }
     if (r->url.db != 0) {
         char db[16];
         snprintf(db, sizeof(db), "%d", r->url.db);
         const char *argv[2] = {"SELECT", db};
         redisAsyncCommandArgv(ac, redis_on_handshake, (void *)"SELECT", 2, argv, NULL);
-        r->outstanding++;
+        r->prog.outstanding++;
     }
     if (r->sentinel) {
         redisAsyncCommand(ac, redis_on_role, NULL, "ROLE");
-        r->outstanding++;
+        r->prog.outstanding++;
     }
-    if (r->outstanding)
-        r->last_progress = redis_now(r);
+    if (r->prog.outstanding)
+        r->prog.last = redis_now(r);
     /* Requests that waited for the name to resolve. */
-    struct store_req *req = r->inflight.head;
+    struct store_req *req = r->in.list.head;
     while (req) {
         struct store_req *next = req->next;
         if (!req->sent && redis_send_req(r, ac, req) < 0) {
-            store_req_list_remove(&r->inflight, req);
-            redis_finish_failed(r, req, -ENOTCONN);
+            redis_inflight_fail(&r->in, req, -ENOTCONN);
         }
         req = next;
     }
@@ -885,8 +482,8 @@ static void redis_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo
         char what[200];
         snprintf(what, sizeof(what), "cannot resolve %.100s: %.80s", r->url.host,
                  status ? uv_strerror(status) : "no address");
-        redis_note_failure(r, REDIS_UNREACHABLE, what);
-        redis_fail_inflight(r, -ENOTCONN);
+        redis_health_trouble(&r->h, NULL, REDIS_UNREACHABLE, what, true);
+        redis_inflight_fail_all(&r->in, -ENOTCONN);
         redis_schedule_reconnect(r);
         return;
     }
@@ -935,7 +532,7 @@ static void redis_connect_addr(struct redis *r)
         r->resolving = true;
         return;
     }
-    redis_note_failure(r, REDIS_UNREACHABLE, "cannot start resolving its name");
+    redis_health_trouble(&r->h, NULL, REDIS_UNREACHABLE, "cannot start resolving its name", true);
     redis_schedule_reconnect(r);
 }
 
@@ -954,9 +551,8 @@ static void redis_close(struct store *s)
         ac->data = NULL;
         redisAsyncFree(ac);
     }
-    redis_fail_inflight(r, -ECANCELED);
     s->open_handles += 2;
-    uv_close((uv_handle_t *)&r->timeout_timer, redis_on_timer_close);
+    redis_inflight_close(&r->in, redis_on_timer_close);
     uv_close((uv_handle_t *)&r->reconnect_timer, redis_on_timer_close);
     if (r->resolving) {
         /* Its callback runs (with UV_ECANCELED or a result) and releases the store. */
@@ -984,8 +580,7 @@ static int redis_cop_send(struct store *s,
     struct redis *r = s->impl;
     if (!r->ac || redisAsyncCommandArgv(r->ac, fn, privdata, argc, argv, len) != REDIS_OK)
         return -ENOTCONN;
-    if (r->outstanding++ == 0)
-        r->last_progress = redis_now(r);
+    redis_progress_sent(&r->prog, redis_now(r));
     return 0;
 }
 
@@ -996,7 +591,7 @@ static void redis_cop_reply(redisAsyncContext *ac, const redisReply *rep, bool w
         return;
     redis_note_reply(r, rep, write);
     if (rep && rep->type == REDIS_REPLY_ERROR)
-        redis_note_error_reply(r, "cluster command failed", rep->str, false);
+        redis_health_error_reply(&r->h, NULL, "cluster command failed", rep->str, false);
 }
 
 static const struct store_vtable redis_vtable = {
@@ -1023,19 +618,19 @@ int store_redis_init(struct store *s, const struct config *cfg, const struct con
         return -ENOMEM;
     r->s = s;
     r->url = *u;
+    redis_health_init(&r->h, s, "");
     if (u->kind == CONFIG_STORE_REDIS_SENTINEL)
-        snprintf(r->where, sizeof(r->where), "master '%s'", u->master_name);
+        snprintf(r->h.name, sizeof(r->h.name), "master '%s'", u->master_name);
     else if (u->kind == CONFIG_STORE_REDIS_UNIX)
-        snprintf(r->where, sizeof(r->where), "unix:%s", u->path);
+        snprintf(r->h.name, sizeof(r->h.name), "unix:%s", u->path);
     else if (strchr(u->host, ':'))
-        snprintf(r->where, sizeof(r->where), "[%s]:%d", u->host, u->port);
+        snprintf(r->h.name, sizeof(r->h.name), "[%s]:%d", u->host, u->port);
     else
-        snprintf(r->where, sizeof(r->where), "%s:%d", u->host, u->port);
+        snprintf(r->h.name, sizeof(r->h.name), "%s:%d", u->host, u->port);
     sha1_hex(window_lua_script, strlen(window_lua_script), r->sha);
     r->evalsha_head_len =
         (size_t)snprintf(r->evalsha_head, sizeof(r->evalsha_head),
                          "*5\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n", r->sha);
-    r->timeout_ms = cfg->redis_timeout > 0 ? cfg->redis_timeout : 100;
     r->backoff_max_ms = cfg->redis_reconnect_max > 0 ? cfg->redis_reconnect_max : 5000;
     r->backoff_ms = REDIS_BACKOFF_MIN_MS;
     if (r->backoff_ms > r->backoff_max_ms)
@@ -1046,8 +641,8 @@ int store_redis_init(struct store *s, const struct config *cfg, const struct con
         free(r);
         return -ENOMEM;
     }
-    uv_timer_init(s->loop, &r->timeout_timer);
-    r->timeout_timer.data = r;
+    redis_inflight_init(&r->in, &r->h, cfg->redis_timeout > 0 ? cfg->redis_timeout : 100,
+                        redis_on_expired, r);
     uv_timer_init(s->loop, &r->reconnect_timer);
     r->reconnect_timer.data = r;
     s->impl = r;
@@ -1068,10 +663,10 @@ void store_redis_master_found(struct store *s, const char *ip, int port, bool sw
         return; /* connected there already */
     if (!same) {
         if (r->url.host[0])
-            log_info("redis %s: master is now at %s:%d (was %s:%d)", r->where, ip, port,
+            log_info("redis %s: master is now at %s:%d (was %s:%d)", r->h.name, ip, port,
                      r->url.host, r->url.port);
         else
-            log_info("redis %s: the sentinels name %s:%d", r->where, ip, port);
+            log_info("redis %s: the sentinels name %s:%d", r->h.name, ip, port);
         snprintf(r->url.host, sizeof(r->url.host), "%s", ip);
         r->url.port = port;
     }
@@ -1095,11 +690,11 @@ void store_redis_master_unknown(struct store *s, const char *why)
         return;
     if (r->ac) {
         /* Still connected to the master named before: keep using it. */
-        log_warn_ratelimited(&r->rl[REDIS_UNREACHABLE], redis_now(r), (uint64_t)s->log_interval_ms,
-                             "redis %s: %s", r->where, why);
+        log_warn_ratelimited(&r->h.rl[REDIS_UNREACHABLE], redis_now(r),
+                             (uint64_t)s->log_interval_ms, "redis %s: %s", r->h.name, why);
         return;
     }
-    redis_note_failure(r, REDIS_UNREACHABLE, why);
-    redis_fail_inflight(r, -ENOTCONN);
+    redis_health_trouble(&r->h, NULL, REDIS_UNREACHABLE, why, true);
+    redis_inflight_fail_all(&r->in, -ENOTCONN);
     redis_schedule_reconnect(r);
 }

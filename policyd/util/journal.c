@@ -34,6 +34,7 @@ struct journal {
     char *line;
     size_t max_line;
     uint64_t lines;
+    char *ident; /* syslog_name whose entries are read; NULL: none yet (held) */
 };
 
 bool journal_supported(void)
@@ -82,15 +83,25 @@ static size_t put(char *dst, size_t pos, size_t cap, const char *s, size_t n)
     return pos;
 }
 
+/* True if the identifier (idn bytes) is name or starts with "name/": postfix/smtpd and
+ * postfix/submission/smtpd for name postfix, not postfix-out/qmgr. */
+static bool ident_matches(const char *ident, size_t idn, const char *name)
+{
+    size_t n = strlen(name);
+    return idn >= n && memcmp(ident, name, n) == 0 && (idn == n || ident[n] == '/');
+}
+
 /* The current entry as "2026-12-02T07:11:00.123456+00:00 host ident[pid]: message", the
  * high-precision format rsyslog writes, into line (max_line + 1 bytes). Returns its
- * length, 0 to skip the entry. */
-static size_t format_entry(sd_journal *sd, char *line, size_t max_line)
+ * length, 0 to skip the entry (not of syslog_name name). */
+static size_t format_entry(sd_journal *sd, const char *name, char *line, size_t max_line)
 {
     size_t idn, msgn, pidn, hostn;
     const char *ident = field(sd, "SYSLOG_IDENTIFIER", &idn);
+    if (!ident || !ident_matches(ident, idn, name))
+        return 0;
     const char *msg = field(sd, "MESSAGE", &msgn);
-    if (!ident || !msg)
+    if (!msg)
         return 0;
     const char *pid = field(sd, "SYSLOG_PID", &pidn);
     if (!pid)
@@ -140,8 +151,8 @@ static int seek_after(sd_journal *sd, const char *cursor)
     return 0;
 }
 
-long journal_read_since(const char *directory, const char *cursor, int64_t recent_sec,
-                        journal_line_cb cb, void *arg, char **cursor_out)
+long journal_read_since(const char *directory, const char *syslog_name, const char *cursor,
+                        int64_t recent_sec, journal_line_cb cb, void *arg, char **cursor_out)
 {
     sd_journal *sd = NULL;
     char *line = malloc(JOURNAL_DEFAULT_MAX_LINE + 1);
@@ -151,8 +162,6 @@ long journal_read_since(const char *directory, const char *cursor, int64_t recen
     if (!line)
         return -ENOMEM;
     rc = journal_open(directory, &sd);
-    if (rc >= 0)
-        rc = sd_journal_add_match(sd, "SYSLOG_FACILITY=2", 0);
     if (rc >= 0 && cursor && cursor[0]) {
         rc = seek_after(sd, cursor);
     } else if (rc >= 0) {
@@ -164,7 +173,7 @@ long journal_read_since(const char *directory, const char *cursor, int64_t recen
     bool any = false;
     while (rc >= 0 && (rc = sd_journal_next(sd)) > 0) {
         any = true;
-        size_t len = format_entry(sd, line, JOURNAL_DEFAULT_MAX_LINE);
+        size_t len = format_entry(sd, syslog_name, line, JOURNAL_DEFAULT_MAX_LINE);
         if (len) {
             cb(NULL, line, len, arg);
             n++;
@@ -187,10 +196,13 @@ long journal_read_since(const char *directory, const char *cursor, int64_t recen
     return n;
 }
 
-/* Delivers up to max entries (0: all). Returns how many were read, or -errno. */
+/* Delivers up to max entries (0: all). Returns how many were read, or -errno. While the
+ * syslog_name is not known, reads nothing: the entries wait in the journal. */
 static long journal_read(struct journal *j, size_t max)
 {
     long n = 0;
+    if (!j->ident)
+        return 0;
     while (!j->closing && (max == 0 || (size_t)n < max)) {
         int rc = sd_journal_next(j->sd);
         if (rc < 0) {
@@ -200,7 +212,7 @@ static long journal_read(struct journal *j, size_t max)
         if (rc == 0)
             break;
         n++;
-        size_t len = format_entry(j->sd, j->line, j->max_line);
+        size_t len = format_entry(j->sd, j->ident, j->line, j->max_line);
         if (len) {
             j->lines++;
             j->cb(j, j->line, len, j->arg);
@@ -253,15 +265,16 @@ struct journal *journal_new(uv_loop_t *loop, const struct journal_opts *opts, jo
     }
     j->max_line = opts->max_line ? opts->max_line : JOURNAL_DEFAULT_MAX_LINE;
     j->line = malloc(j->max_line + 1);
-    if (!j->line) {
+    if (opts->syslog_name && opts->syslog_name[0])
+        j->ident = strdup(opts->syslog_name);
+    if (!j->line || (opts->syslog_name && opts->syslog_name[0] && !j->ident)) {
         rc = -ENOMEM;
         goto fail;
     }
+    /* No journal match: sd_journal matches whole values only, and this instance's entries
+     * are those whose SYSLOG_IDENTIFIER is its syslog_name or starts with "NAME/" (any
+     * facility: syslog_facility may be other than mail). format_entry() picks them. */
     rc = journal_open(opts->directory, &j->sd);
-    if (rc < 0)
-        goto fail;
-    /* Postfix logs with facility mail (syslog_facility); the journal filters. */
-    rc = sd_journal_add_match(j->sd, "SYSLOG_FACILITY=2", 0);
     if (rc < 0)
         goto fail;
     bool resumed = opts->cursor && opts->cursor[0] && seek_after(j->sd, opts->cursor) >= 0;
@@ -270,8 +283,8 @@ struct journal *journal_new(uv_loop_t *loop, const struct journal_opts *opts, jo
     } else if (opts->from_start) {
         rc = sd_journal_seek_head(j->sd);
     } else {
-        /* From the current end: stand on the last mail entry, so the next one read is
-         * the first that comes after it. Without any mail entry yet, the start of the
+        /* From the current end: stand on the last entry, so the next one read is the
+         * first that comes after it. Without any entry yet, the start of the
          * journal is that place (sd_journal_next after a bare seek_tail can pass over
          * the first entry appended later). */
         rc = sd_journal_seek_tail(j->sd);
@@ -294,6 +307,7 @@ fail:
     if (j->sd)
         sd_journal_close(j->sd);
     free(j->line);
+    free(j->ident);
     free(j);
     *err = rc;
     return NULL;
@@ -331,6 +345,29 @@ int journal_poll(struct journal *j, journal_done_cb done, void *arg)
     return 0;
 }
 
+int journal_set_syslog_name(struct journal *j, const char *syslog_name)
+{
+    if (!j || j->closing || !syslog_name || !syslog_name[0])
+        return -EINVAL;
+    if (j->ident && strcmp(j->ident, syslog_name) == 0)
+        return 0;
+    char *copy = strdup(syslog_name);
+    if (!copy)
+        return -ENOMEM;
+    bool held = !j->ident;
+    free(j->ident);
+    j->ident = copy;
+    /* What arrived while held is read now, on a loop turn of its own. */
+    if (held && j->started && !j->done)
+        uv_timer_start(&j->kick, journal_on_kick, 0, 0);
+    return 0;
+}
+
+const char *journal_syslog_name(const struct journal *j)
+{
+    return j && j->ident ? j->ident : "";
+}
+
 char *journal_get_cursor(struct journal *j)
 {
     char *c = NULL;
@@ -353,6 +390,7 @@ static void journal_on_close(uv_handle_t *h)
     void *arg = j->closed_arg;
     sd_journal_close(j->sd);
     free(j->line);
+    free(j->ident);
     free(j);
     if (closed)
         closed(arg);
@@ -400,6 +438,16 @@ int journal_poll(struct journal *j, journal_done_cb done, void *arg)
     return -ENOTSUP;
 }
 
+int journal_set_syslog_name(struct journal *j, const char *syslog_name)
+{
+    return -ENOTSUP;
+}
+
+const char *journal_syslog_name(const struct journal *j)
+{
+    return "";
+}
+
 char *journal_get_cursor(struct journal *j)
 {
     return NULL;
@@ -410,8 +458,8 @@ uint64_t journal_lines(const struct journal *j)
     return 0;
 }
 
-long journal_read_since(const char *directory, const char *cursor, int64_t recent_sec,
-                        journal_line_cb cb, void *arg, char **cursor_out)
+long journal_read_since(const char *directory, const char *syslog_name, const char *cursor,
+                        int64_t recent_sec, journal_line_cb cb, void *arg, char **cursor_out)
 {
     *cursor_out = NULL;
     return -ENOTSUP;

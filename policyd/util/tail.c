@@ -54,6 +54,7 @@ struct tail {
      * that does not exist at start while a journal does. */
     bool use_journal;
     char *journal_dir; /* NULL: the system journal */
+    char *syslog_name; /* until the journal is open: its syslog_name (NULL: none yet) */
     struct journal *jr;
 };
 
@@ -68,6 +69,7 @@ static void tail_free(struct tail *t)
     free(t->buf);
     free(t->path);
     free(t->journal_dir);
+    free(t->syslog_name);
     free(t);
     if (closed)
         closed(arg);
@@ -404,26 +406,71 @@ struct tail *tail_new(uv_loop_t *loop, const char *path, const struct tail_opts 
     }
     t->fd = -1;
     t->offset = -1;
+    bool oom =
+        opts->syslog_name && opts->syslog_name[0] && !(t->syslog_name = strdup(opts->syslog_name));
     if (strcmp(path, "journal") == 0 || strncmp(path, "journal:", 8) == 0) {
         t->use_journal = true;
-        if (path[7] == ':' && path[8] && !(t->journal_dir = strdup(path + 8))) {
-            maillog_splitter_free(t->split);
-            free(t->buf);
-            free(t->path);
-            free(t);
-            return NULL;
-        }
+        oom = oom || (path[7] == ':' && path[8] && !(t->journal_dir = strdup(path + 8)));
+    }
+    if (oom) {
+        maillog_splitter_free(t->split);
+        free(t->buf);
+        free(t->path);
+        free(t->syslog_name);
+        free(t->journal_dir);
+        free(t);
+        return NULL;
     }
     uv_timer_init(loop, &t->timer);
     t->timer.data = t;
     return t;
 }
 
+const char *tail_syslog_name(const struct tail *t)
+{
+    if (t->jr)
+        return journal_syslog_name(t->jr);
+    return t->use_journal && t->syslog_name ? t->syslog_name : "";
+}
+
+/* Says which journal entries are read (at start, and when the syslog_name changes). */
+static void tail_log_filter(const struct tail *t)
+{
+    const char *name = tail_syslog_name(t);
+    if (name[0])
+        log_info("mail log: journal entries of syslog_name %s (identifiers %s and %s/...)", name,
+                 name, name);
+    else
+        log_info("mail log: journal entries wait until Postfix's syslog_name is known");
+}
+
+int tail_set_syslog_name(struct tail *t, const char *syslog_name)
+{
+    if (!t || t->closing || !syslog_name || !syslog_name[0])
+        return -EINVAL;
+    if (strcmp(tail_syslog_name(t), syslog_name) == 0)
+        return 0;
+    if (t->jr) {
+        /* The journal keeps the name from its open on. */
+        int rc = journal_set_syslog_name(t->jr, syslog_name);
+        if (rc == 0)
+            tail_log_filter(t);
+        return rc;
+    }
+    char *copy = strdup(syslog_name);
+    if (!copy)
+        return -ENOMEM;
+    free(t->syslog_name);
+    t->syslog_name = copy;
+    return 0;
+}
+
 /* Opens the journal as the source (start-up only: the open is synchronous). */
 static int tail_open_journal(struct tail *t)
 {
     int err = 0;
-    struct journal_opts jo = {.directory = t->journal_dir, .from_start = t->from_start};
+    struct journal_opts jo = {
+        .directory = t->journal_dir, .from_start = t->from_start, .syslog_name = t->syslog_name};
     t->jr = journal_new(t->loop, &jo, tail_journal_line, t, &err);
     if (!t->jr) {
         log_error("the systemd journal%s%s: %s", t->journal_dir ? " in " : "",
@@ -460,6 +507,7 @@ int tail_start(struct tail *t)
         int jrc = tail_open_journal(t);
         if (jrc < 0)
             return jrc;
+        tail_log_filter(t);
     }
     if (t->interval_ms)
         uv_timer_start(&t->timer, tail_on_timer, t->interval_ms, t->interval_ms);

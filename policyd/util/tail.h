@@ -50,6 +50,10 @@ struct tail_opts {
     /* Resume here when the file still has this identity and is at least this long;
      * a different identity means it was rotated while we were away: read it from 0. */
     const struct tail_pos *resume;
+    /* The journal only (a file is read whole): the Postfix instance's syslog_name, whose
+     * entries are read (identifier NAME or NAME/...); NULL: none until
+     * tail_set_syslog_name(). */
+    const char *syslog_name;
 };
 
 /* New tailer of path (copied). opts may be NULL. cb gets every line; arg is passed back.
@@ -69,6 +73,11 @@ void tail_get_stats(const struct tail *t, struct tail_stats *st);
 /* What is read: "journal" (the systemd journal), or the file's path. Decided at
  * tail_start(). */
 const char *tail_source(const struct tail *t);
+/* Sets the syslog_name whose journal entries are read (copied; logged when it changes);
+ * entries that waited for it are read next. Kept for a file. 0 or -errno. */
+int tail_set_syslog_name(struct tail *t, const char *syslog_name);
+/* The syslog_name the journal is filtered on; "" for a file or while none is set. */
+const char *tail_syslog_name(const struct tail *t);
 /* Stops and frees t once its I/O is done; closed (may be NULL) is then called. No line
  * callback runs after this call. NULL is a no-op. */
 void tail_close(struct tail *t, tail_closed_cb closed, void *arg);

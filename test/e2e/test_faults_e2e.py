@@ -30,7 +30,7 @@ import unittest
 
 from ports import free_port, tcp_listening, wait_for
 from postfix_instance import POSTFIX_BIN, PostfixInstance
-from postsurge import Postsurge, skip_if_wrapped
+from postsurge import Postsurge, children, comm, skip_if_wrapped
 import testmain
 
 # policyd/server/conn.c logs one debug line per decision: "...: RCPT client=... action=DUNNO".
@@ -137,22 +137,6 @@ STEP_RE = re.compile(r"(editing a copy|journal written|installed: \S+|running: \
 def read_bytes(path):
     with open(path, "rb") as f:
         return f.read()
-
-
-def children(pid):
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
-def comm(pid):
-    try:
-        with open("/proc/%d/comm" % pid) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def scratch_tag(state_dir):

@@ -8,7 +8,11 @@ test/data/report/schema.json, --prometheus must write a file (atomically, mode 0
 when all is well; report.lock keeps two reports apart, a first run reads at most the
 log's last 64 MiB, report_quiet_windows silences anomalies unless the backlog is over
 report_quiet_backlog_limit. Also prints (does not assert) the time of a report on a generated
-100,000-message queue. Needs root, postfix, swaks, promtool.
+100,000-message queue. ReportJournalE2E: the same Postfix logging to a systemd-journald of
+the test's own (its /dev/log in a private mount namespace), the report reading it
+(`maillog_file = journal:DIR`): each delivery counted once across report runs and journal
+rotations and a vacuum, and the journal reader gets Postfix's lines in the order logged.
+Needs root, postfix, swaks, promtool (journald and unshare for the journal class).
 Env: POSTSURGE (the binary), PYTHONPATH=test/pylib, TEST_DATA or SOURCE_ROOT.
 """
 import fcntl
@@ -25,10 +29,12 @@ import threading
 import time
 import unittest
 
+from journald import Journald, dev_log_unavailable, unavailable as journald_unavailable
 from ports import free_port, wait_for
 from postfix_instance import PostfixInstance
 from postsurge import Postsurge
-from redis_server import RedisServer, SentinelSet
+from redis_server import RedisCluster, RedisServer, SentinelSet
+from store_driver import FakeRedis
 import testmain
 
 POSTSURGE = os.environ.get("POSTSURGE", "postsurge")
@@ -38,6 +44,9 @@ REPORT_DATA = os.path.join(os.environ.get("TEST_DATA", os.path.join(SOURCE_ROOT,
                            "report")
 sys.path.insert(0, REPORT_DATA)
 from check_outputs import validate  # noqa: E402  (the report tests' stdlib validator)
+# The journal reader as a child process (monitor_probe tail), as the journal tests use it.
+sys.path.insert(0, os.path.join(SOURCE_ROOT, "test", "integration"))
+from test_monitor import Probe  # noqa: E402
 
 QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
 
@@ -525,18 +534,22 @@ class ReportE2E(unittest.TestCase):
         self.assertEqual(nodes["mx-peer"]["stress_episodes"], 0)
         self.assertEqual(nodes["mx-peer"]["events"], [])
 
+    def baselines_kept(self, url, redis):
+        """The baselines are saved per node in the store at url and read back from there,
+        even when the state file is gone (a rebuilt host); redis.command reads them."""
+        cfg = self.config(store=url, store_key_prefix="ps:")
+        _, r = self.report_json(cfg)
+        self.assertNotIn("no cluster view", r.stderr)
+        shutil.rmtree(os.path.join(self.tmp, "postsurge.cf.state"))
+        self.report_json(cfg)
+        saved = json.loads(redis.command("GET", "ps:report:baseline:mx-test"))
+        buckets = saved["metrics"]["mx-test/queue.hold.messages"]
+        self.assertEqual(sum(b[1] for b in buckets), 2)
+        self.assertGreater(int(redis.command("TTL", "ps:report:baseline:mx-test")), 86400)
+
     def test_baselines_kept_in_redis(self):
-        """store = redis: the baselines are saved per node in Redis and read back from
-        there, even when the state file is gone (a rebuilt host)."""
         with RedisServer() as rs:
-            cfg = self.config(store=rs.url, store_key_prefix="ps:")
-            self.report_json(cfg)
-            shutil.rmtree(os.path.join(self.tmp, "postsurge.cf.state"))
-            self.report_json(cfg)
-            saved = json.loads(rs.command("GET", "ps:report:baseline:mx-test"))
-            buckets = saved["metrics"]["mx-test/queue.hold.messages"]
-            self.assertEqual(sum(b[1] for b in buckets), 2)
-            self.assertGreater(int(rs.command("TTL", "ps:report:baseline:mx-test")), 86400)
+            self.baselines_kept(rs.url, rs)
 
     def test_baselines_kept_in_redis_through_sentinel(self):
         """store = redis-sentinel: the report asks the sentinels for the master and keeps
@@ -545,6 +558,41 @@ class ReportE2E(unittest.TestCase):
             cfg = self.config(store=ss.url(), store_key_prefix="ps:")
             self.report_json(cfg)
             self.assertTrue(ss.master.command("GET", "ps:report:baseline:mx-test"))
+
+    def test_baselines_kept_in_redis_cluster(self):
+        """store = redis-cluster: the baselines are kept on the master of their key's slot
+        (the report follows the slot map and MOVED)."""
+        with RedisCluster() as c:
+            self.baselines_kept(c.url(), c)
+            spread = c.keys("ps:report:baseline:*")
+            self.assertEqual(sum(len(v) for v in spread.values()), 1, spread)
+
+    def test_cluster_from_redis_cluster_when_daemon_down(self):
+        """Daemon down, store = redis-cluster: the peers' status and the event log come
+        from their keys, which live on different masters."""
+        now_ms = int(time.time() * 1000)
+        peer = {"stress": True, "state": "stressed", "saturation": 90, "time": now_ms,
+                "store": "redis", "flagged": [],
+                "services": [{"name": "smtpd", "busy": 90, "limit": 100, "waiting": 2}]}
+        with RedisCluster() as c:
+            for name in ("mx-peer", "mx-peer2"):
+                c.command("SET", "ps:node:" + name, "%d %s" % (now_ms, json.dumps(peer)),
+                          "PX", "60000")
+                c.command("ZADD", "ps:nodes", str(now_ms + 60000), name)
+            c.command("LPUSH", "ps:events", json.dumps(
+                {"time": now_ms - 5000, "node": "mx-peer", "kind": "stress-enter",
+                 "text": "saturation 90%"}))
+            masters = {p for p, keys in c.keys("ps:*").items() if keys}
+            self.assertGreater(len(masters), 1)
+            cfg = self.config(store=c.url(), store_key_prefix="ps:")
+            doc, r = self.report_json(cfg)
+        self.assertNotIn("no cluster view", r.stderr)
+        nodes = {n["name"]: n for n in doc["nodes"]}
+        self.assertEqual(sorted(nodes), ["mx-peer", "mx-peer2", "mx-test"])
+        self.assertEqual((nodes["mx-peer"]["stressed"], nodes["mx-peer"]["saturation"]),
+                         (True, 90))
+        self.assertEqual(nodes["mx-peer"]["stress_episodes"], 1)
+        self.assertIs(nodes["mx-test"]["daemon_up"], False)
 
     def test_cluster_from_redis_when_daemon_down(self):
         """Daemon down, store = redis: the peers' status and the event log come from the
@@ -572,6 +620,47 @@ class ReportE2E(unittest.TestCase):
         self.assertEqual(nodes["mx-peer"]["stress_episodes"], 1)
         self.assertIs(nodes["mx-test"]["daemon_up"], False)
         self.assertEqual(self.finding(doc, "daemon_down")["subject"], "mx-test")
+
+    def test_report_follows_moved_and_ask_and_bounds_them(self):
+        """store = redis-cluster with a node that claims every slot but sends each key on:
+        the report follows MOVED and ASK to where the keys are (a plain redis-server that
+        takes the ASKING in its stride), and gives up after 5 redirects of one key."""
+        now_ms = int(time.time() * 1000)
+        peer = {"stress": False, "state": "normal", "saturation": 10, "time": now_ms,
+                "store": "redis", "flagged": [], "services": []}
+
+        class Redirector(FakeRedis):
+            target = None
+
+            def answer(self, args):
+                if args[0] == b"CLUSTER":
+                    return (b"*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n"
+                            b":%d\r\n$2\r\nid\r\n" % self.port)
+                if len(args) < 2:
+                    return b"+OK\r\n"  # ASKING, when sent round in a circle
+                port = self.target or self.port
+                # The node list and the events are being migrated (ASK), the rest moved.
+                kind = b"ASK" if args[1] in (b"ps:nodes", b"ps:events") else b"MOVED"
+                return b"-%s 1 127.0.0.1:%d\r\n" % (kind, port)
+
+        with RedisServer() as rs:
+            rs.command("SET", "ps:node:mx-peer", "%d %s" % (now_ms, json.dumps(peer)),
+                       "PX", "60000")
+            rs.command("ZADD", "ps:nodes", str(now_ms + 60000), "mx-peer")
+            node = Redirector()
+            self.addCleanup(node.close)
+            node.target = rs.port
+            cfg = self.config(store="redis-cluster://127.0.0.1:%d" % node.port,
+                              store_key_prefix="ps:")
+            doc, r = self.report_json(cfg)
+            self.assertEqual(sorted(n["name"] for n in doc["nodes"]), ["mx-peer", "mx-test"])
+            self.assertTrue(rs.command("GET", "ps:report:baseline:mx-test"))
+            # Sent round in a circle: bounded, said, and the report still comes.
+            node.target = None
+            doc, r = self.report_json(self.config(name="loop.cf", store=(
+                "redis-cluster://127.0.0.1:%d" % node.port), store_key_prefix="ps:"))
+            self.assertIn("more than 5 redirects", r.stderr)
+            self.assertEqual([n["name"] for n in doc["nodes"]], ["mx-test"])
 
     def test_postqueue_failure_is_unknown(self):
         doc, r = self.report_json(self.config(postqueue_command="/nonexistent/postqueue",
@@ -607,6 +696,109 @@ class ReportE2E(unittest.TestCase):
               % (os.path.getsize(data) / 1e6, elapsed), file=sys.stderr)
         self.assertEqual(sum(doc["queues"][q]["messages"] for q in QUEUES), 100000)
         self.assertEqual(doc["queues"]["hold"]["messages"], 25000)
+
+
+JOURNAL_UNAVAILABLE = journald_unavailable() or dev_log_unavailable()
+
+
+@unittest.skipIf(JOURNAL_UNAVAILABLE, "journal input not tested: %s" % JOURNAL_UNAVAILABLE)
+class ReportJournalE2E(unittest.TestCase):
+    """A real Postfix logging to the test's journald; the report reads that journal."""
+
+    def setUp(self):
+        self.jd = Journald()
+        self.addCleanup(self.jd.stop)
+        self.pf = PostfixInstance(journald=self.jd)
+        self.pf.start()
+        self.addCleanup(self.pf.stop)
+        self.tmp = tempfile.mkdtemp(prefix="postsurge-report-journal-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.sent = 0
+
+    def config(self):
+        path = os.path.join(self.tmp, "postsurge.cf")
+        with open(path, "w") as f:
+            f.write("".join("%s = %s\n" % kv for kv in {
+                "postfix_config_directory": self.pf.dir,
+                "maillog_file": "journal:" + self.jd.directory,
+                "state_directory": os.path.join(self.tmp, "state"),
+                "http_listen": "inet:127.0.0.1:%d" % free_port(),
+                "log_destination": "stderr",
+                "node_name": "mx-test"}.items()))
+        return path
+
+    def send(self, n):
+        """n messages to the sink, delivered and in the journal."""
+        for _ in range(n):
+            to = "j%d@%s" % (self.sent, self.pf.sink_domain)
+            r = self.pf.send_swaks(to=to)
+            self.assertEqual(r.returncode, 0, r.stdout)
+            self.sent += 1
+            self.assertTrue(self.pf.wait_maillog(r"to=<%s>.*status=sent" % to, 60),
+                            self.pf.maillog())
+
+    def delivered(self, cfg):
+        r = subprocess.run([POSTSURGE, "-c", cfg, "report", "--json"], capture_output=True,
+                           text=True, timeout=120)
+        self.assertIn(r.returncode, (0, 1, 2, 3), r.stderr)
+        return json.loads(r.stdout)["traffic"]["totals"]["delivered"]
+
+    def test_each_delivery_counted_once_across_runs_and_rotation(self):
+        cfg = self.config()
+        # A second instance (syslog_name postfix-out) logs to the same journal: its
+        # deliveries are not this instance's.
+        out = PostfixInstance(journald=self.jd, syslog_name="postfix-out")
+        out.start()
+        self.addCleanup(out.stop)
+        for i in range(2):
+            self.assertEqual(out.send_swaks(to="o%d@%s" % (i, out.sink_domain)).returncode, 0)
+        self.assertEqual(len(out.wait_maillog(r"status=sent", 60, count=2)), 2, out.maillog())
+        self.send(2)
+        self.assertEqual(self.delivered(cfg), 2)  # a first run reads the recent journal
+        self.assertEqual(self.delivered(cfg), 0)
+        self.send(1)
+        self.jd.rotate()
+        self.send(2)
+        self.assertEqual(self.delivered(cfg), 3)
+        self.jd.rotate()
+        self.jd.vacuum()  # the file of the saved cursor's entry is gone
+        self.assertEqual(self.delivered(cfg), 0)
+        self.send(1)
+        self.assertEqual(self.delivered(cfg), 1)
+        self.assertEqual(self.delivered(cfg), 0)
+        print("\n%d deliveries by a real Postfix through the journal, each counted once "
+              "over 6 report runs and 2 rotations" % self.sent, file=sys.stderr)
+
+    def test_journal_lines_arrive_in_order(self):
+        p = Probe("tail", "journal:" + self.jd.directory, "--interval", "50",
+                  "--syslog-name", "postfix")
+        self.addCleanup(p.stop)
+        self.assertTrue(p.wait(lambda ls: any(o.get("started") for o in ls)), "".join(p.err))
+        self.send(3)
+        self.jd.sync()
+        # journalctl's view of the same entries (journal order), as "ident[pid]: message".
+        r = self.jd.journalctl("-q", "-o", "short-iso", "--no-pager")
+        want = [l.split(" ", 2)[2] for l in r.stdout.splitlines()
+                if l.split(" ", 3)[2].startswith("postfix/")]
+        want = want[next(i for i, l in enumerate(want) if "connect from" in l):]
+
+        def got(ls):
+            return [o["line"].split(" ", 2)[2] for o in ls if "line" in o]
+        p.wait(lambda ls: len(got(ls)) >= len(want), 30)
+        self.assertEqual(p.stop(), 0)
+        lines = got(p.lines)
+        # All of them, each once, in journal order (before them, at most Postfix's own
+        # start-up lines).
+        self.assertEqual(lines[-len(want):], want)
+        self.assertFalse([l for l in lines[:-len(want)] if "connect from" in l], lines)
+        # Each message's life in the order Postfix lived it.
+        steps = ("client=", "message-id=", "from=<", "status=sent", "removed")
+        ids = sorted({l.split(": ")[1] for l in lines if "status=sent" in l})
+        self.assertEqual(len(ids), 3, lines)
+        for qid in ids:
+            pos = [next(i for i, l in enumerate(lines) if ": %s: " % qid in l and s in l)
+                   for s in steps]
+            self.assertEqual(pos, sorted(pos), (qid, lines))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ postsurge must enter stress within seconds, journal, apply the override profile 
 postconf and reload Postfix; every message of the flood must reach smtp-sink; after the
 flood it must leave stress and put main.cf and master.cf back byte for byte. The same
 after a kill -9 of postsurge in stress followed by a restart. Each scenario runs on a
-direct loopback smtpd and behind postscreen. Needs root, postfix and smtp-source.
+direct loopback smtpd and behind postscreen. The episode also runs with Postfix logging
+to a systemd-journald of the test's own (its /dev/log in a private mount namespace) and
+postsurge reading that journal (`maillog_file = journal:DIR`): master's process-limit
+warnings reach postsurge through it. Needs root, postfix and smtp-source.
 """
 import json
 import os
@@ -15,6 +18,7 @@ import threading
 import time
 import unittest
 
+from journald import Journald, dev_log_unavailable, unavailable as journald_unavailable
 from ports import wait_for
 from postfix_instance import PostfixInstance
 from postsurge import Postsurge
@@ -30,10 +34,20 @@ def read_bytes(path):
         return f.read()
 
 
+def journal_unavailable():
+    """Why Postfix cannot log to a test journald here, or None."""
+    return journald_unavailable() or dev_log_unavailable()
+
+
 class StressE2E(unittest.TestCase):
-    def start_postfix(self, postscreen):
+    jd = None
+
+    def start_postfix(self, postscreen, journal=False):
+        if journal:
+            self.jd = Journald()
+            self.addCleanup(self.jd.stop)
         pf = PostfixInstance(
-            process_limit=PROCESS_LIMIT, postscreen=postscreen,
+            process_limit=PROCESS_LIMIT, postscreen=postscreen, journald=self.jd,
             main_extra=["smtpd_recipient_restrictions = sleep 1, permit_mynetworks, "
                         "reject_unauth_destination"])
         pf.start()
@@ -43,7 +57,7 @@ class StressE2E(unittest.TestCase):
     def start_postsurge(self, pf):
         ps = Postsurge(extra={
             "postfix_config_directory": pf.dir,
-            "maillog_file": pf.maillog_path,
+            "maillog_file": "journal:" + self.jd.directory if self.jd else pf.maillog_path,
             "http_listen": "",
             "monitor_interval": "250ms",
             "stress_enter_delay": "1s",
@@ -82,13 +96,13 @@ class StressE2E(unittest.TestCase):
     def check_delivered(self, pf, res):
         r = res["r"]
         self.assertEqual(r.returncode, 0, "smtp-source: %s %s" % (r.stdout, r.stderr))
-        self.assertTrue(pf.wait_queue_empty(120), pf.queue_json())
+        self.assertTrue(pf.wait_queue_empty(120), (pf.queue_json(), pf.maillog()[-6000:]))
         want = sorted("<%dload@%s>" % (i, pf.sink_domain) for i in range(1, MESSAGES + 1))
         self.assertTrue(wait_for(lambda: sorted(pf.sink.recipients()) == want, 60),
                         sorted(pf.sink.recipients()))
 
-    def run_episode(self, postscreen):
-        pf = self.start_postfix(postscreen)
+    def run_episode(self, postscreen, journal=False):
+        pf = self.start_postfix(postscreen, journal)
         main0 = read_bytes(os.path.join(pf.dir, "main.cf"))
         master0 = read_bytes(os.path.join(pf.dir, "master.cf"))
         ps = self.start_postsurge(pf)
@@ -130,6 +144,16 @@ class StressE2E(unittest.TestCase):
         self.assertFalse(st["nodes"][0]["stress"])
         self.assertEqual(st["nodes"][0]["overrides"], [])
         print("\nentered stress %.1f s after the flood started" % t_enter)
+        if journal:
+            # What master logged through the journal reached postsurge, once each.
+            self.assertIn("mail log: journal entries of syslog_name postfix ", log)
+            warned = len([l for l in pf.maillog().splitlines()
+                          if "has reached its process limit" in l])
+            seen = log.count("event process-limit: ")
+            self.assertGreater(warned, 0, pf.maillog())
+            self.assertEqual(seen, warned, log)
+            print("process-limit warnings: %d logged to the journal, %d read by postsurge"
+                  % (warned, seen))
         self.episode_log(ps, "postscreen" if postscreen else "direct smtpd")
 
     def run_kill9(self, postscreen):
@@ -164,6 +188,12 @@ class StressE2E(unittest.TestCase):
 
     def test_stress_episode_postscreen(self):
         self.run_episode(postscreen=True)
+
+    @unittest.skipIf(journal_unavailable(), "journal variant not run: %s" % journal_unavailable())
+    def test_stress_episode_postscreen_journal(self):
+        # Behind postscreen: master warns of the smtpd pass service's process limit (a
+        # loopback-only service is never warned of).
+        self.run_episode(postscreen=True, journal=True)
 
     def test_stress_kill9_restart_direct(self):
         self.run_kill9(postscreen=False)

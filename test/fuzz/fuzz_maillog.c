@@ -28,6 +28,9 @@ static void check_record(const struct maillog_record *r)
     assert(memchr(r->sasl_method, '\0', sizeof(r->sasl_method)));
     assert(memchr(r->sasl_username, '\0', sizeof(r->sasl_username)));
     assert((int)r->kind >= MAILLOG_OTHER && (int)r->kind <= MAILLOG_AUTH_FAILED);
+    enum maillog_attack a = maillog_attack_class(r);
+    assert(a == MAILLOG_ATTACK_NONE || r->client_addr[0]);
+    assert(a != MAILLOG_ATTACK_AUTH || r->kind == MAILLOG_AUTH_FAILED);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

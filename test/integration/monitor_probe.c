@@ -172,9 +172,10 @@ static void on_spawn_done(struct spawn *sp, const struct spawn_result *r, void *
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: monitor_probe monitor DIR [--maillog F] [--interval MS] "
-                    "[--samples N] | tail FILE [--from-start] [--interval MS] | spawn "
-                    "[--timeout MS] [--max-stdout N] [--stream] -- ARGV...\n");
+    fprintf(stderr,
+            "usage: monitor_probe monitor DIR [--maillog F] [--interval MS] "
+            "[--samples N] | tail FILE [--from-start] [--interval MS] [--syslog-name NAME] | spawn "
+            "[--timeout MS] [--max-stdout N] [--stream] -- ARGV...\n");
     return 2;
 }
 
@@ -209,7 +210,7 @@ int main(int argc, char **argv)
         if (!mon || monitor_start(mon) != 0)
             return 1;
     } else if (strcmp(mode, "tail") == 0) {
-        struct tail_opts o = {.interval_ms = 100};
+        struct tail_opts o = {.interval_ms = 100, .syslog_name = "postfix"};
         for (int i = 3; i < argc; i++) {
             if (strcmp(argv[i], "--from-start") == 0)
                 o.from_start = true;
@@ -217,6 +218,8 @@ int main(int argc, char **argv)
                 o.interval_ms = strtoull(argv[++i], NULL, 10);
             else if (strcmp(argv[i], "--max-line") == 0 && i + 1 < argc)
                 o.max_line = strtoull(argv[++i], NULL, 10);
+            else if (strcmp(argv[i], "--syslog-name") == 0 && i + 1 < argc)
+                o.syslog_name = argv[++i];
             else
                 return usage();
         }

@@ -54,6 +54,17 @@ class LimitsMemory(unittest.TestCase):
         self.addCleanup(ps.cleanup)
         return ps
 
+    def quota_table(self, text):
+        """A texthash table holding text, in a directory the daemon's user can read; its
+        path (removed after the test)."""
+        d = tempfile.mkdtemp(prefix="postsurge-quota-")
+        os.chmod(d, 0o755)
+        path = os.path.join(d, "quotas")
+        self.addCleanup(lambda: (os.unlink(path), os.rmdir(d)))
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
     def test_limits_memory_exact_count(self):
         ps = self.start(rules("per_ip client_address recipients 100/1m"))
         with ps.client() as a, ps.client() as b:
@@ -185,12 +196,7 @@ class LimitsMemory(unittest.TestCase):
         # `limits list` shows the rules as parsed; `limits show` the count a client
         # experienced and the limit in force with its source; impossible RULE/VALUE are
         # refused with a reason.
-        d = tempfile.mkdtemp(prefix="postsurge-quota-")
-        os.chmod(d, 0o755)
-        path = os.path.join(d, "quotas")
-        self.addCleanup(lambda: (os.unlink(path), os.rmdir(d)))
-        with open(path, "w") as f:
-            f.write("bob 7\n")
+        path = self.quota_table("bob 7\n")
         ps = self.start(rules(
             "per_net client_address/24 recipients 3/1m",
             "per_user sasl_username recipients 5/1h if policy_context!=submission "
@@ -473,6 +479,73 @@ class LimitsMemory(unittest.TestCase):
         with ps.client() as c:
             self.assertEqual(c.ask(request(recipient="last@example.com", client_port="4")),
                              DEFER + " (per_ip)")
+
+    def test_limits_memory_runtime_override_survives_restart(self):
+        # `limits set` beats the rule and the table at once (source "run-time override"),
+        # is written to state_directory, is in force again after a restart, and `unset`
+        # gives the table back; bad RULE, VALUE, COUNT and DURATION are refused.
+        path = self.quota_table("bob 7\n")
+        ps = self.start(rules("per_user sasl_username recipients 5/1h "
+                              "overrides texthash:%s" % path))
+        r = ps.cli("limits", "set", "per_user", "BOB", "2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("run-time override set (memory store)", r.stdout)
+        o = json.loads(ps.cli("limits", "show", "per_user", "bob", "--json").stdout)
+        self.assertEqual((o["limit"], o["source"]), (2, "run-time override"))
+        with ps.client() as c:
+            out = ask_many(c, 3, "a", sasl_username="bob")
+        self.assertEqual(out, ["DUNNO"] * 2 + [DEFER + " (per_user)"])
+        with open(os.path.join(ps.dir, "limits-overrides")) as f:
+            self.assertIn("per_user\tbob\t2 0\n", f.read())
+        r = ps.cli("limits", "list")
+        self.assertIn("    run-time override bob: 2\n", r.stdout)
+        self.assertEqual(json.loads(ps.cli("limits", "list", "--json").stdout)
+                         ["rules"][0]["runtime_overrides"], 1)
+        ps.stop()
+        ps.start()
+        o = json.loads(ps.cli("limits", "show", "per_user", "bob", "--json").stdout)
+        self.assertEqual((o["count"], o["limit"], o["source"]), (0, 2, "run-time override"))
+        r = ps.cli("limits", "set", "per_user", "carol", "unlimited", "for", "1h")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"run-time override carol: unlimited until 20\d\d-")
+        r = ps.cli("limits", "unset", "per_user", "bob")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("run-time override removed", r.stdout)
+        o = json.loads(ps.cli("limits", "show", "per_user", "bob", "--json").stdout)
+        self.assertEqual((o["limit"], o["source"]), (7, "table"))
+        for args, err in [
+                (("set", "nosuch", "x", "3"), 'no rule named "nosuch"'),
+                (("set", "per_user", "a<b", "3"), "never occurs in a key value"),
+                (("set", "per_user", "bob", "3x"), 'COUNT "3x": bad value'),
+                (("set", "per_user", "bob", "3", "for", "1y"), 'DURATION "1y"'),
+                (("set", "per_user", "bob", "3", "for", "0s"), 'DURATION "0s"'),
+                (("unset", "per_user", "bob"), "rule per_user has no run-time override"),
+                (("unset", "nosuch", "bob"), 'no rule named "nosuch"')]:
+            r = ps.cli("limits", *args)
+            self.assertNotEqual(r.returncode, 0, args)
+            self.assertIn(err, r.stderr, args)
+        with open(os.path.join(ps.dir, "limits-overrides")) as f:
+            self.assertNotIn("bob", f.read())
+
+    def test_limits_memory_runtime_override_expires(self):
+        # `for 2s`: in force, then gone from the engine and the file within the next
+        # refresh (polled with a bounded wait).
+        ps = self.start(rules("per_ip client_address recipients 5/1h"))
+        r = ps.cli("limits", "set", "per_ip", "198.51.100.4", "0", "for", "2s")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with ps.client() as c:
+            self.assertEqual(c.ask(request(client_address="198.51.100.4")), DEFER + " (per_ip)")
+
+        def source():
+            return json.loads(ps.cli("limits", "show", "per_ip", "198.51.100.4",
+                                     "--json").stdout)["source"]
+        self.assertTrue(wait_for(lambda: source() == "rule", timeout=10, interval=0.2), ps.log())
+        self.assertIn("run-time override of rule per_ip for 198.51.100.4 expired", ps.log())
+        with open(os.path.join(ps.dir, "limits-overrides")) as f:
+            self.assertNotIn("198.51.100.4", f.read())
+        with ps.client() as c:
+            self.assertEqual(c.ask(request(client_address="198.51.100.4", client_port="9")),
+                             "DUNNO")
 
 
 if __name__ == "__main__":

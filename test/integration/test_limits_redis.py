@@ -160,9 +160,10 @@ class LimitsRedis(unittest.TestCase):
                 c.url(), victim.kill, lambda: replica in c.masters() and c.wait_ok(1))
             print("cluster failover: slowest reply %.1f ms" % (max_us / 1000), file=sys.stderr)
 
-    def show_reset_cluster_wide(self, url):
+    def show_reset_cluster_wide(self, url, counter_keys=None):
         # Node a exhausts a key; node b shows what a's client experienced and resets it
-        # for both: a admits again at once.
+        # for both: a admits again at once. counter_keys(), if given, lists the rule's
+        # keys in the store: one before the reset, none right after it.
         a, b = self.daemons(config(url, ["per_ip client_address recipients 5/1h"],
                                    redis_timeout=SLOW_OK))
         with a.client() as ca:
@@ -172,21 +173,156 @@ class LimitsRedis(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             o = json.loads(r.stdout)
             self.assertEqual((o["count"], o["limit"], o["admitted_now"]), (5, 5, False))
+            if counter_keys:
+                self.assertEqual(len(counter_keys()), 1)
             r = b.cli("limits", "reset", "per_ip", "198.51.100.9")
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertIn("counter reset (redis store)", r.stdout)
+            if counter_keys:
+                self.assertEqual(counter_keys(), [])
             out = self.alternate([ca], 1, "t", client_address="198.51.100.9")
             self.assertEqual(out, ["DUNNO"])
-        o = json.loads(a.cli("limits", "show", "per_ip", "198.51.100.9", "--json").stdout)
-        self.assertEqual(o["count"], 1)
+        # Forgotten on both nodes: each counts the one request since the reset.
+        for ps in (a, b):
+            o = json.loads(ps.cli("limits", "show", "per_ip", "198.51.100.9", "--json").stdout)
+            self.assertEqual((o["count"], o["admitted_now"]), (1, True))
 
     def test_limits_redis_show_and_reset_cluster_wide(self):
         self.show_reset_cluster_wide(self.redis().url)
+
+    def test_limits_redis_show_and_reset_through_cluster(self):
+        with RedisCluster() as c:
+            self.show_reset_cluster_wide(
+                c.url(), lambda: [k for v in c.keys("*per_ip*").values() for k in v])
+
+    def test_limits_redis_show_and_reset_through_sentinel(self):
+        with SentinelSet() as ss:
+            self.show_reset_cluster_wide(ss.url(), lambda: ss.master.command("KEYS", "*per_ip*"))
 
     def test_limits_redis_show_and_reset_through_nutcracker(self):
         r1, r2 = self.redis(), self.redis()
         with Nutcracker([r1, r2]) as nc:
             self.show_reset_cluster_wide(nc.url)
+
+    def runtime_override_cluster_wide(self, url):
+        # `limits set` on node a is enforced by node b within 2 s (polled, bounded wait:
+        # b's copy is refreshed every second off the request path); `unset` on b frees a
+        # again; `for 3s` stops applying on both nodes by itself. The request path still
+        # sends only the counter keys: the override is in b's copy, not in the round trip.
+        a, b = self.daemons(config(url, ["per_ip client_address recipients 100/1h"],
+                                   redis_timeout=SLOW_OK))
+        ip = "198.51.100.%d" % (int(time.time()) % 200 + 20)
+        r = a.cli("limits", "set", "per_ip", ip, "0")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("run-time override set (redis store)", r.stdout)
+        t0 = time.monotonic()
+        port = [3000]
+
+        def refused(ps):
+            port[0] += 1
+            with ps.client() as c:
+                return c.ask(request(client_address=ip, client_port=str(port[0]),
+                                     recipient="x%d@example.com" % port[0])) != "DUNNO"
+        self.assertTrue(wait_for(lambda: refused(b), timeout=10, interval=0.1), b.log())
+        print("override in force on node b %.2f s after set on node a"
+              % (time.monotonic() - t0), file=sys.stderr)
+        self.assertLess(time.monotonic() - t0, 2.0 * SLOW + 1)
+        o = json.loads(b.cli("limits", "show", "per_ip", ip, "--json").stdout)
+        self.assertEqual((o["limit"], o["source"]), (0, "run-time override"))
+        r = b.cli("limits", "unset", "per_ip", ip)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(wait_for(lambda: not refused(a), timeout=10, interval=0.1), a.log())
+        r = b.cli("limits", "set", "per_ip", ip, "0", "for", "3s")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(wait_for(lambda: refused(a), timeout=10, interval=0.1), a.log())
+        self.assertTrue(wait_for(lambda: not refused(a) and not refused(b), timeout=15,
+                                 interval=0.2), a.log())
+        for ps in (a, b):
+            o = json.loads(ps.cli("limits", "show", "per_ip", ip, "--json").stdout)
+            self.assertEqual(o["source"], "rule")
+        self.assertEqual(json.loads(a.cli("limits", "list", "--json").stdout)
+                         ["runtime_overrides"], [])
+        r = a.cli("limits", "set", "nosuch", ip, "3")
+        self.assertIn('no rule named "nosuch"', r.stderr)
+        return a, b
+
+    def test_limits_redis_runtime_override_cluster_wide(self):
+        r = self.redis()
+        a, _ = self.runtime_override_cluster_wide(r.url)
+        # Expired entries are removed from the hash, which keeps only its version.
+        with open(a.config_path) as f:
+            prefix = re.search(r"store_key_prefix = (\S+)", f.read()).group(1)
+        self.assertEqual(r.command("HKEYS", prefix + "overrides"), ["#version"])
+
+    def test_limits_redis_runtime_override_through_nutcracker(self):
+        r1, r2 = self.redis(), self.redis()
+        with Nutcracker([r1, r2]) as nc:
+            self.runtime_override_cluster_wide(nc.url)
+
+    def test_limits_redis_runtime_override_survives_restart(self):
+        r = self.redis()
+        a, = self.daemons(config(r.url, ["per_ip client_address recipients 100/1h"]), n=1)
+        self.assertEqual(a.cli("limits", "set", "per_ip", "198.51.100.3", "1").returncode, 0)
+        a.stop()
+        a.start()
+
+        def source():
+            return json.loads(a.cli("limits", "show", "per_ip", "198.51.100.3",
+                                    "--json").stdout)["source"]
+        self.assertTrue(wait_for(lambda: source() == "run-time override", timeout=10,
+                                 interval=0.2), a.log())
+
+    def test_limits_redis_report_keys_that_hit_limits(self):
+        # Real limit-hit events from two real daemons (nodes a and b) on one Redis: the
+        # SASL user alice exhausted on both, a client address on a only. `postsurge report`
+        # lists them worst first, with the compromised-account advice for alice and a
+        # finding because she hit limits on more than one node; the next report starts
+        # after them (nothing new since).
+        r = self.redis()
+        text = config(r.url, ["per_user sasl_username recipients 2/1h",
+                              "per_ip client_address recipients 3/1h"], redis_timeout=SLOW_OK)
+        a, b = (self.daemons(text + "node_name = %s\n" % n, n=1)[0] for n in "ab")
+        with a.client() as ca, b.client() as cb:
+            for c, n in ((ca, 0), (cb, 1)):
+                out = [c.ask(request(sasl_username="alice", client_address="192.0.2.%d" % (n + 1),
+                                     client_port=str(n), recipient="r%d-%d@example.com" % (n, i)))
+                       for i in range(3)]
+                self.assertEqual(out[2], DEFER + " (per_user)", out)
+            out = [ca.ask(request(client_address="198.51.100.77", client_port="9",
+                                  recipient="x%d@example.com" % i)) for i in range(4)]
+            self.assertEqual(out[3], DEFER + " (per_ip)", out)
+
+        def hits():
+            res = a.cli("events", "--json")
+            return [e for e in json.loads(res.stdout)["events"] if e["kind"] == "limit-hit"]
+        # The events reach the store asynchronously: poll (bounded) until all three are in.
+        self.assertTrue(wait_for(lambda: len(hits()) == 3, timeout=20, interval=0.2), hits())
+        prom = os.path.join(a.dir, "report.prom")
+        res = a.cli("report", "--no-traffic", "--json", "--prometheus", prom, timeout=120)
+        doc = json.loads(res.stdout)
+        keys = doc["limit_hits"]["keys"]
+        self.assertEqual(doc["limit_hits"]["events"], 3)
+        self.assertEqual([(k["rule"], k["value"], k["hits"], sorted(k["nodes"]), k["kind"])
+                          for k in keys],
+                         [("per_user", "alice", 2, ["a", "b"], "sasl"),
+                          ("per_ip", "198.51.100.77", 1, ["a"], "other")])
+        self.assertEqual((keys[0]["limit"], keys[0]["key"]), (2, "sasl_username"))
+        self.assertIn("account may be compromised: check its logins", keys[0]["advice"])
+        f = [x for x in doc["findings"] if x["code"].startswith("limit_hit")]
+        self.assertEqual([(x["code"], x["subject"]) for x in f],
+                         [("limit_hit_nodes", "per_user alice")])
+        with open(prom) as fp:
+            self.assertIn('postsurge_report_limit_hits{rule="per_user",key="alice"} 2', fp.read())
+        # Since the last report: nothing new.
+        doc = json.loads(a.cli("report", "--no-traffic", "--json", timeout=120).stdout)
+        self.assertNotIn("limit_hits", doc)
+        # A host without a daemon and without a previous report reads them from the store.
+        c = Postsurge(extra=text + "node_name = c\n", start=False)
+        self.addCleanup(c.cleanup)
+        res = c.cli("report", "--no-traffic", timeout=120)
+        self.assertIn("Keys that hit rate limits: 3 limit-hit events, 2 keys", res.stdout)
+        self.assertRegex(res.stdout, r"  per_user +alice +2 +2 +2 .*\n +-> account may be "
+                                     r"compromised: check its logins")
 
     def test_limits_redis_killed_and_restarted(self):
         r = self.redis()
@@ -281,6 +417,38 @@ class LimitsRedis(unittest.TestCase):
                 c.ask(request(recipient="p%d@example.com" % i, client_address="192.0.2.99"))
                 time.sleep(0.05)
             self.assertIn("is back", a.log())
+
+    def test_control_client_gone_while_the_store_answers(self):
+        """`events` and `limits show` wait for a store round trip. A control client that
+        hangs up meanwhile (or a stop that closes it) must not be answered through freed
+        memory when the store's reply comes: the client is kept until then. Redis is
+        stopped so the replies come at redis_timeout; the memory checkers of the asan and
+        valgrind stages see any use after free, and every stage sees the daemon answer
+        the same commands afterwards and stop cleanly."""
+        import socket
+        r = self.redis()
+        (a,) = self.daemons(config(r.url, ["per_ip client_address recipients 10/1m"],
+                                   redis_timeout="1s", redis_reconnect_max="500ms"), n=1)
+        ctl = os.path.join(a.dir, "control.sock")
+        self.assertTrue(wait_for(lambda: os.path.exists(ctl), 15 * SLOW))
+        r.pause()
+        try:
+            for line in (b"events 0 10\n", b"limits show per_ip 192.0.2.7\n"):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(ctl)
+                s.sendall(line)
+                time.sleep(0.2)  # the daemon has read the line and asked the store
+                s.close()
+        finally:
+            r.resume()
+        # Redis answers one connection in order (or the requests time out in order): once
+        # these are answered, the two abandoned ones have had their callbacks.
+        self.assertTrue(a.running(), a.log())
+        ev = a.cli("events", "--json")
+        self.assertEqual(ev.returncode, 0, ev.stdout + ev.stderr)
+        show = a.cli("limits", "show", "per_ip", "192.0.2.7")
+        self.assertEqual(show.returncode, 0, show.stdout + show.stderr)
+        self.assertEqual(a.stop(), 0, a.log())
 
     def test_limits_redis_reload_keeps_counters(self):
         r = self.redis()

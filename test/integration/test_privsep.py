@@ -3,8 +3,11 @@ binds, then runs as `user = nobody` (Uid/Gid in /proc/PID/status) with a privile
 (its child, still root) that alone applies and restores the stress overrides; policy
 answers work; a forced stress episode applies through the helper and restores main.cf and
 master.cf byte-exact; a journal the unprivileged user forged is refused; started as
-non-root there is no helper and status says overrides are unavailable; and nothing in
-state_directory is world-writable (mode walk).
+non-root there is no helper and status says overrides are unavailable; nothing in
+state_directory is world-writable (mode walk); a monitoring user in the daemon's group
+(another system user, through setpriv) runs `status`, `events` and a read-only `report`
+that writes nothing, and is refused `stress`, `restore` and `limits reset` with who may,
+while a user outside the group cannot use the socket at all.
 """
 import json
 import os
@@ -19,12 +22,14 @@ import time
 import unittest
 
 from ports import free_port, tcp_listening, wait_for
-from postsurge import POSTSURGE, Postsurge, PolicyClient, request
+from postsurge import POSTSURGE, Postsurge, PolicyClient, children, comm, request
 import testmain
 
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 NOBODY = pwd.getpwnam("nobody")
 NOGROUP = grp.getgrgid(NOBODY.pw_gid).gr_name
+# The monitoring user: a system user that is neither root nor the daemon's.
+MONITOR = pwd.getpwnam("daemon")
 
 MAIN_CF = """# main.cf: layout and comments must survive
 compatibility_level = 3.6
@@ -51,23 +56,6 @@ def proc_ids(pid):
             out[k] = v.split()
     return ([int(x) for x in out["Uid"]], [int(x) for x in out["Gid"]],
             [int(x) for x in out.get("Groups", [])])
-
-
-def children(pid):
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
-def comm(pid):
-    """pid's command name, "" once it is gone."""
-    try:
-        with open("/proc/%d/comm" % pid) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def base_is(p, name):
@@ -106,8 +94,10 @@ def mode_problems(top):
             if p == top and m & 0o027:
                 bad.append("%s: state_directory mode %o (want 0750 or stricter)" % (p, m))
             base = os.path.basename(p)
-            if base in ("journal.json", "control.sock") and m != 0o600:
+            if base == "journal.json" and m != 0o600:
                 bad.append("%s: mode %o, want 0600" % (p, m))
+            if base == "control.sock" and m != 0o660:
+                bad.append("%s: mode %o, want 0660 (the daemon's group reads)" % (p, m))
     return bad
 
 
@@ -428,6 +418,84 @@ class PrivsepTest(unittest.TestCase):
         self.assertIn("report.lock: not a regular file with one link", r.stderr)
         self.assertEqual(read_bytes(target), b"x\n")
 
+    def as_user(self, conf, *cmd, uid=None, gid=None, groups=()):
+        """`postsurge -c conf CMD` as another user (default MONITOR) with exactly the
+        supplementary groups given."""
+        uid = MONITOR.pw_uid if uid is None else uid
+        gid = MONITOR.pw_gid if gid is None else gid
+        argv = ["setpriv", "--reuid=%d" % uid, "--regid=%d" % gid]
+        argv += ["--groups=%s" % ",".join(str(g) for g in groups)] if groups else \
+            ["--clear-groups"]
+        return subprocess.run(argv + [POSTSURGE, "-c", conf, *cmd], capture_output=True,
+                              text=True, timeout=120)
+
+    def test_privsep_monitoring_group_reads_only(self):
+        ps = self.daemon()
+        os.chmod(ps.dir, 0o750)  # as the package and the unit create state_directory
+        # A full report as root first: its state is left for the daemon's group to read.
+        r = ps.cli("report", timeout=120)
+        self.assertIn(r.returncode, (0, 1, 2, 3), r.stderr)
+        for name in ("report-state.json", "report-last.json"):
+            st = os.stat(os.path.join(ps.dir, name))
+            self.assertEqual((stat.S_IMODE(st.st_mode), st.st_gid), (0o640, NOBODY.pw_gid),
+                             name)
+        st = os.stat(os.path.join(ps.dir, "control.sock"))
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_gid), (0o660, NOBODY.pw_gid))
+
+        def snapshot():
+            return {n: (os.lstat(os.path.join(ps.dir, n)).st_mtime_ns,
+                        os.lstat(os.path.join(ps.dir, n)).st_size)
+                    for n in os.listdir(ps.dir) if n != "postsurge.log"}
+        before = snapshot()
+        member = {"groups": [NOBODY.pw_gid]}
+
+        # Reading: status, events, a read-only report.
+        r = self.as_user(ps.config_path, "status", "--json", **member)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["nodes"][0]["name"], "n1")
+        r = self.as_user(ps.config_path, "events", **member)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.as_user(ps.config_path, "report", **member)
+        self.assertIn(r.returncode, (0, 1, 2, 3), r.stderr)
+        self.assertRegex(r.stdout, r"^(OK|WARNING|CRITICAL|UNKNOWN) - .* \| .*stressed=")
+        self.assertIn("read-only report", r.stderr)
+        self.assertNotIn("damaged", r.stderr)
+        self.assertEqual(snapshot(), before)
+
+        # Changing: refused, saying who may; nothing changed.
+        for cmd in (["stress", "enter"], ["restore"], ["limits", "reset", "r", "k"],
+                    ["limits", "set", "r", "k", "5"], ["limits", "unset", "r", "k"]):
+            r = self.as_user(ps.config_path, *cmd, **member)
+            self.assertNotEqual(r.returncode, 0, cmd)
+            self.assertIn("changes the daemon: only root and the user nobody may", r.stderr)
+            self.assertIn("as a member of group %s" % NOGROUP, r.stderr)
+        self.assertEqual(self.me(ps)["overrides_state"], "none")
+        self.assertFalse(self.me(ps)["stress"])
+        self.assertIn("refused to uid %d (read-only)" % MONITOR.pw_uid, ps.log())
+
+        # The daemon's own user may change.
+        r = self.as_user(ps.config_path, "stress", "auto", uid=NOBODY.pw_uid,
+                         gid=NOBODY.pw_gid)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+        # Outside the group: the config copied where anyone reads it, the socket unusable.
+        conf = os.path.join(self.tmp, "outsider.cf")
+        shutil.copy(ps.config_path, conf)
+        os.chmod(conf, 0o644)
+        r = self.as_user(conf, "status")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("Permission denied", r.stderr)
+        self.assertIn("or as a member of group %s" % NOGROUP, r.stderr)
+        self.assertEqual(snapshot(), before)
+        # Modes widened by mistake: the daemon still refuses the outsider (SO_PEERCRED).
+        os.chmod(ps.dir, 0o755)
+        os.chmod(os.path.join(ps.dir, "control.sock"), 0o666)
+        r = self.as_user(conf, "status")
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertTrue(wait_for(lambda: "uid %d refused: neither root, the daemon's user nor "
+                                 "in group %s" % (MONITOR.pw_uid, NOGROUP) in ps.log(), 10),
+                        ps.log())
+
     def test_privsep_non_root_start_overrides_unavailable(self):
         d = tempfile.mkdtemp(prefix="postsurge-nonroot-")
         self.addCleanup(shutil.rmtree, d, True)
@@ -499,6 +567,11 @@ class PrivsepTest(unittest.TestCase):
             return [e["kind"] for e in json.loads(r.stdout)["events"]] if r.returncode == 0 \
                 else []
         self.assertTrue(wait_for(lambda: "stress-enter" in kinds(), 15), log())
+        # Then five more samples evaluated, each ending with the reconcile that would
+        # start an apply: the proof the daemon got as far as it would have acted.
+        s0 = status()["samples"]
+        self.assertTrue(wait_for(lambda: (status() or {}).get("samples", 0) >= s0 + 5, 60),
+                        log())
         self.assertEqual(read_bytes(self.main), self.main0)
         self.assertEqual(status()["overrides_state"], "none")
         self.assertEqual(mode_problems(d), [])

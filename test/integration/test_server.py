@@ -6,6 +6,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import stat
 import subprocess
 import sys
@@ -348,17 +349,39 @@ class TestLimits(ServerTest):
         self.assertIn("idle", ps.log())
         self.assert_serving(ps)
 
-    def test_async_decision_cancelled_when_client_leaves(self):
+    def test_async_decision_in_flight_completes_when_client_closes(self):
+        # The client sends a request and closes its end (FIN) while the decision is
+        # pending. Nothing is cancelled: as for a half-close, the decision completes and is
+        # logged, and only then is the connection finished (its reply has nowhere to go).
         ps = self.daemon(env=ASYNC_ENV, args=["-v"])
         with ps.client() as c:
             c.send(request(recipient="gone@x"))
             self.assertTrue(ps.wait_log("request 1 waits"))
-        # The client left with its decision pending: the daemon finishes with the
-        # connection (the event waited for, no fixed sleep), then still serves.
         self.assertTrue(ps.wait_log("disconnect after 1 requests"), ps.log())
+        log = ps.log()
+        decided = "recipient=<gone@x>: action=INFO gone@x"
+        self.assertIn(decided, log)
+        self.assertLess(log.index(decided), log.index("disconnect after 1 requests"), log)
         self.assertTrue(ps.running())
         with ps.client() as c:
             self.assertEqual(c.ask(request(recipient="next@x")), "INFO next@x")
+
+    def test_async_decision_cancelled_when_client_resets(self):
+        # A connection reset (RST) while the decision is pending closes the connection at
+        # once and cancels the decision (decider.cancel): it is never answered nor logged.
+        ps = self.daemon(env=ASYNC_ENV, args=["-v"])
+        with ps.client() as c:
+            c.send(request(recipient="gone@x"))
+            self.assertTrue(ps.wait_log("request 1 waits"))
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.assertTrue(ps.wait_log("disconnect after 1 requests"), ps.log())
+        # The event that proves the cancelled decision would have been done by now: a
+        # request delayed as long, started later, is answered (timers fire in order).
+        with ps.client() as c:
+            self.assertEqual(c.ask(request(recipient="next@x")), "INFO next@x")
+        self.assertTrue(ps.wait_log("recipient=<next@x>: action=INFO next@x"), ps.log())
+        self.assertNotIn("gone@x>: action", ps.log())
+        self.assertTrue(ps.running())
 
 
 class TestSignals(ServerTest):
@@ -564,7 +587,8 @@ class TestLogging(ServerTest):
         ps = self.daemon(extra={"monitor_interval": "200ms", "postfix_config_directory": empty,
                                 "stress_overrides": None})
         self.assert_serving(ps)
-        time.sleep(1.5)
+        # Eight idle ticks evaluated (no fixed sleep): time enough for any repeated warning.
+        ps.wait_samples(8)
         ps.stop()
         log = ps.log()
         self.assertEqual(log.count("no Postfix found (%s/main.cf" % empty), 1, log)

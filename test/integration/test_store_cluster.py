@@ -5,25 +5,15 @@ takes means every take answered within redis_timeout plus a margin and shared co
 once its replica is promoted; a reshard under takes changes no count; no seed that
 answers, a cluster in CLUSTERDOWN and a node that answers MOVED forever give clear log
 lines and answers within the timeout."""
-import os
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 import unittest
 
 from ports import free_port, wait_for
 from redis_server import RedisCluster
-from test_store_contract import run_contract
-from test_store_redis import Driver, TIMEOUT_MS
-
-MARGIN_MS = 250
-WRAPPED = bool(os.environ.get("POSTSURGE_WRAPPER") or os.environ.get("STORE_DRIVER_WRAPPER"))
-
-
-def assert_in_time(test, r, what):
-    test.assertLessEqual(r[1], (TIMEOUT_MS + MARGIN_MS) * 1000, "%s took %d us" % (what, r[1]))
+from store_driver import WRAPPED, Driver, FakeRedis, assert_in_time, run_contract
+import testmain
 
 
 def exact_limits(test, d, prefix_key, keys=32, limit=2):
@@ -34,55 +24,22 @@ def exact_limits(test, d, prefix_key, keys=32, limit=2):
         test.assertEqual([(r[2], r[3]) for r in res], [(1, 1), (1, 2), (0, 2)], k)
 
 
-class FakeNode:
+class FakeNode(FakeRedis):
     """A "cluster node" that owns every slot and answers MOVED to itself for any script:
     a redirect loop the store must bound."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
         self.scripts = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._client, args=(c,), daemon=True).start()
-
-    def _client(self, c):
-        f = c.makefile("rb")
-        try:
-            while True:
-                line = f.readline()
-                if not line or not line.startswith(b"*"):
-                    return
-                args = []
-                for _ in range(int(line[1:])):
-                    n = int(f.readline()[1:])
-                    args.append(f.read(n + 2)[:-2])
-                cmd = args[0].decode().upper()
-                if cmd == "CLUSTER":
-                    p = str(self.port).encode()
-                    c.sendall(b"*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n:%s\r\n"
-                              b"$2\r\nid\r\n" % p)
-                elif cmd in ("EVALSHA", "EVAL"):
-                    self.scripts += 1
-                    c.sendall(b"-MOVED 1 127.0.0.1:%d\r\n" % self.port)
-                else:
-                    c.sendall(b"+OK\r\n")
-        except OSError:
-            pass
-        finally:
-            c.close()
-
-    def close(self):
-        self.sock.close()
+    def answer(self, args):
+        if args[0] == b"CLUSTER":
+            return (b"*1\r\n*3\r\n:0\r\n:16383\r\n*3\r\n$9\r\n127.0.0.1\r\n:%d\r\n"
+                    b"$2\r\nid\r\n" % self.port)
+        if args[0] in (b"EVALSHA", b"EVAL"):
+            self.scripts += 1
+            return b"-MOVED 1 127.0.0.1:%d\r\n" % self.port
+        return b"+OK\r\n"
 
 
 class StoreCluster(unittest.TestCase):
@@ -228,4 +185,4 @@ class StoreCluster(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

@@ -1,28 +1,11 @@
 """Runs the store contract suite (store_contract, C) against every store: memory, one
 real redis-server, and nutcracker (twemproxy) in front of two redis-servers. The same
 takes must give the same answers everywhere."""
-import os
-import subprocess
-import sys
 import unittest
 
 from redis_server import Nutcracker, RedisServer
+from store_driver import run_contract
 import testmain
-
-CONTRACT = os.path.join(os.environ.get("BUILD_ROOT", "build"), "test", "integration",
-                        "store_contract")
-
-
-def run_contract(redis_url=None):
-    env = dict(os.environ)
-    env.pop("REDIS_URL", None)
-    if redis_url:
-        env["REDIS_URL"] = redis_url
-    p = subprocess.run([CONTRACT], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       timeout=300)
-    out = p.stdout.decode(errors="replace")
-    sys.stderr.write(out)
-    return p.returncode, out
 
 
 class StoreContract(unittest.TestCase):

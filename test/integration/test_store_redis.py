@@ -3,96 +3,12 @@ stores on one Redis (two nodes) enforce one combined limit exactly; SCRIPT FLUSH
 load is survived; a killed Redis means answers from local counters and a restarted one
 means shared counting again; a stopped Redis (SIGSTOP) means answers on the timeout.
 Every request gets an answer. Latencies are checked only against hang guards."""
-import os
-import subprocess
 import time
 import unittest
 
 from redis_server import Nutcracker, RedisServer
+from store_driver import ETIMEDOUT, HANG_GUARD_US, TIMEOUT_MS, Driver
 import testmain
-
-CONTRACT = os.path.join(os.environ.get("BUILD_ROOT", "build"), "test", "integration",
-                        "store_contract")
-TIMEOUT_MS = 300  # redis_timeout for the driver: above scheduling noise on a busy CI
-ETIMEDOUT = 110
-HANG_GUARD_US = 5_000_000
-W = 3_600_000  # an hour: nothing slides during a test
-
-
-class Driver:
-    """store_contract --driver: stores "a" and "b" on one URL, one command per line."""
-
-    def __init__(self, url, prefix, action="local", timeout_ms=TIMEOUT_MS):
-        # STORE_DRIVER_WRAPPER="valgrind -q --error-exitcode=9" checks memory use.
-        wrapper = os.environ.get("STORE_DRIVER_WRAPPER", "").split()
-        self.p = subprocess.Popen(wrapper + [CONTRACT, "--driver", url, prefix, action,
-                                             str(timeout_ms)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, bufsize=1)
-        self.now = 1_700_000_000_000
-
-    def take(self, store, key, limit, amount=1, window=W):
-        """Returns (status, latency_us, allowed or None, count or None)."""
-        self.now += 1
-        self.p.stdin.write("take %s %d %s %d %d %d\n" % (store, self.now, key, window, limit,
-                                                          amount))
-        self.p.stdin.flush()
-        line = self.p.stdout.readline()
-        if not line:
-            raise AssertionError("driver died: " + self.p.stderr.read())
-        f = line.split()
-        if f[0] == "error":
-            raise AssertionError(line)
-        allowed = None if f[2] == "-" else int(f[2])
-        count = None if f[3] == "-" else int(f[3])
-        return int(f[0]), int(f[1]), allowed, count
-
-    def stats(self, store="a"):
-        self.p.stdin.write("stats %s\n" % store)
-        self.p.stdin.flush()
-        f = [int(x) for x in self.p.stdout.readline().split()]
-        return dict(zip(("connected", "local", "timeouts", "noscript", "reconnects",
-                         "failures", "entries"), f))
-
-    def close(self):
-        """Quits and checks a clean exit: every handle closed, uv_loop_close() == 0."""
-        if self.p.poll() is None:
-            try:
-                self.p.stdin.write("quit\n")
-                self.p.stdin.close()
-                rc = self.p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-                raise AssertionError("driver did not quit")
-            err = self.p.stderr.read()
-            self.p.stderr.close()
-            self.p.stdout.close()
-            if rc != 0:
-                raise AssertionError("driver exit %d: %s" % (rc, err))
-            return err
-        return ""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            self.close()
-        finally:
-            if self.p.poll() is None:
-                self.p.kill()
-                self.p.wait()
-
-    def wait_shared(self, key, limit=10**9, deadline_s=30):
-        """Takes on store a until Redis answers again (status 0). Returns the result."""
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            r = self.take("a", key, limit)
-            if r[0] == 0:
-                return r
-            time.sleep(0.05)
-        raise AssertionError("Redis never answered again")
 
 
 class StoreRedis(unittest.TestCase):

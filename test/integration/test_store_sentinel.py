@@ -5,77 +5,32 @@ answered within redis_timeout plus a margin and shared counting on the promoted 
 afterwards; a sentinel that does not know the master, sentinels that do not answer and a
 sentinel that names a replica give clear log lines and answers within the timeout."""
 import os
-import socket
-import threading
 import time
 import unittest
 
-from redis_server import RedisError, RedisServer, SentinelSet
 from ports import free_port
-from test_store_contract import run_contract
-from test_store_redis import Driver, TIMEOUT_MS, W
-
-# Answers may be late by scheduling noise on a busy machine, never by a hang.
-MARGIN_MS = 250
-WRAPPED = bool(os.environ.get("POSTSURGE_WRAPPER") or os.environ.get("STORE_DRIVER_WRAPPER"))
+from redis_server import RedisServer, SentinelSet
+from store_driver import WRAPPED, Driver, FakeRedis, assert_in_time, run_contract
+import testmain
 
 
-def assert_in_time(test, r, what):
-    test.assertLessEqual(r[1], (TIMEOUT_MS + MARGIN_MS) * 1000, "%s took %d us" % (what, r[1]))
-
-
-class FakeSentinel:
+class FakeSentinel(FakeRedis):
     """A sentinel that names a fixed address for any master (and accepts SUBSCRIBE), to
     see what the store does when a sentinel names a replica."""
 
     def __init__(self, ip, port):
-        self.answer = (ip, port)
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
+        self.answer_addr = (ip.encode(), str(port).encode())
         self.asked = 0
-        self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _serve(self):
-        while not self.stopping:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._client, args=(c,), daemon=True).start()
-
-    def _client(self, c):
-        f = c.makefile("rb")
-        try:
-            while True:
-                line = f.readline()
-                if not line or not line.startswith(b"*"):
-                    return
-                args = []
-                for _ in range(int(line[1:])):
-                    n = int(f.readline()[1:])
-                    args.append(f.read(n + 2)[:-2].decode())
-                cmd = args[0].upper()
-                if cmd == "SENTINEL":
-                    self.asked += 1
-                    ip, port = self.answer[0].encode(), str(self.answer[1]).encode()
-                    c.sendall(b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(ip), ip, len(port), port))
-                elif cmd == "SUBSCRIBE":
-                    c.sendall(b"*3\r\n$9\r\nsubscribe\r\n$14\r\n+switch-master\r\n:1\r\n")
-                else:
-                    c.sendall(b"+OK\r\n")
-        except OSError:
-            pass
-        finally:
-            c.close()
-
-    def close(self):
-        self.stopping = True
-        self.sock.close()
+    def answer(self, args):
+        if args[0] == b"SENTINEL":
+            self.asked += 1
+            ip, port = self.answer_addr
+            return b"*2\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(ip), ip, len(port), port)
+        if args[0] == b"SUBSCRIBE":
+            return b"*3\r\n$9\r\nsubscribe\r\n$14\r\n+switch-master\r\n:1\r\n"
+        return b"+OK\r\n"
 
 
 class StoreSentinel(unittest.TestCase):
@@ -198,4 +153,4 @@ def sys_stderr_note(err):
 
 
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    testmain.main()

@@ -10,6 +10,12 @@ directory of their own (/var/log/journal/MACHINE-ID.NAME), so it never touches t
 journal. Messages go in as syslog datagrams on its dev-log socket, as Postfix's syslog(3)
 sends them. The daemon is stopped by PID and its files removed, also when a test fails.
 Needs root (journald opens /run and /var/log). Stdlib only.
+
+A program that logs with syslog(3) (Postfix) writes to /dev/log, the host's, not this
+journald's. `jd.with_dev_log(argv)` runs argv in a private mount namespace (unshare) whose
+/dev is a tmpfs of links to the host's /dev entries plus /dev/log -> this journald's
+dev-log socket; daemons argv starts stay in that namespace and log here. The host's /dev
+is never touched. `dev_log_unavailable()` says why that cannot be done here.
 """
 import glob
 import os
@@ -17,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 
 JOURNALD = next((p for p in ("/lib/systemd/systemd-journald",
@@ -35,6 +42,41 @@ def unavailable():
         return "starting systemd-journald needs root"
     if not shutil.which("journalctl"):
         return "journalctl is not installed"
+    return None
+
+
+# Run by `sh -c` in the new mount namespace: $1 is an empty directory for the host's /dev,
+# $2 the journald's dev-log socket, the rest the command.
+_DEV_LOG_SCRIPT = r"""
+set -e
+old=$1; sock=$2; shift 2
+mount --rbind /dev "$old"
+mount -t tmpfs -o mode=755,nosuid tmpfs /dev
+for e in "$old"/* "$old"/.[!.]*; do
+    [ -e "$e" ] || [ -L "$e" ] || continue
+    ln -s "$e" "/dev/${e##*/}"
+done
+rm -f /dev/log
+ln -s "$sock" /dev/log
+exec "$@"
+"""
+
+
+def dev_log_unavailable():
+    """Why programs cannot be given a private /dev/log here (unshare or mount not
+    permitted), or None."""
+    if not shutil.which("unshare"):
+        return "unshare is not installed"
+    if os.geteuid() != 0:
+        return "a private mount namespace needs root"
+    try:
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                            "mount -t tmpfs tmpfs /mnt"], capture_output=True, text=True,
+                           timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return "unshare --mount failed: %s" % e
+    if r.returncode != 0:
+        return "unshare --mount / mount not permitted here: %s" % r.stderr.strip()
     return None
 
 
@@ -74,6 +116,14 @@ class Journald:
         stamp = time.strftime("%b %e %H:%M:%S")
         data = "<%d>%s %s: %s" % (facility * 8 + severity, stamp, tag, message)
         self.sock.sendto(data.encode(), self.dev_log)
+
+    def with_dev_log(self, argv, workdir):
+        """argv wrapped to run where /dev/log is this journald's socket (see the module
+        text); workdir holds the mount point of the host's /dev (removable once every
+        process of the namespace is gone)."""
+        old = tempfile.mkdtemp(prefix="hostdev-", dir=workdir)
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                _DEV_LOG_SCRIPT, "sh", old, self.dev_log] + list(argv)
 
     def journalctl(self, *args):
         return subprocess.run(["journalctl", "--namespace=" + self.name, *args],

@@ -1,8 +1,8 @@
 """A throwaway, isolated Postfix 3.7 instance for e2e, stress and report tests.
 
 PostfixInstance builds a complete Postfix in a temporary directory (config, queue with the
-owners and modes of /etc/postfix/postfix-files, a maillog file instead of syslog, chroot n
-everywhere), listens on 127.0.0.1:<free port>, relays a test domain to an smtp-sink on
+owners and modes of /etc/postfix/postfix-files, a maillog file instead of syslog, or
+syslog into a test journald (journald=), chroot n everywhere), listens on 127.0.0.1:<free port>, relays a test domain to an smtp-sink on
 another free port and routes a second domain to a closed port so its mail is deferred.
 It is started with `postfix -c DIR start` and always stopped by PID (master and its
 children, smtp-sink), also when start-up fails. Needs root. Python 3 stdlib only.
@@ -238,6 +238,11 @@ class PostfixInstance:
       mynetworks        main.cf mynetworks (default "127.0.0.0/8"); relaying is for
                         $mynetworks and the two test domains only.
       syslog_name       main.cf syslog_name (default "postfix").
+      journald          a test journald (journald.Journald): Postfix logs with syslog(3)
+                        to it instead of a maillog file; `postfix start` runs in a private
+                        mount namespace whose /dev/log is the journald's socket
+                        (Journald.with_dev_log), so master and every daemon log there.
+                        maillog() then reads that journal; maillog_path is None.
       keep              keep the temp dir after stop (also env POSTFIX_INSTANCE_KEEP=1).
 
     Attributes after start(): dir (instance root, the `-c` config dir), queue_dir, port,
@@ -248,7 +253,7 @@ class PostfixInstance:
     def __init__(self, main_extra=(), master_extra=(), master_replace=None,
                  process_limit="-", postscreen=False, sink=True, sink_delays=None,
                  sink_domain="sink.test", defer_domain="defer.test",
-                 mynetworks="127.0.0.0/8", syslog_name="postfix", keep=False):
+                 mynetworks="127.0.0.0/8", syslog_name="postfix", keep=False, journald=None):
         self.main_extra = list(main_extra)
         self.master_extra = list(master_extra)
         self.master_replace = dict(master_replace or {})
@@ -260,6 +265,7 @@ class PostfixInstance:
         self.defer_domain = defer_domain
         self.mynetworks = mynetworks
         self.syslog_name = syslog_name
+        self.journald = journald
         self.keep = keep or os.environ.get("POSTFIX_INSTANCE_KEEP") == "1"
         self.dir = None
         self.queue_dir = None
@@ -287,7 +293,11 @@ class PostfixInstance:
             if self.want_sink:
                 self.sink = SmtpSink(self.dir, delays=self.sink_delays).start()
                 self._write_transport()
-            r = self.postfix("start", check=False, timeout=timeout)
+            if self.journald:
+                r = self._run(self.journald.with_dev_log(
+                    [POSTFIX_BIN, "-c", self.dir, "start"], self.dir), False, timeout)
+            else:
+                r = self.postfix("start", check=False, timeout=timeout)
             if r.returncode != 0:
                 raise RuntimeError("postfix start failed (%d): %s\n%s" %
                                    (r.returncode, r.stdout + r.stderr, self.maillog()))
@@ -326,7 +336,7 @@ class PostfixInstance:
         self.dir = tempfile.mkdtemp(prefix="postsurge-pf-")
         os.chmod(self.dir, 0o755)  # Postfix daemons run as postfix and must traverse it.
         self.queue_dir = os.path.join(self.dir, "queue")
-        self.maillog_path = os.path.join(self.dir, "maillog")
+        self.maillog_path = None if self.journald else os.path.join(self.dir, "maillog")
         self.port = free_port()
         if not self.postscreen:
             self.smtpd_service = "127.0.0.1:%d/inet" % self.port
@@ -357,8 +367,10 @@ class PostfixInstance:
             "queue_directory = %s/queue" % d,
             "data_directory = %s/data" % d,
             "syslog_name = %s" % self.syslog_name,
+        ] + ([] if self.journald else [
             "maillog_file = %s/maillog" % d,
             "maillog_file_prefixes = %s" % d,
+        ]) + [
             "inet_interfaces = 127.0.0.1",
             "inet_protocols = ipv4",
             "myhostname = mx.postsurge.test",
@@ -476,7 +488,12 @@ class PostfixInstance:
         return self.postfix("reload")
 
     def maillog(self):
-        """The whole maillog text so far ('' if not yet written)."""
+        """The whole maillog text so far ('' if not yet written); with a journald, this
+        instance's entries of that journal as syslog lines."""
+        if self.journald:
+            r = self.journald.journalctl("-q", "-o", "short-iso", "--no-pager")
+            rx = re.compile(r"^\S+ \S+ %s(/\S*)?(\[\d+\])?: " % re.escape(self.syslog_name))
+            return "".join(l + "\n" for l in r.stdout.splitlines() if rx.match(l))
         try:
             with open(self.maillog_path, errors="replace") as f:
                 return f.read()

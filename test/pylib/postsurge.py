@@ -16,6 +16,7 @@ raises SanitizerReport (an AssertionError), so ASan/UBSan/LSan and memcheck find
 fail the test that caused them.
 """
 import glob
+import json
 import os
 import re
 import shlex
@@ -180,6 +181,24 @@ class PolicyClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def children(pid):
+    """The PIDs of pid's children (from /proc), [] once it is gone."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def comm(pid):
+    """pid's command name, "" once it is gone."""
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 class Postsurge:
@@ -392,6 +411,34 @@ class Postsurge:
     def wait_log(self, text, since=0, timeout=10.0):
         """Waits until text appears in the log after offset since; returns True/False."""
         return wait_for(lambda: text in self.log()[since:], timeout)
+
+    # -- controller samples --
+    def samples(self):
+        """This node's `samples` from `status --json` (monitor samples or idle ticks the
+        controller evaluated), or None when the daemon does not answer."""
+        r = self.cli("status", "--json")
+        if r.returncode != 0:
+            return None
+        return json.loads(r.stdout)["nodes"][0]["samples"]
+
+    def wait_samples(self, n, timeout=60.0):
+        """Waits until the controller has evaluated n more samples than now: the event that
+        proves it had n chances to act (a "nothing happened" check follows it, never a fixed
+        sleep). Raises AssertionError, with the log, after timeout seconds (stretched by
+        POSTSURGE_SLOW): a controller that stopped ticking fails the test."""
+        n0 = self.samples()
+        if n0 is None:
+            raise AssertionError("no status from the daemon:\n" + self.log()[-4000:])
+        got = [n0]
+
+        def advanced():
+            got[0] = self.samples()
+            return got[0] is not None and got[0] >= n0 + n
+        if not wait_for(advanced, timeout * SLOW, 0.05):
+            raise AssertionError("the controller evaluated %s samples in %g s, waited for %d "
+                                 "more than %d:\n%s" % (got[0], timeout * SLOW, n, n0,
+                                                          self.log()[-4000:]))
+        return got[0]
 
     # -- clients --
     def address(self, unix=False):

@@ -391,6 +391,20 @@ class RedisCluster:
         """{port: keys} of every live master."""
         return {s.port: s.command("KEYS", pattern) for s in self.masters()}
 
+    def command(self, *args):
+        """One single-key command (args[1] is the key) on the master that serves its slot,
+        found by following MOVED from the first live master (at most 5 hops)."""
+        node = self.masters()[0]
+        for _ in range(5):
+            try:
+                return node.command(*args)
+            except RedisError as e:
+                if not str(e).startswith("MOVED "):
+                    raise
+                port = int(str(e).rsplit(":", 1)[1])
+                node = next(s for s in self.servers if s.port == port)
+        raise RedisError("more than 5 redirects for %r" % (args,))
+
     def url(self, seeds=None):
         auth = ":%s@" % self.password if self.password else ""
         seeds = seeds or self.servers[:3]

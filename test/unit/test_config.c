@@ -131,6 +131,11 @@ static void test_config_defaults_match_header(void **state)
     assert_int_equal(c->attack_window, 600000);
     assert_int_equal(c->attack_flag_time, 3600000);
     assert_int_equal(strncmp(c->attack_action, "421 4.7.0 ", 10), 0);
+    assert_int_equal(c->attack_auth_failure_limit, 10);
+    assert_int_equal(c->attack_auth_window, 600000);
+    assert_string_equal(c->attack_auth_mode, "always");
+    assert_int_equal(c->attack_stress_unknown_user_rate, 0);
+    assert_int_equal(c->attack_stress_auth_failure_rate, 0);
     assert_string_equal(c->http_listen, "inet:127.0.0.1:10041");
     assert_int_equal(c->http_max_connections, 64);
     assert_true(c->report_anomaly_sigma == 2.0);
@@ -311,7 +316,138 @@ static void test_config_value_table(void **state)
     }
 }
 
-/* A file with every kind of mistake, compared line by line with its .expected. */
+/* What each line of the .expected files must say, reasoned by hand from the fixtures, not
+ * from the parser's output: the fixture line as read in an editor (its number counted from
+ * the top, comments included), and the pieces its message must hold. The bounds are the
+ * "Allowed:" ranges of the README's configuration reference (max_connections 1 to
+ * 1000000, idle_timeout 1s to 1d, max_request_size 1K to 64M, listen_unix_mode 0000 to
+ * 07777, report_anomaly_sigma 0.1 to 100, ports 1 to 65535, log_level's four names); "999"
+ * is not octal (9), "1T" has no such suffix (K M G), "GO" is no access(5) action; the
+ * second max_connections that has an '=' is on line 18, the first on line 3 (line 4 lacks
+ * the '='); cross-checks come after the line errors, as check-config prints them. Rows are
+ * in the order of the .expected file, and a file has no other lines: regenerating a golden
+ * file from a wrong parser fails here. */
+#define FX(s) s, sizeof(s) - 1
+static const struct expected_problem {
+    const char *file;
+    int line;
+    const char *fixture; /* the bytes of that line of the .cf file, without the newline */
+    size_t fixture_len;
+    const char *pieces[4];
+} expected_problems[] = {
+    {"errors", 2, FX("  orphan continuation line"), {"continuation line without a setting"}},
+    {"errors",
+     3,
+     FX("max_connections = lots"),
+     {"\"lots\" for max_connections", "not an integer", "from 1 to 1000000"}},
+    {"errors", 4, FX("max_connections 10"), {"missing '='", "\"max_connections\""}},
+    {"errors", 5, FX("= 10"), {"missing parameter name before '='"}},
+    {"errors", 6, FX("unknown_setting = 1"), {"unknown setting \"unknown_setting\""}},
+    {"errors",
+     7,
+     FX("idle_timeout = 0s"),
+     {"\"0s\" for idle_timeout", "out of range", "from 1s to 1d"}},
+    {"errors", 8, FX("listen ="), {"\"\" for listen", "at least one inet:HOST:PORT or unix:PATH"}},
+    {"errors",
+     9,
+     FX("store = redis://h:0"),
+     {"\"redis://h:0\" for store", "port must be a number from 1 to 65535"}},
+    {"errors", 10, FX("log_level = loud"), {"\"loud\" for log_level", "error|warning|info|debug"}},
+    {"errors", 11, FX("monitor = maybe"), {"\"maybe\" for monitor", "not a boolean", "yes or no"}},
+    {"errors",
+     12,
+     FX("listen_unix_mode = 999"),
+     {"\"999\" for listen_unix_mode", "not an octal mode", "from 0000 to 07777"}},
+    {"errors",
+     13,
+     FX("report_anomaly_sigma = 1000"),
+     {"\"1000\" for report_anomaly_sigma", "out of range", "from 0.1 to 100"}},
+    {"errors",
+     16,
+     FX("max_request_size = 1T"),
+     {"\"1T\" for max_request_size", "not a size", "from 1K to 64M", "K M G"}},
+    {"errors", 17, FX("default_action = GO"), {"\"GO\" for default_action", "not an access(5)"}},
+    {"errors",
+     18,
+     FX("max_connections = 5"),
+     {"warning: ", "max_connections redefined", "(first at line 3)"}},
+    {"errors",
+     19,
+     FX("stress_main_cf = smtpd_timeout = 10"),
+     {"for stress_main_cf", "\"smtpd_timeout\"", "expected name=value"}},
+    {"errors",
+     20,
+     FX("idle_tmeout = 5s"),
+     {"unknown setting \"idle_tmeout\"", "did you mean idle_timeout?"}},
+    {"binary",
+     2,
+     FX("log_level = de\x01"
+        "bug"),
+     {"control character", "(0x01)"}},
+    {"binary", 4, FX("  a\0b"), {"NUL byte"}},
+    {"binary", 7, FX("\xff\xfe = x"), {"unknown setting \"\\xff\\xfe\""}},
+    {"cross-check",
+     4,
+     FX("listen = unix:/tmp/x inet:localhost:25 bad"),
+     {"\"unix:/tmp/x inet:localhost:25 bad\" for listen", "inet:HOST:PORT or unix:PATH"}},
+    {"cross-check",
+     3,
+     FX("stress_exit_threshold = 50"),
+     {"stress_exit_threshold (50)", "below stress_enter_threshold (50)"}},
+};
+#undef FX
+
+/* Line n (from 1) of text: its start in *line and its length in *len; -1 if there is none. */
+static int nth_line(const char *text, size_t tlen, int n, const char **line, size_t *len)
+{
+    const char *p = text, *end = text + tlen;
+    for (int i = 1; i < n; i++) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (!nl)
+            return -1;
+        p = nl + 1;
+    }
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    *line = p;
+    *len = nl ? (size_t)(nl - p) : (size_t)(end - p);
+    return 0;
+}
+
+/* Each golden line holds what the hand table says, in its order, and nothing else. */
+static void check_expected_against_table(const char *name, const char *cf, size_t cflen,
+                                         const char *expected)
+{
+    const char *e = expected;
+    size_t rows = 0;
+    for (size_t i = 0; i < sizeof(expected_problems) / sizeof(expected_problems[0]); i++) {
+        const struct expected_problem *x = &expected_problems[i];
+        if (strcmp(x->file, name) != 0)
+            continue;
+        rows++;
+        const char *fl;
+        size_t fllen;
+        if (nth_line(cf, cflen, x->line, &fl, &fllen) < 0 || fllen != x->fixture_len ||
+            memcmp(fl, x->fixture, fllen) != 0)
+            fail_msg("%s.cf:%d is not the line the table was reasoned from", name, x->line);
+        const char *nl = strchr(e, '\n');
+        if (!nl)
+            fail_msg("%s.expected: no line for %s.cf:%d", name, name, x->line);
+        char row[1024], prefix[128];
+        snprintf(row, sizeof(row), "%.*s", (int)(nl - e), e);
+        snprintf(prefix, sizeof(prefix), "%s.cf:%d: ", name, x->line);
+        if (strncmp(row, prefix, strlen(prefix)) != 0)
+            fail_msg("%s.expected: '%s' should start with '%s'", name, row, prefix);
+        for (size_t k = 0; k < 4 && x->pieces[k]; k++)
+            if (!strstr(row, x->pieces[k]))
+                fail_msg("%s.expected: '%s' lacks '%s'", name, row, x->pieces[k]);
+        e = nl + 1;
+    }
+    if (rows == 0 || *e)
+        fail_msg("%s.expected: lines beyond the %zu of the hand table: %s", name, rows, e);
+}
+
+/* A file with every kind of mistake: the parser's messages are compared line by line with
+ * its .expected (the layout), and the .expected with the hand table above (the values). */
 static void test_config_error_file_lists_every_problem(void **state)
 {
     (void)state;
@@ -325,6 +461,7 @@ static void test_config_error_file_lists_every_problem(void **state)
         char *expected = read_all(epath, NULL);
         assert_non_null(text);
         assert_non_null(expected);
+        check_expected_against_table(names[k], text, len, expected);
         struct config_errors errs = {0};
         struct config *cfg = NULL;
         char shortname[64];
@@ -713,6 +850,74 @@ static void test_config_print_roundtrip(void **state)
     config_free(def);
 }
 
+/* good-all.cf read back field by field against values worked out by hand from the file
+ * (K = 1024 bytes, M = 1024 K, m = 60 s, h = 3600 s, d = 86400 s; modes in octal; the
+ * continuation lines of a list setting (listen, limits, stress_main_cf: "separated by
+ * blanks, commas or lines") kept as lines, their indentation dropped), where the round
+ * trip above only shows that print and parse agree with each other. */
+static void test_config_good_all_values_by_hand(void **state)
+{
+    (void)state;
+    size_t len;
+    char *text = read_all(DATA "good-all.cf", &len);
+    assert_non_null(text);
+    struct config *c = NULL;
+    struct config_errors errs = {0};
+    assert_int_equal(config_parse_buffer("good-all.cf", text, len, &c, &errs), 0);
+    assert_int_equal(errs.n, 0);
+    assert_string_equal(c->listen, "inet:[::1]:2525, inet:0.0.0.0:10040\n"
+                                   "unix:/var/spool/postfix/private/postsurge");
+    assert_int_equal(c->listen_unix_mode, 0660);
+    assert_int_equal(c->listen_unix_mode, 432);
+    assert_int_equal(c->max_connections, 20000);
+    assert_int_equal(c->idle_timeout, 3600000);
+    assert_int_equal(c->max_line_length, 32768);
+    assert_int_equal(c->max_attributes, 512);
+    assert_int_equal(c->max_request_size, 1048576);
+    assert_int_equal(c->max_output_buffer, 262144);
+    assert_int_equal(c->log_repeat_interval, 300000);
+    assert_string_equal(c->syslog_facility, "local4");
+    assert_string_equal(c->limits,
+                        "per_ip      client_address       recipients  200/1m   stress 40/1m\n"
+                        "per_net     client_address/24/64 connections 300/1m\n"
+                        "per_user    sasl_username        recipients  2000/1d  action 450 "
+                        "4.7.1 Daily quota reached\n"
+                        "per_sender  sender               messages    500/1h\n"
+                        "big_sender  sasl_username        bytes       500M/1d");
+    assert_string_equal(c->limit_exempt_networks, "127.0.0.0/8 [::1]/128, 192.0.2.0/24");
+    assert_true(c->limit_dry_run);
+    assert_string_equal(c->limit_action, "421 4.7.0 Slow down");
+    assert_int_equal(c->redis_timeout, 250);
+    assert_int_equal(c->redis_reconnect_max, 30000);
+    assert_string_equal(c->maillog_file, "");
+    assert_false(c->monitor);
+    assert_int_equal(c->monitor_interval, 500);
+    assert_int_equal(c->stress_enter_threshold, 95);
+    assert_int_equal(c->stress_enter_delay, 10000);
+    assert_int_equal(c->stress_exit_threshold, 50);
+    assert_int_equal(c->stress_exit_delay, 300000);
+    assert_int_equal(c->stress_min_interval, 120000);
+    assert_string_equal(c->stress_main_cf,
+                        "smtpd_client_connection_count_limit=5\npostscreen_pre_queue_limit=50");
+    assert_string_equal(c->stress_master_cf,
+                        "smtpd/pass/stress=yes 127.0.0.1:2525/inet/stress=yes");
+    assert_int_equal(c->stress_cluster_quorum, 50);
+    assert_int_equal(c->command_timeout, 60000);
+    assert_int_equal(c->node_status_ttl, 15000);
+    assert_int_equal(c->event_log_max, 500);
+    assert_int_equal(c->attack_unknown_user_limit, 5);
+    assert_int_equal(c->attack_error_limit, 0);
+    assert_int_equal(c->attack_window, 1800000);
+    assert_int_equal(c->attack_flag_time, 21600000);
+    assert_string_equal(c->http_listen, "");
+    assert_int_equal(c->http_max_connections, 8);
+    assert_true(c->report_anomaly_sigma == 3.5);
+    assert_int_equal(c->report_baseline_window, 1209600000);
+    assert_string_equal(c->report_quiet_windows, "00:00-00:10 12:00-12:10");
+    config_free(c);
+    free(text);
+}
+
 static void test_config_print_non_default_shows_explicit(void **state)
 {
     (void)state;
@@ -922,6 +1127,7 @@ int main(void)
         cmocka_unit_test(test_config_store_url_cluster),
         cmocka_unit_test(test_config_time_and_size_parsers),
         cmocka_unit_test(test_config_print_roundtrip),
+        cmocka_unit_test(test_config_good_all_values_by_hand),
         cmocka_unit_test(test_config_print_non_default_shows_explicit),
         cmocka_unit_test(test_config_parse_all_keeps_good_settings),
         cmocka_unit_test(test_config_example_file_is_complete),

@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "limits_engine.h"
+#include "limits_rt.h"
 #include "policy.h"
 #include "window.h"
 
@@ -869,6 +870,140 @@ static void test_limits_table_precedence(void **state)
     unlink(broken);
 }
 
+/* --- run-time overrides --------------------------------------------------------- */
+
+static struct limits_rt_entry rt_entry(const char *rule, const char *value, int64_t count,
+                                       int64_t expires_ms)
+{
+    struct limits_rt_entry en = {.count = count, .expires_ms = expires_ms};
+    snprintf(en.rule, sizeof(en.rule), "%s", rule);
+    snprintf(en.value, sizeof(en.value), "%s", value);
+    return en;
+}
+
+/* Run-time > table > rule: a run-time entry beats the table's (also its 0 and its
+ * unlimited), a key with no run-time entry keeps the table's, one in neither the rule's;
+ * an entry of another rule changes nothing; a new set is in force at the next request;
+ * the store's text form parses back; a set holds at most LIMITS_RT_MAX entries. */
+static void test_limits_runtime_precedence(void **state)
+{
+    (void)state;
+    const char *path = tmpfile_with(0, "alice 3\nbob 0\ncarol unlimited\n");
+    char cf[512];
+    snprintf(cf, sizeof(cf),
+             "limits =\n  per_user sasl_username recipients 2/1h overrides texthash:%s\n"
+             "  per_snd sender recipients 100/1h\n",
+             path);
+    struct limits_engine *e = engine_from(cf);
+    struct limits_rt *rt = limits_rt_new();
+    struct limits_rt_entry en[] = {
+        rt_entry("per_user", "alice", 1, 0),                    /* beats the table's 3 */
+        rt_entry("per_user", "bob", LIMITS_TABLE_UNLIMITED, 0), /* beats the table's 0 */
+        rt_entry("per_user", "carol", 4, 0),                    /* beats unlimited */
+        rt_entry("per_user", "erin", 5, 0),                     /* beats the rule's 2 */
+        rt_entry("per_snd", "dave", 0, 0), /* another rule: not per_user's dave */
+    };
+    for (size_t i = 0; i < sizeof(en) / sizeof(en[0]); i++)
+        assert_int_equal(limits_rt_add(rt, &en[i]), 0);
+    limits_engine_set_runtime(e, rt);
+    limits_rt_free(rt);
+    assert_int_equal(limits_rt_count(limits_engine_runtime(e)), 5);
+    int64_t v = 0;
+    assert_int_equal(limits_override(e, 0, "alice", 5, NULL, &v), LIMITS_SOURCE_RUNTIME);
+    assert_int_equal(v, 1);
+    assert_int_equal(limits_override(e, 0, "frank", 5, NULL, &v), LIMITS_SOURCE_RULE);
+    struct limits_session *s = limits_session_new();
+    struct tstore t = {.now = 1000000};
+    struct limits_decision d;
+    static const struct {
+        const char *user;
+        int admitted; /* of 6 recipients */
+    } cases[] = {
+        {"alice", 1}, {"bob", 6}, {"carol", 4}, {"dave", 2}, {"erin", 5},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int ok = 0;
+        for (int k = 0; k < 6; k++) {
+            char to[32];
+            snprintf(to, sizeof(to), "r%d@x", k);
+            decide(
+                &t, e, s,
+                mkreq(RCPT_FMT, "198.51.100.1", cases[i].user, "s@x", to, "i", cases[i].user, ""),
+                false, &d);
+            ok += !d.deny;
+        }
+        if (ok != cases[i].admitted)
+            fail_msg("%s: admitted %d, want %d", cases[i].user, ok, cases[i].admitted);
+    }
+    /* A new set without alice: the table's 3 again (1 already counted). */
+    struct limits_rt *rt2 = limits_rt_copy(limits_engine_runtime(e), 0, "per_user", "alice");
+    assert_int_equal(limits_rt_count(rt2), 4);
+    limits_engine_set_runtime(e, rt2);
+    limits_rt_free(rt2);
+    int ok = 0;
+    for (int k = 0; k < 4; k++) {
+        char to[32];
+        snprintf(to, sizeof(to), "n%d@x", k);
+        decide(&t, e, s, mkreq(RCPT_FMT, "198.51.100.1", "a2", "s@x", to, "i", "alice", ""), false,
+               &d);
+        ok += !d.deny;
+    }
+    assert_int_equal(ok, 2);
+    /* An empty set is none at all. */
+    struct limits_rt *empty = limits_rt_new();
+    limits_engine_set_runtime(e, empty);
+    limits_rt_free(empty);
+    assert_null(limits_engine_runtime(e));
+    limits_session_free(s);
+    limits_engine_free(e);
+
+    /* Expiry: a copy at now drops what ended at or before now. */
+    rt = limits_rt_new();
+    struct limits_rt_entry x1 = rt_entry("r", "a", 1, 5000), x2 = rt_entry("r", "b", 2, 0);
+    assert_int_equal(limits_rt_add(rt, &x1), 0);
+    assert_int_equal(limits_rt_add(rt, &x2), 0);
+    assert_false(limits_rt_has_expired(rt, 4999));
+    assert_true(limits_rt_has_expired(rt, 5000));
+    rt2 = limits_rt_copy(rt, 5000, NULL, NULL);
+    assert_int_equal(limits_rt_count(rt2), 1);
+    assert_null(limits_rt_lookup(rt2, "r", "a", 1));
+    assert_non_null(limits_rt_lookup(rt2, "r", "b", 1));
+    limits_rt_free(rt2);
+    /* The store's text form. */
+    char f[LIMITS_RT_FIELD_MAX], val[48];
+    struct limits_rt_entry back;
+    assert_int_equal(limits_rt_field(&x1, f, sizeof(f)), 3);
+    assert_string_equal(f, "r\ta");
+    limits_rt_value(&x1, val, sizeof(val));
+    assert_string_equal(val, "1 5000");
+    assert_int_equal(limits_rt_parse(f, val, &back), 0);
+    assert_int_equal(back.count, 1);
+    assert_int_equal(back.expires_ms, 5000);
+    assert_int_equal(limits_rt_parse("r\ta", "-1 0", &back), 0);
+    assert_int_equal(back.count, LIMITS_TABLE_UNLIMITED);
+    static const char *const bad[][2] = {{"ra", "1 0"},    {"\ta", "1 0"},    {"r\t", "1 0"},
+                                         {"r\ta", "1"},    {"r\ta", "x 0"},   {"r\ta", "-2 0"},
+                                         {"r\ta", "1 -5"}, {"r\ta\tb", "1 0"}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (limits_rt_parse(bad[i][0], bad[i][1], &back) != -EINVAL)
+            fail_msg("accepted \"%s\" \"%s\"", bad[i][0], bad[i][1]);
+    /* The bound. */
+    for (int i = 0; i < LIMITS_RT_MAX; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "k%d", i);
+        struct limits_rt_entry y = rt_entry("r", k, i, 0);
+        if (limits_rt_add(rt, &y) != 0 && i < LIMITS_RT_MAX - 2)
+            fail_msg("entry %d refused", i);
+    }
+    assert_int_equal(limits_rt_count(rt), LIMITS_RT_MAX);
+    struct limits_rt_entry over = rt_entry("r", "over", 1, 0);
+    assert_int_equal(limits_rt_add(rt, &over), -E2BIG);
+    x2.count = 9; /* replacing an entry is not adding one */
+    assert_int_equal(limits_rt_add(rt, &x2), 0);
+    assert_int_equal(limits_rt_lookup(rt, "r", "b", 1)->count, 9);
+    limits_rt_free(rt);
+}
+
 /* What `limits show RULE VALUE` accepts: key values as the log writes them. */
 static void test_limits_value_check(void **state)
 {
@@ -1459,6 +1594,7 @@ int main(void)
         cmocka_unit_test(test_limits_store_failure_remembers_nothing),
         cmocka_unit_test(test_limits_reload_keeps_session_dedup),
         cmocka_unit_test(test_limits_survives_allocation_failures),
+        cmocka_unit_test(test_limits_runtime_precedence),
     };
     return cmocka_run_group_tests(tests, NULL, teardown_parser);
 }

@@ -452,11 +452,79 @@ static void test_maillog_auth_failed(void **state)
                            &r),
                      MAILLOG_AUTH_FAILED);
     assert_string_equal(r.client_addr, "2001:db8::1");
+    /* No name sent: Postfix writes "(unavailable)", which is no user name. */
+    assert_int_equal(parse("Dec  2 09:58:09 mx postfix/smtpd[4711]: warning: unknown[127.0.0.2]: "
+                           "SASL LOGIN authentication failed: (reason unavailable), "
+                           "sasl_username=(unavailable)",
+                           &r),
+                     MAILLOG_AUTH_FAILED);
+    assert_string_equal(r.sasl_username, "");
+    assert_string_equal(r.text, "(reason unavailable)");
     /* Other SASL warnings are not failures. */
     assert_int_equal(parse("Jan  1 00:00:00 host postfix/smtpd[1]: warning: "
                            "unknown[192.0.2.1]: SASL LOGIN authentication aborted",
                            &r),
                      MAILLOG_OTHER);
+}
+
+/* What each line counts toward in the attack detector: Postfix's own wording
+ * (smtpd_sasl_glue.c, with and without sasl_username=), lines of the shared logs
+ * (crowdsec's, fail2ban's, sshguard's, postfix_exporter's), and the server-side failure
+ * that must not count against the client. */
+static void test_maillog_attack_class(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *line;
+        enum maillog_attack want;
+    } cases[] = {
+        {"Dec  2 09:58:09 mx postfix/submission/smtpd[4711]: warning: unknown[127.0.0.2]: SASL "
+         "PLAIN authentication failed: UGFzc3dvcmQ6, sasl_username=alice@postsurge.test",
+         MAILLOG_ATTACK_AUTH},
+        {"Dec  2 09:58:09 mx postfix/smtpd[4711]: warning: unknown[127.0.0.2]: SASL LOGIN "
+         "authentication failed: (reason unavailable), sasl_username=(unavailable)",
+         MAILLOG_ATTACK_AUTH},
+        {"May 11 04:02:33 host1 postfix/smtpd[26897]: warning: unknown[203.0.113.42]: SASL "
+         "LOGIN authentication failed: authentication failure",
+         MAILLOG_ATTACK_AUTH},
+        {"Sep  6 00:44:57 trianon postfix/submission/smtpd[11538]: warning: "
+         "unknown[82.221.106.233]: SASL login authentication failed: UGFzc3dvcmQ6",
+         MAILLOG_ATTACK_AUTH},
+        {"Oct 19 19:56:07 longbeach postfix/smtpd[2309]: warning: unknown[2001:db8::a11:beef:"
+         "7ac0]: SASL LOGIN authentication failed: UGFzc3dvcmQ6",
+         MAILLOG_ATTACK_AUTH},
+        {"2022-04-14T00:36:03.150Z mailhub postfix/smtps/smtpd[30543]: warning: "
+         "unknown[122.166.249.154]:48123: SASL LOGIN authentication failed: UGFzc3dvcmQ6",
+         MAILLOG_ATTACK_AUTH},
+        {"Apr 26 10:55:19 tcc1 postfix/smtpd[21126]: warning: laptop.local[192.168.1.2]: SASL "
+         "PLAIN authentication failed: generic failure",
+         MAILLOG_ATTACK_AUTH},
+        /* smtpd lost Dovecot (answered 454): not the client's doing. */
+        {"Dec  2 09:58:09 mx postfix/smtpd[4711]: warning: unknown[127.0.0.3]: SASL PLAIN "
+         "authentication failed: Connection lost to authentication server, "
+         "sasl_username=bob@postsurge.test",
+         MAILLOG_ATTACK_NONE},
+        {"Jan  1 00:00:00 host postfix/smtpd[1]: warning: unknown[192.0.2.1]: SASL LOGIN "
+         "authentication aborted",
+         MAILLOG_ATTACK_NONE},
+        {"Nov 23 03:33:29 mx postfix/smtpd[6826]: NOQUEUE: reject: RCPT from "
+         "unknown[192.0.2.9]: 550 5.1.1 <u@example.com>: Recipient address rejected: User "
+         "unknown in local recipient table; from=<s@example.org> to=<u@example.com> "
+         "proto=ESMTP helo=<x>",
+         MAILLOG_ATTACK_UNKNOWN_USER},
+        {"Nov 23 03:33:29 mx postfix/smtpd[6826]: NOQUEUE: reject: RCPT from "
+         "unknown[192.0.2.9]: 554 5.7.1 <u@example.net>: Relay access denied; "
+         "from=<s@example.org> to=<u@example.net> proto=ESMTP helo=<x>",
+         MAILLOG_ATTACK_ERROR},
+        {"Nov 23 03:33:29 mx postfix/smtpd[6826]: connect from unknown[192.0.2.9]",
+         MAILLOG_ATTACK_NONE},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct maillog_record r;
+        parse(cases[i].line, &r);
+        if (maillog_attack_class(&r) != cases[i].want)
+            fail_msg("case %zu: %s: got %d", i, cases[i].line, (int)maillog_attack_class(&r));
+    }
 }
 
 /* The production log's scanner line, and the service a client line carries. */
@@ -732,6 +800,7 @@ int main(void)
         cmocka_unit_test(test_maillog_expired),
         cmocka_unit_test(test_maillog_ports_busy),
         cmocka_unit_test(test_maillog_auth_failed),
+        cmocka_unit_test(test_maillog_attack_class),
         cmocka_unit_test(test_maillog_service_of_client_lines),
         cmocka_unit_test(test_maillog_unknown_and_damaged_lines),
         cmocka_unit_test(test_maillog_long_fields_are_cut),

@@ -17,6 +17,7 @@
 
 #include "printable.h"
 #include "report.h"
+#include "report_text.h"
 
 #define ARRIVAL 1795407720 /* the real records' arrival time */
 #define NOW (ARRIVAL + 7200)
@@ -73,12 +74,8 @@ typedef int (*writer_fn)(const struct report *, FILE *);
 
 static void check_writer(const struct report *r, writer_fn w, const char *name)
 {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&buf, &len);
-    assert_non_null(mem);
-    assert_int_equal(w(r, mem), 0);
-    fclose(mem);
+    size_t len;
+    char *buf = report_render(r, w, &len);
     expect_file(name, buf, len);
     free(buf);
 }
@@ -331,23 +328,6 @@ static struct report *nodes_report(const struct report_node_info *nodes, size_t 
     return r;
 }
 
-/* What writer w writes for r (a new string). */
-static char *output_of(const struct report *r, writer_fn w)
-{
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    assert_non_null(f);
-    assert_int_equal(w(r, f), 0);
-    fclose(f);
-    return buf;
-}
-
-static char *text_of(const struct report *r)
-{
-    return output_of(r, report_write_text);
-}
-
 /* Postfix's master or qmgr not running. The master's absence is the cause and stops
  * everything (qmgr included), so it is the one finding; qmgr alone down is its own; an
  * unknown state (-1: the report could not look) raises nothing. Expectations below are
@@ -418,14 +398,16 @@ static void test_report_master_and_qmgr_down(void **state)
     }
 
     /* The text report's first line, by hand: the status, the finding's message, then the
-     * performance data of an empty queue with the default deferred (100, 1000) and hold
-     * (1, 0) levels. */
+     * performance data of an empty queue with the default levels in range syntax: deferred
+     * 100 and 1000 alert above 99 and 999, hold's warning 1 above 0, its critical (off) is
+     * empty; the node's saturation is unknown, so it has none. */
     struct report_node_info n = {
         .name = "mx1.example.org", .daemon_up = 1, .master_up = 0, .qmgr_up = 0, .saturation = -1};
     struct report *r = nodes_report(&n, 1);
-    char *text = text_of(r);
-    const char *want = "CRITICAL - Postfix master is not running on mx1.example.org | incoming=0 "
-                       "active=0 deferred=0;100;1000 hold=0;1;0\n";
+    char *text = report_text(r);
+    const char *want = "CRITICAL - Postfix master is not running on mx1.example.org | "
+                       "incoming=0;;;0; active=0;;;0; deferred=0;99;999;0; hold=0;0;;0; "
+                       "backlog=0;1999;9999;0; oldest_age=0s;86399;345599;0; stressed=0;0;;0;1\n";
     if (strncmp(text, want, strlen(want)) != 0)
         fail_msg("text report starts with \"%.*s\", expected \"%s\"", (int)strlen(want), text,
                  want);
@@ -663,7 +645,7 @@ static void test_report_reject_classes(void **state)
     assert_int_equal(report_add_postscreen(r, "PASS OLD", 1), -EINVAL);
     assert_int_equal(report_add_postscreen(r, NULL, 1), -EINVAL);
     assert_int_equal(report_evaluate(r, NULL), 0);
-    char *buf = text_of(r);
+    char *buf = report_text(r);
     assert_non_null(strstr(buf, "\nRejects by class: 94\n  dnsbl 90 helo 4\n"));
     assert_non_null(strstr(buf, "\npostscreen verdicts: 8349\n  pregreet 3872 pass_old 4477\n"));
     free(buf);
@@ -677,7 +659,7 @@ static void test_report_reject_classes(void **state)
     assert_int_equal(json_integer_value(json_object_get(ps, "pass_old")), 4477);
     assert_int_equal(json_integer_value(json_object_get(ps, "hangup")), 0);
     json_decref(j);
-    buf = output_of(r, report_write_prometheus);
+    buf = report_render(r, report_write_prometheus, NULL);
     assert_non_null(strstr(buf, "\npostsurge_report_rejects{class=\"dnsbl\"} 90\n"));
     assert_non_null(strstr(buf, "\npostsurge_report_rejects{class=\"postsurge_limit\"} 0\n"));
     assert_non_null(strstr(buf, "\npostsurge_report_postscreen_verdicts{verdict=\"pregreet\"} "
@@ -828,6 +810,119 @@ static void test_report_backscatter(void **state)
     }
 }
 
+/* The keys that hit limits, from nine limit-hit events counted by hand: per_user alice
+ * (a SASL login) 3 on nodes a, b, a: a finding for two nodes; per_snd news@x (a sender)
+ * 3 on a: a finding for 3 hits; per_ip 192.0.2.9 2 on a and per_ip 198.51.100.1 1 on b:
+ * no finding, no advice line. Worst first; every output names them; a report without
+ * events has no section at all. */
+static void test_report_limit_hits(void **state)
+{
+    (void)state;
+    struct report *r = report_new(NOW, "a");
+    assert_non_null(r);
+    static const struct {
+        const char *node, *rule, *spec, *value;
+        int64_t ago, count;
+    } ev[] = {
+        {"a", "per_user", "sasl_username", "alice", 600, 100},
+        {"b", "per_user", "sasl_username", "alice", 300, 100},
+        {"a", "per_user", "sasl_username", "alice", 60, 101},
+        {"a", "per_snd", "sender", "news@x", 900, 50},
+        {"a", "per_snd", "sender", "news@x", 500, 50},
+        {"a", "per_snd", "sender", "news@x", 100, 50},
+        {"a", "per_ip", "client_address", "192.0.2.9", 700, 20},
+        {"a", "per_ip", "client_address", "192.0.2.9", 200, 20},
+        {"b", "per_ip", "client_address", "198.51.100.1", 30, 20},
+    };
+    for (size_t i = 0; i < sizeof(ev) / sizeof(ev[0]); i++) {
+        struct report_limit_hit h = {ev[i].node,  ev[i].rule,  ev[i].spec,      ev[i].value,
+                                     "192.0.2.9", ev[i].count, ev[i].count + 1, NOW - ev[i].ago};
+        h.limit = ev[i].count;
+        assert_int_equal(report_add_limit_hit(r, &h), 0);
+    }
+    struct report_limit_hit bad = {"a", NULL, NULL, "x", NULL, 1, 1, NOW};
+    assert_int_equal(report_add_limit_hit(r, &bad), -EINVAL);
+    assert_int_equal(report_evaluate(r, NULL), 0);
+
+    json_t *j;
+    assert_int_equal(report_to_json(r, &j), 0);
+    json_t *lh = json_object_get(j, "limit_hits");
+    assert_int_equal(json_integer_value(json_object_get(lh, "events")), 9);
+    json_t *keys = json_object_get(lh, "keys");
+    assert_int_equal(json_array_size(keys), 4);
+    static const struct {
+        const char *rule, *value, *kind;
+        int hits, nodes, limit;
+        int64_t last;
+    } want[] = {
+        {"per_user", "alice", "sasl", 3, 2, 101, NOW - 60},
+        {"per_snd", "news@x", "sender", 3, 1, 50, NOW - 100},
+        {"per_ip", "192.0.2.9", "other", 2, 1, 20, NOW - 200},
+        {"per_ip", "198.51.100.1", "other", 1, 1, 20, NOW - 30},
+    };
+    for (size_t i = 0; i < 4; i++) {
+        json_t *k = json_array_get(keys, i);
+        assert_string_equal(json_string_value(json_object_get(k, "rule")), want[i].rule);
+        assert_string_equal(json_string_value(json_object_get(k, "value")), want[i].value);
+        assert_string_equal(json_string_value(json_object_get(k, "kind")), want[i].kind);
+        assert_int_equal(json_integer_value(json_object_get(k, "hits")), want[i].hits);
+        assert_int_equal(json_array_size(json_object_get(k, "nodes")), want[i].nodes);
+        assert_int_equal(json_integer_value(json_object_get(k, "limit")), want[i].limit);
+        assert_int_equal(json_integer_value(json_object_get(k, "last")), want[i].last);
+    }
+    assert_non_null(strstr(json_string_value(json_object_get(json_array_get(keys, 0), "advice")),
+                           "account may be compromised: check its logins"));
+    int nodes_f = 0, repeated_f = 0;
+    json_t *fs = json_object_get(j, "findings");
+    for (size_t i = 0; i < json_array_size(fs); i++) {
+        const char *code = json_string_value(json_object_get(json_array_get(fs, i), "code"));
+        const char *subj = json_string_value(json_object_get(json_array_get(fs, i), "subject"));
+        if (!strcmp(code, "limit_hit_nodes")) {
+            nodes_f++;
+            assert_string_equal(subj, "per_user alice");
+        } else if (!strcmp(code, "limit_hit_repeated")) {
+            repeated_f++;
+            assert_string_equal(subj, "per_snd news@x");
+        }
+    }
+    assert_int_equal(nodes_f, 1);
+    assert_int_equal(repeated_f, 1);
+    assert_int_equal(report_status(r), REPORT_UNKNOWN); /* no queue figures: UNKNOWN wins */
+    json_decref(j);
+
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    assert_int_equal(report_write_text(r, mem), 0);
+    fclose(mem);
+    assert_non_null(strstr(buf, "Keys that hit rate limits: 9 limit-hit events, 4 keys\n"));
+    assert_non_null(strstr(buf, "key alice of rule per_user hit its limit 3 times on 2 nodes"));
+    assert_non_null(strstr(buf, "key news@x of rule per_snd hit its limit 3 times on 1 node "
+                                "since the last report (3 or more is a finding)"));
+    const char *row = strstr(buf, "  per_ip           192.0.2.9");
+    assert_non_null(row);
+    assert_true(strncmp(strchr(row, '\n') + 1, "           -> ", 14) != 0); /* no advice */
+    free(buf);
+    check_writer(r, report_write_json, "limits.json");
+    check_writer(r, report_write_prometheus, "limits.prom");
+    buf = NULL;
+    mem = open_memstream(&buf, &len);
+    assert_int_equal(report_write_prometheus(r, mem), 0);
+    fclose(mem);
+    assert_non_null(strstr(buf, "\npostsurge_report_limit_hit_events 9\n"));
+    assert_non_null(
+        strstr(buf, "\npostsurge_report_limit_hits{rule=\"per_user\",key=\"alice\"} 3\n"));
+    free(buf);
+    report_free(r);
+
+    r = report_new(NOW, "a");
+    assert_int_equal(report_evaluate(r, NULL), 0);
+    assert_int_equal(report_to_json(r, &j), 0);
+    assert_null(json_object_get(j, "limit_hits"));
+    json_decref(j);
+    report_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -841,6 +936,7 @@ int main(void)
         cmocka_unit_test(test_report_reject_classes),
         cmocka_unit_test(test_report_domain_anomalies),
         cmocka_unit_test(test_report_backscatter),
+        cmocka_unit_test(test_report_limit_hits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -451,6 +451,56 @@ static void test_stress_reason_names_signals(void **state)
     stress_free(sm);
 }
 
+/* An attack across the cluster (the attack detector's rate) enters at once, is named
+ * first in the reason even when slots overflow too, holds stress while it lasts, and
+ * counts only while master runs, like the other log signals. */
+static void test_stress_attack_signal(void **state)
+{
+    (void)state;
+    struct stress_params p = params();
+    p.min_interval_ms = 0;
+    p.exit_delay_ms = 2000;
+    struct stress_machine *sm = stress_new(&p, 0);
+    struct stress_service_sample svc = {.name = "smtp/inet", .busy = 4, .limit = 4, .waiting = 2};
+    const char *what = "dictionary harvest: \"User unknown\" rejects across the cluster "
+                       "reached 100 within 60 s (attack_stress_unknown_user_rate)";
+    struct stress_sample s = {.now_ms = 0,
+                              .services = &svc,
+                              .n_services = 1,
+                              .policy_stress_pct = -1,
+                              .master_running = false,
+                              .qmgr_running = true,
+                              .cluster_stressed_pct = -1,
+                              .attack = what};
+    struct stress_result r;
+    assert_int_equal(stress_update(sm, &s, &r), 0);
+    assert_int_equal(r.event, STRESS_EVENT_NONE);
+    s.now_ms = 1000;
+    s.master_running = true;
+    assert_int_equal(stress_update(sm, &s, &r), 0);
+    assert_int_equal(r.event, STRESS_EVENT_ENTER);
+    assert_string_equal(r.reason,
+                        "enter: attack: dictionary harvest: \"User unknown\" rejects across the "
+                        "cluster reached 100 within 60 s (attack_stress_unknown_user_rate); "
+                        "signals: waiting-clients attack");
+    /* The node's own signal: it counts for stress_cluster_quorum. */
+    assert_true(r.local_stress);
+    /* Idle slots, attack still on: stays; the exit delay runs from its end. */
+    svc.busy = 0;
+    svc.waiting = 0;
+    s.now_ms = 5000;
+    assert_int_equal(stress_update(sm, &s, &r), 0);
+    assert_int_equal(r.state, STRESS_STRESSED);
+    s.attack = "";
+    s.now_ms = 6000;
+    assert_int_equal(stress_update(sm, &s, &r), 0);
+    assert_int_equal(r.event, STRESS_EVENT_NONE);
+    s.now_ms = 8000;
+    assert_int_equal(stress_update(sm, &s, &r), 0);
+    assert_int_equal(r.event, STRESS_EVENT_EXIT);
+    stress_free(sm);
+}
+
 /* SIGHUP: new thresholds act on the next samples; delays count from the change. */
 static void test_stress_set_params_live(void **state)
 {
@@ -529,6 +579,7 @@ int main(void)
         cmocka_unit_test(test_stress_quorum_entry_is_not_local),
         cmocka_unit_test(test_stress_node_saturation_is_max_over_services),
         cmocka_unit_test(test_stress_reason_names_signals),
+        cmocka_unit_test(test_stress_attack_signal),
         cmocka_unit_test(test_stress_set_params_live),
         cmocka_unit_test(test_stress_rejects_bad_input),
     };
