@@ -219,6 +219,61 @@ static bool parse_postscreen_stress(struct cur *c, struct maillog_record *rec)
     return true;
 }
 
+const char *const maillog_ps_verdicts[MAILLOG_PS_VERDICT_COUNT + 1] = {
+    "pregreet",   "hangup",         "dnsbl",      "pass_new", "pass_old",     "allowlisted",
+    "denylisted", "allowlist_veto", "pipelining", "non_smtp", "bare_newline", "command_limit",
+    NULL};
+
+/* postscreen's verdict lines (postscreen_early.c, postscreen_smtpd.c, postscreen_misc.c):
+ * "PREGREET N after T from [A]:P: ...", "HANGUP after T from [A]:P in ...", "DNSBL rank N
+ * for [A]:P", "PASS NEW [A]:P", "PASS OLD [A]:P", "ALLOWLISTED [A]:P" (WHITELISTED before
+ * Postfix 3.6), "DENYLISTED [A]:P" (BLACKLISTED), "ALLOWLIST VETO [A]:P" (WHITELIST VETO),
+ * "COMMAND PIPELINING from [A]:P after ...", "NON-SMTP COMMAND from ...", "BARE NEWLINE
+ * from ...", "COMMAND TIME|COUNT|LENGTH LIMIT from ...". */
+static bool parse_postscreen_verdict(struct cur *c, struct maillog_record *rec)
+{
+    static const struct {
+        const char *prefix;
+        int verdict; /* index in maillog_ps_verdicts */
+    } forms[] = {
+        {"PREGREET ", 0},
+        {"HANGUP after ", 1},
+        {"DNSBL rank ", 2},
+        {"PASS NEW [", 3},
+        {"PASS OLD [", 4},
+        {"ALLOWLISTED [", 5},
+        {"WHITELISTED [", 5},
+        {"DENYLISTED [", 6},
+        {"BLACKLISTED [", 6},
+        {"ALLOWLIST VETO [", 7},
+        {"WHITELIST VETO [", 7},
+        {"COMMAND PIPELINING from ", 8},
+        {"NON-SMTP COMMAND from ", 9},
+        {"BARE NEWLINE from ", 10},
+        {"COMMAND TIME LIMIT from ", 11},
+        {"COMMAND COUNT LIMIT from ", 11},
+        {"COMMAND LENGTH LIMIT from ", 11},
+    };
+    for (size_t i = 0; i < sizeof(forms) / sizeof(forms[0]); i++) {
+        size_t n = strlen(forms[i].prefix);
+        if (cur_left(c) < n || memcmp(c->p, forms[i].prefix, n) != 0)
+            continue;
+        /* The client is the first "[A]:P" of the line (PREGREET's text comes after it). */
+        struct cur cl = {c->p, c->end};
+        const char *br = cur_find(&cl, "[");
+        if (!br)
+            return false;
+        cl.p = br;
+        if (!parse_client(&cl, rec))
+            return false;
+        const char *v = maillog_ps_verdicts[forms[i].verdict];
+        PUT(rec, stage, v, strlen(v));
+        rec->kind = MAILLOG_POSTSCREEN_VERDICT;
+        return true;
+    }
+    return false;
+}
+
 static const struct {
     const char *prefix;
     enum maillog_anvil_stat stat;
@@ -610,6 +665,9 @@ static void parse_message(struct cur msg, struct maillog_record *rec)
     if (daemon_is(rec, "postscreen") && parse_postscreen_stress(&c, rec))
         return;
     c = msg;
+    if (daemon_is(rec, "postscreen") && parse_postscreen_verdict(&c, rec))
+        return;
+    c = msg;
     if (cur_lit(&c, "connect from ")) {
         if (parse_client(&c, rec) && c.p == c.end)
             rec->kind = MAILLOG_CONNECT;
@@ -680,7 +738,8 @@ enum maillog_kind maillog_parse_line(const char *line, size_t len, struct maillo
     if (rec->kind == MAILLOG_OTHER)
         reset_body(rec);
     else if (rec->kind == MAILLOG_CONNECT || rec->kind == MAILLOG_LOST_CONNECTION ||
-             rec->kind == MAILLOG_REJECT || rec->kind == MAILLOG_AUTH_FAILED)
+             rec->kind == MAILLOG_REJECT || rec->kind == MAILLOG_AUTH_FAILED ||
+             rec->kind == MAILLOG_POSTSCREEN_VERDICT)
         set_service(rec);
     return rec->kind;
 }
@@ -712,6 +771,8 @@ const char *maillog_kind_name(enum maillog_kind kind)
         return "expired";
     case MAILLOG_AUTH_FAILED:
         return "auth-failed";
+    case MAILLOG_POSTSCREEN_VERDICT:
+        return "postscreen-verdict";
     case MAILLOG_OTHER:
         break;
     }

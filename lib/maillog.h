@@ -26,8 +26,10 @@ enum maillog_kind {
     MAILLOG_REJECT,   /* smtpd/postscreen: QUEUEID: reject: STAGE from CLIENT: CODE DSN ... */
     MAILLOG_DELIVERY, /* QUEUEID: to=<RCPT>, relay=..., dsn=X.Y.Z, status=S (text) */
     MAILLOG_EXPIRED, /* qmgr: QUEUEID: from=<S>, status=expired|force-expired, returned to sender */
-    MAILLOG_AUTH_FAILED, /* smtpd: warning: CLIENT: SASL METHOD authentication failed: REASON
-                            [, sasl_username=USER] */
+    MAILLOG_AUTH_FAILED,        /* smtpd: warning: CLIENT: SASL METHOD authentication failed: REASON
+                                   [, sasl_username=USER] */
+    MAILLOG_POSTSCREEN_VERDICT, /* postscreen: PREGREET, HANGUP, DNSBL rank, PASS NEW/OLD, ...
+                                   (stage has the verdict's name, see maillog_ps_verdicts) */
 };
 
 /* anvil statistics lines */
@@ -105,7 +107,8 @@ struct maillog_record {
     char client_name[256];
     char client_addr[64];
     unsigned client_port;
-    char stage[24]; /* LOST_CONNECTION "CONNECT"/"DATA"; REJECT "RCPT"/"CONNECT"... */
+    char stage[24]; /* LOST_CONNECTION "CONNECT"/"DATA"; REJECT "RCPT"/"CONNECT"...;
+                       POSTSCREEN_VERDICT "pregreet", "pass_new" ... */
 
     /* REJECT: code 550, dsn "5.1.1", class, recipient (from "<..>:" or to=<..>), text. */
     unsigned code;
@@ -133,6 +136,13 @@ struct maillog_record {
  * len; a line with a NUL byte or an unknown shape gives MAILLOG_OTHER (header fields
  * filled when the syslog prefix parsed). Fills *rec always. Returns rec->kind. */
 enum maillog_kind maillog_parse_line(const char *line, size_t len, struct maillog_record *rec);
+
+/* The postscreen verdict names a POSTSCREEN_VERDICT record's stage can hold, in this order,
+ * NULL-terminated: "pregreet", "hangup", "dnsbl", "pass_new", "pass_old", "allowlisted"
+ * (also WHITELISTED), "denylisted" (BLACKLISTED), "allowlist_veto", "pipelining",
+ * "non_smtp", "bare_newline", "command_limit" (COMMAND TIME/COUNT/LENGTH LIMIT). Static. */
+#define MAILLOG_PS_VERDICT_COUNT 12
+extern const char *const maillog_ps_verdicts[MAILLOG_PS_VERDICT_COUNT + 1];
 
 /* "process-limit", "connect", ..., "other". */
 const char *maillog_kind_name(enum maillog_kind kind);

@@ -3,6 +3,7 @@
  * jansson, and recipients are counted per queue, per domain and per deferral reason.
  * Tables are open-addressed hashes capped in size; overflow goes to "(other)". */
 #include "queue.h"
+#include "queue_senders.h"
 
 #include "textutil.h"
 
@@ -50,6 +51,8 @@ struct queue_stats {
     /* Scratch per record: one resolved domain per recipient. */
     struct dom_entry **scratch;
     size_t scratch_cap;
+
+    struct queue_senders *senders; /* messages per sender domain (queue_senders.c) */
 
     /* The last reason classified: bulk mail repeats the same text many times. */
     char *last_reason;
@@ -306,7 +309,8 @@ struct queue_stats *queue_stats_new(const struct queue_limits *lim)
     qs->dsns = calloc(qs->lim.max_dsn + 1, sizeof(*qs->dsns));
     qs->tab_size = 64;
     qs->tab = calloc(qs->tab_size, sizeof(*qs->tab));
-    if (!qs->dsns || !qs->tab) {
+    qs->senders = queue_senders_new(qs->lim.max_domains);
+    if (!qs->dsns || !qs->tab || !qs->senders) {
         queue_stats_free(qs);
         return NULL;
     }
@@ -334,6 +338,7 @@ void queue_stats_free(struct queue_stats *qs)
     free(qs->carry);
     free(qs->scratch);
     free(qs->last_reason);
+    queue_senders_free(qs->senders);
     free(qs);
 }
 
@@ -655,6 +660,23 @@ static int count_record(struct queue_stats *qs, enum queue_name q, int64_t arriv
     return 0;
 }
 
+/* The sender table's row of a record's sender: the null sender ("MAILER-DAEMON", "" or
+ * absent) or the sender's domain. NULL on ENOMEM. */
+static struct queue_sender *sender_row(struct queue_stats *qs, json_t *sender)
+{
+    const char *snd = json_is_string(sender) ? json_string_value(sender) : "";
+    char key[DOMAIN_KEY_MAX + 1];
+    if (!snd[0] || strcmp(snd, QUEUE_NULL_SENDER) == 0)
+        return queue_senders_get(qs->senders, QUEUE_NULL_SENDER);
+    address_domain(snd, key);
+    return queue_senders_get(qs->senders, key);
+}
+
+int queue_stats_senders(const struct queue_stats *qs, const struct queue_sender ***out, size_t *n)
+{
+    return queue_senders_sorted(qs->senders, out, n);
+}
+
 int queue_stats_add_line(struct queue_stats *qs, const char *line, size_t len)
 {
     if (blank(line, len))
@@ -669,7 +691,13 @@ int queue_stats_add_line(struct queue_stats *qs, const char *line, size_t len)
         qs->malformed++;
         return -EINVAL;
     }
-    int rc = count_record(qs, q, (int64_t)arrival, (int64_t)size, rcpts);
+    /* The sender's row first: an allocation failure then leaves nothing counted. */
+    struct queue_sender *snd = sender_row(qs, json_object_get(rec, "sender"));
+    int rc = snd ? count_record(qs, q, (int64_t)arrival, (int64_t)size, rcpts) : -ENOMEM;
+    if (rc == 0) {
+        snd->messages++;
+        snd->queue_messages[q]++;
+    }
     json_decref(rec);
     return rc;
 }

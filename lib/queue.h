@@ -139,6 +139,11 @@ size_t queue_stats_dsns(const struct queue_stats *qs, const struct queue_reason 
 int queue_stats_domains(const struct queue_stats *qs, const struct queue_domain ***out, size_t *n);
 /* Looks a domain up (case-insensitive); NULL if absent. Borrowed. */
 const struct queue_domain *queue_stats_domain(const struct queue_stats *qs, const char *name);
+struct queue_sender;
+/* Messages per sender domain and queue (queue_senders.h; the null sender is the row
+ * "MAILER-DAEMON"), sorted by messages descending, then domain: a new array of borrowed
+ * pointers in *out (free() the array) and its length in *n. 0 or -ENOMEM. */
+int queue_stats_senders(const struct queue_stats *qs, const struct queue_sender ***out, size_t *n);
 /* Copies up to max pointers to d's reasons into out, sorted by count descending, then
  * class, then DSN. Returns how many were written. */
 size_t queue_domain_top_reasons(const struct queue_domain *d, const struct queue_reason **out,

@@ -119,6 +119,11 @@ static char *dup_clean(const char *s)
     return dup_opt(s, &ok);
 }
 
+char *report_dup_escaped(const char *s)
+{
+    return dup_clean(s);
+}
+
 struct report *report_new(int64_t now, const char *host)
 {
     struct report *r = calloc(1, sizeof(*r));
@@ -211,6 +216,8 @@ void report_free(struct report *r)
         free(r->anomalies[i].cause);
     }
     free(r->anomalies);
+    report_domains_free(r);
+    report_senders_free(r);
     for (size_t i = 0; i < r->n_findings; i++) {
         free(r->findings[i].code);
         free(r->findings[i].subject);
@@ -326,6 +333,8 @@ int report_set_queue(struct report *r, const struct queue_stats *qs, size_t top_
         o->n_reasons = k;
     }
     r->have_queue = true;
+    if (rc == 0)
+        rc = report_senders_set(r, qs, top_domains);
 out:
     free(top);
     free(doms);
@@ -770,7 +779,8 @@ int report_apply_baseline(struct report *r, struct baseline *b, bool quiet)
         if (rc == -ENOMEM)
             return rc;
     }
-    return added;
+    int dom = report_domain_baselines(r, b, quiet);
+    return dom < 0 ? dom : added + dom;
 }
 
 /* ---- findings ----------------------------------------------------------------------- */
@@ -1173,6 +1183,8 @@ int report_evaluate(struct report *r, const struct report_thresholds *t)
         rc = eval_queue(r, t);
     if (rc == 0)
         rc = eval_traffic(r, t);
+    if (rc == 0)
+        rc = report_senders_evaluate(r);
     if (rc == 0)
         rc = report_limits_evaluate(r);
     /* Worst first; a stable pass per severity keeps the order of equal findings. */

@@ -147,6 +147,36 @@ int report_add_anvil(struct report *r, const char *statistic, uint64_t value, ui
  * (by_username false: key is "ADDR" or "NAME[ADDR]", keyed by address like clients) or for
  * one username (by_username true). Calls add up. */
 int report_add_auth_failures(struct report *r, bool by_username, const char *key, uint64_t count);
+/* Rejects (smtpd and postscreen "reject:" lines with an SMTP code) grouped by what
+ * rejected them (report_classes.c). */
+enum report_reject_class {
+    REPORT_REJECT_DNSBL,             /* "blocked using LIST" (reject_rbl_client, postscreen) */
+    REPORT_REJECT_UNKNOWN_RECIPIENT, /* "User unknown", "Recipient address rejected: ...
+                                        unknown" */
+    REPORT_REJECT_RELAY,             /* "Relay access denied" */
+    REPORT_REJECT_HELO,              /* "Helo command rejected: ..." */
+    REPORT_REJECT_SENDER_DOMAIN,     /* "Sender address rejected: Domain not found", need
+                                        fully-qualified address, nullMX, malformed DNS reply */
+    REPORT_REJECT_OWN_LIMIT,         /* postsurge's own replies (limit_action, attack_action,
+                                        their defaults, texts the caller names) */
+    REPORT_REJECT_GREYLIST,          /* "Greylisted", "greylisting", or a 4xx "try again
+                                        later" (postgrey, sqlgrey) */
+    REPORT_REJECT_OTHER,
+    REPORT_REJECT_CLASS_COUNT
+};
+/* "dnsbl", "unknown_recipient", "relay", "helo", "sender_domain", "postsurge_limit",
+ * "greylist", "other". Static. */
+const char *report_reject_class_str(enum report_reject_class c);
+/* Classifies a reject's reply text (after the code and DSN, as maillog's text holds it);
+ * code is the SMTP code (0 unknown). own is a NULL-terminated list of postsurge's reply
+ * texts without their code and DSN (may be NULL: the defaults are always known). */
+enum report_reject_class report_reject_classify(unsigned code, const char *text,
+                                                const char *const *own);
+/* Adds n rejects of class c. 0 or -EINVAL. */
+int report_add_rejects(struct report *r, enum report_reject_class c, uint64_t n);
+/* Adds n postscreen verdicts named verdict (one of maillog_ps_verdicts). 0 or -EINVAL. */
+int report_add_postscreen(struct report *r, const char *verdict, uint64_t n);
+
 /* Postfix warnings counted in the maillog: kind "process_limit" (detail: the service),
  * "connection_rate_limit", "anvil" ...; detail may be NULL. Calls add up. */
 int report_add_warning(struct report *r, const char *kind, const char *detail, uint64_t count);
@@ -157,6 +187,15 @@ int report_add_anomaly(struct report *r, const char *metric, double value, doubl
 int report_add_finding(struct report *r, enum report_status severity, const char *code,
                        const char *subject, const char *message, const char *advice);
 
+/* Receiving domains whose deferrals get baselines of their own: the top N by volume
+ * (delivered + deferred + bounced) of the traffic rows (report_domains.c). */
+#define REPORT_BASELINE_DOMAINS 20
+/* Deferrals of domain in the maillog with reason class cls and reply ("421 4.7.0", or just
+ * the DSN when the remote said nothing): count recipients. Calls for one (domain, class)
+ * add up and keep the reply with the biggest count. Only domains that are among the top
+ * REPORT_BASELINE_DOMAINS need them. 0, -EINVAL, -ENOMEM. */
+int report_add_domain_reason(struct report *r, const char *domain, enum queue_reason_class cls,
+                             const char *reply, uint64_t count);
 /* One limit-hit event (the first refusal of a key by a rate-limit rule in its window on
  * one node) since the last report. Strings are copied; key_spec ("sasl_username",
  * "client_address/24/64+sender", NULL if unknown) and client may be NULL. */
@@ -178,9 +217,13 @@ int report_add_limit_hit(struct report *r, const struct report_limit_hit *h);
 /* Compares the report's figures (queue sizes, traffic totals, rejects, warnings, node
  * saturation) with baseline b under keys "NODE/METRIC" (node: the report host), adds an
  * anomaly for each deviation unless quiet is true, then records every figure as a new
- * sample at the report time. The caller computes quiet from report_quiet_windows and its
- * backlog override. Call after the figures are in and before report_evaluate().
- * Returns the number of anomalies added, or -ENOMEM. */
+ * sample at the report time. The top REPORT_BASELINE_DOMAINS receiving domains also get
+ * "NODE/domain/DOMAIN/deferral_pct" (only judged at 20 messages or more), ".../deferred"
+ * and ".../deferred.CLASS" per reason class; a rise of the first two is an anomaly
+ * "domain/DOMAIN/..." whose cause names the figure, the baseline, the delta and the reason
+ * class that grew most against its own baseline. The caller computes quiet from
+ * report_quiet_windows and its backlog override. Call after the figures are in and before
+ * report_evaluate(). Returns the number of anomalies added, or -ENOMEM. */
 int report_apply_baseline(struct report *r, struct baseline *b, bool quiet);
 
 /* Turns figures into findings against t (NULL: defaults) and sets the status. Call once,

@@ -3,6 +3,7 @@
  * they go through report.h. */
 #pragma once
 
+#include "maillog.h"
 #include "report.h"
 
 #include <stdbool.h>
@@ -67,6 +68,19 @@ struct r_auth {
     uint64_t failures;
 };
 
+/* Deferrals of one tracked domain in one reason class, with the commonest reply. */
+struct r_dreason {
+    char *domain, *reply;
+    enum queue_reason_class cls;
+    uint64_t count, reply_count;
+};
+
+/* A sender domain of the queue (QUEUE_NULL_SENDER for bounces). */
+struct r_sender {
+    char *domain;
+    uint64_t messages, deferred;
+};
+
 struct r_warning {
     char *kind, *detail;
     uint64_t count;
@@ -125,6 +139,13 @@ struct report {
     size_t n_anvil, cap_anvil;
     struct r_auth *auth_clients, *auth_users;
     size_t n_auth_clients, cap_auth_clients, n_auth_users, cap_auth_users;
+    uint64_t reject_classes[REPORT_REJECT_CLASS_COUNT];
+    uint64_t ps_verdicts[MAILLOG_PS_VERDICT_COUNT]; /* in maillog_ps_verdicts order */
+    struct r_dreason *dreasons;
+    uint64_t null_sender[QUEUE_COUNT]; /* null-sender messages per queue */
+    struct r_sender *senders;          /* top sender domains by messages */
+    size_t n_senders;
+    size_t n_dreasons;
     struct r_anomaly *anomalies;
     size_t n_anomalies, cap_anomalies;
     struct r_finding *findings;
@@ -164,3 +185,27 @@ void report_prom_head(FILE *out, const char *name, const char *help);
 void report_prom_sample(FILE *out, const char *name, const char *const *labels, double v);
 /* one when n is 1, else many. */
 const char *report_plural(uint64_t n, const char *one, const char *many);
+
+/* report_classes.c: rejects by class and postscreen verdicts in the three formats. The
+ * JSON goes into the traffic object o as "rejects_by_class" and "postscreen_verdicts". */
+void report_classes_text(const struct report *r, FILE *out);
+void report_classes_json(const struct report *r, json_t *o, bool *ok);
+void report_classes_prometheus(const struct report *r, FILE *out);
+
+/* report_domains.c: frees the domain reasons; adds the per-domain anomalies (see
+ * report_apply_baseline). Returns the anomalies added or -ENOMEM. */
+void report_domains_free(struct report *r);
+int report_domain_baselines(struct report *r, struct baseline *b, bool quiet);
+
+/* A new copy of s with control characters and invalid UTF-8 escaped (printable.h); NULL
+ * on ENOMEM. */
+char *report_dup_escaped(const char *s);
+
+/* report_senders.c: the queue by sender (report_set_queue copies the top rows and the
+ * null sender's counts), the backscatter finding (report_evaluate) and the writers. */
+int report_senders_set(struct report *r, const struct queue_stats *qs, size_t top);
+void report_senders_free(struct report *r);
+int report_senders_evaluate(struct report *r);
+void report_senders_text(const struct report *r, FILE *out);
+json_t *report_senders_json(const struct report *r, bool *ok);
+void report_senders_prometheus(const struct report *r, FILE *out);

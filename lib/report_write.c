@@ -368,6 +368,8 @@ static int write_text(const struct report *r, FILE *out)
         for (size_t i = 0; i < rows(r->n_auth_users, r->t.top_clients); i++)
             fprintf(out, "  %-40s %8" PRIu64 "\n", r->auth_users[i].key, r->auth_users[i].failures);
     }
+    report_classes_text(r, out);
+    report_senders_text(r, out);
     report_limits_write_text(r, out);
     if (r->n_anvil) {
         fputs("\nAnvil statistics (peaks):\n", out);
@@ -661,6 +663,7 @@ static json_t *json_traffic(const struct report *r, bool *ok)
         put(e, "detail", jstr_opt(r->warnings[i].detail), ok);
         put(e, "count", jint(r->warnings[i].count), ok);
     }
+    report_classes_json(r, o, ok);
     return o;
 }
 
@@ -712,7 +715,7 @@ int report_to_json(const struct report *r, json_t **out)
         write_summary(r, mem);
         fclose(mem);
     }
-    put(root, "schema_version", json_integer(3), &ok);
+    put(root, "schema_version", json_integer(4), &ok);
     put(root, "generated_at", json_integer(r->now), &ok);
     put(root, "host", json_string(r->host), &ok);
     put(root, "status", json_string(report_status_str(r->status)), &ok);
@@ -752,6 +755,7 @@ int report_to_json(const struct report *r, json_t **out)
     put(root, "nodes", json_nodes(r, &ok), &ok);
     put(root, "traffic", json_traffic(r, &ok), &ok);
     put(root, "authentication", json_auth(r, &ok), &ok);
+    put(root, "senders", report_senders_json(r, &ok), &ok);
     if (r->limit_hit_events)
         put(root, "limit_hits", report_limits_json(r), &ok);
 
@@ -1099,6 +1103,8 @@ int report_write_prometheus(const struct report *r, FILE *out)
             prom_sample(out, "postsurge_report_log_warnings", l, (double)r->warnings[i].count);
         }
     }
+    report_classes_prometheus(r, out);
+    report_senders_prometheus(r, out);
     prom_head(out, "postsurge_report_anomalies", "Figures beyond their rolling baseline.");
     prom_sample(out, "postsurge_report_anomalies", NULL, (double)r->n_anomalies);
     report_limits_write_prometheus(r, out);

@@ -813,6 +813,8 @@ int cmd_report(const struct cli *cli, int argc, char **argv)
         tr = traffic_new();
         if (!tr)
             goto oom;
+        const char *own[] = {cfg->limit_action, cfg->attack_action, NULL};
+        traffic_set_own_texts(tr, own);
         rc = report_read_maillog(cfg, tr, &st);
         if (rc == -ENOMEM)
             goto oom;

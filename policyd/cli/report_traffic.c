@@ -49,15 +49,19 @@ struct tanvil {
 };
 
 struct traffic {
-    struct ttable domains; /* a: delivered, b: deferred, c: bounced */
-    struct ttable clients; /* by address; a: connections, b: rejects */
-    struct ttable lost;    /* "ADDR\tSERVICE\tSTAGE"; a: lost connections */
-    struct ttable auth;    /* by address; a: SASL failures */
-    struct ttable users;   /* by sasl_username; a: SASL failures */
+    struct ttable domains;  /* a: delivered, b: deferred, c: bounced */
+    struct ttable clients;  /* by address; a: connections, b: rejects */
+    struct ttable lost;     /* "ADDR\tSERVICE\tSTAGE"; a: lost connections */
+    struct ttable auth;     /* by address; a: SASL failures */
+    struct ttable users;    /* by sasl_username; a: SASL failures */
+    struct ttable dreasons; /* "DOMAIN\tCLASS\tREPLY" of deferrals; a: recipients */
     struct report_log_totals log;
     struct twarn warnings[MAX_WARNINGS];
     size_t n_warnings;
     struct tanvil anvil[MAILLOG_ANVIL_CACHE_SIZE + 1];
+    uint64_t reject_classes[REPORT_REJECT_CLASS_COUNT];
+    uint64_t ps_verdicts[MAILLOG_PS_VERDICT_COUNT]; /* in maillog_ps_verdicts order */
+    const char *const *own_texts;                   /* borrowed, NULL-terminated, may be NULL */
     uint64_t lines, bytes;
     unsigned files;
 };
@@ -137,6 +141,7 @@ void traffic_free(struct traffic *t)
     table_free(&t->lost);
     table_free(&t->auth);
     table_free(&t->users);
+    table_free(&t->dreasons);
     free(t);
 }
 
@@ -246,6 +251,47 @@ static struct tkey *client_get(struct traffic *t, const struct maillog_record *r
     return e;
 }
 
+void traffic_set_own_texts(struct traffic *t, const char *const *texts)
+{
+    t->own_texts = texts;
+}
+
+static void count_verdict(struct traffic *t, const char *verdict)
+{
+    for (size_t i = 0; i < MAILLOG_PS_VERDICT_COUNT; i++) {
+        if (strcmp(maillog_ps_verdicts[i], verdict) == 0) {
+            t->ps_verdicts[i]++;
+            return;
+        }
+    }
+}
+
+/* A deferral's reason class and reply ("421 4.7.0" from "... said: 421 4.7.0 ...", else
+ * the delivery's dsn=) under "DOMAIN\tCLASS\tREPLY". 0 or -ENOMEM. */
+static int count_deferral(struct traffic *t, const struct maillog_record *rec)
+{
+    char dsn[QUEUE_DSN_SIZE], reply[32], key[512];
+    enum queue_reason_class cls = queue_reason_classify(rec->text, dsn);
+    const char *said = strstr(rec->text, " said: ");
+    size_t n = 0;
+    if (said) {
+        said += strlen(" said: ");
+        n = strspn(said, "0123456789");
+        n = n == 3 && said[3] == ' ' ? 4 + strspn(said + 4, "0123456789.") : 0;
+    }
+    if (n > 4)
+        snprintf(reply, sizeof(reply), "%.*s", (int)n, said);
+    else
+        snprintf(reply, sizeof(reply), "%s", rec->dsn[0] ? rec->dsn : dsn);
+    snprintf(key, sizeof(key), "%s\t%s\t%s", rec->domain[0] ? rec->domain : QUEUE_LOCAL_DOMAIN,
+             queue_reason_class_str(cls), reply);
+    struct tkey *e = table_get(&t->dreasons, key);
+    if (!e)
+        return -ENOMEM;
+    e->a++;
+    return 0;
+}
+
 int traffic_add_line(struct traffic *t, const char *line, size_t len)
 {
     struct maillog_record rec;
@@ -270,6 +316,8 @@ int traffic_add_line(struct traffic *t, const char *line, size_t len)
             return -ENOMEM;
         if (rec.status == MAILLOG_STATUS_SENT)
             e->a++;
+        else if (rec.status == MAILLOG_STATUS_DEFERRED && count_deferral(t, &rec) < 0)
+            return -ENOMEM;
         else if (rec.status == MAILLOG_STATUS_DEFERRED)
             e->b++;
         else
@@ -293,6 +341,7 @@ int traffic_add_line(struct traffic *t, const char *line, size_t len)
             return -ENOMEM;
         break;
     case MAILLOG_REJECT:
+        t->reject_classes[report_reject_classify(rec.code, rec.text, t->own_texts)]++;
         e = client_get(t, &rec);
         if (e)
             e->b++;
@@ -322,6 +371,9 @@ int traffic_add_line(struct traffic *t, const char *line, size_t len)
                 return -ENOMEM;
             e->a++;
         }
+        break;
+    case MAILLOG_POSTSCREEN_VERDICT:
+        count_verdict(t, rec.stage);
         break;
     case MAILLOG_PROCESS_LIMIT:
         warn_add(t, "process_limit", rec.service, 1);
@@ -693,6 +745,36 @@ static int auth_to_report(const struct traffic *t, struct report *r, size_t max_
     return rc;
 }
 
+/* The deferral reasons of the top REPORT_BASELINE_DOMAINS domains of the sorted domain
+ * entries v (the report keeps baselines for those only). */
+static int dreasons_to_report(const struct traffic *t, struct report *r, struct tkey **v)
+{
+    size_t top = t->domains.n < REPORT_BASELINE_DOMAINS ? t->domains.n : REPORT_BASELINE_DOMAINS;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < t->dreasons.cap; i++) {
+        const struct tkey *e = &t->dreasons.slots[i];
+        const char *tab = e->key ? strchr(e->key, '\t') : NULL;
+        const char *tab2 = tab ? strchr(tab + 1, '\t') : NULL;
+        if (!tab2)
+            continue;
+        size_t dl = (size_t)(tab - e->key);
+        for (size_t k = 0; k < top; k++) {
+            if (strlen(v[k]->key) != dl || strncmp(v[k]->key, e->key, dl) != 0)
+                continue;
+            enum queue_reason_class cls = QUEUE_REASON_OTHER;
+            for (int c = 0; c < QUEUE_REASON_COUNT; c++) {
+                const char *name = queue_reason_class_str(c);
+                if (strlen(name) == (size_t)(tab2 - tab - 1) &&
+                    !strncmp(name, tab + 1, strlen(name)))
+                    cls = (enum queue_reason_class)c;
+            }
+            rc = report_add_domain_reason(r, v[k]->key, cls, tab2 + 1, e->a);
+            break;
+        }
+    }
+    return rc;
+}
+
 int traffic_to_report(const struct traffic *t, struct report *r, size_t max_clients)
 {
     int rc = 0;
@@ -708,6 +790,8 @@ int traffic_to_report(const struct traffic *t, struct report *r, size_t max_clie
     }
     if (rc == 0 && od + of + ob)
         rc = report_add_traffic(r, OTHER_KEY, od, of, ob);
+    if (rc == 0)
+        rc = dreasons_to_report(t, r, v);
     free(v);
     if (rc < 0)
         return rc;
@@ -750,5 +834,9 @@ int traffic_to_report(const struct traffic *t, struct report *r, size_t max_clie
         rc = lost_to_report(&t->lost, r, max_clients);
     if (rc == 0)
         rc = auth_to_report(t, r, max_clients);
+    for (int c = 0; rc == 0 && c < REPORT_REJECT_CLASS_COUNT; c++)
+        rc = report_add_rejects(r, (enum report_reject_class)c, t->reject_classes[c]);
+    for (size_t i = 0; rc == 0 && i < MAILLOG_PS_VERDICT_COUNT; i++)
+        rc = report_add_postscreen(r, maillog_ps_verdicts[i], t->ps_verdicts[i]);
     return rc;
 }

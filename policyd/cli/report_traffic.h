@@ -39,6 +39,11 @@ void traffic_free(struct traffic *t);
  * (counts so far are kept, *pos unchanged); -ENOMEM. */
 int traffic_read_log(struct traffic *t, const char *path, struct traffic_pos *pos);
 
+/* postsurge's own reply texts (limit_action, attack_action, ...), so their rejects count
+ * as class "postsurge_limit" (report_reject_classify). texts is NULL-terminated and
+ * borrowed: it must outlive t. */
+void traffic_set_own_texts(struct traffic *t, const char *const *texts);
+
 /* Counts one log line (no newline). Exposed for tests. Returns 0 or -ENOMEM. */
 int traffic_add_line(struct traffic *t, const char *line, size_t len);
 
@@ -52,5 +57,6 @@ void traffic_get_counts(const struct traffic *t, uint64_t *lines, uint64_t *byte
  * anvil's peaks (report_add_anvil), the log totals (probes, expired, internal connections)
  * and the Postfix warnings (report_add_warning: "process_limit" with the service,
  * "<what>_limit" for smtpd's "... limit exceeded" with the service, "postscreen_stress",
- * "ports_busy", "screening_ports_busy"). Returns 0 or -ENOMEM. */
+ * "ports_busy", "screening_ports_busy"), the rejects by class (report_add_rejects) and the
+ * postscreen verdicts (report_add_postscreen). Returns 0 or -ENOMEM. */
 int traffic_to_report(const struct traffic *t, struct report *r, size_t max_clients);

@@ -29,6 +29,18 @@ each figure is `grep -cE PATTERN FILE`:
   warnings                         'has reached its process limit', 'limit exceeded: ',
                                     'all server ports busy', 'all screening ports busy'
   anvil peaks                      grep -oE 'statistics: max connection rate [0-9]+' | sort -n
+  rejects_by_class                 the rejects lines above piped into `grep -cE CLASS`, tried
+                                    in this order (the first match wins): dnsbl ' blocked using ',
+                                    relay 'Relay access denied', helo 'Helo command rejected:',
+                                    sender_domain 'Sender address rejected: (Domain not found|
+                                    need fully-qualified address|.*does not accept mail|Malformed
+                                    DNS server reply)' (other sender rejects are "other"),
+                                    unknown_recipient 'User unknown', other the rest; every
+                                    file's classes add up to its rejects
+  postscreen_verdicts              "postscreen\\[[0-9]+\\]: VERDICT" with VERDICT 'PREGREET ',
+                                    'HANGUP after ', 'DNSBL rank ', 'PASS NEW \\[', 'PASS OLD \\[',
+                                    '(ALLOW|WHITE)LISTED \\[', 'COMMAND PIPELINING from ',
+                                    'BARE NEWLINE from ', 'COMMAND (TIME|COUNT|LENGTH) LIMIT from '
 
 The .tsv file is fed as `Jan  1 00:00:00 host postfix/DAEMON[1]: MESSAGE` and the
 smtpd_check reference file with its `./smtpd_check: <queue id>: ` prefix replaced by
@@ -55,13 +67,13 @@ ZERO = {"delivered": 0, "deferred": 0, "bounced": 0, "connections": 0, "rejects"
         "internal_connections": 0, "lost_connections": 0}
 
 
-def exp(auth=0, users=0, warnings=(), anvil=(), **totals):
+def exp(auth=0, users=0, warnings=(), anvil=(), classes=None, verdicts=None, **totals):
     t = dict(ZERO)
     for k, v in totals.items():
         assert k in t, k
         t[k] = v
     return {"totals": t, "auth": auth, "users": users, "warnings": sorted(warnings),
-            "anvil": dict(anvil)}
+            "anvil": dict(anvil), "classes": classes, "verdicts": verdicts}
 
 
 EXPECTED = {
@@ -69,8 +81,13 @@ EXPECTED = {
     # line); 14 SASL failures, one with sasl_username=admin; 5 lost connections, one of
     # them logged as "NOQUEUE: lost connection after CONNECT" (line 60); two smtpd limit
     # warnings. No connect or delivery lines.
+    # Rejects by class: 4 blocklist, 2 relay, 8 HELO, 2 sender domain (the third sender
+    # reject is not about the domain), 3 "User unknown", 8 other (4 cannot find your
+    # hostname, 1 verification failed, Command rejected, Multi-recipient bounce, the sender).
     "fail2ban-postfix.log": exp(rejects=27, lost_connections=5, auth=14, users=1, warnings=[
-        ("connection_rate_limit", "smtpd", 1), ("message_rate_limit", "submission", 1)]),
+        ("connection_rate_limit", "smtpd", 1), ("message_rate_limit", "submission", 1)],
+        classes={"dnsbl": 4, "relay": 2, "helo": 8, "sender_domain": 2,
+                 "unknown_recipient": 3, "other": 8}),
     # 9 rejects; 17 SASL failures (1 + 7 of two brute-forcing clients + 9 each with a
     # distinct sasl_username).
     "crowdsec-hub-postfix-tests.log": exp(rejects=9, auth=17, users=9),
@@ -134,18 +151,28 @@ EXPECTED = {
     "postfix-logsums-helga-mail.log.xz": exp(
         delivered=364, bounced=1, connections=5161, internal_connections=180, rejects=116,
         lost_connections=512,
-        anvil=[("cache_size", 5), ("connection_count", 5), ("connection_rate", 17)]),
+        anvil=[("cache_size", 5), ("connection_count", 5), ("connection_rate", 17)],
+        # The 116 rejects: 90 postscreen/smtpd "blocked using", 4 HELO, 22 sender domain.
+        classes={"dnsbl": 90, "helo": 4, "sender_domain": 22},
+        verdicts={"pregreet": 3872, "hangup": 4868, "dnsbl": 5072, "pass_new": 96,
+                  "pass_old": 4477, "allowlisted": 11, "pipelining": 16, "bare_newline": 15,
+                  "command_limit": 91}),
 }
 
 # postqueue -j records: records and recipients by `grep -o '"queue_name": *"[a-z]*"'` and
-# `grep -o '"address": *"'`, reasons by `grep -o '"delay_reason": *"'`.
+# `grep -o '"address": *"'`, reasons by `grep -o '"delay_reason": *"'`, senders by
+# `grep -oE '"queue_name": *"[a-z]+"|"sender": *"[^"]*"' FILE | paste - - | sort | uniq -c`
+# (messages per sender domain; MAILER-DAEMON is the null sender).
 QUEUE_EXPECTED = {
     # 5 active messages, 98 recipients, 19 delay_reasons on active mail, 1,647,179 bytes.
-    "postqf-qdata.jsonl": {"records": 5, "queues": {"active": (5, 98)}, "reasons": 19},
+    "postqf-qdata.jsonl": {"records": 5, "queues": {"active": (5, 98)}, "reasons": 19,
+                           "senders": {"example.org": (5, 0)}, "null_sender": {}},
     # Postfix 3.11 records ("orig_address": "" everywhere): one active, one deferred
     # (MAILER-DAEMON, "alias database unavailable"), one hold with a delay_reason.
     "snclient-check_mailq_test.jsonl": {"records": 3, "reasons": 2, "queues": {
-        "active": (1, 1), "deferred": (1, 1), "hold": (1, 1)}},
+        "active": (1, 1), "deferred": (1, 1), "hold": (1, 1)},
+        "senders": {"MAILER-DAEMON": (2, 1), "example.invalid": (1, 0)},
+        "null_sender": {"deferred": 1, "hold": 1}},
 }
 
 
@@ -230,6 +257,13 @@ class ReportConformance(unittest.TestCase):
         self.assertEqual(warnings, want["warnings"], name)
         anvil = {a["statistic"]: a["value"] for a in doc["traffic"]["anvil"]}
         self.assertEqual(anvil, want["anvil"], name)
+        classes = doc["traffic"]["rejects_by_class"]
+        self.assertEqual(sum(classes.values()), want["totals"]["rejects"], name)
+        if want["classes"] is not None:
+            self.assertEqual({k: v for k, v in classes.items() if v}, want["classes"], name)
+        if want["verdicts"] is not None:
+            self.assertEqual({k: v for k, v in doc["traffic"]["postscreen_verdicts"].items()
+                              if v}, want["verdicts"], name)
         # One row per address; loopback connections (re-injection) are never ranked (a
         # loopback client's rejects still are: Postfix's own tests reject 127.0.0.1).
         addrs = [c["address"] for c in doc["traffic"]["clients"]]
@@ -277,6 +311,25 @@ class ReportConformance(unittest.TestCase):
                          "of %s\n" % (best, ", ".join("%.2f" % x for x in times)))
         self.assertLess(best, 2.0)
 
+    def test_domain_deferral_baselines(self):
+        """The four deferrals of the docker-hosted log reach the per-domain baselines by
+        reason class (`grep status=deferred`: yahoo.com twice `said: 421 4.7.0` (throttle),
+        icloud.se `Connection timed out`, gafe.se `Connection refused`); each tracked domain
+        has its deferral share in percent."""
+        name = "postfix_exporter-kumina-history-tests.log"
+        self.check_log(name)
+        with open(os.path.join(self.tmp, "state-" + name, "report-state.json")) as f:
+            metrics = json.load(f)["baseline"]["metrics"]
+
+        def value(key):
+            return metrics["conformance/domain/" + key][-1][2]
+        self.assertEqual(value("yahoo.com/deferred.throttle"), 2)
+        self.assertEqual(value("yahoo.com/deferred.connection_timeout"), 0)
+        self.assertEqual(value("icloud.se/deferred.connection_timeout"), 1)
+        self.assertEqual(value("gafe.se/deferred.connection_refused"), 1)
+        self.assertEqual(value("yahoo.com/deferred"), 2)
+        self.assertEqual(value("gafe.se/deferral_pct"), 100)
+
     def test_postqueue_records(self):
         log = os.path.join(self.tmp, "empty.log")
         open(log, "w").close()
@@ -292,6 +345,10 @@ class ReportConformance(unittest.TestCase):
                                       doc["queues"][q]["recipients"]), (msgs, rcpts), q)
                 self.assertEqual(sum(doc["deferral_reasons"]["by_class"].values()),
                                  want["reasons"])
+                self.assertEqual({x["domain"]: (x["messages"], x["deferred"])
+                                  for x in doc["senders"]["top"]}, want["senders"])
+                self.assertEqual({k: v for k, v in doc["senders"]["null_sender"].items() if v},
+                                 want["null_sender"])
 
 
 if __name__ == "__main__":

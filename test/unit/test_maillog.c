@@ -718,6 +718,73 @@ static void test_maillog_splitter_bounds_long_lines(void **state)
     maillog_splitter_free(NULL);
 }
 
+/* postscreen's verdicts, real lines of the production log in ../shared/real-logs (helga,
+ * 2023) and of other projects' tests (Postfix 3.6+ ALLOWLISTED/DENYLISTED wording). */
+static void test_maillog_postscreen_verdicts(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *line, *verdict, *addr;
+    } cases[] = {
+        {"2023-03-14T00:01:16.756778+01:00 helga postfix/postscreen[3163107]: PREGREET 11 after "
+         "0.23 from [180.214.239.18]:59187: EHLO User\\r\\n",
+         "pregreet", "180.214.239.18"},
+        {"2023-03-14T00:05:07.151411+01:00 helga postfix/postscreen[3163107]: HANGUP after 2.2 "
+         "from [122.189.87.41]:52908 in tests after SMTP handshake",
+         "hangup", "122.189.87.41"},
+        {"2023-03-14T00:01:16.757091+01:00 helga postfix/postscreen[3163107]: DNSBL rank 3 for "
+         "[180.214.239.18]:59187",
+         "dnsbl", "180.214.239.18"},
+        {"2023-03-14T00:10:22.012685+01:00 helga postfix/postscreen[3163107]: PASS NEW "
+         "[81.30.156.23]:49571",
+         "pass_new", "81.30.156.23"},
+        {"2023-03-14T00:00:31.292246+01:00 helga postfix/postscreen[3163107]: PASS OLD "
+         "[185.48.118.128]:36942",
+         "pass_old", "185.48.118.128"},
+        {"2023-03-14T13:05:32.675010+01:00 helga postfix/postscreen[3163107]: WHITELISTED "
+         "[82.165.159.41]:42337",
+         "allowlisted", "82.165.159.41"},
+        {"Feb 24 16:18:40 letterman postfix/postscreen[3508454]: ALLOWLISTED "
+         "[69.171.232.146]:61236",
+         "allowlisted", "69.171.232.146"},
+        {"Feb 24 16:18:40 letterman postfix/postscreen[3508454]: BLACKLISTED [1.2.3.5]:5678",
+         "denylisted", "1.2.3.5"},
+        {"2023-03-14T14:03:11.332827+01:00 helga postfix/postscreen[3163107]: COMMAND PIPELINING "
+         "from [167.248.133.35]:51286 after ??????: \\300$\\300",
+         "pipelining", "167.248.133.35"},
+        {"Jan 1 00:00:00 hostname postfix/postscreen[12345]: NON-SMTP COMMAND from "
+         "[123.45.67.89]:12345 after CONNECT: GET / HTTP/1.1",
+         "non_smtp", "123.45.67.89"},
+        {"2023-03-14T14:03:11.330967+01:00 helga postfix/postscreen[3163107]: BARE NEWLINE from "
+         "[167.248.133.35]:51286 after \\026\\003",
+         "bare_newline", "167.248.133.35"},
+        {"2023-03-14T02:52:57.301415+01:00 helga postfix/postscreen[3163107]: COMMAND TIME LIMIT "
+         "from [114.223.181.147]:59869 after STARTTLS",
+         "command_limit", "114.223.181.147"},
+    };
+    struct maillog_record r;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(maillog_parse_line(cases[i].line, strlen(cases[i].line), &r),
+                         MAILLOG_POSTSCREEN_VERDICT);
+        assert_string_equal(r.stage, cases[i].verdict);
+        assert_string_equal(r.client_addr, cases[i].addr);
+        assert_string_equal(r.service, "postscreen");
+    }
+    /* smtpd does not log verdicts; a postscreen line of another shape is not one. */
+    const char *no[] = {
+        "Jan 1 00:00:00 h postfix/smtpd[1]: PASS NEW [192.0.2.1]:25",
+        "2023-03-14T00:01:16.757091+01:00 helga postfix/postscreen[3163107]: CONNECT from "
+        "[180.214.239.18]:59187 to [192.0.2.2]:25",
+        "Jan 1 00:00:00 h postfix/postscreen[1]: PASS NEW without a client",
+    };
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+        assert_int_not_equal(maillog_parse_line(no[i], strlen(no[i]), &r),
+                             MAILLOG_POSTSCREEN_VERDICT);
+    for (size_t i = 0; i < MAILLOG_PS_VERDICT_COUNT; i++)
+        assert_non_null(maillog_ps_verdicts[i]);
+    assert_null(maillog_ps_verdicts[MAILLOG_PS_VERDICT_COUNT]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -739,6 +806,7 @@ int main(void)
         cmocka_unit_test(test_maillog_long_fields_are_cut),
         cmocka_unit_test(test_maillog_sample_file_in_chunks),
         cmocka_unit_test(test_maillog_splitter_bounds_long_lines),
+        cmocka_unit_test(test_maillog_postscreen_verdicts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

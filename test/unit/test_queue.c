@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "queue.h"
+#include "queue_senders.h"
 
 static char *read_file(const char *name, size_t *len)
 {
@@ -370,6 +371,57 @@ static void test_queue_taxonomy(void **state)
     assert_string_equal(queue_name_str(QUEUE_HOLD), "hold");
 }
 
+/* The queue by sender: the null sender (MAILER-DAEMON, as postqueue -j writes it; "" and
+ * an absent sender alike) is a row of its own, sender domains are lowercased, and past
+ * max_domains new senders count as "(other)". Records in the Postfix 3.11 shape of the
+ * snclient sample in ../shared/real-logs. */
+static void test_queue_senders(void **state)
+{
+    (void)state;
+    static const char *const lines[] = {
+        "{\"queue_name\": \"deferred\", \"queue_id\": \"BBBBBBBBBBB\", \"arrival_time\": "
+        "1785318106, \"message_size\": 2552, \"forced_expire\": false, \"sender\": "
+        "\"MAILER-DAEMON\", \"recipients\": [{\"orig_address\": \"\", \"address\": "
+        "\"deferred@example.invalid\", \"delay_reason\": \"alias database unavailable\"}]}",
+        "{\"queue_name\": \"hold\", \"queue_id\": \"CCCCCCCCCCC\", \"arrival_time\": 1785258307, "
+        "\"message_size\": 414, \"forced_expire\": false, \"sender\": \"MAILER-DAEMON\", "
+        "\"recipients\": [{\"orig_address\": \"\", \"address\": "
+        "\"postqueue-test@example.invalid\", \"delay_reason\": \"Host or domain name not "
+        "found\"}]}",
+        "{\"queue_name\": \"deferred\", \"queue_id\": \"D1\", \"arrival_time\": 1785318106, "
+        "\"sender\": \"\", \"recipients\": [{\"address\": \"a@b.example\"}]}",
+        "{\"queue_name\": \"deferred\", \"queue_id\": \"D2\", \"arrival_time\": 1785318106, "
+        "\"recipients\": [{\"address\": \"a@b.example\"}]}",
+        "{\"queue_name\": \"active\", \"queue_id\": \"A1\", \"arrival_time\": 1785318106, "
+        "\"sender\": \"Sender@Example.INVALID\", \"recipients\": [{\"address\": \"a@b.example\"}]}",
+        "{\"queue_name\": \"deferred\", \"queue_id\": \"A2\", \"arrival_time\": 1785318106, "
+        "\"sender\": \"other@example.invalid\", \"recipients\": [{\"address\": \"a@b.example\"}]}",
+        "{\"queue_name\": \"deferred\", \"queue_id\": \"A3\", \"arrival_time\": 1785318106, "
+        "\"sender\": \"x@third.example\", \"recipients\": [{\"address\": \"a@b.example\"}]}",
+    };
+    struct queue_stats *qs = queue_stats_new(&(struct queue_limits){.max_domains = 2});
+    assert_non_null(qs);
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++)
+        assert_int_equal(queue_stats_add_line(qs, lines[i], strlen(lines[i])), 0);
+    const struct queue_sender **v;
+    size_t n;
+    assert_int_equal(queue_stats_senders(qs, &v, &n), 0);
+    /* MAILER-DAEMON 4 (deferred 3, hold 1), example.invalid 2, (other) 1 (third.example
+     * came after the two allowed rows). */
+    assert_int_equal(n, 3);
+    assert_string_equal(v[0]->domain, QUEUE_NULL_SENDER);
+    assert_int_equal(v[0]->messages, 4);
+    assert_int_equal(v[0]->queue_messages[QUEUE_DEFERRED], 3);
+    assert_int_equal(v[0]->queue_messages[QUEUE_HOLD], 1);
+    assert_string_equal(v[1]->domain, "example.invalid");
+    assert_int_equal(v[1]->messages, 2);
+    assert_int_equal(v[1]->queue_messages[QUEUE_ACTIVE], 1);
+    assert_string_equal(v[2]->domain, QUEUE_OTHER_DOMAIN);
+    assert_int_equal(v[2]->messages, 1);
+    free(v);
+    queue_stats_free(qs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -381,6 +433,7 @@ int main(void)
         cmocka_unit_test(test_queue_caps_domains_and_reasons),
         cmocka_unit_test(test_queue_age_buckets),
         cmocka_unit_test(test_queue_taxonomy),
+        cmocka_unit_test(test_queue_senders),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -174,6 +174,13 @@ static struct report *problem_report(void)
     /* smtpd's "name[ADDR]" and postscreen's bare "ADDR" are one client row, with the name. */
     assert_int_equal(report_add_client(r, "203.0.113.5", 0, 3), 0);
     assert_int_equal(report_add_client(r, "mx.example.org[203.0.113.5]", 10, 0), 0);
+    /* The 253 rejects by class (calls add up) and some postscreen verdicts. */
+    assert_int_equal(report_add_rejects(r, REPORT_REJECT_UNKNOWN_RECIPIENT, 200), 0);
+    assert_int_equal(report_add_rejects(r, REPORT_REJECT_UNKNOWN_RECIPIENT, 40), 0);
+    assert_int_equal(report_add_rejects(r, REPORT_REJECT_DNSBL, 3), 0);
+    assert_int_equal(report_add_rejects(r, REPORT_REJECT_OWN_LIMIT, 10), 0);
+    assert_int_equal(report_add_postscreen(r, "pregreet", 7), 0);
+    assert_int_equal(report_add_postscreen(r, "pass_new", 2), 0);
     const struct report_log_totals lt = {.probes_deliverable = 4,
                                          .probes_undeliverable = 2,
                                          .expired = 1,
@@ -548,6 +555,261 @@ static void test_report_writers_escape_attacker_values(void **state)
     report_free(r);
 }
 
+/* Rejects by class: reply texts as lib/maillog keeps them (after the code and DSN, before
+ * "; from=<"), from the production log in ../shared/real-logs (helga), fail2ban's and
+ * Postfix's own smtpd_check tests, the grok patterns' postgrey deferral and postsurge's own
+ * default replies. */
+static void test_report_reject_classes(void **state)
+{
+    (void)state;
+    static const struct {
+        unsigned code;
+        const char *text;
+        enum report_reject_class want;
+    } cases[] = {
+        {550,
+         "Service unavailable; client [185.246.220.193] blocked using zen.spamhaus.org; "
+         "from=<ripe@uhu-banane.de>, to=<zzzzzzzzzzzzzzzzzezihe@hotmail.com>, proto=ESMTP",
+         REPORT_REJECT_DNSBL},
+        {554, "Service unavailable; Client host [192.0.2.1] blocked using sbl.spamhaus.org",
+         REPORT_REJECT_DNSBL},
+        {550,
+         "<nobody@example.test>: Recipient address rejected: User unknown in local recipient "
+         "table",
+         REPORT_REJECT_UNKNOWN_RECIPIENT},
+        {550, "<x@example.test>: Recipient address rejected: User unknown in virtual mailbox table",
+         REPORT_REJECT_UNKNOWN_RECIPIENT},
+        {550, "<x@example.test>: Recipient address rejected: unknown user",
+         REPORT_REJECT_UNKNOWN_RECIPIENT},
+        {554, "<x@relay.test>: Relay access denied", REPORT_REJECT_RELAY},
+        {554, "<x@relay.test>: Recipient address rejected: Relay access denied",
+         REPORT_REJECT_RELAY},
+        {504, "<foo>: Helo command rejected: need fully-qualified hostname", REPORT_REJECT_HELO},
+        {444, "<foobar>: Helo command rejected: Try again later", REPORT_REJECT_HELO},
+        {450, "<sabrina@S510.gigasys>: Sender address rejected: Domain not found",
+         REPORT_REJECT_SENDER_DOMAIN},
+        {504, "<foo>: Sender address rejected: need fully-qualified address",
+         REPORT_REJECT_SENDER_DOMAIN},
+        {554,
+         "<u@nullmx.porcupine.org>: Sender address rejected: Domain nullmx.porcupine.org does "
+         "not accept mail (nullMX)",
+         REPORT_REJECT_SENDER_DOMAIN},
+        {550, "<a@b>: Sender address rejected: User unknown in local recipient table",
+         REPORT_REJECT_OTHER},
+        {450, "<u@example.com>: Recipient address rejected: Rate limit exceeded, try again later",
+         REPORT_REJECT_OWN_LIMIT},
+        {421,
+         "<u@example.com>: Recipient address rejected: Too many errors from your address, "
+         "try again later",
+         REPORT_REJECT_OWN_LIMIT},
+        {450, "<u@example.com>: Recipient address rejected: Daily quota reached",
+         REPORT_REJECT_OWN_LIMIT},
+        {450,
+         "<whatever-user@lists.example.org>: Recipient address rejected: Greylisted, see "
+         "http://postgrey.schweikert.ch/help/lists.example.org.html",
+         REPORT_REJECT_GREYLIST},
+        {450, "<user@example.com>: Recipient address rejected: Greylisted for 5 minutes",
+         REPORT_REJECT_GREYLIST},
+        {451, "<u@example.com>: Recipient address rejected: Temporary failure, try again later",
+         REPORT_REJECT_GREYLIST},
+        {550, "<u@example.com>: Recipient address rejected: try again later", REPORT_REJECT_OTHER},
+        {450, "Client host rejected: cannot find your hostname, [93.184.216.34]",
+         REPORT_REJECT_OTHER},
+        {554, "<DATA>: Data command rejected: Multi-recipient bounce", REPORT_REJECT_OTHER},
+        {550, NULL, REPORT_REJECT_OTHER},
+    };
+    /* A rule's own action (the README's per_user example) and the default limit_action. */
+    const char *own[] = {"450 4.7.1 Rate limit exceeded, try again later",
+                         "450 4.7.1 Daily quota reached", NULL};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        enum report_reject_class c = report_reject_classify(cases[i].code, cases[i].text, own);
+        if (c != cases[i].want)
+            fail_msg("case %zu (%s): %s, expected %s", i, cases[i].text ? cases[i].text : "NULL",
+                     report_reject_class_str(c), report_reject_class_str(cases[i].want));
+    }
+    /* Without the caller's list only the defaults are postsurge's. */
+    assert_int_equal(report_reject_classify(450, cases[15].text, NULL), REPORT_REJECT_OTHER);
+    assert_string_equal(report_reject_class_str(REPORT_REJECT_OWN_LIMIT), "postsurge_limit");
+    assert_string_equal(report_reject_class_str(REPORT_REJECT_CLASS_COUNT), "other");
+
+    /* The counts in the three formats. */
+    struct report *r = report_new(NOW, "mx1");
+    assert_non_null(r);
+    struct report_log_totals lt = {0};
+    assert_int_equal(report_add_log_totals(r, &lt), 0);
+    assert_int_equal(report_add_rejects(r, REPORT_REJECT_DNSBL, 90), 0);
+    assert_int_equal(report_add_rejects(r, REPORT_REJECT_HELO, 4), 0);
+    assert_int_equal(report_add_rejects(r, REPORT_REJECT_CLASS_COUNT, 1), -EINVAL);
+    assert_int_equal(report_add_postscreen(r, "pregreet", 3872), 0);
+    assert_int_equal(report_add_postscreen(r, "pass_old", 4477), 0);
+    assert_int_equal(report_add_postscreen(r, "PASS OLD", 1), -EINVAL);
+    assert_int_equal(report_add_postscreen(r, NULL, 1), -EINVAL);
+    assert_int_equal(report_evaluate(r, NULL), 0);
+    char *buf = report_text(r);
+    assert_non_null(strstr(buf, "\nRejects by class: 94\n  dnsbl 90 helo 4\n"));
+    assert_non_null(strstr(buf, "\npostscreen verdicts: 8349\n  pregreet 3872 pass_old 4477\n"));
+    free(buf);
+    json_t *j = NULL;
+    assert_int_equal(report_to_json(r, &j), 0);
+    json_t *rc = json_object_get(json_object_get(j, "traffic"), "rejects_by_class");
+    assert_int_equal(json_object_size(rc), REPORT_REJECT_CLASS_COUNT);
+    assert_int_equal(json_integer_value(json_object_get(rc, "dnsbl")), 90);
+    assert_int_equal(json_integer_value(json_object_get(rc, "greylist")), 0);
+    json_t *ps = json_object_get(json_object_get(j, "traffic"), "postscreen_verdicts");
+    assert_int_equal(json_integer_value(json_object_get(ps, "pass_old")), 4477);
+    assert_int_equal(json_integer_value(json_object_get(ps, "hangup")), 0);
+    json_decref(j);
+    buf = report_render(r, report_write_prometheus, NULL);
+    assert_non_null(strstr(buf, "\npostsurge_report_rejects{class=\"dnsbl\"} 90\n"));
+    assert_non_null(strstr(buf, "\npostsurge_report_rejects{class=\"postsurge_limit\"} 0\n"));
+    assert_non_null(strstr(buf, "\npostsurge_report_postscreen_verdicts{verdict=\"pregreet\"} "
+                                "3872\n"));
+    free(buf);
+    report_free(r);
+}
+
+/* The anomaly cause of metric in r's JSON, or NULL. */
+static const char *anomaly_cause(json_t *doc, const char *metric)
+{
+    size_t i;
+    json_t *a;
+    json_array_foreach(json_object_get(doc, "anomalies"), i, a)
+    {
+        if (strcmp(json_string_value(json_object_get(a, "metric")), metric) == 0)
+            return json_string_value(json_object_get(a, "cause"));
+    }
+    return NULL;
+}
+
+/* Per-domain baselines from a hand-built history: a day of hourly reports in which
+ * yahoo.com defers 12 of 100 messages (connection timeouts, 4.4.1), then an hour with 38 of
+ * 100 deferred, 30 of them Yahoo's "421 4.7.0 [TSS04]" throttle (the wording of the real
+ * deferrals in ../shared/real-logs). Only the top REPORT_BASELINE_DOMAINS domains by
+ * volume get baselines. */
+static void test_report_domain_anomalies(void **state)
+{
+    (void)state;
+    struct baseline *b = baseline_new(NULL);
+    assert_non_null(b);
+    const int64_t t0 = NOW - NOW % 3600;
+    char name[64];
+    for (int h = 0; h < 24; h++) {
+        struct report *r = report_new(t0 + h * 3600, "mx1");
+        assert_non_null(r);
+        assert_int_equal(report_add_traffic(r, "yahoo.com", 88, 12, 0), 0);
+        assert_int_equal(
+            report_add_domain_reason(r, "yahoo.com", QUEUE_REASON_CONN_TIMEOUT, "4.4.1", 12), 0);
+        /* 24 more domains, each smaller than the last; small.test has 5 messages. */
+        for (int d = 0; d < 24; d++) {
+            snprintf(name, sizeof(name), "d%02d.test", d);
+            assert_int_equal(report_add_traffic(r, name, (uint64_t)(90 - d), 0, 0), 0);
+        }
+        assert_int_equal(report_add_traffic(r, "small.test", 5, 0, 0), 0);
+        assert_true(report_apply_baseline(r, b, false) >= 0);
+        report_free(r);
+    }
+    struct baseline_stat st;
+    assert_int_equal(baseline_get(b, "mx1/domain/yahoo.com/deferral_pct", t0 + 86400, &st), 0);
+    assert_int_equal(st.n, 24);
+    assert_true(st.mean > 11.99 && st.mean < 12.01);
+    assert_int_equal(
+        baseline_get(b, "mx1/domain/yahoo.com/deferred.connection_timeout", t0 + 86400, &st), 0);
+    /* yahoo.com and d00..d18 are the top 20; d19..d23 and small.test have no baseline. */
+    assert_int_equal(baseline_get(b, "mx1/domain/d18.test/deferred", t0 + 86400, &st), 0);
+    assert_int_equal(baseline_get(b, "mx1/domain/d19.test/deferred", t0 + 86400, &st), -ENOENT);
+    assert_int_equal(baseline_get(b, "mx1/domain/small.test/deferred", t0 + 86400, &st), -ENOENT);
+
+    struct report *r = report_new(t0 + 24 * 3600, "mx1");
+    assert_non_null(r);
+    assert_int_equal(report_add_traffic(r, "yahoo.com", 62, 38, 0), 0);
+    assert_int_equal(
+        report_add_domain_reason(r, "yahoo.com", QUEUE_REASON_CONN_TIMEOUT, "4.4.1", 8), 0);
+    assert_int_equal(
+        report_add_domain_reason(r, "yahoo.com", QUEUE_REASON_THROTTLE, "421 4.7.0", 28), 0);
+    /* Calls add up; the reply with the biggest count stays. */
+    assert_int_equal(report_add_domain_reason(r, "yahoo.com", QUEUE_REASON_THROTTLE, "4.7.0", 2),
+                     0);
+    assert_int_equal(report_add_domain_reason(r, "", QUEUE_REASON_THROTTLE, "x", 1), -EINVAL);
+    assert_int_equal(report_add_domain_reason(r, "a.test", QUEUE_REASON_COUNT, "x", 1), -EINVAL);
+    assert_int_equal(report_add_traffic(r, "d00.test", 90, 0, 0), 0);
+    assert_true(report_apply_baseline(r, b, false) >= 1);
+    assert_int_equal(report_evaluate(r, NULL), 0);
+    json_t *doc = NULL;
+    assert_int_equal(report_to_json(r, &doc), 0);
+    const char *cause = anomaly_cause(doc, "domain/yahoo.com/deferral_pct");
+    assert_non_null(cause);
+    assert_string_equal(cause, "yahoo.com: deferral rate 12 % \u2192 38 % (+26 points), mostly "
+                               "421 4.7.0 throttle (30 of 38 deferrals)");
+    /* One anomaly per domain: the rate, not also the count. */
+    assert_null(anomaly_cause(doc, "domain/yahoo.com/deferred"));
+    assert_null(anomaly_cause(doc, "domain/d00.test/deferral_pct"));
+    json_decref(doc);
+    report_free(r);
+
+    /* Quiet: recorded, not reported. */
+    r = report_new(t0 + 25 * 3600, "mx1");
+    assert_non_null(r);
+    assert_int_equal(report_add_traffic(r, "yahoo.com", 10, 90, 0), 0);
+    assert_int_equal(report_apply_baseline(r, b, true), 0);
+    report_free(r);
+    baseline_free(b);
+}
+
+/* Backscatter: a deferred queue made mostly of bounces (null sender) is a WARNING once it
+ * holds report_failure_min_messages (20) messages; 19 are not judged, and half is not
+ * "mostly". */
+static void test_report_backscatter(void **state)
+{
+    (void)state;
+    static const struct {
+        int bounces, others;
+        bool finding;
+    } cases[] = {{15, 5, true}, {14, 5, false}, {10, 10, false}, {11, 10, true}};
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        struct queue_stats *qs = queue_stats_new(&(struct queue_limits){.now = NOW});
+        assert_non_null(qs);
+        for (int i = 0; i < cases[c].bounces + cases[c].others; i++) {
+            char line[512];
+            int n =
+                snprintf(line, sizeof(line),
+                         "{\"queue_name\": \"deferred\", \"queue_id\": \"Q%d\", "
+                         "\"arrival_time\": %d, \"message_size\": 2552, \"sender\": \"%s\", "
+                         "\"recipients\": [{\"address\": \"forged%d@victim.example\", "
+                         "\"delay_reason\": \"host mx.victim.example[192.0.2.5] said: 550 "
+                         "5.1.1 <forged@victim.example>: Recipient address rejected: User "
+                         "unknown\"}]}",
+                         i, ARRIVAL, i < cases[c].bounces ? "MAILER-DAEMON" : "a@spam.example", i);
+            assert_int_equal(queue_stats_add_line(qs, line, (size_t)n), 0);
+        }
+        struct report *r = report_new(NOW, "mx1");
+        assert_non_null(r);
+        assert_int_equal(report_set_queue(r, qs, 10, 3), 0);
+        queue_stats_free(qs);
+        assert_int_equal(report_evaluate(r, NULL), 0);
+        json_t *doc = NULL;
+        assert_int_equal(report_to_json(r, &doc), 0);
+        bool found = false;
+        size_t i;
+        json_t *f;
+        json_array_foreach(json_object_get(doc, "findings"), i, f)
+        {
+            if (strcmp(json_string_value(json_object_get(f, "code")), "backscatter") == 0) {
+                found = true;
+                char want[128];
+                snprintf(want, sizeof(want),
+                         "%d of %d deferred messages are bounces (null sender): backscatter",
+                         cases[c].bounces, cases[c].bounces + cases[c].others);
+                assert_string_equal(json_string_value(json_object_get(f, "message")), want);
+            }
+        }
+        assert_int_equal(found, cases[c].finding);
+        json_t *ns = json_object_get(json_object_get(doc, "senders"), "null_sender");
+        assert_int_equal(json_integer_value(json_object_get(ns, "deferred")), cases[c].bounces);
+        json_decref(doc);
+        report_free(r);
+    }
+}
+
 /* The keys that hit limits, from nine limit-hit events counted by hand: per_user alice
  * (a SASL login) 3 on nodes a, b, a: a finding for two nodes; per_snd news@x (a sender)
  * 3 on a: a finding for 3 hits; per_ip 192.0.2.9 2 on a and per_ip 198.51.100.1 1 on b:
@@ -671,6 +933,9 @@ int main(void)
         cmocka_unit_test(test_report_status_and_exit_codes),
         cmocka_unit_test(test_report_rejects_bad_arguments),
         cmocka_unit_test(test_report_writers_escape_attacker_values),
+        cmocka_unit_test(test_report_reject_classes),
+        cmocka_unit_test(test_report_domain_anomalies),
+        cmocka_unit_test(test_report_backscatter),
         cmocka_unit_test(test_report_limit_hits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -135,7 +135,22 @@ PROBLEMS = {
     "traffic.domains[throttle.test].deferred": 30,
     "traffic.domains[throttle.test].failure_rate": 30 / 35,
     "traffic.domains[example.com].failure_rate": 3 / 103,
+    # Rejects by class: unknown recipient 200 + 40, blocklist 3, postsurge's limits 10.
+    "traffic.rejects_by_class.unknown_recipient": 240,
+    "traffic.rejects_by_class.dnsbl": 3,
+    "traffic.rejects_by_class.postsurge_limit": 10,
+    "traffic.rejects_by_class.other": 0,
+    "traffic.postscreen_verdicts.pregreet": 7,
+    "traffic.postscreen_verdicts.pass_new": 2,
+    "traffic.postscreen_verdicts.hangup": 0,
     "traffic.clients[192.0.2.7].rejects": 250,
+    # The queue by sender: `grep -o '"sender": *"[^"]*"' real-postqueue.jsonl` gives 5
+    # sender@example.org (deferred), 1 held@example.org (hold), 1 MAILER-DAEMON (deferred).
+    "senders.null_sender.deferred": 1,
+    "senders.null_sender.hold": 0,
+    "senders.top[example.org].messages": 6,
+    "senders.top[example.org].deferred": 5,
+    "senders.top[MAILER-DAEMON].messages": 1,
     "traffic.clients[mx.example.org[203.0.113.5]].connections": 10,
     "traffic.clients[mx.example.org[203.0.113.5]].rejects": 3,
     "traffic.warnings[process_limit].count": 2,
@@ -169,7 +184,7 @@ OK = {
     "findings#WARNING": 0,
 }
 KEYS = {"domains": "domain", "nodes": "name", "clients": "client", "warnings": "kind",
-        "anomalies": "metric"}
+        "anomalies": "metric", "top": "domain"}
 
 
 def lookup(doc, path):
@@ -239,6 +254,11 @@ def check_numbers(d):
                 'postsurge_report_service_waiting{node="mx2.example.org",service="smtpd"}': 12,
                 'postsurge_report_traffic_messages{domain="throttle.test",result="deferred"}': 30,
                 'postsurge_report_traffic_messages{domain="example.com",result="bounced"}': 1,
+                'postsurge_report_rejects{class="unknown_recipient"}': 240,
+                'postsurge_report_queue_null_sender_messages{queue="deferred"}': 1,
+                'postsurge_report_sender_messages{sender="example.org",queue="deferred"}': 5,
+                'postsurge_report_rejects{class="postsurge_limit"}': 10,
+                'postsurge_report_postscreen_verdicts{verdict="pregreet"}': 7,
             })
         else:
             pw['postsurge_report_node_saturation_ratio{node="mx1.example.org"}'] = 0.03
