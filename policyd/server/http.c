@@ -392,18 +392,27 @@ static void hc_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(c->hs->rbuf, sizeof(c->hs->rbuf));
 }
 
+/* For a read callback: true when there is nothing to read (nread 0), the connection is
+ * closing, or the client is gone or failed (nread < 0: closed here). */
+static bool hc_read_over(struct http_conn *c, ssize_t nread)
+{
+    if (nread == 0 || c->closing)
+        return true;
+    if (nread < 0) {
+        hc_close(c);
+        return true;
+    }
+    return false;
+}
+
 /* After the response: drop what the client still sends until it closes, the linger
  * time ends or it has sent too much. */
 static void hc_on_linger_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct http_conn *c = s->data;
 
-    if (nread == 0 || c->closing)
+    if (hc_read_over(c, nread))
         return;
-    if (nread < 0) {
-        hc_close(c);
-        return;
-    }
     c->lingered += (size_t)nread;
     if (c->lingered > HTTP_LINGER_MAX_BYTES)
         hc_close(c);
@@ -584,13 +593,9 @@ static void hc_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct http_conn *c = s->data;
 
-    if (nread == 0 || c->closing)
+    /* A client that goes away before a complete request gets no answer. */
+    if (hc_read_over(c, nread))
         return;
-    if (nread < 0) {
-        /* The client went away before a complete request: nothing to answer. */
-        hc_close(c);
-        return;
-    }
     size_t used;
     int st = httpreq_parser_feed(c->parser, buf->base, (size_t)nread, &used);
     if (st == HTTPREQ_MORE)
