@@ -128,15 +128,13 @@ static void decision_rule(struct limits_decision *d, const struct limits_engine 
     d->action = dryrun ? e->default_action : e->rule[rule].action;
 }
 
-static bool is_exempt(const struct limits_engine *e, const struct policy_request *req)
+static bool is_exempt(const struct limits_engine *e, const struct limits_req *q)
 {
-    size_t len;
-    const char *v = attr(req, POLICY_CLIENT_ADDRESS, &len);
-    struct net_addr a;
-    if (len > 0 && net_set_count(e->exempt_nets) > 0 && net_addr_parse(v, len, &a) == 0 &&
-        net_set_contains(e->exempt_nets, &a))
+    if (q->client_ok && net_set_count(e->exempt_nets) > 0 &&
+        net_set_contains(e->exempt_nets, &q->client))
         return true;
-    v = attr(req, POLICY_SASL_USERNAME, &len);
+    size_t len;
+    const char *v = attr(q->req, POLICY_SASL_USERNAME, &len);
     if (len > 0) {
         for (size_t i = 0; i < e->n_exempt_users; i++) {
             const char *u = e->exempt_users[i];
@@ -204,7 +202,9 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
     plan->stressed = stressed;
     plan->decision.stressed = stressed;
 
-    if (is_exempt(e, req)) {
+    struct limits_req q;
+    limits_req_init(&q, req);
+    if (is_exempt(e, &q)) {
         plan->decision.exempt = true;
         return LIMITS_PLAN_DECIDED;
     }
@@ -254,22 +254,18 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
         }
         if (amount <= 0)
             continue;
-        if (r->n_conds > 0 && !limits_conds_hold(r, req))
+        if (r->n_conds > 0 && !limits_conds_hold_req(r, &q))
             continue;
 
         char value[LIMITS_MAX_VALUE + 1];
-        int vn = limits_key_value(r, req, value, sizeof(value));
+        int vn = limits_key_value_req(r, &q, value, sizeof(value));
         if (vn <= 0)
             continue;
         int64_t limit = r->limit, stress_limit = r->stress_limit;
         if (r->table != NULL || e->rt != NULL) {
-            struct net_addr ca;
             const struct net_addr *cap = NULL;
-            if (r->table != NULL && r->table_type == LIMITS_TABLE_CIDR) {
-                v = attr(req, POLICY_CLIENT_ADDRESS, &len);
-                if (net_addr_parse(v, len, &ca) == 0)
-                    cap = &ca;
-            }
+            if (r->table != NULL && r->table_type == LIMITS_TABLE_CIDR && q.client_ok)
+                cap = &q.client;
             int64_t tv;
             if (limits_override(e, ri, value, (size_t)vn, cap, &tv) != LIMITS_SOURCE_RULE) {
                 if (tv == LIMITS_TABLE_UNLIMITED)
@@ -280,7 +276,9 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
         struct limits_op *op = &plan->ops[plan->n_ops];
         size_t keylen =
             limits_key_join(op->key, sizeof(op->key), r->name, r->tag, value, (size_t)vn);
-        uint64_t h = fnv64_add(FNV64_OFFSET, op->key, keylen);
+        /* The hash of "NAME:TAG:" is the rule's: only the value is hashed here. */
+        uint64_t h = keylen > 0 ? fnv64_add(r->key_hash, value, (size_t)vn)
+                                : fnv64_add(FNV64_OFFSET, op->key, keylen);
         if (suffix != NULL) {
             h = fnv64_add(h, "\0", 1);
             h = fnv64_add(h, suffix, 1);

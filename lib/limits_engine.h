@@ -126,6 +126,7 @@ struct limits_rule {
      * a rule that keeps its name, key, measure and window across a reload keeps its
      * counters, and one whose key or window changed starts afresh. */
     char tag[9], stress_tag[9];
+    uint64_t key_hash; /* FNV-1a of "NAME:TAG:", continued over a key value per request */
 };
 
 struct limits_engine;

@@ -1,0 +1,146 @@
+/* Unit tests of the per-request key path of lib/limits_key.c: a request read once
+ * (limits_req: the client address parsed once, a client_address group formatted once
+ * for the rules that group alike) gives every rule the key and conditions it gets on its
+ * own, and the escaping table keeps each byte as the rule "safe characters pass,
+ * lowercased; the rest is %XX" says. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "config.h"
+#include "limits_impl.h"
+#include "policy.h"
+
+/* An engine from a config text; fails the test on a bad one. */
+static struct limits_engine *engine_of(const char *text)
+{
+    struct config_errors errs = {0};
+    struct config *cfg = NULL;
+    assert_int_equal(config_parse_buffer("test.cf", text, strlen(text), &cfg, &errs), 0);
+    struct limits_engine *e = limits_engine_new(cfg, &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        print_error("limits: %s\n", errs.msg[i]);
+    assert_non_null(e);
+    config_errors_clear(&errs);
+    config_free(cfg);
+    return e;
+}
+
+static void set_attr(struct policy_request *req, enum policy_attr a, const char *v)
+{
+    req->attr[a] = v;
+    req->attr_len[a] = v ? strlen(v) : 0;
+}
+
+/* Rules grouping the client alike and not, in an order that makes the group cache
+ * switch back and forth, with conditions on the address. */
+static const char rules[] =
+    "limits =\n"
+    "    a client_address/24/64 recipients 10/1m\n"
+    "    b client_address recipients 10/1m if client_address=192.0.2.0/24,2001:db8::/32\n"
+    "    c client_address/24/48+sender recipients 10/1m\n"
+    "    d client_address/16/64 recipients 10/1m if client_address!=198.51.100.0/24\n"
+    "    e client_address/24/64 recipients 10/1m\n"
+    "    f sender_domain+client_address recipients 10/1m\n";
+
+static void test_limits_key_request_read_once_matches_each_rule(void **state)
+{
+    (void)state;
+    static const char *clients[] = {"192.0.2.77",
+                                    "198.51.100.9",
+                                    "2001:db8:1:2::7",
+                                    "::ffff:10.1.2.3",
+                                    "[2001:db8::1]",
+                                    "not-an-address",
+                                    "",
+                                    NULL};
+    struct limits_engine *e = engine_of(rules);
+    for (size_t c = 0; c < sizeof(clients) / sizeof(clients[0]); c++) {
+        struct policy_request req = {0};
+        req.state = POLICY_STATE_RCPT;
+        set_attr(&req, POLICY_CLIENT_ADDRESS, clients[c]);
+        set_attr(&req, POLICY_SENDER, "Bob@Example.ORG.");
+        struct limits_req q;
+        limits_req_init(&q, &req);
+        for (size_t i = 0; i < limits_engine_rule_count(e); i++) {
+            const struct limits_rule *r = limits_engine_rule(e, i);
+            char alone[LIMITS_MAX_VALUE + 1] = "", shared[LIMITS_MAX_VALUE + 1] = "";
+            int na = limits_key_value(r, &req, alone, sizeof(alone));
+            int ns = limits_key_value_req(r, &q, shared, sizeof(shared));
+            if (na != ns || strcmp(alone, shared) != 0)
+                fail_msg("client \"%s\" rule %s: alone \"%s\" (%d), shared \"%s\" (%d)",
+                         clients[c] ? clients[c] : "(absent)", r->name, alone, na, shared, ns);
+            if (limits_conds_hold(r, &req) != limits_conds_hold_req(r, &q))
+                fail_msg("client \"%s\" rule %s: conditions differ", clients[c], r->name);
+        }
+    }
+    limits_engine_free(e);
+}
+
+/* The groups themselves, so the comparison above is not between two wrong answers. */
+static void test_limits_key_request_groups(void **state)
+{
+    (void)state;
+    struct limits_engine *e = engine_of(rules);
+    struct policy_request req = {0};
+    req.state = POLICY_STATE_RCPT;
+    set_attr(&req, POLICY_CLIENT_ADDRESS, "192.0.2.77");
+    set_attr(&req, POLICY_SENDER, "Bob@Example.ORG.");
+    struct limits_req q;
+    limits_req_init(&q, &req);
+    static const char *want[] = {"192.0.2.0/24", "192.0.2.77",   "192.0.2.0/24|bob@example.org.",
+                                 "192.0.0.0/16", "192.0.2.0/24", "example.org|192.0.2.77"};
+    char out[LIMITS_MAX_VALUE + 1];
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        assert_true(limits_key_value_req(limits_engine_rule(e, i), &q, out, sizeof(out)) > 0);
+        assert_string_equal(out, want[i]);
+    }
+    assert_true(limits_conds_hold_req(limits_engine_rule(e, 1), &q));
+    set_attr(&req, POLICY_CLIENT_ADDRESS, "198.51.100.9");
+    limits_req_init(&q, &req);
+    assert_false(limits_conds_hold_req(limits_engine_rule(e, 1), &q));
+    assert_false(limits_conds_hold_req(limits_engine_rule(e, 3), &q));
+    limits_engine_free(e);
+}
+
+/* Every byte value escapes as the rule says: a-z 0-9 . _ - @ / : + = pass, A-Z pass
+ * lowercased, everything else is %XX with upper-case hex digits. */
+static void test_limits_key_escapes_every_byte(void **state)
+{
+    (void)state;
+    struct limits_engine *e = engine_of("limits = r sasl_username recipients 10/1m\n");
+    const struct limits_rule *r = limits_engine_rule(e, 0);
+    for (int b = 1; b < 256; b++) {
+        char in[4] = {'x', (char)b, 'y', '\0'}, want[8], out[LIMITS_MAX_VALUE + 1];
+        char c = (char)b;
+        if (b >= 'A' && b <= 'Z')
+            c = (char)(b - 'A' + 'a');
+        bool safe = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+                    c == '-' || c == '@' || c == '/' || c == ':' || c == '+' || c == '=';
+        if (safe)
+            snprintf(want, sizeof(want), "x%cy", c);
+        else
+            snprintf(want, sizeof(want), "x%%%02Xy", (unsigned)b);
+        struct policy_request req = {0};
+        req.state = POLICY_STATE_RCPT;
+        set_attr(&req, POLICY_SASL_USERNAME, in);
+        assert_true(limits_key_value(r, &req, out, sizeof(out)) > 0);
+        if (strcmp(out, want) != 0)
+            fail_msg("byte 0x%02x: want \"%s\" got \"%s\"", (unsigned)b, want, out);
+    }
+    limits_engine_free(e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_limits_key_request_read_once_matches_each_rule),
+        cmocka_unit_test(test_limits_key_request_groups),
+        cmocka_unit_test(test_limits_key_escapes_every_byte),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
