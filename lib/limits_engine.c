@@ -24,7 +24,7 @@ static void units_clear(struct unit_set *u)
         free(u->v);
         u->v = NULL;
         u->cap = 0;
-    } else if (u->v != NULL) {
+    } else if (u->v != NULL && u->n > 0) { /* n == 0: every slot is free already */
         memset(u->v, 0, u->cap * sizeof(*u->v));
     }
     u->n = 0;
@@ -257,8 +257,11 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
         if (r->n_conds > 0 && !limits_conds_hold_req(r, &q))
             continue;
 
-        char value[LIMITS_MAX_VALUE + 1];
-        int vn = limits_key_value_req(r, &q, value, sizeof(value));
+        /* The key "NAME:TAG:VALUE" is built in place: the rule's prefix, then the value. */
+        struct limits_op *op = &plan->ops[plan->n_ops];
+        memcpy(op->key, r->key_prefix, r->key_prefix_len);
+        char *value = op->key + r->key_prefix_len;
+        int vn = limits_key_value_req(r, &q, value, sizeof(op->key) - r->key_prefix_len);
         if (vn <= 0)
             continue;
         int64_t limit = r->limit, stress_limit = r->stress_limit;
@@ -273,12 +276,8 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
                 limit = stress_limit = tv;
             }
         }
-        struct limits_op *op = &plan->ops[plan->n_ops];
-        size_t keylen =
-            limits_key_join(op->key, sizeof(op->key), r->name, r->tag, value, (size_t)vn);
         /* The hash of "NAME:TAG:" is the rule's: only the value is hashed here. */
-        uint64_t h = keylen > 0 ? fnv64_add(r->key_hash, value, (size_t)vn)
-                                : fnv64_add(FNV64_OFFSET, op->key, keylen);
+        uint64_t h = fnv64_add(r->key_hash, value, (size_t)vn);
         if (suffix != NULL) {
             h = fnv64_add(h, "\0", 1);
             h = fnv64_add(h, suffix, 1);

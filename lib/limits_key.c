@@ -151,6 +151,9 @@ int limits_key_value(const struct limits_rule *r, const struct policy_request *r
 int limits_key_value_req(const struct limits_rule *r, struct limits_req *q, char *out, size_t outsz)
 {
     char esc[LIMITS_MAX_VALUE + 1];
+    /* Written in place when out holds any value (the plan writes into its op's key),
+     * through esc otherwise. */
+    char *dst = outsz >= sizeof(esc) ? out : esc;
     const char *pv[LIMITS_MAX_KEY_PARTS];
     size_t plen[LIMITS_MAX_KEY_PARTS];
     size_t n = 0;
@@ -162,13 +165,13 @@ int limits_key_value_req(const struct limits_rule *r, struct limits_req *q, char
             return 0;
         if (k > 0) {
             if (fits && n + 1 < sizeof(esc)) {
-                esc[n++] = '|';
-                esc[n] = '\0';
+                dst[n++] = '|';
+                dst[n] = '\0';
             } else {
                 fits = false;
             }
         }
-        if (fits && !put_escaped(esc, sizeof(esc), &n, pv[k], plen[k]))
+        if (fits && !put_escaped(dst, sizeof(esc), &n, pv[k], plen[k]))
             fits = false;
     }
     if (!fits) {
@@ -182,16 +185,19 @@ int limits_key_value_req(const struct limits_rule *r, struct limits_req *q, char
             h = fnv64_add_lower(h, pv[k], plen[k]);
         }
         static const char hex[] = "0123456789abcdef";
-        esc[0] = '#';
+        dst[0] = '#';
         for (int i = 0; i < 16; i++)
-            esc[1 + i] = hex[(h >> (60 - 4 * i)) & 15];
+            dst[1 + i] = hex[(h >> (60 - 4 * i)) & 15];
         n = 17;
+        dst[n] = '\0';
     }
-    /* On the request path: no stdio. */
-    if (n + 1 > outsz)
-        return -ENOSPC;
-    memcpy(out, esc, n);
-    out[n] = '\0';
+    if (dst == esc) {
+        /* On the request path: no stdio. */
+        if (n + 1 > outsz)
+            return -ENOSPC;
+        memcpy(out, esc, n);
+        out[n] = '\0';
+    }
     return (int)n;
 }
 

@@ -594,10 +594,9 @@ static int parse_rule_body(const char *line, size_t len, struct limits_rule *r, 
     }
     make_tag(r, r->window_ms, r->tag);
     make_tag(r, r->stress_window_ms, r->stress_tag);
-    r->key_hash = fnv64_add(FNV64_OFFSET, r->name, strlen(r->name));
-    r->key_hash = fnv64_add(r->key_hash, ":", 1);
-    r->key_hash = fnv64_add(r->key_hash, r->tag, strlen(r->tag));
-    r->key_hash = fnv64_add(r->key_hash, ":", 1);
+    r->key_prefix_len =
+        limits_key_join(r->key_prefix, sizeof(r->key_prefix), r->name, r->tag, "", 0);
+    r->key_hash = fnv64_add(FNV64_OFFSET, r->key_prefix, r->key_prefix_len);
     return 0;
 }
 

@@ -3,6 +3,7 @@
  * for the rules that group alike) gives every rule the key and conditions it gets on its
  * own, and the escaping table keeps each byte as the rule "safe characters pass,
  * lowercased; the rest is %XX" says. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -99,6 +100,11 @@ static void test_limits_key_request_groups(void **state)
         assert_true(limits_key_value_req(limits_engine_rule(e, i), &q, out, sizeof(out)) > 0);
         assert_string_equal(out, want[i]);
     }
+    /* A buffer too small for every value goes through a copy: same value, or -ENOSPC. */
+    char small[13];
+    assert_int_equal(limits_key_value_req(limits_engine_rule(e, 0), &q, small, sizeof(small)), 12);
+    assert_string_equal(small, "192.0.2.0/24");
+    assert_int_equal(limits_key_value_req(limits_engine_rule(e, 0), &q, small, 12), -ENOSPC);
     assert_true(limits_conds_hold_req(limits_engine_rule(e, 1), &q));
     set_attr(&req, POLICY_CLIENT_ADDRESS, "198.51.100.9");
     limits_req_init(&q, &req);
