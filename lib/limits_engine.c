@@ -7,6 +7,8 @@
  * admitted, so every repeat of a request gets the same answer without counting. */
 #include "limits_impl.h"
 
+#include "hash.h"
+
 #include <errno.h>
 #include <regex.h>
 #include <stdio.h>
@@ -175,10 +177,9 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
     /* One smtpd serves its SMTP sessions one after another on this policy connection: a
      * new client address or port means a new SMTP session. */
     v = attr(req, POLICY_CLIENT_ADDRESS, &len);
-    uint64_t client = fnv64_add(FNV64_OFFSET, v, len);
-    client = fnv64_add(client, "\0", 1);
+    uint64_t client = hash64_add(HASH64_START, v, len);
     v = attr(req, POLICY_CLIENT_PORT, &len);
-    client = fnv64_add(client, v, len);
+    client = hash64_add(client, v, len);
     if (!s->have_client || s->client != client) {
         units_clear(&s->units[SCOPE_SESSION]);
         new_transaction(s);
@@ -188,7 +189,7 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
     }
     if (in_txn) {
         v = attr(req, POLICY_INSTANCE, &len);
-        uint64_t inst = fnv64_add(FNV64_OFFSET, v, len);
+        uint64_t inst = hash64_add(HASH64_START, v, len);
         if (!s->have_instance || s->instance != inst) {
             new_transaction(s);
             s->have_instance = true;
@@ -216,6 +217,9 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
     bool rcpt_seen_before = s->rcpt_seen;
     if (st == POLICY_STATE_RCPT)
         s->rcpt_seen = true;
+    /* The recipient's part of the unit id of each recipients rule, hashed once. */
+    uint64_t rcpt_hash =
+        st == POLICY_STATE_RCPT ? fnv64_add_lower(FNV64_OFFSET, rcpt, rcpt_len) : 0;
 
     for (size_t ri = 0; ri < e->n_rules; ri++) {
         const struct limits_rule *r = &e->rule[ri];
@@ -277,12 +281,11 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
             }
         }
         /* The hash of "NAME:TAG:" is the rule's: only the value is hashed here. */
-        uint64_t h = fnv64_add(r->key_hash, value, (size_t)vn);
+        uint64_t h = hash64_add(r->key_hash, value, (size_t)vn);
         if (suffix != NULL) {
-            h = fnv64_add(h, "\0", 1);
-            h = fnv64_add(h, suffix, 1);
+            h = hash64_mix(h, (unsigned char)suffix[0]);
             if (suffix[0] == 'r')
-                h = fnv64_add_lower(h, rcpt, rcpt_len);
+                h = hash64_mix(h, rcpt_hash);
         }
         uint64_t id = unit_id(h);
         const struct unit_entry *u = units_find(&s->units[scope], id);

@@ -9,10 +9,12 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
 #include "config.h"
+#include "hash.h"
 #include "limits_impl.h"
 #include "policy.h"
 
@@ -141,12 +143,55 @@ static void test_limits_key_escapes_every_byte(void **state)
     limits_engine_free(e);
 }
 
+/* hash64 gives distinct values to near strings: every length 0..40 of a run of 'a' with
+ * and without a trailing NUL byte, and every single-byte change of a 24-byte string, so
+ * the ids and buckets built on it tell keys apart. */
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void test_limits_key_hash64_tells_near_strings_apart(void **state)
+{
+    (void)state;
+    static uint64_t h[82 + 24 * 255 + 1];
+    size_t n = 0;
+    char buf[48];
+    memset(buf, 'a', sizeof(buf));
+    for (size_t len = 0; len <= 40; len++) {
+        h[n++] = hash64_add(HASH64_START, buf, len);
+        buf[len] = '\0';
+        h[n++] = hash64_add(HASH64_START, buf, len + 1);
+        buf[len] = 'a';
+    }
+    const char base[] = "per_ip:1f3a9c07:192.0.2.";
+    h[n++] = hash64_add(HASH64_START, base, 24);
+    for (size_t i = 0; i < 24; i++)
+        for (int b = 0; b < 256; b++) {
+            if (b == (unsigned char)base[i])
+                continue;
+            memcpy(buf, base, 24);
+            buf[i] = (char)b;
+            h[n++] = hash64_add(HASH64_START, buf, 24);
+        }
+    assert_int_equal(n, sizeof(h) / sizeof(h[0]));
+    qsort(h, n, sizeof(h[0]), cmp_u64);
+    for (size_t i = 1; i < n; i++)
+        assert_true(h[i] != h[i - 1]);
+    /* Chained pieces are a function of the pieces; a mix changes the hash. */
+    assert_true(hash64_add(hash64_add(HASH64_START, "ab", 2), "c", 1) ==
+                hash64_add(hash64_add(HASH64_START, "ab", 2), "c", 1));
+    assert_true(hash64_mix(h[0], 'r') != hash64_mix(h[0], 'n'));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_limits_key_request_read_once_matches_each_rule),
         cmocka_unit_test(test_limits_key_request_groups),
         cmocka_unit_test(test_limits_key_escapes_every_byte),
+        cmocka_unit_test(test_limits_key_hash64_tells_near_strings_apart),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
