@@ -125,6 +125,7 @@ size_t limits_key_join(char *out, size_t outsz, const char *name, const char *ta
 struct limits_req {
     const struct policy_request *req; /* borrowed */
     bool client_ok;                   /* client_address present and numeric */
+    bool client_text_canonical;       /* an IPv4 client_address sent as net.c writes it */
     struct net_addr client;
     bool have_group; /* group holds the client grouped by group_prefix */
     unsigned group_prefix;

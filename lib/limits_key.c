@@ -33,7 +33,18 @@ static bool put_escaped(char *out, size_t outsz, size_t *n, const char *v, size_
 {
     static const char hex[] = "0123456789ABCDEF";
     size_t o = *n;
-    for (size_t i = 0; i < len; i++) {
+    size_t i = 0;
+    if (o + len < outsz) {
+        /* Fits as it is if every byte is safe (the common case): no bounds to check
+         * until the first byte that needs %XX. */
+        for (; i < len; i++) {
+            char k = key_char[(unsigned char)v[i]];
+            if (k == 0)
+                break;
+            out[o++] = k;
+        }
+    }
+    for (; i < len; i++) {
         unsigned char c = (unsigned char)v[i];
         char k = key_char[c];
         if (k != 0) {
@@ -79,6 +90,12 @@ void limits_req_init(struct limits_req *q, const struct policy_request *req)
     q->req = req;
     q->client_ok = len > 0 && net_addr_parse(v, len, &q->client) == 0;
     q->have_group = false;
+    /* A dotted quad that parsed (four decimal parts, no leading zeros) is already
+     * written as net_addr_format writes it: an ungrouped IPv4 key uses it as sent. */
+    bool digits_dots = q->client_ok && q->client.family == NET_V4;
+    for (size_t i = 0; digits_dots && i < len; i++)
+        digits_dots = (v[i] >= '0' && v[i] <= '9') || v[i] == '.';
+    q->client_text_canonical = digits_dots;
 }
 
 /* The client address grouped by r ("192.0.2.0/24"), formatted once for all the rules
@@ -90,6 +107,10 @@ static size_t client_group(const struct limits_rule *r, struct limits_req *q, co
     if (!q->client_ok)
         return 0;
     unsigned prefix = q->client.family == NET_V4 ? r->v4len : r->v6len;
+    if (q->client.family == NET_V4 && prefix >= 32 && q->client_text_canonical) {
+        *out = q->req->attr[POLICY_CLIENT_ADDRESS];
+        return q->req->attr_len[POLICY_CLIENT_ADDRESS];
+    }
     if (!q->have_group || q->group_prefix != prefix) {
         int n = net_prefix_format(&q->client, prefix, q->group, sizeof(q->group));
         if (n <= 0)

@@ -59,6 +59,8 @@ static void test_limits_key_request_read_once_matches_each_rule(void **state)
                                     "::ffff:10.1.2.3",
                                     "[2001:db8::1]",
                                     "not-an-address",
+                                    "010.1.2.3",
+                                    "1.2.3.4.",
                                     "",
                                     NULL};
     struct limits_engine *e = engine_of(rules);
@@ -139,6 +141,22 @@ static void test_limits_key_escapes_every_byte(void **state)
         assert_true(limits_key_value(r, &req, out, sizeof(out)) > 0);
         if (strcmp(out, want) != 0)
             fail_msg("byte 0x%02x: want \"%s\" got \"%s\"", (unsigned)b, want, out);
+    }
+    /* At the bound: 96 safe characters fit; one more, or an escape that makes it longer
+     * than 96, and the value is hashed. */
+    static const struct {
+        size_t safe;
+        const char *tail;
+        int want;
+    } bounds[] = {{96, "", 96}, {97, "", 17}, {93, " ", 96}, {94, " ", 17}, {95, "A", 96}};
+    for (size_t i = 0; i < sizeof(bounds) / sizeof(bounds[0]); i++) {
+        char in[128], out[LIMITS_MAX_VALUE + 1];
+        memset(in, 'X', bounds[i].safe);
+        strcpy(in + bounds[i].safe, bounds[i].tail);
+        struct policy_request req = {0};
+        set_attr(&req, POLICY_SASL_USERNAME, in);
+        assert_int_equal(limits_key_value(r, &req, out, sizeof(out)), bounds[i].want);
+        assert_true(bounds[i].want == 17 ? out[0] == '#' : out[0] == 'x');
     }
     limits_engine_free(e);
 }
