@@ -7,6 +7,8 @@
  * admitted, so every repeat of a request gets the same answer without counting. */
 #include "limits_impl.h"
 
+#include "hash.h"
+
 #include <errno.h>
 #include <regex.h>
 #include <stdio.h>
@@ -24,7 +26,7 @@ static void units_clear(struct unit_set *u)
         free(u->v);
         u->v = NULL;
         u->cap = 0;
-    } else if (u->v != NULL) {
+    } else if (u->v != NULL && u->n > 0) { /* n == 0: every slot is free already */
         memset(u->v, 0, u->cap * sizeof(*u->v));
     }
     u->n = 0;
@@ -128,15 +130,13 @@ static void decision_rule(struct limits_decision *d, const struct limits_engine 
     d->action = dryrun ? e->default_action : e->rule[rule].action;
 }
 
-static bool is_exempt(const struct limits_engine *e, const struct policy_request *req)
+static bool is_exempt(const struct limits_engine *e, const struct limits_req *q)
 {
-    size_t len;
-    const char *v = attr(req, POLICY_CLIENT_ADDRESS, &len);
-    struct net_addr a;
-    if (len > 0 && net_set_count(e->exempt_nets) > 0 && net_addr_parse(v, len, &a) == 0 &&
-        net_set_contains(e->exempt_nets, &a))
+    if (q->client_ok && net_set_count(e->exempt_nets) > 0 &&
+        net_set_contains(e->exempt_nets, &q->client))
         return true;
-    v = attr(req, POLICY_SASL_USERNAME, &len);
+    size_t len;
+    const char *v = attr(q->req, POLICY_SASL_USERNAME, &len);
     if (len > 0) {
         for (size_t i = 0; i < e->n_exempt_users; i++) {
             const char *u = e->exempt_users[i];
@@ -177,10 +177,9 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
     /* One smtpd serves its SMTP sessions one after another on this policy connection: a
      * new client address or port means a new SMTP session. */
     v = attr(req, POLICY_CLIENT_ADDRESS, &len);
-    uint64_t client = fnv64_add(FNV64_OFFSET, v, len);
-    client = fnv64_add(client, "\0", 1);
+    uint64_t client = hash64_add(HASH64_START, v, len);
     v = attr(req, POLICY_CLIENT_PORT, &len);
-    client = fnv64_add(client, v, len);
+    client = hash64_add(client, v, len);
     if (!s->have_client || s->client != client) {
         units_clear(&s->units[SCOPE_SESSION]);
         new_transaction(s);
@@ -190,7 +189,7 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
     }
     if (in_txn) {
         v = attr(req, POLICY_INSTANCE, &len);
-        uint64_t inst = fnv64_add(FNV64_OFFSET, v, len);
+        uint64_t inst = hash64_add(HASH64_START, v, len);
         if (!s->have_instance || s->instance != inst) {
             new_transaction(s);
             s->have_instance = true;
@@ -204,7 +203,9 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
     plan->stressed = stressed;
     plan->decision.stressed = stressed;
 
-    if (is_exempt(e, req)) {
+    struct limits_req q;
+    limits_req_init(&q, req);
+    if (is_exempt(e, &q)) {
         plan->decision.exempt = true;
         return LIMITS_PLAN_DECIDED;
     }
@@ -216,6 +217,9 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
     bool rcpt_seen_before = s->rcpt_seen;
     if (st == POLICY_STATE_RCPT)
         s->rcpt_seen = true;
+    /* The recipient's part of the unit id of each recipients rule, hashed once. */
+    uint64_t rcpt_hash =
+        st == POLICY_STATE_RCPT ? fnv64_add_lower(FNV64_OFFSET, rcpt, rcpt_len) : 0;
 
     for (size_t ri = 0; ri < e->n_rules; ri++) {
         const struct limits_rule *r = &e->rule[ri];
@@ -254,22 +258,21 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
         }
         if (amount <= 0)
             continue;
-        if (r->n_conds > 0 && !limits_conds_hold(r, req))
+        if (r->n_conds > 0 && !limits_conds_hold_req(r, &q))
             continue;
 
-        char value[LIMITS_MAX_VALUE + 1];
-        int vn = limits_key_value(r, req, value, sizeof(value));
+        /* The key "NAME:TAG:VALUE" is built in place: the rule's prefix, then the value. */
+        struct limits_op *op = &plan->ops[plan->n_ops];
+        memcpy(op->key, r->key_prefix, r->key_prefix_len);
+        char *value = op->key + r->key_prefix_len;
+        int vn = limits_key_value_req(r, &q, value, sizeof(op->key) - r->key_prefix_len);
         if (vn <= 0)
             continue;
         int64_t limit = r->limit, stress_limit = r->stress_limit;
         if (r->table != NULL || e->rt != NULL) {
-            struct net_addr ca;
             const struct net_addr *cap = NULL;
-            if (r->table != NULL && r->table_type == LIMITS_TABLE_CIDR) {
-                v = attr(req, POLICY_CLIENT_ADDRESS, &len);
-                if (net_addr_parse(v, len, &ca) == 0)
-                    cap = &ca;
-            }
+            if (r->table != NULL && r->table_type == LIMITS_TABLE_CIDR && q.client_ok)
+                cap = &q.client;
             int64_t tv;
             if (limits_override(e, ri, value, (size_t)vn, cap, &tv) != LIMITS_SOURCE_RULE) {
                 if (tv == LIMITS_TABLE_UNLIMITED)
@@ -277,15 +280,12 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
                 limit = stress_limit = tv;
             }
         }
-        struct limits_op *op = &plan->ops[plan->n_ops];
-        size_t keylen =
-            limits_key_join(op->key, sizeof(op->key), r->name, r->tag, value, (size_t)vn);
-        uint64_t h = fnv64_add(FNV64_OFFSET, op->key, keylen);
+        /* The hash of "NAME:TAG:" is the rule's: only the value is hashed here. */
+        uint64_t h = hash64_add(r->key_hash, value, (size_t)vn);
         if (suffix != NULL) {
-            h = fnv64_add(h, "\0", 1);
-            h = fnv64_add(h, suffix, 1);
+            h = hash64_mix(h, (unsigned char)suffix[0]);
             if (suffix[0] == 'r')
-                h = fnv64_add_lower(h, rcpt, rcpt_len);
+                h = hash64_mix(h, rcpt_hash);
         }
         uint64_t id = unit_id(h);
         const struct unit_entry *u = units_find(&s->units[scope], id);

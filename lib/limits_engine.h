@@ -126,6 +126,11 @@ struct limits_rule {
      * a rule that keeps its name, key, measure and window across a reload keeps its
      * counters, and one whose key or window changed starts afresh. */
     char tag[9], stress_tag[9];
+    /* "NAME:TAG:", the start of every key of this rule, and its hash64 (continued over
+     * a key value per request for the id of a counted unit). */
+    char key_prefix[LIMITS_MAX_NAME + 1 + 8 + 1 + 1];
+    size_t key_prefix_len;
+    uint64_t key_hash;
 };
 
 struct limits_engine;

@@ -118,3 +118,23 @@ static inline char *dup_n(const char *s, size_t n)
  * empty key if it did not fit (limits_key.c). */
 size_t limits_key_join(char *out, size_t outsz, const char *name, const char *tag,
                        const char *value, size_t vlen);
+
+/* What the rules of one request share: the client address parsed once, and the last
+ * client_address group formatted (rules that group the address alike reuse it). Fill
+ * with limits_req_init; lives on the stack of one limits_plan call. */
+struct limits_req {
+    const struct policy_request *req; /* borrowed */
+    bool client_ok;                   /* client_address present and numeric */
+    bool client_text_canonical;       /* an IPv4 client_address sent as net.c writes it */
+    struct net_addr client;
+    bool have_group; /* group holds the client grouped by group_prefix */
+    unsigned group_prefix;
+    size_t group_len;
+    char group[NET_ADDR_STRLEN];
+};
+
+void limits_req_init(struct limits_req *q, const struct policy_request *req);
+/* limits_key_value and limits_conds_hold for a request read once (limits_key.c). */
+int limits_key_value_req(const struct limits_rule *r, struct limits_req *q, char *out,
+                         size_t outsz);
+bool limits_conds_hold_req(const struct limits_rule *r, const struct limits_req *q);

@@ -15,30 +15,52 @@
 
 /* ---- keys ---- */
 
-/* Appends the escaped form of v[0..len) (lowercased when fold) to out at *n. Safe
- * characters pass; everything else (blanks, '%', '|', '#', controls, non-ASCII) becomes
- * %XX, so a key never holds a space or newline and '|' only separates parts. Returns
- * false when out is full. */
+/* Each byte as a key holds it: the lower-case form of a safe character, 0 for one that
+ * is written %XX (blanks, '%', '|', '#', controls, non-ASCII). One lookup per byte. */
+static const char key_char[256] = "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0" /* 0x00 */
+                                  "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0" /* 0x10 */
+                                  "\0\0\0\0\0\0\0\0\0\0\0+\0-./"     /* 0x20 */
+                                  "0123456789:\0\0=\0\0"             /* 0x30 */
+                                  "@abcdefghijklmno"                 /* 0x40 */
+                                  "pqrstuvwxyz\0\0\0\0_"             /* 0x50 */
+                                  "\0abcdefghijklmno"                /* 0x60 */
+                                  "pqrstuvwxyz\0\0\0\0\0";           /* 0x70 */
+
+/* Appends the escaped form of v[0..len) (lowercased) to out at *n. Safe characters
+ * pass; everything else becomes %XX, so a key never holds a space or newline and '|'
+ * only separates parts. Returns false when out is full. */
 static bool put_escaped(char *out, size_t outsz, size_t *n, const char *v, size_t len)
 {
     static const char hex[] = "0123456789ABCDEF";
-    for (size_t i = 0; i < len; i++) {
-        char c = lower(v[i]);
-        bool safe = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-                    c == '-' || c == '@' || c == '/' || c == ':' || c == '+' || c == '=';
-        if (safe) {
-            if (*n + 1 >= outsz)
-                return false;
-            out[(*n)++] = c;
-        } else {
-            if (*n + 3 >= outsz)
-                return false;
-            out[(*n)++] = '%';
-            out[(*n)++] = hex[(unsigned char)c >> 4];
-            out[(*n)++] = hex[(unsigned char)c & 15];
+    size_t o = *n;
+    size_t i = 0;
+    if (o + len < outsz) {
+        /* Fits as it is if every byte is safe (the common case): no bounds to check
+         * until the first byte that needs %XX. */
+        for (; i < len; i++) {
+            char k = key_char[(unsigned char)v[i]];
+            if (k == 0)
+                break;
+            out[o++] = k;
         }
     }
-    out[*n] = '\0';
+    for (; i < len; i++) {
+        unsigned char c = (unsigned char)v[i];
+        char k = key_char[c];
+        if (k != 0) {
+            if (o + 1 >= outsz)
+                return false;
+            out[o++] = k;
+        } else {
+            if (o + 3 >= outsz)
+                return false;
+            out[o++] = '%';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+    }
+    out[o] = '\0';
+    *n = o;
     return true;
 }
 
@@ -61,28 +83,57 @@ static const char *domain_of(const char *v, size_t len, size_t *dlen)
     return d;
 }
 
-/* One key component's raw value (before escaping); address parts are formatted into
- * buf. Returns its length, 0 for empty/unusable. */
-static size_t part_value(const struct limits_rule *r, enum limits_key_part part, int k_attr,
-                         const struct policy_request *req, const char **out, char *buf,
-                         size_t bufsz)
+void limits_req_init(struct limits_req *q, const struct policy_request *req)
 {
     size_t len;
-    const char *v;
-    switch (part) {
-    case LIMITS_KEY_CLIENT_ADDRESS: {
-        v = attr(req, POLICY_CLIENT_ADDRESS, &len);
-        struct net_addr a;
-        /* Postfix always sends a numeric address; anything else cannot be grouped and
-         * is not counted (rather than lumping unparsable values into one key). */
-        if (len == 0 || net_addr_parse(v, len, &a) != 0)
-            return 0;
-        int n = net_prefix_format(&a, a.family == NET_V4 ? r->v4len : r->v6len, buf, bufsz);
+    const char *v = attr(req, POLICY_CLIENT_ADDRESS, &len);
+    q->req = req;
+    q->client_ok = len > 0 && net_addr_parse(v, len, &q->client) == 0;
+    q->have_group = false;
+    /* A dotted quad that parsed (four decimal parts, no leading zeros) is already
+     * written as net_addr_format writes it: an ungrouped IPv4 key uses it as sent. */
+    bool digits_dots = q->client_ok && q->client.family == NET_V4;
+    for (size_t i = 0; digits_dots && i < len; i++)
+        digits_dots = (v[i] >= '0' && v[i] <= '9') || v[i] == '.';
+    q->client_text_canonical = digits_dots;
+}
+
+/* The client address grouped by r ("192.0.2.0/24"), formatted once for all the rules
+ * that group it alike. Returns its length, 0 when it cannot be grouped. */
+static size_t client_group(const struct limits_rule *r, struct limits_req *q, const char **out)
+{
+    /* Postfix always sends a numeric address; anything else cannot be grouped and is
+     * not counted (rather than lumping unparsable values into one key). */
+    if (!q->client_ok)
+        return 0;
+    unsigned prefix = q->client.family == NET_V4 ? r->v4len : r->v6len;
+    if (q->client.family == NET_V4 && prefix >= 32 && q->client_text_canonical) {
+        *out = q->req->attr[POLICY_CLIENT_ADDRESS];
+        return q->req->attr_len[POLICY_CLIENT_ADDRESS];
+    }
+    if (!q->have_group || q->group_prefix != prefix) {
+        int n = net_prefix_format(&q->client, prefix, q->group, sizeof(q->group));
         if (n <= 0)
             return 0;
-        *out = buf;
-        return (size_t)n;
+        q->have_group = true;
+        q->group_prefix = prefix;
+        q->group_len = (size_t)n;
     }
+    *out = q->group;
+    return q->group_len;
+}
+
+/* One key component's raw value (before escaping). Returns its length, 0 for
+ * empty/unusable. */
+static size_t part_value(const struct limits_rule *r, size_t k, struct limits_req *q,
+                         const char **out)
+{
+    const struct policy_request *req = q->req;
+    size_t len;
+    const char *v;
+    switch (r->part[k]) {
+    case LIMITS_KEY_CLIENT_ADDRESS:
+        return client_group(r, q, out);
     case LIMITS_KEY_SASL_USERNAME:
         v = attr(req, POLICY_SASL_USERNAME, &len);
         break;
@@ -101,7 +152,7 @@ static size_t part_value(const struct limits_rule *r, enum limits_key_part part,
         v = domain_of(v, len, &len);
         break;
     case LIMITS_KEY_ATTR:
-        v = attr(req, (enum policy_attr)k_attr, &len);
+        v = attr(req, (enum policy_attr)r->part_attr[k], &len);
         break;
     default:
         return 0;
@@ -113,44 +164,61 @@ static size_t part_value(const struct limits_rule *r, enum limits_key_part part,
 int limits_key_value(const struct limits_rule *r, const struct policy_request *req, char *out,
                      size_t outsz)
 {
+    struct limits_req q;
+    limits_req_init(&q, req);
+    return limits_key_value_req(r, &q, out, outsz);
+}
+
+int limits_key_value_req(const struct limits_rule *r, struct limits_req *q, char *out, size_t outsz)
+{
     char esc[LIMITS_MAX_VALUE + 1];
+    /* Written in place when out holds any value (the plan writes into its op's key),
+     * through esc otherwise. */
+    char *dst = outsz >= sizeof(esc) ? out : esc;
+    const char *pv[LIMITS_MAX_KEY_PARTS];
+    size_t plen[LIMITS_MAX_KEY_PARTS];
     size_t n = 0;
     bool fits = true;
-    uint64_t h = FNV64_OFFSET;
-    char abuf[NET_ADDR_STRLEN];
 
     for (size_t k = 0; k < r->n_parts; k++) {
-        const char *v = NULL;
-        size_t len = part_value(r, r->part[k], r->part_attr[k], req, &v, abuf, sizeof(abuf));
-        if (len == 0)
+        plen[k] = part_value(r, k, q, &pv[k]);
+        if (plen[k] == 0)
             return 0;
         if (k > 0) {
-            h = fnv64_add(h, "|", 1);
             if (fits && n + 1 < sizeof(esc)) {
-                esc[n++] = '|';
-                esc[n] = '\0';
+                dst[n++] = '|';
+                dst[n] = '\0';
             } else {
                 fits = false;
             }
         }
-        h = fnv64_add_lower(h, v, len);
-        if (fits && !put_escaped(esc, sizeof(esc), &n, v, len))
+        if (fits && !put_escaped(dst, sizeof(esc), &n, pv[k], plen[k]))
             fits = false;
     }
     if (!fits) {
         /* Long values (a 254-character address, a long combination) are hashed so keys
-         * stay bounded; '#' never occurs in an escaped value, so no clash. */
+         * stay bounded; '#' never occurs in an escaped value, so no clash. Only then is
+         * the hash worth computing. */
+        uint64_t h = FNV64_OFFSET;
+        for (size_t k = 0; k < r->n_parts; k++) {
+            if (k > 0)
+                h = fnv64_add(h, "|", 1);
+            h = fnv64_add_lower(h, pv[k], plen[k]);
+        }
         static const char hex[] = "0123456789abcdef";
-        esc[0] = '#';
+        dst[0] = '#';
         for (int i = 0; i < 16; i++)
-            esc[1 + i] = hex[(h >> (60 - 4 * i)) & 15];
+            dst[1 + i] = hex[(h >> (60 - 4 * i)) & 15];
         n = 17;
+        dst[n] = '\0';
     }
-    /* On the request path: no stdio. */
-    if (n + 1 > outsz)
-        return -ENOSPC;
-    memcpy(out, esc, n);
-    out[n] = '\0';
+    if (dst == esc) {
+        /* On the request path: no stdio. */
+        if (n + 1 > outsz)
+            return -ENOSPC;
+        memcpy(out, esc, n);
+        out[n] = '\0';
+    }
     return (int)n;
 }
 
@@ -166,11 +234,14 @@ static const char *cond_value(const struct policy_request *req, int a, size_t *l
     return attr(req, (enum policy_attr)a, len);
 }
 
-static bool cond_equal(const struct limits_cond *c, const char *v, size_t len)
+static bool cond_equal(const struct limits_cond *c, const struct limits_req *q, const char *v,
+                       size_t len)
 {
     if (len == 0)
         return false; /* absent or empty equals nothing */
     if (c->nets != NULL) {
+        if (c->attr == POLICY_CLIENT_ADDRESS) /* parsed once per request */
+            return q->client_ok && net_set_contains(c->nets, &q->client);
         struct net_addr a;
         return net_addr_parse(v, len, &a) == 0 && net_set_contains(c->nets, &a);
     }
@@ -182,17 +253,25 @@ static bool cond_equal(const struct limits_cond *c, const char *v, size_t len)
 
 bool limits_conds_hold(const struct limits_rule *r, const struct policy_request *req)
 {
+    struct limits_req q;
+    limits_req_init(&q, req);
+    return limits_conds_hold_req(r, &q);
+}
+
+bool limits_conds_hold_req(const struct limits_rule *r, const struct limits_req *q)
+{
+    const struct policy_request *req = q->req;
     for (size_t i = 0; i < r->n_conds; i++) {
         const struct limits_cond *c = &r->cond[i];
         size_t len;
         const char *v = cond_value(req, c->attr, &len);
         switch (c->op) {
         case LIMITS_COND_EQ:
-            if (!cond_equal(c, v, len))
+            if (!cond_equal(c, q, v, len))
                 return false;
             break;
         case LIMITS_COND_NE:
-            if (cond_equal(c, v, len))
+            if (cond_equal(c, q, v, len))
                 return false;
             break;
         case LIMITS_COND_RE: {

@@ -1,6 +1,8 @@
 /* limits_parse: the `limits` rules and exemptions of a config, parsed into an immutable
  * engine (see limits_engine.h for the syntax). */
 #include "limits_impl.h"
+
+#include "hash.h"
 #include "limits_rt.h"
 
 #include <errno.h>
@@ -594,6 +596,9 @@ static int parse_rule_body(const char *line, size_t len, struct limits_rule *r, 
     }
     make_tag(r, r->window_ms, r->tag);
     make_tag(r, r->stress_window_ms, r->stress_tag);
+    r->key_prefix_len =
+        limits_key_join(r->key_prefix, sizeof(r->key_prefix), r->name, r->tag, "", 0);
+    r->key_hash = hash64_add(HASH64_START, r->key_prefix, r->key_prefix_len);
     return 0;
 }
 

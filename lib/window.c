@@ -56,8 +56,13 @@ int window_take(struct window *w, int64_t now_ms, int64_t window_ms, int64_t lim
             from = w->newest - WINDOW_SLOTS;
         if (from < 0)
             from = 0;
-        for (int64_t s = from; s <= w->newest; s++)
-            usage += w->count[s % WINDOW_RING];
+        /* The ring index steps along with s: one division, not one per slot. */
+        size_t k = (size_t)(from % WINDOW_RING);
+        for (int64_t s = from; s <= w->newest; s++) {
+            usage += w->count[k];
+            if (++k == WINDOW_RING)
+                k = 0;
+        }
     }
 
     out->allowed = usage + amount <= limit;

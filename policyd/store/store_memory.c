@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
 #include "util/log.h"
 
 #define MEM_MIN_BUCKETS 1024
@@ -31,11 +32,7 @@ static void cluster_mem_free(struct store_cluster_mem *c);
 
 static uint32_t mem_hash(const char *key, size_t len)
 {
-    uint64_t h = 14695981039346656037u; /* FNV-1a */
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)key[i];
-        h *= 1099511628211u;
-    }
+    uint64_t h = hash64_add(HASH64_START, key, len);
     return (uint32_t)(h ^ (h >> 32));
 }
 
