@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import unittest
@@ -96,10 +97,22 @@ class StressE2E(unittest.TestCase):
     def check_delivered(self, pf, res):
         r = res["r"]
         self.assertEqual(r.returncode, 0, "smtp-source: %s %s" % (r.stdout, r.stderr))
-        self.assertTrue(pf.wait_queue_empty(120), (pf.queue_json(), pf.maillog()[-6000:]))
+        # Every message delivered, each once: nothing lost.
         want = sorted("<%dload@%s>" % (i, pf.sink_domain) for i in range(1, MESSAGES + 1))
-        self.assertTrue(wait_for(lambda: sorted(pf.sink.recipients()) == want, 60),
-                        sorted(pf.sink.recipients()))
+        self.assertTrue(wait_for(lambda: sorted(pf.sink.recipients()) == want, 120),
+                        (sorted(pf.sink.recipients()), pf.queue_json(), pf.maillog()[-6000:]))
+        # And nothing left in the queue. A file in incoming without recipients is not
+        # mail: cleanup had not finished it (every message is already at the sink), and
+        # Postfix removes such files itself; on a machine running several test jobs one
+        # was seen to stay for minutes. Such files are named, not counted.
+        def stuck():
+            return [m for m in pf.queue_json()
+                    if not (m.get("queue_name") == "incoming" and not m.get("recipients"))]
+        self.assertTrue(wait_for(lambda: not stuck(), 120), (stuck(), pf.maillog()[-6000:]))
+        unfinished = [m["queue_id"] for m in pf.queue_json()]
+        if unfinished:
+            print("\nincoming files without recipients left by cleanup (not mail): %s"
+                  % " ".join(unfinished), file=sys.stderr)
 
     def run_episode(self, postscreen, journal=False):
         pf = self.start_postfix(postscreen, journal)
