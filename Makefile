@@ -77,10 +77,10 @@ flood: all
 	python3 test/bench/flood $(BUILD)
 
 format:
-	clang-format -i lib/*.[ch] policyd/*.[ch] policyd/*/*.[ch] test/unit/*.c test/fuzz/*.c test/bench/*.c test/integration/*.c
+	clang-format -i lib/*.[ch] policyd/*.[ch] policyd/*/*.[ch] test/unit/*.[ch] test/fuzz/*.c test/bench/*.c test/integration/*.c
 
 format-check:
-	clang-format --dry-run --Werror lib/*.[ch] policyd/*.[ch] policyd/*/*.[ch] test/unit/*.c test/fuzz/*.c test/bench/*.c test/integration/*.c
+	clang-format --dry-run --Werror lib/*.[ch] policyd/*.[ch] policyd/*/*.[ch] test/unit/*.[ch] test/fuzz/*.c test/bench/*.c test/integration/*.c
 
 # `make install [PREFIX=/usr] [DESTDIR=/tmp/stage]`: files go to $(DESTDIR)$(PREFIX)/...,
 # the systemd units to $(PREFIX)/lib/systemd/system (systemd reads /usr/local/lib/... too).

@@ -6,8 +6,8 @@
 #include <stdio.h>
 
 /* w's output for r (its length in *len when len is not NULL). */
-static inline char *report_render(const struct report *r,
-                                  int (*w)(const struct report *, FILE *), size_t *len)
+static inline char *report_render(const struct report *r, int (*w)(const struct report *, FILE *),
+                                  size_t *len)
 {
     char *buf = NULL;
     size_t n = 0;
