@@ -311,6 +311,7 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
 
         /* The primary op: the rule's own window, its stress limit when stressed and
          * the stress window is the same. */
+        op->keylen = r->key_prefix_len + (size_t)vn;
         op->window_ms = r->window_ms;
         op->limit = (stressed && r->has_stress && r->stress_window_ms == r->window_ms)
                         ? stress_limit
@@ -325,7 +326,8 @@ int limits_plan(struct limits_engine *e, struct limits_session *s, const struct 
             /* A separate stress counter, counted always so it is warm when stress
              * starts, enforced only under stress. */
             struct limits_op *op2 = &plan->ops[plan->n_ops++];
-            limits_key_join(op2->key, sizeof(op2->key), r->name, r->stress_tag, value, (size_t)vn);
+            op2->keylen = limits_key_join(op2->key, sizeof(op2->key), r->name, r->stress_tag, value,
+                                          (size_t)vn);
             op2->window_ms = r->stress_window_ms;
             op2->limit = stressed ? stress_limit : LIMITS_COUNT_ONLY;
             op2->amount = amount;

@@ -93,11 +93,13 @@ struct net_set;
 struct limits_cond {
     int attr; /* enum policy_attr or LIMITS_ATTR_* */
     enum limits_cond_op op;
-    char *text;    /* as written after `if` (for listings) */
-    char **values; /* EQ/NE on other attributes: the values */
+    char *text;        /* as written after `if` (for listings) */
+    char **values;     /* EQ/NE on other attributes: the values */
+    size_t *value_len; /* and their lengths */
     size_t n_values;
     struct net_set *nets; /* EQ/NE on client_address, server_address */
     void *re;             /* RE: a compiled regex_t */
+    struct re_memo *memo; /* RE: the last verdicts by value (limits_key.c) */
 };
 
 /* One parsed rule; read-only for callers (status pages, logs). */
@@ -190,6 +192,7 @@ void limits_session_reset(struct limits_session *s);
  * amount <= limit, and then counted (window.h). */
 struct limits_op {
     char key[LIMITS_KEY_MAX];
+    size_t keylen; /* strlen(key) */
     int64_t window_ms;
     int64_t limit;  /* LIMITS_COUNT_ONLY for a count-only op: the stress counter of a rule
                      * whose stress window differs, kept warm while not stressed */

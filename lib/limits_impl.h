@@ -119,6 +119,38 @@ static inline char *dup_n(const char *s, size_t n)
 size_t limits_key_join(char *out, size_t outsz, const char *name, const char *tag,
                        const char *value, size_t vlen);
 
+/* A regular-expression condition's verdicts for the values it saw last, so the values
+ * that recur (a TLS protocol, a policy_context, a frequent domain) are matched once:
+ * direct-mapped by a hash of the value, the value kept whole and compared byte for byte,
+ * so a slot only ever answers for the exact value it holds. A value an attacker chooses
+ * can only evict a slot, and costs a regexec as it would without the memo. Values longer
+ * than RE_MEMO_VALUE always go to regexec. Written on the event loop only (the engine
+ * decides on one thread). */
+#define RE_MEMO_SLOTS 64
+#define RE_MEMO_VALUE 46
+struct re_memo_slot {
+    unsigned char len; /* 0: empty */
+    bool match;
+    char value[RE_MEMO_VALUE];
+};
+struct re_memo {
+    struct re_memo_slot slot[RE_MEMO_SLOTS];
+    uint64_t hits, misses; /* for tests */
+    /* When the expression can only match a value that begins with one of some bytes
+     * (it starts "^L" or "^(L1...|L2...)" with literal Ls, see limits_re_first): those
+     * bytes, a bit each. A value whose first byte is ASCII and not among them is no match
+     * without regexec. */
+    bool have_first;
+    uint8_t first[32];
+};
+
+/* Fills first (a bit per byte) with the bytes any match of the ERE pattern (compiled
+ * with REG_EXTENDED | REG_ICASE) must begin with, and returns true; false when the
+ * pattern is not of a form it can tell (limits_key.c). Never wrong, only cautious: it
+ * understands "^" followed by a literal, or by a group of alternatives that each begin
+ * with a literal, neither made optional, and no "|" outside that group. */
+bool limits_re_first(const char *pattern, uint8_t first[32]);
+
 /* What the rules of one request share: the client address parsed once, and the last
  * client_address group formatted (rules that group the address alike reuse it). Fill
  * with limits_req_init; lives on the stack of one limits_plan call. */
@@ -131,10 +163,15 @@ struct limits_req {
     unsigned group_prefix;
     size_t group_len;
     char group[NET_ADDR_STRLEN];
+    /* sender_domain and recipient_domain, found once (have_domain bit 0: sender, 1:
+     * recipient). */
+    unsigned have_domain;
+    const char *domain[2];
+    size_t domain_len[2];
 };
 
 void limits_req_init(struct limits_req *q, const struct policy_request *req);
 /* limits_key_value and limits_conds_hold for a request read once (limits_key.c). */
 int limits_key_value_req(const struct limits_rule *r, struct limits_req *q, char *out,
                          size_t outsz);
-bool limits_conds_hold_req(const struct limits_rule *r, const struct limits_req *q);
+bool limits_conds_hold_req(const struct limits_rule *r, struct limits_req *q);

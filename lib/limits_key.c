@@ -11,6 +11,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "hash.h"
 #include "textutil.h"
 
 /* ---- keys ---- */
@@ -68,9 +69,11 @@ static bool put_escaped(char *out, size_t outsz, size_t *n, const char *v, size_
 static const char *domain_of(const char *v, size_t len, size_t *dlen)
 {
     const char *at = NULL;
-    for (size_t i = 0; i < len; i++)
-        if (v[i] == '@')
+    for (size_t i = len; i-- > 0;)
+        if (v[i] == '@') {
             at = v + i;
+            break;
+        }
     if (at == NULL) {
         *dlen = 0;
         return v;
@@ -90,12 +93,26 @@ void limits_req_init(struct limits_req *q, const struct policy_request *req)
     q->req = req;
     q->client_ok = len > 0 && net_addr_parse(v, len, &q->client) == 0;
     q->have_group = false;
+    q->have_domain = 0;
     /* A dotted quad that parsed (four decimal parts, no leading zeros) is already
      * written as net_addr_format writes it: an ungrouped IPv4 key uses it as sent. */
     bool digits_dots = q->client_ok && q->client.family == NET_V4;
     for (size_t i = 0; digits_dots && i < len; i++)
         digits_dots = (v[i] >= '0' && v[i] <= '9') || v[i] == '.';
     q->client_text_canonical = digits_dots;
+}
+
+/* The domain of the sender (which 0) or the recipient (1), found once per request. */
+static const char *req_domain(struct limits_req *q, int which, size_t *dlen)
+{
+    if (!(q->have_domain & (1u << which))) {
+        size_t len;
+        const char *v = attr(q->req, which == 0 ? POLICY_SENDER : POLICY_RECIPIENT, &len);
+        q->domain[which] = domain_of(v, len, &q->domain_len[which]);
+        q->have_domain |= 1u << which;
+    }
+    *dlen = q->domain_len[which];
+    return q->domain[which];
 }
 
 /* The client address grouped by r ("192.0.2.0/24"), formatted once for all the rules
@@ -144,12 +161,10 @@ static size_t part_value(const struct limits_rule *r, size_t k, struct limits_re
         v = attr(req, POLICY_RECIPIENT, &len);
         break;
     case LIMITS_KEY_SENDER_DOMAIN:
-        v = attr(req, POLICY_SENDER, &len);
-        v = domain_of(v, len, &len);
+        v = req_domain(q, 0, &len);
         break;
     case LIMITS_KEY_RECIPIENT_DOMAIN:
-        v = attr(req, POLICY_RECIPIENT, &len);
-        v = domain_of(v, len, &len);
+        v = req_domain(q, 1, &len);
         break;
     case LIMITS_KEY_ATTR:
         v = attr(req, (enum policy_attr)r->part_attr[k], &len);
@@ -223,15 +238,116 @@ int limits_key_value_req(const struct limits_rule *r, struct limits_req *q, char
 }
 
 /* The value a condition tests ("" when absent). */
-static const char *cond_value(const struct policy_request *req, int a, size_t *len)
+static const char *cond_value(struct limits_req *q, int a, size_t *len)
 {
-    if (a == LIMITS_ATTR_SENDER_DOMAIN || a == LIMITS_ATTR_RECIPIENT_DOMAIN) {
-        size_t l;
-        const char *v =
-            attr(req, a == LIMITS_ATTR_SENDER_DOMAIN ? POLICY_SENDER : POLICY_RECIPIENT, &l);
-        return domain_of(v, l, len);
+    if (a == LIMITS_ATTR_SENDER_DOMAIN)
+        return req_domain(q, 0, len);
+    if (a == LIMITS_ATTR_RECIPIENT_DOMAIN)
+        return req_domain(q, 1, len);
+    return attr(q->req, (enum policy_attr)a, len);
+}
+
+/* One literal atom at p (an ASCII letter or digit, or a backslash and an ASCII
+ * punctuation character) not made optional by what follows: adds its bytes (both cases)
+ * to first and returns its length, or 0 when p is anything else. */
+static size_t re_literal(const char *p, uint8_t first[32])
+{
+    unsigned char c = (unsigned char)p[0];
+    size_t n = 1;
+    if (c == '\\') {
+        c = (unsigned char)p[1];
+        n = 2;
+        if (c < 0x21 || c > 0x7e || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+            (c >= 'A' && c <= 'Z'))
+            return 0; /* a back-reference, an escape of another meaning, or the end */
+    } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))) {
+        return 0;
     }
-    return attr(req, (enum policy_attr)a, len);
+    char next = p[n];
+    if (next == '*' || next == '?' || next == '{')
+        return 0;
+    unsigned char lc = (unsigned char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
+    unsigned char uc = (unsigned char)((c >= 'a' && c <= 'z') ? c - 32 : c);
+    first[lc >> 3] |= (uint8_t)(1u << (lc & 7));
+    first[uc >> 3] |= (uint8_t)(1u << (uc & 7));
+    return n;
+}
+
+bool limits_re_first(const char *pattern, uint8_t first[32])
+{
+    memset(first, 0, 32);
+    const char *p = pattern;
+    if (*p++ != '^')
+        return false;
+    const char *rest;
+    if (*p == '(') {
+        /* Alternatives up to the closing parenthesis: each begins with a literal. No
+         * bracket expression or nested group inside, where '|' or ')' could mean
+         * something else. */
+        p++;
+        for (;;) {
+            size_t n = re_literal(p, first);
+            if (n == 0)
+                return false;
+            p += n;
+            while (*p != '|' && *p != ')') {
+                if (*p == '\0' || *p == '[' || *p == '(')
+                    return false;
+                if (*p == '\\' && p[1] == '\0')
+                    return false;
+                p += *p == '\\' ? 2 : 1;
+            }
+            if (*p++ == ')')
+                break;
+        }
+        if (*p == '*' || *p == '?' || *p == '{')
+            return false;
+        rest = p;
+    } else {
+        size_t n = re_literal(p, first);
+        if (n == 0)
+            return false;
+        rest = p + n;
+    }
+    /* A '|' anywhere after (even one that would be harmless in a bracket expression)
+     * could start an alternative to the whole: not told. */
+    return strchr(rest, '|') == NULL;
+}
+
+/* Whether the regular expression of c matches v[0..len), through its memo. */
+static bool cond_regex(const struct limits_cond *c, const char *v, size_t len)
+{
+    struct re_memo *m = c->memo;
+    struct re_memo_slot *slot = NULL;
+    if (m != NULL && m->have_first) {
+        unsigned char b = (unsigned char)v[0];
+        if (b < 0x80 && !(m->first[b >> 3] & (1u << (b & 7))))
+            return false;
+    }
+    if (m != NULL && len <= RE_MEMO_VALUE) {
+        slot = &m->slot[hash64_add(HASH64_START, v, len) & (RE_MEMO_SLOTS - 1)];
+        if (slot->len == len && memcmp(slot->value, v, len) == 0) {
+            m->hits++;
+            return slot->match;
+        }
+        m->misses++;
+    }
+    char buf[1024];
+    if (v[len] != '\0') {
+        /* A domain cut before trailing dots: matched on a copy. */
+        if (len >= sizeof(buf))
+            return false;
+        memcpy(buf, v, len);
+        buf[len] = '\0';
+        v = buf;
+    }
+    bool match = regexec(c->re, v, 0, NULL, 0) == 0;
+    if (slot != NULL) {
+        memcpy(slot->value, v, len);
+        slot->len = (unsigned char)len;
+        slot->match = match;
+    }
+    return match;
 }
 
 static bool cond_equal(const struct limits_cond *c, const struct limits_req *q, const char *v,
@@ -246,7 +362,7 @@ static bool cond_equal(const struct limits_cond *c, const struct limits_req *q, 
         return net_addr_parse(v, len, &a) == 0 && net_set_contains(c->nets, &a);
     }
     for (size_t i = 0; i < c->n_values; i++)
-        if (strlen(c->values[i]) == len && strncasecmp(c->values[i], v, len) == 0)
+        if (c->value_len[i] == len && strncasecmp(c->values[i], v, len) == 0)
             return true;
     return false;
 }
@@ -258,13 +374,12 @@ bool limits_conds_hold(const struct limits_rule *r, const struct policy_request 
     return limits_conds_hold_req(r, &q);
 }
 
-bool limits_conds_hold_req(const struct limits_rule *r, const struct limits_req *q)
+bool limits_conds_hold_req(const struct limits_rule *r, struct limits_req *q)
 {
-    const struct policy_request *req = q->req;
     for (size_t i = 0; i < r->n_conds; i++) {
         const struct limits_cond *c = &r->cond[i];
         size_t len;
-        const char *v = cond_value(req, c->attr, &len);
+        const char *v = cond_value(q, c->attr, &len);
         switch (c->op) {
         case LIMITS_COND_EQ:
             if (!cond_equal(c, q, v, len))
@@ -274,22 +389,10 @@ bool limits_conds_hold_req(const struct limits_rule *r, const struct limits_req 
             if (cond_equal(c, q, v, len))
                 return false;
             break;
-        case LIMITS_COND_RE: {
-            if (len == 0)
-                return false;
-            char buf[1024];
-            if (v[len] != '\0') {
-                /* A domain cut before trailing dots: matched on a copy. */
-                if (len >= sizeof(buf))
-                    return false;
-                memcpy(buf, v, len);
-                buf[len] = '\0';
-                v = buf;
-            }
-            if (regexec(c->re, v, 0, NULL, 0) != 0)
+        case LIMITS_COND_RE:
+            if (len == 0 || !cond_regex(c, v, len))
                 return false;
             break;
-        }
         }
     }
     return true;

@@ -321,11 +321,13 @@ static void cond_free(struct limits_cond *c)
     for (size_t i = 0; i < c->n_values; i++)
         free(c->values[i]);
     free(c->values);
+    free(c->value_len);
     net_set_free(c->nets);
     if (c->re != NULL) {
         regfree(c->re);
         free(c->re);
     }
+    free(c->memo);
     memset(c, 0, sizeof(*c));
 }
 
@@ -393,6 +395,10 @@ static int parse_cond(struct tok t, struct limits_cond *c, char *why, size_t why
             return -EINVAL;
         }
         c->re = re;
+        c->memo = calloc(1, sizeof(*c->memo));
+        if (c->memo == NULL)
+            return -ENOMEM;
+        c->memo->have_first = limits_re_first(v, c->memo->first);
         return 0;
     }
     if (is_addr_attr(c->attr)) {
@@ -416,8 +422,13 @@ static int parse_cond(struct tok t, struct limits_cond *c, char *why, size_t why
         if (nv == NULL)
             return -ENOMEM;
         c->values = nv;
+        size_t *nl = realloc(c->value_len, (c->n_values + 1) * sizeof(*nl));
+        if (nl == NULL)
+            return -ENOMEM;
+        c->value_len = nl;
         if ((c->values[c->n_values] = dup_n(q, n)) == NULL)
             return -ENOMEM;
+        c->value_len[c->n_values] = n;
         c->n_values++;
         if (q[n] == '\0')
             break;

@@ -448,7 +448,7 @@ static int engine_start(struct decider *dr, struct decision *dec)
     p->le = limits_engine_ref(le);
     for (size_t i = 0; i < p->plan.n_ops; i++) {
         const struct limits_op *op = &p->plan.ops[i];
-        p->ops[i] = (struct store_op){op->key, op->window_ms, op->limit, op->amount};
+        p->ops[i] = (struct store_op){op->key, op->window_ms, op->limit, op->amount, op->keylen};
     }
     p->now_ms = wall_ms();
     e->stats.counted++;

@@ -212,10 +212,10 @@ static void engine_cmd_show(struct engine *e, const char *rule, const char *valu
     q->n_ops = 1;
     limits_counter_key(r, false, canon, q->keys[0], sizeof(q->keys[0]));
     /* Amount 0: reads the count, counts nothing. */
-    q->ops[0] = (struct store_op){q->keys[0], r->window_ms, LIMITS_COUNT_ONLY, 0};
+    q->ops[0] = (struct store_op){q->keys[0], r->window_ms, LIMITS_COUNT_ONLY, 0, 0};
     if (r->has_stress && r->stress_window_ms != r->window_ms) {
         limits_counter_key(r, true, canon, q->keys[1], sizeof(q->keys[1]));
-        q->ops[1] = (struct store_op){q->keys[1], r->stress_window_ms, LIMITS_COUNT_ONLY, 0};
+        q->ops[1] = (struct store_op){q->keys[1], r->stress_window_ms, LIMITS_COUNT_ONLY, 0, 0};
         q->n_ops = 2;
     }
     q->le = limits_engine_ref(le);

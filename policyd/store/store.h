@@ -33,6 +33,7 @@ struct store_op {
     int64_t window_ms;
     int64_t limit;
     int64_t amount;
+    size_t keylen; /* strlen(key) when the caller knows it, else 0 */
 };
 
 /* Called exactly once per accepted store_window_take(), never from inside it, unless the

@@ -158,6 +158,15 @@ void mem_table_free(struct mem_table *t);
 void mem_table_clear(struct mem_table *t);
 int mem_table_take(struct mem_table *t, const char *key, size_t keylen, int64_t now_ms,
                    int64_t window_ms, int64_t limit, int64_t amount, struct window_result *out);
+/* mem_table_take with the key's hash from mem_table_hash: a request's counters are hashed
+ * and their buckets and entries fetched from memory first, all at once, then counted
+ * (mem_table_prefetch); with many counters each take would otherwise wait for two
+ * cache misses in turn. */
+uint32_t mem_table_hash(const char *key, size_t keylen);
+void mem_table_prefetch(const struct mem_table *t, uint32_t hash, bool entry);
+int mem_table_take_hashed(struct mem_table *t, const char *key, size_t keylen, uint32_t hash,
+                          int64_t now_ms, int64_t window_ms, int64_t limit, int64_t amount,
+                          struct window_result *out);
 /* Examines up to budget entries at t->now_max: drops the expired ones and files the
  * others under their current usage step (usage only falls between takes, so a step
  * recorded at the last take may be too high). Returns the entries dropped. */

@@ -227,14 +227,35 @@ static void mem_wave(struct mem_table *t, int64_t now_ms)
         t->unlogged.max_live_fraction = max_fraction;
 }
 
+uint32_t mem_table_hash(const char *key, size_t keylen)
+{
+    return mem_hash(key, keylen);
+}
+
+void mem_table_prefetch(const struct mem_table *t, uint32_t hash, bool entry)
+{
+    struct mem_entry *const *b = &t->buckets[hash & (t->nbuckets - 1)];
+    if (!entry)
+        __builtin_prefetch(b);
+    else if (*b != NULL)
+        __builtin_prefetch(*b);
+}
+
 int mem_table_take(struct mem_table *t, const char *key, size_t keylen, int64_t now_ms,
                    int64_t window_ms, int64_t limit, int64_t amount, struct window_result *out)
+{
+    return mem_table_take_hashed(t, key, keylen, mem_hash(key, keylen), now_ms, window_ms, limit,
+                                 amount, out);
+}
+
+int mem_table_take_hashed(struct mem_table *t, const char *key, size_t keylen, uint32_t h,
+                          int64_t now_ms, int64_t window_ms, int64_t limit, int64_t amount,
+                          struct window_result *out)
 {
     if (now_ms > t->now_max)
         t->now_max = now_ms;
     if (keylen > UINT32_MAX)
         return -EINVAL;
-    uint32_t h = mem_hash(key, keylen);
     struct mem_entry *e = t->buckets[h & (t->nbuckets - 1)];
     while (e && !(e->hash == h && e->keylen == keylen && memcmp(e->key, key, keylen) == 0))
         e = e->hnext;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <regex.h>
 #include <cmocka.h>
 
 #include "config.h"
@@ -170,6 +171,128 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* limits_re_first only ever rules out what the regular expression could not match:
+ * checked against regexec on every pattern and every value below (first bytes from the
+ * whole byte range, and values that begin like the pattern's alternatives). */
+static void test_limits_key_regex_first_bytes_never_wrong(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *re;
+        bool told; /* whether limits_re_first tells this form */
+    } pats[] = {
+        {"^(news|promo)\\.", true},
+        {"^TLSv1\\.[23]$", true},
+        {"^a", true},
+        {"^\\.x", true},
+        {"^(a|b)+c", true},
+        {"^ab*", true},
+        {"^a*b", false}, /* the first literal is optional */
+        {"^a?b", false},
+        {"^a{0,2}b", false},
+        {"^(a|b)*c", false}, /* the group is optional */
+        {"^(a|b)?c", false},
+        {"^(a*|b)c", false},
+        {"^(|a)b", false}, /* an empty alternative */
+        {"^(a|)b", false},
+        {"^a|b", false}, /* an alternative to the whole */
+        {"^(a|b)c|d", false},
+        {"^(a|b[|])", false}, /* a bracket inside the group */
+        {"^(a|(b))", false},
+        {"^[ab]", false},
+        {"^.a", false},
+        {"a", false}, /* not anchored */
+        {"^\\1", false},
+        {"^\\", false},
+        {"^(a\\|b)", true}, /* an escaped '|' inside an alternative */
+        {"^a[|]", false},
+    };
+    static const char *tails[] = {"",  "ews.", "romo.x", "LSv1.3", "b",  "bc",
+                                  "c", "x",    ".x",     "ab",     "|b", "d"};
+    for (size_t i = 0; i < sizeof(pats) / sizeof(pats[0]); i++) {
+        uint8_t first[32];
+        bool told = limits_re_first(pats[i].re, first);
+        if (told != pats[i].told)
+            fail_msg("limits_re_first(\"%s\") = %d, expected %d", pats[i].re, told, pats[i].told);
+        if (!told)
+            continue;
+        regex_t re;
+        assert_int_equal(regcomp(&re, pats[i].re, REG_EXTENDED | REG_ICASE | REG_NOSUB), 0);
+        for (int b = 1; b < 256; b++) {
+            for (size_t t = 0; t < sizeof(tails) / sizeof(tails[0]); t++) {
+                char v[32];
+                v[0] = (char)b;
+                snprintf(v + 1, sizeof(v) - 1, "%s", tails[t]);
+                bool in_set = (first[b >> 3] >> (b & 7)) & 1;
+                if (!in_set && regexec(&re, v, 0, NULL, 0) == 0)
+                    fail_msg("\"%s\" matches \"%s\" but its first byte 0x%02x was ruled out",
+                             pats[i].re, v, b);
+            }
+        }
+        regfree(&re);
+    }
+    /* And the sets are the ones expected: both cases of each first letter. */
+    uint8_t first[32];
+    assert_true(limits_re_first("^(news|Promo)\\.", first));
+    for (int b = 0; b < 256; b++) {
+        bool want = b == 'n' || b == 'N' || b == 'p' || b == 'P';
+        assert_int_equal((first[b >> 3] >> (b & 7)) & 1, want);
+    }
+}
+
+/* A regular-expression condition gives the same verdict through its memo as regexec
+ * does, for values seen again, values that share a slot, long values that bypass the
+ * memo and non-ASCII first bytes. */
+static void test_limits_key_regex_memo_same_verdicts(void **state)
+{
+    (void)state;
+    struct limits_engine *e =
+        engine_of("limits =\n"
+                  "    a sender recipients 10/1m if sender_domain~^(news|promo)\\.\n"
+                  "    b sender recipients 10/1m if sender~example\\.(com|net)$\n");
+    regex_t ra, rb;
+    assert_int_equal(regcomp(&ra, "^(news|promo)\\.", REG_EXTENDED | REG_ICASE | REG_NOSUB), 0);
+    assert_int_equal(regcomp(&rb, "example\\.(com|net)$", REG_EXTENDED | REG_ICASE | REG_NOSUB), 0);
+    const struct limits_rule *a = limits_engine_rule(e, 0), *b = limits_engine_rule(e, 1);
+    assert_true(a->cond[0].memo->have_first);
+    assert_false(b->cond[0].memo->have_first);
+    char long_dom[120];
+    memset(long_dom, 'n', sizeof(long_dom) - 1);
+    long_dom[sizeof(long_dom) - 1] = '\0';
+    memcpy(long_dom, "news.", 5);
+    for (int round = 0; round < 3; round++) {
+        for (unsigned i = 0; i < 500; i++) {
+            char sender[200], dom[160];
+            static const char *pre[] = {"news.",    "promo.", "NEWS.",  "new.",
+                                        "\xc3\xa9", "x",      "Promo-", ""};
+            if (i % 50 == 49)
+                snprintf(dom, sizeof(dom), "%s", long_dom);
+            else
+                snprintf(dom, sizeof(dom), "%s%u.example.%s", pre[i % 8], i % 37,
+                         i % 3 ? "com" : "org");
+            snprintf(sender, sizeof(sender), "u%u@%s%s", i, dom, i % 5 == 0 ? "." : "");
+            struct policy_request req = {0};
+            set_attr(&req, POLICY_SENDER, sender);
+            struct limits_req q;
+            limits_req_init(&q, &req);
+            bool want_a = regexec(&ra, dom, 0, NULL, 0) == 0;
+            bool want_b = regexec(&rb, sender, 0, NULL, 0) == 0;
+            /* Twice: the second time from the memo (unless the value is too long). */
+            for (int twice = 0; twice < 2; twice++) {
+                uint64_t hits = b->cond[0].memo->hits;
+                if (limits_conds_hold_req(a, &q) != want_a ||
+                    limits_conds_hold_req(b, &q) != want_b)
+                    fail_msg("round %d: \"%s\": memo and regexec disagree", round, sender);
+                if (twice == 1 && strlen(sender) <= RE_MEMO_VALUE)
+                    assert_int_equal(b->cond[0].memo->hits, hits + 1);
+            }
+        }
+    }
+    regfree(&ra);
+    regfree(&rb);
+    limits_engine_free(e);
+}
+
 static void test_limits_key_hash64_tells_near_strings_apart(void **state)
 {
     (void)state;
@@ -210,6 +333,8 @@ int main(void)
         cmocka_unit_test(test_limits_key_request_groups),
         cmocka_unit_test(test_limits_key_escapes_every_byte),
         cmocka_unit_test(test_limits_key_hash64_tells_near_strings_apart),
+        cmocka_unit_test(test_limits_key_regex_first_bytes_never_wrong),
+        cmocka_unit_test(test_limits_key_regex_memo_same_verdicts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
