@@ -16,9 +16,18 @@ int64_t window_slot_width(int64_t window_ms)
     return (window_ms + WINDOW_SLOTS - 1) / WINDOW_SLOTS;
 }
 
-/* Slots counted behind the current one: ceil(W / w), at most WINDOW_SLOTS. */
+/* Slots counted behind the current one: ceil(W / w), at most WINDOW_SLOTS. For the
+ * width of W (w = ceil(W / WINDOW_SLOTS), so WINDOW_SLOTS * w >= W) the smallest s with
+ * s * w >= W is found by multiplying down from WINDOW_SLOTS: no division on the request
+ * path (usually one multiply). Any other width divides. */
 static int64_t window_span(int64_t window_ms, int64_t width)
 {
+    if (width > 0 && width <= WINDOW_MAX_MS && WINDOW_SLOTS * width >= window_ms && window_ms > 0) {
+        int64_t s = WINDOW_SLOTS;
+        while (s > 1 && (s - 1) * width >= window_ms)
+            s--;
+        return s;
+    }
     return (window_ms + width - 1) / width;
 }
 

@@ -265,8 +265,13 @@ int mem_table_take_hashed(struct mem_table *t, const char *key, size_t keylen, u
             return rc;
         e->limit = limit;
         e->window_ms = window_ms;
-        step_unlink(t, e);
-        step_link(t, e, mem_step_of(out->count, limit), true);
+        /* To the tail of its step, unless it is there already (a busy key): moving it
+         * touches its neighbours, two more cache misses. */
+        uint8_t k = mem_step_of(out->count, limit);
+        if (k != e->step || t->steps[k].tail != e) {
+            step_unlink(t, e);
+            step_link(t, e, k, true);
+        }
         return 0;
     }
     /* A new key: only worth an entry if the take writes something. */

@@ -216,6 +216,34 @@ static void test_window_lua_args_are_little_endian_doubles(void **state)
     assert_true(d == 1795418518725.0);
 }
 
+/* The span (slots counted) is ceil(W / width) whether found by dividing or, for a
+ * window's own width, by multiplying down: the TTL, which uses it, equals the formula
+ * with the division, for small and large windows and for other widths. */
+static void test_window_span_without_division_is_ceil(void **state)
+{
+    (void)state;
+    static const int64_t big[] = {60000,     3600000,           86400000,
+                                  604800000, WINDOW_MAX_MS - 1, WINDOW_MAX_MS};
+    for (int64_t w = 1; w < 2000 + 6; w++) {
+        int64_t window_ms = w <= 2000 ? w : big[w - 2001];
+        int64_t width = window_slot_width(window_ms);
+        int64_t widths[] = {width, 1, width + 1, width > 1 ? width - 1 : 1, 7};
+        for (size_t k = 0; k < sizeof(widths) / sizeof(widths[0]); k++) {
+            int64_t wd = widths[k];
+            int64_t span = (window_ms + wd - 1) / wd;
+            for (int64_t newest = 0; newest < 3; newest++) {
+                int64_t now = newest * wd + 3;
+                int64_t want = (newest + span + 1) * wd - now + WINDOW_TTL_MARGIN_MS;
+                if (want < 1)
+                    want = 1;
+                if (window_ttl_ms(wd, newest, window_ms, now) != want)
+                    fail_msg("W=%" PRId64 " width=%" PRId64 ": ttl %" PRId64 " != %" PRId64,
+                             window_ms, wd, window_ttl_ms(wd, newest, window_ms, now), want);
+            }
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -226,6 +254,7 @@ int main(void)
         cmocka_unit_test(test_window_slot_width_rounds_up),
         cmocka_unit_test(test_window_never_exceeds_limit_in_any_period),
         cmocka_unit_test(test_window_lua_args_are_little_endian_doubles),
+        cmocka_unit_test(test_window_span_without_division_is_ceil),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
