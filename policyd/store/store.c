@@ -68,16 +68,18 @@ static void store_log_waves(struct store *s)
 
 void store_answer_local(struct store *s, struct store_req *req)
 {
-    /* Hash every key and fetch its bucket, then its entry, before counting any: the
-     * cache misses of a request's counters overlap instead of coming one after another. */
+    /* Hash every key and fetch its bucket, then its entry, then the entry's neighbours,
+     * before counting any: the cache misses of a request's counters overlap instead of
+     * coming one after another. */
     uint32_t hash[STORE_MAX_OPS];
     size_t nh = req->n < STORE_MAX_OPS ? req->n : STORE_MAX_OPS; /* n <= STORE_MAX_OPS */
     for (size_t i = 0; i < nh; i++) {
         hash[i] = mem_table_hash(req->ops[i].key, req->ops[i].keylen);
-        mem_table_prefetch(&s->mem, hash[i], false);
+        mem_table_prefetch(&s->mem, hash[i], 0);
     }
-    for (size_t i = 0; i < nh; i++)
-        mem_table_prefetch(&s->mem, hash[i], true);
+    for (int stage = 1; stage <= 2; stage++)
+        for (size_t i = 0; i < nh; i++)
+            mem_table_prefetch(&s->mem, hash[i], stage);
     for (size_t i = 0; i < req->n; i++) {
         struct store_req_op *op = &req->ops[i];
         if (op->answered)

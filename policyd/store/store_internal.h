@@ -15,13 +15,14 @@
 /* A key's counter in the memory table: chained in a hash bucket and in the list of its
  * usage step (least recently used first). */
 struct mem_entry {
-    struct mem_entry *hnext;
-    struct mem_entry *prev, *next; /* in steps[step] */
-    struct window w;
-    int64_t limit, window_ms; /* of the last take: the step's denominator */
+    /* What a lookup reads first, together: the hash, the key's length, the chain. */
     uint32_t hash;
     uint32_t keylen;
+    struct mem_entry *hnext;
+    struct mem_entry *prev, *next; /* in steps[step] */
     uint8_t step;
+    int64_t limit, window_ms; /* of the last take: the step's denominator */
+    struct window w;
     char key[];
 };
 
@@ -163,7 +164,9 @@ int mem_table_take(struct mem_table *t, const char *key, size_t keylen, int64_t 
  * (mem_table_prefetch); with many counters each take would otherwise wait for two
  * cache misses in turn. */
 uint32_t mem_table_hash(const char *key, size_t keylen);
-void mem_table_prefetch(const struct mem_table *t, uint32_t hash, bool entry);
+/* stage 0: the bucket; 1: the bucket's first entry, every cache line of it; 2: that
+ * entry's neighbours in its step list, when its hash is the key's. */
+void mem_table_prefetch(const struct mem_table *t, uint32_t hash, int stage);
 int mem_table_take_hashed(struct mem_table *t, const char *key, size_t keylen, uint32_t hash,
                           int64_t now_ms, int64_t window_ms, int64_t limit, int64_t amount,
                           struct window_result *out);

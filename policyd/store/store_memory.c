@@ -232,13 +232,27 @@ uint32_t mem_table_hash(const char *key, size_t keylen)
     return mem_hash(key, keylen);
 }
 
-void mem_table_prefetch(const struct mem_table *t, uint32_t hash, bool entry)
+void mem_table_prefetch(const struct mem_table *t, uint32_t hash, int stage)
 {
     struct mem_entry *const *b = &t->buckets[hash & (t->nbuckets - 1)];
-    if (!entry)
+    const struct mem_entry *e = stage == 0 ? NULL : *b;
+    if (stage == 0) {
         __builtin_prefetch(b);
-    else if (*b != NULL)
-        __builtin_prefetch(*b);
+    } else if (e != NULL && stage == 1) {
+        /* The entry's first four cache lines: its hash and chain link, its window and,
+         * for a key of usual length, the key (not read here: that would wait for it). */
+        const char *p = (const char *)e;
+        __builtin_prefetch(p);
+        __builtin_prefetch(p + 64);
+        __builtin_prefetch(p + 128);
+        __builtin_prefetch(p + 192);
+    } else if (e != NULL && stage == 2 && e->hash == hash) {
+        /* Its neighbours in its step list, which moving it to the tail touches. */
+        if (e->prev != NULL)
+            __builtin_prefetch(e->prev, 1);
+        if (e->next != NULL)
+            __builtin_prefetch(e->next, 1);
+    }
 }
 
 int mem_table_take(struct mem_table *t, const char *key, size_t keylen, int64_t now_ms,
