@@ -135,7 +135,7 @@ struct re_memo_slot {
 };
 struct re_memo {
     struct re_memo_slot slot[RE_MEMO_SLOTS];
-    uint64_t hits, misses; /* for tests */
+    uint64_t hits; /* answers from the memo (tests read it) */
     /* When the expression can only match a value that begins with one of some bytes
      * (it starts "^L" or "^(L1...|L2...)" with literal Ls, see limits_re_first): those
      * bytes, a bit each. A value whose first byte is ASCII and not among them is no match

@@ -330,7 +330,6 @@ static bool cond_regex(const struct limits_cond *c, const char *v, size_t len)
             m->hits++;
             return slot->match;
         }
-        m->misses++;
     }
     char buf[1024];
     if (v[len] != '\0') {

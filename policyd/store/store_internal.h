@@ -147,7 +147,7 @@ struct store {
     struct store_cluster_mem *cluster; /* memory store: node statuses and events (lazy) */
 };
 
-/* Memory table. mem_table_take returns 0 or -ENOMEM / -EINVAL from window_take. When a
+/* Memory table. mem_table_take_hashed returns 0 or -ENOMEM / -EINVAL from window_take. When a
  * new key finds the table at max entries, an eviction wave first drops about 1/32 of
  * max: expired counters found by a bounded sweep, then live ones from the lowest usage
  * step up (see MEM_STEPS), least recently used first within a step. */
@@ -157,12 +157,10 @@ void mem_table_free(struct mem_table *t);
  * stay); on glibc also returns free heap pages to the system. Kept as it was if the
  * smaller bucket array cannot be allocated. */
 void mem_table_clear(struct mem_table *t);
-int mem_table_take(struct mem_table *t, const char *key, size_t keylen, int64_t now_ms,
-                   int64_t window_ms, int64_t limit, int64_t amount, struct window_result *out);
-/* mem_table_take with the key's hash from mem_table_hash: a request's counters are hashed
- * and their buckets and entries fetched from memory first, all at once, then counted
- * (mem_table_prefetch); with many counters each take would otherwise wait for two
- * cache misses in turn. */
+/* A take with the key's hash from mem_table_hash: store_answer_local hashes a request's
+ * counters and fetches their buckets and entries from memory first, all at once
+ * (mem_table_prefetch), then counts them; one after another, each take would wait for its
+ * own cache misses. */
 uint32_t mem_table_hash(const char *key, size_t keylen);
 /* stage 0: the bucket; 1: the bucket's first entry, every cache line of it; 2: that
  * entry's neighbours in its step list, when its hash is the key's. */

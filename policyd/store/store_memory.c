@@ -255,13 +255,6 @@ void mem_table_prefetch(const struct mem_table *t, uint32_t hash, int stage)
     }
 }
 
-int mem_table_take(struct mem_table *t, const char *key, size_t keylen, int64_t now_ms,
-                   int64_t window_ms, int64_t limit, int64_t amount, struct window_result *out)
-{
-    return mem_table_take_hashed(t, key, keylen, mem_hash(key, keylen), now_ms, window_ms, limit,
-                                 amount, out);
-}
-
 int mem_table_take_hashed(struct mem_table *t, const char *key, size_t keylen, uint32_t h,
                           int64_t now_ms, int64_t window_ms, int64_t limit, int64_t amount,
                           struct window_result *out)
